@@ -1,0 +1,1 @@
+"""ragtune trainer worker: the compute half of the trainer service."""
