@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+// Installs what a fresh machine lacks for ragtune's tests and demo, idempotently:
+//  1. nats-server (Debian package) when no nats-server binary is found;
+//  2. the trainer worker's Python virtual environment from its pinned requirements.
+// Fast when everything is current (a stamp holds the hash of requirements.txt).
+// Explains clearly what to do when it cannot install (not root, no apt, no python3).
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const workerDir = join(root, "services", "trainer", "worker");
+const venv = join(workerDir, ".venv");
+const say = (msg) => process.stderr.write(`[setup] ${msg}\n`);
+
+function run(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { stdio: opts.capture ? ["ignore", "pipe", "pipe"] : "inherit", encoding: "utf8", ...opts });
+  return { ok: r.status === 0, stdout: r.stdout ?? "", stderr: r.stderr ?? "", error: r.error };
+}
+
+function fail(msg) {
+  say(`ERROR: ${msg}`);
+  process.exit(1);
+}
+
+function findNatsServer() {
+  if (process.env.NATS_SERVER_BIN && existsSync(process.env.NATS_SERVER_BIN)) return process.env.NATS_SERVER_BIN;
+  for (const p of ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]) if (existsSync(p)) return p;
+  const w = run("sh", ["-c", "command -v nats-server"], { capture: true });
+  return w.ok ? w.stdout.trim() : undefined;
+}
+
+function ensureNatsServer() {
+  if (findNatsServer()) return;
+  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+  const hasApt = run("sh", ["-c", "command -v apt-get"], { capture: true }).ok;
+  if (!hasApt) fail("nats-server is not installed and this machine has no apt-get. Install nats-server >= 2.9 (https://docs.nats.io) and put it on PATH, or set NATS_SERVER_BIN.");
+  if (!isRoot) fail("nats-server is not installed. Run `sudo apt-get update && sudo apt-get install -y nats-server` (needs root), or set NATS_SERVER_BIN to a nats-server binary.");
+  say("installing nats-server (apt-get)…");
+  const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+  if (!run("apt-get", ["update", "-qq"], { env }).ok) fail("apt-get update failed; see the output above.");
+  if (!run("apt-get", ["install", "-y", "-qq", "nats-server"], { env }).ok) fail("apt-get install nats-server failed; see the output above.");
+  if (!findNatsServer()) fail("nats-server was installed but no binary was found on PATH.");
+}
+
+/** The package index pip is configured with on this machine (read from `pip config list`), passed as its index. */
+function pipIndexArgs(python) {
+  if (process.env.PIP_INDEX_URL) return [];
+  const r = run(python, ["-m", "pip", "config", "list"], { capture: true });
+  if (!r.ok) return [];
+  const values = {};
+  for (const line of r.stdout.split("\n")) {
+    const m = /^([\w:.-]+)\.([\w-]+)='(.*)'$/.exec(line.trim());
+    if (m) values[m[2]] = (values[m[2]] ?? []).concat(m[3].split(/\s+/).filter(Boolean));
+  }
+  const index = values["index-url"] ?? [];
+  const extra = values["extra-index-url"] ?? [];
+  // A machine configured with only extra indexes (a local mirror) cannot reach the default index: make the first
+  // configured one the index so pip does not spend minutes retrying an unreachable default.
+  const indexes = [...index, ...extra];
+  if (indexes.length === 0) return [];
+  return ["--index-url", indexes[0], ...indexes.slice(1).flatMap((u) => ["--extra-index-url", u])];
+}
+
+function ensureWorkerVenv() {
+  const requirements = join(workerDir, "requirements.txt");
+  const hash = createHash("sha256").update(readFileSync(requirements)).digest("hex");
+  const stamp = join(venv, ".ragtune-requirements.sha256");
+  const python = join(venv, "bin", "python");
+  if (existsSync(python) && existsSync(stamp) && readFileSync(stamp, "utf8").trim() === hash) return;
+  const sys = ["python3.11", "python3"].find((p) => run(p, ["--version"], { capture: true }).ok);
+  if (!sys) fail("python3 (>= 3.11) is needed for the trainer worker. Install it (e.g. `apt-get install -y python3 python3-venv`).");
+  if (!existsSync(python)) {
+    say(`creating the trainer worker environment in ${venv}…`);
+    if (!run(sys, ["-m", "venv", venv]).ok) fail("python3 -m venv failed: install the venv module (e.g. `apt-get install -y python3-venv`).");
+  }
+  say("installing the trainer worker's pinned requirements…");
+  const args = ["-m", "pip", "install", "--disable-pip-version-check", "-q", ...pipIndexArgs(sys), "-r", requirements];
+  if (!run(python, args).ok) fail("pip install of services/trainer/worker/requirements.txt failed; see the output above.");
+  writeFileSync(stamp, hash + "\n");
+  say("trainer worker environment ready.");
+}
+
+ensureNatsServer();
+ensureWorkerVenv();
