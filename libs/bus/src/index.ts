@@ -1,0 +1,13 @@
+export { connectBus } from "./bus.js";
+export type { Bus, BusContext, ConnectBusOptions } from "./bus.js";
+export { EVENTS_STREAM, EVENTS_SUBJECTS, ensureEventsStream, ensureStream, ensureWorkQueueStream } from "./streams.js";
+export type { EventsStreamOptions, WorkQueueStreamOptions } from "./streams.js";
+export { assertEventSubject, decodeMessage, MSG_ID_HEADER, publishEvent, subscribeEvents, TYPE_HEADER } from "./events.js";
+export type { EventContext, EventSubscription, PublishOptions, PublishResult, SubscribeOptions } from "./events.js";
+export { defaultRetryDelayMs, ensureDurableConsumer } from "./consumers.js";
+export { openWorkQueue, workQueueNames } from "./work-queue.js";
+export type { Job, TakeOptions, WorkQueue, WorkQueueOptions } from "./work-queue.js";
+export { openKv, RevisionConflictError } from "./kv.js";
+export type { KvChange, KvOptions, KvValue, KvWatch, TypedKv } from "./kv.js";
+export { openArtifactStore } from "./object-store.js";
+export type { ArtifactInfo, ArtifactPutOptions, ArtifactStore, ArtifactStoreOptions } from "./object-store.js";

@@ -1,0 +1,170 @@
+import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { JetStreamApiCodes, JetStreamApiError, StorageType } from "@nats-io/jetstream";
+import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
+import type { BusContext } from "./bus.js";
+
+export interface KvOptions {
+  /** Revisions kept per key. Default 1. */
+  history?: number;
+  /** Expire entries after this long. Default never (0). */
+  ttlMs?: number;
+}
+
+export interface KvValue<Desc extends DescMessage> {
+  value: MessageShape<Desc>;
+  /** Pass this to `update()` for compare-and-set. */
+  revision: number;
+}
+
+export interface KvChange<Desc extends DescMessage> {
+  key: string;
+  /** null when the key was deleted or purged. */
+  value: MessageShape<Desc> | null;
+  revision: number;
+  operation: "PUT" | "DEL" | "PURGE";
+}
+
+export interface KvWatch<Desc extends DescMessage> extends AsyncIterable<KvChange<Desc>> {
+  stop(): void;
+}
+
+/** Thrown when `create` finds the key present or `update` finds another revision. */
+export class RevisionConflictError extends Error {
+  constructor(
+    readonly bucket: string,
+    readonly key: string,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = "RevisionConflictError";
+  }
+}
+
+export interface TypedKv<Desc extends DescMessage> {
+  readonly bucket: string;
+  /** The current value and its revision, or null when the key is absent or deleted. */
+  get(key: string): Promise<KvValue<Desc> | null>;
+  /** Writes only if the key does not exist yet; else RevisionConflictError. Returns the revision. */
+  create(key: string, value: MessageInitShape<Desc>): Promise<number>;
+  /** Writes only if the key is still at `revision` (compare-and-set); else RevisionConflictError. */
+  update(key: string, value: MessageInitShape<Desc>, revision: number): Promise<number>;
+  /**
+   * Read-modify-write with retries on conflict: `change` gets the current value (null if absent) and
+   * returns the next one. Returns the stored value and its revision.
+   */
+  modify(key: string, change: (current: MessageShape<Desc> | null) => MessageInitShape<Desc>, maxAttempts?: number): Promise<KvValue<Desc>>;
+  /** Unconditional write. Returns the revision. */
+  put(key: string, value: MessageInitShape<Desc>): Promise<number>;
+  delete(key: string): Promise<void>;
+  /** Keys present (optionally matching a subject-style filter such as `jobs.*`). */
+  keys(filter?: string): AsyncIterable<string>;
+  /** Every present key with its value. */
+  entries(filter?: string): AsyncIterable<{ key: string } & KvValue<Desc>>;
+  /** Changes as they happen (after the current values unless `updatesOnly`). */
+  watch(options?: { key?: string; updatesOnly?: boolean }): Promise<KvWatch<Desc>>;
+}
+
+const BUCKET_RE = /^[A-Za-z0-9_-]+$/;
+
+function isConflict(err: unknown): boolean {
+  return (
+    err instanceof JetStreamApiError &&
+    (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === 10164)
+  );
+}
+
+/** Opens (creating if missing) a KV bucket whose values are protobuf messages of one schema. */
+export async function openKv<Desc extends DescMessage>(
+  ctx: BusContext,
+  bucket: string,
+  schema: Desc,
+  options: KvOptions = {},
+): Promise<TypedKv<Desc>> {
+  if (!BUCKET_RE.test(bucket)) {
+    throw new Error(`KV bucket name ${JSON.stringify(bucket)} is invalid: use only letters, digits, '_' and '-'`);
+  }
+  const kvm = new Kvm(ctx.js);
+  const kv: KV = await kvm.create(bucket, {
+    history: options.history ?? 1,
+    ttl: options.ttlMs ?? 0,
+    storage: StorageType.File,
+  });
+
+  const decode = (e: KvEntry): MessageShape<Desc> => {
+    try {
+      return fromBinary(schema, e.value);
+    } catch (err) {
+      throw new Error(`KV ${bucket}/${e.key} (revision ${e.revision}) is not a valid ${schema.typeName}`, { cause: err });
+    }
+  };
+  const encode = (value: MessageInitShape<Desc>) => toBinary(schema, create(schema, value));
+  const present = (e: KvEntry | null): e is KvEntry => e !== null && e.operation === "PUT";
+
+  const api: TypedKv<Desc> = {
+    bucket,
+    async get(key) {
+      const e = await kv.get(key);
+      return present(e) ? { value: decode(e), revision: e.revision } : null;
+    },
+    async create(key, value) {
+      try {
+        return await kv.create(key, encode(value));
+      } catch (err) {
+        if (isConflict(err)) throw new RevisionConflictError(bucket, key, `KV ${bucket}/${key} already exists`, { cause: err });
+        throw err;
+      }
+    },
+    async update(key, value, revision) {
+      try {
+        return await kv.update(key, encode(value), revision);
+      } catch (err) {
+        if (isConflict(err)) {
+          throw new RevisionConflictError(bucket, key, `KV ${bucket}/${key} is no longer at revision ${revision}`, { cause: err });
+        }
+        throw err;
+      }
+    },
+    async modify(key, change, maxAttempts = 10) {
+      for (let attempt = 1; ; attempt++) {
+        const current = await api.get(key);
+        const next = create(schema, change(current?.value ?? null));
+        try {
+          const revision = current === null ? await api.create(key, next) : await api.update(key, next, current.revision);
+          return { value: next, revision };
+        } catch (err) {
+          if (!(err instanceof RevisionConflictError) || attempt >= maxAttempts) throw err;
+        }
+      }
+    },
+    put: (key, value) => kv.put(key, encode(value)),
+    delete: (key) => kv.delete(key),
+    async *keys(filter) {
+      const iter = await kv.keys(filter ?? ">");
+      for await (const k of iter) yield k;
+    },
+    async *entries(filter) {
+      for await (const key of api.keys(filter)) {
+        const v = await api.get(key);
+        if (v !== null) yield { key, ...v };
+      }
+    },
+    async watch(o = {}) {
+      const iter = await kv.watch({ key: o.key ?? ">", include: o.updatesOnly ? "updates" : "" });
+      return {
+        stop: () => iter.stop(),
+        async *[Symbol.asyncIterator]() {
+          for await (const e of iter) {
+            yield {
+              key: e.key,
+              value: e.operation === "PUT" ? decode(e) : null,
+              revision: e.revision,
+              operation: e.operation,
+            };
+          }
+        },
+      };
+    },
+  };
+  return api;
+}

@@ -1,0 +1,222 @@
+import { createHash } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { rename, rm } from "node:fs/promises";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { StorageType } from "@nats-io/jetstream";
+import { nuid } from "@nats-io/nats-core";
+import { Objm, type ObjectInfo, type ObjectStore } from "@nats-io/obj";
+import type { BusContext } from "./bus.js";
+
+/**
+ * Content-addressed artifact store on a JetStream object store bucket.
+ *
+ * Put streams the source into the bucket under a temporary name while hashing it (SHA-256), then
+ * renames the object to its hash. A rename only rewrites the object's metadata record: the chunks
+ * are stored under the object's nuid, not its name, so nothing is copied and nothing is buffered.
+ * If the hash is already stored, the temporary upload is deleted (dedupe). Either way, an object
+ * named by a hash always holds exactly the bytes that hash to it, and a half-finished upload is
+ * never visible under a hash.
+ *
+ * Get reads chunks through an ordered pull consumer with a small prefetch window, so a slow reader
+ * holds back the server instead of piling chunks up in memory, and verifies size and hash at the end.
+ */
+
+export interface ArtifactInfo {
+  /** Lowercase hex SHA-256 of the content: the artifact's name. */
+  hash: string;
+  size: number;
+  chunks: number;
+  /** When it was stored (ISO 8601). */
+  mtime: string;
+  contentType: string | undefined;
+}
+
+export interface ArtifactPutOptions {
+  contentType?: string;
+}
+
+export interface ArtifactStoreOptions {
+  /** Bucket size limit in bytes (-1 = unlimited, default). */
+  maxBytes?: number;
+  /** Chunks pulled ahead of the reader on get. Default 4 (× 128 KiB). */
+  readAhead?: number;
+}
+
+export interface ArtifactStore {
+  readonly bucket: string;
+  /** Streams the source in, returns its info (named by its SHA-256). Never buffers the whole content. */
+  put(source: AsyncIterable<Uint8Array | string> | Readable, options?: ArtifactPutOptions): Promise<ArtifactInfo>;
+  /** Streams a file in. */
+  putFile(path: string, options?: ArtifactPutOptions): Promise<ArtifactInfo>;
+  /** The content as a Node stream (verified against its hash when it ends), or null if absent. */
+  get(hash: string): Promise<Readable | null>;
+  /** Writes the content to `path` (via `path.partial`, renamed when complete and verified). */
+  getToFile(hash: string, path: string): Promise<ArtifactInfo>;
+  has(hash: string): Promise<boolean>;
+  info(hash: string): Promise<ArtifactInfo | null>;
+  /** Returns false if it was not there. */
+  delete(hash: string): Promise<boolean>;
+}
+
+const HASH_RE = /^[0-9a-f]{64}$/;
+const TMP_PREFIX = "tmp-upload-";
+
+function assertHash(hash: string): void {
+  if (!HASH_RE.test(hash)) throw new Error(`artifact hash ${JSON.stringify(hash)} is invalid: expected 64 lowercase hex digits (SHA-256)`);
+}
+
+function toInfo(info: ObjectInfo): ArtifactInfo {
+  return {
+    hash: info.name,
+    size: info.size,
+    chunks: info.chunks,
+    mtime: info.mtime,
+    contentType: info.metadata?.contentType,
+  };
+}
+
+/** nats' own digest is `SHA-256=<base64url>`; converts it to hex to cross-check ours. */
+function natsDigestToHex(digest: string): string {
+  const b64 = digest.replace(/^SHA-256=/, "");
+  return Buffer.from(b64, "base64url").toString("hex");
+}
+
+function asBytes(chunk: Uint8Array | string): Uint8Array {
+  if (typeof chunk === "string") throw new Error("artifact source yielded a string; give binary chunks (no setEncoding)");
+  return chunk;
+}
+
+export async function openArtifactStore(ctx: BusContext, bucket: string, options: ArtifactStoreOptions = {}): Promise<ArtifactStore> {
+  if (!/^[A-Za-z0-9_-]+$/.test(bucket)) {
+    throw new Error(`artifact bucket name ${JSON.stringify(bucket)} is invalid: use only letters, digits, '_' and '-'`);
+  }
+  const objm = new Objm(ctx.js);
+  const os: ObjectStore = await objm.create(bucket, {
+    storage: StorageType.File,
+    ...(options.maxBytes !== undefined ? { max_bytes: options.maxBytes } : {}),
+  });
+  const streamName = `OBJ_${bucket}`;
+  const readAhead = Math.max(1, options.readAhead ?? 4);
+  const log = ctx.logger.child({ bucket });
+
+  const present = async (hash: string): Promise<ObjectInfo | null> => {
+    assertHash(hash);
+    const info = await os.info(hash);
+    return info !== null && !info.deleted ? info : null;
+  };
+
+  async function* chunksOf(info: ObjectInfo): AsyncGenerator<Uint8Array> {
+    const sha = createHash("sha256");
+    let size = 0;
+    if (info.size > 0) {
+      const oc = await ctx.js.consumers.get(streamName, { filter_subjects: `$O.${bucket}.C.${info.nuid}` });
+      const messages = await oc.consume({ max_messages: readAhead });
+      try {
+        for await (const m of messages) {
+          if (m.data.length > 0) {
+            sha.update(m.data);
+            size += m.data.length;
+            yield m.data;
+          }
+          if (m.info.pending === 0) break;
+        }
+      } finally {
+        await messages.close();
+      }
+    }
+    const hash = sha.digest("hex");
+    if (size !== info.size || hash !== info.name) {
+      throw new Error(`artifact ${bucket}/${info.name} is corrupt: read ${size} bytes hashing to ${hash}, expected ${info.size} bytes`);
+    }
+  }
+
+  const store: ArtifactStore = {
+    bucket,
+    async put(source, putOptions = {}) {
+      const sha = createHash("sha256");
+      const iterator = (source as AsyncIterable<Uint8Array | string>)[Symbol.asyncIterator]();
+      // Pull-driven: the uploader asks for the next chunk only after publishing the previous one.
+      const body = new ReadableStream<Uint8Array>(
+        {
+          async pull(controller) {
+            const next = await iterator.next();
+            if (next.done) {
+              controller.close();
+              return;
+            }
+            const bytes = asBytes(next.value);
+            sha.update(bytes);
+            controller.enqueue(bytes);
+          },
+          async cancel() {
+            await iterator.return?.();
+          },
+        },
+        { highWaterMark: 0 },
+      );
+      const tmpName = `${TMP_PREFIX}${nuid.next()}`;
+      const metadata = putOptions.contentType ? { contentType: putOptions.contentType } : undefined;
+      const uploaded = await os.put({ name: tmpName, ...(metadata ? { metadata } : {}) }, body);
+      const hash = sha.digest("hex");
+      if (natsDigestToHex(uploaded.digest) !== hash) {
+        await os.delete(tmpName);
+        throw new Error(`artifact upload to ${bucket} was corrupted in transit (digest mismatch)`);
+      }
+      const existing = await present(hash);
+      if (existing === null) {
+        try {
+          await os.update(tmpName, {
+            name: hash,
+            description: uploaded.description,
+            options: uploaded.options,
+            ...(uploaded.metadata ? { metadata: uploaded.metadata } : {}),
+          });
+          const stored = await present(hash);
+          if (stored !== null) return toInfo(stored);
+        } catch (err) {
+          // A concurrent put of the same content won the rename: fall through and dedupe.
+          log.debug({ err, hash }, "rename to hash lost a race; deduplicating");
+        }
+      }
+      await os.delete(tmpName);
+      const winner = await present(hash);
+      if (winner === null) throw new Error(`artifact ${bucket}/${hash} vanished while it was being stored`);
+      return toInfo(winner);
+    },
+    async putFile(path, putOptions) {
+      return store.put(createReadStream(path), putOptions);
+    },
+    async get(hash) {
+      const info = await present(hash);
+      if (info === null) return null;
+      return Readable.from(chunksOf(info), { objectMode: false, highWaterMark: 0 });
+    },
+    async getToFile(hash, path) {
+      const info = await present(hash);
+      if (info === null) throw new Error(`artifact ${bucket}/${hash} not found`);
+      const partial = `${path}.partial`;
+      try {
+        await pipeline(Readable.from(chunksOf(info), { objectMode: false, highWaterMark: 0 }), createWriteStream(partial));
+        await rename(partial, path);
+      } catch (err) {
+        await rm(partial, { force: true });
+        throw err;
+      }
+      return toInfo(info);
+    },
+    async has(hash) {
+      return (await present(hash)) !== null;
+    },
+    async info(hash) {
+      const info = await present(hash);
+      return info === null ? null : toInfo(info);
+    },
+    async delete(hash) {
+      if ((await present(hash)) === null) return false;
+      await os.delete(hash);
+      return true;
+    },
+  };
+  return store;
+}
