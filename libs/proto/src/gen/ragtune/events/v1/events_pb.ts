@@ -13,6 +13,12 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ArtifactRef, Failure } from "../../common/v1/common_pb.js";
 import { file_ragtune_common_v1_common } from "../../common/v1/common_pb.js";
+import type { DatasetVersionStats } from "../../dataset/v1/dataset_pb.js";
+import { file_ragtune_dataset_v1_dataset } from "../../dataset/v1/dataset_pb.js";
+import type { EvalMetricComparison, EvalRunStatus } from "../../eval/v1/eval_pb.js";
+import { file_ragtune_eval_v1_eval } from "../../eval/v1/eval_pb.js";
+import type { PromotedAdapter } from "../../gateway/v1/gateway_pb.js";
+import { file_ragtune_gateway_v1_gateway } from "../../gateway/v1/gateway_pb.js";
 import type { ChunkingOptions, IngestRunStatistics, IngestRunStatus } from "../../ingest/v1/ingest_pb.js";
 import { file_ragtune_ingest_v1_ingest } from "../../ingest/v1/ingest_pb.js";
 import type { Adapter, Checkpoint, JobMetrics, JobStatus } from "../../trainer/v1/trainer_pb.js";
@@ -23,7 +29,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ragtune/events/v1/events.proto.
  */
 export const file_ragtune_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch5yYWd0dW5lL2V2ZW50cy92MS9ldmVudHMucHJvdG8SEXJhZ3R1bmUuZXZlbnRzLnYxIvYCCg9Eb2N1bWVudENodW5rZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSEwoLZG9jdW1lbnRfaWQYBCABKAkSEwoLc291cmNlX25hbWUYBSABKAkSFgoOY29udGVudF9zaGEyNTYYBiABKAkSFwoPYWRkZWRfY2h1bmtfaWRzGAcgAygJEhYKDmtlcHRfY2h1bmtfaWRzGAggAygJEhkKEXJlbW92ZWRfY2h1bmtfaWRzGAkgAygJEjEKCWNodW5rX3NldBgKIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmEjQKCGNodW5raW5nGAsgASgLMiIucmFndHVuZS5pbmdlc3QudjEuQ2h1bmtpbmdPcHRpb25zEhUKDWluZ2VzdF9ydW5faWQYDCABKAkimAEKD0RvY3VtZW50RGVsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY29sbGVjdGlvbhgDIAEoCRITCgtkb2N1bWVudF9pZBgEIAEoCRIZChFyZW1vdmVkX2NodW5rX2lkcxgFIAMoCSKIAQoRQ29sbGVjdGlvbkRlbGV0ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSHAoUcmVtb3ZlZF9kb2N1bWVudF9pZHMYBCADKAkinwIKEkluZ2VzdFJ1bkNvbXBsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNaW5nZXN0X3J1bl9pZBgDIAEoCRISCgpjb2xsZWN0aW9uGAQgASgJEjIKBnN0YXR1cxgFIAEoDjIiLnJhZ3R1bmUuaW5nZXN0LnYxLkluZ2VzdFJ1blN0YXR1cxI6CgpzdGF0aXN0aWNzGAYgASgLMiYucmFndHVuZS5pbmdlc3QudjEuSW5nZXN0UnVuU3RhdGlzdGljcxIrCgdmYWlsdXJlGAcgASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZSJHChFTcGxpdEV4YW1wbGVDb3VudBINCgVzcGxpdBgBIAEoCRIQCghleGFtcGxlcxgCIAEoDRIRCgluZWdhdGl2ZXMYAyABKA0i7gEKE0RhdGFzZXRWZXJzaW9uQnVpbHQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgDIAEoCRISCgpjb2xsZWN0aW9uGAQgASgJEjQKBnNwbGl0cxgFIAMoCzIkLnJhZ3R1bmUuZXZlbnRzLnYxLlNwbGl0RXhhbXBsZUNvdW50Ei4KBnNoYXJkcxgGIAMoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmIrYBChREYXRhc2V0VmVyc2lvbkZhaWxlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSKwoHZmFpbHVyZRgFIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmUi3QMKD1RyYWluZXJKb2JFdmVudBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGam9iX2lkGAMgASgJEhAKCHNlcXVlbmNlGAQgASgNEjQKBGtpbmQYBSABKA4yJi5yYWd0dW5lLmV2ZW50cy52MS5UcmFpbmVySm9iRXZlbnRLaW5kEi0KBnN0YXR1cxgGIAEoDjIdLnJhZ3R1bmUudHJhaW5lci52MS5Kb2JTdGF0dXMSEgoKY29sbGVjdGlvbhgHIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYCCABKAkSMQoHbWV0cmljcxgJIAEoCzIeLnJhZ3R1bmUudHJhaW5lci52MS5Kb2JNZXRyaWNzSAASNAoKY2hlY2twb2ludBgKIAEoCzIeLnJhZ3R1bmUudHJhaW5lci52MS5DaGVja3BvaW50SAASLgoHYWRhcHRlchgLIAEoCzIbLnJhZ3R1bmUudHJhaW5lci52MS5BZGFwdGVySAASLQoHZmFpbHVyZRgMIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmVIAEIICgZkZXRhaWwiTQoQRXZhbE1ldHJpY1Jlc3VsdBIOCgZtZXRyaWMYASABKAkSEgoKYmFzZV92YWx1ZRgCIAEoARIVCg1hZGFwdGVyX3ZhbHVlGAMgASgBIuQCChBFdmFsUnVuQ29tcGxldGVkEhAKCGV2ZW50X2lkGAEgASgJEi8KC29jY3VycmVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtldmFsX3J1bl9pZBgDIAEoCRISCgpjb2xsZWN0aW9uGAQgASgJEhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgFIAEoCRIOCgZqb2JfaWQYBiABKAkSEgoKYWRhcHRlcl9pZBgHIAEoCRIRCglzdWNjZWVkZWQYCCABKAgSNAoHbWV0cmljcxgJIAMoCzIjLnJhZ3R1bmUuZXZlbnRzLnYxLkV2YWxNZXRyaWNSZXN1bHQSKwoHZmFpbHVyZRgKIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmUSLgoGcmVwb3J0GAsgASgLMh4ucmFndHVuZS5jb21tb24udjEuQXJ0aWZhY3RSZWYi0gEKD0FkYXB0ZXJQcm9tb3RlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY29sbGVjdGlvbhgDIAEoCRISCgphZGFwdGVyX2lkGAQgASgJEg4KBmpvYl9pZBgFIAEoCRISCgpiYXNlX21vZGVsGAYgASgJEhMKC2V2YWxfcnVuX2lkGAcgASgJEhsKE3ByZXZpb3VzX2FkYXB0ZXJfaWQYCCABKAkqvwIKE1RyYWluZXJKb2JFdmVudEtpbmQSJgoiVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEiEKHVRSQUlORVJfSk9CX0VWRU5UX0tJTkRfUVVFVUVEEAESIgoeVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9SVU5OSU5HEAISIwofVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9QUk9HUkVTUxADEiUKIVRSQUlORVJfSk9CX0VWRU5UX0tJTkRfQ0hFQ0tQT0lOVBAEEiQKIFRSQUlORVJfSk9CX0VWRU5UX0tJTkRfU1VDQ0VFREVEEAUSIQodVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9GQUlMRUQQBhIkCiBUUkFJTkVSX0pPQl9FVkVOVF9LSU5EX0NBTkNFTExFRBAHYgZwcm90bzM", [file_google_protobuf_timestamp, file_ragtune_common_v1_common, file_ragtune_ingest_v1_ingest, file_ragtune_trainer_v1_trainer]);
+  fileDesc("Ch5yYWd0dW5lL2V2ZW50cy92MS9ldmVudHMucHJvdG8SEXJhZ3R1bmUuZXZlbnRzLnYxIvYCCg9Eb2N1bWVudENodW5rZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSEwoLZG9jdW1lbnRfaWQYBCABKAkSEwoLc291cmNlX25hbWUYBSABKAkSFgoOY29udGVudF9zaGEyNTYYBiABKAkSFwoPYWRkZWRfY2h1bmtfaWRzGAcgAygJEhYKDmtlcHRfY2h1bmtfaWRzGAggAygJEhkKEXJlbW92ZWRfY2h1bmtfaWRzGAkgAygJEjEKCWNodW5rX3NldBgKIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmEjQKCGNodW5raW5nGAsgASgLMiIucmFndHVuZS5pbmdlc3QudjEuQ2h1bmtpbmdPcHRpb25zEhUKDWluZ2VzdF9ydW5faWQYDCABKAkimAEKD0RvY3VtZW50RGVsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY29sbGVjdGlvbhgDIAEoCRITCgtkb2N1bWVudF9pZBgEIAEoCRIZChFyZW1vdmVkX2NodW5rX2lkcxgFIAMoCSKIAQoRQ29sbGVjdGlvbkRlbGV0ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSHAoUcmVtb3ZlZF9kb2N1bWVudF9pZHMYBCADKAkinwIKEkluZ2VzdFJ1bkNvbXBsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNaW5nZXN0X3J1bl9pZBgDIAEoCRISCgpjb2xsZWN0aW9uGAQgASgJEjIKBnN0YXR1cxgFIAEoDjIiLnJhZ3R1bmUuaW5nZXN0LnYxLkluZ2VzdFJ1blN0YXR1cxI6CgpzdGF0aXN0aWNzGAYgASgLMiYucmFndHVuZS5pbmdlc3QudjEuSW5nZXN0UnVuU3RhdGlzdGljcxIrCgdmYWlsdXJlGAcgASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZSLwAQoTRGF0YXNldFZlcnNpb25CdWlsdBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSNgoFc3RhdHMYBSABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cxIuCgZzaGFyZHMYBiADKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZiK2AQoURGF0YXNldFZlcnNpb25GYWlsZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgDIAEoCRISCgpjb2xsZWN0aW9uGAQgASgJEisKB2ZhaWx1cmUYBSABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlIt0DCg9UcmFpbmVySm9iRXZlbnQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmpvYl9pZBgDIAEoCRIQCghzZXF1ZW5jZRgEIAEoDRI0CgRraW5kGAUgASgOMiYucmFndHVuZS5ldmVudHMudjEuVHJhaW5lckpvYkV2ZW50S2luZBItCgZzdGF0dXMYBiABKA4yHS5yYWd0dW5lLnRyYWluZXIudjEuSm9iU3RhdHVzEhIKCmNvbGxlY3Rpb24YByABKAkSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAggASgJEjEKB21ldHJpY3MYCSABKAsyHi5yYWd0dW5lLnRyYWluZXIudjEuSm9iTWV0cmljc0gAEjQKCmNoZWNrcG9pbnQYCiABKAsyHi5yYWd0dW5lLnRyYWluZXIudjEuQ2hlY2twb2ludEgAEi4KB2FkYXB0ZXIYCyABKAsyGy5yYWd0dW5lLnRyYWluZXIudjEuQWRhcHRlckgAEi0KB2ZhaWx1cmUYDCABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlSABCCAoGZGV0YWlsIoMDChBFdmFsUnVuQ29tcGxldGVkEhAKCGV2ZW50X2lkGAEgASgJEi8KC29jY3VycmVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtldmFsX3J1bl9pZBgDIAEoCRISCgpjb2xsZWN0aW9uGAQgASgJEhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgFIAEoCRIOCgZqb2JfaWQYBiABKAkSEgoKYWRhcHRlcl9pZBgHIAEoCRIuCgZzdGF0dXMYCCABKA4yHi5yYWd0dW5lLmV2YWwudjEuRXZhbFJ1blN0YXR1cxI2CgdtZXRyaWNzGAkgAygLMiUucmFndHVuZS5ldmFsLnYxLkV2YWxNZXRyaWNDb21wYXJpc29uEisKB2ZhaWx1cmUYCiABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlEi4KBnJlcG9ydBgLIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmIooBCg9BZGFwdGVyUHJvbW90ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKB2FkYXB0ZXIYAyABKAsyIy5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZWRBZGFwdGVyKr8CChNUcmFpbmVySm9iRXZlbnRLaW5kEiYKIlRSQUlORVJfSk9CX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIhCh1UUkFJTkVSX0pPQl9FVkVOVF9LSU5EX1FVRVVFRBABEiIKHlRSQUlORVJfSk9CX0VWRU5UX0tJTkRfUlVOTklORxACEiMKH1RSQUlORVJfSk9CX0VWRU5UX0tJTkRfUFJPR1JFU1MQAxIlCiFUUkFJTkVSX0pPQl9FVkVOVF9LSU5EX0NIRUNLUE9JTlQQBBIkCiBUUkFJTkVSX0pPQl9FVkVOVF9LSU5EX1NVQ0NFRURFRBAFEiEKHVRSQUlORVJfSk9CX0VWRU5UX0tJTkRfRkFJTEVEEAYSJAogVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9DQU5DRUxMRUQQB2IGcHJvdG8z", [file_google_protobuf_timestamp, file_ragtune_common_v1_common, file_ragtune_dataset_v1_dataset, file_ragtune_eval_v1_eval, file_ragtune_gateway_v1_gateway, file_ragtune_ingest_v1_ingest, file_ragtune_trainer_v1_trainer]);
 
 /**
  * A document was (re-)chunked.
@@ -248,39 +254,6 @@ export const IngestRunCompletedSchema: GenMessage<IngestRunCompleted> = /*@__PUR
   messageDesc(file_ragtune_events_v1_events, 3);
 
 /**
- * Number of examples of a split.
- *
- * @generated from message ragtune.events.v1.SplitExampleCount
- */
-export type SplitExampleCount = Message<"ragtune.events.v1.SplitExampleCount"> & {
-  /**
-   * "train", "val" or "test".
-   *
-   * @generated from field: string split = 1;
-   */
-  split: string;
-
-  /**
-   * @generated from field: uint32 examples = 2;
-   */
-  examples: number;
-
-  /**
-   * Of which unanswerable (negative) examples.
-   *
-   * @generated from field: uint32 negatives = 3;
-   */
-  negatives: number;
-};
-
-/**
- * Describes the message ragtune.events.v1.SplitExampleCount.
- * Use `create(SplitExampleCountSchema)` to create a new message.
- */
-export const SplitExampleCountSchema: GenMessage<SplitExampleCount> = /*@__PURE__*/
-  messageDesc(file_ragtune_events_v1_events, 4);
-
-/**
  * A dataset version was built and stored.
  * Subject: ragtune.dataset.version.built
  * event_id: "<dataset_version_id>:built".
@@ -309,11 +282,11 @@ export type DatasetVersionBuilt = Message<"ragtune.events.v1.DatasetVersionBuilt
   collection: string;
 
   /**
-   * Counts per split.
+   * Counts and token statistics per split.
    *
-   * @generated from field: repeated ragtune.events.v1.SplitExampleCount splits = 5;
+   * @generated from field: ragtune.dataset.v1.DatasetVersionStats stats = 5;
    */
-  splits: SplitExampleCount[];
+  stats?: DatasetVersionStats | undefined;
 
   /**
    * Stored shards of the version (examples as JSON lines).
@@ -328,7 +301,7 @@ export type DatasetVersionBuilt = Message<"ragtune.events.v1.DatasetVersionBuilt
  * Use `create(DatasetVersionBuiltSchema)` to create a new message.
  */
 export const DatasetVersionBuiltSchema: GenMessage<DatasetVersionBuilt> = /*@__PURE__*/
-  messageDesc(file_ragtune_events_v1_events, 5);
+  messageDesc(file_ragtune_events_v1_events, 4);
 
 /**
  * A dataset build failed.
@@ -369,7 +342,7 @@ export type DatasetVersionFailed = Message<"ragtune.events.v1.DatasetVersionFail
  * Use `create(DatasetVersionFailedSchema)` to create a new message.
  */
 export const DatasetVersionFailedSchema: GenMessage<DatasetVersionFailed> = /*@__PURE__*/
-  messageDesc(file_ragtune_events_v1_events, 6);
+  messageDesc(file_ragtune_events_v1_events, 5);
 
 /**
  * A change of a trainer job.
@@ -468,41 +441,10 @@ export type TrainerJobEvent = Message<"ragtune.events.v1.TrainerJobEvent"> & {
  * Use `create(TrainerJobEventSchema)` to create a new message.
  */
 export const TrainerJobEventSchema: GenMessage<TrainerJobEvent> = /*@__PURE__*/
-  messageDesc(file_ragtune_events_v1_events, 7);
+  messageDesc(file_ragtune_events_v1_events, 6);
 
 /**
- * One metric of an eval run compared between the base model and the adapter.
- *
- * @generated from message ragtune.events.v1.EvalMetricResult
- */
-export type EvalMetricResult = Message<"ragtune.events.v1.EvalMetricResult"> & {
-  /**
-   * Metric name, e.g. "token_f1", "refusal_accuracy".
-   *
-   * @generated from field: string metric = 1;
-   */
-  metric: string;
-
-  /**
-   * @generated from field: double base_value = 2;
-   */
-  baseValue: number;
-
-  /**
-   * @generated from field: double adapter_value = 3;
-   */
-  adapterValue: number;
-};
-
-/**
- * Describes the message ragtune.events.v1.EvalMetricResult.
- * Use `create(EvalMetricResultSchema)` to create a new message.
- */
-export const EvalMetricResultSchema: GenMessage<EvalMetricResult> = /*@__PURE__*/
-  messageDesc(file_ragtune_events_v1_events, 8);
-
-/**
- * An eval run finished (succeeded or failed).
+ * An eval run finished (succeeded, failed or cancelled).
  * Subject: ragtune.eval.run.completed
  * event_id: "<eval_run_id>:completed".
  *
@@ -547,16 +489,18 @@ export type EvalRunCompleted = Message<"ragtune.events.v1.EvalRunCompleted"> & {
   adapterId: string;
 
   /**
-   * True when the run succeeded; false with failure set otherwise.
+   * SUCCEEDED, FAILED or CANCELLED.
    *
-   * @generated from field: bool succeeded = 8;
+   * @generated from field: ragtune.eval.v1.EvalRunStatus status = 8;
    */
-  succeeded: boolean;
+  status: EvalRunStatus;
 
   /**
-   * @generated from field: repeated ragtune.events.v1.EvalMetricResult metrics = 9;
+   * Base vs adapter per metric; set when SUCCEEDED.
+   *
+   * @generated from field: repeated ragtune.eval.v1.EvalMetricComparison metrics = 9;
    */
-  metrics: EvalMetricResult[];
+  metrics: EvalMetricComparison[];
 
   /**
    * @generated from field: ragtune.common.v1.Failure failure = 10;
@@ -576,7 +520,7 @@ export type EvalRunCompleted = Message<"ragtune.events.v1.EvalRunCompleted"> & {
  * Use `create(EvalRunCompletedSchema)` to create a new message.
  */
 export const EvalRunCompletedSchema: GenMessage<EvalRunCompleted> = /*@__PURE__*/
-  messageDesc(file_ragtune_events_v1_events, 9);
+  messageDesc(file_ragtune_events_v1_events, 7);
 
 /**
  * An adapter was promoted to serve a collection.
@@ -597,38 +541,9 @@ export type AdapterPromoted = Message<"ragtune.events.v1.AdapterPromoted"> & {
   occurredAt?: Timestamp | undefined;
 
   /**
-   * @generated from field: string collection = 3;
+   * @generated from field: ragtune.gateway.v1.PromotedAdapter adapter = 3;
    */
-  collection: string;
-
-  /**
-   * @generated from field: string adapter_id = 4;
-   */
-  adapterId: string;
-
-  /**
-   * @generated from field: string job_id = 5;
-   */
-  jobId: string;
-
-  /**
-   * @generated from field: string base_model = 6;
-   */
-  baseModel: string;
-
-  /**
-   * The eval run that justified the promotion, empty for a forced promotion.
-   *
-   * @generated from field: string eval_run_id = 7;
-   */
-  evalRunId: string;
-
-  /**
-   * The adapter served before, empty if none.
-   *
-   * @generated from field: string previous_adapter_id = 8;
-   */
-  previousAdapterId: string;
+  adapter?: PromotedAdapter | undefined;
 };
 
 /**
@@ -636,7 +551,7 @@ export type AdapterPromoted = Message<"ragtune.events.v1.AdapterPromoted"> & {
  * Use `create(AdapterPromotedSchema)` to create a new message.
  */
 export const AdapterPromotedSchema: GenMessage<AdapterPromoted> = /*@__PURE__*/
-  messageDesc(file_ragtune_events_v1_events, 10);
+  messageDesc(file_ragtune_events_v1_events, 8);
 
 /**
  * Kind of a trainer job event; its lowercase name is the subject's verb.
