@@ -10,4 +10,4 @@ export type { Job, TakeOptions, WorkQueue, WorkQueueOptions } from "./work-queue
 export { openKv, RevisionConflictError } from "./kv.js";
 export type { KvChange, KvOptions, KvValue, KvWatch, TypedKv } from "./kv.js";
 export { openArtifactStore } from "./object-store.js";
-export type { ArtifactInfo, ArtifactPutOptions, ArtifactStore, ArtifactStoreOptions } from "./object-store.js";
+export type { ArtifactInfo, ArtifactPutOptions, ArtifactSource, ArtifactStore, ArtifactStoreOptions } from "./object-store.js";

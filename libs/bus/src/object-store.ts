@@ -36,6 +36,9 @@ export interface ArtifactPutOptions {
   contentType?: string;
 }
 
+/** A Node Readable (binary), an async generator of chunks, or a plain iterable of chunks. */
+export type ArtifactSource = Readable | AsyncIterable<Uint8Array | string> | Iterable<Uint8Array>;
+
 export interface ArtifactStoreOptions {
   /** Bucket size limit in bytes (-1 = unlimited, default). */
   maxBytes?: number;
@@ -46,7 +49,7 @@ export interface ArtifactStoreOptions {
 export interface ArtifactStore {
   readonly bucket: string;
   /** Streams the source in, returns its info (named by its SHA-256). Never buffers the whole content. */
-  put(source: AsyncIterable<Uint8Array | string> | Readable, options?: ArtifactPutOptions): Promise<ArtifactInfo>;
+  put(source: ArtifactSource, options?: ArtifactPutOptions): Promise<ArtifactInfo>;
   /** Streams a file in. */
   putFile(path: string, options?: ArtifactPutOptions): Promise<ArtifactInfo>;
   /** The content as a Node stream (verified against its hash when it ends), or null if absent. */
@@ -85,6 +88,12 @@ function natsDigestToHex(digest: string): string {
 function asBytes(chunk: Uint8Array | string): Uint8Array {
   if (typeof chunk === "string") throw new Error("artifact source yielded a string; give binary chunks (no setEncoding)");
   return chunk;
+}
+
+function iterate(source: ArtifactSource): AsyncIterator<Uint8Array | string> | Iterator<Uint8Array> {
+  if (Symbol.asyncIterator in source) return (source as AsyncIterable<Uint8Array | string>)[Symbol.asyncIterator]();
+  if (Symbol.iterator in source) return (source as Iterable<Uint8Array>)[Symbol.iterator]();
+  throw new Error("artifact source must be a Readable, an async iterable or an iterable of Uint8Array chunks");
 }
 
 export async function openArtifactStore(ctx: BusContext, bucket: string, options: ArtifactStoreOptions = {}): Promise<ArtifactStore> {
@@ -135,7 +144,7 @@ export async function openArtifactStore(ctx: BusContext, bucket: string, options
     bucket,
     async put(source, putOptions = {}) {
       const sha = createHash("sha256");
-      const iterator = (source as AsyncIterable<Uint8Array | string>)[Symbol.asyncIterator]();
+      const iterator = iterate(source);
       // Pull-driven: the uploader asks for the next chunk only after publishing the previous one.
       const body = new ReadableStream<Uint8Array>(
         {
