@@ -1,0 +1,250 @@
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { delimiter } from "node:path";
+import { createInterface } from "node:readline";
+import type { Logger } from "@ragtune/logger";
+import type { WorkerHyperparameters } from "./hyperparameters.js";
+
+/** The `spec` of the worker's train command (see services/trainer/worker/ragtune_worker/spec.py). */
+export interface WorkerSpec extends WorkerHyperparameters {
+  job_id: string;
+  model_dir: string;
+  train_file: string;
+  val_file: string | null;
+  output_dir: string;
+  resume_from_checkpoint: string | null;
+}
+
+interface Seq {
+  seq: number;
+  job_id?: string;
+}
+export type WorkerValidated = Seq & {
+  type: "validated";
+  rows: number;
+  val_rows: number;
+  steps_planned: number;
+  trainable_params?: number;
+  total_params?: number;
+};
+export type WorkerStarted = Seq & { type: "started"; steps_planned: number };
+/** Step metrics; a step with a validation loss may arrive as one event or as a train and a val event. */
+export type WorkerMetrics = Seq & {
+  type: "metrics";
+  step: number;
+  epoch: number;
+  train_loss?: number;
+  val_loss?: number;
+  learning_rate?: number;
+  tokens_per_second?: number;
+  peak_memory_bytes?: number;
+  grad_norm?: number;
+};
+export type WorkerCheckpoint = Seq & { type: "checkpoint"; step: number; path: string };
+export type WorkerFinished = Seq & {
+  type: "finished";
+  steps: number;
+  final_loss: number | null;
+  adapter_dir: string;
+  gguf_path?: string;
+};
+export type WorkerFailed = Seq & { type: "failed"; kind: "user_error" | "system_error"; message: string };
+export type WorkerCancelled = Seq & { type: "cancelled"; checkpoint_path: string | null; step: number };
+
+export type WorkerEvent =
+  | WorkerValidated
+  | WorkerStarted
+  | WorkerMetrics
+  | WorkerCheckpoint
+  | WorkerFinished
+  | WorkerFailed
+  | WorkerCancelled;
+
+/** How a worker run ended. */
+export type WorkerOutcome =
+  | { type: "finished"; event: WorkerFinished }
+  | { type: "cancelled"; event: WorkerCancelled }
+  | {
+      type: "failed";
+      kind: "user_error" | "system_error";
+      message: string;
+      /** UPPER_SNAKE_CASE reason for the job's Failure. */
+      reason: "WORKER_REPORTED" | "WORKER_EXITED" | "HEARTBEAT_TIMEOUT" | "SPAWN_FAILED";
+      /** True when the worker died or hung without reporting: running it again from a checkpoint may work. */
+      crashed: boolean;
+    };
+
+export interface WorkerProcessOptions {
+  /** The Python interpreter of the worker's environment. */
+  python: string;
+  /** The worker package folder (services/trainer/worker); it is the cwd and on PYTHONPATH. */
+  workerDir: string;
+  spec: WorkerSpec;
+  logger: Logger;
+  /** Kill the worker and fail the run when no event arrives for this long. */
+  heartbeatTimeoutMs: number;
+  /**
+   * Called for each event in order; the next event waits until the returned promise settles. A handler that
+   * throws kills the worker and makes `done` reject with that error.
+   */
+  onEvent: (event: WorkerEvent) => void | Promise<void>;
+  /** Extra environment for the worker. */
+  env?: Record<string, string>;
+}
+
+const EVENT_TYPES = new Set(["validated", "started", "metrics", "checkpoint", "finished", "failed", "cancelled"]);
+const STDERR_TAIL = 30;
+
+function parseEvent(line: string): WorkerEvent | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== "object" || value === null) return undefined;
+  const event = value as { type?: unknown; seq?: unknown };
+  if (typeof event.type !== "string" || !EVENT_TYPES.has(event.type) || typeof event.seq !== "number") return undefined;
+  return value as WorkerEvent;
+}
+
+/**
+ * One run of the Python trainer worker (`python -m ragtune_worker`): writes the train command, turns its
+ * stdout JSON lines into typed events, logs its stderr, enforces the heartbeat timeout and forwards cancel.
+ */
+export class WorkerProcess {
+  readonly done: Promise<WorkerOutcome>;
+  private readonly child: ChildProcessWithoutNullStreams;
+  private readonly logger: Logger;
+  private cancelSent = false;
+  private timedOut = false;
+
+  private constructor(options: WorkerProcessOptions) {
+    this.logger = options.logger.child({ component: "worker", jobId: options.spec.job_id });
+    const pythonPath = [options.workerDir, process.env.PYTHONPATH].filter(Boolean).join(delimiter);
+    this.child = spawn(options.python, ["-m", "ragtune_worker"], {
+      cwd: options.workerDir,
+      env: { ...process.env, ...options.env, PYTHONPATH: pythonPath, PYTHONUNBUFFERED: "1" },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    this.done = this.supervise(options);
+  }
+
+  /** Starts the worker and sends it the job spec. */
+  static start(options: WorkerProcessOptions): WorkerProcess {
+    return new WorkerProcess(options);
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  /** Asks the worker to stop at the next step boundary and save a checkpoint (idempotent). */
+  cancel(): void {
+    if (this.cancelSent || this.exited) return;
+    this.cancelSent = true;
+    this.logger.info("asking the worker to checkpoint and stop");
+    this.child.stdin.write(`${JSON.stringify({ type: "cancel" })}\n`);
+  }
+
+  /** Kills the worker at once (SIGKILL). */
+  kill(): void {
+    if (!this.exited) this.child.kill("SIGKILL");
+  }
+
+  private get exited(): boolean {
+    return this.child.exitCode !== null || this.child.signalCode !== null;
+  }
+
+  private async supervise(options: WorkerProcessOptions): Promise<WorkerOutcome> {
+    const { child, logger } = this;
+    const stderrTail: string[] = [];
+    let terminal: WorkerEvent | undefined;
+    let handlerError: unknown;
+    let chain: Promise<void> = Promise.resolve();
+
+    child.stdin.on("error", (err) => logger.debug({ err }, "worker stdin closed"));
+    const spawnError = new Promise<Error>((resolve) => child.once("error", resolve));
+    const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once("close", (code, signal) => resolve({ code, signal })),
+    );
+
+    let timer: NodeJS.Timeout | undefined;
+    const armHeartbeat = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        this.timedOut = true;
+        logger.error({ timeoutMs: options.heartbeatTimeoutMs }, "worker sent no event within the heartbeat timeout; killing it");
+        child.kill("SIGKILL");
+      }, options.heartbeatTimeoutMs);
+    };
+    armHeartbeat();
+
+    createInterface({ input: child.stderr }).on("line", (line) => {
+      stderrTail.push(line);
+      if (stderrTail.length > STDERR_TAIL) stderrTail.shift();
+      logger.debug({ worker: line }, "worker log");
+    });
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      if (line.trim() === "") return;
+      const event = parseEvent(line);
+      if (event === undefined) {
+        logger.warn({ line: line.slice(0, 500) }, "ignoring a worker stdout line that is not a protocol event");
+        return;
+      }
+      armHeartbeat();
+      if (event.type === "finished" || event.type === "failed" || event.type === "cancelled") terminal = event;
+      chain = chain.then(async () => {
+        if (handlerError !== undefined) return;
+        try {
+          await options.onEvent(event);
+        } catch (err) {
+          handlerError = err;
+          logger.error({ err, event: event.type }, "handling a worker event failed; killing the worker");
+          child.kill("SIGKILL");
+        }
+      });
+    });
+
+    child.stdin.write(`${JSON.stringify({ type: "train", spec: options.spec })}\n`);
+    logger.info({ pid: child.pid }, "worker started");
+
+    const first = await Promise.race([exit.then((e) => ({ exit: e })), spawnError.then((err) => ({ err }))]);
+    clearTimeout(timer);
+    if ("err" in first) {
+      return {
+        type: "failed",
+        kind: "system_error",
+        reason: "SPAWN_FAILED",
+        crashed: false,
+        message: `cannot start the trainer worker with ${options.python}: ${first.err.message}; check TRAINER_PYTHON`,
+      };
+    }
+    await chain;
+    if (handlerError !== undefined) throw handlerError;
+    const { code, signal } = first.exit;
+    logger.info({ code, signal }, "worker exited");
+
+    if (terminal?.type === "finished") return { type: "finished", event: terminal };
+    if (terminal?.type === "cancelled") return { type: "cancelled", event: terminal };
+    if (terminal?.type === "failed") {
+      return { type: "failed", kind: terminal.kind, message: terminal.message, reason: "WORKER_REPORTED", crashed: false };
+    }
+    if (this.timedOut) {
+      return {
+        type: "failed",
+        kind: "system_error",
+        reason: "HEARTBEAT_TIMEOUT",
+        crashed: true,
+        message: `the trainer worker sent no event for ${Math.round(options.heartbeatTimeoutMs / 1000)} s and was stopped`,
+      };
+    }
+    logger.error({ code, signal, stderr: stderrTail }, "worker exited without reporting an outcome");
+    return {
+      type: "failed",
+      kind: "system_error",
+      reason: "WORKER_EXITED",
+      crashed: true,
+      message: `the trainer worker exited unexpectedly (${signal !== null ? `signal ${signal}` : `exit code ${code}`}) before the job ended`,
+    };
+  }
+}
