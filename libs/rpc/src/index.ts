@@ -33,3 +33,5 @@ export {
 } from "./errors.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export type { ConnectRouter, HandlerContext, Interceptor } from "@connectrpc/connect";
+export { runService } from "./service-main.js";
+export type { ServiceContext, ServiceDefinition, ServiceInstance } from "./service-main.js";

@@ -1,0 +1,112 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { createInterface } from "node:readline";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { freePort, startNatsServer, type NatsServerHandle } from "@ragtune/testing";
+
+export const SERVICE_NAMES = ["ingest", "dataset", "trainer", "eval", "gateway"] as const;
+export type ServiceName = (typeof SERVICE_NAMES)[number];
+
+export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+export interface StackService {
+  name: ServiceName;
+  url: string;
+  process: ChildProcess;
+}
+
+export interface Stack {
+  nats: NatsServerHandle;
+  natsUrl: string;
+  services: Record<ServiceName, StackService>;
+  stop(): Promise<void>;
+}
+
+export interface StackOptions {
+  /** Where JetStream keeps its files; a temp dir (removed on stop) when unset. */
+  storeDir?: string;
+  /** First RPC port; services take consecutive ports. Free ports are picked when unset. */
+  portBase?: number;
+  /** Extra environment for every service (e.g. LOG_LEVEL, TRAINER_* settings). */
+  env?: Record<string, string>;
+  /** Receives every log line of every service, already parsed (or raw text when not JSON). */
+  onLog?: (service: ServiceName, line: Record<string, unknown> | string) => void;
+  /** Which services to start; all five by default. */
+  only?: readonly ServiceName[];
+}
+
+/**
+ * Start nats-server (JetStream) and the ragtune services as child processes, each on its own RPC port, and resolve
+ * once every service has logged that it is listening. stop() sends SIGTERM to each service, waits for it to exit,
+ * then stops nats-server.
+ */
+export async function startStack(options: StackOptions = {}): Promise<Stack> {
+  const nats = await startNatsServer({ storeDir: options.storeDir });
+  const started: StackService[] = [];
+  const names = options.only ?? SERVICE_NAMES;
+  const stop = async () => {
+    await Promise.all(started.map((s) => stopProcess(s.process)));
+    await nats.stop();
+  };
+  try {
+    let index = 0;
+    for (const name of names) {
+      const port = options.portBase ? options.portBase + index : await freePort();
+      index += 1;
+      started.push(await startService(name, port, nats.url, options));
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const services = Object.fromEntries(started.map((s) => [s.name, s])) as Record<ServiceName, StackService>;
+  return { nats, natsUrl: nats.url, services, stop };
+}
+
+async function startService(name: ServiceName, port: number, natsUrl: string, options: StackOptions): Promise<StackService> {
+  const main = join(repoRoot, "services", name, "src", "main.ts");
+  const child = spawn(process.execPath, ["--conditions=@ragtune/source", "--import", "tsx", main], {
+    cwd: repoRoot,
+    env: { ...process.env, ...options.env, NATS_URL: natsUrl, RPC_HOST: "127.0.0.1", RPC_PORT: String(port) },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    const onExit = (code: number | null) => reject(new Error(`${name} service exited with code ${code} before it was ready`));
+    child.once("exit", onExit);
+    for (const stream of [child.stdout!, child.stderr!]) {
+      createInterface({ input: stream }).on("line", (text) => {
+        let line: Record<string, unknown> | string = text;
+        try {
+          line = JSON.parse(text) as Record<string, unknown>;
+        } catch {
+          // not a JSON log line: pass it on as text
+        }
+        options.onLog?.(name, line);
+        if (typeof line === "object" && line.msg === "rpc server listening" && typeof line.url === "string") {
+          child.off("exit", onExit);
+          resolve(line.url);
+        }
+      });
+    }
+  });
+  return { name, url, process: child };
+}
+
+async function stopProcess(child: ChildProcess, timeoutMs = 20_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, "exit");
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** One readable line from a pino JSON log line: time, service, level, message, and the interesting fields. */
+export function formatLogLine(service: string, line: Record<string, unknown> | string): string {
+  if (typeof line === "string") return `${service.padEnd(8)} ${line}`;
+  const { level, msg, time, svc: _svc, pid: _pid, hostname: _host, ...rest } = line;
+  const t = typeof time === "string" ? time.slice(11, 23) : "";
+  const extra = Object.keys(rest).length ? " " + JSON.stringify(rest) : "";
+  return `${t} ${service.padEnd(8)} ${String(level ?? "").padEnd(5)} ${String(msg ?? "")}${extra}`;
+}
