@@ -1,3 +1,3 @@
 import { projectConfig } from "../vitest.shared.js";
 
-export default projectConfig();
+export default projectConfig({ testTimeout: 120_000 });
