@@ -250,7 +250,9 @@ function sniffProtocol(socket: net.Socket, handOver: (isHttp2: boolean) => void)
     socket.pause();
     socket.unshift(buffered);
     handOver(isHttp2);
-    socket.resume();
+    // The HTTP/2 session reads the socket natively (it takes the unshifted bytes first);
+    // the HTTP/1 parser reads through stream events, so that side must flow again.
+    if (!isHttp2) socket.resume();
   };
   socket.on("data", onData);
 }
