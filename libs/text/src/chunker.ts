@@ -1,0 +1,312 @@
+import { createHash } from "node:crypto";
+import type { Section } from "./blocks.js";
+import type { ParsedDocument } from "./parse.js";
+import type { PieceCounts, TokenCounter } from "./tokenizer.js";
+
+export interface ChunkOptions {
+  tokenizer: TokenCounter;
+  /** Token budget per chunk, counted by `tokenizer` on the chunk text alone (default 512). */
+  chunkSize?: number;
+  /** Tokens of the previous chunk (same section) repeated at the start of the next (default 0). */
+  overlap?: number;
+  /** Globally unique document ID (see documentIdFor): it makes chunk IDs unique across documents and collections. */
+  documentId: string;
+}
+
+export interface Chunk {
+  /** Content-addressed, unique across documents and collections; stable across re-ingest. */
+  id: string;
+  documentId: string;
+  /** Position of the chunk in the document, from 0. */
+  ordinal: number;
+  /** "Guide > Section > Subsection"; the document title for text before the first heading. */
+  headingPath: string;
+  text: string;
+  /** Exact token count of `text` alone (no special tokens) with the chunking tokenizer. */
+  tokenCount: number;
+  /** [charStart, charEnd) of `text` in the document's normalized text. */
+  charStart: number;
+  charEnd: number;
+  /** Hash of the section the chunk comes from (heading path + section text). */
+  sectionHash: string;
+}
+
+export const DEFAULT_CHUNK_SIZE = 512;
+
+/** A globally unique, stable document ID from its collection and its path (or name) in that collection. */
+export function documentIdFor(collection: string, path: string): string {
+  return `doc_${sha256(`ragtune-document-v1\u0000${collection}\u0000${path}`).slice(0, 32)}`;
+}
+
+/**
+ * Splits a parsed document into chunks that each fit the token budget.
+ *
+ * Sections are hard boundaries: every section (a heading and its body up to the next heading) is
+ * chunked on its own and no chunk spans two sections. That is what makes re-ingest incremental:
+ * a chunk's ID is a hash of (chunking config, document ID, section hash, occurrence of that
+ * section in the document, index of the chunk in its section, chunk text), so
+ *  (a) the same document ingested twice gives the same IDs (everything hashed is deterministic);
+ *  (b) identical text in another document or collection gives other IDs (the document ID, itself
+ *      derived from collection + path, is hashed);
+ *  (c) editing a section changes only that section's chunks: the others keep their section hash,
+ *      occurrence and in-section index. The document-wide ordinal is deliberately NOT hashed, since
+ *      inserting a chunk would renumber every later chunk.
+ * Merging small neighbouring sections into one chunk would make a chunk depend on two sections and
+ * let an edit in one move the other's boundaries, breaking (c); so sections are never merged.
+ * Heading-only sections (a heading directly followed by a sub-heading) produce no chunk: their
+ * title lives on in the heading path of the sections below.
+ *
+ * Inside a section the split is recursive — paragraph, line, sentence, word, then token — and the
+ * resulting pieces are packed greedily, so a tiny trailing piece is merged into its neighbour
+ * whenever the two fit together. Sizes are estimated from the tokenizer's pieces and then every
+ * chunk is recounted exactly on its own text; a chunk over budget is split again.
+ */
+export function chunkDocument(doc: ParsedDocument, options: ChunkOptions): Chunk[] {
+  const counter = options.tokenizer;
+  const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  const overlap = options.overlap ?? 0;
+  if (!Number.isInteger(chunkSize) || chunkSize < 8) throw new RangeError(`chunkSize must be an integer ≥ 8, got ${chunkSize}`);
+  if (!Number.isInteger(overlap) || overlap < 0 || overlap > chunkSize / 2) {
+    throw new RangeError(`overlap must be an integer between 0 and chunkSize / 2 (${chunkSize / 2}), got ${overlap}`);
+  }
+  if (options.documentId.length === 0) throw new RangeError("documentId must not be empty");
+
+  const config = `ragtune-chunk-v1\u0000${counter.name}\u0000${chunkSize}\u0000${overlap}\u0000${options.documentId}`;
+  const occurrences = new Map<string, number>();
+  const chunks: Chunk[] = [];
+  for (const section of doc.sections) {
+    const sectionText = doc.text.slice(section.charStart, section.charEnd);
+    if (isHeadingOnly(section, sectionText)) continue;
+    const headingPath = section.headingPath.length > 0 ? section.headingPath.join(" > ") : doc.title;
+    const sectionHash = sha256(`${section.headingPath.join("\u001f")}\u0000${sectionText}`).slice(0, 32);
+    const occurrence = occurrences.get(sectionHash) ?? 0;
+    occurrences.set(sectionHash, occurrence + 1);
+
+    const ranges = chunkSection(sectionText, counter, chunkSize, overlap);
+    ranges.forEach((range, index) => {
+      const text = sectionText.slice(range.start, range.end);
+      chunks.push({
+        id: `ch_${sha256(`${config}\u0000${sectionHash}\u0000${occurrence}\u0000${index}\u0000${text}`).slice(0, 40)}`,
+        documentId: options.documentId,
+        ordinal: chunks.length,
+        headingPath,
+        text,
+        tokenCount: range.tokens,
+        charStart: section.charStart + range.start,
+        charEnd: section.charStart + range.end,
+        sectionHash,
+      });
+    });
+  }
+  return chunks;
+}
+
+export interface ChunkDiff {
+  /** Chunks whose IDs were not there before. */
+  added: Chunk[];
+  /** Chunks that keep their ID (and therefore their text and position in their section). */
+  kept: Chunk[];
+  /** IDs that are gone. */
+  removed: string[];
+}
+
+/** What changed between a document's previous chunk IDs and its new chunks (incremental re-ingest). */
+export function diffChunks(previousIds: Iterable<string>, nextChunks: readonly Chunk[]): ChunkDiff {
+  const previous = new Set(previousIds);
+  const next = new Set<string>();
+  const added: Chunk[] = [];
+  const kept: Chunk[] = [];
+  for (const chunk of nextChunks) {
+    next.add(chunk.id);
+    (previous.has(chunk.id) ? kept : added).push(chunk);
+  }
+  const removed = [...previous].filter((id) => !next.has(id));
+  return { added, kept, removed };
+}
+
+function isHeadingOnly(section: Section, text: string): boolean {
+  return section.level > 0 && !text.includes("\n");
+}
+
+function sha256(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+interface Range {
+  start: number;
+  end: number;
+  tokens: number;
+}
+
+/** Separators from coarse to fine; each yields cut points (where the next piece starts). */
+const SEPARATORS: RegExp[] = [/\n\n+/g, /\n/g, /(?<=[.!?:;])\s+(?=\S)/g, /\s+/g];
+
+/** Splits one section's text into ranges that fit the budget (token counts exact). */
+function chunkSection(text: string, counter: TokenCounter, chunkSize: number, overlap: number): Range[] {
+  const sizer = new RangeSizer(text, counter.pieces(text));
+  const budget = chunkSize - overlap;
+  const packed = pack(text, sizer, counter, budget, atoms(text, sizer, counter, 0, text.length, budget, 0));
+  if (overlap === 0) return packed;
+  return packed.map((range, i) => (i === 0 ? range : withOverlap(text, sizer, counter, range, packed[i - 1]!, chunkSize, overlap)));
+}
+
+/** Estimates a range's tokens from the tokenizer's pieces (exact up to the first piece's marker). */
+class RangeSizer {
+  private readonly ends: number[];
+  private readonly cumulative: Float64Array;
+
+  constructor(private readonly text: string, pieces: PieceCounts) {
+    this.ends = pieces.ends;
+    this.cumulative = new Float64Array(pieces.counts.length + 1);
+    pieces.counts.forEach((n, i) => (this.cumulative[i + 1] = this.cumulative[i]! + n));
+  }
+
+  estimate(start: number, end: number): number {
+    if (end <= start) return 0;
+    const first = this.pieceAt(start);
+    const last = this.pieceAt(end - 1);
+    return this.cumulative[last + 1]! - this.cumulative[first]! + 1;
+  }
+
+  /** Index of the piece holding character `pos`. */
+  private pieceAt(pos: number): number {
+    let low = 0;
+    let high = this.ends.length - 1;
+    while (low < high) {
+      const mid = (low + high) >> 1;
+      if (this.ends[mid]! > pos) high = mid;
+      else low = mid + 1;
+    }
+    return low;
+  }
+
+  /** Piece ends inside (start, end) next to whitespace: where a range may start at a word. */
+  boundaries(start: number, end: number): number[] {
+    const out: number[] = [];
+    for (let i = this.pieceAt(start); i < this.ends.length && this.ends[i]! < end; i++) {
+      const cut = this.ends[i]!;
+      if (cut > start && (isSpace(this.text.charCodeAt(cut)) || isSpace(this.text.charCodeAt(cut - 1)))) out.push(cut);
+    }
+    return out;
+  }
+}
+
+/** Trims whitespace off a range. */
+function trim(text: string, start: number, end: number): [number, number] {
+  while (start < end && isSpace(text.charCodeAt(start))) start++;
+  while (end > start && isSpace(text.charCodeAt(end - 1))) end--;
+  return [start, end];
+}
+
+function isSpace(c: number): boolean {
+  return c === 32 || c === 10 || c === 9 || c === 13 || c === 12;
+}
+
+/** Recursive split into atoms that each fit `budget` by estimate. */
+function atoms(
+  text: string,
+  sizer: RangeSizer,
+  counter: TokenCounter,
+  from: number,
+  to: number,
+  budget: number,
+  level: number,
+): [number, number][] {
+  const [start, end] = trim(text, from, to);
+  if (start >= end) return [];
+  if (sizer.estimate(start, end) <= budget) return [[start, end]];
+  if (level >= SEPARATORS.length) return tokenSplit(text, counter, start, end, budget);
+  const separator = new RegExp(SEPARATORS[level]!.source, "g");
+  separator.lastIndex = start;
+  const out: [number, number][] = [];
+  let pieceStart = start;
+  const slice = text.slice(0, end);
+  for (let m = separator.exec(slice); m !== null; m = separator.exec(slice)) {
+    if (m.index <= pieceStart) continue;
+    out.push(...atoms(text, sizer, counter, pieceStart, m.index, budget, level + 1));
+    pieceStart = m.index + m[0].length;
+  }
+  if (pieceStart === start) return atoms(text, sizer, counter, start, end, budget, level + 1);
+  out.push(...atoms(text, sizer, counter, pieceStart, end, budget, level + 1));
+  return out;
+}
+
+/** Last resort for a word longer than the budget: the longest prefixes that fit, by exact count. */
+function tokenSplit(text: string, counter: TokenCounter, start: number, end: number, budget: number): [number, number][] {
+  const out: [number, number][] = [];
+  while (start < end) {
+    let low = start + 1;
+    let high = end;
+    while (low < high) {
+      const mid = (low + high + 1) >> 1;
+      if (counter.count(text.slice(start, mid)) <= budget) low = mid;
+      else high = mid - 1;
+    }
+    // Never cut a surrogate pair.
+    if (low < end && isLowSurrogate(text.charCodeAt(low)) && low - 1 > start) low--;
+    out.push([start, low]);
+    start = low;
+  }
+  return out;
+}
+
+function isLowSurrogate(c: number): boolean {
+  return c >= 0xdc00 && c <= 0xdfff;
+}
+
+/** Greedy packing of atoms into ranges, then exact recount (re-split anything over budget). */
+function pack(
+  text: string,
+  sizer: RangeSizer,
+  counter: TokenCounter,
+  budget: number,
+  parts: [number, number][],
+): Range[] {
+  const packed: [number, number][] = [];
+  for (const [start, end] of parts) {
+    const last = packed[packed.length - 1];
+    if (last !== undefined && sizer.estimate(last[0], end) <= budget) last[1] = end;
+    else packed.push([start, end]);
+  }
+  const out: Range[] = [];
+  for (const [start, end] of packed) {
+    const tokens = counter.count(text.slice(start, end));
+    if (tokens <= budget) {
+      out.push({ start, end, tokens });
+      continue;
+    }
+    // The estimate was low (a marker effect at a cut): split this range with a tighter budget.
+    const tighter = Math.max(1, budget - (tokens - budget) - 1);
+    out.push(...pack(text, sizer, counter, budget, atoms(text, sizer, counter, start, end, tighter, 0)));
+  }
+  // A tiny trailing piece joins its neighbour when the two fit together.
+  if (out.length >= 2) {
+    const last = out[out.length - 1]!;
+    const prev = out[out.length - 2]!;
+    if (last.tokens < budget / 8) {
+      const tokens = counter.count(text.slice(prev.start, last.end));
+      if (tokens <= budget) out.splice(out.length - 2, 2, { start: prev.start, end: last.end, tokens });
+    }
+  }
+  return out;
+}
+
+/** Extends `range` backwards into `previous` by up to `overlap` tokens, starting at a word. */
+function withOverlap(
+  text: string,
+  sizer: RangeSizer,
+  counter: TokenCounter,
+  range: Range,
+  previous: Range,
+  chunkSize: number,
+  overlap: number,
+): Range {
+  const cuts = sizer.boundaries(previous.start, previous.end).filter((c) => c < previous.end);
+  for (const cut of cuts) {
+    const [start] = trim(text, cut, previous.end);
+    if (start >= previous.end || sizer.estimate(start, previous.end) > overlap) continue;
+    const tokens = counter.count(text.slice(start, range.end));
+    if (tokens <= chunkSize) return { start, end: range.end, tokens };
+  }
+  return range;
+}
