@@ -115,6 +115,11 @@ export interface SubscribeOptions<Desc extends DescMessage> {
   retryDelayMs?: (deliveryCount: number) => number;
   /** Messages pulled ahead of the handler. Default 8. */
   prefetch?: number;
+  /**
+   * How long to wait for the server to confirm an ack before moving on (the event may then come
+   * back, which idempotent handlers absorb). Default 2 s.
+   */
+  ackConfirmTimeoutMs?: number;
 }
 
 export interface EventSubscription {
@@ -132,6 +137,7 @@ export async function subscribeEvents<Desc extends DescMessage>(
   assertName("stream", stream);
   const maxDeliver = options.maxDeliver ?? 10;
   const retryDelay = options.retryDelayMs ?? defaultRetryDelayMs;
+  const ackConfirmTimeoutMs = options.ackConfirmTimeoutMs ?? 2_000;
   await ensureDurableConsumer(ctx.jsm, stream, {
     durable_name: options.durable,
     filter_subject: options.filterSubject,
@@ -177,7 +183,7 @@ export async function subscribeEvents<Desc extends DescMessage>(
       return;
     }
     try {
-      await m.ackAck();
+      await m.ackAck({ timeout: ackConfirmTimeoutMs });
     } catch (err) {
       // The handler ran; the event comes back later and the idempotent handler absorbs it.
       log.warn({ err, subject: m.subject, seq: m.seq, msgId }, "ack not confirmed; event may be redelivered");
