@@ -7,7 +7,8 @@ import { expect, it } from "vitest";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 
-it("libs/proto/src/gen is up to date with proto/", () => {
+// Generous timeout: buf compiles the protos and runs the plugin, slow on a busy 2-core machine.
+it("libs/proto/src/gen is up to date with proto/", { timeout: 180_000 }, () => {
   const result = spawnSync(process.execPath, [path.join(root, "tools/scripts/check-generated.mjs")], {
     cwd: root,
     encoding: "utf8",
