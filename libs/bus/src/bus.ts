@@ -1,15 +1,13 @@
-import type { DescMessage } from "@bufbuild/protobuf";
-import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager, type StreamInfo } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import type { Logger } from "@ragtune/logger";
-import { openArtifactStore, type ArtifactStore, type ArtifactStoreOptions } from "./object-store.js";
 import { publishEvent, subscribeEvents, type EventSubscription, type PublishOptions, type PublishResult, type SubscribeOptions } from "./events.js";
 import { openKv, type KvOptions, type TypedKv } from "./kv.js";
+import { openArtifactStore, type ArtifactStore, type ArtifactStoreOptions } from "./object-store.js";
 import { ensureEventsStream, ensureWorkQueueStream, type EventsStreamOptions, type WorkQueueStreamOptions } from "./streams.js";
 import { openWorkQueue, type WorkQueue, type WorkQueueOptions } from "./work-queue.js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
-import type { StreamInfo } from "@nats-io/jetstream";
 
 export interface ConnectBusOptions {
   /** One or more `nats://host:port` URLs (a comma-separated string works too). */

@@ -117,4 +117,18 @@ describe("events", () => {
       bus.subscribe({ durable: "fixed", filterSubject: "ragtune.test.b.x", schema: TimestampSchema, handler: () => {} }),
     ).rejects.toThrow(/filters "ragtune.test.a.x"/);
   });
+
+  it("close() drains a bus whose subscription is still running", async () => {
+    const other = await h.connect("drainer");
+    const subject = "ragtune.test.drain.published";
+    const got = new Collector<bigint>();
+    await other.subscribe({ durable: "drain", filterSubject: subject, schema: TimestampSchema, handler: (c) => got.push(c.event.seconds) });
+    await other.publish(subject, TimestampSchema, ts(1), { msgId: "drain:1" });
+    await got.waitFor(1);
+    await other.close();
+    expect(other.nc.isClosed()).toBe(true);
+    await expect(other.closed()).resolves.toBeUndefined();
+    const ci = await bus.jsm.consumers.info("RAGTUNE", "drain");
+    expect(ci.ack_floor.stream_seq).toBe(ci.delivered.stream_seq);
+  });
 });
