@@ -1,0 +1,142 @@
+import { beforeAll, describe, expect, it } from "vitest";
+import { chunkDocument, diffChunks, documentIdFor, type Chunk } from "./chunker.js";
+import { parseDocument } from "./parse.js";
+import { loadTokenizer, type TokenCounter } from "./tokenizer.js";
+
+let mistral: TokenCounter;
+beforeAll(() => {
+  mistral = loadTokenizer("mistral");
+});
+
+const sentence = (topic: string, i: number): string =>
+  `The ${topic} service keeps record ${i} in the ledger and replicates it to two standby nodes before acknowledging.`;
+const paragraph = (topic: string, n: number): string => Array.from({ length: n }, (_, i) => sentence(topic, i)).join(" ");
+
+const GUIDE = `# Ledger Guide
+
+${paragraph("intro", 3)}
+
+## Setup
+
+${paragraph("setup", 40)}
+
+${paragraph("setup-more", 25)}
+
+## Configuration
+
+${paragraph("config", 8)}
+
+### Ports
+
+${paragraph("ports", 30)}
+
+## Troubleshooting
+
+${paragraph("trouble", 12)}
+`;
+
+function chunk(text: string, documentId: string, chunkSize = 128, overlap = 0): Chunk[] {
+  return chunkDocument(parseDocument({ text, filename: "guide.md" }), { tokenizer: mistral, chunkSize, overlap, documentId });
+}
+
+describe("chunkDocument", () => {
+  it("keeps every chunk within the budget with exact counts and offsets into the text", () => {
+    const doc = parseDocument({ text: GUIDE, filename: "guide.md" });
+    const chunks = chunkDocument(doc, { tokenizer: mistral, chunkSize: 128, documentId: "d1" });
+    expect(chunks.length).toBeGreaterThan(10);
+    for (const c of chunks) {
+      expect(c.tokenCount).toBeLessThanOrEqual(128);
+      expect(c.tokenCount).toBe(mistral.count(c.text));
+      expect(doc.text.slice(c.charStart, c.charEnd)).toBe(c.text);
+    }
+    expect(chunks.map((c) => c.ordinal)).toEqual(chunks.map((_, i) => i));
+  });
+
+  it("labels chunks with their heading path and never spans two sections", () => {
+    const chunks = chunk(GUIDE, "d1");
+    const paths = [...new Set(chunks.map((c) => c.headingPath))];
+    expect(paths).toEqual([
+      "Ledger Guide",
+      "Ledger Guide > Setup",
+      "Ledger Guide > Configuration",
+      "Ledger Guide > Configuration > Ports",
+      "Ledger Guide > Troubleshooting",
+    ]);
+    for (const c of chunks.filter((c) => c.headingPath.endsWith("Ports"))) expect(c.text).not.toContain("trouble");
+  });
+
+  it("splits an over-long word by tokens", () => {
+    const blob = "x".repeat(3000);
+    const chunks = chunk(`# Blob\n\n${blob}`, "d1", 64);
+    expect(chunks.every((c) => c.tokenCount <= 64 && c.tokenCount === mistral.count(c.text))).toBe(true);
+    expect(chunks.map((c) => c.text).join("").replace(/^Blob\s*/, "")).toBe(blob);
+  });
+
+  it("repeats up to `overlap` tokens of the previous chunk of the same section", () => {
+    const chunks = chunk(GUIDE, "d1", 128, 32);
+    const setup = chunks.filter((c) => c.headingPath === "Ledger Guide > Setup");
+    expect(setup.length).toBeGreaterThan(3);
+    for (let i = 1; i < setup.length; i++) {
+      expect(setup[i]!.charStart).toBeLessThan(setup[i - 1]!.charEnd);
+      expect(mistral.count(setup[i - 1]!.text.slice(setup[i]!.charStart - setup[i - 1]!.charStart))).toBeLessThanOrEqual(33);
+      expect(setup[i]!.tokenCount).toBeLessThanOrEqual(128);
+    }
+  });
+
+  it("gives the same IDs when the same document is ingested twice", () => {
+    expect(chunk(GUIDE, "d1").map((c) => c.id)).toEqual(chunk(GUIDE, "d1").map((c) => c.id));
+  });
+
+  it("gives different IDs to identical text in different documents and collections", () => {
+    const a = chunk(GUIDE, documentIdFor("team-a", "docs/guide.md"));
+    const b = chunk(GUIDE, documentIdFor("team-b", "docs/guide.md"));
+    const c = chunk(GUIDE, documentIdFor("team-a", "docs/copy-of-guide.md"));
+    const ids = [...a, ...b, ...c].map((x) => x.id);
+    expect(new Set(ids).size).toBe(ids.length);
+  });
+
+  it("gives different IDs to identical sections within one document", () => {
+    const twice = `# A\n\n## Example\n\nSame words here.\n\n## Example\n\nSame words here.\n`;
+    const ids = chunk(twice, "d1").map((c) => c.id);
+    expect(ids.length).toBe(2);
+    expect(new Set(ids).size).toBe(2);
+  });
+
+  it("editing one section changes only that section's chunks", () => {
+    const before = chunk(GUIDE, "d1");
+    const edited = GUIDE.replace(sentence("config", 3), "The configuration file lives in /etc/ledger/ledger.toml.");
+    const after = chunk(edited, "d1");
+    const diff = diffChunks(before.map((c) => c.id), after);
+    const changedPaths = new Set([...diff.added.map((c) => c.headingPath)]);
+    expect(changedPaths).toEqual(new Set(["Ledger Guide > Configuration"]));
+    const removedPaths = new Set(before.filter((c) => diff.removed.includes(c.id)).map((c) => c.headingPath));
+    expect(removedPaths).toEqual(new Set(["Ledger Guide > Configuration"]));
+    expect(diff.kept.length).toBe(before.length - diff.removed.length);
+    expect(diff.kept.length).toBeGreaterThan(10);
+  });
+
+  it("inserting a section keeps every other chunk ID", () => {
+    const before = chunk(GUIDE, "d1");
+    const inserted = GUIDE.replace("## Troubleshooting", `## Upgrades\n\n${paragraph("upgrade", 4)}\n\n## Troubleshooting`);
+    const diff = diffChunks(before.map((c) => c.id), chunk(inserted, "d1"));
+    expect(diff.removed).toEqual([]);
+    expect(new Set(diff.added.map((c) => c.headingPath))).toEqual(new Set(["Ledger Guide > Upgrades"]));
+  });
+
+  it("rejects bad options", () => {
+    const doc = parseDocument({ text: GUIDE, filename: "g.md" });
+    expect(() => chunkDocument(doc, { tokenizer: mistral, chunkSize: 4, documentId: "d" })).toThrow(/chunkSize/);
+    expect(() => chunkDocument(doc, { tokenizer: mistral, chunkSize: 64, overlap: 40, documentId: "d" })).toThrow(/overlap/);
+    expect(() => chunkDocument(doc, { tokenizer: mistral, documentId: "" })).toThrow(/documentId/);
+  });
+});
+
+describe("diffChunks", () => {
+  it("sorts chunks into added, kept and removed", () => {
+    const chunks = chunk(GUIDE, "d1").slice(0, 3);
+    const diff = diffChunks(["gone", chunks[0]!.id], chunks);
+    expect(diff.kept.map((c) => c.id)).toEqual([chunks[0]!.id]);
+    expect(diff.added.map((c) => c.id)).toEqual([chunks[1]!.id, chunks[2]!.id]);
+    expect(diff.removed).toEqual(["gone"]);
+  });
+});

@@ -1,0 +1,90 @@
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Tokenizer } from "tokenizers";
+import { describe, expect, it } from "vitest";
+import {
+  TOKENIZER_NAMES,
+  chunkDocument,
+  chunkStats,
+  diffChunks,
+  documentIdFor,
+  loadTokenizer,
+  parseDocument,
+  tokenizerFile,
+  type Chunk,
+  type ParsedDocument,
+} from "../src/index.js";
+
+const CORPUS = fileURLToPath(new URL("../../../../shared/corpus/aws-docs", import.meta.url));
+const SIZES = [128, 256, 512, 1024];
+
+function markdownFiles(dir: string): string[] {
+  return readdirSync(dir)
+    .flatMap((name) => {
+      const path = join(dir, name);
+      if (statSync(path).isDirectory()) return markdownFiles(path);
+      return name.endsWith(".md") && name !== "SOURCE.md" ? [path] : [];
+    })
+    .sort();
+}
+
+const files = markdownFiles(CORPUS);
+const docs: { id: string; doc: ParsedDocument }[] = files.map((file) => ({
+  id: documentIdFor("aws-docs", relative(CORPUS, file)),
+  doc: parseDocument({ bytes: readFileSync(file), filename: relative(CORPUS, file) }),
+}));
+
+describe("the AWS docs corpus", () => {
+  it("parses every file with a heading outline", () => {
+    expect(files.length).toBeGreaterThanOrEqual(80);
+    for (const { doc } of docs) {
+      expect(doc.sections.length).toBeGreaterThan(0);
+      expect(doc.sections.some((s) => s.headingPath.length > 0)).toBe(true);
+    }
+  });
+
+  for (const name of TOKENIZER_NAMES) {
+    it(`${name}: no chunk over budget at ${SIZES.join("/")} tokens, and every count equals the reference`, async () => {
+      const reference = Tokenizer.fromFile(tokenizerFile(name));
+      const counter = loadTokenizer(name);
+      for (const chunkSize of SIZES) {
+        const chunks = docs.flatMap(({ id, doc }) => chunkDocument(doc, { tokenizer: counter, chunkSize, documentId: id }));
+        const encodings = await reference.encodeBatch(
+          chunks.map((c) => c.text),
+          { addSpecialTokens: false },
+        );
+        const mismatches = chunks.filter((c, i) => encodings[i]!.getIds().length !== c.tokenCount);
+        expect(mismatches.map((c) => c.id), `${name}/${chunkSize}: recorded counts differ from the reference`).toEqual([]);
+        const stats = chunkStats(chunks, chunkSize);
+        expect(stats.distribution.overBudget, `${name}/${chunkSize}`).toBe(0);
+        expect(stats.distribution.max).toBeLessThanOrEqual(chunkSize);
+        expect(stats.documents.length).toBe(docs.length);
+        expect(new Set(chunks.map((c) => c.id)).size).toBe(chunks.length);
+      }
+    }, 240_000);
+  }
+
+  it("IDs are unique over the corpus (also across collections) and stable across re-ingest", () => {
+    const counter = loadTokenizer("mistral");
+    const ingest = (collection: string): Chunk[] =>
+      files.flatMap((file) => {
+        const path = relative(CORPUS, file);
+        const doc = parseDocument({ bytes: readFileSync(file), filename: path });
+        return chunkDocument(doc, { tokenizer: counter, documentId: documentIdFor(collection, path) });
+      });
+    const first = ingest("aws-docs");
+    const again = ingest("aws-docs");
+    const other = ingest("another-collection");
+    expect(again.map((c) => c.id)).toEqual(first.map((c) => c.id));
+    const all = [...first, ...other].map((c) => c.id);
+    expect(new Set(all).size).toBe(all.length);
+
+    const diff = diffChunks(
+      first.map((c) => c.id),
+      again,
+    );
+    expect(diff.added).toEqual([]);
+    expect(diff.removed).toEqual([]);
+  }, 120_000);
+});
