@@ -21,6 +21,11 @@ export interface ConnectBusOptions {
   reconnectJitterMs?: number;
   /** JetStream API request timeout. Default 10 s. */
   requestTimeoutMs?: number;
+  /**
+   * Keep trying until the first connection succeeds (for a server that starts after the service).
+   * Default false: an unreachable server fails `connectBus` at once with the URLs in the message.
+   */
+  waitForServer?: boolean;
 }
 
 /** What the low-level modules need: the connection, the JetStream client/manager and a logger. */
@@ -82,7 +87,7 @@ export async function connectBus(options: ConnectBusOptions): Promise<Bus> {
       maxReconnectAttempts: -1,
       reconnectTimeWait: options.reconnectTimeWaitMs ?? 1_000,
       reconnectJitter: options.reconnectJitterMs ?? 500,
-      waitOnFirstConnect: false,
+      waitOnFirstConnect: options.waitForServer ?? false,
       timeout: options.requestTimeoutMs ?? 10_000,
     });
   } catch (err) {
