@@ -1,0 +1,412 @@
+import { readFile, stat } from "node:fs/promises";
+import { create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import type { ArtifactStore, Bus } from "@ragtune/bus";
+import type { Logger } from "@ragtune/logger";
+import {
+  ChunkChangeCountsSchema,
+  DocumentChunkedSchema,
+  DocumentErrorReason,
+  DocumentStatus,
+  FailureKind,
+  FailureSchema,
+  IngestDocumentResultSchema,
+  IngestRunCompletedSchema,
+  IngestRunItemSchema,
+  IngestRunStatisticsSchema,
+  IngestRunStatus,
+  ServerPathSchema,
+  TokenStatsSchema,
+  type Failure,
+  type IngestDocumentResult,
+  type IngestRunItem,
+  type IngestRunRecord,
+  type IngestRunStatistics,
+} from "@ragtune/proto";
+import { tokenDistribution } from "@ragtune/text";
+import { fromChunkingProto, type ChunkingDefaults, type TokenizerCache } from "./chunking-options.js";
+import { failedResult, processDocument, SourceReadError, type PublishChunked } from "./document-processor.js";
+import type { DocumentStore } from "./document-store.js";
+import type { KeyedLock } from "./keyed-lock.js";
+import type { RunStore } from "./run-store.js";
+import { resolveServerPath } from "./source-resolver.js";
+
+export const SUBJECT_DOCUMENT_CHUNKED = "ragtune.ingest.document.chunked";
+export const SUBJECT_RUN_COMPLETED = "ragtune.ingest.run.completed";
+
+export interface IngestRunnerDeps {
+  runs: RunStore;
+  store: DocumentStore;
+  /** Inline document content of runs, content-addressed. */
+  sources: ArtifactStore;
+  bus: Pick<Bus, "publish">;
+  tokenizers: TokenizerCache;
+  locks: KeyedLock;
+  logger: Logger;
+  allowedRoot: string | undefined;
+  maxDocumentBytes: number;
+  maxBatchDocuments: number;
+  chunkingDefaults: ChunkingDefaults;
+}
+
+interface DocMeasure {
+  tokenCounts: number[];
+  bytes: number;
+}
+
+/**
+ * Runs ingest runs one after another in this process: expands server directories, processes each
+ * document in order with a progress event before and after, and finishes the run with statistics
+ * and a completed event. Everything a run needs is in its KV record, so `resume()` continues
+ * unfinished runs after a restart at the first document not yet done.
+ */
+export class IngestRunner {
+  private readonly queue: string[] = [];
+  private draining: Promise<void> | undefined;
+  private stopping = false;
+
+  constructor(private readonly deps: IngestRunnerDeps) {}
+
+  /** Queues a stored run. */
+  submit(runId: string): void {
+    if (this.stopping) return;
+    this.queue.push(runId);
+    this.draining ??= this.drain().finally(() => {
+      this.draining = undefined;
+    });
+  }
+
+  /** Queues every unfinished run found in the store (after a restart). Returns their IDs. */
+  async resume(): Promise<string[]> {
+    const unfinished = await this.deps.runs.unfinished();
+    for (const record of unfinished) {
+      const runId = record.run!.id;
+      this.deps.logger.info({ runId, done: record.run!.documentsDone, total: record.run!.documentsTotal }, "resuming unfinished ingest run");
+      this.submit(runId);
+    }
+    return unfinished.map((r) => r.run!.id);
+  }
+
+  /** Stops after the current document; unfinished runs stay stored and resume on the next start. */
+  async close(): Promise<void> {
+    this.stopping = true;
+    this.queue.length = 0;
+    await this.draining;
+  }
+
+  private async drain(): Promise<void> {
+    while (!this.stopping) {
+      const runId = this.queue.shift();
+      if (runId === undefined) return;
+      const log = this.deps.logger.child({ runId });
+      try {
+        await this.execute(runId, log);
+      } catch (err) {
+        if (this.stopping) {
+          log.warn({ err }, "ingest run interrupted by shutdown; it resumes on the next start");
+          return;
+        }
+        log.error({ err }, "ingest run failed with a system error");
+        await this.failRun(runId, err, log).catch((e: unknown) => log.error({ err: e }, "cannot record the failure of the ingest run; it resumes on the next start"));
+      }
+    }
+  }
+
+  private async execute(runId: string, log: Logger): Promise<void> {
+    const loaded = await this.deps.runs.get(runId);
+    if (loaded === null) throw new Error(`ingest run ${runId} vanished from the store`);
+    const record = loaded.record;
+    const run = record.run!;
+    if (run.status === IngestRunStatus.SUCCEEDED || run.status === IngestRunStatus.PARTIALLY_SUCCEEDED || run.status === IngestRunStatus.FAILED) return;
+    record.lastEventSequence = Math.max(record.lastEventSequence, await this.deps.runs.lastStoredSequence(runId));
+    const chunkingProto = run.chunking!;
+    const chunking = fromChunkingProto(chunkingProto, this.deps.chunkingDefaults);
+    const measures = new Map<number, DocMeasure>();
+
+    if (run.status !== IngestRunStatus.RUNNING) {
+      await this.expand(record);
+      if (record.items.length > this.deps.maxBatchDocuments) {
+        await this.finish(record, measures, create(FailureSchema, {
+          kind: FailureKind.USER_ERROR,
+          reason: "BATCH_TOO_LARGE",
+          message: `the batch expands to ${record.items.length} documents, over the limit of ${this.deps.maxBatchDocuments}; split it into smaller batches`,
+        }));
+        return;
+      }
+      run.status = IngestRunStatus.RUNNING;
+      run.startedAt = timestampNow();
+      await this.deps.runs.appendEvent(record, { event: { case: "statusChanged", value: { status: IngestRunStatus.RUNNING } } });
+      await this.deps.runs.save(record);
+      log.info({ collection: run.collection, documents: run.documentsTotal }, "ingest run started");
+    }
+
+    for (let index = run.documentsDone; index < record.items.length; index++) {
+      if (this.stopping) return;
+      const item = record.items[index]!;
+      const preset = run.documents[index]!;
+      let result: IngestDocumentResult;
+      if (preset.status === DocumentStatus.FAILED) {
+        result = preset;
+      } else {
+        run.documents[index] = create(IngestDocumentResultSchema, { ...preset, status: DocumentStatus.PROCESSING });
+        await this.progress(record, index);
+        await this.deps.runs.save(record);
+        const output = await this.deps.locks.run(run.collection, () => this.processItem(item, record, chunking, chunkingProto, log));
+        result = output.result;
+        measures.set(index, { tokenCounts: output.tokenCounts, bytes: output.bytes });
+      }
+      run.documents[index] = result;
+      run.documentsDone = index + 1;
+      await this.progress(record, index);
+      await this.deps.runs.save(record);
+    }
+    await this.finish(record, measures, undefined);
+    log.info({ status: IngestRunStatus[run.status], statistics: run.statistics?.documentsIngested }, "ingest run finished");
+  }
+
+  private async processItem(
+    item: IngestRunItem,
+    record: IngestRunRecord,
+    chunking: ReturnType<typeof fromChunkingProto>,
+    chunkingProto: NonNullable<IngestRunRecord["run"]>["chunking"] & object,
+    log: Logger,
+  ) {
+    const run = record.run!;
+    try {
+      return await processDocument(
+        {
+          runId: run.id,
+          collection: run.collection,
+          sourceName: item.sourceName,
+          mediaType: item.mediaType,
+          read: () => this.read(item),
+          chunking,
+          chunkingProto,
+        },
+        {
+          store: this.deps.store,
+          tokenizers: this.deps.tokenizers,
+          publishChunked: this.publishChunked(run.id),
+          maxDocumentBytes: this.deps.maxDocumentBytes,
+          logger: log,
+        },
+      );
+    } catch (err) {
+      if (this.stopping) throw err;
+      log.error({ err, sourceName: item.sourceName }, "document failed with a system error");
+      return {
+        result: failedResult(item.sourceName, "", DocumentErrorReason.INTERNAL, `${item.sourceName}: a system error stopped this document; its stored version (if any) is unchanged; retry the ingest`),
+        tokenCounts: [],
+        bytes: 0,
+      };
+    }
+  }
+
+  private async progress(record: IngestRunRecord, index: number): Promise<void> {
+    await this.deps.runs.appendEvent(record, {
+      event: { case: "documentProgress", value: { index, result: record.run!.documents[index]! } },
+    });
+  }
+
+  /** Lists the requested sources into one item (and one pending result) per document. */
+  private async expand(record: IngestRunRecord): Promise<void> {
+    const run = record.run!;
+    const items: IngestRunItem[] = [];
+    const results: IngestDocumentResult[] = [];
+    const seen = new Set<string>();
+    for (const requested of record.requested) {
+      if (requested.source.case === "inlineContent") {
+        items.push(requested);
+        results.push(create(IngestDocumentResultSchema, { sourceName: requested.sourceName, status: DocumentStatus.PENDING }));
+        seen.add(requested.sourceName);
+        continue;
+      }
+      if (requested.source.case !== "serverPath") continue;
+      for (const file of await resolveServerPath(this.deps.allowedRoot, requested.source.value)) {
+        if (seen.has(file.sourceName)) continue; // the same file named twice is one document
+        seen.add(file.sourceName);
+        if (file.ok) {
+          items.push(create(IngestRunItemSchema, {
+            sourceName: file.sourceName,
+            mediaType: requested.mediaType,
+            source: { case: "serverPath", value: create(ServerPathSchema, { path: file.absolutePath }) },
+          }));
+          results.push(create(IngestDocumentResultSchema, { sourceName: file.sourceName, status: DocumentStatus.PENDING }));
+        } else {
+          items.push(create(IngestRunItemSchema, { sourceName: file.sourceName, source: { case: "serverPath", value: create(ServerPathSchema, { path: "" }) } }));
+          results.push(failedResult(file.sourceName, "", file.reason, file.message));
+        }
+      }
+    }
+    record.items = items;
+    run.documents = results;
+    run.documentsTotal = items.length;
+    run.documentsDone = 0;
+  }
+
+  private async read(item: IngestRunItem): Promise<Uint8Array> {
+    const max = this.deps.maxDocumentBytes;
+    const tooLarge = (size: number | bigint) =>
+      new SourceReadError(DocumentErrorReason.TOO_LARGE, `${item.sourceName}: the document is ${size} bytes, over the limit of ${max} bytes (INGEST_MAX_DOCUMENT_BYTES)`);
+    if (item.source.case === "inlineContent") {
+      const ref = item.source.value;
+      if (ref.sizeBytes > BigInt(max)) throw tooLarge(ref.sizeBytes);
+      const stream = await this.deps.sources.get(ref.sha256);
+      if (stream === null) throw new Error(`inline content ${ref.sha256} of ${item.sourceName} is missing from ${this.deps.sources.bucket}`);
+      const parts: Buffer[] = [];
+      for await (const part of stream) parts.push(part as Buffer);
+      return Buffer.concat(parts);
+    }
+    if (item.source.case === "serverPath") {
+      const path = item.source.value.path;
+      let size: number;
+      try {
+        size = (await stat(path)).size;
+      } catch {
+        throw new SourceReadError(DocumentErrorReason.PATH_NOT_FOUND, `${item.sourceName}: the file no longer exists or cannot be read`);
+      }
+      if (size > max) throw tooLarge(size);
+      try {
+        return await readFile(path);
+      } catch {
+        throw new SourceReadError(DocumentErrorReason.PATH_NOT_FOUND, `${item.sourceName}: the file cannot be read (check its permissions)`);
+      }
+    }
+    throw new Error(`run item ${item.sourceName} has no source`);
+  }
+
+  private publishChunked(runId: string): PublishChunked {
+    return async (e) => {
+      await this.deps.bus.publish(
+        SUBJECT_DOCUMENT_CHUNKED,
+        DocumentChunkedSchema,
+        {
+          eventId: `${e.documentId}:${e.chunkSet.sha256}`,
+          occurredAt: timestampNow(),
+          collection: e.collection,
+          documentId: e.documentId,
+          sourceName: e.sourceName,
+          contentSha256: e.contentSha256,
+          addedChunkIds: e.added,
+          keptChunkIds: e.kept,
+          removedChunkIds: e.removed,
+          chunkSet: e.chunkSet,
+          chunking: e.chunking,
+          ingestRunId: runId,
+        },
+        { msgId: `${e.documentId}:${e.chunkSet.sha256}` },
+      );
+    };
+  }
+
+  /** Statistics over the run's documents; counts of documents finished before a restart are read back. */
+  private async statistics(record: IngestRunRecord, measures: Map<number, DocMeasure>): Promise<IngestRunStatistics> {
+    const run = record.run!;
+    const chunkSize = run.chunking?.chunkSizeTokens ?? this.deps.chunkingDefaults.chunkSize;
+    const counts: number[] = [];
+    const changes = { added: 0, kept: 0, removed: 0 };
+    let ingested = 0;
+    let unchanged = 0;
+    let failed = 0;
+    let bytes = 0n;
+    for (const [index, result] of run.documents.entries()) {
+      if (result.status === DocumentStatus.FAILED) {
+        failed++;
+        continue;
+      }
+      if (result.status !== DocumentStatus.READY) continue;
+      if (result.unchanged) unchanged++;
+      else ingested++;
+      changes.added += result.changes?.added ?? 0;
+      changes.kept += result.changes?.kept ?? 0;
+      changes.removed += result.changes?.removed ?? 0;
+      let measure = measures.get(index);
+      if (measure === undefined) {
+        const doc = await this.deps.store.getDocument(run.collection, result.documentId);
+        const chunks = doc === null ? [] : await this.deps.store.readChunkSet(doc.chunkSet);
+        measure = { tokenCounts: chunks.map((c) => c.tokenCount), bytes: Number(doc?.sizeBytes ?? 0n) };
+      }
+      counts.push(...measure.tokenCounts);
+      bytes += BigInt(measure.bytes);
+    }
+    const dist = tokenDistribution(counts, chunkSize);
+    return create(IngestRunStatisticsSchema, {
+      documentsTotal: run.documents.length,
+      documentsIngested: ingested,
+      documentsUnchanged: unchanged,
+      documentsFailed: failed,
+      chunkChanges: create(ChunkChangeCountsSchema, changes),
+      tokenStats: create(TokenStatsSchema, {
+        count: dist.chunks,
+        min: dist.min,
+        mean: dist.mean,
+        median: dist.median,
+        max: dist.max,
+        budget: chunkSize,
+        shareInTopQuarterOfBudget: dist.shareNearBudget,
+        overBudgetCount: dist.overBudget,
+        totalTokens: dist.totalTokens,
+      }),
+      bytesTotal: bytes,
+    });
+  }
+
+  /**
+   * Finishes a run: collection counts, statistics, the ragtune.ingest.run.completed event, the
+   * record (final status), then the run's `completed` event that ends watchers.
+   */
+  private async finish(record: IngestRunRecord, measures: Map<number, DocMeasure>, failure: Failure | undefined): Promise<void> {
+    const run = record.run!;
+    const statistics = await this.statistics(record, measures);
+    if (run.documents.some((d) => d.status === DocumentStatus.READY)) {
+      await this.deps.locks.run(run.collection, () => this.deps.store.refreshCollection(run.collection));
+    }
+    run.statistics = statistics;
+    if (failure !== undefined) {
+      run.status = IngestRunStatus.FAILED;
+      run.failure = failure;
+    } else if (statistics.documentsFailed === 0 && statistics.documentsTotal > 0) {
+      run.status = IngestRunStatus.SUCCEEDED;
+    } else if (statistics.documentsFailed < statistics.documentsTotal) {
+      run.status = IngestRunStatus.PARTIALLY_SUCCEEDED;
+    } else {
+      run.status = IngestRunStatus.FAILED;
+      if (statistics.documentsTotal === 0) {
+        run.failure = create(FailureSchema, {
+          kind: FailureKind.USER_ERROR,
+          reason: "NO_DOCUMENTS",
+          message: "the requested server paths hold no supported documents (.md, .markdown, .html, .htm, .txt)",
+        });
+      }
+    }
+    run.finishedAt = timestampNow();
+    await this.deps.bus.publish(
+      SUBJECT_RUN_COMPLETED,
+      IngestRunCompletedSchema,
+      {
+        eventId: `${run.id}:completed`,
+        occurredAt: run.finishedAt,
+        ingestRunId: run.id,
+        collection: run.collection,
+        status: run.status,
+        statistics,
+        ...(run.failure !== undefined ? { failure: run.failure } : {}),
+      },
+      { msgId: `${run.id}:completed` },
+    );
+    await this.deps.runs.completeRun(record);
+  }
+
+  private async failRun(runId: string, err: unknown, log: Logger): Promise<void> {
+    const loaded = await this.deps.runs.get(runId);
+    if (loaded === null) return;
+    const record = loaded.record;
+    record.lastEventSequence = Math.max(record.lastEventSequence, await this.deps.runs.lastStoredSequence(runId));
+    log.debug({ err }, "marking ingest run failed");
+    await this.finish(record, new Map(), create(FailureSchema, {
+      kind: FailureKind.SYSTEM_ERROR,
+      reason: "INTERNAL",
+      message: "a system error stopped the run; documents finished before it are stored; retry the remaining documents",
+    }));
+  }
+}

@@ -1,0 +1,278 @@
+import { randomUUID, createHash } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import type { ServiceImpl } from "@connectrpc/connect";
+import type { ArtifactStore, Bus } from "@ragtune/bus";
+import type { Logger } from "@ragtune/logger";
+import {
+  ArtifactRefSchema,
+  CollectionDeletedSchema,
+  DocumentDeletedSchema,
+  DocumentStatus,
+  IngestRunItemSchema,
+  IngestRunRecordSchema,
+  IngestRunSchema,
+  IngestRunStatus,
+  IngestService,
+  PageResponseSchema,
+  ServerPathSchema,
+  type Chunk,
+  type IngestRunItem,
+} from "@ragtune/proto";
+import { invalidArgument, notFound } from "@ragtune/rpc";
+import { resolveChunking, toChunkingProto, type ChunkingDefaults } from "./chunking-options.js";
+import { collectionNameProblem, type DocumentStore } from "./document-store.js";
+import type { IngestRunner } from "./ingest-runner.js";
+import type { KeyedLock } from "./keyed-lock.js";
+import { paginate } from "./paging.js";
+import type { RunStore } from "./run-store.js";
+
+export const DEFAULT_COLLECTION = "default";
+export const SUBJECT_DOCUMENT_DELETED = "ragtune.ingest.document.deleted";
+export const SUBJECT_COLLECTION_DELETED = "ragtune.ingest.collection.deleted";
+
+export interface IngestServiceDeps {
+  store: DocumentStore;
+  runs: RunStore;
+  runner: IngestRunner;
+  /** Inline document content, stored before IngestDocuments returns. */
+  sources: ArtifactStore;
+  bus: Pick<Bus, "publish">;
+  locks: KeyedLock;
+  logger: Logger;
+  chunkingDefaults: ChunkingDefaults;
+}
+
+function collectionOf(name: string, field = "collection"): string {
+  const collection = name === "" ? DEFAULT_COLLECTION : name;
+  const problem = collectionNameProblem(collection);
+  if (problem !== undefined) throw invalidArgument(field, problem);
+  return collection;
+}
+
+function runIdFor(collection: string, clientRequestId: string): string {
+  if (clientRequestId === "") return `run_${randomUUID().replace(/-/g, "")}`;
+  return `run_${createHash("sha256").update(`ragtune-ingest-run-v1\u0000${collection}\u0000${clientRequestId}`).digest("hex").slice(0, 32)}`;
+}
+
+/** The IngestService RPC handlers over the document store, the run store and the runner. */
+export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof IngestService> {
+  const { store, runs } = deps;
+
+  const requireCollection = async (name: string, field = "collection"): Promise<string> => {
+    const collection = collectionOf(name, field);
+    if ((await store.getCollection(collection)) === null) throw notFound("collection", collection);
+    return collection;
+  };
+
+  const requireDocument = async (documentId: string) => {
+    if (documentId === "") throw invalidArgument("document_id", "must not be empty; take the id of a document from ListDocuments");
+    const document = await store.findDocument(documentId);
+    if (document === null) throw notFound("document", documentId);
+    return document;
+  };
+
+  return {
+    async ingestDocuments(req) {
+      const collection = collectionOf(req.collection);
+      if (req.sources.length === 0) {
+        throw invalidArgument("sources", "the batch holds no documents; add at least one inline document or server path");
+      }
+      const chunking = resolveChunking(req.chunking, deps.chunkingDefaults);
+      if (!chunking.ok) throw invalidArgument(chunking.field, chunking.message);
+
+      // Check the request before storing anything.
+      const names = new Set<string>();
+      for (const [i, source] of req.sources.entries()) {
+        if (source.source.case === "inline") {
+          const name = source.source.value.filename;
+          if (name.trim() === "") throw invalidArgument(`sources[${i}].inline.filename`, "must not be empty; it names the document");
+          if (names.has(name)) throw invalidArgument(`sources[${i}].inline.filename`, `"${name}" appears twice in the batch; file names must be unique`);
+          names.add(name);
+        } else if (source.source.case === "serverPath") {
+          if (source.source.value.path.trim() === "") throw invalidArgument(`sources[${i}].server_path.path`, "must not be empty");
+        } else {
+          throw invalidArgument(`sources[${i}]`, "set either inline or server_path");
+        }
+      }
+
+      const runId = runIdFor(collection, req.clientRequestId);
+      if (req.clientRequestId !== "") {
+        const existing = await runs.get(runId);
+        if (existing !== null) return { run: existing.record.run };
+      }
+
+      // Inline content goes to the object store before the run exists, so a restart loses nothing.
+      const requested: IngestRunItem[] = [];
+      for (const source of req.sources) {
+        if (source.source.case === "inline") {
+          const inline = source.source.value;
+          const info = await deps.sources.put([inline.content]);
+          requested.push(create(IngestRunItemSchema, {
+            sourceName: inline.filename,
+            mediaType: inline.mediaType,
+            source: {
+              case: "inlineContent",
+              value: create(ArtifactRefSchema, {
+                bucket: deps.sources.bucket,
+                objectName: info.hash,
+                sha256: info.hash,
+                sizeBytes: BigInt(info.size),
+                mediaType: inline.mediaType,
+              }),
+            },
+          }));
+        } else if (source.source.case === "serverPath") {
+          requested.push(create(IngestRunItemSchema, {
+            sourceName: source.source.value.path,
+            source: { case: "serverPath", value: create(ServerPathSchema, source.source.value) },
+          }));
+        }
+      }
+
+      await store.ensureCollection(collection);
+      const record = create(IngestRunRecordSchema, {
+        run: create(IngestRunSchema, {
+          id: runId,
+          collection,
+          status: IngestRunStatus.QUEUED,
+          chunking: toChunkingProto(chunking.value),
+          createdAt: timestampNow(),
+        }),
+        requested,
+        clientRequestId: req.clientRequestId,
+      });
+      await runs.appendEvent(record, { event: { case: "statusChanged", value: { status: IngestRunStatus.QUEUED } } });
+      if (!(await runs.create(record))) {
+        // A concurrent retry with the same client_request_id won.
+        const winner = await runs.get(runId);
+        return { run: winner?.record.run };
+      }
+      deps.runner.submit(runId);
+      deps.logger.info({ runId, collection, sources: req.sources.length }, "ingest run queued");
+      return { run: record.run };
+    },
+
+    async getIngestRun(req) {
+      if (req.runId === "") throw invalidArgument("run_id", "must not be empty; use the run id IngestDocuments returned");
+      const found = await runs.get(req.runId);
+      if (found === null) throw notFound("ingest run", req.runId);
+      return { run: found.record.run };
+    },
+
+    async *watchIngestRun(req, ctx) {
+      if (req.runId === "") throw invalidArgument("run_id", "must not be empty; use the run id IngestDocuments returned");
+      const found = await runs.get(req.runId);
+      if (found === null) throw notFound("ingest run", req.runId);
+      const from = Math.max(1, req.fromSequence);
+      const record = found.record;
+      if (record.run!.finishedAt !== undefined) {
+        await runs.ensureCompletedEvent(record);
+        if (from > record.lastEventSequence) return;
+      }
+      for await (const event of runs.events(req.runId, from, ctx.signal)) {
+        yield { event };
+      }
+    },
+
+    async listCollections(req) {
+      const page = paginate(await store.listCollections(), req.page, "collections");
+      return { collections: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
+    },
+
+    async listDocuments(req) {
+      const collection = await requireCollection(req.collection);
+      let documents = await store.listDocuments(collection);
+      if (req.status !== DocumentStatus.UNSPECIFIED) documents = documents.filter((d) => d.status === req.status);
+      const page = paginate(documents, req.page, `documents:${collection}:${req.status}`);
+      return { documents: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
+    },
+
+    async getDocument(req) {
+      return { document: await requireDocument(req.documentId) };
+    },
+
+    async listChunks(req) {
+      let chunks: Chunk[];
+      let filter: string;
+      if (req.documentId !== "") {
+        const document = await requireDocument(req.documentId);
+        chunks = document.status === DocumentStatus.READY ? await store.readChunkSet(document.chunkSet) : [];
+        filter = `chunks:doc:${document.id}:${document.chunkSet?.sha256 ?? ""}`;
+      } else if (req.collection !== "") {
+        const collection = await requireCollection(req.collection);
+        chunks = [];
+        const versions: string[] = [];
+        for (const document of await store.listDocuments(collection)) {
+          if (document.status !== DocumentStatus.READY) continue;
+          chunks.push(...(await store.readChunkSet(document.chunkSet)));
+          versions.push(document.chunkSet?.sha256 ?? "");
+        }
+        filter = `chunks:col:${collection}:${createHash("sha256").update(versions.join(",")).digest("hex").slice(0, 16)}`;
+      } else {
+        throw invalidArgument("document_id", "set document_id (chunks of one document) or collection (chunks of a whole collection)");
+      }
+      const page = paginate(chunks, req.page, filter);
+      return { chunks: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
+    },
+
+    async getChunk(req) {
+      if (req.chunkId === "") throw invalidArgument("chunk_id", "must not be empty");
+      const chunk = await store.getChunk(req.chunkId);
+      if (chunk === null) throw notFound("chunk", req.chunkId);
+      return { chunk };
+    },
+
+    async deleteDocument(req) {
+      const document = await requireDocument(req.documentId);
+      const removed = await deps.locks.run(document.collection, async () => {
+        const current = await store.getDocument(document.collection, document.id);
+        if (current === null) return null;
+        const ids = await store.deleteDocument(current);
+        await deps.bus.publish(
+          SUBJECT_DOCUMENT_DELETED,
+          DocumentDeletedSchema,
+          {
+            eventId: `${current.id}:deleted:${current.contentSha256}`,
+            occurredAt: timestampNow(),
+            collection: current.collection,
+            documentId: current.id,
+            removedChunkIds: ids,
+          },
+          { msgId: `${current.id}:deleted:${current.contentSha256}` },
+        );
+        await store.refreshCollection(current.collection);
+        return ids;
+      });
+      if (removed === null) throw notFound("document", req.documentId);
+      deps.logger.info({ documentId: document.id, collection: document.collection, chunks: removed.length }, "document deleted");
+      return { documentId: document.id, chunksRemoved: removed.length };
+    },
+
+    async deleteCollection(req) {
+      if (req.collection === "") throw invalidArgument("collection", "must not be empty; name the collection to delete");
+      const collection = await requireCollection(req.collection);
+      const result = await deps.locks.run(collection, async () => {
+        const documents = await store.listDocuments(collection);
+        let chunks = 0;
+        for (const document of documents) chunks += (await store.deleteDocument(document)).length;
+        await store.deleteCollectionRecord(collection);
+        const deletedAt = Date.now();
+        await deps.bus.publish(
+          SUBJECT_COLLECTION_DELETED,
+          CollectionDeletedSchema,
+          {
+            eventId: `${collection}:deleted:${deletedAt}`,
+            occurredAt: timestampNow(),
+            collection,
+            removedDocumentIds: documents.map((d) => d.id),
+          },
+          { msgId: `${collection}:deleted:${deletedAt}` },
+        );
+        return { documents: documents.length, chunks };
+      });
+      deps.logger.info({ collection, ...result }, "collection deleted");
+      return { collection, documentsRemoved: result.documents, chunksRemoved: result.chunks };
+    },
+  };
+}
