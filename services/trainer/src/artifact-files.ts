@@ -1,0 +1,73 @@
+import { mkdir, readdir, stat } from "node:fs/promises";
+import { dirname, join, relative, resolve, sep } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import type { ArtifactStore } from "@ragtune/bus";
+import { type ArtifactRef, ArtifactRefSchema } from "@ragtune/proto";
+
+/** Media type of a directory manifest: `{"files":[{"path","sha256","size"}]}`, each file its own artifact. */
+export const DIRECTORY_MANIFEST_TYPE = "application/vnd.ragtune.directory-manifest+json";
+
+interface Manifest {
+  files: { path: string; sha256: string; size: number }[];
+}
+
+/** Streams one file into the store (content-addressed) and returns its reference. */
+export async function storeFile(store: ArtifactStore, path: string, mediaType: string): Promise<ArtifactRef> {
+  const info = await store.putFile(path, { contentType: mediaType });
+  return create(ArtifactRefSchema, {
+    bucket: store.bucket,
+    objectName: info.hash,
+    sha256: info.hash,
+    sizeBytes: BigInt(info.size),
+    mediaType,
+  });
+}
+
+async function listFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const full = join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...(await listFiles(full)));
+    else if (entry.isFile()) out.push(full);
+  }
+  return out.sort();
+}
+
+/**
+ * Stores every file of a directory (each streamed, content-addressed) and then a manifest naming them; returns
+ * the manifest's reference. Identical files across checkpoints are stored once.
+ */
+export async function storeDirectory(store: ArtifactStore, dir: string): Promise<ArtifactRef> {
+  const manifest: Manifest = { files: [] };
+  for (const file of await listFiles(dir)) {
+    const info = await store.putFile(file, { contentType: "application/octet-stream" });
+    manifest.files.push({ path: relative(dir, file).split(sep).join("/"), sha256: info.hash, size: info.size });
+  }
+  const bytes = new TextEncoder().encode(JSON.stringify(manifest));
+  const info = await store.put([bytes], { contentType: DIRECTORY_MANIFEST_TYPE });
+  return create(ArtifactRefSchema, {
+    bucket: store.bucket,
+    objectName: info.hash,
+    sha256: info.hash,
+    sizeBytes: BigInt(info.size),
+    mediaType: DIRECTORY_MANIFEST_TYPE,
+  });
+}
+
+/** Recreates a directory stored by {@link storeDirectory} under `dest` (each file streamed and verified). */
+export async function restoreDirectory(store: ArtifactStore, ref: ArtifactRef, dest: string): Promise<void> {
+  const stream = await store.get(ref.sha256);
+  if (stream === null) throw new Error(`checkpoint manifest ${ref.bucket}/${ref.sha256} is missing from the object store`);
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  const manifest = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Manifest;
+  const root = resolve(dest);
+  for (const file of manifest.files) {
+    const target = resolve(root, file.path);
+    if (!target.startsWith(root + sep)) throw new Error(`manifest ${ref.sha256} names a path outside its directory: ${file.path}`);
+    await mkdir(dirname(target), { recursive: true });
+    await store.getToFile(file.sha256, target);
+    const s = await stat(target);
+    if (s.size !== file.size) throw new Error(`restored ${file.path} has ${s.size} bytes, expected ${file.size}`);
+  }
+}

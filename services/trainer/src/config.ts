@@ -1,0 +1,34 @@
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { baseServiceSchema, envDuration, envInt } from "@ragtune/config";
+import { z } from "zod";
+
+/** services/trainer/worker: the Python worker package next to this service. */
+export const DEFAULT_WORKER_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..", "worker");
+
+/** Environment of the trainer service. */
+export const trainerConfigSchema = baseServiceSchema.extend({
+  /** Python interpreter of the worker's environment. Default: the project venv's python. */
+  TRAINER_PYTHON: z.string().min(1).default(join(DEFAULT_WORKER_DIR, ".venv", "bin", "python")),
+  /** The worker package folder (holds ragtune_worker/). */
+  TRAINER_WORKER_DIR: z.string().min(1).default(DEFAULT_WORKER_DIR),
+  /** Local scratch space for running jobs (checkpoints are also stored in NATS, so this can be ephemeral). */
+  TRAINER_WORK_DIR: z.string().min(1).default(join(tmpdir(), "ragtune-trainer")),
+  /** Dataset export files given by path must lie under this folder. */
+  TRAINER_DATA_ROOT: z.string().min(1).default(process.cwd()),
+  /** Base model folders given by path must lie under this folder. */
+  TRAINER_MODEL_ROOT: z.string().min(1).default(process.cwd()),
+  /** A worker that sends no event for this long is killed and its job fails with a system error. */
+  TRAINER_HEARTBEAT_TIMEOUT: envDuration("10m"),
+  /** Jobs this replica trains at once. */
+  TRAINER_CONCURRENCY: envInt({ min: 1, max: 64, default: 1 }),
+  /** Time a replica has to confirm it is still working on a job before another replica gets it. */
+  TRAINER_ACK_WAIT: envDuration("30s"),
+  /** Attempts (replica starts) after which a job whose worker keeps crashing fails. */
+  TRAINER_MAX_ATTEMPTS: envInt({ min: 1, max: 100, default: 5 }),
+  /** Replica name in logs and job events. Default: host name and pid. */
+  TRAINER_REPLICA_ID: z.string().min(1).optional(),
+});
+
+export type TrainerConfig = z.infer<typeof trainerConfigSchema>;

@@ -1,0 +1,394 @@
+import { mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { ArtifactStore, Job as QueueMessage, WorkQueue } from "@ragtune/bus";
+import type { Logger } from "@ragtune/logger";
+import {
+  AdapterFileKind,
+  AdapterFileSchema,
+  AdapterSchema,
+  type Checkpoint,
+  CheckpointSchema,
+  FailureKind,
+  FailureSchema,
+  type GetJobRequestSchema,
+  type Job,
+  JobCheckpointSavedSchema,
+  JobLogEntrySchema,
+  JobLogLevel,
+  JobMetricsSchema,
+  JobProgressSchema,
+  JobStatus,
+} from "@ragtune/proto";
+import { storeDirectory, storeFile, restoreDirectory } from "./artifact-files.js";
+import { toWorkerHyperparameters } from "./hyperparameters.js";
+import { type JobEventDetail, type JobStore, checkpointId } from "./job-store.js";
+import { IllegalTransitionError, isTerminal } from "./job-status.js";
+import { type WorkerEvent, type WorkerOutcome, WorkerProcess, type WorkerSpec } from "./worker-process.js";
+
+/** The work queue carries job IDs only (a GetJobRequest: `{job_id}`); the job itself lives in the KV bucket. */
+export type JobQueue = WorkQueue<typeof GetJobRequestSchema>;
+
+export interface JobRunnerOptions {
+  store: JobStore;
+  queue: JobQueue;
+  artifacts: ArtifactStore;
+  python: string;
+  workerDir: string;
+  workDir: string;
+  heartbeatTimeoutMs: number;
+  maxAttempts: number;
+  concurrency: number;
+  replicaId: string;
+  logger: Logger;
+  /** How long one take() waits for a job before checking for shutdown. Default 2 s. */
+  pollMs?: number;
+}
+
+interface Active {
+  jobId: string;
+  worker?: WorkerProcess;
+  shuttingDown: boolean;
+}
+
+/** Local path of a base model reference (a path or a file:// URI). */
+export function modelPath(baseModel: string): string {
+  return baseModel.startsWith("file://") ? new URL(baseModel).pathname : baseModel;
+}
+
+function log(level: JobLogLevel, message: string): JobEventDetail {
+  return { case: "log", value: create(JobLogEntrySchema, { level, message }) };
+}
+
+/**
+ * One trainer replica's job loop: takes job IDs from the work queue (one at a time per slot), runs the worker,
+ * turns its events into job state and events, stores checkpoints and the adapter in the object store, acks when
+ * the job ends. A crashed worker's job is nak'ed and resumes from its latest checkpoint on any replica; on
+ * shutdown the worker checkpoints and stops, and the job is nak'ed for another replica.
+ */
+export class JobRunner {
+  private readonly active = new Set<Active>();
+  private loops: Promise<void>[] = [];
+  private stopping = false;
+  private readonly logger: Logger;
+
+  constructor(private readonly o: JobRunnerOptions) {
+    this.logger = o.logger.child({ component: "job-runner", replica: o.replicaId });
+  }
+
+  start(): void {
+    for (let slot = 0; slot < this.o.concurrency; slot++) this.loops.push(this.loop(slot));
+  }
+
+  /** Checkpoints and hands back running jobs, then resolves when every slot has stopped. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    for (const a of this.active) {
+      a.shuttingDown = true;
+      a.worker?.cancel();
+    }
+    await Promise.all(this.loops);
+  }
+
+  /** PIDs of the workers running now (for diagnostics and tests). */
+  workerPids(): number[] {
+    return [...this.active].flatMap((a) => (a.worker?.pid !== undefined ? [a.worker.pid] : []));
+  }
+
+  private async loop(slot: number): Promise<void> {
+    while (!this.stopping) {
+      let msg: QueueMessage<typeof GetJobRequestSchema> | null;
+      try {
+        msg = await this.o.queue.take({ expiresMs: this.o.pollMs ?? 2_000 });
+      } catch (err) {
+        if (this.stopping) break;
+        this.logger.error({ err, slot }, "taking a job from the queue failed; retrying");
+        await new Promise((r) => setTimeout(r, 1_000));
+        continue;
+      }
+      if (msg === null) continue;
+      if (this.stopping) {
+        msg.nak(0);
+        break;
+      }
+      const active: Active = { jobId: msg.value.jobId, shuttingDown: false };
+      this.active.add(active);
+      try {
+        await this.runJob(msg, active);
+      } catch (err) {
+        this.logger.error({ err, jobId: active.jobId }, "running a job failed; handing it back to the queue");
+        msg.nak(5_000);
+      } finally {
+        this.active.delete(active);
+        await rm(join(this.o.workDir, active.jobId), { recursive: true, force: true }).catch(() => {});
+      }
+    }
+  }
+
+  private async runJob(msg: QueueMessage<typeof GetJobRequestSchema>, active: Active): Promise<void> {
+    const { store } = this.o;
+    const jobId = msg.value.jobId;
+    const logger = this.logger.child({ jobId, delivery: msg.deliveryCount });
+    const job = await store.get(jobId);
+    if (job === null) {
+      msg.term(`job ${jobId} does not exist`);
+      return;
+    }
+    if (isTerminal(job.status)) {
+      await msg.ack();
+      return;
+    }
+    if (job.status === JobStatus.CANCEL_REQUESTED) {
+      // The replica that was stopping it died; its last checkpoint is stored.
+      await store.transition(jobId, { type: "cancelled" });
+      await msg.ack();
+      return;
+    }
+    msg.startHeartbeat();
+    if (job.attempt >= this.o.maxAttempts) {
+      await this.fail(jobId, FailureKind.SYSTEM_ERROR, "ATTEMPTS_EXHAUSTED", `the job was started ${job.attempt} times without finishing; giving up`);
+      await msg.ack();
+      return;
+    }
+
+    let checkpoint: Checkpoint | null | undefined;
+    if (job.status === JobStatus.QUEUED && job.resumedFromCheckpointId !== "") {
+      checkpoint = await store.getCheckpoint(job.resumedFromCheckpointId);
+    } else if (job.attempt > 0) {
+      checkpoint = await store.latestCheckpoint(jobId);
+    }
+    let claimed: Job;
+    try {
+      claimed = await store.transition(jobId, { type: "claim", ...(checkpoint ? { resumeFromCheckpointId: checkpoint.id } : {}) });
+    } catch (err) {
+      if (!(err instanceof IllegalTransitionError)) throw err;
+      await msg.ack(); // cancelled or finished meanwhile
+      return;
+    }
+    logger.info({ attempt: claimed.attempt, checkpoint: checkpoint?.id }, "job claimed");
+
+    const attemptDir = join(this.o.workDir, jobId, `attempt-${claimed.attempt}`);
+    await mkdir(attemptDir, { recursive: true });
+    let resumePath: string | null = null;
+    if (checkpoint) {
+      resumePath = join(attemptDir, "resume", `checkpoint-${checkpoint.step}`);
+      await restoreDirectory(this.o.artifacts, checkpoint.artifact!, resumePath);
+      await store.modify(jobId, (j) => ({
+        job: j,
+        event: log(JobLogLevel.INFO, `attempt ${claimed.attempt} resumes from checkpoint ${checkpoint!.id} at step ${checkpoint!.step}`),
+      }));
+    }
+    if (active.shuttingDown || this.stopping) {
+      await this.requeue(jobId);
+      msg.nak(0);
+      return;
+    }
+
+    const spec = this.workerSpec(claimed, attemptDir, resumePath);
+    const worker = WorkerProcess.start({
+      python: this.o.python,
+      workerDir: this.o.workerDir,
+      spec,
+      logger,
+      heartbeatTimeoutMs: this.o.heartbeatTimeoutMs,
+      onEvent: (e) => this.onWorkerEvent(jobId, e),
+    });
+    active.worker = worker;
+    if (this.stopping) worker.cancel();
+    const watch = await store.watchJob(jobId);
+    void (async () => {
+      for await (const change of watch) {
+        if (change.value?.status === JobStatus.CANCEL_REQUESTED) worker.cancel();
+        if (change.value?.status === JobStatus.CANCELLED) worker.kill();
+      }
+    })().catch((err: unknown) => logger.warn({ err }, "watching the job for cancel failed"));
+
+    let outcome: WorkerOutcome;
+    try {
+      outcome = await worker.done;
+    } catch (err) {
+      watch.stop();
+      const now = await store.get(jobId);
+      if (now !== null && isTerminal(now.status)) {
+        await msg.ack();
+        return;
+      }
+      throw err;
+    }
+    watch.stop();
+    await this.finish(msg, active, claimed, outcome, logger);
+  }
+
+  private async finish(
+    msg: QueueMessage<typeof GetJobRequestSchema>,
+    active: Active,
+    claimed: Job,
+    outcome: WorkerOutcome,
+    logger: Logger,
+  ): Promise<void> {
+    const { store } = this.o;
+    const jobId = claimed.id;
+    const current = await store.get(jobId);
+    if (current === null || isTerminal(current.status)) {
+      await msg.ack();
+      return;
+    }
+    switch (outcome.type) {
+      case "finished": {
+        const adapter = await this.storeAdapter(current, outcome.event);
+        await store.transition(jobId, { type: "succeed", adapter });
+        break;
+      }
+      case "cancelled":
+        if (current.status === JobStatus.CANCEL_REQUESTED) {
+          await store.transition(jobId, { type: "cancelled" });
+        } else {
+          // Only a shutdown cancels without a user's request: hand the job to another replica.
+          await this.requeue(jobId);
+          msg.nak(0);
+          return;
+        }
+        break;
+      case "failed":
+        if (current.status === JobStatus.CANCEL_REQUESTED && outcome.crashed) {
+          await store.transition(jobId, { type: "cancelled" });
+        } else if (outcome.crashed && active.shuttingDown) {
+          await this.requeue(jobId);
+          msg.nak(0);
+          return;
+        } else if (outcome.reason === "WORKER_EXITED" && current.attempt < this.o.maxAttempts) {
+          logger.warn({ attempt: current.attempt }, "worker crashed; the job goes back to the queue to resume from its latest checkpoint");
+          await store.modify(jobId, (j) => ({
+            job: j,
+            event: log(JobLogLevel.WARNING, `${outcome.message}; retrying from the latest checkpoint`),
+          }));
+          msg.nak(1_000);
+          return;
+        } else {
+          const kind = outcome.kind === "user_error" ? FailureKind.USER_ERROR : FailureKind.SYSTEM_ERROR;
+          await this.fail(jobId, kind, outcome.reason, outcome.message);
+        }
+        break;
+    }
+    await msg.ack();
+  }
+
+  private async requeue(jobId: string): Promise<void> {
+    const latest = await this.o.store.latestCheckpoint(jobId);
+    await this.o.store.transition(jobId, { type: "requeue", ...(latest ? { resumeFromCheckpointId: latest.id } : {}) });
+  }
+
+  private async fail(jobId: string, kind: FailureKind, reason: string, message: string): Promise<void> {
+    await this.o.store.transition(jobId, { type: "fail", failure: create(FailureSchema, { kind, reason, message }) });
+  }
+
+  private workerSpec(job: Job, attemptDir: string, resumePath: string | null): WorkerSpec {
+    const hp = toWorkerHyperparameters(job.hyperparameters!);
+    const files = job.dataset.case === "datasetFiles" ? job.dataset.value : undefined;
+    if (files === undefined) throw new Error(`job ${job.id} has no dataset files`);
+    return {
+      ...hp,
+      job_id: job.id,
+      model_dir: modelPath(job.baseModel),
+      train_file: files.trainPath,
+      val_file: files.valPath !== "" && (job.hyperparameters?.evalIntervalSteps ?? 0) > 0 ? files.valPath : null,
+      output_dir: join(attemptDir, "output"),
+      resume_from_checkpoint: resumePath,
+    };
+  }
+
+  private async onWorkerEvent(jobId: string, e: WorkerEvent): Promise<void> {
+    const { store } = this.o;
+    switch (e.type) {
+      case "validated":
+        await store.modify(jobId, (job) => {
+          job.progress ??= create(JobProgressSchema);
+          job.progress.totalSteps = e.steps_planned;
+          return {
+            job,
+            event: log(JobLogLevel.INFO, `validated: ${e.rows} training rows, ${e.val_rows} validation rows, ${e.steps_planned} steps`),
+          };
+        });
+        break;
+      case "started":
+        await store.transition(jobId, { type: "start" });
+        break;
+      case "metrics":
+        await store.modify(jobId, (job) => {
+          if (job.status !== JobStatus.RUNNING && job.status !== JobStatus.CANCEL_REQUESTED) return null;
+          const progress = (job.progress ??= create(JobProgressSchema));
+          if (e.step <= progress.step) {
+            // A resumed attempt repeats steps after its checkpoint: each step is recorded once.
+            if (e.step === progress.step && e.val_loss !== undefined && e.train_loss === undefined) {
+              progress.valLoss = e.val_loss;
+              return { job };
+            }
+            return null;
+          }
+          progress.step = e.step;
+          progress.epoch = e.epoch;
+          if (e.train_loss !== undefined) progress.trainLoss = e.train_loss;
+          if (e.val_loss !== undefined) progress.valLoss = e.val_loss;
+          const metrics = create(JobMetricsSchema, {
+            step: e.step,
+            totalSteps: progress.totalSteps,
+            epoch: e.epoch,
+            trainLoss: e.train_loss ?? 0,
+            ...(e.val_loss !== undefined ? { valLoss: e.val_loss } : {}),
+            learningRate: e.learning_rate ?? 0,
+            tokensPerSecond: e.tokens_per_second ?? 0,
+            peakMemoryBytes: BigInt(Math.round(e.peak_memory_bytes ?? 0)),
+            ...(e.grad_norm !== undefined ? { gradNorm: e.grad_norm } : {}),
+          });
+          return { job, event: { case: "metrics", value: metrics } };
+        });
+        break;
+      case "checkpoint": {
+        const artifact = await storeDirectory(this.o.artifacts, e.path);
+        const current = await store.get(jobId);
+        const checkpoint = create(CheckpointSchema, {
+          id: checkpointId(jobId, e.step),
+          jobId,
+          step: e.step,
+          epoch: current?.progress?.epoch ?? 0,
+          artifact,
+          createdAt: timestampFromDate(new Date()),
+        });
+        const isNew = await store.putCheckpoint(checkpoint);
+        if (isNew) await store.modify(jobId, (job) => ({ job, event: { case: "checkpointSaved", value: create(JobCheckpointSavedSchema, { checkpoint }) } }));
+        break;
+      }
+      default:
+        break; // finished / failed / cancelled are handled from the outcome once the worker exited
+    }
+  }
+
+  private async storeAdapter(job: Job, e: Extract<WorkerEvent, { type: "finished" }>) {
+    const files = [
+      create(AdapterFileSchema, {
+        kind: AdapterFileKind.PEFT_CONFIG,
+        fileName: "adapter_config.json",
+        artifact: await storeFile(this.o.artifacts, join(e.adapter_dir, "adapter_config.json"), "application/json"),
+      }),
+      create(AdapterFileSchema, {
+        kind: AdapterFileKind.PEFT_WEIGHTS,
+        fileName: "adapter_model.safetensors",
+        artifact: await storeFile(this.o.artifacts, join(e.adapter_dir, "adapter_model.safetensors"), "application/octet-stream"),
+      }),
+    ];
+    if (e.gguf_path) {
+      files.push(
+        create(AdapterFileSchema, {
+          kind: AdapterFileKind.GGUF,
+          fileName: "adapter.gguf",
+          artifact: await storeFile(this.o.artifacts, e.gguf_path, "application/octet-stream"),
+        }),
+      );
+    }
+    const progress = create(JobProgressSchema, job.progress ?? {});
+    progress.step = Math.max(progress.step, e.steps);
+    if (e.final_loss !== null) progress.trainLoss = e.final_loss;
+    return create(AdapterSchema, { id: `adapter-${job.id}`, jobId: job.id, baseModel: job.baseModel, files, finalProgress: progress });
+  }
+}

@@ -1,0 +1,74 @@
+import { mkdir } from "node:fs/promises";
+import { hostname } from "node:os";
+import { connectBus } from "@ragtune/bus";
+import { GetJobRequestSchema, TrainerService } from "@ragtune/proto";
+import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
+import type { TrainerConfig } from "./config.js";
+import { JobRunner } from "./job-runner.js";
+import { JobStore } from "./job-store.js";
+import { createTrainerService } from "./trainer-service.js";
+
+export const TRAINER_QUEUE = "trainer-jobs";
+export const ARTIFACTS_BUCKET = "trainer-artifacts";
+
+/** Handles of a started trainer (tests reach the runner through it). */
+export interface TrainerInstance extends ServiceInstance {
+  runner: JobRunner;
+  store: JobStore;
+}
+
+/**
+ * The trainer service: the TrainerService API over the job store, and a job runner taking jobs from the
+ * work queue (TRAINER_CONCURRENCY at a time). Stopping checkpoints running jobs and hands them back to the queue.
+ */
+export async function startTrainerService({ config, logger }: ServiceContext<TrainerConfig>): Promise<TrainerInstance> {
+  const replicaId = config.TRAINER_REPLICA_ID ?? `${hostname()}-${process.pid}`;
+  await mkdir(config.TRAINER_WORK_DIR, { recursive: true });
+  const bus = await connectBus({ servers: config.NATS_URL, name: `trainer-${replicaId}`, logger });
+  try {
+    const store = await JobStore.open(bus, logger);
+    const queue = await bus.workQueue({
+      name: TRAINER_QUEUE,
+      schema: GetJobRequestSchema,
+      ackWaitMs: config.TRAINER_ACK_WAIT,
+      // Attempts are counted on the job (TRAINER_MAX_ATTEMPTS); redeliveries after shutdowns must not run out.
+      maxDeliver: -1,
+    });
+    const artifacts = await bus.artifacts(ARTIFACTS_BUCKET);
+    const runner = new JobRunner({
+      store,
+      queue,
+      artifacts,
+      python: config.TRAINER_PYTHON,
+      workerDir: config.TRAINER_WORKER_DIR,
+      workDir: config.TRAINER_WORK_DIR,
+      heartbeatTimeoutMs: config.TRAINER_HEARTBEAT_TIMEOUT,
+      maxAttempts: config.TRAINER_MAX_ATTEMPTS,
+      concurrency: config.TRAINER_CONCURRENCY,
+      replicaId,
+      logger,
+    });
+    const impl = createTrainerService({
+      bus,
+      store,
+      queue,
+      artifacts,
+      dataRoot: config.TRAINER_DATA_ROOT,
+      modelRoot: config.TRAINER_MODEL_ROOT,
+      logger,
+    });
+    return {
+      runner,
+      store,
+      register: (router) => router.service(TrainerService, impl),
+      onListening: () => runner.start(),
+      async stop() {
+        await runner.stop();
+        await bus.close();
+      },
+    };
+  } catch (err) {
+    await bus.close();
+    throw err;
+  }
+}

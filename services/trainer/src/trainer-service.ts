@@ -1,0 +1,285 @@
+import { createHash, randomBytes } from "node:crypto";
+import { access, realpath, stat } from "node:fs/promises";
+import { join, resolve, sep } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { ServiceImpl } from "@connectrpc/connect";
+import type { ArtifactStore, Bus } from "@ragtune/bus";
+import type { Logger } from "@ragtune/logger";
+import {
+  AdapterFileKind,
+  type CreateJobRequest,
+  DatasetExportFilesSchema,
+  type Job,
+  JobSchema,
+  JobStatus,
+  PageResponseSchema,
+  PromptTemplate,
+  type TrainerService,
+} from "@ragtune/proto";
+import { failedPrecondition, invalidArgument, notFound } from "@ragtune/rpc";
+import { resolveHyperparameters } from "./hyperparameters.js";
+import { watchJobEvents } from "./job-history.js";
+import type { JobQueue } from "./job-runner.js";
+import { IllegalTransitionError, isTerminal, statusName } from "./job-status.js";
+import { type JobStore, isKey, parseCheckpointId } from "./job-store.js";
+
+export interface TrainerServiceDeps {
+  bus: Bus;
+  store: JobStore;
+  queue: JobQueue;
+  artifacts: ArtifactStore;
+  /** Dataset export files must lie under this folder. */
+  dataRoot: string;
+  /** Base model folders must lie under this folder. */
+  modelRoot: string;
+  logger: Logger;
+}
+
+const DEFAULT_PAGE_SIZE = 50;
+const MAX_PAGE_SIZE = 1000;
+const DOWNLOAD_PIECE_BYTES = 1024 * 1024;
+
+function pageBounds(page: { pageSize: number; pageToken: string } | undefined): { offset: number; size: number } {
+  const size = Math.min(page?.pageSize || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
+  const token = page?.pageToken ?? "";
+  if (token === "") return { offset: 0, size };
+  const offset = /^\d{1,9}$/.test(token) ? Number(token) : Number.NaN;
+  if (!Number.isInteger(offset)) throw invalidArgument("page.page_token", "is not a token this service issued; pass next_page_token from a previous response");
+  return { offset, size };
+}
+
+async function isInside(root: string, path: string): Promise<boolean> {
+  const realRoot = await realpath(root).catch(() => resolve(root));
+  return path === realRoot || path.startsWith(realRoot + sep);
+}
+
+/** Checks a base model reference: an existing folder under the model root that holds config.json. */
+async function checkBaseModel(baseModel: string, modelRoot: string): Promise<string> {
+  if (baseModel.trim() === "") throw invalidArgument("base_model", "is required: give the path of a Hugging Face model folder");
+  let path = baseModel;
+  if (baseModel.startsWith("file://")) path = new URL(baseModel).pathname;
+  else if (/^[a-z][a-z0-9+.-]*:\/\//i.test(baseModel)) {
+    throw invalidArgument("base_model", `"${baseModel}" is not a local path; models are never downloaded, give a folder on the trainer's file system`);
+  }
+  let real: string;
+  try {
+    real = await realpath(resolve(path));
+  } catch {
+    throw invalidArgument("base_model", `folder ${path} does not exist`);
+  }
+  if (!(await isInside(modelRoot, real))) throw invalidArgument("base_model", `${path} is outside the allowed model root ${modelRoot} (TRAINER_MODEL_ROOT)`);
+  if (!(await stat(real)).isDirectory()) throw invalidArgument("base_model", `${path} is not a folder`);
+  try {
+    await access(join(real, "config.json"));
+  } catch {
+    throw invalidArgument("base_model", `${path} has no config.json; it must be a Hugging Face model folder`);
+  }
+  return real;
+}
+
+async function checkDataFile(field: string, path: string, dataRoot: string): Promise<string> {
+  let real: string;
+  try {
+    real = await realpath(resolve(path));
+  } catch {
+    throw invalidArgument(field, `file ${path} does not exist`);
+  }
+  if (!(await isInside(dataRoot, real))) throw invalidArgument(field, `${path} is outside the allowed data root ${dataRoot} (TRAINER_DATA_ROOT)`);
+  if (!(await stat(real)).isFile()) throw invalidArgument(field, `${path} is not a file`);
+  return real;
+}
+
+function newJobId(clientRequestId: string): string {
+  if (clientRequestId !== "") return `job-${createHash("sha256").update(clientRequestId).digest("hex").slice(0, 20)}`;
+  return `job-${randomBytes(10).toString("hex")}`;
+}
+
+/** The TrainerService RPC handlers. */
+export function createTrainerService(deps: TrainerServiceDeps): ServiceImpl<typeof TrainerService> {
+  const { store, queue } = deps;
+
+  async function getJob(jobId: string): Promise<Job> {
+    if (jobId === "") throw invalidArgument("job_id", "is required");
+    const job = isKey(jobId) ? await store.get(jobId) : null;
+    if (job === null) throw notFound("training job", jobId);
+    return job;
+  }
+
+  async function buildJob(req: CreateJobRequest): Promise<Job> {
+    const hyperparameters = resolveHyperparameters(req.hyperparameters);
+    const baseModel = await checkBaseModel(req.baseModel, deps.modelRoot);
+    let dataset: Job["dataset"];
+    switch (req.dataset.case) {
+      case "datasetVersionId":
+        // The trainer learns dataset versions from the dataset service; until that service publishes
+        // versions, no ID is known and the request fails naming it.
+        throw failedPrecondition(
+          `dataset version "${req.dataset.value}" is unknown: the dataset service has no such version; build one first or pass dataset_files (JSON-lines export paths under ${deps.dataRoot})`,
+        );
+      case "datasetFiles": {
+        const files = req.dataset.value;
+        if (files.trainPath === "") throw invalidArgument("dataset_files.train_path", "is required");
+        const trainPath = await checkDataFile("dataset_files.train_path", files.trainPath, deps.dataRoot);
+        const valPath = files.valPath === "" ? "" : await checkDataFile("dataset_files.val_path", files.valPath, deps.dataRoot);
+        dataset = { case: "datasetFiles", value: create(DatasetExportFilesSchema, { trainPath, valPath }) };
+        break;
+      }
+      default:
+        throw invalidArgument("dataset", "is required: set dataset_version_id or dataset_files");
+    }
+    const now = timestampFromDate(new Date());
+    return create(JobSchema, {
+      id: newJobId(req.clientRequestId),
+      displayName: req.displayName,
+      status: JobStatus.QUEUED,
+      baseModel,
+      dataset,
+      hyperparameters,
+      promptTemplate: req.promptTemplate === PromptTemplate.UNSPECIFIED ? PromptTemplate.UNSPECIFIED : req.promptTemplate,
+      collection: req.collection,
+      createdAt: now,
+      updatedAt: now,
+    });
+  }
+
+  return {
+    async createJob(req) {
+      const job = await buildJob(req);
+      const { job: stored, created } = await store.create(job);
+      // Enqueue also for a retried create: the message ID makes a second enqueue a no-op.
+      await queue.enqueue({ jobId: stored.id }, { msgId: `${stored.id}:attempt-0` });
+      deps.logger.info({ jobId: stored.id, created }, created ? "job created" : "job create retried; returning the existing job");
+      return { job: stored };
+    },
+
+    async getJob(req) {
+      return { job: await getJob(req.jobId) };
+    },
+
+    async listJobs(req) {
+      for (const [i, s] of req.statuses.entries()) {
+        if (JobStatus[s] === undefined || s === JobStatus.UNSPECIFIED) throw invalidArgument(`statuses[${i}]`, `unknown job status ${s}`);
+      }
+      const { offset, size } = pageBounds(req.page);
+      const wanted = new Set(req.statuses);
+      const jobs = (await store.list())
+        .filter((j) => wanted.size === 0 || wanted.has(j.status))
+        .sort((a, b) => {
+          const ta = a.createdAt ? timestampDate(a.createdAt).getTime() : 0;
+          const tb = b.createdAt ? timestampDate(b.createdAt).getTime() : 0;
+          return tb - ta || b.id.localeCompare(a.id);
+        });
+      const page = jobs.slice(offset, offset + size);
+      const nextOffset = offset + page.length;
+      return {
+        jobs: page,
+        page: create(PageResponseSchema, { nextPageToken: nextOffset < jobs.length ? String(nextOffset) : "", totalSize: jobs.length }),
+      };
+    },
+
+    async cancelJob(req) {
+      const job = await getJob(req.jobId);
+      if (isTerminal(job.status)) {
+        throw failedPrecondition(`job ${job.id} has already finished (${statusName(job.status)}); only queued, validating or running jobs can be cancelled`);
+      }
+      if (job.status === JobStatus.CANCEL_REQUESTED) return { job };
+      try {
+        return { job: await store.transition(job.id, { type: "request_cancel" }) };
+      } catch (err) {
+        if (err instanceof IllegalTransitionError) {
+          const now = await getJob(req.jobId);
+          throw failedPrecondition(`job ${now.id} has already finished (${statusName(now.status)}); it cannot be cancelled`);
+        }
+        throw err;
+      }
+    },
+
+    async *watchJob(req, ctx) {
+      const job = await getJob(req.jobId);
+      for await (const event of watchJobEvents(deps.bus, store, job.id, { fromSequence: req.fromSequence, signal: ctx.signal }, deps.logger)) {
+        yield { event };
+      }
+    },
+
+    async listCheckpoints(req) {
+      const job = await getJob(req.jobId);
+      const { offset, size } = pageBounds(req.page);
+      const all = await store.listCheckpoints(job.id);
+      const page = all.slice(offset, offset + size);
+      const nextOffset = offset + page.length;
+      return {
+        checkpoints: page,
+        page: create(PageResponseSchema, { nextPageToken: nextOffset < all.length ? String(nextOffset) : "", totalSize: all.length }),
+      };
+    },
+
+    async resumeJob(req) {
+      const job = await getJob(req.jobId);
+      if (job.status !== JobStatus.FAILED && job.status !== JobStatus.CANCELLED) {
+        throw failedPrecondition(`job ${job.id} is ${statusName(job.status)}; only failed or cancelled jobs can be resumed`);
+      }
+      let checkpoint;
+      if (req.checkpointId === "") {
+        checkpoint = await store.latestCheckpoint(job.id);
+        if (checkpoint === undefined) throw failedPrecondition(`job ${job.id} has no checkpoint to resume from; create a new job instead`);
+      } else {
+        const owner = parseCheckpointId(req.checkpointId);
+        if (owner !== undefined && owner.jobId !== job.id) {
+          const other = await store.getCheckpoint(req.checkpointId);
+          if (other !== null) {
+            throw invalidArgument("checkpoint_id", `checkpoint ${req.checkpointId} belongs to job ${other.jobId}, not ${job.id}; a job resumes only from its own checkpoints`);
+          }
+        }
+        checkpoint = await store.getCheckpoint(req.checkpointId);
+        if (checkpoint === null || checkpoint.jobId !== job.id) throw notFound(`checkpoint of job ${job.id}`, req.checkpointId);
+      }
+      let resumed: Job;
+      try {
+        resumed = await store.transition(job.id, { type: "resume", checkpointId: checkpoint.id });
+      } catch (err) {
+        if (err instanceof IllegalTransitionError) throw failedPrecondition(err.message);
+        throw err;
+      }
+      await queue.enqueue({ jobId: job.id }, { msgId: `${job.id}:resume-${resumed.lastSequence}` });
+      return { job: resumed };
+    },
+
+    async *downloadAdapter(req) {
+      const job = await getJob(req.jobId);
+      if (job.status !== JobStatus.SUCCEEDED || job.adapter === undefined) {
+        throw failedPrecondition(`job ${job.id} is ${statusName(job.status)} and has no adapter; adapters exist for succeeded jobs`);
+      }
+      if (AdapterFileKind[req.kind] === undefined) throw invalidArgument("kind", `unknown adapter file kind ${req.kind}`);
+      const files = job.adapter.files.filter((f) => req.kind === AdapterFileKind.UNSPECIFIED || f.kind === req.kind);
+      if (files.length === 0) throw notFound(`adapter file of job ${job.id}`, AdapterFileKind[req.kind]);
+      for (const file of files) {
+        const ref = file.artifact!;
+        const stream = await deps.artifacts.get(ref.sha256);
+        if (stream === null) throw failedPrecondition(`adapter file ${file.fileName} of job ${job.id} is missing from the object store`);
+        let offset = 0n;
+        let pending: Buffer[] = [];
+        let pendingBytes = 0;
+        const piece = () => {
+          const data = Buffer.concat(pending);
+          pending = [];
+          pendingBytes = 0;
+          const msg = { kind: file.kind, fileName: file.fileName, offset, data, totalSizeBytes: ref.sizeBytes, sha256: ref.sha256 };
+          offset += BigInt(data.length);
+          return msg;
+        };
+        for await (const chunk of stream) {
+          let buf = chunk as Buffer;
+          while (buf.length > 0) {
+            const take = Math.min(buf.length, DOWNLOAD_PIECE_BYTES - pendingBytes);
+            pending.push(buf.subarray(0, take));
+            pendingBytes += take;
+            buf = buf.subarray(take);
+            if (pendingBytes === DOWNLOAD_PIECE_BYTES) yield piece();
+          }
+        }
+        if (pendingBytes > 0 || offset === 0n) yield piece();
+      }
+    },
+  };
+}
