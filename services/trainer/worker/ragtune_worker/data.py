@@ -1,10 +1,10 @@
 """Completion-only training data: tokenizer special tokens, row encoding with a learned EOS, and the collator.
 
-Rows are JSON lines {"prompt": ..., "completion": ...}; the prompt is already in the model's chat template. The
-prompt is tokenized with the tokenizer's own special tokens (BOS where the model uses one), the completion without
-them and with EOS appended. Labels are -100 on the prompt and on padding only, so the EOS token is a learned
-target and the model learns to stop. Padding is masked by position (attention mask and labels), never by comparing
-token ids with the pad id, so the choice of pad token can never hide an EOS.
+Rows are JSON lines {"prompt": ..., "completion": ...}; the prompt is already in the model's chat template.
+The prompt is tokenized with the tokenizer's own special tokens (BOS where the model uses one), the completion
+without them and with EOS appended. Labels are -100 on the prompt and on padding only, so the EOS token is a
+learned target and the model learns to stop. Padding is masked by position (attention mask and labels), never
+by comparing token ids with the pad id, so the choice of pad token can never hide an EOS.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ class Example:
 def load_tokenizer(model_dir: Path, embedding_rows: int):
     """Load the model folder's tokenizer and make sure it has an EOS token and a pad token that is not EOS.
 
-    Pad choice: the tokenizer's own pad token unless it is EOS; else its unk token; else a dedicated `<pad>` token
-    added to the tokenizer, provided its id fits into the embedding matrix (`embedding_rows`), so that the base model
-    and its adapters keep their shapes.
+    Pad choice: the tokenizer's own pad token unless it is EOS; else its unk token; else a dedicated `<pad>`
+    token added to the tokenizer, provided its id fits into the embedding matrix (`embedding_rows`), so that
+    the base model and its adapters keep their shapes.
     """
     from transformers import AutoTokenizer
 
@@ -57,16 +57,16 @@ def load_tokenizer(model_dir: Path, embedding_rows: int):
         tokenizer.add_special_tokens({"pad_token": DEDICATED_PAD_TOKEN})
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id >= embedding_rows:
             raise UserError(
-                f"tokenizer in {model_dir} has no pad token other than EOS and no unk token, and the embedding "
-                f"matrix ({embedding_rows} rows) has no spare row for a dedicated pad token; add a pad_token "
-                "(not the EOS token) to tokenizer_config.json"
+                f"tokenizer in {model_dir} has no pad token other than EOS and no unk token, and the "
+                f"embedding matrix ({embedding_rows} rows) has no spare row for a dedicated pad token; "
+                "add a pad_token (not the EOS token) to tokenizer_config.json"
             )
     tokenizer.padding_side = "right"
     return tokenizer
 
 
 def encode_row(tokenizer, prompt: str, completion: str) -> Example:
-    """Token ids and labels of one row: prompt (with the tokenizer's BOS) masked, completion + EOS labelled."""
+    """Token ids and labels of one row: prompt (with the tokenizer's BOS) masked, completion + EOS learned."""
     prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     eos = tokenizer.eos_token_id
     if prompt_ids and prompt_ids[-1] == eos and not prompt.endswith(tokenizer.eos_token):
@@ -80,7 +80,9 @@ def encode_row(tokenizer, prompt: str, completion: str) -> Example:
     )
 
 
-def load_examples(path: Path, tokenizer, max_seq_len: int, *, field_name: str = "train_file") -> list[Example]:
+def load_examples(
+    path: Path, tokenizer, max_seq_len: int, *, field_name: str = "train_file"
+) -> list[Example]:
     """Encode every row of a JSON-lines file; any bad row is a UserError naming the file and line."""
     if not path.is_file():
         raise UserError(f"{field_name} {path} does not exist")
@@ -105,8 +107,9 @@ def load_examples(path: Path, tokenizer, max_seq_len: int, *, field_name: str = 
             if len(example.input_ids) > max_seq_len:
                 prompt_len = sum(1 for label in example.labels if label == IGNORE_INDEX)
                 raise UserError(
-                    f"{where}: row is {len(example.input_ids)} tokens after tokenization (prompt {prompt_len}, "
-                    f"completion with EOS {len(example.input_ids) - prompt_len}), over max_seq_len {max_seq_len}"
+                    f"{where}: row is {len(example.input_ids)} tokens after tokenization "
+                    f"(prompt {prompt_len}, completion with EOS {len(example.input_ids) - prompt_len}), "
+                    f"over max_seq_len {max_seq_len}"
                 )
             examples.append(example)
     if not examples:

@@ -1,10 +1,10 @@
 """The worker's JSON-lines protocol: one train command in on stdin, events out on stdout, logs on stderr.
 
-Commands (stdin, one JSON object a line): first {"type": "train", "spec": {...}}, later optionally
-{"type": "cancel"}. Events (stdout): validated, started, metrics, checkpoint, finished, failed, cancelled; each
-carries a monotonically increasing "seq" and the spec's job_id when given. stdout carries nothing else: the real
-stdout is kept privately for events and sys.stdout is pointed at stderr, so prints and warnings of libraries land
-in the log. Exit code: 0 finished or cancelled, 2 user error, 1 system error.
+Commands (stdin, one JSON object a line): first {"type": "train", "spec": {...}}, later optionally {"type":
+"cancel"}. Events (stdout): validated, started, metrics, checkpoint, finished, failed, cancelled; each carries
+a monotonically increasing "seq" and the spec's job_id when given. stdout carries nothing else: the real
+stdout is kept privately for events and sys.stdout is pointed at stderr, so prints and warnings of libraries
+land in the log. Exit code: 0 finished or cancelled, 2 user error, 1 system error.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def read_commands(stdin: IO[str], cancel: threading.Event, log: IO[str]) -> None
 
 def run(stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
     """Serve one job. `stdout` receives protocol events only."""
-    from ragtune_worker.spec import SystemFailure, UserError, parse_spec
+    from ragtune_worker.spec import UserError, WorkerSystemError, parse_spec
 
     emit = EventWriter(stdout)
     first = stdin.readline()
@@ -88,7 +88,9 @@ def run(stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
         return EXIT_USER_ERROR
 
     cancel = threading.Event()
-    threading.Thread(target=read_commands, args=(stdin, cancel, stderr), name="stdin-commands", daemon=True).start()
+    threading.Thread(
+        target=read_commands, args=(stdin, cancel, stderr), name="stdin-commands", daemon=True
+    ).start()
 
     from ragtune_worker.train import run_job
 
@@ -97,7 +99,7 @@ def run(stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
     except UserError as error:
         emit("failed", kind="user_error", message=str(error))
         return EXIT_USER_ERROR
-    except SystemFailure as error:
+    except WorkerSystemError as error:
         emit("failed", kind="system_error", message=str(error))
         return EXIT_SYSTEM_ERROR
     except Exception as error:  # noqa: BLE001 - every other failure is reported, with its trace on stderr
@@ -108,8 +110,8 @@ def run(stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
 
 
 def main() -> int:
-    # Keep the real stdout (fd 1) privately for events and point fd 1 and sys.stdout at stderr, so that anything
-    # printed by libraries, from Python or native code, goes to the log and never into the protocol stream.
+    # Keep the real stdout (fd 1) privately for events and point fd 1 and sys.stdout at stderr, so that
+    # anything printed by libraries, from Python or native code, goes to the log, never into the protocol.
     sys.stdout.flush()
     events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)

@@ -24,7 +24,7 @@ class UserError(Exception):
     """A problem with the job's input (spec, model folder, tokenizer, dataset) that the user can fix."""
 
 
-class SystemFailure(Exception):
+class WorkerSystemError(Exception):
     """A failure of the training run itself (diverged loss, I/O, library errors)."""
 
 
@@ -149,7 +149,9 @@ def parse_spec(raw: Any) -> JobSpec:
     _int_in(values, "gradient_accumulation_steps", 1, 4096)
     _int_in(values, "max_seq_len", 8, 1_048_576)
     if not isinstance(values["gradient_checkpointing"], bool):
-        raise UserError(f"gradient_checkpointing must be true or false, got {values['gradient_checkpointing']!r}")
+        raise UserError(
+            f"gradient_checkpointing must be true or false, got {values['gradient_checkpointing']!r}"
+        )
     _number_in(values, "epochs", 0, 10_000, low_open=True)
     if values["max_steps"] is not None:
         _int_in(values, "max_steps", 1, 10_000_000)
@@ -192,7 +194,9 @@ def read_model_config(model_dir: Path) -> dict[str, Any]:
         + list(model_dir.glob("pytorch_model*.bin"))
     )
     if not weights:
-        raise UserError(f"model_dir {model_dir} has no weights (no *.safetensors or pytorch_model*.bin files)")
+        raise UserError(
+            f"model_dir {model_dir} has no weights (no *.safetensors or pytorch_model*.bin files)"
+        )
     return config
 
 

