@@ -1,0 +1,134 @@
+import { cp, mkdir, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { create, fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { connectBus, EVENTS_STREAM, type Bus } from "@ragtune/bus";
+import { createLogger } from "@ragtune/logger";
+import {
+  HealthCheckRequestSchema,
+  HealthCheckResponseSchema,
+  IngestRunStatus,
+  IngestService,
+  type HealthCheckRequest,
+  type HealthCheckResponse,
+  type IngestRun,
+  type IngestRunEvent,
+} from "@ragtune/proto";
+import { createClient, type RpcProtocol } from "@ragtune/rpc";
+import { startNatsServer, tempDir, type NatsServerHandle } from "@ragtune/testing";
+import { loadIngestConfig, type IngestConfig } from "../src/config.js";
+import { startIngestServer, type IngestServer } from "../src/server.js";
+
+export const AWS_CORPUS = join(import.meta.dirname, "../../../../shared/corpus/aws-docs");
+export const SAMPLE_DOCS = join(import.meta.dirname, "../../../tools/sample-docs");
+
+export type IngestClient = ReturnType<typeof createClient<typeof IngestService>>;
+
+/** A real nats-server, a bus, an allowed root on disk and the ingest service on a real h2c socket. */
+export interface Harness {
+  nats: NatsServerHandle;
+  bus: Bus;
+  root: string;
+  config: IngestConfig;
+  server: IngestServer;
+  grpc: IngestClient;
+  connect: IngestClient;
+  /** Stops the service and starts a new instance on the same NATS (same port is not kept). */
+  restart(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startHarness(env: Record<string, string> = {}): Promise<Harness> {
+  const nats = await startNatsServer();
+  const logger = createLogger({ svc: "ingest-test", level: process.env.TEST_LOG_LEVEL ?? "silent" });
+  const bus = await connectBus({ servers: nats.url, name: "ingest-test", logger });
+  const root = await tempDir("ingest-root");
+  const config = loadIngestConfig({ NATS_URL: nats.url, RPC_PORT: "0", INGEST_ALLOWED_ROOT: root, ...env });
+  const h: Harness = {
+    nats,
+    bus,
+    root,
+    config,
+    server: await startIngestServer({ config, bus, logger }),
+    grpc: undefined as unknown as IngestClient,
+    connect: undefined as unknown as IngestClient,
+    async restart() {
+      await h.server.close();
+      h.server = await startIngestServer({ config, bus, logger });
+      bindClients(h);
+    },
+    async close() {
+      await h.server.close();
+      await bus.close();
+      await nats.stop();
+      await rm(root, { recursive: true, force: true });
+    },
+  };
+  bindClients(h);
+  return h;
+}
+
+function bindClients(h: Harness): void {
+  h.grpc = createClient(IngestService, { baseUrl: h.server.url, protocol: "grpc" as RpcProtocol });
+  h.connect = createClient(IngestService, { baseUrl: h.server.url, protocol: "connect" as RpcProtocol });
+}
+
+/** Copies the AWS corpus under `dir` of the allowed root, without the SOURCE.md attribution files. */
+export async function copyAwsCorpus(root: string, dir: string): Promise<string[]> {
+  const target = join(root, dir);
+  await mkdir(target, { recursive: true });
+  await cp(AWS_CORPUS, target, { recursive: true, filter: (src) => !src.endsWith("SOURCE.md") });
+  const names: string[] = [];
+  const walk = async (d: string, prefix: string) => {
+    for (const e of await readdir(d, { withFileTypes: true })) {
+      if (e.isDirectory()) await walk(join(d, e.name), `${prefix}${e.name}/`);
+      else names.push(`${prefix}${e.name}`);
+    }
+  };
+  await walk(target, `${dir}/`);
+  return names.sort();
+}
+
+const FINISHED = new Set([IngestRunStatus.SUCCEEDED, IngestRunStatus.PARTIALLY_SUCCEEDED, IngestRunStatus.FAILED]);
+
+/** Follows a run with WatchIngestRun until its completed event, then returns the events and the final run. */
+export async function waitForRun(client: IngestClient, runId: string): Promise<{ events: IngestRunEvent[]; run: IngestRun }> {
+  const events: IngestRunEvent[] = [];
+  for await (const res of client.watchIngestRun({ runId })) events.push(res.event!);
+  const { run } = await client.getIngestRun({ runId });
+  if (run === undefined || !FINISHED.has(run.status)) throw new Error(`run ${runId} is not finished after its completed event`);
+  return { events, run };
+}
+
+/** Every event stored on `subject` in the RAGTUNE stream, decoded (the stream is complete once a run finished). */
+export async function storedEvents<Desc extends DescMessage>(bus: Bus, subject: string, schema: Desc): Promise<MessageShape<Desc>[]> {
+  const info = await bus.jsm.streams.info(EVENTS_STREAM, { subjects_filter: subject });
+  const count = (info.state.subjects as Record<string, number> | undefined)?.[subject] ?? 0;
+  if (count === 0) return [];
+  const consumer = await bus.js.consumers.get(EVENTS_STREAM, { filter_subjects: subject });
+  const out: MessageShape<Desc>[] = [];
+  while (out.length < count) {
+    const batch = await consumer.fetch({ max_messages: count - out.length, expires: 5_000 });
+    for await (const m of batch) out.push(fromBinary(schema, m.data));
+  }
+  return out;
+}
+
+/** grpc.health.v1 Check through @grpc/grpc-js (a client that is not connect-es). */
+export function grpcJsHealthCheck(address: string, service: string): Promise<HealthCheckResponse> {
+  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  return new Promise<HealthCheckResponse>((resolve, reject) => {
+    client.makeUnaryRequest<HealthCheckRequest, HealthCheckResponse>(
+      "/grpc.health.v1.Health/Check",
+      (msg) => Buffer.from(toBinary(HealthCheckRequestSchema, msg)),
+      (bytes) => fromBinary(HealthCheckResponseSchema, bytes),
+      create(HealthCheckRequestSchema, { service }),
+      (err, value) => {
+        client.close();
+        if (err) reject(err);
+        else if (value === undefined) reject(new Error("no response"));
+        else resolve(value);
+      },
+    );
+  });
+}
