@@ -56,7 +56,7 @@ const tokenizerJson = (): { json: object; config: object } => ({
   config: JSON.parse(readFileSync(TOKENIZER_JSON.replace(/tokenizer\.json$/, "tokenizer_config.json"), "utf8")) as object,
 });
 
-const langchain = async (length: (text: string) => number | Promise<number>): Promise<Result> => {
+const langchain = async (length: ((text: string) => number) | ((text: string) => Promise<number>)): Promise<Result> => {
   const splitter = RecursiveCharacterTextSplitter.fromLanguage("markdown", {
     chunkSize: CHUNK_SIZE,
     chunkOverlap: 0,
