@@ -1,3 +1,4 @@
 import { projectConfig } from "../../vitest.shared.js";
 
-export default projectConfig();
+// Integration tests train the tiny model with the real worker: minutes, not seconds.
+export default projectConfig({ testTimeout: 240_000 });

@@ -174,11 +174,12 @@ export class JobRunner {
     if (checkpoint) {
       resumePath = join(attemptDir, "resume", `checkpoint-${checkpoint.step}`);
       await restoreDirectory(this.o.artifacts, checkpoint.artifact!, resumePath);
-      await store.modify(jobId, (j) => ({
-        job: j,
-        event: log(JobLogLevel.INFO, `attempt ${claimed.attempt} resumes from checkpoint ${checkpoint!.id} at step ${checkpoint!.step}`),
-      }));
     }
+    const resumes = checkpoint ? `; resumes from checkpoint ${checkpoint.id} at step ${checkpoint.step}` : "";
+    await store.modify(jobId, (j) => ({
+      job: j,
+      event: log(JobLogLevel.INFO, `attempt ${claimed.attempt} started on replica ${this.o.replicaId}${resumes}`),
+    }));
     if (active.shuttingDown || this.stopping) {
       await this.requeue(jobId);
       msg.nak(0);

@@ -1,0 +1,354 @@
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdir } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { type MessageInitShape, create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import * as grpc from "@grpc/grpc-js";
+import { loadConfig } from "@ragtune/config";
+import { createLogger } from "@ragtune/logger";
+import {
+  ComputeDtype,
+  type CreateJobRequestSchema,
+  GetJobRequestSchema,
+  GetJobResponseSchema,
+  type Hyperparameters,
+  HyperparametersSchema,
+  type JobEvent,
+  JobStatus,
+  TrainerService,
+  TrainingMethod,
+} from "@ragtune/proto";
+import { type RpcServer, createClient, startRpcServer } from "@ragtune/rpc";
+import { type NatsServerHandle, removeTempDir, startNatsServer, tempDir } from "@ragtune/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_WORKER_DIR, trainerConfigSchema } from "../src/config.js";
+import { type TrainerInstance, startTrainerService } from "../src/server.js";
+
+const FIXTURES = resolve(DEFAULT_WORKER_DIR, "tests", "fixtures");
+const PYTHON = join(DEFAULT_WORKER_DIR, ".venv", "bin", "python");
+const logger = createLogger({ svc: "trainer-test", level: process.env.TEST_LOG_LEVEL ?? "silent" });
+
+let nats: NatsServerHandle;
+let root: string;
+let modelDir: string;
+
+/** Tiny settings: a few steps of seq ≤ 64 on the tiny model, a checkpoint every 2 steps. */
+function tinyHyperparameters(overrides: MessageInitShape<typeof HyperparametersSchema> = {}): Hyperparameters {
+  return create(HyperparametersSchema, {
+    method: TrainingMethod.LORA,
+    rank: 4,
+    duration: { case: "maxSteps", value: 6 },
+    maxSeqLen: 64,
+    microBatchSize: 2,
+    gradientAccumulationSteps: 1,
+    checkpointIntervalSteps: 2,
+    evalIntervalSteps: 0,
+    warmupSteps: 1,
+    learningRate: 1e-3,
+    computeDtype: ComputeDtype.FLOAT32,
+    gradientCheckpointing: false,
+    ...overrides,
+  });
+}
+
+interface Replica {
+  name: string;
+  instance: TrainerInstance;
+  server: RpcServer;
+  client: ReturnType<typeof createClient<typeof TrainerService>>;
+  stop(): Promise<void>;
+}
+
+async function startReplica(name: string, opts: { runJobs?: boolean } = {}): Promise<Replica> {
+  const workDir = join(root, "work", name);
+  await mkdir(workDir, { recursive: true });
+  const config = loadConfig("trainer", trainerConfigSchema, {
+    NATS_URL: nats.url,
+    LOG_LEVEL: "silent",
+    TRAINER_WORK_DIR: workDir,
+    TRAINER_DATA_ROOT: FIXTURES,
+    TRAINER_MODEL_ROOT: join(root, "models"),
+    TRAINER_ACK_WAIT: "5s",
+    TRAINER_REPLICA_ID: name,
+  });
+  const controller = new AbortController();
+  const instance = await startTrainerService({ config, logger: logger.child({ replica: name }), signal: controller.signal });
+  const server = await startRpcServer({ logger, port: 0, services: (router) => instance.register(router) });
+  if (opts.runJobs ?? true) instance.runner.start();
+  const client = createClient(TrainerService, { baseUrl: server.url, protocol: "grpc" });
+  return {
+    name,
+    instance,
+    server,
+    client,
+    async stop() {
+      controller.abort();
+      await server.close();
+      await instance.stop();
+    },
+  };
+}
+
+function createRequest(overrides: MessageInitShape<typeof CreateJobRequestSchema> = {}): MessageInitShape<typeof CreateJobRequestSchema> {
+  return {
+    baseModel: modelDir,
+    dataset: { case: "datasetFiles", value: { trainPath: join(FIXTURES, "train.jsonl"), valPath: join(FIXTURES, "val.jsonl") } },
+    hyperparameters: tinyHyperparameters(),
+    ...overrides,
+  };
+}
+
+/** Watches a job from `from` until the stream ends (terminal) or `until` says stop. */
+async function watch(r: Replica, jobId: string, until?: (e: JobEvent) => boolean, from = 1): Promise<JobEvent[]> {
+  const events: JobEvent[] = [];
+  const controller = new AbortController();
+  try {
+    for await (const res of r.client.watchJob({ jobId, fromSequence: from }, { signal: controller.signal })) {
+      events.push(res.event!);
+      if (until?.(res.event!)) break;
+    }
+  } finally {
+    controller.abort();
+  }
+  return events;
+}
+
+const statuses = (events: JobEvent[]) =>
+  events.flatMap((e) => (e.event.case === "statusChanged" ? [JobStatus[e.event.value.status]] : []));
+const steps = (events: JobEvent[]) => events.flatMap((e) => (e.event.case === "metrics" ? [e.event.value.step] : []));
+
+async function expectCode(p: Promise<unknown>, code: Code, message?: RegExp): Promise<ConnectError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ConnectError);
+  expect(Code[(err as ConnectError).code]).toBe(Code[code]);
+  if (message) expect((err as ConnectError).rawMessage).toMatch(message);
+  return err as ConnectError;
+}
+
+beforeAll(async () => {
+  root = await tempDir("trainer-it");
+  modelDir = join(root, "models", "tiny");
+  await mkdir(join(root, "models"), { recursive: true });
+  nats = await startNatsServer();
+  // The tiny Llama model (random weights, real tokenizer), once for this file.
+  await new Promise<void>((ok, fail) => {
+    const child = spawn(PYTHON, ["-m", "ragtune_worker.tiny_model", "--out", modelDir, "--no-gguf"], {
+      cwd: DEFAULT_WORKER_DIR,
+      env: { ...process.env, PYTHONPATH: DEFAULT_WORKER_DIR },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.once("exit", (code) => (code === 0 ? ok() : fail(new Error(`tiny_model failed (${code}):\n${stderr}`))));
+  });
+}, 180_000);
+
+afterAll(async () => {
+  await nats?.stop();
+  await removeTempDir(root);
+});
+
+describe("trainer service (real nats-server, real worker on the tiny model)", () => {
+  let r1: Replica;
+  let reference: { jobId: string; finalLoss: number; events: JobEvent[] };
+
+  beforeAll(async () => {
+    r1 = await startReplica("r1");
+  });
+
+  it("runs a job to succeeded; early and late watchers see the same ordered events; the adapter downloads", async () => {
+    const { job } = await r1.client.createJob(createRequest({ displayName: "reference", collection: "docs" }));
+    expect(job!.status).toBe(JobStatus.QUEUED);
+    expect(job!.hyperparameters!.alpha).toBe(16); // defaults filled in
+    const early = await watch(r1, job!.id);
+    const late = await watch(r1, job!.id);
+    expect(late).toEqual(early);
+    expect(early.map((e) => e.sequence)).toEqual(early.map((_, i) => i + 1));
+    expect(statuses(early)).toEqual(["QUEUED", "VALIDATING", "RUNNING", "SUCCEEDED"]);
+    expect(steps(early)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(early.filter((e) => e.event.case === "checkpointSaved").map((e) => e.event.value && "checkpoint" in e.event.value ? e.event.value.checkpoint?.step : 0)).toEqual([2, 4, 6]);
+    // From the middle: the rest of the history.
+    const tail = await watch(r1, job!.id, undefined, 5);
+    expect(tail).toEqual(early.slice(4));
+
+    const { job: done } = await r1.client.getJob({ jobId: job!.id });
+    expect(done!.status).toBe(JobStatus.SUCCEEDED);
+    expect(done!.adapter!.files.map((f) => f.fileName).sort()).toEqual(["adapter.gguf", "adapter_config.json", "adapter_model.safetensors"]);
+
+    const files = new Map<string, { hash: ReturnType<typeof createHash>; size: bigint; sha256: string; total: bigint }>();
+    for await (const piece of r1.client.downloadAdapter({ jobId: job!.id })) {
+      const f = files.get(piece.fileName) ?? { hash: createHash("sha256"), size: 0n, sha256: piece.sha256, total: piece.totalSizeBytes };
+      expect(piece.offset).toBe(f.size);
+      f.hash.update(piece.data);
+      f.size += BigInt(piece.data.length);
+      files.set(piece.fileName, f);
+    }
+    expect([...files.keys()].sort()).toEqual(["adapter.gguf", "adapter_config.json", "adapter_model.safetensors"]);
+    for (const [name, f] of files) {
+      expect(f.hash.digest("hex"), name).toBe(f.sha256);
+      expect(f.size, name).toBe(f.total);
+      const stored = done!.adapter!.files.find((x) => x.fileName === name)!;
+      expect(f.sha256).toBe(stored.artifact!.sha256);
+    }
+    reference = { jobId: job!.id, finalLoss: done!.adapter!.finalProgress!.trainLoss!, events: early };
+    expect(Number.isFinite(reference.finalLoss)).toBe(true);
+  });
+
+  it("answers GetJob to a @grpc/grpc-js client over a real socket", async () => {
+    const client = new grpc.Client(`127.0.0.1:${r1.server.port}`, grpc.credentials.createInsecure());
+    try {
+      const res = await new Promise<ReturnType<typeof fromBinary<typeof GetJobResponseSchema>>>((ok, fail) =>
+        client.makeUnaryRequest(
+          "/ragtune.trainer.v1.TrainerService/GetJob",
+          (req: { jobId: string }) => Buffer.from(toBinary(GetJobRequestSchema, create(GetJobRequestSchema, req))),
+          (b: Buffer) => fromBinary(GetJobResponseSchema, b),
+          { jobId: reference.jobId },
+          (err, value) => (err ? fail(err) : ok(value!)),
+        ),
+      );
+      expect(res.job!.id).toBe(reference.jobId);
+      expect(res.job!.status).toBe(JobStatus.SUCCEEDED);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("cancels a running job: cancel_requested, a checkpoint, then cancelled", async () => {
+    const { job } = await r1.client.createJob(createRequest({ hyperparameters: tinyHyperparameters({ duration: { case: "maxSteps", value: 200 }, checkpointIntervalSteps: 0 }) }));
+    await watch(r1, job!.id, (e) => e.event.case === "metrics");
+    const { job: stopping } = await r1.client.cancelJob({ jobId: job!.id });
+    expect([JobStatus.CANCEL_REQUESTED, JobStatus.CANCELLED]).toContain(stopping!.status);
+    const events = await watch(r1, job!.id);
+    expect(statuses(events)).toEqual(["QUEUED", "VALIDATING", "RUNNING", "CANCEL_REQUESTED", "CANCELLED"]);
+    const { checkpoints } = await r1.client.listCheckpoints({ jobId: job!.id });
+    expect(checkpoints.length).toBe(1);
+    expect(checkpoints[0]!.step).toBeGreaterThanOrEqual(1);
+    expect(checkpoints[0]!.step).toBeLessThan(200);
+    await expectCode(r1.client.cancelJob({ jobId: job!.id }), Code.FailedPrecondition, /already finished \(cancelled\)/);
+    await expectCode(r1.client.downloadAdapter({ jobId: job!.id })[Symbol.asyncIterator]().next(), Code.FailedPrecondition, /no adapter/);
+    // Resume from a checkpoint of another job is refused; nothing changes.
+    const { checkpoints: refCheckpoints } = await r1.client.listCheckpoints({ jobId: reference.jobId });
+    await expectCode(r1.client.resumeJob({ jobId: job!.id, checkpointId: refCheckpoints[0]!.id }), Code.InvalidArgument, /belongs to job/);
+    await expectCode(r1.client.resumeJob({ jobId: job!.id, checkpointId: `${job!.id}-ckpt-999` }), Code.NotFound);
+    await expectCode(r1.client.resumeJob({ jobId: reference.jobId }), Code.FailedPrecondition, /succeeded/);
+    expect((await r1.client.getJob({ jobId: job!.id })).job!.status).toBe(JobStatus.CANCELLED);
+  });
+
+  it("resumes a job on another replica after kill -9 of its worker: same steps, final loss within 1%, no duplicate steps", async () => {
+    const { job } = await r1.client.createJob(createRequest());
+    await watch(r1, job!.id, (e) => e.event.case === "checkpointSaved");
+    const pids = r1.instance.runner.workerPids();
+    expect(pids.length).toBe(1);
+    process.kill(pids[0]!, "SIGKILL");
+    await r1.stop(); // this replica goes away; the job is back in the queue with its checkpoint
+    const r2 = await startReplica("r2");
+    try {
+      const events = await watch(r2, job!.id);
+      expect(statuses(events).at(-1)).toBe("SUCCEEDED");
+      expect(steps(events)).toEqual([1, 2, 3, 4, 5, 6]);
+      const resumedLog = events.find((e) => e.event.case === "log" && /resumes from checkpoint/.test(e.event.value.message));
+      expect(resumedLog).toBeDefined();
+      const { job: done } = await r2.client.getJob({ jobId: job!.id });
+      expect(done!.attempt).toBeGreaterThanOrEqual(2);
+      expect(done!.resumedFromCheckpointId).toMatch(/-ckpt-\d+$/);
+      const loss = done!.adapter!.finalProgress!.trainLoss!;
+      expect(Math.abs(loss - reference.finalLoss) / reference.finalLoss).toBeLessThan(0.01);
+      expect(done!.adapter!.finalProgress!.step).toBe(6);
+    } finally {
+      await r2.stop();
+    }
+  });
+
+  it("two replicas share a queue of three jobs", async () => {
+    const a = await startReplica("share-a");
+    const b = await startReplica("share-b");
+    try {
+      const hp = tinyHyperparameters({ duration: { case: "maxSteps", value: 2 }, checkpointIntervalSteps: 0 });
+      const ids = [];
+      for (let i = 0; i < 3; i++) ids.push((await a.client.createJob(createRequest({ hyperparameters: hp, displayName: `shared-${i}` }))).job!.id);
+      const replicas = new Set<string>();
+      for (const id of ids) {
+        const events = await watch(b, id);
+        expect(statuses(events)).toEqual(["QUEUED", "VALIDATING", "RUNNING", "SUCCEEDED"]);
+        for (const e of events) {
+          const m = e.event.case === "log" ? /on replica (\S+)/.exec(e.event.value.message) : null;
+          if (m) replicas.add(m[1]!);
+        }
+      }
+      expect([...replicas].sort()).toEqual(["share-a", "share-b"]);
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  });
+
+  it("loses no job across a trainer restart (and a nats-server restart)", async () => {
+    const idle = await startReplica("idle", { runJobs: false });
+    const before = (await idle.client.listJobs({})).page!.totalSize;
+    const { job } = await idle.client.createJob(createRequest({ hyperparameters: tinyHyperparameters({ duration: { case: "maxSteps", value: 2 } }) }));
+    await idle.stop();
+    await nats.restart();
+    const next = await startReplica("after-restart");
+    try {
+      const events = await watch(next, job!.id);
+      expect(statuses(events)).toEqual(["QUEUED", "VALIDATING", "RUNNING", "SUCCEEDED"]);
+      const list = await next.client.listJobs({});
+      expect(list.page!.totalSize).toBe(before + 1);
+      expect(list.jobs[0]!.id).toBe(job!.id); // newest first
+      const succeeded = await next.client.listJobs({ statuses: [JobStatus.SUCCEEDED], page: { pageSize: 2 } });
+      expect(succeeded.jobs.length).toBe(2);
+      expect(succeeded.page!.nextPageToken).not.toBe("");
+      expect(succeeded.jobs.every((j) => j.status === JobStatus.SUCCEEDED)).toBe(true);
+    } finally {
+      await next.stop();
+    }
+  });
+
+  describe("bad input", () => {
+    let r: Replica;
+    beforeAll(async () => {
+      r = await startReplica("bad-input", { runJobs: false });
+    });
+    afterAll(() => r.stop());
+
+    it("rejects each with a clear Connect error and stores nothing", async () => {
+      const before = (await r.client.listJobs({})).page!.totalSize;
+      await expectCode(r.client.createJob(createRequest({ dataset: { case: "datasetVersionId", value: "dsv-unknown" } })), Code.FailedPrecondition, /dataset version "dsv-unknown" is unknown/);
+      await expectCode(r.client.createJob(createRequest({ baseModel: join(root, "models", "nope") })), Code.InvalidArgument, /base_model.*does not exist/);
+      await mkdir(join(root, "models", "empty"), { recursive: true });
+      await expectCode(r.client.createJob(createRequest({ baseModel: join(root, "models", "empty") })), Code.InvalidArgument, /no config.json/);
+      await expectCode(r.client.createJob(createRequest({ baseModel: FIXTURES })), Code.InvalidArgument, /outside the allowed model root/);
+      await expectCode(r.client.createJob(createRequest({ baseModel: "https://huggingface.co/mistralai/Mistral-7B-v0.1" })), Code.InvalidArgument, /never downloaded/);
+      await expectCode(
+        r.client.createJob(createRequest({ dataset: { case: "datasetFiles", value: { trainPath: join(FIXTURES, "missing.jsonl"), valPath: "" } } })),
+        Code.InvalidArgument,
+        /dataset_files.train_path.*does not exist/,
+      );
+      await expectCode(
+        r.client.createJob(createRequest({ dataset: { case: "datasetFiles", value: { trainPath: join(modelDir, "config.json"), valPath: "" } } })),
+        Code.InvalidArgument,
+        /outside the allowed data root/,
+      );
+      await expectCode(r.client.createJob(createRequest({ dataset: { case: undefined } })), Code.InvalidArgument, /dataset/);
+      await expectCode(r.client.createJob(createRequest({ hyperparameters: tinyHyperparameters({ rank: 0 }) })), Code.InvalidArgument, /^hyperparameters.rank: /);
+      await expectCode(r.client.createJob(createRequest({ hyperparameters: tinyHyperparameters({ learningRate: 5 }) })), Code.InvalidArgument, /^hyperparameters.learning_rate: /);
+      await expectCode(r.client.createJob(createRequest({ hyperparameters: tinyHyperparameters({ maxSeqLen: 4 }) })), Code.InvalidArgument, /^hyperparameters.max_seq_len: /);
+      await expectCode(r.client.getJob({ jobId: "job-does-not-exist" }), Code.NotFound, /job-does-not-exist/);
+      await expectCode(r.client.getJob({ jobId: "../etc" }), Code.NotFound);
+      await expectCode(r.client.cancelJob({ jobId: "job-does-not-exist" }), Code.NotFound);
+      await expectCode(r.client.watchJob({ jobId: "job-does-not-exist" })[Symbol.asyncIterator]().next(), Code.NotFound);
+      await expectCode(r.client.listJobs({ page: { pageToken: "garbage" } }), Code.InvalidArgument, /page_token/);
+      expect((await r.client.listJobs({})).page!.totalSize).toBe(before);
+      // A retried create with the same client_request_id returns the first job.
+      const first = await r.client.createJob(createRequest({ clientRequestId: "req-1" }));
+      const again = await r.client.createJob(createRequest({ clientRequestId: "req-1" }));
+      expect(again.job!.id).toBe(first.job!.id);
+      expect((await r.client.listJobs({})).page!.totalSize).toBe(before + 1);
+      await r.client.cancelJob({ jobId: first.job!.id }); // queued: cancelled at once
+      expect((await r.client.getJob({ jobId: first.job!.id })).job!.status).toBe(JobStatus.CANCELLED);
+    });
+  });
+});
