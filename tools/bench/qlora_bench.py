@@ -1,0 +1,190 @@
+"""Benchmark: builtin NF4 QLoRA vs plain LoRA on an fp32 base (same model, data and settings).
+
+Run: services/trainer/worker/.venv/bin/python tools/bench/qlora_bench.py [--steps N] [--seq N]
+
+Each variant runs in its own subprocess so peak RSS is separate. Prints markdown: the measured table,
+ratios against the fp32-LoRA anchor, and the memory budget of QLoRA on Mistral-7B on a 24 GB L4
+computed with the project's quantizer arithmetic (NF4Linear buffer sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKER = Path(__file__).resolve().parents[2] / "services" / "trainer" / "worker"
+sys.path.insert(0, str(WORKER))
+
+SHAPE = {"layers": 4, "hidden": 1024, "intermediate": 2816, "heads": 16, "kv_heads": 4, "vocab": 32000}
+
+
+def run_variant(variant: str, steps: int, seq: int) -> dict[str, float]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from ragtune_worker.nf4 import NF4Linear, prepare_lora_config, quantize_model
+    from torch import nn
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=SHAPE["vocab"],
+        hidden_size=SHAPE["hidden"],
+        intermediate_size=SHAPE["intermediate"],
+        num_hidden_layers=SHAPE["layers"],
+        num_attention_heads=SHAPE["heads"],
+        num_key_value_heads=SHAPE["kv_heads"],
+        max_position_embeddings=max(512, seq),
+    )
+    model = LlamaForCausalLM(config)
+    linear_bytes = sum(
+        m.weight.numel() * m.weight.element_size()
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not n.endswith("lm_head")
+    )
+    if variant == "nf4":
+        quantize_model(model, compute_dtype=torch.float32)
+        linear_bytes = sum(m.quantized_nbytes for m in model.modules() if isinstance(m, NF4Linear))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    peft_model = get_peft_model(model, prepare_lora_config(lora))
+    peft_model.train()
+    opt = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.01
+    )
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(3, SHAPE["vocab"], (1, seq), generator=gen) for _ in range(steps + 1)]
+    times = []
+    losses = []
+    for i, ids in enumerate(batches):
+        t0 = time.perf_counter()
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i > 0:  # step 0 is warm-up
+            times.append(time.perf_counter() - t0)
+        losses.append(float(loss.detach()))
+    step = statistics.median(times)
+    return {
+        "frozen_linear_bytes": linear_bytes,
+        "step_s": step,
+        "tokens_per_s": seq / step,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
+
+
+def mistral_budget() -> list[tuple[str, float, str]]:
+    """QLoRA memory of Mistral-7B on one GPU, in GiB, from the project's NF4 buffer sizes."""
+
+    from ragtune_worker.nf4 import NF4Linear
+
+    layers, h, ff, heads, kv, vocab = 32, 4096, 14336, 32, 8, 32000
+    head_dim = h // heads
+    kv_dim = kv * head_dim
+    shapes = [(h, h), (h, kv_dim), (h, kv_dim), (h, h), (h, ff), (h, ff), (ff, h)]  # (in, out)
+    nf4 = 0
+    for in_f, out_f in shapes:
+        layer = NF4Linear(in_f, out_f, device="meta")
+        nf4 += sum(b.numel() * b.element_size() for b in layer.buffers())
+    nf4 *= layers
+    n_params = layers * sum(i * o for i, o in shapes)
+    emb = 2 * vocab * h * 2  # embed_tokens + lm_head in bf16
+    norms = (2 * layers + 1) * h * 2
+    r, b, s = 8, 4, 1024
+    lora_params = layers * r * sum(i + o for i, o in shapes[:4])
+    lora = lora_params * (4 + 4 + 8)  # fp32 weights + fp32 grads + AdamW m and v (fp32)
+    ckpt = layers * b * s * h * 2  # checkpointed input of each decoder layer (bf16)
+    layer_work = 34 * b * s * h  # one layer's recomputed activations in backward (bf16, SDPA attention)
+    logits = b * s * vocab * (2 + 4 + 4)  # bf16 logits, fp32 upcast for the loss and its gradient
+    dequant = ff * h * 2 * 2  # the largest dequantized weight in bf16, forward + backward transient
+    cuda = 1.0 * 2**30  # CUDA context + allocator slack (estimate)
+    gib = 2**30
+    total = nf4 + emb + norms + lora + ckpt + layer_work + logits + dequant + cuda
+    bits = 8 * nf4 / n_params
+    return [
+        (
+            "NF4 linear weights incl. double-quant stats",
+            nf4 / gib,
+            f"{n_params / 1e9:.2f} B params × {bits:.3f} bit",
+        ),
+        ("embed_tokens + lm_head (bf16)", emb / gib, "2 × 32000 × 4096 × 2 B"),
+        ("RMSNorm weights (bf16)", norms / gib, "65 × 4096 × 2 B"),
+        ("LoRA r=8 q/k/v/o + grads + AdamW", lora / gib, f"{lora_params / 1e6:.1f} M params × 16 B"),
+        ("checkpointed layer inputs", ckpt / gib, "32 × b4 × s1024 × 4096 × 2 B"),
+        ("one layer recomputed in backward", layer_work / gib, "34 × b × s × h B (bf16, SDPA)"),
+        ("logits + fp32 loss/grad", logits / gib, "b × s × 32000 × (2 + 4 + 4) B"),
+        ("dequantized W transient (largest)", dequant / gib, "14336 × 4096 × 2 B × 2"),
+        ("CUDA context + allocator slack", cuda / gib, "estimate"),
+        ("**total**", total / gib, "of 24 GB (22.5 GiB usable) on an L4"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--variant", choices=["nf4", "fp32"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.steps, args.seq)))
+        return
+
+    results: dict[str, dict[str, float]] = {}
+    for variant in ("fp32", "nf4"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--steps",
+            str(args.steps),
+            "--seq",
+            str(args.seq),
+        ]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[variant] = json.loads(out.strip().splitlines()[-1])
+    fp, q = results["fp32"], results["nf4"]
+    s = SHAPE
+    print(
+        f"## QLoRA benchmark ({s['layers']} layers, hidden {s['hidden']}, intermediate {s['intermediate']}, "
+    )
+    print(f"vocab {s['vocab']}; seq {args.seq}, micro batch 1, LoRA r=8 q/k/v/o, gradient checkpointing, ")
+    print(f"{args.steps} timed steps after 1 warm-up, median)\n")
+    print("| variant | frozen linear weights | peak RSS | step time | tokens/s | loss first → last |")
+    print("|---|---|---|---|---|---|")
+    for name, r in (("LoRA, fp32 base", fp), ("QLoRA, builtin NF4 base", q)):
+        print(
+            f"| {name} | {r['frozen_linear_bytes'] / 2**20:.1f} MiB | {r['peak_rss_mb']:.0f} MiB | "
+            f"{r['step_s'] * 1000:.0f} ms | {r['tokens_per_s']:.0f} | "
+            f"{r['first_loss']:.3f} → {r['last_loss']:.3f} |"
+        )
+    wb = q["frozen_linear_bytes"] / fp["frozen_linear_bytes"]
+    st = q["step_s"] / fp["step_s"]
+    print()
+    print(
+        f"- frozen-weight bytes ratio NF4 / fp32: **{wb:.4f}** "
+        "(target ≤ 0.14; NF4 + double quant limit 0.129)"
+    )
+    print(f"- step time ratio NF4 / fp32: **{st:.2f}** (target ≤ 1.5)")
+    print(f"- peak RSS ratio NF4 / fp32: {q['peak_rss_mb'] / fp['peak_rss_mb']:.2f}")
+    print("\n## Memory budget: QLoRA of Mistral-7B on a 24 GB L4 (seq 1024, micro batch 4, checkpointing)\n")
+    print("| item | GiB | formula |")
+    print("|---|---|---|")
+    for item, value, formula in mistral_budget():
+        print(f"| {item} | {value:.2f} | {formula} |")
+
+
+if __name__ == "__main__":
+    main()
