@@ -91,12 +91,16 @@ def load_base_model(spec: JobSpec, dtype: torch.dtype) -> torch.nn.Module:
         except (OSError, ValueError, RuntimeError) as error:
             raise UserError(f"could not load the model weights from {spec.model_dir}: {error}") from error
     else:
-        from ragtune_worker.nf4 import QuantBackendUnavailable, load_quantized_base
+        from ragtune_worker.nf4 import QuantBackendUnavailableError, load_quantized_base
 
         try:
             model = load_quantized_base(spec.model_dir, spec.quant_backend, dtype)
-        except QuantBackendUnavailable as error:
+        except QuantBackendUnavailableError as error:
             raise UserError(str(error)) from error
+        except (OSError, ValueError) as error:
+            raise UserError(
+                f"could not load and quantize the model from {spec.model_dir}: {error}"
+            ) from error
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
