@@ -358,9 +358,8 @@ export class IngestRunner {
   private async finish(record: IngestRunRecord, measures: Map<number, DocMeasure>, failure: Failure | undefined): Promise<void> {
     const run = record.run!;
     const statistics = await this.statistics(record, measures);
-    if (run.documents.some((d) => d.status === DocumentStatus.READY)) {
-      await this.deps.locks.run(run.collection, () => this.deps.store.refreshCollection(run.collection));
-    }
+    // Counts change with ready documents and with new documents recorded as failed.
+    await this.deps.locks.run(run.collection, () => this.deps.store.refreshCollection(run.collection));
     run.statistics = statistics;
     if (failure !== undefined) {
       run.status = IngestRunStatus.FAILED;
