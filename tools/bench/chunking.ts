@@ -120,19 +120,25 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-const rows: string[] = [];
-let floorMedian = 0;
-for (const c of contestants) {
-  const result = await c.run(); // warm-up
-  const times: number[] = [];
-  for (let i = 0; i < RUNS; i++) {
+// Warm-up, then runs interleaved round-robin so that load from other processes hits every
+// contestant alike (the ratios are the result; absolute times depend on the machine).
+const results = new Map<Contestant, Result>();
+const times = new Map<Contestant, number[]>(contestants.map((c) => [c, []]));
+for (const c of contestants) results.set(c, await c.run());
+for (let i = 0; i < RUNS; i++) {
+  for (const c of contestants) {
     const start = performance.now();
     await c.run();
-    times.push((performance.now() - start) / 1000);
+    times.get(c)!.push((performance.now() - start) / 1000);
   }
-  const min = Math.min(...times);
-  const med = median(times);
-  if (floorMedian === 0) floorMedian = med;
+}
+const floorMedian = median(times.get(contestants[0]!)!);
+const rows: string[] = [];
+for (const c of contestants) {
+  const result = results.get(c)!;
+  const runs = times.get(c)!;
+  const min = Math.min(...runs);
+  const med = median(runs);
   const counts = await reference.encodeBatch(result.chunks, { addSpecialTokens: false });
   const over = counts.filter((e) => e.getIds().length > CHUNK_SIZE).length;
   const exact =
@@ -144,7 +150,6 @@ for (const c of contestants) {
   rows.push(
     `| ${c.name} | ${min.toFixed(3)} | ${med.toFixed(3)} | ${(files.length / med).toFixed(0)} | ${Math.round(corpusTokens / med).toLocaleString("en-US")} | ${(med / floorMedian).toFixed(2)}× | ${result.chunks.length || "–"} | ${result.chunks.length ? over : "–"} | ${exact} |`,
   );
-  process.stderr.write(`${c.name}: median ${med.toFixed(3)} s\n`);
 }
 
 process.stdout.write(
