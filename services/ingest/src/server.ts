@@ -16,7 +16,7 @@ export interface IngestServer {
   readonly rpc: RpcServer;
   /** IDs of unfinished runs picked up at start. */
   readonly resumedRuns: string[];
-  /** Stops the RPC server, then the runner (after its current document). The bus stays open. */
+  /** Stops the runner (after its current document), then the RPC server. The bus stays open. */
   close(): Promise<void>;
 }
 
@@ -119,8 +119,10 @@ export async function startIngestServer(options: { config: IngestConfig; bus: Bu
     resumedRuns,
     close() {
       closed ??= (async () => {
-        await rpc.close();
+        // The runner first: it stops after its current document, so a run in progress stays
+        // unfinished in the store and resumes on the next start.
         await app.close();
+        await rpc.close();
       })();
       return closed;
     },
