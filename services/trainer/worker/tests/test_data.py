@@ -22,7 +22,7 @@ def tokenizer(tiny_model_dir: Path):
 
 
 def test_prompt_is_masked_and_completion_with_eos_is_labelled(tokenizer) -> None:
-    prompt = "[INST] Context: The Nova service is written in Go.\nQuestion: Which language is it written in? [/INST]"
+    prompt = "[INST] Context: Nova is written in Go.\nQuestion: Which language is Nova written in? [/INST]"
     example = encode_row(tokenizer, prompt, "Go.")
     prompt_ids = tokenizer(prompt)["input_ids"]
     completion_ids = tokenizer("Go.", add_special_tokens=False)["input_ids"]

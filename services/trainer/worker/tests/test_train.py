@@ -221,7 +221,8 @@ BAD_INPUTS = {
     "folder without config": (lambda m, t: {"model_dir": str(t)}, "has no config.json"),
     "target module matches nothing": (
         lambda m, t: {"target_modules": ["q_proj", "qkv"]},
-        r"target_modules qkv match no linear module of the model; available linear modules: .*down_proj.*q_proj",
+        r"target_modules qkv match no linear module of the model; "
+        r"available linear modules: .*down_proj.*q_proj",
     ),
     "row without completion": (
         lambda m, t: {
