@@ -236,8 +236,8 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
   const chunkSet = await deps.store.putChunkSet(chunks);
   const previousIds = previousReady === null ? [] : (await deps.store.readChunkSet(previousReady.chunkSet)).map((c) => c.id);
   const diff = diffChunks(previousIds, textChunks);
-  const addedIds = new Set(diff.added.map((c) => c.id));
-  await deps.store.putChunks(chunks.filter((c) => addedIds.has(c.id)));
+  // Kept chunks are rewritten too: their ordinal and offsets move when an earlier section changes.
+  await deps.store.putChunks(chunks);
   await deps.publishChunked({
     collection,
     documentId,

@@ -54,7 +54,7 @@ function decodePageToken(token: string, filter: string): number {
     throw invalidArgument("page.page_token", "not a page token issued by this server; pass the next_page_token of the previous response, or empty for the first page");
   }
   if ((body as TokenBody).f !== filter) {
-    throw invalidArgument("page.page_token", "the token was issued for other filter parameters; repeat the request with the same parameters or start from the first page");
+    throw invalidArgument("page.page_token", "the token was issued for other filter parameters, or the listing changed since; repeat the request with the same parameters or start from the first page");
   }
   return (body as TokenBody).o;
 }

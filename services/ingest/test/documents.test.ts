@@ -62,7 +62,8 @@ function guideMarkdown(installBody: string): string {
 }
 
 const GUIDE_V1 = guideMarkdown(paragraph("installation", 5));
-const GUIDE_V2 = guideMarkdown(`${paragraph("installation", 5)} A new sentence documents the offline installer.`);
+// The edit grows one section by more than a chunk, so every later chunk moves to a new ordinal.
+const GUIDE_V2 = guideMarkdown(`${paragraph("installation", 5)}\n\n${paragraph("offline installer", 4)}`);
 
 const GUIDE_HTML = `<!doctype html><html><head><title>Web Guide</title><script>track()</script></head><body>
 <nav>Home · Docs · Blog</nav><header>Site header</header>
@@ -208,6 +209,7 @@ describe("ingest service: inline documents, incremental re-ingest, bad input, de
     expect(change.eventId).toBe(`${guideId}:${change.chunkSet?.sha256}`);
     const before = new Map(guideChunks.map((c) => [c.id, c.headingPath.join(" > ")]));
     const after = (await h.grpc.listChunks({ documentId: guideId })).chunks;
+    expect(after.length).toBeGreaterThan(guideChunks.length);
     const afterPath = new Map(after.map((c) => [c.id, c.headingPath.join(" > ")]));
     // Only the edited section's chunks were removed and added; every other chunk kept its ID.
     expect(change.removedChunkIds.length).toBe(result.changes!.removed);
@@ -216,6 +218,11 @@ describe("ingest service: inline documents, incremental re-ingest, bad input, de
     expect(change.addedChunkIds.every((id) => afterPath.get(id) === "Operator Guide > Installation")).toBe(true);
     expect(new Set(change.keptChunkIds)).toEqual(new Set(guideChunks.filter((c) => c.headingPath.join(" > ") !== "Operator Guide > Installation").map((c) => c.id)));
     expect(after.map((c) => c.id).sort()).toEqual([...change.addedChunkIds, ...change.keptChunkIds].sort());
+    // GetChunk serves the current version of every chunk, kept ones included (offsets may move).
+    for (const c of after) {
+      const got = (await h.connect.getChunk({ chunkId: c.id })).chunk!;
+      expect([got.ordinal, got.charStart, got.charEnd, got.text]).toEqual([c.ordinal, c.charStart, c.charEnd, c.text]);
+    }
     for (const id of change.removedChunkIds) await expectCode(h.grpc.getChunk({ chunkId: id }), Code.NotFound, id);
     const doc = (await h.grpc.getDocument({ documentId: guideId })).document!;
     expect(doc.chunkSet?.sha256).toBe(change.chunkSet?.sha256);
