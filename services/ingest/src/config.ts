@@ -1,5 +1,5 @@
 import { isAbsolute, resolve } from "node:path";
-import { baseServiceSchema, envInt, loadConfig } from "@ragtune/config";
+import { baseServiceSchema, envDuration, envInt, loadConfig } from "@ragtune/config";
 import { z } from "zod";
 
 /** Tokenizer names accepted by INGEST_DEFAULT_TOKENIZER. */
@@ -29,6 +29,13 @@ export const ingestConfigSchema = baseServiceSchema
     INGEST_DEFAULT_CHUNK_OVERLAP: envInt({ min: 0, max: MAX_CHUNK_SIZE, default: 0 }),
     /** Most documents one IngestDocuments batch may hold after directories are expanded. */
     INGEST_MAX_BATCH_DOCUMENTS: envInt({ min: 1, max: 100_000, default: 10_000 }),
+    /**
+     * How long an instance's claim on a run lasts without progress; after that another instance
+     * (or this one after a crash and restart) takes the run over. Longer than the slowest document.
+     */
+    INGEST_RUN_LEASE: envDuration("5m"),
+    /** How often to look for unfinished runs nobody holds (runs of a crashed instance). 0 disables. */
+    INGEST_RUN_SCAN_INTERVAL: envDuration("30s"),
     /** Prefix of the service's KV buckets and object stores (tests isolate with it). */
     INGEST_BUCKET_PREFIX: z
       .string()

@@ -1,4 +1,6 @@
+import { randomBytes } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
+import { hostname } from "node:os";
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { ArtifactStore, Bus } from "@ragtune/bus";
@@ -28,7 +30,7 @@ import { fromChunkingProto, type ChunkingDefaults, type TokenizerCache } from ".
 import { failedResult, processDocument, SourceReadError, type PublishChunked } from "./document-processor.js";
 import type { DocumentStore } from "./document-store.js";
 import type { KeyedLock } from "./keyed-lock.js";
-import type { RunStore } from "./run-store.js";
+import { isUnclaimed, LeaseLostError, type RunStore } from "./run-store.js";
 import { resolveServerPath } from "./source-resolver.js";
 
 export const SUBJECT_DOCUMENT_CHUNKED = "ragtune.ingest.document.chunked";
@@ -47,6 +49,10 @@ export interface IngestRunnerDeps {
   maxDocumentBytes: number;
   maxBatchDocuments: number;
   chunkingDefaults: ChunkingDefaults;
+  /** How long a claim on a run lasts without a write; another instance may take the run after that. */
+  runLeaseMs: number;
+  /** How often to look for unfinished runs nobody holds (0: only at `resume()`). */
+  scanIntervalMs: number;
 }
 
 interface DocMeasure {
@@ -62,34 +68,57 @@ interface DocMeasure {
  */
 export class IngestRunner {
   private readonly queue: string[] = [];
+  /** Runs queued or in progress here, so a scan does not queue them twice. */
+  private readonly pending = new Set<string>();
   private draining: Promise<void> | undefined;
   private stopping = false;
+  private scanTimer: NodeJS.Timeout | undefined;
+  /** This instance's name in run leases. */
+  readonly owner = `${hostname()}-${process.pid}-${randomBytes(4).toString("hex")}`;
 
   constructor(private readonly deps: IngestRunnerDeps) {}
 
-  /** Queues a stored run. */
+  /** Queues a stored run (a run another instance holds is skipped when its turn comes). */
   submit(runId: string): void {
-    if (this.stopping) return;
+    if (this.stopping || this.pending.has(runId)) return;
+    this.pending.add(runId);
     this.queue.push(runId);
     this.draining ??= this.drain().finally(() => {
       this.draining = undefined;
     });
   }
 
-  /** Queues every unfinished run found in the store (after a restart). Returns their IDs. */
+  /**
+   * Queues every unfinished run nobody holds (after a restart, or one whose instance died), and
+   * from then on looks again every `scanIntervalMs`. Returns the IDs queued now.
+   */
   async resume(): Promise<string[]> {
-    const unfinished = await this.deps.runs.unfinished();
-    for (const record of unfinished) {
-      const runId = record.run!.id;
-      this.deps.logger.info({ runId, done: record.run!.documentsDone, total: record.run!.documentsTotal }, "resuming unfinished ingest run");
-      this.submit(runId);
+    const queued = await this.scan();
+    if (this.deps.scanIntervalMs > 0 && this.scanTimer === undefined && !this.stopping) {
+      this.scanTimer = setInterval(() => {
+        this.scan().catch((err: unknown) => this.deps.logger.warn({ err }, "cannot scan for unfinished ingest runs"));
+      }, this.deps.scanIntervalMs);
+      this.scanTimer.unref();
     }
-    return unfinished.map((r) => r.run!.id);
+    return queued;
   }
 
-  /** Stops after the current document; unfinished runs stay stored and resume on the next start. */
+  private async scan(): Promise<string[]> {
+    const queued: string[] = [];
+    for (const record of await this.deps.runs.unfinished()) {
+      const runId = record.run!.id;
+      if (this.pending.has(runId) || !isUnclaimed(record)) continue;
+      this.deps.logger.info({ runId, done: record.run!.documentsDone, total: record.run!.documentsTotal }, "resuming unfinished ingest run");
+      this.submit(runId);
+      queued.push(runId);
+    }
+    return queued;
+  }
+
+  /** Stops after the current document and releases its run, which resumes on the next start (or another instance). */
   async close(): Promise<void> {
     this.stopping = true;
+    clearInterval(this.scanTimer);
     this.queue.length = 0;
     await this.draining;
   }
@@ -102,22 +131,24 @@ export class IngestRunner {
       try {
         await this.execute(runId, log);
       } catch (err) {
-        if (this.stopping) {
+        if (err instanceof LeaseLostError) {
+          log.warn("another instance took the ingest run over; leaving it");
+        } else if (this.stopping) {
           log.warn({ err }, "ingest run interrupted by shutdown; it resumes on the next start");
-          return;
+        } else {
+          log.error({ err }, "ingest run failed with a system error");
+          await this.failRun(runId, err, log).catch((e: unknown) => log.error({ err: e }, "cannot record the failure of the ingest run; it resumes later"));
         }
-        log.error({ err }, "ingest run failed with a system error");
-        await this.failRun(runId, err, log).catch((e: unknown) => log.error({ err: e }, "cannot record the failure of the ingest run; it resumes on the next start"));
+      } finally {
+        this.pending.delete(runId);
       }
     }
   }
 
   private async execute(runId: string, log: Logger): Promise<void> {
-    const loaded = await this.deps.runs.get(runId);
-    if (loaded === null) throw new Error(`ingest run ${runId} vanished from the store`);
-    const record = loaded.record;
+    const record = await this.deps.runs.claim(runId, this.owner, this.deps.runLeaseMs);
+    if (record === null) return; // finished, gone, or held by another instance
     const run = record.run!;
-    if (run.status === IngestRunStatus.SUCCEEDED || run.status === IngestRunStatus.PARTIALLY_SUCCEEDED || run.status === IngestRunStatus.FAILED) return;
     record.lastEventSequence = Math.max(record.lastEventSequence, await this.deps.runs.lastStoredSequence(runId));
     const chunkingProto = run.chunking!;
     const chunking = fromChunkingProto(chunkingProto, this.deps.chunkingDefaults);
@@ -136,12 +167,15 @@ export class IngestRunner {
       run.status = IngestRunStatus.RUNNING;
       run.startedAt = timestampNow();
       await this.deps.runs.appendEvent(record, { event: { case: "statusChanged", value: { status: IngestRunStatus.RUNNING } } });
-      await this.deps.runs.save(record);
+      await this.save(record);
       log.info({ collection: run.collection, documents: run.documentsTotal }, "ingest run started");
     }
 
     for (let index = run.documentsDone; index < record.items.length; index++) {
-      if (this.stopping) return;
+      if (this.stopping) {
+        await this.deps.runs.release(record);
+        return;
+      }
       const item = record.items[index]!;
       const preset = run.documents[index]!;
       let result: IngestDocumentResult;
@@ -150,7 +184,7 @@ export class IngestRunner {
       } else {
         run.documents[index] = create(IngestDocumentResultSchema, { ...preset, status: DocumentStatus.PROCESSING });
         await this.progress(record, index);
-        await this.deps.runs.save(record);
+        await this.save(record);
         const output = await this.deps.locks.run(run.collection, () => this.processItem(item, record, chunking, chunkingProto, log));
         result = output.result;
         measures.set(index, { tokenCounts: output.tokenCounts, bytes: output.bytes });
@@ -158,7 +192,7 @@ export class IngestRunner {
       run.documents[index] = result;
       run.documentsDone = index + 1;
       await this.progress(record, index);
-      await this.deps.runs.save(record);
+      await this.save(record);
     }
     await this.finish(record, measures, undefined);
     log.info({ status: IngestRunStatus[run.status], statistics: run.statistics?.documentsIngested }, "ingest run finished");
@@ -200,6 +234,10 @@ export class IngestRunner {
         bytes: 0,
       };
     }
+  }
+
+  private async save(record: IngestRunRecord): Promise<void> {
+    await this.deps.runs.save(record, this.deps.runLeaseMs);
   }
 
   private async progress(record: IngestRunRecord, index: number): Promise<void> {
@@ -397,9 +435,8 @@ export class IngestRunner {
   }
 
   private async failRun(runId: string, err: unknown, log: Logger): Promise<void> {
-    const loaded = await this.deps.runs.get(runId);
-    if (loaded === null) return;
-    const record = loaded.record;
+    const record = await this.deps.runs.claim(runId, this.owner, this.deps.runLeaseMs);
+    if (record === null) return;
     record.lastEventSequence = Math.max(record.lastEventSequence, await this.deps.runs.lastStoredSequence(runId));
     log.debug({ err }, "marking ingest run failed");
     await this.finish(record, new Map(), create(FailureSchema, {

@@ -1,7 +1,7 @@
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { timestampFromMs, timestampNow, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { DeliverPolicy, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
-import { ensureStream, type TypedKv } from "@ragtune/bus";
+import { ensureStream, RevisionConflictError, type TypedKv } from "@ragtune/bus";
 import {
   IngestRunEventSchema,
   IngestRunRecordSchema,
@@ -36,7 +36,27 @@ export type RunEventBody = Omit<MessageInitShape<typeof IngestRunEventSchema>, "
  * Ingest runs: the run record (run, its sources, event counter) in KV and the run's events in a
  * stream (one subject per run), so a watcher reads the history and then live events in order.
  */
+/** Another instance took the run over (its lease had lapsed); this one must stop working on it. */
+export class LeaseLostError extends Error {
+  constructor(readonly runId: string) {
+    super(`ingest run ${runId} is held by another instance now`);
+    this.name = "LeaseLostError";
+  }
+}
+
+function timestampMs(t: Timestamp): number {
+  return Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6);
+}
+
+/** True when the run has no live lease (nobody holds it, or the holder's claim lapsed). */
+export function isUnclaimed(record: IngestRunRecord, now = Date.now()): boolean {
+  return record.leaseOwner === "" || record.leaseExpiresAt === undefined || timestampMs(record.leaseExpiresAt) <= now;
+}
+
 export class RunStore {
+  /** KV revisions of the records this instance holds a lease on. */
+  private readonly revisions = new Map<string, number>();
+
   constructor(private readonly deps: RunStoreDeps) {}
 
   /** Creates the events stream if missing. */
@@ -65,13 +85,59 @@ export class RunStore {
       await this.deps.runs.create(record.run!.id, record);
       return true;
     } catch (err) {
-      if ((err as Error).name === "RevisionConflictError") return false;
+      if (err instanceof RevisionConflictError) return false;
       throw err;
     }
   }
 
-  async save(record: IngestRunRecord): Promise<void> {
-    await this.deps.runs.put(record.run!.id, record);
+  /**
+   * Takes the run for `owner` until now + `leaseMs` (compare-and-set on the record), if it is
+   * unfinished and nobody else holds a live lease. Returns the record, or null when not taken.
+   */
+  async claim(runId: string, owner: string, leaseMs: number): Promise<IngestRunRecord | null> {
+    const found = await this.get(runId);
+    if (found === null) return null;
+    const { record, revision } = found;
+    if (isFinished(record.run!.status)) return null;
+    const expires = record.leaseExpiresAt === undefined ? 0 : timestampMs(record.leaseExpiresAt);
+    if (record.leaseOwner !== "" && record.leaseOwner !== owner && expires > Date.now()) return null;
+    record.leaseOwner = owner;
+    record.leaseExpiresAt = timestampFromMs(Date.now() + leaseMs);
+    try {
+      this.revisions.set(runId, await this.deps.runs.update(runId, record, revision));
+    } catch (err) {
+      if (err instanceof RevisionConflictError) return null;
+      throw err;
+    }
+    return record;
+  }
+
+  /**
+   * Saves a run this instance holds (from `claim`), renewing its lease by `leaseMs`. Throws
+   * LeaseLostError when another instance changed the record since (it took the run over).
+   */
+  async save(record: IngestRunRecord, leaseMs: number): Promise<void> {
+    const runId = record.run!.id;
+    const revision = this.revisions.get(runId);
+    if (revision === undefined) throw new LeaseLostError(runId);
+    if (record.leaseOwner !== "") record.leaseExpiresAt = timestampFromMs(Date.now() + leaseMs);
+    try {
+      this.revisions.set(runId, await this.deps.runs.update(runId, record, revision));
+    } catch (err) {
+      if (err instanceof RevisionConflictError) {
+        this.revisions.delete(runId);
+        throw new LeaseLostError(runId);
+      }
+      throw err;
+    }
+    if (record.leaseOwner === "") this.revisions.delete(runId);
+  }
+
+  /** Gives up this instance's lease on an unfinished run, so another instance (or the next start) takes it at once. */
+  async release(record: IngestRunRecord): Promise<void> {
+    record.leaseOwner = "";
+    delete record.leaseExpiresAt;
+    await this.save(record, 0);
   }
 
   /** Records that are not finished (to resume after a restart), oldest first. */
@@ -115,7 +181,9 @@ export class RunStore {
    */
   async completeRun(record: IngestRunRecord): Promise<void> {
     record.lastEventSequence += 1;
-    await this.save(record);
+    record.leaseOwner = "";
+    delete record.leaseExpiresAt;
+    await this.save(record, 0);
     await this.publishCompleted(record);
   }
 

@@ -86,6 +86,8 @@ export async function createIngestApp(options: { config: IngestConfig; bus: Bus;
     maxDocumentBytes: config.INGEST_MAX_DOCUMENT_BYTES,
     maxBatchDocuments: config.INGEST_MAX_BATCH_DOCUMENTS,
     chunkingDefaults,
+    runLeaseMs: config.INGEST_RUN_LEASE,
+    scanIntervalMs: config.INGEST_RUN_SCAN_INTERVAL,
   });
   const service = createIngestService({ store, runs, runner, sources, bus, locks, logger, chunkingDefaults });
   return {

@@ -35,6 +35,8 @@ export interface Harness {
   connect: IngestClient;
   /** Stops the service and starts a new instance on the same NATS (same port is not kept). */
   restart(): Promise<void>;
+  /** Starts one more instance of the service on the same NATS (a second replica); the caller closes it. */
+  startInstance(env?: Record<string, string>): Promise<{ server: IngestServer; grpc: IngestClient }>;
   close(): Promise<void>;
 }
 
@@ -43,7 +45,8 @@ export async function startHarness(env: Record<string, string> = {}): Promise<Ha
   const logger = createLogger({ svc: "ingest-test", level: process.env.TEST_LOG_LEVEL ?? "silent" });
   const bus = await connectBus({ servers: nats.url, name: "ingest-test", logger });
   const root = await tempDir("ingest-root");
-  const config = loadIngestConfig({ NATS_URL: nats.url, RPC_PORT: "0", INGEST_ALLOWED_ROOT: root, ...env });
+  const baseEnv = { NATS_URL: nats.url, RPC_PORT: "0", INGEST_ALLOWED_ROOT: root, ...env };
+  const config = loadIngestConfig(baseEnv);
   const h: Harness = {
     nats,
     bus,
@@ -56,6 +59,10 @@ export async function startHarness(env: Record<string, string> = {}): Promise<Ha
       await h.server.close();
       h.server = await startIngestServer({ config, bus, logger });
       bindClients(h);
+    },
+    async startInstance(extra = {}) {
+      const server = await startIngestServer({ config: loadIngestConfig({ ...baseEnv, ...extra }), bus, logger });
+      return { server, grpc: createClient(IngestService, { baseUrl: server.url, protocol: "grpc" as RpcProtocol }) };
     },
     async close() {
       await h.server.close();

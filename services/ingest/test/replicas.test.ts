@@ -1,0 +1,70 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { DocumentStatus, IngestRunRecordSchema, IngestRunStatus, type DocumentSource, type IngestRunEvent } from "@ragtune/proto";
+import { ingestResourceNames } from "../src/server.js";
+import { startHarness, waitForRun, type Harness } from "./harness.js";
+
+const doc = (i: number) =>
+  `# Runbook ${i}\n\n## Steps\n\n${Array.from({ length: 8 }, (_, k) => `Step ${k} of runbook ${i}: check the queue depth, drain the node and confirm the alert cleared.`).join(" ")}\n\n## Rollback\n\nRevert the change ${i} and page the owner.`;
+
+const batch = (n: number): DocumentSource[] =>
+  Array.from({ length: n }, (_, i) => ({
+    $typeName: "ragtune.ingest.v1.DocumentSource",
+    source: { case: "inline", value: { $typeName: "ragtune.ingest.v1.InlineDocument", filename: `rb/${String(i).padStart(3, "0")}.md`, mediaType: "", content: new TextEncoder().encode(doc(i)) } },
+  }));
+
+function finalIndices(events: IngestRunEvent[]): number[] {
+  return events
+    .filter((e) => e.event.case === "documentProgress")
+    .map((e) => e.event.value as { index: number; result?: { status: DocumentStatus } })
+    .filter((p) => p.result?.status === DocumentStatus.READY || p.result?.status === DocumentStatus.FAILED)
+    .map((p) => p.index);
+}
+
+describe("two instances on one NATS", () => {
+  let h: Harness;
+
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it("a second instance leaves a run alone while its holder works on it", async () => {
+    const other = await h.startInstance({ INGEST_RUN_SCAN_INTERVAL: "50ms" });
+    try {
+      const { run: started } = await h.grpc.ingestDocuments({ collection: "rb", sources: batch(40), chunking: { chunkSizeTokens: 64 } });
+      const { run, events } = await waitForRun(other.grpc, started!.id);
+      expect(run.status).toBe(IngestRunStatus.SUCCEEDED);
+      expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
+      expect(finalIndices(events)).toEqual(Array.from({ length: 40 }, (_, i) => i));
+    } finally {
+      await other.server.close();
+    }
+  });
+
+  it("takes over the run of an instance that died once its lease lapses", async () => {
+    const { run: started } = await h.grpc.ingestDocuments({ collection: "rb2", sources: batch(60), chunking: { chunkSizeTokens: 64 } });
+    await h.server.close(); // stops after the current document and releases the run
+    // Pretend the holder crashed instead: its lease is still live for a moment.
+    const runs = await h.bus.kv(ingestResourceNames(h.config.INGEST_BUCKET_PREFIX).runs, IngestRunRecordSchema);
+    const { value: record } = await runs.modify(started!.id, (r) => ({ ...r!, leaseOwner: "crashed-instance", leaseExpiresAt: timestampFromMs(Date.now() + 1_500) }));
+    expect(record.run?.status).not.toBe(IngestRunStatus.SUCCEEDED);
+
+    const survivor = await h.startInstance({ INGEST_RUN_SCAN_INTERVAL: "100ms" });
+    try {
+      expect(survivor.server.resumedRuns).not.toContain(started!.id); // the lease is still live at start
+      const { run, events } = await waitForRun(survivor.grpc, started!.id);
+      expect(run.status).toBe(IngestRunStatus.SUCCEEDED);
+      expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
+      expect(finalIndices(events)).toEqual(Array.from({ length: 60 }, (_, i) => i));
+      expect((await survivor.grpc.listDocuments({ collection: "rb2" })).page?.totalSize).toBe(60);
+      const stored = await runs.get(started!.id);
+      expect(stored?.value.leaseOwner).toBe("");
+    } finally {
+      await survivor.server.close();
+      h.server = (await h.startInstance()).server; // so afterAll closes a live instance
+    }
+  });
+});
