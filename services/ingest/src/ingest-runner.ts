@@ -31,7 +31,7 @@ import { failedResult, processDocument, SourceReadError, type PublishChunked } f
 import type { DocumentStore } from "./document-store.js";
 import type { KeyedLock } from "./keyed-lock.js";
 import { isUnclaimed, LeaseLostError, type RunStore } from "./run-store.js";
-import { resolveServerPath } from "./source-resolver.js";
+import { resolveServerPath, type ResolvedServerFile } from "./source-resolver.js";
 
 export const SUBJECT_DOCUMENT_CHUNKED = "ragtune.ingest.document.chunked";
 export const SUBJECT_RUN_COMPLETED = "ragtune.ingest.run.completed";
@@ -260,7 +260,19 @@ export class IngestRunner {
         continue;
       }
       if (requested.source.case !== "serverPath") continue;
-      for (const file of await resolveServerPath(this.deps.allowedRoot, requested.source.value)) {
+      let files: ResolvedServerFile[];
+      try {
+        files = await resolveServerPath(this.deps.allowedRoot, requested.source.value);
+      } catch (err) {
+        this.deps.logger.warn({ err, path: requested.source.value.path }, "cannot list a server path");
+        files = [{
+          ok: false,
+          sourceName: requested.source.value.path,
+          reason: DocumentErrorReason.PATH_NOT_FOUND,
+          message: `server path "${requested.source.value.path}" cannot be listed (check that the service may read it)`,
+        }];
+      }
+      for (const file of files) {
         if (seen.has(file.sourceName)) continue; // the same file named twice is one document
         seen.add(file.sourceName);
         if (file.ok) {
