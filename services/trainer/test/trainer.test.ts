@@ -154,6 +154,7 @@ afterAll(async () => {
 
 describe("trainer service (real nats-server, real worker on the tiny model)", () => {
   let r1: Replica;
+  let r1Running = true;
   let reference: { jobId: string; finalLoss: number; events: JobEvent[] };
 
   beforeAll(async () => {
@@ -244,6 +245,7 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
     const pids = r1.instance.runner.workerPids();
     expect(pids.length).toBe(1);
     process.kill(pids[0]!, "SIGKILL");
+    r1Running = false;
     await r1.stop(); // this replica goes away; the job is back in the queue with its checkpoint
     const r2 = await startReplica("r2");
     try {
@@ -285,19 +287,29 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
     }
   });
 
-  it("loses no job across a trainer restart (and a nats-server restart)", async () => {
-    const idle = await startReplica("idle", { runJobs: false });
-    const before = (await idle.client.listJobs({})).page!.totalSize;
-    const { job } = await idle.client.createJob(createRequest({ hyperparameters: tinyHyperparameters({ duration: { case: "maxSteps", value: 2 } }) }));
-    await idle.stop();
+  it("loses no job across a trainer restart: SIGTERM checkpoints and hands the job back; a nats-server restart too", async () => {
+    if (r1Running) {
+      r1Running = false;
+      await r1.stop(); // only this test's replicas take jobs
+    }
+    const first = await startReplica("before-restart");
+    const before = (await first.client.listJobs({})).page!.totalSize;
+    const { job } = await first.client.createJob(createRequest());
+    const { job: queued } = await first.client.createJob(createRequest({ hyperparameters: tinyHyperparameters({ duration: { case: "maxSteps", value: 2 } }) }));
+    await watch(first, job!.id, (e) => e.event.case === "metrics" && e.event.value.step >= 3);
+    await first.stop(); // the shutdown path: the worker checkpoints and stops, the job goes back to the queue
     await nats.restart();
     const next = await startReplica("after-restart");
     try {
       const events = await watch(next, job!.id);
-      expect(statuses(events)).toEqual(["QUEUED", "VALIDATING", "RUNNING", "SUCCEEDED"]);
+      expect(statuses(events)).toEqual(["QUEUED", "VALIDATING", "RUNNING", "QUEUED", "VALIDATING", "RUNNING", "SUCCEEDED"]);
+      expect(steps(events)).toEqual([1, 2, 3, 4, 5, 6]);
+      const { checkpoints } = await next.client.listCheckpoints({ jobId: job!.id });
+      expect(checkpoints.map((c) => c.step)).toContain(6);
+      expect(statuses(await watch(next, queued!.id)).at(-1)).toBe("SUCCEEDED");
       const list = await next.client.listJobs({});
-      expect(list.page!.totalSize).toBe(before + 1);
-      expect(list.jobs[0]!.id).toBe(job!.id); // newest first
+      expect(list.page!.totalSize).toBe(before + 2);
+      expect(list.jobs[0]!.id).toBe(queued!.id); // newest first
       const succeeded = await next.client.listJobs({ statuses: [JobStatus.SUCCEEDED], page: { pageSize: 2 } });
       expect(succeeded.jobs.length).toBe(2);
       expect(succeeded.page!.nextPageToken).not.toBe("");
