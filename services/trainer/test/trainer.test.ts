@@ -36,7 +36,6 @@ let modelDir: string;
 /** Tiny settings: a few steps of seq ≤ 64 on the tiny model, a checkpoint every 2 steps. */
 function tinyHyperparameters(overrides: MessageInitShape<typeof HyperparametersSchema> = {}): Hyperparameters {
   return create(HyperparametersSchema, {
-    method: TrainingMethod.LORA,
     rank: 4,
     duration: { case: "maxSteps", value: 6 },
     maxSeqLen: 64,
