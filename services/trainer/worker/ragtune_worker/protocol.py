@@ -51,7 +51,12 @@ def _finite(value: Any) -> Any:
 
 
 def read_commands(stdin: IO[str], cancel: threading.Event, log: IO[str]) -> None:
-    """Reader thread body: sets `cancel` on a cancel command; other lines are logged and ignored."""
+    """Reader thread body: sets `cancel` on a cancel command; other lines are logged and ignored.
+
+    End of input also cancels: the parent (the trainer service) holds stdin open for the whole job, so EOF
+    means it went away (crashed or was killed). Stopping at the next step with a checkpoint beats training on
+    with nobody to read the events; the replica that takes the job over resumes it from that checkpoint.
+    """
     for line in stdin:
         if not line.strip():
             continue
@@ -64,6 +69,8 @@ def read_commands(stdin: IO[str], cancel: threading.Event, log: IO[str]) -> None
             cancel.set()
         else:
             print(f"ignoring an unexpected command: {line.strip()[:200]}", file=log)
+    print("stdin closed: the parent is gone; stopping at the next step with a checkpoint", file=log)
+    cancel.set()
 
 
 def run(stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:

@@ -103,6 +103,30 @@ def start_worker() -> subprocess.Popen[str]:
     )
 
 
+def collect(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Read stdout and stderr to the end and wait for exit, keeping stdin open.
+
+    `communicate()` would close stdin, and the worker treats end of input as its parent going away (cancel).
+    """
+    import threading
+
+    out: dict[str, str] = {}
+
+    def drain(name: str, stream: Any) -> None:
+        out[name] = stream.read()
+
+    threads = [
+        threading.Thread(target=drain, args=(name, stream), daemon=True)
+        for name, stream in (("stdout", process.stdout), ("stderr", process.stderr))
+    ]
+    for thread in threads:
+        thread.start()
+    process.wait(timeout=timeout)
+    for thread in threads:
+        thread.join(timeout=30)
+    return out.get("stdout", ""), out.get("stderr", "")
+
+
 def send(process: subprocess.Popen[str], command: dict[str, Any]) -> None:
     assert process.stdin is not None
     process.stdin.write(json.dumps(command) + "\n")

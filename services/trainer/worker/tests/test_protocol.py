@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import send, small_spec, start_worker
+from conftest import collect, send, small_spec, start_worker
 
 EVENT_TYPES = {"validated", "started", "metrics", "checkpoint", "finished", "failed", "cancelled"}
 
@@ -27,7 +27,7 @@ def test_a_job_streams_only_protocol_events_on_stdout(tiny_model_dir: Path, tmp_
     process = start_worker()
     spec = small_spec(tiny_model_dir, tmp_path, job_id="job-1", max_steps=3, eval_interval_steps=2)
     send(process, {"type": "train", "spec": spec})
-    stdout, stderr = process.communicate(timeout=600)
+    stdout, stderr = collect(process, timeout=600)
     assert process.returncode == 0, stderr
     events = parse_events(stdout, "job-1")
     assert [e["type"] for e in events if e["type"] != "metrics"] == [
@@ -55,7 +55,7 @@ def test_cancel_stops_at_a_step_boundary_with_a_checkpoint(tiny_model_dir: Path,
         if json.loads(line)["type"] == "metrics":
             send(process, {"type": "cancel"})
             break
-    stdout, stderr = process.communicate(timeout=600)
+    stdout, stderr = collect(process, timeout=600)
     assert process.returncode == 0, stderr
     events = parse_events("".join(seen) + stdout)
     cancelled = events[-1]
@@ -77,7 +77,7 @@ def test_bad_input_exits_2_with_a_user_error_before_training(tiny_model_dir: Pat
     process = start_worker()
     spec = small_spec(tiny_model_dir, tmp_path, job_id="j", lora_r=0)
     send(process, {"type": "train", "spec": spec})
-    stdout, _ = process.communicate(timeout=300)
+    stdout, _ = collect(process, timeout=300)
     assert process.returncode == 2
     assert parse_events(stdout, "j") == [
         {
@@ -91,7 +91,7 @@ def test_bad_input_exits_2_with_a_user_error_before_training(tiny_model_dir: Pat
 
     process = start_worker()
     send(process, {"type": "train", "spec": small_spec(tiny_model_dir, tmp_path, target_modules=["nope"])})
-    stdout, _ = process.communicate(timeout=300)
+    stdout, _ = collect(process, timeout=300)
     assert process.returncode == 2
     (event,) = parse_events(stdout)
     assert event["kind"] == "user_error" and "target_modules nope match no linear module" in event["message"]
@@ -115,9 +115,31 @@ def test_a_diverging_run_exits_1_with_a_system_error(tiny_model_dir: Path, tmp_p
     save_file(weights, poisoned / "model.safetensors", metadata={"format": "pt"})
     process = start_worker()
     send(process, {"type": "train", "spec": small_spec(poisoned, tmp_path / "out", val_file=None)})
-    stdout, stderr = process.communicate(timeout=600)
+    stdout, stderr = collect(process, timeout=600)
     assert process.returncode == 1, stderr
     events = parse_events(stdout)
     assert [e["type"] for e in events] == ["validated", "started", "failed"]
     assert events[-1]["kind"] == "system_error"
     assert "training diverged: the loss became nan at step 1" in events[-1]["message"]
+
+
+def test_stdin_closed_by_a_vanished_parent_stops_with_a_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    process = start_worker()
+    spec = small_spec(tiny_model_dir, tmp_path, max_steps=200, val_file=None, checkpoint_interval_steps=100)
+    send(process, {"type": "train", "spec": spec})
+    assert process.stdout is not None and process.stdin is not None
+    seen: list[str] = []
+    for line in process.stdout:  # wait for the first step, then go away as a killed parent would
+        seen.append(line)
+        if json.loads(line)["type"] == "metrics":
+            process.stdin.close()
+            break
+    stdout = process.stdout.read()
+    process.wait(timeout=600)
+    assert process.returncode == 0
+    events = parse_events("".join(seen) + stdout)
+    assert events[-1]["type"] == "cancelled"
+    assert 1 <= events[-1]["step"] < 200
+    assert Path(events[-1]["checkpoint_path"]).is_dir()
