@@ -327,11 +327,14 @@ export class IngestRunner {
 
   private publishChunked(runId: string): PublishChunked {
     return async (e) => {
+      // The run is part of the id: a resumed run republishing the same document is deduplicated, while a later run
+      // that brings a document back to an earlier version (A → B → A inside the duplicate window) still publishes.
+      const eventId = `${runId}:${e.documentId}:${e.chunkSet.sha256}`;
       await this.deps.bus.publish(
         SUBJECT_DOCUMENT_CHUNKED,
         DocumentChunkedSchema,
         {
-          eventId: `${e.documentId}:${e.chunkSet.sha256}`,
+          eventId,
           occurredAt: timestampNow(),
           collection: e.collection,
           documentId: e.documentId,
@@ -344,7 +347,7 @@ export class IngestRunner {
           chunking: e.chunking,
           ingestRunId: runId,
         },
-        { msgId: `${e.documentId}:${e.chunkSet.sha256}` },
+        { msgId: eventId },
       );
     };
   }

@@ -206,7 +206,7 @@ describe("ingest service: inline documents, incremental re-ingest, bad input, de
     expect(events).toHaveLength(2); // first ingest and the edit; the unchanged re-ingest published nothing
     const change = events[1]!;
     expect(change.ingestRunId).toBe(run.id);
-    expect(change.eventId).toBe(`${guideId}:${change.chunkSet?.sha256}`);
+    expect(change.eventId).toBe(`${run.id}:${guideId}:${change.chunkSet?.sha256}`);
     const before = new Map(guideChunks.map((c) => [c.id, c.headingPath.join(" > ")]));
     const after = (await h.grpc.listChunks({ documentId: guideId })).chunks;
     expect(after.length).toBeGreaterThan(guideChunks.length);
@@ -227,6 +227,17 @@ describe("ingest service: inline documents, incremental re-ingest, bad input, de
     const doc = (await h.grpc.getDocument({ documentId: guideId })).document!;
     expect(doc.chunkSet?.sha256).toBe(change.chunkSet?.sha256);
     expect(doc.lastIngestRunId).toBe(run.id);
+
+    // Back to the first version inside the duplicate window: downstream must still hear of it (A → B → A).
+    const reverted = await h.grpc.ingestDocuments({ collection: "docs", sources: [inline("guide.md", GUIDE_V1)], chunking: { chunkSizeTokens: 64 } });
+    await waitForRun(h.grpc, reverted.run!.id);
+    const all = (await storedEvents(h.bus, "ragtune.ingest.document.chunked", DocumentChunkedSchema)).filter((e) => e.documentId === guideId);
+    expect(all).toHaveLength(3);
+    expect(all[2]!.chunkSet?.sha256).toBe(events[0]!.chunkSet?.sha256);
+    expect(new Set(all[2]!.addedChunkIds)).toEqual(new Set(change.removedChunkIds));
+    // Leave the edited version stored, as the following tests expect.
+    const again = await h.grpc.ingestDocuments({ collection: "docs", sources: [inline("guide.md", GUIDE_V2)], chunking: { chunkSizeTokens: 64 } });
+    await waitForRun(h.grpc, again.run!.id);
   });
 
   it("rejects every kind of bad document with a clear per-document error and ingests the rest", async () => {

@@ -34,7 +34,8 @@ export const file_ragtune_events_v1_events: GenFile = /*@__PURE__*/
 /**
  * A document was (re-)chunked.
  * Subject: ragtune.ingest.document.chunked
- * event_id: "<document_id>:<chunk_set_sha256>".
+ * event_id: "<ingest_run_id>:<document_id>:<chunk_set_sha256>" (a resumed run dedupes; a later run that
+ * returns a document to an earlier version still publishes).
  *
  * @generated from message ragtune.events.v1.DocumentChunked
  */
