@@ -1,9 +1,14 @@
 // `npm run demo`: runs every stage of ragtune that exists so far, end to end, on the shipped sample documents,
 // then stops cleanly. Stages grow with the system; each prints what a user would want to see.
-import { readdir, readFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, open, readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
+  ComputeDtype,
   DocumentStatus,
+  JobStatus,
+  TrainerService,
   Health,
   HealthCheckResponse_ServingStatus,
   IngestRunStatus,
@@ -11,10 +16,17 @@ import {
   type IngestRunSummary,
 } from "@ragtune/proto";
 import { createClient } from "@ragtune/rpc";
+import { renderLossChart, type LossPoint } from "./loss-chart.js";
 import { SERVICE_NAMES, repoRoot, startStack, type Stack } from "./stack.js";
+import { generateTinyModel, workerDir } from "./tiny-model.js";
 
 const SAMPLE_DOCS = join(repoRoot, "tools", "sample-docs");
 const COLLECTION = "demo";
+/** Demo state kept between runs (gitignored): the tiny model, the trainer's work dir, the downloaded adapter. */
+const DEMO_DIR = process.env.DEMO_DIR ?? join(repoRoot, ".data", "demo");
+const TINY_MODEL_DIR = join(DEMO_DIR, "tiny-model");
+/** Until the dataset service exports a dataset version, the trainer trains on the worker's fixture dataset. */
+const FIXTURE_DATASET = join(workerDir, "tests", "fixtures");
 
 const out = (text = "") => process.stdout.write(text + "\n");
 
@@ -65,10 +77,110 @@ async function ingestSampleDocs(stack: Stack): Promise<void> {
   if (summary.status !== IngestRunStatus.SUCCEEDED) throw new Error(`ingest run ended ${IngestRunStatus[summary.status]}`);
 }
 
+/** The tiny Llama model (random weights, real Mistral tokenizer), warmed up on the sample docs once and kept. */
+async function ensureTinyModel(): Promise<void> {
+  if (existsSync(join(TINY_MODEL_DIR, "config.json")) && existsSync(join(TINY_MODEL_DIR, "model.gguf"))) {
+    out(`\nTiny model: reusing ${TINY_MODEL_DIR}`);
+    return;
+  }
+  out(`\nTiny model: generating a 2-layer Llama (hidden 128, Mistral tokenizer) into ${TINY_MODEL_DIR},`);
+  out("  warmed up on the sample docs so the base writes document-like text (a minute or two on 2 cores)…");
+  await mkdir(DEMO_DIR, { recursive: true });
+  let lastStep = "";
+  await generateTinyModel(["--out", TINY_MODEL_DIR, "--seed", "0", "--warmup-docs", SAMPLE_DOCS, "--warmup-steps", "40"], (text) => {
+    const m = /warmup step (\d+)\/(\d+) loss ([\d.]+)/.exec(text);
+    if (m && m[1] !== lastStep && (Number(m[1]) % 10 === 0 || m[1] === m[2])) {
+      lastStep = m[1]!;
+      out(`  warm-up step ${m[1]}/${m[2]}  loss ${m[3]}`);
+    }
+  });
+}
+
+/**
+ * Stage 2 — trainer: a QLoRA job (builtin NF4 base + LoRA on q/k/v/o) on the tiny model through the trainer's API;
+ * watch its events, print the loss curve as a text chart, download the adapter (PEFT files + GGUF) and verify it.
+ */
+async function trainAdapter(stack: Stack): Promise<void> {
+  await ensureTinyModel();
+  const trainer = createClient(TrainerService, { baseUrl: stack.services.trainer.url, protocol: "grpc" });
+  const { job } = await trainer.createJob({
+    baseModel: TINY_MODEL_DIR,
+    dataset: { case: "datasetFiles", value: { trainPath: join(FIXTURE_DATASET, "train.jsonl"), valPath: join(FIXTURE_DATASET, "val.jsonl") } },
+    displayName: "demo adapter",
+    collection: COLLECTION,
+    hyperparameters: {
+      duration: { case: "maxSteps", value: 40 },
+      learningRate: 2e-3,
+      warmupSteps: 4,
+      microBatchSize: 4,
+      gradientAccumulationSteps: 1,
+      maxSeqLen: 128,
+      evalIntervalSteps: 10,
+      checkpointIntervalSteps: 20,
+      computeDtype: ComputeDtype.FLOAT32,
+      gradientCheckpointing: false,
+    },
+  });
+  out(`\nTrainer: job ${job!.id} (QLoRA, builtin NF4 base, LoRA r=8 on q/k/v/o, 40 steps on the fixture dataset)`);
+  const train: LossPoint[] = [];
+  const val: LossPoint[] = [];
+  let final: JobStatus | undefined;
+  let failure = "";
+  for await (const { event } of trainer.watchJob({ jobId: job!.id })) {
+    const e = event?.event;
+    if (e?.case === "statusChanged") {
+      out(`  status: ${JobStatus[e.value.status].toLowerCase()}`);
+      if ([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED].includes(e.value.status)) {
+        final = e.value.status;
+        failure = e.value.failure?.message ?? "";
+        break;
+      }
+    } else if (e?.case === "metrics") {
+      const m = e.value;
+      train.push({ step: m.step, loss: m.trainLoss });
+      if (m.valLoss !== undefined) val.push({ step: m.step, loss: m.valLoss });
+      if (m.step % 5 === 0 || m.valLoss !== undefined) {
+        const v = m.valLoss !== undefined ? `  val loss ${m.valLoss.toFixed(4)}` : "";
+        out(`  step ${String(m.step).padStart(3)}/${m.totalSteps}  train loss ${m.trainLoss.toFixed(4)}${v}  lr ${m.learningRate.toExponential(2)}  ${m.tokensPerSecond.toFixed(0)} tok/s`);
+      }
+    } else if (e?.case === "checkpointSaved") {
+      out(`  checkpoint at step ${e.value.checkpoint?.step}`);
+    }
+  }
+  if (final !== JobStatus.SUCCEEDED) throw new Error(`training job ended ${final === undefined ? "without a final status" : JobStatus[final]}: ${failure}`);
+  out("\nLoss curve:");
+  out(renderLossChart(train, val, { width: 60, height: 12 }).replace(/^/gm, "  "));
+
+  const adapterDir = join(DEMO_DIR, "adapter", job!.id);
+  await mkdir(adapterDir, { recursive: true });
+  const files = new Map<string, { handle: Awaited<ReturnType<typeof open>>; hash: ReturnType<typeof createHash>; size: bigint; sha256: string }>();
+  for await (const piece of trainer.downloadAdapter({ jobId: job!.id })) {
+    let f = files.get(piece.fileName);
+    if (!f) {
+      f = { handle: await open(join(adapterDir, piece.fileName), "w"), hash: createHash("sha256"), size: piece.totalSizeBytes, sha256: piece.sha256 };
+      files.set(piece.fileName, f);
+    }
+    await f.handle.write(piece.data);
+    f.hash.update(piece.data);
+  }
+  out(`\nAdapter downloaded to ${adapterDir}:`);
+  for (const [name, f] of files) {
+    await f.handle.close();
+    const ok = f.hash.digest("hex") === f.sha256;
+    out(`  ${name.padEnd(28)} ${String(f.size).padStart(9)} bytes  sha256 ${ok ? "verified" : "MISMATCH"}`);
+    if (!ok) throw new Error(`${name}: the downloaded bytes do not match the adapter's sha256`);
+  }
+  out("  (adapter_config.json + adapter_model.safetensors load in vLLM with --enable-lora; adapter.gguf in llama.cpp)");
+}
+
 const logs: string[] = [];
 out("Starting the ragtune stack (nats-server with JetStream + 5 services)…");
 const stack = await startStack({
-  env: { LOG_LEVEL: process.env.LOG_LEVEL ?? "warn" },
+  env: {
+    TRAINER_MODEL_ROOT: DEMO_DIR,
+    TRAINER_DATA_ROOT: repoRoot,
+    TRAINER_WORK_DIR: join(DEMO_DIR, "trainer-work"),
+  },
   onLog: (service, line) => logs.push(`${service} ${typeof line === "string" ? line : JSON.stringify(line)}`),
 });
 let failed = false;
@@ -76,6 +188,7 @@ try {
   out(`NATS JetStream at ${stack.natsUrl}\n`);
   await checkHealth(stack);
   await ingestSampleDocs(stack);
+  await trainAdapter(stack);
 } catch (err) {
   failed = true;
   process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`);

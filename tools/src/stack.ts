@@ -8,6 +8,9 @@ import { freePort, startNatsServer, type NatsServerHandle } from "@ragtune/testi
 export const SERVICE_NAMES = ["ingest", "dataset", "trainer", "eval", "gateway"] as const;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
 
+/** How long a service may take from spawn to "rpc server listening" (tsx compiles on first start). */
+const READY_TIMEOUT_MS = 120_000;
+
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
 export interface StackService {
@@ -66,13 +69,24 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
 
 async function startService(name: ServiceName, port: number, natsUrl: string, options: StackOptions): Promise<StackService> {
   const main = join(repoRoot, "services", name, "src", "main.ts");
+  // Readiness is the service's "rpc server listening" info line, so services log at info at least; quieter levels
+  // are the caller's to apply when it shows lines (onLog).
+  const level = options.env?.LOG_LEVEL ?? process.env.LOG_LEVEL;
+  const LOG_LEVEL = level === "trace" || level === "debug" ? level : "info";
   const child = spawn(process.execPath, ["--conditions=@ragtune/source", "--import", "tsx", main], {
     cwd: repoRoot,
-    env: { ...process.env, ...options.env, NATS_URL: natsUrl, RPC_HOST: "127.0.0.1", RPC_PORT: String(port) },
+    env: { ...process.env, ...options.env, LOG_LEVEL, NATS_URL: natsUrl, RPC_HOST: "127.0.0.1", RPC_PORT: String(port) },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const url = await new Promise<string>((resolve, reject) => {
-    const onExit = (code: number | null) => reject(new Error(`${name} service exited with code ${code} before it was ready`));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${name} service did not report "rpc server listening" within ${READY_TIMEOUT_MS / 1000} s`));
+    }, READY_TIMEOUT_MS);
+    const onExit = (code: number | null) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} service exited with code ${code} before it was ready`));
+    };
     child.once("exit", onExit);
     for (const stream of [child.stdout!, child.stderr!]) {
       createInterface({ input: stream }).on("line", (text) => {
@@ -85,6 +99,7 @@ async function startService(name: ServiceName, port: number, natsUrl: string, op
         options.onLog?.(name, line);
         if (typeof line === "object" && line.msg === "rpc server listening" && typeof line.url === "string") {
           child.off("exit", onExit);
+          clearTimeout(timer);
           resolve(line.url);
         }
       });
