@@ -1,9 +1,5 @@
-import type { List, PhrasingContent, RootContent, Table } from "mdast";
-import { fromMarkdown } from "mdast-util-from-markdown";
-import { frontmatterFromMarkdown } from "mdast-util-frontmatter";
-import { gfmFromMarkdown } from "mdast-util-gfm";
-import { frontmatter } from "micromark-extension-frontmatter";
-import { gfm } from "micromark-extension-gfm";
+import MarkdownIt from "markdown-it";
+import type Token from "markdown-it/lib/token.mjs";
 import { parse as parseYaml } from "yaml";
 import type { Block } from "./blocks.js";
 
@@ -17,23 +13,34 @@ export interface MarkdownBlocks {
 export class FrontMatterError extends Error {}
 
 /**
- * Markdown (CommonMark + GFM) to blocks with mdast: ATX and setext headings, YAML front matter as
- * metadata, tables as " | "-separated rows, links as their text, code fences kept with their fence.
+ * CommonMark with GFM tables and strikethrough, raw HTML recognized (and reduced to its text).
+ * Linkify and typographer stay off: a bare URL is kept as written, quotes are not curled.
+ */
+const markdown = new MarkdownIt("default", { html: true, linkify: false, typographer: false });
+
+/**
+ * Front matter as micromark-extension-frontmatter reads it: at the very start, a `---` (YAML) or
+ * `+++` (TOML) line, then up to a line holding the same fence (trailing spaces and tabs allowed).
+ */
+const FRONT_MATTER = /^(---|\+\+\+)[ \t]*\r?\n(?:([\s\S]*?)\r?\n)?\1[ \t]*(?:\r?\n|$)/;
+
+/**
+ * Markdown to blocks with markdown-it's token stream: ATX and setext headings, YAML front matter
+ * as metadata (TOML front matter is dropped), tables as " | "-separated rows, lists as "- " /
+ * "1. " lines, links as their text, emphasis dropped, inline code in backticks, code fences and
+ * indented code kept as fenced blocks, raw HTML as its text.
  */
 export function markdownToBlocks(source: string): MarkdownBlocks {
-  const tree = fromMarkdown(source, {
-    extensions: [gfm(), frontmatter(["yaml", "toml"])],
-    mdastExtensions: [gfmFromMarkdown(), frontmatterFromMarkdown(["yaml", "toml"])],
-  });
-  const blocks: Block[] = [];
   let metadata: Record<string, unknown> = {};
-  for (const node of tree.children) {
-    if (node.type === "yaml") {
-      metadata = readFrontMatter(node.value);
-      continue;
-    }
-    flowToBlocks(node, blocks);
+  let body = source;
+  const front = FRONT_MATTER.exec(source);
+  if (front !== null) {
+    if (front[1] === "---") metadata = readFrontMatter(front[2] ?? "");
+    body = source.slice(front[0].length);
   }
+  const walker = new TokenWalker(markdown.parse(body, {}));
+  const blocks: Block[] = [];
+  walker.flow(blocks, undefined);
   return { blocks, metadata };
 }
 
@@ -51,104 +58,159 @@ function readFrontMatter(value: string): Record<string, unknown> {
   return data as Record<string, unknown>;
 }
 
-function flowToBlocks(node: RootContent, out: Block[]): void {
-  switch (node.type) {
-    case "heading":
-      out.push({ kind: "heading", level: node.depth, text: inline(node.children) });
-      return;
-    case "paragraph":
-      out.push({ kind: "text", text: inline(node.children) });
-      return;
-    case "code":
-      out.push({ kind: "verbatim", text: fence(node.value, node.lang) });
-      return;
-    case "list":
-      out.push({ kind: "text", text: listLines(node, 0).join("\n") });
-      return;
-    case "table":
-      out.push({ kind: "text", text: tableLines(node).join("\n") });
-      return;
-    case "blockquote":
-      for (const child of node.children) flowToBlocks(child, out);
-      return;
-    case "html":
-      out.push({ kind: "text", text: stripTags(node.value) });
-      return;
-    case "footnoteDefinition": {
-      const inner: Block[] = [];
-      for (const child of node.children) flowToBlocks(child, inner);
-      out.push({ kind: "text", text: `[^${node.identifier}]: ${inner.map((b) => b.text).join(" ")}` });
-      return;
+/** Reads markdown-it's flat block token stream (open/close pairs) in one pass. */
+class TokenWalker {
+  private i = 0;
+
+  constructor(private readonly tokens: Token[]) {}
+
+  /** Blocks up to the token of type `close` (consumed), or to the end of the stream. */
+  flow(out: Block[], close: string | undefined): void {
+    const tokens = this.tokens;
+    while (this.i < tokens.length) {
+      if (tokens[this.i]!.type === close) {
+        this.i++;
+        return;
+      }
+      this.block(out);
     }
-    default:
-      // thematicBreak, definition, toml front matter: no text of their own.
-      return;
+  }
+
+  /** One block construct starting at the current token. */
+  private block(out: Block[]): void {
+    const token = this.tokens[this.i]!;
+    switch (token.type) {
+      case "heading_open":
+        out.push({ kind: "heading", level: Number(token.tag.slice(1)), text: inlineText(this.tokens[this.i + 1]!) });
+        this.i += 3;
+        return;
+      case "paragraph_open":
+        out.push({ kind: "text", text: inlineText(this.tokens[this.i + 1]!) });
+        this.i += 3;
+        return;
+      case "fence":
+        out.push({ kind: "verbatim", text: fence(token.content, token.info.trim().split(/\s+/)[0] ?? "") });
+        this.i++;
+        return;
+      case "code_block":
+        out.push({ kind: "verbatim", text: fence(token.content, "") });
+        this.i++;
+        return;
+      case "bullet_list_open":
+      case "ordered_list_open":
+        out.push({ kind: "text", text: this.list(0).join("\n") });
+        return;
+      case "table_open":
+        out.push({ kind: "text", text: this.table().join("\n") });
+        return;
+      case "blockquote_open":
+        this.i++;
+        this.flow(out, "blockquote_close");
+        return;
+      case "html_block":
+        out.push({ kind: "text", text: stripTags(token.content) });
+        this.i++;
+        return;
+      default:
+        // hr, and anything without text of its own. (Link reference definitions leave no token.)
+        this.i++;
+    }
+  }
+
+  /** Lines of the list opening at the current token, nested lists indented two spaces per level. */
+  private list(depth: number): string[] {
+    const open = this.tokens[this.i]!;
+    const close = open.type === "ordered_list_open" ? "ordered_list_close" : "bullet_list_close";
+    const start = open.type === "ordered_list_open" ? Number(open.attrGet("start") ?? 1) : undefined;
+    const indent = "  ".repeat(depth);
+    const lines: string[] = [];
+    this.i++;
+    for (let index = 0; this.tokens[this.i]!.type !== close; index++) {
+      // list_item_open
+      this.i++;
+      const marker = start === undefined ? "- " : `${start + index}. `;
+      let first = true;
+      while (this.tokens[this.i]!.type !== "list_item_close") {
+        const type = this.tokens[this.i]!.type;
+        if (type === "bullet_list_open" || type === "ordered_list_open") {
+          lines.push(...this.list(depth + 1));
+          continue;
+        }
+        const inner: Block[] = [];
+        this.block(inner);
+        // A GFM task item's box is written "[x]" whichever case the source used.
+        if (first && inner[0]?.kind === "text") inner[0].text = inner[0].text.replace(/^\[X\](?=[ \t])/, "[x]");
+        for (const block of inner) {
+          for (const line of block.text.split("\n")) {
+            lines.push(first ? `${indent}${marker}${line}` : `${indent}  ${line}`);
+            first = false;
+          }
+        }
+      }
+      this.i++;
+      if (first) lines.push(`${indent}${marker}`.trimEnd());
+    }
+    this.i++;
+    return lines;
+  }
+
+  /** Rows of the table opening at the current token, cells joined by " | ". */
+  private table(): string[] {
+    const rows: string[] = [];
+    let cells: string[] = [];
+    for (this.i++; this.tokens[this.i]!.type !== "table_close"; this.i++) {
+      const token = this.tokens[this.i]!;
+      if (token.type === "inline") cells.push(inlineText(token).trim());
+      else if (token.type === "tr_close") {
+        // markdown-it pads a short row with empty cells; trailing empty cells carry no text.
+        while (cells.length > 0 && cells[cells.length - 1] === "") cells.pop();
+        rows.push(cells.join(" | "));
+        cells = [];
+      }
+    }
+    this.i++;
+    return rows;
   }
 }
 
-function fence(value: string, lang: string | null | undefined): string {
+/** A code block as a fence: its content kept as written, the fence longer than any run inside. */
+function fence(content: string, lang: string): string {
+  const value = content.endsWith("\n") ? content.slice(0, -1) : content;
   const ticks = /`{3,}/.test(value) ? "````" : "```";
-  return `${ticks}${lang ?? ""}\n${value}\n${ticks}`;
+  return `${ticks}${lang}\n${value}\n${ticks}`;
 }
 
-function inline(nodes: PhrasingContent[]): string {
+/** The text of an inline token: links and emphasis as their text, code in backticks, images as alt text. */
+function inlineText(token: Token): string {
+  const children = token.children;
+  if (children === null) return token.content;
   let out = "";
-  for (const node of nodes) {
-    switch (node.type) {
+  for (const child of children) {
+    switch (child.type) {
       case "text":
-        out += node.value.replace(/\n/g, " ");
+      case "text_special":
+        out += child.content;
         break;
-      case "inlineCode":
-        out += `\`${node.value}\``;
+      case "softbreak":
+        out += " ";
         break;
-      case "break":
+      case "hardbreak":
         out += "\n";
         break;
+      case "code_inline":
+        out += `\`${child.content}\``;
+        break;
       case "image":
-      case "imageReference":
-        out += node.alt ?? "";
+        out += inlineText(child);
         break;
-      case "html":
-        out += stripTags(node.value);
-        break;
-      case "footnoteReference":
-        out += `[^${node.identifier}]`;
+      case "html_inline":
+        out += stripTags(child.content);
         break;
       default:
-        if ("children" in node) out += inline(node.children as PhrasingContent[]);
+      // link_open/close, em/strong/s open/close: markup without text.
     }
   }
   return out;
-}
-
-function listLines(list: List, depth: number): string[] {
-  const lines: string[] = [];
-  const indent = "  ".repeat(depth);
-  list.children.forEach((item, index) => {
-    const marker = list.ordered ? `${(list.start ?? 1) + index}. ` : "- ";
-    const check = item.checked === true ? "[x] " : item.checked === false ? "[ ] " : "";
-    let first = true;
-    for (const child of item.children) {
-      if (child.type === "list") {
-        lines.push(...listLines(child, depth + 1));
-        continue;
-      }
-      const inner: Block[] = [];
-      flowToBlocks(child, inner);
-      for (const block of inner) {
-        for (const line of block.text.split("\n")) {
-          lines.push(first ? `${indent}${marker}${check}${line}` : `${indent}  ${line}`);
-          first = false;
-        }
-      }
-    }
-    if (first) lines.push(`${indent}${marker}${check}`.trimEnd());
-  });
-  return lines;
-}
-
-function tableLines(table: Table): string[] {
-  return table.children.map((row) => row.children.map((cell) => inline(cell.children).trim()).join(" | "));
 }
 
 /** Text of raw HTML inside Markdown: tags and comments dropped. */
@@ -163,4 +225,3 @@ export function stripTags(html: string): string {
     .replace(/&quot;/g, '"')
     .replace(/&amp;/g, "&");
 }
-

@@ -94,6 +94,43 @@ describe("parseDocument: Markdown", () => {
   });
 });
 
+describe("parseDocument: Markdown front matter and edge cases", () => {
+  const parse = (text: string) => parseDocument({ text, filename: "edge.md" });
+
+  it("reads front matter with CRLF line ends and trailing spaces on the fences", () => {
+    const doc = parse("--- \r\ntitle: Windows\r\n---\t\r\n# Heading\r\n\r\nBody.\r\n");
+    expect(doc.metadata).toEqual({ title: "Windows" });
+    expect(doc.text).toBe("Heading\n\nBody.");
+  });
+
+  it("takes an empty front matter block as no metadata, and drops TOML front matter", () => {
+    expect(parse("---\n---\n# T\n\nx\n").metadata).toEqual({});
+    const toml = parse("+++\ntitle = 'x'\n+++\n# T\n\nx\n");
+    expect(toml.metadata).toEqual({});
+    expect(toml.text).toBe("T\n\nx");
+  });
+
+  it("reads a --- block that is not at the start, or never closed, as Markdown", () => {
+    const unclosed = parse("---\ntitle: A\n\n# T\n");
+    expect(unclosed.metadata).toEqual({});
+    expect(unclosed.text).toContain("title: A");
+    const late = parse("Intro\n\n---\nkey: v\n---\n");
+    expect(late.metadata).toEqual({});
+    expect(late.sections.map((s) => s.headingPath.join(" > "))).toEqual(["", "key: v"]);
+  });
+
+  it("renders block quotes, ordered lists from their start, task boxes, hard breaks, images and raw HTML as text", () => {
+    const doc = parse(
+      "> quoted *text*\n\n3. three\n4. four\n\n- [X] done\n- [ ] open\n\nline  \nbreak ![a **diagram**](d.png) <b>bold</b> &amp; `a  b`\n\n<div>\nblock <i>html</i>\n</div>\n",
+    );
+    expect(doc.text).toBe("quoted text\n\n3. three\n4. four\n\n- [x] done\n- [ ] open\n\nline\nbreak a diagram bold & `a b`\n\nblock html");
+  });
+
+  it("writes table rows without the padding cells of short rows", () => {
+    expect(parse("| a | b | c |\n|---|---|---|\n| 1 | 2 |\n| x \\| y | z | w |\n").text).toBe("a | b | c\n1 | 2\nx | y | z | w");
+  });
+});
+
 describe("parseDocument: HTML", () => {
   const doc = parseDocument({ text: HTML, filename: "guide.html" });
 
