@@ -131,6 +131,97 @@ describe("chunkDocument", () => {
   });
 });
 
+/** Wraps a counter and records every text it is asked to tokenize. */
+function recording(inner: TokenCounter): { counter: TokenCounter; seen: string[] } {
+  const seen: string[] = [];
+  const counter: TokenCounter = {
+    name: inner.name,
+    file: inner.file,
+    count: (text) => {
+      seen.push(text);
+      return inner.count(text);
+    },
+    pieces: (text) => {
+      seen.push(text);
+      return inner.pieces(text);
+    },
+  };
+  return { counter, seen };
+}
+
+describe("chunkDocument with the previous version's chunks", () => {
+  const parse = (text: string) => parseDocument({ text, filename: "guide.md" });
+  const sectionText = (text: string, path: string): string => {
+    const doc = parse(text);
+    const section = doc.sections.find((s) => s.headingPath.join(" > ") === path)!;
+    return doc.text.slice(section.charStart, section.charEnd);
+  };
+  const rechunk = (text: string, previous: readonly Chunk[], chunkSize = 128, overlap = 0, documentId = "d1") => {
+    const { counter, seen } = recording(mistral);
+    const chunks = chunkDocument(parse(text), { tokenizer: counter, chunkSize, overlap, documentId, previous });
+    return { chunks, seen };
+  };
+
+  it("tokenizes only the edited section and gives exactly the chunks of a full re-chunk", () => {
+    const before = chunk(GUIDE, "d1");
+    const edited = GUIDE.replace(sentence("config", 3), "The configuration file lives in /etc/ledger/ledger.toml.");
+    const { chunks, seen } = rechunk(edited, before);
+    expect(chunks).toEqual(chunk(edited, "d1"));
+    const changed = sectionText(edited, "Ledger Guide > Configuration");
+    expect(seen.length).toBeGreaterThan(0);
+    for (const text of seen) expect(changed.includes(text), `tokenized outside the edited section: ${text.slice(0, 60)}`).toBe(true);
+    expect(seen).toContain(changed);
+  });
+
+  it("moves reused chunks to their new offsets and ordinals when a section is inserted before them", () => {
+    const before = chunk(GUIDE, "d1");
+    const inserted = GUIDE.replace("## Setup", `## Upgrades\n\n${paragraph("upgrade", 14)}\n\n## Setup`);
+    const { chunks, seen } = rechunk(inserted, before);
+    const full = chunk(inserted, "d1");
+    expect(chunks).toEqual(full);
+    const upgrades = sectionText(inserted, "Ledger Guide > Upgrades");
+    for (const text of seen) expect(upgrades.includes(text)).toBe(true);
+    const moved = full.filter((c) => c.headingPath.endsWith("Ports"));
+    const old = before.filter((c) => c.headingPath.endsWith("Ports"));
+    expect(moved.map((c) => c.id)).toEqual(old.map((c) => c.id));
+    expect(moved[0]!.charStart).toBeGreaterThan(old[0]!.charStart);
+    expect(moved[0]!.ordinal).toBeGreaterThan(old[0]!.ordinal);
+  });
+
+  it("does not tokenize an unchanged document at all, with overlap, identical sections and shuffled input", () => {
+    const text = `${GUIDE}\n## Example\n\n${paragraph("same", 9)}\n\n## Example\n\n${paragraph("same", 9)}\n`;
+    const before = chunk(text, "d1", 128, 32);
+    const shuffled = [...before].reverse();
+    const { chunks, seen } = rechunk(text, shuffled, 128, 32);
+    expect(chunks).toEqual(before);
+    expect(seen).toEqual([]);
+  });
+
+  it("re-chunks everything when the options or the document differ", () => {
+    const before = chunk(GUIDE, "d1", 128);
+    for (const [chunkSize, documentId] of [[256, "d1"], [128, "d2"]] as const) {
+      const { chunks, seen } = rechunk(GUIDE, before, chunkSize, 0, documentId);
+      expect(chunks).toEqual(chunk(GUIDE, documentId, chunkSize));
+      expect(seen).toContain(sectionText(GUIDE, "Ledger Guide > Setup"));
+      expect(seen).toContain(sectionText(GUIDE, "Ledger Guide > Troubleshooting"));
+    }
+  });
+
+  it("re-chunks a section whose previous chunks are incomplete or do not match their IDs", () => {
+    const before = chunk(GUIDE, "d1");
+    const setup = before.filter((c) => c.headingPath === "Ledger Guide > Setup");
+    expect(setup.length).toBeGreaterThan(2);
+    const missing = before.filter((c) => c !== setup[1]);
+    const tampered = before.map((c) => (c === setup[setup.length - 1] ? { ...c, tokenCount: c.tokenCount + 1, text: `${c.text} ` } : c));
+    for (const previous of [missing, tampered]) {
+      const { chunks, seen } = rechunk(GUIDE, previous);
+      expect(chunks).toEqual(before);
+      expect(seen).toContain(sectionText(GUIDE, "Ledger Guide > Setup"));
+      for (const text of seen) expect(sectionText(GUIDE, "Ledger Guide > Setup").includes(text)).toBe(true);
+    }
+  });
+});
+
 describe("diffChunks", () => {
   it("sorts chunks into added, kept and removed", () => {
     const chunks = chunk(GUIDE, "d1").slice(0, 3);

@@ -11,6 +11,25 @@ export interface ChunkOptions {
   overlap?: number;
   /** Globally unique document ID (see documentIdFor): it makes chunk IDs unique across documents and collections. */
   documentId: string;
+  /**
+   * The chunks of the document's previous version, as stored (any order). A section that is
+   * unchanged since then (same heading path, text, position among equal sections, and chunking
+   * options) takes its previous chunks, moved to the section's new place, instead of being
+   * tokenized and split again; the result is exactly what a full re-chunk gives.
+   */
+  previous?: readonly PreviousChunk[];
+}
+
+/**
+ * What re-chunking needs of a previous chunk: a ragtune Chunk has it, and so does the stored
+ * protobuf Chunk. Each chunk is checked against its ID before it is reused (see chunkDocument).
+ */
+export interface PreviousChunk {
+  id: string;
+  text: string;
+  tokenCount: number;
+  /** Offset of `text` in the previous version's normalized text. */
+  charStart: number;
 }
 
 export interface Chunk {
@@ -60,6 +79,15 @@ export function documentIdFor(collection: string, path: string): string {
  * resulting pieces are packed greedily, so a tiny trailing piece is merged into its neighbour
  * whenever the two fit together. Sizes are estimated from the tokenizer's pieces and then every
  * chunk is recounted exactly on its own text; a chunk over budget is split again.
+ *
+ * With `options.previous`, only changed sections are tokenized. A section's chunks depend on
+ * nothing but the section text and the options, and a chunk ID hashes exactly those (plus the
+ * document, the section's occurrence and the chunk's index in it), so a previous chunk whose ID
+ * is what this section would give its i-th chunk of that text IS that chunk. A section takes its
+ * previous chunks only when the whole run checks out: IDs for indices 0, 1, …, texts at the same
+ * offsets inside the section, the last one ending at the section's end. Anything else (another
+ * tokenizer, size or overlap, an edited section, a partial or foreign previous set) is re-chunked.
+ * CHUNK_VERSION must change with any change to how a section is split, or stale chunks would pass.
  */
 export function chunkDocument(doc: ParsedDocument, options: ChunkOptions): Chunk[] {
   const counter = options.tokenizer;
@@ -71,7 +99,8 @@ export function chunkDocument(doc: ParsedDocument, options: ChunkOptions): Chunk
   }
   if (options.documentId.length === 0) throw new RangeError("documentId must not be empty");
 
-  const config = `ragtune-chunk-v1\u0000${counter.name}\u0000${chunkSize}\u0000${overlap}\u0000${options.documentId}`;
+  const config = `${CHUNK_VERSION}\u0000${counter.name}\u0000${chunkSize}\u0000${overlap}\u0000${options.documentId}`;
+  const previous = options.previous !== undefined && options.previous.length > 0 ? new PreviousChunks(options.previous) : undefined;
   const occurrences = new Map<string, number>();
   const chunks: Chunk[] = [];
   for (const section of doc.sections) {
@@ -81,12 +110,14 @@ export function chunkDocument(doc: ParsedDocument, options: ChunkOptions): Chunk
     const sectionHash = sha256(`${section.headingPath.join("\u001f")}\u0000${sectionText}`).slice(0, 32);
     const occurrence = occurrences.get(sectionHash) ?? 0;
     occurrences.set(sectionHash, occurrence + 1);
+    const chunkId = (index: number, text: string): string =>
+      `ch_${sha256(`${config}\u0000${sectionHash}\u0000${occurrence}\u0000${index}\u0000${text}`).slice(0, 40)}`;
 
-    const ranges = chunkSection(sectionText, counter, chunkSize, overlap);
+    const ranges = previous?.take(sectionText, chunkId) ?? chunkSection(sectionText, counter, chunkSize, overlap);
     ranges.forEach((range, index) => {
       const text = sectionText.slice(range.start, range.end);
       chunks.push({
-        id: `ch_${sha256(`${config}\u0000${sectionHash}\u0000${occurrence}\u0000${index}\u0000${text}`).slice(0, 40)}`,
+        id: range.id ?? chunkId(index, text),
         documentId: options.documentId,
         ordinal: chunks.length,
         headingPath,
@@ -136,6 +167,71 @@ interface Range {
   start: number;
   end: number;
   tokens: number;
+  /** The chunk's ID when it is already known (a reused previous chunk). */
+  id?: string;
+}
+
+/** Names the splitting algorithm in every chunk ID: change it whenever chunkSection's output can change. */
+const CHUNK_VERSION = "ragtune-chunk-v1";
+
+/** Length of the text prefix previous chunks are looked up by. */
+const PREFIX = 32;
+
+/** The previous version's chunks, looked up by the start of a section's text (see chunkDocument). */
+class PreviousChunks {
+  private readonly chunks: readonly PreviousChunk[];
+  /** Indices into `chunks` by the first PREFIX characters of their text. */
+  private readonly byPrefix = new Map<string, number[]>();
+  /** Lengths of texts shorter than PREFIX (they are keyed by their whole text). */
+  private readonly shortLengths: number[];
+
+  constructor(previous: readonly PreviousChunk[]) {
+    // Document order: within and across sections, chunk starts strictly increase (overlap included).
+    this.chunks = [...previous].sort((a, b) => a.charStart - b.charStart);
+    const short = new Set<number>();
+    this.chunks.forEach((chunk, i) => {
+      const key = chunk.text.slice(0, PREFIX);
+      if (key.length < PREFIX) short.add(key.length);
+      const list = this.byPrefix.get(key);
+      if (list === undefined) this.byPrefix.set(key, [i]);
+      else list.push(i);
+    });
+    this.shortLengths = [...short];
+  }
+
+  /**
+   * The section's previous chunks as ranges of `sectionText`, when a complete, verified run of
+   * them exists; undefined otherwise. `chunkId(i, text)` is the ID the section gives its i-th chunk.
+   */
+  take(sectionText: string, chunkId: (index: number, text: string) => string): Range[] | undefined {
+    const candidates = new Set([sectionText.slice(0, PREFIX), ...this.shortLengths.map((n) => sectionText.slice(0, n))]);
+    for (const key of candidates) {
+      for (const first of this.byPrefix.get(key) ?? []) {
+        const run = this.runFrom(first, sectionText, chunkId);
+        if (run !== undefined) return run;
+      }
+    }
+    return undefined;
+  }
+
+  /** The run of chunks from index `first` (the section's chunk 0) to the section's end, if every one checks out. */
+  private runFrom(first: number, sectionText: string, chunkId: (index: number, text: string) => string): Range[] | undefined {
+    // A section's text starts with its heading or first block, never with whitespace, so its
+    // first chunk starts at its start; the others sit at the same offsets as before.
+    const base = this.chunks[first]!.charStart;
+    const run: Range[] = [];
+    for (let i = first; i < this.chunks.length; i++) {
+      const chunk = this.chunks[i]!;
+      const start = chunk.charStart - base;
+      const end = start + chunk.text.length;
+      if (end > sectionText.length || !sectionText.startsWith(chunk.text, start)) break;
+      const id = chunkId(run.length, chunk.text);
+      if (chunk.id !== id) break;
+      run.push({ start, end, tokens: chunk.tokenCount, id });
+      if (end === sectionText.length) return run;
+    }
+    return undefined;
+  }
 }
 
 /** Separators from coarse to fine; each yields cut points (where the next piece starts). */
