@@ -183,12 +183,19 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     return failed;
   }
 
+  const previous = await deps.store.getDocument(collection, documentId);
+  const previousReady = previous !== null && previous.status === DocumentStatus.READY ? previous : null;
+  // The stored chunks of the current version: unchanged sections take theirs instead of being
+  // tokenized again, and they are what the new chunks are diffed against.
+  const previousChunks = previousReady === null ? [] : await readPreviousChunks(deps, previousReady);
+
   const tokenizer = deps.tokenizers.get(input.chunking.tokenizer);
   const textChunks = chunkDocument(parsed, {
     tokenizer,
     chunkSize: input.chunking.chunkSize,
     overlap: input.chunking.overlap,
     documentId,
+    ...(previousChunks !== undefined ? { previous: previousChunks } : {}),
   });
   if (textChunks.length === 0) {
     const failed = fail(DocumentErrorReason.EMPTY, `${sourceName}: the document holds only headings, no text to chunk`, bytes.byteLength);
@@ -212,9 +219,6 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
   );
   const tokenCounts = chunks.map((c) => c.tokenCount);
   const contentSha256 = sha256(parsed.text);
-
-  const previous = await deps.store.getDocument(collection, documentId);
-  const previousReady = previous !== null && previous.status === DocumentStatus.READY ? previous : null;
   const chunkSetSha256 = createHash("sha256").update(encodeChunkSet(chunks)).digest("hex");
 
   if (previousReady !== null && previousReady.chunkSet?.sha256 === chunkSetSha256) {
@@ -234,7 +238,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
   }
 
   const chunkSet = await deps.store.putChunkSet(chunks);
-  const previousIds = previousReady === null ? [] : (await deps.store.readChunkSet(previousReady.chunkSet)).map((c) => c.id);
+  const previousIds = (previousChunks ?? (await deps.store.readChunkSet(previousReady!.chunkSet))).map((c) => c.id);
   const diff = diffChunks(previousIds, textChunks);
   // Kept chunks are rewritten too: their ordinal and offsets move when an earlier section changes.
   await deps.store.putChunks(chunks);
@@ -305,6 +309,19 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     tokenCounts,
     bytes: bytes.byteLength,
   };
+}
+
+/**
+ * The chunk set of a document's stored version, or undefined when it cannot be read: chunking
+ * then starts from scratch, and a changed document reads it again for its diff (failing as before).
+ */
+async function readPreviousChunks(deps: ProcessDeps, document: Document): Promise<Chunk[] | undefined> {
+  try {
+    return await deps.store.readChunkSet(document.chunkSet);
+  } catch (err) {
+    deps.logger.warn({ err, documentId: document.id }, "previous chunk set unreadable; re-chunking every section");
+    return undefined;
+  }
 }
 
 /**

@@ -1,0 +1,119 @@
+import { connectBus, type Bus } from "@ragtune/bus";
+import { createLogger } from "@ragtune/logger";
+import { ChunkSchema, CollectionSchema, DocumentSchema, DocumentStatus } from "@ragtune/proto";
+import { startNatsServer, type NatsServerHandle } from "@ragtune/testing";
+import { chunkDocument, documentIdFor, parseDocument, type TokenCounter, type TokenizerName } from "@ragtune/text";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TokenizerCache, toChunkingProto, type EffectiveChunking } from "../src/chunking-options.js";
+import { processDocument, type ProcessDeps } from "../src/document-processor.js";
+import { DocumentStore } from "../src/document-store.js";
+
+/** A tokenizer cache whose counters record every text they are asked to tokenize. */
+class RecordingTokenizers extends TokenizerCache {
+  readonly seen: string[] = [];
+
+  override get(name: TokenizerName): TokenCounter {
+    const inner = super.get(name);
+    return {
+      name: inner.name,
+      file: inner.file,
+      count: (text) => (this.seen.push(text), inner.count(text)),
+      pieces: (text) => (this.seen.push(text), inner.pieces(text)),
+    };
+  }
+}
+
+const sentence = (topic: string, i: number): string => `The ${topic} service writes record ${i} to the ledger and waits for two replicas.`;
+const paragraph = (topic: string, n: number): string => Array.from({ length: n }, (_, i) => sentence(topic, i)).join(" ");
+const GUIDE = `# Ledger\n\n${paragraph("intro", 4)}\n\n## Setup\n\n${paragraph("setup", 30)}\n\n## Ports\n\n${paragraph("ports", 20)}\n\n## Limits\n\n${paragraph("limits", 25)}\n`;
+const EDITED = GUIDE.replace(sentence("ports", 7), "Ports below 1024 need the bind capability.");
+const CHUNKING: EffectiveChunking = { tokenizer: "mistral", chunkSize: 64, overlap: 0 };
+
+let nats: NatsServerHandle;
+let bus: Bus;
+let store: DocumentStore;
+const tokenizers = new RecordingTokenizers();
+
+beforeAll(async () => {
+  nats = await startNatsServer();
+  const logger = createLogger({ svc: "ingest-test", level: process.env.TEST_LOG_LEVEL ?? "silent" });
+  bus = await connectBus({ servers: nats.url, name: "document-processor-test", logger });
+  const [collections, documents, chunks, chunkSets] = await Promise.all([
+    bus.kv("proc_collections", CollectionSchema),
+    bus.kv("proc_documents", DocumentSchema),
+    bus.kv("proc_chunks", ChunkSchema),
+    bus.artifacts("proc_chunk_sets"),
+  ]);
+  store = new DocumentStore({ collections, documents, chunks, chunkSets });
+});
+
+afterAll(async () => {
+  await bus?.close();
+  await nats?.stop();
+});
+
+function ingest(text: string) {
+  const deps: ProcessDeps = {
+    store,
+    tokenizers,
+    publishChunked: async () => {},
+    maxDocumentBytes: 1 << 20,
+    logger: createLogger({ svc: "ingest-test", level: "silent" }),
+  };
+  return processDocument(
+    {
+      runId: "run_1",
+      collection: "docs",
+      sourceName: "guide.md",
+      mediaType: "",
+      read: async () => new TextEncoder().encode(text),
+      chunking: CHUNKING,
+      chunkingProto: toChunkingProto(CHUNKING),
+    },
+    deps,
+  );
+}
+
+function sectionText(text: string, heading: string): string {
+  const doc = parseDocument({ text, filename: "guide.md" });
+  const section = doc.sections.find((s) => s.headingPath.at(-1) === heading)!;
+  return doc.text.slice(section.charStart, section.charEnd);
+}
+
+describe("processDocument: re-ingest of a changed document", () => {
+  const documentId = documentIdFor("docs", "guide.md");
+
+  it("tokenizes only the edited section and stores exactly the chunks of a full re-chunk", async () => {
+    await ingest(GUIDE);
+    tokenizers.seen.length = 0;
+    const { result } = await ingest(EDITED);
+    expect(result.status).toBe(DocumentStatus.READY);
+    expect(result.changes!.added).toBeGreaterThan(0);
+    expect(result.changes!.kept).toBeGreaterThan(result.changes!.added);
+
+    const ports = sectionText(EDITED, "Ports");
+    expect(tokenizers.seen).toContain(ports);
+    expect(tokenizers.seen.filter((text) => !ports.includes(text))).toEqual([]);
+
+    const document = await store.getDocument("docs", documentId);
+    const stored = await store.readChunkSet(document!.chunkSet);
+    const full = chunkDocument(parseDocument({ text: EDITED, filename: "guide.md" }), {
+      tokenizer: new TokenizerCache().get("mistral"),
+      chunkSize: CHUNKING.chunkSize,
+      documentId,
+    });
+    expect(stored.map((c) => [c.id, c.text, c.tokenCount, c.charStart, c.charEnd, c.ordinal])).toEqual(
+      full.map((c) => [c.id, c.text, c.tokenCount, c.charStart, c.charEnd, c.ordinal]),
+    );
+  });
+
+  it("re-chunks every section when the stored chunk set cannot be read, and still finds the document unchanged", async () => {
+    const document = await store.getDocument("docs", documentId);
+    await store.deleteChunkSet(document!.chunkSet);
+    tokenizers.seen.length = 0;
+    const { result } = await ingest(EDITED);
+    expect(result.unchanged).toBe(true);
+    expect(tokenizers.seen).toContain(sectionText(EDITED, "Setup"));
+    expect(tokenizers.seen).toContain(sectionText(EDITED, "Limits"));
+  });
+});
