@@ -1,8 +1,7 @@
 import http from "node:http";
-import * as grpc from "@grpc/grpc-js";
-import { fromBinary, toBinary, create } from "@bufbuild/protobuf";
-import { HealthCheckRequestSchema, HealthCheckResponseSchema, Health, HealthCheckResponse_ServingStatus } from "@ragtune/proto";
+import { Health, HealthCheckResponse_ServingStatus } from "@ragtune/proto";
 import { createClient } from "@ragtune/rpc";
+import { grpcJsUnary } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SERVICE_NAMES, startStack, type Stack } from "../src/stack.js";
 
@@ -16,26 +15,10 @@ afterAll(async () => {
   await stack?.stop();
 }, 60_000);
 
-function grpcJsHealthCheck(url: string): Promise<HealthCheckResponse_ServingStatus> {
-  const client = new grpc.Client(new URL(url).host, grpc.credentials.createInsecure());
-  return new Promise((resolve, reject) => {
-    client.makeUnaryRequest(
-      "/grpc.health.v1.Health/Check",
-      (req: Uint8Array) => Buffer.from(req),
-      (buf: Buffer) => fromBinary(HealthCheckResponseSchema, buf),
-      toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, { service: "" })),
-      (err, res) => {
-        client.close();
-        if (err) reject(err);
-        else resolve(res!.status);
-      },
-    );
-  });
-}
-
 describe("the dev stack", () => {
   it.each(SERVICE_NAMES)("%s answers health Check to a @grpc/grpc-js client", async (name) => {
-    expect(await grpcJsHealthCheck(stack.services[name].url)).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    const res = await grpcJsUnary(stack.services[name].url, Health.method.check, { service: "" });
+    expect(res.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
   });
 
   it.each(SERVICE_NAMES)("%s answers health Check to Connect clients (gRPC and Connect protocols)", async (name) => {

@@ -11,6 +11,7 @@ import {
   type HealthCheckResponse,
 } from "@ragtune/proto";
 import { Registry } from "prom-client";
+import { grpcJsUnary } from "@ragtune/testing";
 import { afterEach, describe, expect, it } from "vitest";
 import {
   Code,
@@ -49,21 +50,7 @@ async function expectCode(promise: Promise<unknown>, code: Code): Promise<Connec
 }
 
 function grpcJsCheck(address: string, service: string): Promise<HealthCheckResponse> {
-  const client = new grpc.Client(address, grpc.credentials.createInsecure());
-  return new Promise<HealthCheckResponse>((resolve, reject) => {
-    client.makeUnaryRequest<HealthCheckRequest, HealthCheckResponse>(
-      "/grpc.health.v1.Health/Check",
-      (msg) => Buffer.from(toBinary(HealthCheckRequestSchema, msg)),
-      (bytes) => fromBinary(HealthCheckResponseSchema, bytes),
-      create(HealthCheckRequestSchema, { service }),
-      (err, value) => {
-        client.close();
-        if (err) reject(err);
-        else if (value === undefined) reject(new Error("no response"));
-        else resolve(value);
-      },
-    );
-  });
+  return grpcJsUnary(address, Health.method.check, { service });
 }
 
 interface RawResponse {

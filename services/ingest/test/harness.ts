@@ -1,21 +1,18 @@
 import { cp, mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { create, fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import * as grpc from "@grpc/grpc-js";
+import { fromBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { connectBus, EVENTS_STREAM, type Bus } from "@ragtune/bus";
 import { createLogger } from "@ragtune/logger";
 import {
-  HealthCheckRequestSchema,
-  HealthCheckResponseSchema,
+  Health,
   IngestRunStatus,
   IngestService,
-  type HealthCheckRequest,
   type HealthCheckResponse,
   type IngestRun,
   type IngestRunEvent,
 } from "@ragtune/proto";
 import { createClient, type RpcProtocol } from "@ragtune/rpc";
-import { startNatsServer, tempDir, type NatsServerHandle } from "@ragtune/testing";
+import { grpcJsUnary, startNatsServer, tempDir, type NatsServerHandle } from "@ragtune/testing";
 import { loadIngestConfig, type IngestConfig } from "../src/config.js";
 import { startIngestServer, type IngestServer } from "../src/server.js";
 
@@ -123,19 +120,5 @@ export async function storedEvents<Desc extends DescMessage>(bus: Bus, subject: 
 
 /** grpc.health.v1 Check through @grpc/grpc-js (a client that is not connect-es). */
 export function grpcJsHealthCheck(address: string, service: string): Promise<HealthCheckResponse> {
-  const client = new grpc.Client(address, grpc.credentials.createInsecure());
-  return new Promise<HealthCheckResponse>((resolve, reject) => {
-    client.makeUnaryRequest<HealthCheckRequest, HealthCheckResponse>(
-      "/grpc.health.v1.Health/Check",
-      (msg) => Buffer.from(toBinary(HealthCheckRequestSchema, msg)),
-      (bytes) => fromBinary(HealthCheckResponseSchema, bytes),
-      create(HealthCheckRequestSchema, { service }),
-      (err, value) => {
-        client.close();
-        if (err) reject(err);
-        else if (value === undefined) reject(new Error("no response"));
-        else resolve(value);
-      },
-    );
-  });
+  return grpcJsUnary(address, Health.method.check, { service });
 }

@@ -2,16 +2,13 @@ import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { type MessageInitShape, create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { type MessageInitShape, create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import * as grpc from "@grpc/grpc-js";
 import { loadConfig } from "@ragtune/config";
 import { createLogger } from "@ragtune/logger";
 import {
   ComputeDtype,
   type CreateJobRequestSchema,
-  GetJobRequestSchema,
-  GetJobResponseSchema,
   type Hyperparameters,
   HyperparametersSchema,
   type JobEvent,
@@ -20,7 +17,7 @@ import {
   TrainingMethod,
 } from "@ragtune/proto";
 import { type RpcServer, createClient, startRpcServer } from "@ragtune/rpc";
-import { type NatsServerHandle, removeTempDir, startNatsServer, tempDir } from "@ragtune/testing";
+import { type NatsServerHandle, grpcJsUnary, removeTempDir, startNatsServer, tempDir } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_WORKER_DIR, trainerConfigSchema } from "../src/config.js";
 import { type TrainerInstance, startTrainerService } from "../src/server.js";
@@ -199,22 +196,9 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
   });
 
   it("answers GetJob to a @grpc/grpc-js client over a real socket", async () => {
-    const client = new grpc.Client(`127.0.0.1:${r1.server.port}`, grpc.credentials.createInsecure());
-    try {
-      const res = await new Promise<ReturnType<typeof fromBinary<typeof GetJobResponseSchema>>>((ok, fail) =>
-        client.makeUnaryRequest(
-          "/ragtune.trainer.v1.TrainerService/GetJob",
-          (req: { jobId: string }) => Buffer.from(toBinary(GetJobRequestSchema, create(GetJobRequestSchema, req))),
-          (b: Buffer) => fromBinary(GetJobResponseSchema, b),
-          { jobId: reference.jobId },
-          (err, value) => (err ? fail(err) : ok(value!)),
-        ),
-      );
-      expect(res.job!.id).toBe(reference.jobId);
-      expect(res.job!.status).toBe(JobStatus.SUCCEEDED);
-    } finally {
-      client.close();
-    }
+    const res = await grpcJsUnary(`127.0.0.1:${r1.server.port}`, TrainerService.method.getJob, { jobId: reference.jobId });
+    expect(res.job!.id).toBe(reference.jobId);
+    expect(res.job!.status).toBe(JobStatus.SUCCEEDED);
   });
 
   it("cancels a running job: cancel_requested, a checkpoint, then cancelled", async () => {
