@@ -1,0 +1,628 @@
+import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { dirname, join, relative, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { baseServiceSchema } from "@ragtune/config";
+import { describe, expect, it } from "vitest";
+import { parseAllDocuments } from "yaml";
+import { datasetConfigSchema } from "../../services/dataset/src/config.js";
+import { evalConfigSchema } from "../../services/eval/src/config.js";
+import { gatewayConfigSchema } from "../../services/gateway/src/config.js";
+import { ingestConfigSchema } from "../../services/ingest/src/config.js";
+import { trainerConfigSchema } from "../../services/trainer/src/config.js";
+import { SERVICE_NAMES, type ServiceName } from "../src/stack.js";
+
+// Static checks of deploy/: the Kubernetes manifests agree with the services (ports, gRPC health probes,
+// the environment variables each service's config schema knows), the overlays do what they say, and the
+// Dockerfiles copy files that exist. Where kubectl is installed, its built-in kustomize renders every
+// overlay and the same checks run on the result.
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const DEPLOY = join(ROOT, "deploy");
+const K8S = join(DEPLOY, "k8s");
+const BASE = join(K8S, "base");
+const OVERLAYS = ["dev", "prod-l4"] as const;
+
+/** Variables each service's config schema knows: a Deployment that sets any other is a typo. */
+const KNOWN_ENV: Record<ServiceName, Set<string>> = {
+  ingest: new Set(Object.keys(ingestConfigSchema.shape)),
+  dataset: new Set(Object.keys(datasetConfigSchema.shape)),
+  trainer: new Set(Object.keys(trainerConfigSchema.shape)),
+  eval: new Set(Object.keys(evalConfigSchema.shape)),
+  gateway: new Set(Object.keys(gatewayConfigSchema.shape)),
+};
+const BASE_ENV = new Set(Object.keys(baseServiceSchema.shape));
+
+// ---------------------------------------------------------------------------------------------------------
+// Loading
+
+type Obj = Record<string, unknown>;
+interface Resource extends Obj {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  spec?: Obj;
+}
+
+function isObj(v: unknown): v is Obj {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function get(v: unknown, ...path: (string | number)[]): unknown {
+  let cur = v;
+  for (const key of path) {
+    if (Array.isArray(cur) && typeof key === "number") cur = cur[key];
+    else if (isObj(cur) && typeof key === "string") cur = cur[key];
+    else return undefined;
+  }
+  return cur;
+}
+
+function list(v: unknown): unknown[] {
+  return Array.isArray(v) ? v : [];
+}
+
+function filesUnder(dir: string, ext: RegExp): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) return filesUnder(path, ext);
+    return ext.test(e.name) ? [path] : [];
+  });
+}
+
+/** Every YAML document of a file, failing with the file name and the parser's message. */
+function loadYaml(file: string): unknown[] {
+  const docs = parseAllDocuments(readFileSync(file, "utf8"));
+  if (!Array.isArray(docs)) return [];
+  for (const doc of docs) {
+    if (doc.errors.length > 0) throw new Error(`${relative(ROOT, file)}: ${doc.errors[0]!.message}`);
+  }
+  return docs.map((d) => d.toJS() as unknown).filter((d) => d !== null && d !== undefined);
+}
+
+function asResources(docs: unknown[], where: string): Resource[] {
+  return docs.map((d) => {
+    const name = get(d, "metadata", "name");
+    if (!isObj(d) || typeof d.apiVersion !== "string" || typeof d.kind !== "string" || typeof name !== "string") {
+      throw new Error(`${where}: a document without apiVersion, kind and metadata.name`);
+    }
+    return d as Resource;
+  });
+}
+
+/** KEY=VALUE lines of a kustomize env file (comments and blank lines skipped). */
+function readEnvFile(file: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of readFileSync(file, "utf8").split("\n")) {
+    const trimmed = line.trim();
+    if (trimmed === "" || trimmed.startsWith("#")) continue;
+    const eq = trimmed.indexOf("=");
+    if (eq <= 0) throw new Error(`${relative(ROOT, file)}: "${trimmed}" is not KEY=VALUE`);
+    out[trimmed.slice(0, eq)] = trimmed.slice(eq + 1);
+  }
+  return out;
+}
+
+interface Kustomization {
+  dir: string;
+  resources: string[];
+  patches: { path?: string }[];
+  configMapGenerator: { name: string; behavior?: string; envs?: string[]; literals?: string[]; files?: string[] }[];
+  secretGenerator: { name: string; envs?: string[]; literals?: string[]; files?: string[] }[];
+  replicas: { name: string; count: number }[];
+  images: { name: string; newName?: string; newTag?: string }[];
+}
+
+function readKustomization(dir: string): Kustomization {
+  const [doc] = loadYaml(join(dir, "kustomization.yaml"));
+  if (!isObj(doc)) throw new Error(`${relative(ROOT, dir)}/kustomization.yaml is empty`);
+  return {
+    dir,
+    resources: list(doc.resources) as string[],
+    patches: list(doc.patches) as Kustomization["patches"],
+    configMapGenerator: list(doc.configMapGenerator) as Kustomization["configMapGenerator"],
+    secretGenerator: list(doc.secretGenerator) as Kustomization["secretGenerator"],
+    replicas: list(doc.replicas) as Kustomization["replicas"],
+    images: list(doc.images) as Kustomization["images"],
+  };
+}
+
+/** The data a generator produces (envs files and literals). */
+function generatorData(k: Kustomization, g: { envs?: string[]; literals?: string[] }): Record<string, string> {
+  const data: Record<string, string> = {};
+  for (const env of g.envs ?? []) Object.assign(data, readEnvFile(join(k.dir, env)));
+  for (const literal of g.literals ?? []) {
+    const eq = literal.indexOf("=");
+    data[literal.slice(0, eq)] = literal.slice(eq + 1);
+  }
+  return data;
+}
+
+/** The base's resources as written (ConfigMaps from its generators, under their unhashed names). */
+function loadBase(): { resources: Resource[]; configMaps: Map<string, Record<string, string>> } {
+  const k = readKustomization(BASE);
+  const resources = k.resources.flatMap((r) => asResources(loadYaml(join(BASE, r)), r));
+  const configMaps = new Map(k.configMapGenerator.map((g) => [g.name, generatorData(k, g)] as const));
+  return { resources, configMaps };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Checks shared by the base as written and the rendered overlays
+
+function find(resources: Resource[], kind: string, name: string): Resource | undefined {
+  return resources.find((r) => r.kind === kind && r.metadata.name === name);
+}
+
+function durationSeconds(value: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value.trim());
+  if (!m) throw new Error(`not a duration: ${value}`);
+  return (Number(m[1]) * { ms: 0.001, s: 1, m: 60, h: 3600 }[(m[2] ?? "ms") as "ms" | "s" | "m" | "h"]);
+}
+
+interface ServiceFacts {
+  env: Record<string, string | undefined>;
+  containerPort: number;
+  container: Obj;
+  podSpec: Obj;
+}
+
+/** Checks one ragtune service's Deployment and Service; returns what other checks need. */
+function checkService(
+  resources: Resource[],
+  configMaps: Map<string, Record<string, string>>,
+  name: ServiceName,
+  problems: string[],
+): ServiceFacts | undefined {
+  const deployment = find(resources, "Deployment", name);
+  const service = find(resources, "Service", name);
+  if (!deployment) problems.push(`${name}: no Deployment`);
+  if (!service) problems.push(`${name}: no Service`);
+  if (!deployment || !service) return undefined;
+
+  const podSpec = get(deployment, "spec", "template", "spec") as Obj;
+  const podLabels = (get(deployment, "spec", "template", "metadata", "labels") ?? {}) as Record<string, string>;
+  const container = list(podSpec.containers).find((c) => get(c, "name") === name) as Obj | undefined;
+  if (!container) {
+    problems.push(`${name}: the Deployment has no container named ${name}`);
+    return undefined;
+  }
+  const image = String(container.image ?? "");
+  if (!image.startsWith(`ragtune/${name}:`) && !image.includes(`/ragtune/${name}:`)) {
+    problems.push(`${name}: container image ${image} is not the ragtune/${name} image`);
+  }
+
+  // Environment: every variable set directly or through a ConfigMap is one the schema knows.
+  const env: Record<string, string | undefined> = {};
+  for (const from of list(container.envFrom)) {
+    const cmName = get(from, "configMapRef", "name");
+    if (typeof cmName === "string") {
+      const data = configMaps.get(cmName);
+      if (!data) problems.push(`${name}: envFrom names ConfigMap ${cmName}, which does not exist`);
+      Object.assign(env, data ?? {});
+    } else {
+      problems.push(`${name}: envFrom other than a configMapRef (${JSON.stringify(from)}) cannot be checked`);
+    }
+  }
+  for (const e of list(container.env)) {
+    const key = String(get(e, "name"));
+    env[key] = get(e, "value") as string | undefined;
+    const secretKey = get(e, "valueFrom", "secretKeyRef", "key");
+    if (secretKey !== undefined && secretKey !== key) problems.push(`${name}: env ${key} reads secret key ${String(secretKey)}`);
+  }
+  for (const key of Object.keys(env)) {
+    if (!KNOWN_ENV[name].has(key)) problems.push(`${name}: sets ${key}, which services/${name}/src/config.ts does not know`);
+  }
+  if (!("RPC_AUTH_TOKEN" in env)) problems.push(`${name}: no RPC_AUTH_TOKEN (from the ragtune-rpc-auth Secret)`);
+
+  // Port: the container port named grpc is RPC_PORT, and the server must listen on all interfaces.
+  const port = list(container.ports).find((p) => get(p, "name") === "grpc");
+  const containerPort = Number(get(port, "containerPort"));
+  if (!port) problems.push(`${name}: no container port named grpc`);
+  if (String(containerPort) !== env.RPC_PORT) {
+    problems.push(`${name}: container port ${containerPort} but RPC_PORT=${env.RPC_PORT}`);
+  }
+  if (env.RPC_HOST !== "0.0.0.0") problems.push(`${name}: RPC_HOST=${env.RPC_HOST}; probes and Services need 0.0.0.0`);
+
+  // Probes: native gRPC (grpc.health.v1) on the RPC port.
+  for (const probe of ["startupProbe", "readinessProbe", "livenessProbe"]) {
+    const grpcPort = get(container, probe, "grpc", "port");
+    if (grpcPort !== containerPort) {
+      problems.push(`${name}: ${probe} is not a gRPC probe on port ${containerPort} (${JSON.stringify(container[probe])})`);
+    }
+  }
+
+  // Service: selects this Deployment's pods; its port reaches the container port.
+  const selector = (get(service, "spec", "selector") ?? {}) as Record<string, string>;
+  if (Object.keys(selector).length === 0 || Object.entries(selector).some(([k, v]) => podLabels[k] !== v)) {
+    problems.push(`${name}: Service selector ${JSON.stringify(selector)} does not match the pod labels`);
+  }
+  const svcPort = list(get(service, "spec", "ports")).find((p) => get(p, "name") === "grpc");
+  if (!svcPort) problems.push(`${name}: Service has no port named grpc`);
+  const target = get(svcPort, "targetPort") ?? get(svcPort, "port");
+  const targetNumber = typeof target === "string" ? Number(get(list(container.ports).find((p) => get(p, "name") === target), "containerPort")) : target;
+  if (targetNumber !== containerPort) {
+    problems.push(`${name}: Service targetPort ${String(target)} does not reach container port ${containerPort}`);
+  }
+
+  // Metrics: scraped from the RPC port.
+  const annotations = (get(deployment, "spec", "template", "metadata", "annotations") ?? {}) as Record<string, string>;
+  if (annotations["prometheus.io/scrape"] !== "true" || annotations["prometheus.io/port"] !== String(containerPort)) {
+    problems.push(`${name}: pod annotations do not have Prometheus scrape /metrics on port ${containerPort}`);
+  }
+
+  // Shutdown: Kubernetes waits longer than the service's own drain.
+  const grace = Number(podSpec.terminationGracePeriodSeconds ?? 30);
+  const shutdown = durationSeconds(env.SHUTDOWN_TIMEOUT ?? "30s");
+  if (!(grace > shutdown)) problems.push(`${name}: terminationGracePeriodSeconds ${grace} is not above SHUTDOWN_TIMEOUT ${shutdown}s`);
+
+  // Hardening.
+  if (get(podSpec, "securityContext", "runAsNonRoot") !== true) problems.push(`${name}: pod not runAsNonRoot`);
+  if (get(container, "securityContext", "allowPrivilegeEscalation") !== false) problems.push(`${name}: privilege escalation allowed`);
+  if (get(container, "securityContext", "readOnlyRootFilesystem") !== true) problems.push(`${name}: root file system writable`);
+  if (!list(get(container, "securityContext", "capabilities", "drop")).includes("ALL")) problems.push(`${name}: capabilities not dropped`);
+  if (get(container, "resources", "requests", "cpu") === undefined || get(container, "resources", "limits", "memory") === undefined) {
+    problems.push(`${name}: no CPU request or memory limit`);
+  }
+  return { env, containerPort, container, podSpec };
+}
+
+/** Volume mounted at a path, with its mount. */
+function mountAt(facts: ServiceFacts, path: string | undefined): { mount: Obj; volume: Obj } | undefined {
+  const mount = list(facts.container.volumeMounts).find((m) => get(m, "mountPath") === path) as Obj | undefined;
+  const volume = list(facts.podSpec.volumes).find((v) => get(v, "name") === mount?.name) as Obj | undefined;
+  return mount && volume ? { mount, volume } : undefined;
+}
+
+function checkTrainer(facts: ServiceFacts, problems: string[]): void {
+  const { env } = facts;
+  const models = mountAt(facts, env.TRAINER_MODEL_ROOT);
+  if (!models || models.mount.readOnly !== true || get(models.volume, "persistentVolumeClaim", "claimName") !== "ragtune-models") {
+    problems.push(`trainer: TRAINER_MODEL_ROOT=${env.TRAINER_MODEL_ROOT} is not the read-only ragtune-models volume`);
+  }
+  const datasets = mountAt(facts, env.TRAINER_DATA_ROOT);
+  if (!datasets || get(datasets.volume, "persistentVolumeClaim", "claimName") !== "ragtune-datasets") {
+    problems.push(`trainer: TRAINER_DATA_ROOT=${env.TRAINER_DATA_ROOT} is not the ragtune-datasets volume`);
+  }
+  const work = mountAt(facts, env.TRAINER_WORK_DIR);
+  if (!work || work.mount.readOnly === true || !("emptyDir" in work.volume || "ephemeral" in work.volume)) {
+    problems.push(`trainer: TRAINER_WORK_DIR=${env.TRAINER_WORK_DIR} is not a writable emptyDir/ephemeral volume`);
+  }
+  if (!mountAt(facts, "/tmp")) problems.push("trainer: no writable /tmp (HOME and caches; the root file system is read-only)");
+  // Stopping checkpoints the running job: minutes for a real model.
+  const grace = Number(facts.podSpec.terminationGracePeriodSeconds ?? 30);
+  if (grace < 5 * durationSeconds(env.SHUTDOWN_TIMEOUT ?? "30s")) {
+    problems.push(`trainer: terminationGracePeriodSeconds ${grace} leaves no time to checkpoint after the RPC drain`);
+  }
+}
+
+function gpuLimit(facts: ServiceFacts | Obj | undefined): unknown {
+  return get(facts, "resources", "limits", "nvidia.com/gpu");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+describe("deploy/k8s", () => {
+  it("every YAML file parses, and every Kubernetes document has apiVersion, kind and metadata.name", () => {
+    const files = filesUnder(DEPLOY, /\.ya?ml$/);
+    expect(files.length).toBeGreaterThan(10);
+    for (const file of files) {
+      const docs = loadYaml(file);
+      expect(docs.length, relative(ROOT, file)).toBeGreaterThan(0);
+      if (file.startsWith(K8S) && !file.endsWith("kustomization.yaml")) asResources(docs, relative(ROOT, file));
+    }
+  });
+
+  it("every file a kustomization names exists", () => {
+    const missing: string[] = [];
+    for (const dir of [BASE, ...OVERLAYS.map((o) => join(K8S, "overlays", o))]) {
+      const k = readKustomization(dir);
+      const paths = [
+        ...k.resources,
+        ...k.patches.flatMap((p) => (p.path ? [p.path] : [])),
+        ...[...k.configMapGenerator, ...k.secretGenerator].flatMap((g) => [...(g.envs ?? []), ...(g.files ?? [])]),
+      ];
+      for (const p of paths) {
+        const full = join(dir, p);
+        const ok = existsSync(full) && (statSync(full).isFile() || existsSync(join(full, "kustomization.yaml")));
+        if (!ok) missing.push(`${relative(ROOT, dir)}: ${p}`);
+      }
+    }
+    expect(missing).toEqual([]);
+  });
+
+  it("every service has a Deployment and a Service on its RPC port, gRPC health probes, and only known env vars", () => {
+    const { resources, configMaps } = loadBase();
+    const problems: string[] = [];
+    for (const name of SERVICE_NAMES) {
+      const facts = checkService(resources, configMaps, name, problems);
+      if (name === "trainer" && facts) checkTrainer(facts, problems);
+    }
+    expect(problems).toEqual([]);
+  });
+
+  it("the base ConfigMaps hold only variables of the services that read them", () => {
+    const { resources, configMaps } = loadBase();
+    const problems: string[] = [];
+    const common = configMaps.get("ragtune-common") ?? {};
+    for (const key of Object.keys(common)) if (!BASE_ENV.has(key)) problems.push(`ragtune-common: ${key} is not a shared variable`);
+    // A ConfigMap used by several services must be known to each; the check above covers it per service.
+    expect(Object.keys(common).sort()).toEqual(expect.arrayContaining(["NATS_URL", "RPC_HOST", "RPC_PORT", "SHUTDOWN_TIMEOUT"]));
+    expect(resources.filter((r) => r.kind === "ConfigMap")).toEqual([]); // generated, so changes roll the pods
+    expect(problems).toEqual([]);
+  });
+
+  it("overlay patches and generator merges set only variables the services know", () => {
+    const { configMaps } = loadBase();
+    const users = new Map<string, ServiceName[]>([...configMaps.keys()].map((cm) => [cm, [] as ServiceName[]]));
+    const { resources } = loadBase();
+    for (const name of SERVICE_NAMES) {
+      const container = list(get(find(resources, "Deployment", name), "spec", "template", "spec", "containers"))[0];
+      for (const from of list(get(container, "envFrom"))) users.get(String(get(from, "configMapRef", "name")))?.push(name);
+    }
+    const problems: string[] = [];
+    for (const overlay of OVERLAYS) {
+      const k = readKustomization(join(K8S, "overlays", overlay));
+      for (const g of k.configMapGenerator) {
+        const readers = users.get(g.name);
+        if (!readers || readers.length === 0) problems.push(`${overlay}: generator ${g.name} is not read by any service`);
+        for (const key of Object.keys(generatorData(k, g))) {
+          for (const svc of readers ?? []) if (!KNOWN_ENV[svc].has(key)) problems.push(`${overlay}: ${g.name} sets ${key}, unknown to ${svc}`);
+        }
+      }
+      for (const p of k.patches) {
+        for (const doc of p.path ? loadYaml(join(k.dir, p.path)) : []) {
+          const name = get(doc, "metadata", "name") as ServiceName;
+          if (get(doc, "kind") !== "Deployment" || !SERVICE_NAMES.includes(name)) continue;
+          for (const c of list(get(doc, "spec", "template", "spec", "containers"))) {
+            for (const e of list(get(c, "env"))) {
+              const key = String(get(e, "name"));
+              if (!KNOWN_ENV[name].has(key)) problems.push(`${overlay}/${p.path}: ${name} sets ${key}, unknown to it`);
+            }
+          }
+        }
+      }
+    }
+    expect(problems).toEqual([]);
+  });
+
+  it("prod-l4 puts the trainer and vLLM on L4 nodes with one GPU each; the base asks for no GPU but vLLM's", () => {
+    const k = readKustomization(join(K8S, "overlays", "prod-l4"));
+    const patched = (kind: string, name: string) =>
+      k.patches.flatMap((p) => (p.path ? loadYaml(join(k.dir, p.path)) : [])).filter((d) => get(d, "kind") === kind && get(d, "metadata", "name") === name);
+    for (const name of ["trainer", "vllm"]) {
+      const patches = patched("Deployment", name);
+      expect(patches.length, `a prod-l4 patch of the ${name} Deployment`).toBeGreaterThan(0);
+      expect(patches.some((d) => get(d, "spec", "template", "spec", "nodeSelector", "cloud.google.com/gke-accelerator") === "nvidia-l4")).toBe(true);
+      expect(patches.some((d) => list(get(d, "spec", "template", "spec", "tolerations")).some((t) => get(t, "key") === "nvidia.com/gpu"))).toBe(true);
+    }
+    const trainerContainer = list(get(patched("Deployment", "trainer")[0], "spec", "template", "spec", "containers")).find((c) => get(c, "name") === "trainer");
+    expect(gpuLimit(trainerContainer as Obj)).toBe(1);
+
+    const { resources } = loadBase();
+    const baseContainer = (name: string) => list(get(find(resources, "Deployment", name), "spec", "template", "spec", "containers"))[0] as Obj;
+    expect(gpuLimit(baseContainer("trainer"))).toBeUndefined();
+    expect(gpuLimit(baseContainer("vllm"))).toBe(1);
+    expect(get(find(resources, "Deployment", "trainer"), "spec", "template", "spec", "nodeSelector")).toBeUndefined();
+    expect(k.replicas.find((r) => r.name === "trainer")?.count).toBeGreaterThan(1);
+  });
+
+  it("vLLM serves a base model from the read-only models volume with LoRA enabled and /health probes", () => {
+    const { resources } = loadBase();
+    const deployment = find(resources, "Deployment", "vllm");
+    const container = list(get(deployment, "spec", "template", "spec", "containers"))[0] as Obj;
+    expect(String(container.image)).toMatch(/^vllm\/vllm-openai:v\d/);
+    const args = [...list(container.command), ...list(container.args)].map(String);
+    expect(args).toContain("--enable-lora");
+    expect(args.some((a) => /^--max-lora-rank=\d+$/.test(a))).toBe(true);
+    const modelArg = args.find((a) => a.startsWith("/models/"));
+    expect(modelArg, "model path on the models volume").toBeDefined();
+    const mount = list(container.volumeMounts).find((m) => get(m, "mountPath") === "/models");
+    expect(get(mount, "readOnly")).toBe(true);
+    const volume = list(get(deployment, "spec", "template", "spec", "volumes")).find((v) => get(v, "name") === get(mount, "name"));
+    expect(get(volume, "persistentVolumeClaim", "claimName")).toBe("ragtune-models");
+    const port = list(container.ports).find((p) => get(p, "name") === "http");
+    for (const probe of ["startupProbe", "readinessProbe", "livenessProbe"]) {
+      expect(get(container, probe, "httpGet", "path")).toBe("/health");
+      expect([get(port, "name"), get(port, "containerPort")]).toContain(get(container, probe, "httpGet", "port"));
+    }
+    const service = find(resources, "Service", "vllm");
+    expect(get(service, "spec", "ports", 0, "targetPort")).toBe("http");
+    expect(get(find(resources, "PersistentVolumeClaim", "ragtune-models"), "spec", "accessModes")).toBeDefined();
+  });
+
+  it("the gateway is the only service exposed outside the cluster, and the gateway's HPA owns its replica count", () => {
+    const exposed: string[] = [];
+    const all: Resource[] = [];
+    for (const dir of [BASE, ...OVERLAYS.map((o) => join(K8S, "overlays", o))]) {
+      const k = readKustomization(dir);
+      for (const r of k.resources.filter((r) => r.endsWith(".yaml"))) all.push(...asResources(loadYaml(join(dir, r)), r));
+    }
+    for (const r of all) {
+      const type = get(r, "spec", "type");
+      if (r.kind === "Ingress" || (r.kind === "Service" && (type === "LoadBalancer" || type === "NodePort"))) {
+        exposed.push(`${r.kind}/${r.metadata.name} → ${JSON.stringify(get(r, "spec", "selector") ?? get(r, "spec", "rules"))}`);
+        if (r.kind === "Service") expect(get(r, "spec", "selector", "app.kubernetes.io/name"), r.metadata.name).toBe("gateway");
+      }
+    }
+    expect(exposed.length).toBe(1);
+    const hpa = all.find((r) => r.kind === "HorizontalPodAutoscaler");
+    expect(get(hpa, "spec", "scaleTargetRef")).toMatchObject({ kind: "Deployment", name: "gateway" });
+    expect(get(find(loadBase().resources, "Deployment", "gateway"), "spec", "replicas")).toBeUndefined();
+  });
+
+  it("dev runs every service with one replica, the CPU trainer image, and no vLLM", () => {
+    const k = readKustomization(join(K8S, "overlays", "dev"));
+    for (const name of SERVICE_NAMES) expect(k.replicas.find((r) => r.name === name)?.count, name).toBe(1);
+    expect(k.images.find((i) => i.name === "ragtune/trainer")?.newTag).toMatch(/cpu/);
+    const deletes = k.patches.flatMap((p) => (p.path ? loadYaml(join(k.dir, p.path)) : [])).filter((d) => get(d, "$patch") === "delete");
+    expect(deletes.map((d) => `${String(get(d, "kind"))}/${String(get(d, "metadata", "name"))}`).sort()).toEqual(["Deployment/vllm", "Service/vllm"]);
+    expect(k.secretGenerator.map((g) => g.name)).toContain("ragtune-rpc-auth");
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Rendered overlays (kubectl's built-in kustomize), where kubectl is installed.
+
+function findKubectl(): string | undefined {
+  try {
+    execFileSync("kubectl", ["version", "--client"], { stdio: "ignore" });
+    return "kubectl";
+  } catch {
+    return undefined;
+  }
+}
+const kubectl = findKubectl();
+
+function render(overlay: string): Resource[] {
+  const out = execFileSync(kubectl!, ["kustomize", join(K8S, "overlays", overlay)], { encoding: "utf8", maxBuffer: 16 * 1024 * 1024 });
+  return asResources(
+    parseAllDocuments(out).map((d) => d.toJS() as unknown).filter((d) => d !== null),
+    `kubectl kustomize ${overlay}`,
+  );
+}
+
+describe.skipIf(!kubectl)("deploy/k8s overlays rendered by kubectl kustomize", () => {
+  it.each(OVERLAYS)("%s: every service passes the checks, in the ragtune namespace", (overlay) => {
+    const resources = render(overlay);
+    const configMaps = new Map(resources.filter((r) => r.kind === "ConfigMap").map((r) => [r.metadata.name, (r.data ?? {}) as Record<string, string>]));
+    const problems: string[] = [];
+    for (const name of SERVICE_NAMES) {
+      const facts = checkService(resources, configMaps, name, problems);
+      if (name === "trainer" && facts) checkTrainer(facts, problems);
+    }
+    for (const r of resources) if (r.kind !== "Namespace" && r.metadata.namespace !== "ragtune") problems.push(`${r.kind}/${r.metadata.name} outside the namespace`);
+    expect(problems).toEqual([]);
+  });
+
+  it("prod-l4: the trainer replicas and vLLM each take one L4; nothing else asks for a GPU", () => {
+    const resources = render("prod-l4");
+    const gpu: Record<string, unknown> = {};
+    for (const d of resources.filter((r) => r.kind === "Deployment")) {
+      const spec = get(d, "spec", "template", "spec") as Obj;
+      gpu[d.metadata.name] = list(spec.containers).map((c) => gpuLimit(c as Obj) ?? 0)[0];
+      if (gpu[d.metadata.name] !== 0) expect(get(spec, "nodeSelector", "cloud.google.com/gke-accelerator"), d.metadata.name).toBe("nvidia-l4");
+    }
+    expect(gpu).toEqual({ ingest: 0, dataset: 0, trainer: 1, eval: 0, gateway: 0, vllm: 1 });
+    expect(get(find(resources, "Deployment", "trainer"), "spec", "replicas")).toBeGreaterThan(1);
+    expect(get(find(resources, "Deployment", "trainer"), "spec", "template", "spec", "containers", 0, "image")).toBe("ragtune/trainer:0.1.0");
+  });
+
+  it("dev: no GPU, no GPU node selector, no vLLM, the CPU trainer image, a generated RPC token", () => {
+    const resources = render("dev");
+    const text = JSON.stringify(resources);
+    expect(text).not.toContain("nvidia.com/gpu");
+    expect(text).not.toContain("gke-accelerator");
+    expect(resources.filter((r) => r.metadata.name === "vllm")).toEqual([]);
+    expect(get(find(resources, "Deployment", "trainer"), "spec", "template", "spec", "containers", 0, "image")).toMatch(/^ragtune\/trainer:.*cpu/);
+    const secret = resources.find((r) => r.kind === "Secret" && r.metadata.name.startsWith("ragtune-rpc-auth"));
+    const token = Buffer.from(String(get(secret, "data", "RPC_AUTH_TOKEN")), "base64").toString();
+    expect(token.length).toBeGreaterThanOrEqual(16);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Dockerfiles
+
+/** Instructions of a Dockerfile, continuation lines joined, comments dropped. */
+function dockerInstructions(file: string): string[] {
+  const out: string[] = [];
+  let current = "";
+  for (const raw of readFileSync(file, "utf8").split("\n")) {
+    const line = raw.trim();
+    if (current === "" && (line === "" || line.startsWith("#"))) continue;
+    if (line.startsWith("#")) continue;
+    if (line.endsWith("\\")) {
+      current += `${line.slice(0, -1)} `;
+      continue;
+    }
+    out.push(current + line);
+    current = "";
+  }
+  return out;
+}
+
+/** A .dockerignore as a predicate on repository-relative paths (a path is out when it or a parent matches). */
+function dockerIgnore(file: string): (path: string) => boolean {
+  const patterns = readFileSync(file, "utf8")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "" && !l.startsWith("#"))
+    .map((p) => {
+      if (p.startsWith("!")) throw new Error(`${file}: exceptions (${p}) are not understood by this check`);
+      const re = p
+        .replace(/[.+^${}()|[\]\\]/g, "\\$&")
+        .replace(/\*\*\//g, "\u0000")
+        .replace(/\*/g, "[^/]*")
+        .replace(/\?/g, "[^/]")
+        .replace(/\u0000/g, "(?:.*/)?");
+      return new RegExp(`^${re}$`);
+    });
+  return (path) => {
+    const parts = path.split("/");
+    for (let i = 1; i <= parts.length; i++) {
+      const prefix = parts.slice(0, i).join("/");
+      if (patterns.some((re) => re.test(prefix))) return true;
+    }
+    return false;
+  };
+}
+
+describe("deploy/docker", () => {
+  it.each(["node-service", "trainer"])("%s.Dockerfile copies only files that exist and its ignore file lets through", (name) => {
+    const dockerfile = join(DEPLOY, "docker", `${name}.Dockerfile`);
+    const ignored = dockerIgnore(`${dockerfile}.dockerignore`);
+    const problems: string[] = [];
+    let copies = 0;
+    for (const instruction of dockerInstructions(dockerfile)) {
+      const m = /^COPY\s+(.*)$/i.exec(instruction);
+      if (!m) continue;
+      const words = m[1]!.split(/\s+/).filter(Boolean);
+      if (words.some((w) => w.startsWith("--from="))) continue;
+      const sources = words.filter((w) => !w.startsWith("--")).slice(0, -1);
+      for (const src of sources) {
+        copies++;
+        const rel = src.replace(/^\.\/?/, "").replace(/\/$/, "");
+        if (rel === "") continue; // the whole context
+        if (!existsSync(join(ROOT, rel))) problems.push(`COPY ${src}: not in the repository`);
+        else if (ignored(rel)) problems.push(`COPY ${src}: excluded by ${name}.Dockerfile.dockerignore`);
+      }
+    }
+    expect(copies).toBeGreaterThan(0);
+    expect(problems).toEqual([]);
+    // What the images are built from must reach the build context: manifests, lockfile, sources.
+    for (const path of ["package.json", "package-lock.json", "nx.json", "tsconfig.base.json", "libs/rpc/src/index.ts", "services/trainer/worker/ragtune_worker"]) {
+      expect(ignored(path), path).toBe(false);
+    }
+    for (const path of ["node_modules", "libs/rpc/node_modules", "services/trainer/dist", "services/trainer/worker/.venv", ".git"]) {
+      expect(ignored(path), path).toBe(true);
+    }
+  });
+
+  it.each(SERVICE_NAMES)("%s compiles src/main.ts to the dist/main.js the images start", (name) => {
+    const dir = join(ROOT, "services", name);
+    const [tsconfig] = loadYaml(join(dir, "tsconfig.build.json")); // JSON is YAML
+    expect(get(tsconfig, "compilerOptions", "rootDir")).toBe("src");
+    expect(get(tsconfig, "compilerOptions", "outDir")).toBe("dist");
+    expect(existsSync(join(dir, "src", "main.ts"))).toBe(true);
+    const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { name: string; scripts?: Record<string, string> };
+    expect(pkg.name).toBe(`@ragtune/${name}-service`); // the Dockerfiles build `@ragtune/${SERVICE}-service`
+    expect(pkg.scripts?.build).toContain("tsconfig.build.json");
+  });
+
+  it("the images start node on services/<name>/dist/main.js and the trainer image points the service at its worker", () => {
+    const node = dockerInstructions(join(DEPLOY, "docker", "node-service.Dockerfile"));
+    expect(node.find((i) => i.startsWith("CMD"))).toContain("services/${SERVICE}/dist/main.js");
+    expect(node.some((i) => /^USER\s+\d+/.test(i))).toBe(true);
+    const trainer = dockerInstructions(join(DEPLOY, "docker", "trainer.Dockerfile"));
+    expect(trainer.find((i) => i.startsWith("CMD"))).toContain("services/trainer/dist/main.js");
+    expect(trainer.some((i) => /^USER\s+\d+/.test(i))).toBe(true);
+    const trainerEnv = readEnvFile(join(BASE, "trainer.env"));
+    const dockerText = trainer.join("\n");
+    // The paths the Kubernetes config gives the trainer exist in the image.
+    expect(dockerText).toContain(`TRAINER_PYTHON=${trainerEnv.TRAINER_PYTHON}`);
+    expect(dockerText).toContain(`TRAINER_WORKER_DIR=${trainerEnv.TRAINER_WORKER_DIR}`);
+    expect(dockerText).toContain(`./services/trainer/worker/ragtune_worker`);
+    expect(trainerEnv.TRAINER_WORKER_DIR).toBe("/app/services/trainer/worker");
+    expect(dockerText).toContain("services/trainer/worker/requirements.txt");
+  });
+});
