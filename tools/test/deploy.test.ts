@@ -420,6 +420,10 @@ describe("deploy/k8s", () => {
     expect(get(mount, "readOnly")).toBe(true);
     const volume = list(get(deployment, "spec", "template", "spec", "volumes")).find((v) => get(v, "name") === get(mount, "name"));
     expect(get(volume, "persistentVolumeClaim", "claimName")).toBe("ragtune-models");
+    // Adapters for /v1/load_lora_adapter: the models volume's adapters/ folder, read-only.
+    const adapters = list(container.volumeMounts).find((m) => get(m, "mountPath") === "/adapters");
+    expect(adapters).toMatchObject({ name: get(mount, "name"), subPath: "adapters", readOnly: true });
+    expect(list(get(deployment, "spec", "template", "spec", "containers", 0, "env")).map((e) => get(e, "name"))).toContain("VLLM_ALLOW_RUNTIME_LORA_UPDATING");
     const port = list(container.ports).find((p) => get(p, "name") === "http");
     for (const probe of ["startupProbe", "readinessProbe", "livenessProbe"]) {
       expect(get(container, probe, "httpGet", "path")).toBe("/health");
