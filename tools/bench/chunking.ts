@@ -9,30 +9,21 @@
  *
  * Run: npm run bench:chunking -w @ragtune/tools   (RUNS=5 CORPUS=/path/to/aws-docs to override)
  */
-import { readdirSync, readFileSync, statSync } from "node:fs";
-import { join, relative, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { readFileSync } from "node:fs";
+import { relative, resolve } from "node:path";
 import { Tokenizer as JsTokenizer } from "@huggingface/tokenizers";
 import { RecursiveCharacterTextSplitter } from "@langchain/textsplitters";
 import { chunkDocument, documentIdFor, loadTokenizer, parseDocument, tokenizerFile, type ParsedDocument } from "@ragtune/text";
+import { AWS_CORPUS_DIR, corpusMarkdownFiles } from "@ragtune/testing";
 import { Tokenizer as RustTokenizer } from "tokenizers";
 
 const CHUNK_SIZE = 512;
 const RUNS = Number(process.env["RUNS"] ?? 5);
-const CORPUS = resolve(process.env["CORPUS"] ?? fileURLToPath(new URL("../../../shared/corpus/aws-docs", import.meta.url)));
+const CORPUS = resolve(process.env["CORPUS"] ?? AWS_CORPUS_DIR);
 const TOKENIZER_JSON = tokenizerFile("mistral");
 
-function markdownFiles(dir: string): string[] {
-  return readdirSync(dir)
-    .flatMap((name) => {
-      const path = join(dir, name);
-      if (statSync(path).isDirectory()) return markdownFiles(path);
-      return name.endsWith(".md") && name !== "SOURCE.md" ? [path] : [];
-    })
-    .sort();
-}
 
-const files = markdownFiles(CORPUS);
+const files = corpusMarkdownFiles(CORPUS);
 const texts = files.map((f) => readFileSync(f, "utf8"));
 const parsed: ParsedDocument[] = files.map((f, i) => parseDocument({ text: texts[i]!, filename: relative(CORPUS, f) }));
 const reference = RustTokenizer.fromFile(TOKENIZER_JSON);

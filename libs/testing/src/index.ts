@@ -3,3 +3,4 @@ export { startNatsServer } from "./nats-server.js";
 export type { NatsServerHandle, NatsServerOptions } from "./nats-server.js";
 export { removeTempDir, tempDir } from "./temp-dir.js";
 export { grpcJsUnary } from "./grpc-js.js";
+export { AWS_CORPUS_DIR, corpusMarkdownFiles } from "./corpus.js";

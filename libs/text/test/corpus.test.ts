@@ -1,6 +1,6 @@
-import { readdirSync, readFileSync, statSync } from "node:fs";
-import { join, relative } from "node:path";
-import { fileURLToPath } from "node:url";
+import { readFileSync } from "node:fs";
+import { relative } from "node:path";
+import { AWS_CORPUS_DIR, corpusMarkdownFiles } from "@ragtune/testing";
 import { Tokenizer } from "tokenizers";
 import { describe, expect, it } from "vitest";
 import {
@@ -16,20 +16,11 @@ import {
   type ParsedDocument,
 } from "../src/index.js";
 
-const CORPUS = fileURLToPath(new URL("../../../../shared/corpus/aws-docs", import.meta.url));
+const CORPUS = AWS_CORPUS_DIR;
 const SIZES = [128, 256, 512, 1024];
 
-function markdownFiles(dir: string): string[] {
-  return readdirSync(dir)
-    .flatMap((name) => {
-      const path = join(dir, name);
-      if (statSync(path).isDirectory()) return markdownFiles(path);
-      return name.endsWith(".md") && name !== "SOURCE.md" ? [path] : [];
-    })
-    .sort();
-}
 
-const files = markdownFiles(CORPUS);
+const files = corpusMarkdownFiles(CORPUS);
 const docs: { id: string; doc: ParsedDocument }[] = files.map((file) => ({
   id: documentIdFor("aws-docs", relative(CORPUS, file)),
   doc: parseDocument({ bytes: readFileSync(file), filename: relative(CORPUS, file) }),

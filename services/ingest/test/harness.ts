@@ -12,11 +12,11 @@ import {
   type IngestRunEvent,
 } from "@ragtune/proto";
 import { createClient, type RpcProtocol } from "@ragtune/rpc";
-import { grpcJsUnary, startNatsServer, tempDir, type NatsServerHandle } from "@ragtune/testing";
+import { AWS_CORPUS_DIR, grpcJsUnary, startNatsServer, tempDir, type NatsServerHandle } from "@ragtune/testing";
 import { loadIngestConfig, type IngestConfig } from "../src/config.js";
 import { startIngestServer, type IngestServer } from "../src/server.js";
 
-export const AWS_CORPUS = join(import.meta.dirname, "../../../../shared/corpus/aws-docs");
+export const AWS_CORPUS = AWS_CORPUS_DIR;
 export const SAMPLE_DOCS = join(import.meta.dirname, "../../../tools/sample-docs");
 
 export type IngestClient = ReturnType<typeof createClient<typeof IngestService>>;
