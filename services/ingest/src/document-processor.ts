@@ -17,6 +17,7 @@ import {
   type ChunkingOptions,
   type Document,
   type IngestDocumentResult,
+  type TokenStats,
 } from "@ragtune/proto";
 import {
   chunkDocument,
@@ -254,7 +255,6 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     chunking: input.chunkingProto,
   });
 
-  const dist = tokenDistribution(tokenCounts, input.chunking.chunkSize);
   const now = timestampNow();
   const metadata: Record<string, string> = {};
   for (const [k, v] of Object.entries(parsed.metadata)) {
@@ -272,17 +272,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     charCount: parsed.text.length,
     status: DocumentStatus.READY,
     chunkCount: chunks.length,
-    tokenStats: create(TokenStatsSchema, {
-      count: dist.chunks,
-      min: dist.min,
-      mean: dist.mean,
-      median: dist.median,
-      max: dist.max,
-      budget: input.chunking.chunkSize,
-      shareInTopQuarterOfBudget: dist.shareNearBudget,
-      overBudgetCount: dist.overBudget,
-      totalTokens: dist.totalTokens,
-    }),
+    tokenStats: tokenStatsOf(tokenCounts, input.chunking.chunkSize),
     chunking: input.chunkingProto,
     metadata,
     chunkSet,
@@ -357,4 +347,20 @@ async function recordFailure(
       updatedAt: now,
     }),
   );
+}
+
+/** The token distribution of chunks (their token counts) against the chunk budget, as the API reports it. */
+export function tokenStatsOf(tokenCounts: readonly number[], budget: number): TokenStats {
+  const dist = tokenDistribution(tokenCounts, budget);
+  return create(TokenStatsSchema, {
+    count: dist.chunks,
+    min: dist.min,
+    mean: dist.mean,
+    median: dist.median,
+    max: dist.max,
+    budget,
+    shareInTopQuarterOfBudget: dist.shareNearBudget,
+    overBudgetCount: dist.overBudget,
+    totalTokens: dist.totalTokens,
+  });
 }

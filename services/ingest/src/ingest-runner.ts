@@ -18,16 +18,14 @@ import {
   IngestRunStatisticsSchema,
   IngestRunStatus,
   ServerPathSchema,
-  TokenStatsSchema,
   type Failure,
   type IngestDocumentResult,
   type IngestRunItem,
   type IngestRunRecord,
   type IngestRunStatistics,
 } from "@ragtune/proto";
-import { tokenDistribution } from "@ragtune/text";
 import { fromChunkingProto, type ChunkingDefaults, type TokenizerCache } from "./chunking-options.js";
-import { failedResult, processDocument, SourceReadError, type PublishChunked } from "./document-processor.js";
+import { failedResult, processDocument, SourceReadError, tokenStatsOf, type PublishChunked } from "./document-processor.js";
 import type { DocumentStore } from "./document-store.js";
 import type { KeyedLock } from "./keyed-lock.js";
 import { isUnclaimed, LeaseLostError, type RunStore } from "./run-store.js";
@@ -382,24 +380,13 @@ export class IngestRunner {
       counts.push(...measure.tokenCounts);
       bytes += BigInt(measure.bytes);
     }
-    const dist = tokenDistribution(counts, chunkSize);
     return create(IngestRunStatisticsSchema, {
       documentsTotal: run.documents.length,
       documentsIngested: ingested,
       documentsUnchanged: unchanged,
       documentsFailed: failed,
       chunkChanges: create(ChunkChangeCountsSchema, changes),
-      tokenStats: create(TokenStatsSchema, {
-        count: dist.chunks,
-        min: dist.min,
-        mean: dist.mean,
-        median: dist.median,
-        max: dist.max,
-        budget: chunkSize,
-        shareInTopQuarterOfBudget: dist.shareNearBudget,
-        overBudgetCount: dist.overBudget,
-        totalTokens: dist.totalTokens,
-      }),
+      tokenStats: tokenStatsOf(counts, chunkSize),
       bytesTotal: bytes,
     });
   }
