@@ -12,7 +12,6 @@ import {
   CheckpointSchema,
   FailureKind,
   FailureSchema,
-  type GetJobRequestSchema,
   type Job,
   JobCheckpointSavedSchema,
   JobLogEntrySchema,
@@ -20,6 +19,7 @@ import {
   JobMetricsSchema,
   JobProgressSchema,
   JobStatus,
+  type TrainerQueueItemSchema,
 } from "@ragtune/proto";
 import { storeDirectory, storeFile, restoreDirectory } from "./artifact-files.js";
 import { toWorkerHyperparameters } from "./hyperparameters.js";
@@ -27,8 +27,8 @@ import { type JobEventDetail, type JobStore, checkpointId } from "./job-store.js
 import { IllegalTransitionError, isTerminal } from "./job-status.js";
 import { type WorkerEvent, type WorkerOutcome, WorkerProcess, type WorkerSpec } from "./worker-process.js";
 
-/** The work queue carries job IDs only (a GetJobRequest: `{job_id}`); the job itself lives in the KV bucket. */
-export type JobQueue = WorkQueue<typeof GetJobRequestSchema>;
+/** The work queue carries internal TrainerQueueItems (a job ID); the job itself lives in the KV bucket. */
+export type JobQueue = WorkQueue<typeof TrainerQueueItemSchema>;
 
 export interface JobRunnerOptions {
   store: JobStore;
@@ -98,7 +98,7 @@ export class JobRunner {
 
   private async loop(slot: number): Promise<void> {
     while (!this.stopping) {
-      let msg: QueueMessage<typeof GetJobRequestSchema> | null;
+      let msg: QueueMessage<typeof TrainerQueueItemSchema> | null;
       try {
         msg = await this.o.queue.take({ expiresMs: this.o.pollMs ?? 2_000 });
       } catch (err) {
@@ -126,7 +126,7 @@ export class JobRunner {
     }
   }
 
-  private async runJob(msg: QueueMessage<typeof GetJobRequestSchema>, active: Active): Promise<void> {
+  private async runJob(msg: QueueMessage<typeof TrainerQueueItemSchema>, active: Active): Promise<void> {
     const { store } = this.o;
     const jobId = msg.value.jobId;
     const logger = this.logger.child({ jobId, delivery: msg.deliveryCount });
@@ -222,7 +222,7 @@ export class JobRunner {
   }
 
   private async finish(
-    msg: QueueMessage<typeof GetJobRequestSchema>,
+    msg: QueueMessage<typeof TrainerQueueItemSchema>,
     active: Active,
     claimed: Job,
     outcome: WorkerOutcome,

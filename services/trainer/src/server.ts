@@ -1,7 +1,7 @@
 import { mkdir } from "node:fs/promises";
 import { hostname } from "node:os";
 import { connectBus } from "@ragtune/bus";
-import { GetJobRequestSchema, TrainerService } from "@ragtune/proto";
+import { TrainerQueueItemSchema, TrainerService } from "@ragtune/proto";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
 import type { TrainerConfig } from "./config.js";
 import { JobRunner } from "./job-runner.js";
@@ -29,7 +29,7 @@ export async function startTrainerService({ config, logger }: ServiceContext<Tra
     const store = await JobStore.open(bus, logger);
     const queue = await bus.workQueue({
       name: TRAINER_QUEUE,
-      schema: GetJobRequestSchema,
+      schema: TrainerQueueItemSchema,
       ackWaitMs: config.TRAINER_ACK_WAIT,
       // Attempts are counted on the job (TRAINER_MAX_ATTEMPTS); redeliveries after shutdowns must not run out.
       maxDeliver: -1,
