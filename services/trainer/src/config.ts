@@ -25,7 +25,12 @@ export const trainerConfigSchema = baseServiceSchema.extend({
   TRAINER_CONCURRENCY: envInt({ min: 1, max: 64, default: 1 }),
   /** Time a replica has to confirm it is still working on a job before another replica gets it. */
   TRAINER_ACK_WAIT: envDuration("30s"),
-  /** Attempts (replica starts) after which a job whose worker keeps crashing fails. */
+  /**
+   * Failed attempts after which a job fails: attempts whose worker process exited unexpectedly, or whose replica
+   * died (its queue item's ack wait ran out). A replica shutting down (SIGTERM) checkpoints and hands the job back
+   * as a new queue item that keeps the count, so rolling restarts never use up attempts. ResumeJob starts a new
+   * count. The job's `attempt` still counts every start.
+   */
   TRAINER_MAX_ATTEMPTS: envInt({ min: 1, max: 100, default: 5 }),
   /** Replica name in logs and job events. Default: host name and pid. */
   TRAINER_REPLICA_ID: z.string().min(1).optional(),

@@ -30,6 +30,17 @@ import { type WorkerEvent, type WorkerOutcome, WorkerProcess, type WorkerSpec } 
 /** The work queue carries internal TrainerQueueItems (a job ID); the job itself lives in the KV bucket. */
 export type JobQueue = WorkQueue<typeof TrainerQueueItemSchema>;
 
+type QueueItem = QueueMessage<typeof TrainerQueueItemSchema>;
+
+/**
+ * Failed attempts of a job before this delivery of its queue item: the count the item was enqueued with, plus one
+ * per earlier delivery (each ended in a worker crash, a replica's death or an error; graceful hand-backs enqueue a
+ * new item instead of redelivering this one).
+ */
+export function failedAttemptsBefore(msg: Pick<QueueItem, "value" | "deliveryCount">): number {
+  return msg.value.failedAttempts + Math.max(0, msg.deliveryCount - 1);
+}
+
 export interface JobRunnerOptions {
   store: JobStore;
   queue: JobQueue;
@@ -64,8 +75,9 @@ function log(level: JobLogLevel, message: string): JobEventDetail {
 /**
  * One trainer replica's job loop: takes job IDs from the work queue (one at a time per slot), runs the worker,
  * turns its events into job state and events, stores checkpoints and the adapter in the object store, acks when
- * the job ends. A crashed worker's job is nak'ed and resumes from its latest checkpoint on any replica; on
- * shutdown the worker checkpoints and stops, and the job is nak'ed for another replica.
+ * the job ends. A crashed worker's job is nak'ed and resumes from its latest checkpoint on any replica (each
+ * redelivery is a failed attempt, up to `maxAttempts`); on shutdown the worker checkpoints and stops, and the job is
+ * handed back as a new queue item that keeps the failed-attempt count, so shutdowns never use up attempts.
  */
 export class JobRunner {
   private readonly active = new Set<Active>();
@@ -98,7 +110,7 @@ export class JobRunner {
 
   private async loop(slot: number): Promise<void> {
     while (!this.stopping) {
-      let msg: QueueMessage<typeof TrainerQueueItemSchema> | null;
+      let msg: QueueItem | null;
       try {
         msg = await this.o.queue.take({ expiresMs: this.o.pollMs ?? 2_000 });
       } catch (err) {
@@ -109,7 +121,10 @@ export class JobRunner {
       }
       if (msg === null) continue;
       if (this.stopping) {
-        msg.nak(0);
+        await this.handBack(msg, msg.value.jobId).catch((err: unknown) => {
+          this.logger.error({ err, jobId: msg.value.jobId }, "handing a job back failed; it is redelivered");
+          msg.nak(0);
+        });
         break;
       }
       const active: Active = { jobId: msg.value.jobId, shuttingDown: false };
@@ -126,7 +141,7 @@ export class JobRunner {
     }
   }
 
-  private async runJob(msg: QueueMessage<typeof TrainerQueueItemSchema>, active: Active): Promise<void> {
+  private async runJob(msg: QueueItem, active: Active): Promise<void> {
     const { store } = this.o;
     const jobId = msg.value.jobId;
     const logger = this.logger.child({ jobId, delivery: msg.deliveryCount });
@@ -146,8 +161,14 @@ export class JobRunner {
       return;
     }
     msg.startHeartbeat();
-    if (job.attempt >= this.o.maxAttempts) {
-      await this.fail(jobId, FailureKind.SYSTEM_ERROR, "ATTEMPTS_EXHAUSTED", `the job was started ${job.attempt} times without finishing; giving up`);
+    const failedBefore = failedAttemptsBefore(msg);
+    if (failedBefore >= this.o.maxAttempts) {
+      await this.fail(
+        jobId,
+        FailureKind.SYSTEM_ERROR,
+        "ATTEMPTS_EXHAUSTED",
+        `the job's worker crashed or its replica died ${failedBefore} times without finishing (TRAINER_MAX_ATTEMPTS=${this.o.maxAttempts}); giving up`,
+      );
       await msg.ack();
       return;
     }
@@ -182,7 +203,7 @@ export class JobRunner {
     }));
     if (active.shuttingDown || this.stopping) {
       await this.requeue(jobId);
-      msg.nak(0);
+      await this.handBack(msg, jobId);
       return;
     }
 
@@ -222,7 +243,7 @@ export class JobRunner {
   }
 
   private async finish(
-    msg: QueueMessage<typeof TrainerQueueItemSchema>,
+    msg: QueueItem,
     active: Active,
     claimed: Job,
     outcome: WorkerOutcome,
@@ -247,7 +268,7 @@ export class JobRunner {
         } else {
           // Only a shutdown cancels without a user's request: hand the job to another replica.
           await this.requeue(jobId);
-          msg.nak(0);
+          await this.handBack(msg, jobId);
           return;
         }
         break;
@@ -256,10 +277,13 @@ export class JobRunner {
           await store.transition(jobId, { type: "cancelled" });
         } else if (outcome.crashed && active.shuttingDown) {
           await this.requeue(jobId);
-          msg.nak(0);
+          await this.handBack(msg, jobId);
           return;
-        } else if (outcome.reason === "WORKER_EXITED" && current.attempt < this.o.maxAttempts) {
-          logger.warn({ attempt: current.attempt }, "worker crashed; the job goes back to the queue to resume from its latest checkpoint");
+        } else if (outcome.reason === "WORKER_EXITED" && failedAttemptsBefore(msg) + 1 < this.o.maxAttempts) {
+          logger.warn(
+            { attempt: current.attempt, failedAttempts: failedAttemptsBefore(msg) + 1 },
+            "worker crashed; the job goes back to the queue to resume from its latest checkpoint",
+          );
           await store.modify(jobId, (j) => ({
             job: j,
             event: log(JobLogLevel.WARNING, `${outcome.message}; retrying from the latest checkpoint`),
@@ -272,6 +296,17 @@ export class JobRunner {
         }
         break;
     }
+    await msg.ack();
+  }
+
+  /**
+   * A graceful hand-back (this replica stops): a new queue item with the failed attempts so far, then the old item is
+   * acked, so the shutdown does not count as an attempt. The new item is enqueued first, so the job is never without
+   * one; its message ID (from the old item's stream sequence) makes a retried hand-back a no-op. Only if the replica
+   * dies between the two steps is the old item redelivered as well (counted as a failed attempt).
+   */
+  private async handBack(msg: QueueItem, jobId: string): Promise<void> {
+    await this.o.queue.enqueue({ jobId, failedAttempts: failedAttemptsBefore(msg) }, { msgId: `${jobId}:handback-${msg.seq}` });
     await msg.ack();
   }
 

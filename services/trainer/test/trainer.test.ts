@@ -56,7 +56,7 @@ interface Replica {
   stop(): Promise<void>;
 }
 
-async function startReplica(name: string, opts: { runJobs?: boolean } = {}): Promise<Replica> {
+async function startReplica(name: string, opts: { runJobs?: boolean; env?: Record<string, string> } = {}): Promise<Replica> {
   const workDir = join(root, "work", name);
   await mkdir(workDir, { recursive: true });
   const config = loadConfig("trainer", trainerConfigSchema, {
@@ -67,6 +67,7 @@ async function startReplica(name: string, opts: { runJobs?: boolean } = {}): Pro
     TRAINER_MODEL_ROOT: join(root, "models"),
     TRAINER_ACK_WAIT: "5s",
     TRAINER_REPLICA_ID: name,
+    ...opts.env,
   });
   const controller = new AbortController();
   const instance = await startTrainerService({ config, logger: logger.child({ replica: name }), signal: controller.signal });
@@ -299,6 +300,48 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
       expect(succeeded.jobs.every((j) => j.status === JobStatus.SUCCEEDED)).toBe(true);
     } finally {
       await next.stop();
+    }
+  });
+
+  it("hands a job back across more shutdowns than TRAINER_MAX_ATTEMPTS; a worker crash still uses an attempt", async () => {
+    if (r1Running) {
+      r1Running = false;
+      await r1.stop(); // only this test's replicas take jobs
+    }
+    const env = { TRAINER_MAX_ATTEMPTS: "1" };
+    const hp = tinyHyperparameters({ duration: { case: "maxSteps", value: 20 }, checkpointIntervalSteps: 0 });
+    let replica = await startReplica("handback-1", { env });
+    const { job } = await replica.client.createJob(createRequest({ hyperparameters: hp }));
+    // Two graceful hand-backs, each after a step of its attempt: more than the one attempt allowed.
+    for (const attempt of [1, 2]) {
+      let running = false;
+      await watch(replica, job!.id, (e) => {
+        if (e.event.case === "statusChanged" && e.event.value.status === JobStatus.RUNNING && e.event.value.attempt === attempt) running = true;
+        return running && e.event.case === "metrics";
+      });
+      await replica.stop(); // SIGTERM: checkpoint, hand back
+      replica = await startReplica(`handback-${attempt + 1}`, { env });
+    }
+    try {
+      const events = await watch(replica, job!.id);
+      expect(statuses(events)).toEqual(["QUEUED", "VALIDATING", "RUNNING", "QUEUED", "VALIDATING", "RUNNING", "QUEUED", "VALIDATING", "RUNNING", "SUCCEEDED"]);
+      expect(steps(events)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+      const { job: done } = await replica.client.getJob({ jobId: job!.id });
+      expect(done!.attempt).toBe(3);
+      expect(done!.failure).toBeUndefined();
+
+      // A crash is a failed attempt: with one allowed, the job fails instead of retrying.
+      const { job: crashing } = await replica.client.createJob(createRequest({ hyperparameters: hp, displayName: "crashing" }));
+      await watch(replica, crashing!.id, (e) => e.event.case === "metrics");
+      const pids = replica.instance.runner.workerPids();
+      expect(pids.length).toBe(1);
+      process.kill(pids[0]!, "SIGKILL");
+      expect(statuses(await watch(replica, crashing!.id)).at(-1)).toBe("FAILED");
+      const { job: failed } = await replica.client.getJob({ jobId: crashing!.id });
+      expect(failed!.failure!.reason).toBe("WORKER_EXITED");
+      expect(failed!.attempt).toBe(1);
+    } finally {
+      await replica.stop();
     }
   });
 
