@@ -184,6 +184,17 @@ const stack = await startStack({
   onLog: (service, line) => logs.push(`${service} ${typeof line === "string" ? line : JSON.stringify(line)}`),
 });
 let failed = false;
+let interrupted = false;
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    interrupted = true;
+    out(`\n${signal}: stopping the stack…`);
+    void stack.stop().then(() => {
+      out("Stopped.");
+      process.exit(130);
+    });
+  });
+}
 try {
   out(`NATS JetStream at ${stack.natsUrl}\n`);
   await checkHealth(stack);
@@ -191,8 +202,10 @@ try {
   await trainAdapter(stack);
 } catch (err) {
   failed = true;
-  process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.stderr.write(logs.slice(-40).join("\n") + "\n");
+  if (!interrupted) {
+    process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(logs.slice(-40).join("\n") + "\n");
+  }
 } finally {
   out("\nStopping the stack…");
   await stack.stop();

@@ -45,13 +45,21 @@ export interface StackOptions {
  * then stops nats-server.
  */
 export async function startStack(options: StackOptions = {}): Promise<Stack> {
-  const nats = await startNatsServer({ storeDir: options.storeDir });
+  // Every child runs in its own process group: a terminal's Ctrl-C reaches only this process, which stops the
+  // services first and nats-server last (otherwise the server would go down under draining services).
+  const nats = await startNatsServer({ storeDir: options.storeDir, detached: true });
   const started: StackService[] = [];
   const names = options.only ?? SERVICE_NAMES;
-  const stop = async () => {
-    await Promise.all(started.map((s) => stopProcess(s.process)));
-    await nats.stop();
-  };
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      await Promise.all(started.map((s) => stopProcess(s.process)));
+      await nats.stop();
+    })());
+  // The children live in their own process groups; if this process ends without stop(), do not leave them behind.
+  process.once("exit", () => {
+    for (const s of started) if (s.process.exitCode === null && s.process.signalCode === null) s.process.kill("SIGKILL");
+  });
   try {
     let index = 0;
     for (const name of names) {
@@ -77,6 +85,7 @@ async function startService(name: ServiceName, port: number, natsUrl: string, op
     cwd: repoRoot,
     env: { ...process.env, ...options.env, LOG_LEVEL, NATS_URL: natsUrl, RPC_HOST: "127.0.0.1", RPC_PORT: String(port) },
     stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
   });
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => {

@@ -17,6 +17,11 @@ export interface NatsServerOptions {
   bin?: string;
   /** Upper bound on how long to wait for "Server is ready" (a deadline, not a delay). Default 20 s. */
   readyTimeoutMs?: number;
+  /**
+   * Run the server in its own process group, so a terminal's Ctrl-C reaches only the launching process, which then
+   * stops its services before the server (the dev stack and the demo do). Default false.
+   */
+  detached?: boolean;
 }
 
 export interface NatsServerHandle {
@@ -87,10 +92,18 @@ interface Running {
  * Spawns nats-server on 127.0.0.1 and resolves once it logs "Server is ready" (it is then accepting
  * client connections). `port` 0 lets the server pick a free port (`-p -1`), read back from its log.
  */
-function launch(bin: string, port: number, jetstream: boolean, storeDir: string, logs: string[], readyTimeoutMs: number): Promise<Running> {
+function launch(
+  bin: string,
+  port: number,
+  jetstream: boolean,
+  storeDir: string,
+  logs: string[],
+  readyTimeoutMs: number,
+  detached: boolean,
+): Promise<Running> {
   const args = ["-a", "127.0.0.1", "-p", port === 0 ? "-1" : String(port)];
   if (jetstream) args.push("-js", "-sd", storeDir);
-  const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], detached });
   live.add(child);
   installExitHook();
   const exited = new Promise<void>((resolve) => {
@@ -160,7 +173,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
 
   let running: Running | undefined;
   try {
-    running = await launch(bin, 0, jetstream, storeDir, logs, readyTimeoutMs);
+    running = await launch(bin, 0, jetstream, storeDir, logs, readyTimeoutMs, options.detached ?? false);
   } catch (err) {
     if (ownsStoreDir) await removeTempDir(storeDir);
     throw err;
@@ -188,7 +201,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     },
     async restart() {
       await terminate("SIGTERM");
-      running = await launch(bin, port, jetstream, storeDir, logs, readyTimeoutMs);
+      running = await launch(bin, port, jetstream, storeDir, logs, readyTimeoutMs, options.detached ?? false);
     },
     async kill() {
       await terminate("SIGKILL");
