@@ -259,6 +259,25 @@ def _add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, n_vocab: int) -> No
 # base model
 
 
+def _open_writer(out_path: Path) -> gguf.GGUFWriter:
+    """A llama-architecture GGUF writer on `<out_path>.partial`; `_finish` moves it into place."""
+    return gguf.GGUFWriter(_partial(out_path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+
+
+def _finish(writer: gguf.GGUFWriter, out_path: Path) -> Path:
+    """Write header, metadata and tensors, then rename, so a reader never sees a half-written file."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    _partial(out_path).replace(out_path)
+    return out_path
+
+
+def _partial(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".partial")
+
+
 def export_base_gguf(model_dir: Path, out_path: Path, *, dtype: Literal["f32", "f16"] = "f32") -> Path:
     """Convert a Hugging Face Llama/Mistral folder to a llama.cpp GGUF file; returns ``out_path``."""
     model_dir, out_path = Path(model_dir), Path(out_path)
@@ -267,8 +286,7 @@ def export_base_gguf(model_dir: Path, out_path: Path, *, dtype: Literal["f32", "
     hp = LlamaHParams(model_dir)
     tensors = _load_model_tensors(model_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".partial")
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = _open_writer(out_path)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(hp.name)
     writer.add_vocab_size(hp.n_vocab)
@@ -312,12 +330,7 @@ def export_base_gguf(model_dir: Path, out_path: Path, *, dtype: Literal["f32", "
     if "output.weight" not in seen and not hp.tied:
         raise GGUFExportError(f"{model_dir}: no lm_head.weight and tie_word_embeddings is false")
 
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.replace(out_path)
-    return out_path
+    return _finish(writer, out_path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,8 +375,7 @@ def export_lora_gguf(adapter_dir: Path, base_model_dir: Path, out_path: Path) ->
         raise GGUFExportError(f"{weights_path} holds no LoRA tensors")
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".partial")
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = _open_writer(out_path)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
@@ -381,9 +393,4 @@ def export_lora_gguf(adapter_dir: Path, base_model_dir: Path, out_path: Path) ->
             lora_b = permute_qk(lora_b, hp.n_head, hp.n_head_kv)
         writer.add_tensor(name + ".lora_a", lora_a.contiguous().numpy())
         writer.add_tensor(name + ".lora_b", lora_b.contiguous().numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.replace(out_path)
-    return out_path
+    return _finish(writer, out_path)
