@@ -35,3 +35,5 @@ export { Code, ConnectError } from "@connectrpc/connect";
 export type { ConnectRouter, HandlerContext, Interceptor } from "@connectrpc/connect";
 export { runService } from "./service-main.js";
 export type { ServiceContext, ServiceDefinition, ServiceInstance } from "./service-main.js";
+export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate } from "./paging.js";
+export type { Page } from "./paging.js";

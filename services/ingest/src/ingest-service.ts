@@ -19,12 +19,11 @@ import {
   type Chunk,
   type IngestRunItem,
 } from "@ragtune/proto";
-import { invalidArgument, notFound } from "@ragtune/rpc";
+import { invalidArgument, notFound, paginate } from "@ragtune/rpc";
 import { resolveChunking, toChunkingProto, type ChunkingDefaults } from "./chunking-options.js";
 import { collectionNameProblem, type DocumentStore } from "./document-store.js";
 import type { IngestRunner } from "./ingest-runner.js";
 import type { KeyedLock } from "./keyed-lock.js";
-import { paginate } from "./paging.js";
 import type { RunStore } from "./run-store.js";
 
 export const DEFAULT_COLLECTION = "default";

@@ -17,7 +17,7 @@ import {
   PromptTemplate,
   type TrainerService,
 } from "@ragtune/proto";
-import { failedPrecondition, invalidArgument, notFound } from "@ragtune/rpc";
+import { failedPrecondition, invalidArgument, notFound, paginate } from "@ragtune/rpc";
 import { resolveHyperparameters } from "./hyperparameters.js";
 import { watchJobEvents } from "./job-history.js";
 import type { JobQueue } from "./job-runner.js";
@@ -36,18 +36,7 @@ export interface TrainerServiceDeps {
   logger: Logger;
 }
 
-const DEFAULT_PAGE_SIZE = 50;
-const MAX_PAGE_SIZE = 1000;
 const DOWNLOAD_PIECE_BYTES = 1024 * 1024;
-
-function pageBounds(page: { pageSize: number; pageToken: string } | undefined): { offset: number; size: number } {
-  const size = Math.min(page?.pageSize || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
-  const token = page?.pageToken ?? "";
-  if (token === "") return { offset: 0, size };
-  const offset = /^\d{1,9}$/.test(token) ? Number(token) : Number.NaN;
-  if (!Number.isInteger(offset)) throw invalidArgument("page.page_token", "is not a token this service issued; pass next_page_token from a previous response");
-  return { offset, size };
-}
 
 async function isInside(root: string, path: string): Promise<boolean> {
   const realRoot = await realpath(root).catch(() => resolve(root));
@@ -161,7 +150,6 @@ export function createTrainerService(deps: TrainerServiceDeps): ServiceImpl<type
       for (const [i, s] of req.statuses.entries()) {
         if (JobStatus[s] === undefined || s === JobStatus.UNSPECIFIED) throw invalidArgument(`statuses[${i}]`, `unknown job status ${s}`);
       }
-      const { offset, size } = pageBounds(req.page);
       const wanted = new Set(req.statuses);
       const jobs = (await store.list())
         .filter((j) => wanted.size === 0 || wanted.has(j.status))
@@ -170,12 +158,8 @@ export function createTrainerService(deps: TrainerServiceDeps): ServiceImpl<type
           const tb = b.createdAt ? timestampDate(b.createdAt).getTime() : 0;
           return tb - ta || b.id.localeCompare(a.id);
         });
-      const page = jobs.slice(offset, offset + size);
-      const nextOffset = offset + page.length;
-      return {
-        jobs: page,
-        page: create(PageResponseSchema, { nextPageToken: nextOffset < jobs.length ? String(nextOffset) : "", totalSize: jobs.length }),
-      };
+      const page = paginate(jobs, req.page, `jobs:${[...wanted].sort().join(",")}`);
+      return { jobs: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
     },
 
     async cancelJob(req) {
@@ -204,14 +188,8 @@ export function createTrainerService(deps: TrainerServiceDeps): ServiceImpl<type
 
     async listCheckpoints(req) {
       const job = await getJob(req.jobId);
-      const { offset, size } = pageBounds(req.page);
-      const all = await store.listCheckpoints(job.id);
-      const page = all.slice(offset, offset + size);
-      const nextOffset = offset + page.length;
-      return {
-        checkpoints: page,
-        page: create(PageResponseSchema, { nextPageToken: nextOffset < all.length ? String(nextOffset) : "", totalSize: all.length }),
-      };
+      const page = paginate(await store.listCheckpoints(job.id), req.page, `checkpoints:${job.id}`);
+      return { checkpoints: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
     },
 
     async resumeJob(req) {

@@ -1,5 +1,5 @@
 import type { PageRequest } from "@ragtune/proto";
-import { invalidArgument } from "@ragtune/rpc";
+import { invalidArgument } from "./errors.js";
 
 export const DEFAULT_PAGE_SIZE = 50;
 export const MAX_PAGE_SIZE = 1000;

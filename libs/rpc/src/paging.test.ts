@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { PageRequestSchema } from "@ragtune/proto";
-import { Code, ConnectError } from "@ragtune/rpc";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import { paginate } from "./paging.js";
 
