@@ -220,7 +220,8 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
   );
   const tokenCounts = chunks.map((c) => c.tokenCount);
   const contentSha256 = sha256(parsed.text);
-  const chunkSetSha256 = createHash("sha256").update(encodeChunkSet(chunks)).digest("hex");
+  const encodedChunkSet = encodeChunkSet(chunks);
+  const chunkSetSha256 = createHash("sha256").update(encodedChunkSet).digest("hex");
 
   if (previousReady !== null && previousReady.chunkSet?.sha256 === chunkSetSha256) {
     // Same chunks as stored: nothing to write, nothing to tell downstream.
@@ -238,7 +239,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     };
   }
 
-  const chunkSet = await deps.store.putChunkSet(chunks);
+  const chunkSet = await deps.store.putChunkSet(encodedChunkSet);
   const previousIds = (previousChunks ?? (await deps.store.readChunkSet(previousReady!.chunkSet))).map((c) => c.id);
   const diff = diffChunks(previousIds, textChunks);
   // Kept chunks are rewritten too: their ordinal and offsets move when an earlier section changes.

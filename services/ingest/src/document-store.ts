@@ -139,8 +139,9 @@ export class DocumentStore {
   }
 
   /** Stores a chunk set (idempotent: content-addressed) and returns its reference. */
-  async putChunkSet(chunks: readonly Chunk[]): Promise<ArtifactRef> {
-    const info = await this.deps.chunkSets.put([encodeChunkSet(chunks)], { contentType: CHUNK_SET_MEDIA_TYPE });
+  /** Stores a chunk set already encoded with `encodeChunkSet` (the caller hashed those bytes to detect "unchanged"). */
+  async putChunkSet(encoded: Uint8Array): Promise<ArtifactRef> {
+    const info = await this.deps.chunkSets.put([encoded], { contentType: CHUNK_SET_MEDIA_TYPE });
     return create(ArtifactRefSchema, {
       bucket: this.deps.chunkSets.bucket,
       objectName: info.hash,
