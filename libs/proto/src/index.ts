@@ -6,6 +6,7 @@ export * from "./gen/ragtune/common/v1/resource_pb.js";
 export * from "./gen/ragtune/dataset/v1/dataset_pb.js";
 export * from "./gen/ragtune/eval/v1/eval_pb.js";
 export * from "./gen/ragtune/events/v1/events_pb.js";
+export * from "./gen/ragtune/events/v1/options_pb.js";
 export * from "./gen/ragtune/gateway/v1/gateway_pb.js";
 export * from "./gen/ragtune/ingest/v1/ingest_pb.js";
 export * from "./gen/ragtune/trainer/v1/trainer_pb.js";

@@ -1,5 +1,7 @@
 // Events between the stages of the pipeline. Each message is the payload of one or more NATS
-// JetStream subjects of the stream RAGTUNE; subjects follow `ragtune.<area>.<entity>.<verb>`.
+// JetStream subjects of the stream RAGTUNE; subjects follow `ragtune.<area>.<entity>.<verb>` and are
+// declared once, on the message, by the option (event_subject) (options.proto): libs/bus derives
+// the subject from the message type, so no service types one.
 // Publishers set the Nats-Msg-Id header to the event_id field, so a republished event is dropped
 // by JetStream's duplicate window; consumers are idempotent all the same.
 
@@ -17,6 +19,7 @@ import type { DatasetVersionStats } from "../../dataset/v1/dataset_pb.js";
 import { file_ragtune_dataset_v1_dataset } from "../../dataset/v1/dataset_pb.js";
 import type { EvalMetricComparison, EvalRunStatus } from "../../eval/v1/eval_pb.js";
 import { file_ragtune_eval_v1_eval } from "../../eval/v1/eval_pb.js";
+import { file_ragtune_events_v1_options } from "./options_pb.js";
 import type { PromotedAdapter } from "../../gateway/v1/gateway_pb.js";
 import { file_ragtune_gateway_v1_gateway } from "../../gateway/v1/gateway_pb.js";
 import type { ChunkingOptions, IngestRunStatistics, IngestRunStatus } from "../../ingest/v1/ingest_pb.js";
@@ -29,11 +32,10 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ragtune/events/v1/events.proto.
  */
 export const file_ragtune_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch5yYWd0dW5lL2V2ZW50cy92MS9ldmVudHMucHJvdG8SEXJhZ3R1bmUuZXZlbnRzLnYxIvYCCg9Eb2N1bWVudENodW5rZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSEwoLZG9jdW1lbnRfaWQYBCABKAkSEwoLc291cmNlX25hbWUYBSABKAkSFgoOY29udGVudF9zaGEyNTYYBiABKAkSFwoPYWRkZWRfY2h1bmtfaWRzGAcgAygJEhYKDmtlcHRfY2h1bmtfaWRzGAggAygJEhkKEXJlbW92ZWRfY2h1bmtfaWRzGAkgAygJEjEKCWNodW5rX3NldBgKIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmEjQKCGNodW5raW5nGAsgASgLMiIucmFndHVuZS5pbmdlc3QudjEuQ2h1bmtpbmdPcHRpb25zEhUKDWluZ2VzdF9ydW5faWQYDCABKAkimAEKD0RvY3VtZW50RGVsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY29sbGVjdGlvbhgDIAEoCRITCgtkb2N1bWVudF9pZBgEIAEoCRIZChFyZW1vdmVkX2NodW5rX2lkcxgFIAMoCSKIAQoRQ29sbGVjdGlvbkRlbGV0ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSHAoUcmVtb3ZlZF9kb2N1bWVudF9pZHMYBCADKAkinwIKEkluZ2VzdFJ1bkNvbXBsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNaW5nZXN0X3J1bl9pZBgDIAEoCRISCgpjb2xsZWN0aW9uGAQgASgJEjIKBnN0YXR1cxgFIAEoDjIiLnJhZ3R1bmUuaW5nZXN0LnYxLkluZ2VzdFJ1blN0YXR1cxI6CgpzdGF0aXN0aWNzGAYgASgLMiYucmFndHVuZS5pbmdlc3QudjEuSW5nZXN0UnVuU3RhdGlzdGljcxIrCgdmYWlsdXJlGAcgASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZSLwAQoTRGF0YXNldFZlcnNpb25CdWlsdBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSNgoFc3RhdHMYBSABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cxIuCgZzaGFyZHMYBiADKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZiK2AQoURGF0YXNldFZlcnNpb25GYWlsZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgDIAEoCRISCgpjb2xsZWN0aW9uGAQgASgJEisKB2ZhaWx1cmUYBSABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlIt0DCg9UcmFpbmVySm9iRXZlbnQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmpvYl9pZBgDIAEoCRIQCghzZXF1ZW5jZRgEIAEoDRI0CgRraW5kGAUgASgOMiYucmFndHVuZS5ldmVudHMudjEuVHJhaW5lckpvYkV2ZW50S2luZBItCgZzdGF0dXMYBiABKA4yHS5yYWd0dW5lLnRyYWluZXIudjEuSm9iU3RhdHVzEhIKCmNvbGxlY3Rpb24YByABKAkSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAggASgJEjEKB21ldHJpY3MYCSABKAsyHi5yYWd0dW5lLnRyYWluZXIudjEuSm9iTWV0cmljc0gAEjQKCmNoZWNrcG9pbnQYCiABKAsyHi5yYWd0dW5lLnRyYWluZXIudjEuQ2hlY2twb2ludEgAEi4KB2FkYXB0ZXIYCyABKAsyGy5yYWd0dW5lLnRyYWluZXIudjEuQWRhcHRlckgAEi0KB2ZhaWx1cmUYDCABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlSABCCAoGZGV0YWlsIoMDChBFdmFsUnVuQ29tcGxldGVkEhAKCGV2ZW50X2lkGAEgASgJEi8KC29jY3VycmVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtldmFsX3J1bl9pZBgDIAEoCRISCgpjb2xsZWN0aW9uGAQgASgJEhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgFIAEoCRIOCgZqb2JfaWQYBiABKAkSEgoKYWRhcHRlcl9pZBgHIAEoCRIuCgZzdGF0dXMYCCABKA4yHi5yYWd0dW5lLmV2YWwudjEuRXZhbFJ1blN0YXR1cxI2CgdtZXRyaWNzGAkgAygLMiUucmFndHVuZS5ldmFsLnYxLkV2YWxNZXRyaWNDb21wYXJpc29uEisKB2ZhaWx1cmUYCiABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlEi4KBnJlcG9ydBgLIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmIooBCg9BZGFwdGVyUHJvbW90ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKB2FkYXB0ZXIYAyABKAsyIy5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZWRBZGFwdGVyKr8CChNUcmFpbmVySm9iRXZlbnRLaW5kEiYKIlRSQUlORVJfSk9CX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIhCh1UUkFJTkVSX0pPQl9FVkVOVF9LSU5EX1FVRVVFRBABEiIKHlRSQUlORVJfSk9CX0VWRU5UX0tJTkRfUlVOTklORxACEiMKH1RSQUlORVJfSk9CX0VWRU5UX0tJTkRfUFJPR1JFU1MQAxIlCiFUUkFJTkVSX0pPQl9FVkVOVF9LSU5EX0NIRUNLUE9JTlQQBBIkCiBUUkFJTkVSX0pPQl9FVkVOVF9LSU5EX1NVQ0NFRURFRBAFEiEKHVRSQUlORVJfSk9CX0VWRU5UX0tJTkRfRkFJTEVEEAYSJAogVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9DQU5DRUxMRUQQB2IGcHJvdG8z", [file_google_protobuf_timestamp, file_ragtune_common_v1_common, file_ragtune_dataset_v1_dataset, file_ragtune_eval_v1_eval, file_ragtune_gateway_v1_gateway, file_ragtune_ingest_v1_ingest, file_ragtune_trainer_v1_trainer]);
+  fileDesc("Ch5yYWd0dW5lL2V2ZW50cy92MS9ldmVudHMucHJvdG8SEXJhZ3R1bmUuZXZlbnRzLnYxIpsDCg9Eb2N1bWVudENodW5rZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSEwoLZG9jdW1lbnRfaWQYBCABKAkSEwoLc291cmNlX25hbWUYBSABKAkSFgoOY29udGVudF9zaGEyNTYYBiABKAkSFwoPYWRkZWRfY2h1bmtfaWRzGAcgAygJEhYKDmtlcHRfY2h1bmtfaWRzGAggAygJEhkKEXJlbW92ZWRfY2h1bmtfaWRzGAkgAygJEjEKCWNodW5rX3NldBgKIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmEjQKCGNodW5raW5nGAsgASgLMiIucmFndHVuZS5pbmdlc3QudjEuQ2h1bmtpbmdPcHRpb25zEhUKDWluZ2VzdF9ydW5faWQYDCABKAk6I4q1GB9yYWd0dW5lLmluZ2VzdC5kb2N1bWVudC5jaHVua2VkIr0BCg9Eb2N1bWVudERlbGV0ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSEwoLZG9jdW1lbnRfaWQYBCABKAkSGQoRcmVtb3ZlZF9jaHVua19pZHMYBSADKAk6I4q1GB9yYWd0dW5lLmluZ2VzdC5kb2N1bWVudC5kZWxldGVkIq8BChFDb2xsZWN0aW9uRGVsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY29sbGVjdGlvbhgDIAEoCRIcChRyZW1vdmVkX2RvY3VtZW50X2lkcxgEIAMoCTolirUYIXJhZ3R1bmUuaW5nZXN0LmNvbGxlY3Rpb24uZGVsZXRlZCLBAgoSSW5nZXN0UnVuQ29tcGxldGVkEhAKCGV2ZW50X2lkGAEgASgJEi8KC29jY3VycmVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1pbmdlc3RfcnVuX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSMgoGc3RhdHVzGAUgASgOMiIucmFndHVuZS5pbmdlc3QudjEuSW5nZXN0UnVuU3RhdHVzEjoKCnN0YXRpc3RpY3MYBiABKAsyJi5yYWd0dW5lLmluZ2VzdC52MS5Jbmdlc3RSdW5TdGF0aXN0aWNzEisKB2ZhaWx1cmUYByABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlOiCKtRgccmFndHVuZS5pbmdlc3QucnVuLmNvbXBsZXRlZCKTAgoTRGF0YXNldFZlcnNpb25CdWlsdBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSNgoFc3RhdHMYBSABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cxIuCgZzaGFyZHMYBiADKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZjohirUYHXJhZ3R1bmUuZGF0YXNldC52ZXJzaW9uLmJ1aWx0ItoBChREYXRhc2V0VmVyc2lvbkZhaWxlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSKwoHZmFpbHVyZRgFIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmU6Ioq1GB5yYWd0dW5lLmRhdGFzZXQudmVyc2lvbi5mYWlsZWQi/QMKD1RyYWluZXJKb2JFdmVudBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGam9iX2lkGAMgASgJEhAKCHNlcXVlbmNlGAQgASgNEjQKBGtpbmQYBSABKA4yJi5yYWd0dW5lLmV2ZW50cy52MS5UcmFpbmVySm9iRXZlbnRLaW5kEi0KBnN0YXR1cxgGIAEoDjIdLnJhZ3R1bmUudHJhaW5lci52MS5Kb2JTdGF0dXMSEgoKY29sbGVjdGlvbhgHIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYCCABKAkSMQoHbWV0cmljcxgJIAEoCzIeLnJhZ3R1bmUudHJhaW5lci52MS5Kb2JNZXRyaWNzSAASNAoKY2hlY2twb2ludBgKIAEoCzIeLnJhZ3R1bmUudHJhaW5lci52MS5DaGVja3BvaW50SAASLgoHYWRhcHRlchgLIAEoCzIbLnJhZ3R1bmUudHJhaW5lci52MS5BZGFwdGVySAASLQoHZmFpbHVyZRgMIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmVIADoeirUYGnJhZ3R1bmUudHJhaW5lci5qb2Iue2tpbmR9QggKBmRldGFpbCKjAwoQRXZhbFJ1bkNvbXBsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXZhbF9ydW5faWQYAyABKAkSEgoKY29sbGVjdGlvbhgEIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYBSABKAkSDgoGam9iX2lkGAYgASgJEhIKCmFkYXB0ZXJfaWQYByABKAkSLgoGc3RhdHVzGAggASgOMh4ucmFndHVuZS5ldmFsLnYxLkV2YWxSdW5TdGF0dXMSNgoHbWV0cmljcxgJIAMoCzIlLnJhZ3R1bmUuZXZhbC52MS5FdmFsTWV0cmljQ29tcGFyaXNvbhIrCgdmYWlsdXJlGAogASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZRIuCgZyZXBvcnQYCyABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZjoeirUYGnJhZ3R1bmUuZXZhbC5ydW4uY29tcGxldGVkIrABCg9BZGFwdGVyUHJvbW90ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKB2FkYXB0ZXIYAyABKAsyIy5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZWRBZGFwdGVyOiSKtRggcmFndHVuZS5nYXRld2F5LmFkYXB0ZXIucHJvbW90ZWQqvwIKE1RyYWluZXJKb2JFdmVudEtpbmQSJgoiVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEiEKHVRSQUlORVJfSk9CX0VWRU5UX0tJTkRfUVVFVUVEEAESIgoeVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9SVU5OSU5HEAISIwofVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9QUk9HUkVTUxADEiUKIVRSQUlORVJfSk9CX0VWRU5UX0tJTkRfQ0hFQ0tQT0lOVBAEEiQKIFRSQUlORVJfSk9CX0VWRU5UX0tJTkRfU1VDQ0VFREVEEAUSIQodVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9GQUlMRUQQBhIkCiBUUkFJTkVSX0pPQl9FVkVOVF9LSU5EX0NBTkNFTExFRBAHYgZwcm90bzM", [file_google_protobuf_timestamp, file_ragtune_common_v1_common, file_ragtune_dataset_v1_dataset, file_ragtune_eval_v1_eval, file_ragtune_events_v1_options, file_ragtune_gateway_v1_gateway, file_ragtune_ingest_v1_ingest, file_ragtune_trainer_v1_trainer]);
 
 /**
  * A document was (re-)chunked.
- * Subject: ragtune.ingest.document.chunked
  * event_id: "<ingest_run_id>:<document_id>:<chunk_set_sha256>" (a resumed run dedupes; a later run that
  * returns a document to an earlier version still publishes).
  *
@@ -126,7 +128,6 @@ export const DocumentChunkedSchema: GenMessage<DocumentChunked> = /*@__PURE__*/
 
 /**
  * A document and its chunks were deleted.
- * Subject: ragtune.ingest.document.deleted
  * event_id: "<document_id>:deleted:<content_sha256 of the deleted version>".
  *
  * @generated from message ragtune.events.v1.DocumentDeleted
@@ -167,7 +168,6 @@ export const DocumentDeletedSchema: GenMessage<DocumentDeleted> = /*@__PURE__*/
 
 /**
  * A collection with all its documents was deleted.
- * Subject: ragtune.ingest.collection.deleted
  * event_id: "<collection>:deleted:<unix millis of deletion>".
  *
  * @generated from message ragtune.events.v1.CollectionDeleted
@@ -203,7 +203,6 @@ export const CollectionDeletedSchema: GenMessage<CollectionDeleted> = /*@__PURE_
 
 /**
  * An ingest run finished (after all its DocumentChunked events).
- * Subject: ragtune.ingest.run.completed
  * event_id: "<ingest_run_id>:completed".
  *
  * @generated from message ragtune.events.v1.IngestRunCompleted
@@ -256,7 +255,6 @@ export const IngestRunCompletedSchema: GenMessage<IngestRunCompleted> = /*@__PUR
 
 /**
  * A dataset version was built and stored.
- * Subject: ragtune.dataset.version.built
  * event_id: "<dataset_version_id>:built".
  *
  * @generated from message ragtune.events.v1.DatasetVersionBuilt
@@ -306,7 +304,6 @@ export const DatasetVersionBuiltSchema: GenMessage<DatasetVersionBuilt> = /*@__P
 
 /**
  * A dataset build failed.
- * Subject: ragtune.dataset.version.failed
  * event_id: "<dataset_version_id>:failed".
  *
  * @generated from message ragtune.events.v1.DatasetVersionFailed
@@ -346,9 +343,8 @@ export const DatasetVersionFailedSchema: GenMessage<DatasetVersionFailed> = /*@_
   messageDesc(file_ragtune_events_v1_events, 5);
 
 /**
- * A change of a trainer job.
- * Subject: ragtune.trainer.job.{queued,running,progress,checkpoint,succeeded,failed,cancelled}
- * (the verb is the kind). event_id: "<job_id>:<sequence>".
+ * A change of a trainer job, on ragtune.trainer.job.{queued,running,progress,checkpoint,succeeded,
+ * failed,cancelled}: the verb is the kind. event_id: "<job_id>:<sequence>".
  *
  * @generated from message ragtune.events.v1.TrainerJobEvent
  */
@@ -446,7 +442,6 @@ export const TrainerJobEventSchema: GenMessage<TrainerJobEvent> = /*@__PURE__*/
 
 /**
  * An eval run finished (succeeded, failed or cancelled).
- * Subject: ragtune.eval.run.completed
  * event_id: "<eval_run_id>:completed".
  *
  * @generated from message ragtune.events.v1.EvalRunCompleted
@@ -525,7 +520,6 @@ export const EvalRunCompletedSchema: GenMessage<EvalRunCompleted> = /*@__PURE__*
 
 /**
  * An adapter was promoted to serve a collection.
- * Subject: ragtune.gateway.adapter.promoted
  * event_id: "<collection>:<adapter_id>:<unix millis of promotion>".
  *
  * @generated from message ragtune.events.v1.AdapterPromoted
