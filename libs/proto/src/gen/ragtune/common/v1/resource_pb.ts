@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ragtune/common/v1/resource.proto.
  */
 export const file_ragtune_common_v1_resource: GenFile = /*@__PURE__*/
-  fileDesc("CiByYWd0dW5lL2NvbW1vbi92MS9yZXNvdXJjZS5wcm90bxIRcmFndHVuZS5jb21tb24udjEivwEKDlJlc291cmNlUmVjb3JkEg0KBXN0YXRlGAEgASgMEhUKDWxhc3Rfc2VxdWVuY2UYAiABKAQSNgoGb3V0Ym94GAMgAygLMiYucmFndHVuZS5jb21tb24udjEuUmVzb3VyY2VPdXRib3hFbnRyeRINCgVvd25lchgEIAEoCRINCgVlcG9jaBgFIAEoBBIbChNsZWFzZV9leHBpcmVzX2F0X21zGAYgASgDEhQKDGNsYWltX3JlYXNvbhgHIAEoCSJ6ChNSZXNvdXJjZU91dGJveEVudHJ5EhAKCHNlcXVlbmNlGAEgASgEEg8KB3N1YmplY3QYAiABKAkSEQoJdHlwZV9uYW1lGAMgASgJEgwKBGRhdGEYBCABKAwSDgoGbXNnX2lkGAUgASgJEg8KB2hpc3RvcnkYBiABKAhiBnByb3RvMw");
+  fileDesc("CiByYWd0dW5lL2NvbW1vbi92MS9yZXNvdXJjZS5wcm90bxIRcmFndHVuZS5jb21tb24udjEivwEKDlJlc291cmNlUmVjb3JkEg0KBXN0YXRlGAEgASgMEhUKDWxhc3Rfc2VxdWVuY2UYAiABKAQSNgoGb3V0Ym94GAMgAygLMiYucmFndHVuZS5jb21tb24udjEuUmVzb3VyY2VPdXRib3hFbnRyeRINCgVvd25lchgEIAEoCRINCgVlcG9jaBgFIAEoBBIbChNsZWFzZV9leHBpcmVzX2F0X21zGAYgASgDEhQKDGNsYWltX3JlYXNvbhgHIAEoCSKMAQoTUmVzb3VyY2VPdXRib3hFbnRyeRIQCghzZXF1ZW5jZRgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEhEKCXR5cGVfbmFtZRgDIAEoCRIMCgRkYXRhGAQgASgMEg4KBm1zZ19pZBgFIAEoCRIPCgdoaXN0b3J5GAYgASgIEhAKCHRlcm1pbmFsGAcgASgIYgZwcm90bzM");
 
 /**
  * One KV record per resource: the service's own state message plus what the history needs to append
@@ -133,6 +133,14 @@ export type ResourceOutboxEntry = Message<"ragtune.common.v1.ResourceOutboxEntry
    * @generated from field: bool history = 6;
    */
   history: boolean;
+
+  /**
+   * The history event leaves the resource in a terminal state: it is the last one, and watchers end
+   * after it (carried as the Ragtune-Terminal header).
+   *
+   * @generated from field: bool terminal = 7;
+   */
+  terminal: boolean;
 };
 
 /**

@@ -1,0 +1,629 @@
+import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { DeliverPolicy, JetStreamApiError, RetentionPolicy, StorageType, type ConsumerMessages } from "@nats-io/jetstream";
+import { headers as natsHeaders, nanos } from "@nats-io/nats-core";
+import type { Logger } from "@ragtune/logger";
+import { ResourceRecordSchema, type ResourceOutboxEntry, type ResourceRecord } from "@ragtune/proto";
+import type { Bus } from "./bus.js";
+import { MSG_ID_HEADER, TYPE_HEADER } from "./events.js";
+import { RevisionConflictError, type TypedKv } from "./kv.js";
+import { ensureStream } from "./streams.js";
+
+/**
+ * The one resource pattern for long work (ingest run, dataset build, training job, eval run, pipeline run):
+ *
+ * - a KV record per resource (compare-and-set) holding the service's state message, the sequence of its newest
+ *   event, an outbox of events committed with the state but not yet published, and the work's owner and epoch;
+ * - an append-only history per resource in a stream (`history.<kind>.<id>`), sequenced 1, 2, 3, … without gaps,
+ *   duplicates or reordering, even when a writer dies between any two steps of an append;
+ * - Watch: the stored history from a sequence, then live events, ending after the terminal event;
+ * - ownership by lease (a replica claims until a time and renews) or by work-queue claim (the delivery decides and
+ *   the claim takes over), fenced by an epoch that every write of the running attempt compares.
+ *
+ * An append is: (1) publish any outbox left by an earlier writer, (2) compare-and-set the record with the new state,
+ * `last_sequence + n` and the new events in its outbox, (3) publish the outbox. A history event is published with
+ * JetStream's "expected last subject sequence", so two writers repairing the same outbox store it once; an event is
+ * dropped from the outbox only by a later write that first saw it stored. Catalog events announced with a history
+ * event (ragtune.<area>.<entity>.<verb>, for downstream services) are published just before it, so they are
+ * delivered at least once (their message ID dedupes a repeat; their consumers are idempotent).
+ */
+
+/** Points of an append where a test can inject a crash (`faults`). */
+export type AppendStep = "before-write" | "after-write" | "after-catalog-publish" | "after-history-publish";
+
+/** The work belongs to another owner or epoch now: stop at once, write nothing more. */
+export class OwnershipLostError extends Error {
+  constructor(
+    readonly kind: string,
+    readonly id: string,
+    readonly detail: string,
+  ) {
+    super(`${kind} ${id} is no longer owned by this replica: ${detail}`);
+    this.name = "OwnershipLostError";
+  }
+}
+
+/** Thrown by `create` when the ID is taken. */
+export class ResourceExistsError extends Error {
+  constructor(
+    readonly kind: string,
+    readonly id: string,
+  ) {
+    super(`${kind} ${id} exists already`);
+    this.name = "ResourceExistsError";
+  }
+}
+
+export interface ResourceMeta {
+  /** Sequence of the newest history event. */
+  lastSequence: number;
+  owner: string;
+  epoch: number;
+  /** Unix ms when the lease lapses; 0 for a work-queue claim or no owner. */
+  leaseExpiresAtMs: number;
+  claimReason: string;
+  /** KV revision of the record. */
+  revision: number;
+}
+
+export interface Resource<S extends DescMessage> extends ResourceMeta {
+  id: string;
+  state: MessageShape<S>;
+}
+
+/** A catalog event announced together with a history event (published before it, at least once). */
+export interface CatalogEvent {
+  subject: string;
+  schema: DescMessage;
+  value: MessageInitShape<DescMessage>;
+  /** Default `<id>:<sequence>`. */
+  msgId?: string;
+}
+
+/** The body of one history event, as the service gives it; the history stamps sequence, ID and time. */
+export interface HistoryEvent<B> {
+  body: B;
+  /** Catalog events to announce with it. */
+  announce?: CatalogEvent[];
+}
+
+/** What a change returns: the next state and the events appended with it (none: no history entry). */
+export interface ResourceChange<S extends DescMessage, B> {
+  state: MessageShape<S>;
+  events?: HistoryEvent<B>[];
+}
+
+/** Proof of ownership for a running attempt: each fenced write checks that the record is still at this epoch. */
+export interface Fence {
+  owner: string;
+  epoch: number;
+}
+
+export interface ResourceKind<S extends DescMessage, E extends DescMessage, B> {
+  /** kebab-case kind, e.g. `trainer-job`: KV bucket `<kind>s`, stream `HISTORY_<KIND>`, subjects `history.<kind>.<id>`. */
+  kind: string;
+  stateSchema: S;
+  eventSchema: E;
+  /** Builds the event message from the service's body and what the history owns (sequence, resource ID, time). */
+  stampEvent(body: B, stamp: { id: string; sequence: number; timeMs: number }): MessageInitShape<E>;
+  sequenceOf(event: MessageShape<E>): number;
+  /** The state is final: no event follows its last one. */
+  isTerminal(state: MessageShape<S>): boolean;
+  /** Called on every committed write with the new last sequence (e.g. to mirror it into the state). */
+  onCommit?(state: MessageShape<S>, lastSequence: number): void;
+}
+
+export interface ResourceStoreOptions {
+  /** Bucket name override (tests isolate with a suffix). */
+  bucket?: string;
+  /** History stream name override. */
+  stream?: string;
+  /** History subject prefix override (default `history.<kind>`). */
+  subjectPrefix?: string;
+  /** Revisions kept per record. Default 1. */
+  kvHistory?: number;
+  /** Drop history events older than this (0 = keep). */
+  historyMaxAgeMs?: number;
+  /** Limit of the history stream in bytes (-1 = none). */
+  historyMaxBytes?: number;
+  /** How long a transient NATS failure (timeout, reconnect) is retried before an operation fails. Default 30 s. */
+  transientRetryMs?: number;
+  /** A watcher that saw nothing for this long checks the record for an unpublished outbox and publishes it. Default 1 s. */
+  repairAfterMs?: number;
+  /** Fault injection for tests: throw from here to simulate a crash at that step. */
+  faults?: (step: AppendStep, id: string, sequence: number) => void | Promise<void>;
+}
+
+export interface WatchOptions {
+  /** First sequence to deliver (1 = the whole history). */
+  fromSequence?: number;
+  signal?: AbortSignal;
+}
+
+const ID_RE = /^[A-Za-z0-9_-]{1,128}$/;
+const KIND_RE = /^[a-z0-9]+(-[a-z0-9]+)*$/;
+const WRONG_LAST_SEQUENCE = 10071;
+/** Header marking the history event that left the resource terminal: watchers end after it. */
+export const TERMINAL_HEADER = "Ragtune-Terminal";
+
+/** A resource ID is a KV key and a subject token: letters, digits, '-', '_' (1–128). */
+export function isResourceId(id: string): boolean {
+  return ID_RE.test(id);
+}
+
+/** Errors a reconnect or a NATS restart causes: worth retrying within a bound. */
+export function isTransientBusError(err: unknown): boolean {
+  if (err instanceof JetStreamApiError) return err.code === 503 || err.code === 408;
+  if (!(err instanceof Error)) return false;
+  const text = `${err.name} ${err.message} ${(err as { code?: unknown }).code ?? ""}`.toLowerCase();
+  return /timeout|timed out|no responders|503|disconnect|reconnect|connection closed|connection_closed|closed connection/.test(text);
+}
+
+/** Runs `op`, retrying transient NATS failures with jittered backoff until `boundMs` has passed. */
+export async function retryTransient<T>(op: () => Promise<T>, boundMs: number, logger?: Logger, what = "NATS call"): Promise<T> {
+  const deadline = Date.now() + boundMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await op();
+    } catch (err) {
+      if (!isTransientBusError(err) || Date.now() >= deadline) throw err;
+      const delay = Math.min(2_000, 100 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
+      logger?.warn({ err, attempt, retryInMs: Math.round(delay) }, `${what} failed transiently; retrying`);
+      await new Promise((r) => setTimeout(r, Math.min(delay, Math.max(0, deadline - Date.now()))));
+    }
+  }
+}
+
+/** The store of one resource kind. */
+export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
+  readonly stream: string;
+  readonly subjectPrefix: string;
+  private readonly log: Logger;
+  private readonly retryMs: number;
+
+  private constructor(
+    private readonly bus: Bus,
+    readonly def: ResourceKind<S, E, B>,
+    private readonly records: TypedKv<typeof ResourceRecordSchema>,
+    private readonly o: ResourceStoreOptions,
+    names: { stream: string; subjectPrefix: string },
+  ) {
+    this.stream = names.stream;
+    this.subjectPrefix = names.subjectPrefix;
+    this.log = bus.logger.child({ component: "resource", kind: def.kind });
+    this.retryMs = o.transientRetryMs ?? 30_000;
+  }
+
+  /** Opens (creating if missing) the kind's KV bucket and history stream. */
+  static async open<S extends DescMessage, E extends DescMessage, B>(
+    bus: Bus,
+    def: ResourceKind<S, E, B>,
+    options: ResourceStoreOptions = {},
+  ): Promise<ResourceStore<S, E, B>> {
+    if (!KIND_RE.test(def.kind)) throw new Error(`resource kind ${JSON.stringify(def.kind)} is invalid: use kebab-case like "trainer-job"`);
+    const stream = options.stream ?? `HISTORY_${def.kind.replaceAll("-", "_").toUpperCase()}`;
+    const subjectPrefix = options.subjectPrefix ?? `history.${def.kind}`;
+    await ensureStream(bus.jsm, {
+      name: stream,
+      subjects: [`${subjectPrefix}.>`],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      max_age: nanos(options.historyMaxAgeMs ?? 0),
+      max_bytes: options.historyMaxBytes ?? -1,
+    });
+    const records = await bus.kv(options.bucket ?? `${def.kind}s`, ResourceRecordSchema, { history: options.kvHistory ?? 1 });
+    return new ResourceStore(bus, def, records, options, { stream, subjectPrefix });
+  }
+
+  subject(id: string): string {
+    return `${this.subjectPrefix}.${id}`;
+  }
+
+  private decodeState(record: ResourceRecord): MessageShape<S> {
+    return fromBinary(this.def.stateSchema, record.state);
+  }
+
+  private toResource(id: string, record: ResourceRecord, revision: number): Resource<S> {
+    return {
+      id,
+      state: this.decodeState(record),
+      lastSequence: Number(record.lastSequence),
+      owner: record.owner,
+      epoch: Number(record.epoch),
+      leaseExpiresAtMs: Number(record.leaseExpiresAtMs),
+      claimReason: record.claimReason,
+      revision,
+    };
+  }
+
+  private async read(id: string): Promise<{ record: ResourceRecord; revision: number } | null> {
+    const found = await retryTransient(() => this.records.get(id), this.retryMs, this.log, "reading a resource record");
+    return found === null ? null : { record: found.value, revision: found.revision };
+  }
+
+  /** The resource, or null when absent (or the ID cannot be one). Publishes a dead writer's outbox first. */
+  async get(id: string): Promise<Resource<S> | null> {
+    if (!isResourceId(id)) return null;
+    const found = await this.read(id);
+    if (found === null) return null;
+    return this.toResource(id, found.record, found.revision);
+  }
+
+  /** Every resource of the kind (optionally only those `where` accepts). */
+  async list(where?: (r: Resource<S>) => boolean): Promise<Resource<S>[]> {
+    const out: Resource<S>[] = [];
+    for await (const e of this.records.entries()) {
+      const r = this.toResource(e.key, e.value, e.revision);
+      if (where === undefined || where(r)) out.push(r);
+    }
+    return out;
+  }
+
+  /** Stores a new resource with its first events. Throws ResourceExistsError when the ID is taken. */
+  async create(id: string, state: MessageShape<S>, events: HistoryEvent<B>[] = []): Promise<Resource<S>> {
+    if (!isResourceId(id)) throw new Error(`${this.def.kind} ID ${JSON.stringify(id)} is invalid: use 1–128 letters, digits, '-' or '_'`);
+    const { record, outbox } = this.nextRecord(id, create(ResourceRecordSchema), state, events);
+    await this.fault("before-write", id, Number(record.lastSequence));
+    let revision: number;
+    try {
+      revision = await retryTransient(() => this.records.create(id, record), this.retryMs, this.log, "creating a resource");
+    } catch (err) {
+      if (err instanceof RevisionConflictError) throw new ResourceExistsError(this.def.kind, id);
+      throw err;
+    }
+    await this.fault("after-write", id, Number(record.lastSequence));
+    await this.publishOutbox(id, outbox);
+    return this.toResource(id, record, revision);
+  }
+
+  /**
+   * Read-modify-write with compare-and-set: `change` gets the current state (a copy) and returns the next state and
+   * its events, or null for no change. With a `fence`, the write happens only while the record is still at that owner
+   * and epoch (else OwnershipLostError). Concurrent writers make `change` run again on the newer state.
+   */
+  async modify(
+    id: string,
+    change: (state: MessageShape<S>, meta: ResourceMeta) => ResourceChange<S, B> | null,
+    options: { fence?: Fence; renewLeaseMs?: number } = {},
+  ): Promise<Resource<S>> {
+    for (;;) {
+      const found = await this.read(id);
+      if (found === null) throw new Error(`${this.def.kind} ${id} not found`);
+      const { record: current, revision } = found;
+      if (options.fence !== undefined) this.checkFence(id, current, options.fence);
+      // Whatever an earlier writer committed but did not publish goes out first, so the history stays in order.
+      if (current.outbox.length > 0) await this.publishOutbox(id, current.outbox);
+      const meta = this.toResource(id, current, revision);
+      const result = change(meta.state, meta);
+      if (result === null) return meta;
+      const { record, outbox } = this.nextRecord(id, current, result.state, result.events ?? []);
+      if (options.renewLeaseMs !== undefined && record.owner !== "") record.leaseExpiresAtMs = BigInt(Date.now() + options.renewLeaseMs);
+      await this.fault("before-write", id, Number(record.lastSequence));
+      let next: number;
+      try {
+        next = await retryTransient(() => this.records.update(id, record, revision), this.retryMs, this.log, "writing a resource record");
+      } catch (err) {
+        if (err instanceof RevisionConflictError) continue;
+        throw err;
+      }
+      await this.fault("after-write", id, Number(record.lastSequence));
+      await this.publishOutbox(id, outbox);
+      return this.toResource(id, record, next);
+    }
+  }
+
+  /**
+   * Takes the work for `owner` and starts a new epoch. With `leaseMs`, only when nobody holds a live lease (or the
+   * owner itself does); without, unconditionally (a work-queue delivery decides who owns the work). `reason` goes
+   * into the record and, through `event`, into the history. Returns null when the resource is absent, terminal, or
+   * leased by another owner.
+   */
+  async claim(
+    id: string,
+    owner: string,
+    options: { leaseMs?: number; reason?: (previous: ResourceMeta, now: number) => string; change?: (state: MessageShape<S>, previous: ResourceMeta, reason: string) => ResourceChange<S, B> } = {},
+  ): Promise<{ resource: Resource<S>; fence: Fence } | null> {
+    for (;;) {
+      const found = await this.read(id);
+      if (found === null) return null;
+      const { record: current, revision } = found;
+      const meta = this.toResource(id, current, revision);
+      if (this.def.isTerminal(meta.state)) return null;
+      const now = Date.now();
+      if (options.leaseMs !== undefined && current.owner !== "" && current.owner !== owner && Number(current.leaseExpiresAtMs) > now) return null;
+      if (current.outbox.length > 0) await this.publishOutbox(id, current.outbox);
+      const reason = options.reason?.(meta, now) ?? describeClaim(meta, owner, now);
+      const changed = options.change?.(meta.state, meta, reason) ?? { state: meta.state };
+      const { record, outbox } = this.nextRecord(id, current, changed.state, changed.events ?? []);
+      record.owner = owner;
+      record.epoch = current.epoch + 1n;
+      record.leaseExpiresAtMs = options.leaseMs !== undefined ? BigInt(now + options.leaseMs) : 0n;
+      record.claimReason = reason;
+      await this.fault("before-write", id, Number(record.lastSequence));
+      let next: number;
+      try {
+        next = await retryTransient(() => this.records.update(id, record, revision), this.retryMs, this.log, "claiming a resource");
+      } catch (err) {
+        if (err instanceof RevisionConflictError) continue;
+        throw err;
+      }
+      await this.fault("after-write", id, Number(record.lastSequence));
+      await this.publishOutbox(id, outbox);
+      return { resource: this.toResource(id, record, next), fence: { owner, epoch: Number(record.epoch) } };
+    }
+  }
+
+  /** Gives up ownership (fenced): the next claim takes the work at once. `change` may record why. */
+  async release(id: string, fence: Fence, change?: (state: MessageShape<S>) => ResourceChange<S, B>): Promise<Resource<S>> {
+    return this.modifyRecord(id, fence, (record) => {
+      record.owner = "";
+      record.leaseExpiresAtMs = 0n;
+    }, change);
+  }
+
+  /** Extends a lease (fenced). */
+  async renew(id: string, fence: Fence, leaseMs: number): Promise<Resource<S>> {
+    return this.modifyRecord(id, fence, (record) => {
+      record.leaseExpiresAtMs = BigInt(Date.now() + leaseMs);
+    });
+  }
+
+  private async modifyRecord(
+    id: string,
+    fence: Fence,
+    edit: (record: ResourceRecord) => void,
+    change?: (state: MessageShape<S>) => ResourceChange<S, B>,
+  ): Promise<Resource<S>> {
+    for (;;) {
+      const found = await this.read(id);
+      if (found === null) throw new Error(`${this.def.kind} ${id} not found`);
+      const { record: current, revision } = found;
+      this.checkFence(id, current, fence);
+      if (current.outbox.length > 0) await this.publishOutbox(id, current.outbox);
+      const state = this.decodeState(current);
+      const changed = change?.(state) ?? { state };
+      const { record, outbox } = this.nextRecord(id, current, changed.state, changed.events ?? []);
+      edit(record);
+      let next: number;
+      try {
+        next = await retryTransient(() => this.records.update(id, record, revision), this.retryMs, this.log, "writing a resource record");
+      } catch (err) {
+        if (err instanceof RevisionConflictError) continue;
+        throw err;
+      }
+      await this.publishOutbox(id, outbox);
+      return this.toResource(id, record, next);
+    }
+  }
+
+  private checkFence(id: string, record: ResourceRecord, fence: Fence): void {
+    if (record.owner !== fence.owner || Number(record.epoch) !== fence.epoch) {
+      const now = record.owner === "" ? "nobody holds it" : `${record.owner} holds it at epoch ${record.epoch}`;
+      throw new OwnershipLostError(this.def.kind, id, `this replica (${fence.owner}) held epoch ${fence.epoch}; ${now}`);
+    }
+  }
+
+  /** The record after a change: new state, sequence advanced by the events, outbox = exactly those events. */
+  private nextRecord(
+    id: string,
+    current: ResourceRecord,
+    state: MessageShape<S>,
+    events: HistoryEvent<B>[],
+  ): { record: ResourceRecord; outbox: ResourceOutboxEntry[] } {
+    let sequence = Number(current.lastSequence);
+    const timeMs = Date.now();
+    const outbox: ResourceOutboxEntry[] = [];
+    if (events.length > 0 && current.state.length > 0 && this.def.isTerminal(this.decodeState(current))) {
+      throw new Error(`${this.def.kind} ${id} is finished: no event may follow its terminal event`);
+    }
+    const terminal = events.length > 0 && this.def.isTerminal(state);
+    for (const [index, e] of events.entries()) {
+      sequence += 1;
+      for (const a of e.announce ?? []) {
+        outbox.push({
+          $typeName: "ragtune.common.v1.ResourceOutboxEntry",
+          sequence: BigInt(sequence),
+          subject: a.subject,
+          typeName: a.schema.typeName,
+          data: toBinary(a.schema, create(a.schema, a.value)),
+          msgId: a.msgId ?? `${id}:${sequence}`,
+          history: false,
+          terminal: false,
+        });
+      }
+      const event = create(this.def.eventSchema, this.def.stampEvent(e.body, { id, sequence, timeMs }));
+      outbox.push({
+        $typeName: "ragtune.common.v1.ResourceOutboxEntry",
+        sequence: BigInt(sequence),
+        subject: this.subject(id),
+        typeName: this.def.eventSchema.typeName,
+        data: toBinary(this.def.eventSchema, event),
+        msgId: `${this.def.kind}:${id}:${sequence}`,
+        history: true,
+        terminal: terminal && index === events.length - 1,
+      });
+    }
+    this.def.onCommit?.(state, sequence);
+    const record = create(ResourceRecordSchema, {
+      state: toBinary(this.def.stateSchema, state),
+      lastSequence: BigInt(sequence),
+      outbox,
+      owner: current.owner,
+      epoch: current.epoch,
+      leaseExpiresAtMs: current.leaseExpiresAtMs,
+      claimReason: current.claimReason,
+    });
+    return { record, outbox };
+  }
+
+  /** Sequence and stream position of the newest stored history event of `id` ({0, 0} when none). */
+  private async lastStored(id: string): Promise<{ sequence: number; streamSeq: number }> {
+    const m = await retryTransient(
+      () => this.bus.jsm.streams.getMessage(this.stream, { last_by_subj: this.subject(id) }),
+      this.retryMs,
+      this.log,
+      "reading the last history event",
+    );
+    if (m === null) return { sequence: 0, streamSeq: 0 };
+    return { sequence: this.def.sequenceOf(fromBinary(this.def.eventSchema, m.data)), streamSeq: m.seq };
+  }
+
+  /**
+   * Publishes the outbox entries the history lacks, in order: each history event exactly once (expected last
+   * subject sequence), each catalog event before its history event. Safe to run from any number of writers and
+   * watchers at once.
+   */
+  private async publishOutbox(id: string, outbox: readonly ResourceOutboxEntry[]): Promise<void> {
+    if (outbox.length === 0) return;
+    let last = await this.lastStored(id);
+    for (const entry of outbox) {
+      const sequence = Number(entry.sequence);
+      if (sequence <= last.sequence) continue;
+      if (sequence !== last.sequence + 1) {
+        throw new Error(`${this.def.kind} ${id}: history holds events up to ${last.sequence} but the outbox continues at ${sequence}`);
+      }
+      const h = natsHeaders();
+      h.set(TYPE_HEADER, entry.typeName);
+      h.set(MSG_ID_HEADER, entry.msgId);
+      if (entry.terminal) h.set(TERMINAL_HEADER, "true");
+      if (!entry.history) {
+        await retryTransient(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h }), this.retryMs, this.log, "publishing a catalog event");
+        await this.fault("after-catalog-publish", id, sequence);
+        continue;
+      }
+      try {
+        const ack = await retryTransient(
+          () => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h, expect: { lastSubjectSequence: last.streamSeq } }),
+          this.retryMs,
+          this.log,
+          "appending a history event",
+        );
+        last = { sequence, streamSeq: ack.seq };
+      } catch (err) {
+        if (!(err instanceof JetStreamApiError && err.code === WRONG_LAST_SEQUENCE)) throw err;
+        // Another writer or watcher stored it (or an earlier one) meanwhile: look again.
+        last = await this.lastStored(id);
+        if (last.sequence < sequence) throw new Error(`${this.def.kind} ${id}: history changed under the append of ${sequence}; retry`, { cause: err });
+      }
+      await this.fault("after-history-publish", id, sequence);
+    }
+  }
+
+  /**
+   * Publishes what a dead writer left in the record's outbox (idempotent). Returns the resource. With `beyond`, only
+   * when the record holds events past that sequence (a watcher that has them all skips the look at the stream).
+   */
+  async repair(id: string, beyond = 0): Promise<Resource<S> | null> {
+    const found = await this.read(id);
+    if (found === null) return null;
+    if (found.record.outbox.length > 0 && Number(found.record.lastSequence) > beyond) await this.publishOutbox(id, found.record.outbox);
+    return this.toResource(id, found.record, found.revision);
+  }
+
+  /**
+   * The resource's history from `fromSequence`: stored events, then live ones, each once and in order; ends after
+   * the last event of a terminal state, or when `signal` aborts. A writer that died before publishing is repaired
+   * by the watcher, so it never waits on a gap.
+   */
+  async *watch(id: string, options: WatchOptions = {}): AsyncGenerator<MessageShape<E>> {
+    let next = Math.max(1, options.fromSequence ?? 1);
+    const first = await this.repair(id);
+    if (first === null) throw new Error(`${this.def.kind} ${id} not found`);
+    if (this.def.isTerminal(first.state) && first.lastSequence < next) return;
+
+    const consumer = await retryTransient(
+      () => this.bus.js.consumers.get(this.stream, { filter_subjects: this.subject(id), deliver_policy: DeliverPolicy.All }),
+      this.retryMs,
+      this.log,
+      "opening a history consumer",
+    );
+    // A short pull expiry makes the client notice a NATS restart within ~2 s (missed heartbeats) and re-create the
+    // ordered consumer, instead of ~30 s with the default.
+    const messages: ConsumerMessages = await consumer.consume({ max_messages: 256, expires: 2_000 });
+    const queue: { event: MessageShape<E>; terminal: boolean }[] = [];
+    let wake: (() => void) | undefined;
+    let ended = false;
+    let failure: unknown;
+    const onAbort = () => void messages.close();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    void (async () => {
+      try {
+        for await (const m of messages) {
+          queue.push({ event: fromBinary(this.def.eventSchema, m.data), terminal: m.headers?.get(TERMINAL_HEADER) === "true" });
+          wake?.();
+        }
+      } catch (err) {
+        failure = err;
+      } finally {
+        ended = true;
+        wake?.();
+      }
+    })();
+
+    // While idle, look (in the background, never blocking delivery) for a writer that died between its record write
+    // and its publish, and publish for it; also notice a resource that was deleted.
+    const repairAfterMs = this.o.repairAfterMs ?? 1_000;
+    let repairing = false;
+    let gone = false;
+    const timer = setInterval(() => {
+      if (repairing || queue.length > 0 || ended) return;
+      repairing = true;
+      this.repair(id, next - 1)
+        .then((r) => {
+          if (r === null) {
+            gone = true;
+            wake?.();
+          }
+        })
+        .catch((err: unknown) => this.log.warn({ err, id }, "checking a resource for unpublished events failed"))
+        .finally(() => {
+          repairing = false;
+        });
+    }, repairAfterMs);
+    timer.unref();
+
+    try {
+      for (;;) {
+        while (queue.length === 0 && !ended && !gone) {
+          await new Promise<void>((resolve) => {
+            wake = () => {
+              wake = undefined;
+              resolve();
+            };
+          });
+        }
+        if (gone) return;
+        const item = queue.shift();
+        if (item === undefined) {
+          if (failure !== undefined && !options.signal?.aborted) throw failure;
+          return;
+        }
+        const sequence = this.def.sequenceOf(item.event);
+        if (sequence < next) continue;
+        if (sequence > next) {
+          // Retention removed older events: deliver from what is kept.
+          this.log.warn({ id, missing: next, next: sequence }, "history events before this one have expired");
+        }
+        next = sequence + 1;
+        yield item.event;
+        if (item.terminal) return;
+      }
+    } finally {
+      clearInterval(timer);
+      options.signal?.removeEventListener("abort", onAbort);
+      await messages.close();
+    }
+  }
+
+  private async fault(step: AppendStep, id: string, sequence: number): Promise<void> {
+    await this.o.faults?.(step, id, sequence);
+  }
+}
+
+function describeClaim(previous: ResourceMeta, owner: string, now: number): string {
+  if (previous.owner === "") return previous.epoch === 0 ? `claimed by ${owner}` : `claimed by ${owner} (released by its previous owner)`;
+  if (previous.owner === owner) return `claimed again by ${owner} (it restarted or NATS redelivered its work)`;
+  if (previous.leaseExpiresAtMs > 0 && previous.leaseExpiresAtMs <= now) {
+    return `taken over by ${owner}: the lease of ${previous.owner} lapsed ${now - previous.leaseExpiresAtMs} ms ago`;
+  }
+  return `taken over by ${owner} from ${previous.owner} (its work was redelivered: the replica died, stalled or lost NATS)`;
+}
