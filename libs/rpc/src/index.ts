@@ -33,7 +33,15 @@ export {
 } from "./errors.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export type { ConnectRouter, HandlerContext, Interceptor } from "@connectrpc/connect";
-export { runService } from "./service-main.js";
-export type { ServiceContext, ServiceDefinition, ServiceInstance } from "./service-main.js";
+export { runService, startService } from "./service-main.js";
+export type {
+  RunningService,
+  ServiceContext,
+  ServiceDefinition,
+  ServiceInstance,
+  StartServiceOptions,
+} from "./service-main.js";
+export { startTestService } from "./test-service.js";
+export type { TestService, TestServiceOptions } from "./test-service.js";
 export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate } from "./paging.js";
 export type { Page } from "./paging.js";

@@ -101,6 +101,8 @@ type Line = Record<string, unknown>;
 
 export interface CapturedLogger {
   logger: Logger;
+  /** The stream behind `logger`: hand it to another logger (startService's logDestination) to capture its lines too. */
+  destination: Writable;
   lines: Line[];
   /** Resolves with the first line (already written or still to come) that matches. */
   waitFor(match: (line: Line) => boolean): Promise<Line>;
@@ -135,5 +137,5 @@ export function captureLogger(): CapturedLogger {
       };
       waiters.add(waiter);
     });
-  return { logger: createLogger({ svc: "rpc-test", level: "debug", destination }), lines, waitFor };
+  return { logger: createLogger({ svc: "rpc-test", level: "debug", destination }), destination, lines, waitFor };
 }
