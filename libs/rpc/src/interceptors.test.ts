@@ -1,7 +1,8 @@
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
+import { Code, createClient, createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
 import { createLogger } from "@ragtune/logger";
+import { expectCode } from "@ragtune/testing";
 import {
   Health,
   HealthCheckResponseSchema,
@@ -27,15 +28,6 @@ function memoryLogger() {
     destination: { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) },
   });
   return { logger, lines };
-}
-
-async function failure(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (e) {
-    return ConnectError.from(e);
-  }
-  throw new Error("expected the call to fail");
 }
 
 /** Health's methods stand in for any service: `check` behaves by req.service, `watch` streams. */
@@ -87,8 +79,7 @@ function setup(options: { defaultTimeoutMs?: number } = {}) {
 describe("error mapping", () => {
   it("turns an unexpected exception into Internal with a correlation id, logging the real error", async () => {
     const { client, lines } = setup();
-    const err = await failure(client.check({ service: "raw" }));
-    expect(err.code).toBe(Code.Internal);
+    const err = await expectCode(client.check({ service: "raw" }), Code.Internal);
     expect(err.message).not.toContain("secretField");
     const id = /correlation id (\S+) /.exec(err.rawMessage)?.[1];
     const logged = lines.find((l) => l.correlationId === id);
@@ -98,24 +89,17 @@ describe("error mapping", () => {
 
   it("passes ConnectErrors through unchanged", async () => {
     const { client } = setup();
-    const nf = await failure(client.check({ service: "not-found" }));
-    expect(nf.code).toBe(Code.NotFound);
-    expect(nf.rawMessage).toBe('collection "c-1" not found');
-    const bad = await failure(client.check({ service: "bad" }));
-    expect(bad.code).toBe(Code.InvalidArgument);
-    expect(bad.rawMessage).toBe("invalid collection_id: must not be empty");
+    await expectCode(client.check({ service: "not-found" }), Code.NotFound, /^collection "c-1" not found$/);
+    await expectCode(client.check({ service: "bad" }), Code.InvalidArgument, /^invalid collection_id: must not be empty$/);
   });
 
   it("maps errors thrown mid-stream too", async () => {
     const { client } = setup();
     const seen: ServingStatus[] = [];
-    const err = await failure(
-      (async () => {
-        for await (const res of client.watch({ service: "raw" })) seen.push(res.status);
-      })(),
-    );
+    const err = await expectCode(async () => {
+      for await (const res of client.watch({ service: "raw" })) seen.push(res.status);
+    }, Code.Internal);
     expect(seen).toEqual([ServingStatus.SERVING]);
-    expect(err.code).toBe(Code.Internal);
     expect(err.message).not.toContain("secret-token-123");
   });
 });
@@ -123,15 +107,13 @@ describe("error mapping", () => {
 describe("deadlines", () => {
   it("a handler that gives up on its aborted signal reports DeadlineExceeded, not Internal", async () => {
     const { client, lines } = setup({ defaultTimeoutMs: 50 });
-    const err = await failure(client.check({ service: "respects-signal" }));
-    expect(err.code).toBe(Code.DeadlineExceeded);
+    await expectCode(client.check({ service: "respects-signal" }), Code.DeadlineExceeded);
     expect(lines.some((l) => l.correlationId !== undefined)).toBe(false);
   });
 
   it("the client's own deadline wins over the default", async () => {
     const { client } = setup({ defaultTimeoutMs: 60_000 });
-    const err = await failure(client.check({ service: "respects-signal" }, { timeoutMs: 30 }));
-    expect(err.code).toBe(Code.DeadlineExceeded);
+    await expectCode(client.check({ service: "respects-signal" }, { timeoutMs: 30 }), Code.DeadlineExceeded);
   });
 });
 
@@ -139,7 +121,7 @@ describe("observe", () => {
   it("logs one line per call with code and duration, and counts it", async () => {
     const { client, lines, metrics } = setup();
     await client.check({ service: "log" });
-    await failure(client.check({ service: "not-found" }));
+    await expectCode(client.check({ service: "not-found" }), Code.NotFound);
     const fromHandler = lines.find((l) => l.inHandler === true);
     expect(fromHandler?.rpc).toBe("grpc.health.v1.Health/Check");
     expect(typeof fromHandler?.requestId).toBe("string");
@@ -160,9 +142,8 @@ describe("bearer auth gate", () => {
       router: { requestGate: bearerAuthGate({ token: "t0ken", logger, publicServices: [] }) },
     });
     const client = createClient(Health, transport);
-    expect((await failure(client.check({}))).code).toBe(Code.Unauthenticated);
-    const wrong = await failure(client.check({}, { headers: { authorization: "Bearer nope" } }));
-    expect(wrong.code).toBe(Code.Unauthenticated);
+    await expectCode(client.check({}), Code.Unauthenticated);
+    await expectCode(client.check({}, { headers: { authorization: "Bearer nope" } }), Code.Unauthenticated);
     const ok = await client.check({}, { headers: { authorization: "Bearer t0ken" } });
     expect(ok.status).toBe(ServingStatus.SERVING);
 

@@ -4,3 +4,4 @@ export type { NatsServerHandle, NatsServerOptions } from "./nats-server.js";
 export { removeTempDir, tempDir } from "./temp-dir.js";
 export { grpcJsUnary } from "./grpc-js.js";
 export { AWS_CORPUS_DIR, corpusMarkdownFiles } from "./corpus.js";
+export { expectCode } from "./expect-code.js";
