@@ -3,7 +3,7 @@ import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManage
 import type { NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import type { Logger } from "@ragtune/logger";
-import { publishEvent, subscribeEvents, type EventSubscription, type PublishOptions, type PublishResult, type SubscribeOptions } from "./events.js";
+import { eventPublisher, subscribeEvents, type EventSubscription, type PublishOptions, type PublishResult, type SubscribeOptions } from "./events.js";
 import { openKv, type KvOptions, type TypedKv } from "./kv.js";
 import { openArtifactStore, type ArtifactStore, type ArtifactStoreOptions } from "./object-store.js";
 import { ensureEventsStream, ensureWorkQueueStream, type EventsStreamOptions, type WorkQueueStreamOptions } from "./streams.js";
@@ -43,14 +43,22 @@ export interface Bus extends BusContext {
   ensureEventsStream(options?: EventsStreamOptions): Promise<StreamInfo>;
   /** Create or update a work-queue stream (retention workqueue). */
   ensureWorkQueueStream(options: WorkQueueStreamOptions): Promise<StreamInfo>;
-  /** Publish a typed protobuf event; `msgId` makes a retry within the dedupe window a no-op. */
+  /**
+   * Publish a catalog event on the subject its message declares (for `TrainerJobEvent`, by its kind);
+   * `msgId` makes a retry within the dedupe window a no-op.
+   */
+  publish<Desc extends DescMessage>(schema: Desc, event: MessageInitShape<Desc>, options: PublishOptions): Promise<PublishResult>;
+  /**
+   * Publish on an explicit subject: for messages outside the event catalog (tests). A catalog event
+   * is refused on any subject but its declared one.
+   */
   publish<Desc extends DescMessage>(
     subject: string,
     schema: Desc,
     event: MessageInitShape<Desc>,
     options: PublishOptions,
   ): Promise<PublishResult>;
-  /** Run a durable consumer of typed events until `stop()`. */
+  /** Run a durable consumer of typed events until `stop()`; a catalog event's filter comes from its schema (and `verb`). */
   subscribe<Desc extends DescMessage>(options: SubscribeOptions<Desc>): Promise<EventSubscription>;
   /** A typed work queue (ensures its stream and its shared durable consumer). */
   workQueue<Desc extends DescMessage>(options: WorkQueueOptions<Desc>): Promise<WorkQueue<Desc>>;
@@ -105,7 +113,7 @@ export async function connectBus(options: ConnectBusOptions): Promise<Bus> {
     name: options.name,
     ensureEventsStream: (o) => ensureEventsStream(jsm, o),
     ensureWorkQueueStream: (o) => ensureWorkQueueStream(jsm, o),
-    publish: (subject, schema, event, o) => publishEvent(ctx, subject, schema, event, o),
+    publish: eventPublisher(ctx),
     subscribe: (o) => subscribeEvents(ctx, o),
     workQueue: (o) => openWorkQueue(ctx, o),
     kv: (bucket, schema, o) => openKv(ctx, bucket, schema, o),

@@ -2,8 +2,24 @@ export { connectBus } from "./bus.js";
 export type { Bus, BusContext, ConnectBusOptions } from "./bus.js";
 export { EVENTS_STREAM, EVENTS_SUBJECTS, ensureEventsStream, ensureStream, ensureWorkQueueStream } from "./streams.js";
 export type { EventsStreamOptions, WorkQueueStreamOptions } from "./streams.js";
-export { assertEventSubject, decodeMessage, MSG_ID_HEADER, publishEvent, subscribeEvents, TYPE_HEADER } from "./events.js";
-export type { EventContext, EventSubscription, PublishOptions, PublishResult, SubscribeOptions } from "./events.js";
+export {
+  assertEventSubject,
+  buildEventCatalog,
+  decodeMessage,
+  eventCatalog,
+  eventFilterSubject,
+  eventMessages,
+  eventPublisher,
+  EVENTS_PACKAGE,
+  eventSubject,
+  MSG_ID_HEADER,
+  publishEvent,
+  publishEventTo,
+  subscribeEvents,
+  TYPE_HEADER,
+  VERB_FIELD,
+} from "./events.js";
+export type { EventCatalogEntry, EventContext, EventSubscription, EventVerb, PublishEvent, PublishOptions, PublishResult, SubscribeOptions } from "./events.js";
 export { defaultRetryDelayMs, ensureDurableConsumer } from "./consumers.js";
 export { openWorkQueue, workQueueNames } from "./work-queue.js";
 export type { Job, TakeOptions, WorkQueue, WorkQueueOptions } from "./work-queue.js";

@@ -412,9 +412,6 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
     let sequence = Number(current.lastSequence);
     const timeMs = Date.now();
     const outbox: ResourceOutboxEntry[] = [];
-    if (events.length > 0 && current.state.length > 0 && this.def.isTerminal(this.decodeState(current))) {
-      throw new Error(`${this.def.kind} ${id} is finished: no event may follow its terminal event`);
-    }
     const terminal = events.length > 0 && this.def.isTerminal(state);
     for (const [index, e] of events.entries()) {
       sequence += 1;
@@ -605,7 +602,11 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
         }
         next = sequence + 1;
         yield item.event;
-        if (item.terminal) return;
+        if (item.terminal && queue.length === 0) {
+          // The last event unless the resource was reopened since (e.g. a failed job resumed): the record decides.
+          const now = await this.get(id);
+          if (now === null || (this.def.isTerminal(now.state) && now.lastSequence < next)) return;
+        }
       }
     } finally {
       clearInterval(timer);

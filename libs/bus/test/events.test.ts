@@ -1,8 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import { StructSchema, TimestampSchema } from "@bufbuild/protobuf/wkt";
 import { headers } from "@nats-io/nats-core";
+import { DocumentChunkedSchema, TrainerJobEventKind, TrainerJobEventSchema } from "@ragtune/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Bus, EventContext } from "../src/index.js";
+import { eventFilterSubject, type Bus, type EventContext } from "../src/index.js";
 import { Collector, startHarness, type Harness } from "./harness.js";
 
 let h: Harness;
@@ -130,5 +131,88 @@ describe("events", () => {
     await expect(other.closed()).resolves.toBeUndefined();
     const ci = await bus.jsm.consumers.info("RAGTUNE", "drain");
     expect(ci.ack_floor.stream_seq).toBe(ci.delivered.stream_seq);
+  });
+});
+
+describe("events by schema (the catalog)", () => {
+  it("a subscriber by schema receives what a publisher by schema sent, on the declared subject", async () => {
+    const got = new Collector<EventContext<typeof DocumentChunkedSchema>>();
+    const sub = await bus.subscribe({ durable: "catalog-chunked", schema: DocumentChunkedSchema, handler: (c) => got.push(c) });
+    const ack = await bus.publish(
+      DocumentChunkedSchema,
+      { eventId: "run-1:doc-1:abc", collection: "docs", documentId: "doc-1", addedChunkIds: ["c1", "c2"] },
+      { msgId: "run-1:doc-1:abc" },
+    );
+    expect(ack).toMatchObject({ stream: "RAGTUNE", duplicate: false });
+    await got.waitFor(1);
+    await sub.stop();
+    const [c] = got.items;
+    expect(c?.subject).toBe("ragtune.ingest.document.chunked");
+    expect(c?.seq).toBe(ack.seq);
+    expect(c?.msgId).toBe("run-1:doc-1:abc");
+    expect([c?.event.documentId, c?.event.addedChunkIds]).toEqual(["doc-1", ["c1", "c2"]]);
+    const ci = await bus.jsm.consumers.info("RAGTUNE", "catalog-chunked");
+    expect(ci.config.filter_subject).toBe("ragtune.ingest.document.chunked");
+  });
+
+  it("routes a TrainerJobEvent by its kind; a subscriber picks all verbs or one", async () => {
+    const job = (kind: TrainerJobEventKind, sequence: number) => ({ eventId: `job-1:${sequence}`, jobId: "job-1", sequence, kind });
+    await bus.publish(TrainerJobEventSchema, job(TrainerJobEventKind.QUEUED, 1), { msgId: "job-1:1" });
+    await bus.publish(TrainerJobEventSchema, job(TrainerJobEventKind.RUNNING, 2), { msgId: "job-1:2" });
+    await bus.publish(TrainerJobEventSchema, job(TrainerJobEventKind.SUCCEEDED, 3), { msgId: "job-1:3" });
+
+    const all = new Collector<[string, number]>();
+    const subAll = await bus.subscribe({ durable: "catalog-jobs-all", schema: TrainerJobEventSchema, handler: (c) => all.push([c.subject, c.event.sequence]) });
+    await all.waitFor(3);
+    await subAll.stop();
+    expect(all.items).toEqual([
+      ["ragtune.trainer.job.queued", 1],
+      ["ragtune.trainer.job.running", 2],
+      ["ragtune.trainer.job.succeeded", 3],
+    ]);
+
+    // Only the succeeded event reaches a subscriber of that verb: the two before it in the stream are filtered out.
+    const done = new Collector<[string, number]>();
+    const subDone = await bus.subscribe({
+      durable: "catalog-jobs-succeeded",
+      schema: TrainerJobEventSchema,
+      verb: TrainerJobEventKind.SUCCEEDED,
+      handler: (c) => done.push([c.subject, c.event.sequence]),
+    });
+    await done.waitFor(1);
+    await subDone.stop();
+    expect(done.items).toEqual([["ragtune.trainer.job.succeeded", 3]]);
+    const ci = await bus.jsm.consumers.info("RAGTUNE", "catalog-jobs-succeeded");
+    expect(ci.config.filter_subject).toBe(eventFilterSubject(TrainerJobEventSchema, TrainerJobEventKind.SUCCEEDED));
+    expect(ci.num_pending).toBe(0);
+  });
+
+  it("refuses a TrainerJobEvent without a kind, and stores nothing", async () => {
+    const before = (await bus.jsm.streams.info("RAGTUNE")).state.messages;
+    await expect(bus.publish(TrainerJobEventSchema, { eventId: "job-2:1", jobId: "job-2", sequence: 1 }, { msgId: "job-2:1" })).rejects.toThrow(
+      /TrainerJobEvent\.kind is 0, which names no verb/,
+    );
+    expect((await bus.jsm.streams.info("RAGTUNE")).state.messages).toBe(before);
+  });
+
+  it("accepts a catalog event on an explicit subject only when it is the declared one", async () => {
+    const event = { eventId: "job-3:1", jobId: "job-3", sequence: 1, kind: TrainerJobEventKind.FAILED };
+    await expect(bus.publish("ragtune.trainer.job.cancelled", TrainerJobEventSchema, event, { msgId: "job-3:1" })).rejects.toThrow(
+      "ragtune.events.v1.TrainerJobEvent is published on ragtune.trainer.job.failed (its catalog subject), not ragtune.trainer.job.cancelled",
+    );
+    const ack = await bus.publish("ragtune.trainer.job.failed", TrainerJobEventSchema, event, { msgId: "job-3:1" });
+    expect(ack.duplicate).toBe(false);
+    const stored = await bus.jsm.streams.getMessage("RAGTUNE", { seq: ack.seq });
+    expect(stored?.subject).toBe("ragtune.trainer.job.failed");
+  });
+
+  it("refuses a subscription whose filter contradicts the catalog, or that has no filter at all", async () => {
+    await expect(
+      bus.subscribe({ durable: "catalog-wrong", schema: DocumentChunkedSchema, filterSubject: "ragtune.ingest.document.deleted", handler: () => {} }),
+    ).rejects.toThrow(/DocumentChunked is on ragtune\.ingest\.document\.chunked, so filterSubject "ragtune\.ingest\.document\.deleted" is wrong/);
+    await expect(bus.subscribe({ durable: "catalog-none", schema: TimestampSchema, handler: () => {} })).rejects.toThrow(
+      /google\.protobuf\.Timestamp is not in the event catalog; give a filterSubject/,
+    );
+    await expect(bus.jsm.consumers.info("RAGTUNE", "catalog-wrong")).rejects.toThrow(/consumer not found/);
   });
 });

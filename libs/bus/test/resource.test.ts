@@ -97,6 +97,26 @@ describe("resource history", () => {
     expect(await collect(store, "j1", 5)).toEqual([]);
   });
 
+  it("a watcher of a reopened resource (a failed job resumed) reads past the old terminal event", async () => {
+    h = await startHarness();
+    const store = await open(await h.connect());
+    await store.create("j7", newJob("j7"), [{ body: "created" }]);
+    await append(store, "j7", "failed", true);
+    expect(sequences(await collect(store, "j7"))).toEqual([1, 2]);
+    await store.modify("j7", (job) => {
+      job.status = JobStatus.RUNNING;
+      return { state: job, events: [{ body: "resumed" }] };
+    });
+    const live = new Collector<number>();
+    const watching = (async () => {
+      for await (const e of store.watch("j7")) live.push(e.sequence);
+    })();
+    await live.waitFor(3);
+    await append(store, "j7", "done", true);
+    await watching;
+    expect(live.items).toEqual([1, 2, 3, 4]);
+  });
+
   it("keeps the history gap-free and exactly-once under concurrent writers on separate connections", async () => {
     h = await startHarness();
     const stores = await Promise.all([0, 1, 2].map(async (i) => open(await h!.connect(`w${i}`))));

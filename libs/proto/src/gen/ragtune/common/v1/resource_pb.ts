@@ -135,8 +135,8 @@ export type ResourceOutboxEntry = Message<"ragtune.common.v1.ResourceOutboxEntry
   history: boolean;
 
   /**
-   * The history event leaves the resource in a terminal state: it is the last one, and watchers end
-   * after it (carried as the Ragtune-Terminal header).
+   * The history event leaves the resource in a terminal state (carried as the Ragtune-Terminal
+   * header): a watcher ends after it unless the resource was reopened since (e.g. a resumed job).
    *
    * @generated from field: bool terminal = 7;
    */
