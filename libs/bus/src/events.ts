@@ -14,7 +14,6 @@ import { reflect } from "@bufbuild/protobuf/reflect";
 import { DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders, nanos } from "@nats-io/nats-core";
 import * as contracts from "@ragtune/proto";
-import { event_subject } from "@ragtune/proto";
 import type { BusContext } from "./bus.js";
 import { assertName, defaultRetryDelayMs, ensureDurableConsumer } from "./consumers.js";
 import { EVENTS_STREAM } from "./streams.js";
@@ -112,8 +111,8 @@ function declarationError(schema: DescMessage, pattern: string, problem: string)
 }
 
 function parseDeclaration(schema: DescMessage): EventDeclaration | null {
-  if (!hasOption(schema, event_subject)) return null;
-  const pattern = getOption(schema, event_subject);
+  if (!hasOption(schema, contracts.event_subject)) return null;
+  const pattern = getOption(schema, contracts.event_subject);
   const verbMatch = VERB_PATTERN_RE.exec(pattern);
   if (verbMatch === null) {
     if (!CATALOG_SUBJECT_RE.test(pattern)) {
@@ -121,7 +120,7 @@ function parseDeclaration(schema: DescMessage): EventDeclaration | null {
     }
     return { entry: { typeName: schema.typeName, pattern, subjects: [pattern] } };
   }
-  const [, prefix, fieldName] = verbMatch as unknown as [string, string, string];
+  const [, prefix = "", fieldName = ""] = verbMatch;
   const field = schema.fields.find((f) => f.name === fieldName);
   if (field === undefined || field.fieldKind !== "enum") {
     throw declarationError(schema, pattern, `{${fieldName}} must name an enum field of the message`);
