@@ -31,9 +31,6 @@ import type { KeyedLock } from "./keyed-lock.js";
 import { isUnclaimed, LeaseLostError, type RunStore } from "./run-store.js";
 import { resolveServerPath, type ResolvedServerFile } from "./source-resolver.js";
 
-export const SUBJECT_DOCUMENT_CHUNKED = "ragtune.ingest.document.chunked";
-export const SUBJECT_RUN_COMPLETED = "ragtune.ingest.run.completed";
-
 export interface IngestRunnerDeps {
   runs: RunStore;
   store: DocumentStore;
@@ -329,7 +326,6 @@ export class IngestRunner {
       // that brings a document back to an earlier version (A → B → A inside the duplicate window) still publishes.
       const eventId = `${runId}:${e.documentId}:${e.chunkSet.sha256}`;
       await this.deps.bus.publish(
-        SUBJECT_DOCUMENT_CHUNKED,
         DocumentChunkedSchema,
         {
           eventId,
@@ -420,7 +416,6 @@ export class IngestRunner {
     }
     run.finishedAt = timestampNow();
     await this.deps.bus.publish(
-      SUBJECT_RUN_COMPLETED,
       IngestRunCompletedSchema,
       {
         eventId: `${run.id}:completed`,

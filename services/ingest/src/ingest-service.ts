@@ -27,8 +27,6 @@ import type { KeyedLock } from "./keyed-lock.js";
 import type { RunStore } from "./run-store.js";
 
 export const DEFAULT_COLLECTION = "default";
-export const SUBJECT_DOCUMENT_DELETED = "ragtune.ingest.document.deleted";
-export const SUBJECT_COLLECTION_DELETED = "ragtune.ingest.collection.deleted";
 
 export interface IngestServiceDeps {
   store: DocumentStore;
@@ -229,7 +227,6 @@ export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof
         if (current === null) return null;
         const ids = await store.deleteDocument(current);
         await deps.bus.publish(
-          SUBJECT_DOCUMENT_DELETED,
           DocumentDeletedSchema,
           {
             eventId: `${current.id}:deleted:${current.contentSha256}`,
@@ -258,7 +255,6 @@ export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof
         await store.deleteCollectionRecord(collection);
         const deletedAt = Date.now();
         await deps.bus.publish(
-          SUBJECT_COLLECTION_DELETED,
           CollectionDeletedSchema,
           {
             eventId: `${collection}:deleted:${deletedAt}`,
