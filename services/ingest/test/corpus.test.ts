@@ -126,7 +126,7 @@ describe("ingest of the AWS documentation corpus as a server-side directory", ()
 
   it("a restarted service lists the same documents and chunks", async () => {
     await h.restart();
-    expect(h.server.resumedRuns).toEqual([]);
+    expect(h.server.instance.resumedRuns).toEqual([]);
     const documents = await allDocuments(h.grpc, "aws");
     expect(documents.map((d) => [d.id, d.contentSha256, d.chunkSet?.sha256])).toEqual(
       firstDocuments.map((d) => [d.id, d.contentSha256, d.chunkSet?.sha256]),

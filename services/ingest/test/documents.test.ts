@@ -1,7 +1,8 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Code, ConnectError } from "@ragtune/rpc";
+import { Code } from "@ragtune/rpc";
+import { expectCode } from "@ragtune/testing";
 import {
   CollectionDeletedSchema,
   DocumentChunkedSchema,
@@ -91,16 +92,6 @@ function serverPath(path: string): DocumentSource {
     $typeName: "ragtune.ingest.v1.DocumentSource",
     source: { case: "serverPath", value: { $typeName: "ragtune.ingest.v1.ServerPath", path, extensions: [] } },
   };
-}
-
-async function expectCode(promise: Promise<unknown>, code: Code, text: string): Promise<void> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => ConnectError.from(e),
-  );
-  expect(err, `expected ${Code[code]}`).toBeDefined();
-  expect(Code[err!.code]).toBe(Code[code]);
-  expect(err!.rawMessage).toContain(text);
 }
 
 /** Checks a run's event log: gap-free sequences, QUEUED → RUNNING, per document processing → final in order, completed last. */
@@ -331,7 +322,7 @@ describe("ingest service: inline documents, incremental re-ingest, bad input, de
     const sources = Array.from({ length: 60 }, (_, i) => inline(`batch/doc-${String(i).padStart(2, "0")}.md`, guideMarkdown(paragraph(`topic${i}`, 4))));
     const { run: started } = await h.grpc.ingestDocuments({ collection: "resume", sources, chunking: { chunkSizeTokens: 64 } });
     await h.restart();
-    expect(h.server.resumedRuns).toContain(started!.id);
+    expect(h.server.instance.resumedRuns).toContain(started!.id);
     const { run, events } = await waitForRun(h.grpc, started!.id);
     expect(run.status).toBe(IngestRunStatus.SUCCEEDED);
     expect(run.documents.map((d) => d.sourceName)).toEqual(sources.map((s) => (s.source.value as { filename: string }).filename));

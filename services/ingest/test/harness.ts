@@ -11,29 +11,37 @@ import {
   type IngestRun,
   type IngestRunEvent,
 } from "@ragtune/proto";
-import { createClient, type RpcProtocol } from "@ragtune/rpc";
+import { startTestService, type createClient, type TestService } from "@ragtune/rpc";
 import { AWS_CORPUS_DIR, grpcJsUnary, startNatsServer, tempDir, type NatsServerHandle } from "@ragtune/testing";
-import { loadIngestConfig, type IngestConfig } from "../src/config.js";
-import { startIngestServer, type IngestServer } from "../src/server.js";
+import { ingestConfigSchema, type IngestConfig } from "../src/config.js";
+import { startIngestService, type IngestInstance } from "../src/server.js";
 
 export const AWS_CORPUS = AWS_CORPUS_DIR;
 export const SAMPLE_DOCS = join(import.meta.dirname, "../../../tools/sample-docs");
 
 export type IngestClient = ReturnType<typeof createClient<typeof IngestService>>;
+export type IngestTestService = TestService<IngestConfig, IngestInstance>;
 
-/** A real nats-server, a bus, an allowed root on disk and the ingest service on a real h2c socket. */
+/** What services/ingest/src/main.ts hands to runService. */
+const INGEST = { name: "ingest", schema: ingestConfigSchema, start: startIngestService };
+
+/**
+ * A real nats-server, an allowed root on disk and the ingest service started as production starts it (its own bus,
+ * config from the environment, RPC server on a real h2c socket), plus a bus of the test's own to read what the
+ * service stored and published.
+ */
 export interface Harness {
   nats: NatsServerHandle;
   bus: Bus;
   root: string;
   config: IngestConfig;
-  server: IngestServer;
+  server: IngestTestService;
   grpc: IngestClient;
   connect: IngestClient;
   /** Stops the service and starts a new instance on the same NATS (same port is not kept). */
   restart(): Promise<void>;
-  /** Starts one more instance of the service on the same NATS (a second replica); the caller closes it. */
-  startInstance(env?: Record<string, string>): Promise<{ server: IngestServer; grpc: IngestClient }>;
+  /** Starts one more instance of the service on the same NATS (a second replica); the caller stops it. */
+  startInstance(env?: Record<string, string>): Promise<{ server: IngestTestService; grpc: IngestClient }>;
   close(): Promise<void>;
 }
 
@@ -42,39 +50,35 @@ export async function startHarness(env: Record<string, string> = {}): Promise<Ha
   const logger = createLogger({ svc: "ingest-test", level: process.env.TEST_LOG_LEVEL ?? "silent" });
   const bus = await connectBus({ servers: nats.url, name: "ingest-test", logger });
   const root = await tempDir("ingest-root");
-  const baseEnv = { NATS_URL: nats.url, RPC_PORT: "0", INGEST_ALLOWED_ROOT: root, ...env };
-  const config = loadIngestConfig(baseEnv);
+  const baseEnv = { INGEST_ALLOWED_ROOT: root, ...env };
+  const start = (extra: Record<string, string> = {}) => startTestService({ definition: INGEST, nats, env: { ...baseEnv, ...extra } });
+  const server = await start();
   const h: Harness = {
     nats,
     bus,
     root,
-    config,
-    server: await startIngestServer({ config, bus, logger }),
-    grpc: undefined as unknown as IngestClient,
-    connect: undefined as unknown as IngestClient,
+    config: server.config,
+    server,
+    grpc: server.client(IngestService),
+    connect: server.client(IngestService, { protocol: "connect" }),
     async restart() {
-      await h.server.close();
-      h.server = await startIngestServer({ config, bus, logger });
-      bindClients(h);
+      await h.server.stop();
+      h.server = await start();
+      h.grpc = h.server.client(IngestService);
+      h.connect = h.server.client(IngestService, { protocol: "connect" });
     },
     async startInstance(extra = {}) {
-      const server = await startIngestServer({ config: loadIngestConfig({ ...baseEnv, ...extra }), bus, logger });
-      return { server, grpc: createClient(IngestService, { baseUrl: server.url, protocol: "grpc" as RpcProtocol }) };
+      const instance = await start(extra);
+      return { server: instance, grpc: instance.client(IngestService) };
     },
     async close() {
-      await h.server.close();
+      await h.server.stop();
       await bus.close();
       await nats.stop();
       await rm(root, { recursive: true, force: true });
     },
   };
-  bindClients(h);
   return h;
-}
-
-function bindClients(h: Harness): void {
-  h.grpc = createClient(IngestService, { baseUrl: h.server.url, protocol: "grpc" as RpcProtocol });
-  h.connect = createClient(IngestService, { baseUrl: h.server.url, protocol: "connect" as RpcProtocol });
 }
 
 /** Copies the AWS corpus under `dir` of the allowed root, without the SOURCE.md attribution files. */

@@ -40,13 +40,13 @@ describe("two instances on one NATS", () => {
       expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
       expect(finalIndices(events)).toEqual(Array.from({ length: 40 }, (_, i) => i));
     } finally {
-      await other.server.close();
+      await other.server.stop();
     }
   });
 
   it("takes over the run of an instance that died once its lease lapses", async () => {
     const { run: started } = await h.grpc.ingestDocuments({ collection: "rb2", sources: batch(60), chunking: { chunkSizeTokens: 64 } });
-    await h.server.close(); // stops after the current document and releases the run
+    await h.server.stop(); // stops after the current document and releases the run
     // Pretend the holder crashed instead: its lease is still live for a moment.
     const runs = await h.bus.kv(ingestResourceNames(h.config.INGEST_BUCKET_PREFIX).runs, IngestRunRecordSchema);
     const { value: record } = await runs.modify(started!.id, (r) => ({ ...r!, leaseOwner: "crashed-instance", leaseExpiresAt: timestampFromMs(Date.now() + 1_500) }));
@@ -54,7 +54,7 @@ describe("two instances on one NATS", () => {
 
     const survivor = await h.startInstance({ INGEST_RUN_SCAN_INTERVAL: "100ms" });
     try {
-      expect(survivor.server.resumedRuns).not.toContain(started!.id); // the lease is still live at start
+      expect(survivor.server.instance.resumedRuns).not.toContain(started!.id); // the lease is still live at start
       const { run, events } = await waitForRun(survivor.grpc, started!.id);
       expect(run.status).toBe(IngestRunStatus.SUCCEEDED);
       expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
@@ -63,7 +63,7 @@ describe("two instances on one NATS", () => {
       const stored = await runs.get(started!.id);
       expect(stored?.value.leaseOwner).toBe("");
     } finally {
-      await survivor.server.close();
+      await survivor.server.stop();
       h.server = (await h.startInstance()).server; // so afterAll closes a live instance
     }
   });
