@@ -3,9 +3,7 @@ import { createHash } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { type MessageInitShape, create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
-import { loadConfig } from "@ragtune/config";
-import { createLogger } from "@ragtune/logger";
+import { Code } from "@connectrpc/connect";
 import {
   ComputeDtype,
   type CreateJobRequestSchema,
@@ -16,15 +14,14 @@ import {
   TrainerService,
   TrainingMethod,
 } from "@ragtune/proto";
-import { type RpcServer, createClient, startRpcServer } from "@ragtune/rpc";
-import { type NatsServerHandle, grpcJsUnary, removeTempDir, startNatsServer, tempDir } from "@ragtune/testing";
+import { type ServiceDefinition, type createClient, startTestService } from "@ragtune/rpc";
+import { type NatsServerHandle, expectCode, grpcJsUnary, removeTempDir, startNatsServer, tempDir } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_WORKER_DIR, trainerConfigSchema } from "../src/config.js";
 import { type TrainerInstance, startTrainerService } from "../src/server.js";
 
 const FIXTURES = resolve(DEFAULT_WORKER_DIR, "tests", "fixtures");
 const PYTHON = join(DEFAULT_WORKER_DIR, ".venv", "bin", "python");
-const logger = createLogger({ svc: "trainer-test", level: process.env.TEST_LOG_LEVEL ?? "silent" });
 
 let nats: NatsServerHandle;
 let root: string;
@@ -48,43 +45,43 @@ function tinyHyperparameters(overrides: MessageInitShape<typeof HyperparametersS
   });
 }
 
+/** What services/trainer/src/main.ts hands to runService. */
+const TRAINER: ServiceDefinition<typeof trainerConfigSchema, TrainerInstance> = {
+  name: "trainer",
+  schema: trainerConfigSchema,
+  start: startTrainerService,
+};
+/** The same trainer, except that its job runner never starts (that is its onListening): jobs stay queued. */
+const TRAINER_WITHOUT_RUNNER: typeof TRAINER = {
+  ...TRAINER,
+  start: async (context) => ({ ...(await startTrainerService(context)), onListening: undefined }),
+};
+
 interface Replica {
   name: string;
   instance: TrainerInstance;
-  server: RpcServer;
+  port: number;
   client: ReturnType<typeof createClient<typeof TrainerService>>;
+  /** Shuts the replica down as SIGTERM does. */
   stop(): Promise<void>;
 }
 
 async function startReplica(name: string, opts: { runJobs?: boolean; env?: Record<string, string> } = {}): Promise<Replica> {
   const workDir = join(root, "work", name);
   await mkdir(workDir, { recursive: true });
-  const config = loadConfig("trainer", trainerConfigSchema, {
-    NATS_URL: nats.url,
-    LOG_LEVEL: "silent",
-    TRAINER_WORK_DIR: workDir,
-    TRAINER_DATA_ROOT: FIXTURES,
-    TRAINER_MODEL_ROOT: join(root, "models"),
-    TRAINER_ACK_WAIT: "5s",
-    TRAINER_REPLICA_ID: name,
-    ...opts.env,
-  });
-  const controller = new AbortController();
-  const instance = await startTrainerService({ config, logger: logger.child({ replica: name }), signal: controller.signal });
-  const server = await startRpcServer({ logger, port: 0, services: (router) => instance.register(router) });
-  if (opts.runJobs ?? true) instance.runner.start();
-  const client = createClient(TrainerService, { baseUrl: server.url, protocol: "grpc" });
-  return {
-    name,
-    instance,
-    server,
-    client,
-    async stop() {
-      controller.abort();
-      await server.close();
-      await instance.stop();
+  const service = await startTestService({
+    definition: (opts.runJobs ?? true) ? TRAINER : TRAINER_WITHOUT_RUNNER,
+    nats,
+    env: {
+      TRAINER_WORK_DIR: workDir,
+      TRAINER_DATA_ROOT: FIXTURES,
+      TRAINER_MODEL_ROOT: join(root, "models"),
+      TRAINER_ACK_WAIT: "5s",
+      TRAINER_REPLICA_ID: name,
+      ...opts.env,
     },
-  };
+  });
+  return { name, instance: service.instance, port: service.port, client: service.client(TrainerService), stop: service.stop };
 }
 
 function createRequest(overrides: MessageInitShape<typeof CreateJobRequestSchema> = {}): MessageInitShape<typeof CreateJobRequestSchema> {
@@ -114,17 +111,6 @@ async function watch(r: Replica, jobId: string, until?: (e: JobEvent) => boolean
 const statuses = (events: JobEvent[]) =>
   events.flatMap((e) => (e.event.case === "statusChanged" ? [JobStatus[e.event.value.status]] : []));
 const steps = (events: JobEvent[]) => events.flatMap((e) => (e.event.case === "metrics" ? [e.event.value.step] : []));
-
-async function expectCode(p: Promise<unknown>, code: Code, message?: RegExp): Promise<ConnectError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(ConnectError);
-  expect(Code[(err as ConnectError).code]).toBe(Code[code]);
-  if (message) expect((err as ConnectError).rawMessage).toMatch(message);
-  return err as ConnectError;
-}
 
 beforeAll(async () => {
   root = await tempDir("trainer-it");
@@ -197,7 +183,7 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
   });
 
   it("answers GetJob to a @grpc/grpc-js client over a real socket", async () => {
-    const res = await grpcJsUnary(`127.0.0.1:${r1.server.port}`, TrainerService.method.getJob, { jobId: reference.jobId });
+    const res = await grpcJsUnary(`127.0.0.1:${r1.port}`, TrainerService.method.getJob, { jobId: reference.jobId });
     expect(res.job!.id).toBe(reference.jobId);
     expect(res.job!.status).toBe(JobStatus.SUCCEEDED);
   });
