@@ -1,2 +1,2 @@
-export { ConfigError, loadConfig, baseServiceSchema, envBoolean, envDuration, envInt, envList } from "./config.js";
+export { ConfigError, loadConfig, baseServiceSchema, envBoolean, envBytes, envDuration, envInt, envList } from "./config.js";
 export type { BaseServiceConfig } from "./config.js";
