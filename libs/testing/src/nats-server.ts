@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { constants } from "node:fs";
-import { access } from "node:fs/promises";
+import { access, writeFile } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { createInterface } from "node:readline";
 import { removeTempDir, tempDir } from "./temp-dir.js";
@@ -22,7 +22,20 @@ export interface NatsServerOptions {
    * stops its services before the server (the dev stack and the demo do). Default false.
    */
   detached?: boolean;
+  /**
+   * Make the server require credentials: a user and password, or a token. They go into a config file
+   * (`-c`) written to a temp dir of its own, removed on `stop()`. Default: no authentication.
+   */
+  auth?: NatsServerAuth;
+  /**
+   * JetStream's file storage limit in bytes (`max_file_store`), e.g. to test a server whose storage is
+   * full. Default: the server's own (most of the free disk).
+   */
+  maxFileStore?: number;
 }
+
+/** What a server started with `auth` requires. */
+export type NatsServerAuth = { user: string; password: string } | { token: string };
 
 export interface NatsServerHandle {
   /** `nats://127.0.0.1:<port>` */
@@ -40,6 +53,8 @@ export interface NatsServerHandle {
   kill(): Promise<void>;
   /** The last log lines the server wrote (for diagnostics). */
   logs(): string[];
+  /** The config file passed with `-c` (only when `auth` or `maxFileStore` was given). */
+  readonly configFile: string | undefined;
 }
 
 const DEFAULT_BIN = "/usr/sbin/nats-server";
@@ -100,8 +115,10 @@ function launch(
   logs: string[],
   readyTimeoutMs: number,
   detached: boolean,
+  configFile: string | undefined,
 ): Promise<Running> {
   const args = ["-a", "127.0.0.1", "-p", port === 0 ? "-1" : String(port)];
+  if (configFile !== undefined) args.push("-c", configFile);
   if (jetstream) args.push("-js", "-sd", storeDir);
   const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], detached });
   live.add(child);
@@ -159,23 +176,61 @@ function launch(
   });
 }
 
+/** A quoted string in nats-server's config syntax (JSON escapes are understood; `$` stays literal in quotes). */
+function confString(value: string): string {
+  if (/[\r\n]/.test(value)) throw new Error("nats-server credentials must not contain line breaks");
+  return JSON.stringify(value);
+}
+
+/** The config file text for `auth` and `maxFileStore`, or undefined when neither is set. */
+function configText(options: NatsServerOptions): string | undefined {
+  const lines: string[] = [];
+  if (options.auth !== undefined) {
+    if ("token" in options.auth) {
+      if (options.auth.token === "") throw new Error("startNatsServer: auth.token must not be empty");
+      lines.push(`authorization { token: ${confString(options.auth.token)} }`);
+    } else {
+      if (options.auth.user === "" || options.auth.password === "") throw new Error("startNatsServer: auth.user and auth.password must not be empty");
+      lines.push(`authorization { user: ${confString(options.auth.user)}, password: ${confString(options.auth.password)} }`);
+    }
+  }
+  if (options.maxFileStore !== undefined) {
+    if (options.jetstream === false) throw new Error("startNatsServer: maxFileStore needs JetStream (jetstream: true)");
+    if (!Number.isSafeInteger(options.maxFileStore) || options.maxFileStore <= 0) {
+      throw new Error(`startNatsServer: maxFileStore must be a positive whole number of bytes, got ${options.maxFileStore}`);
+    }
+    lines.push(`jetstream { max_file_store: ${options.maxFileStore} }`);
+  }
+  return lines.length === 0 ? undefined : `${lines.join("\n")}\n`;
+}
+
 /**
  * Starts a real nats-server for tests and the dev stack: 127.0.0.1, a free port, JetStream in a
- * temp store dir (or the given one). Resolves when the server accepts connections.
+ * temp store dir (or the given one), optionally requiring credentials (`auth`) or with a small
+ * JetStream storage limit (`maxFileStore`). Resolves when the server accepts connections.
  */
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServerHandle> {
   const bin = await resolveBinary(options.bin);
   const jetstream = options.jetstream ?? true;
+  const config = configText(options);
   const ownsStoreDir = options.storeDir === undefined;
   const storeDir = options.storeDir ?? (await tempDir("ragtune-nats"));
   const readyTimeoutMs = options.readyTimeoutMs ?? 20_000;
   const logs: string[] = [];
+  // The config file lives apart from the store dir, which may be the caller's.
+  const configDir = config === undefined ? undefined : await tempDir("ragtune-nats-conf");
+  const configFile = configDir === undefined ? undefined : join(configDir, "nats-server.conf");
+  const removeOwnDirs = async () => {
+    if (ownsStoreDir) await removeTempDir(storeDir);
+    if (configDir !== undefined) await removeTempDir(configDir);
+  };
 
   let running: Running | undefined;
   try {
-    running = await launch(bin, 0, jetstream, storeDir, logs, readyTimeoutMs, options.detached ?? false);
+    if (configFile !== undefined) await writeFile(configFile, config!, { mode: 0o600 });
+    running = await launch(bin, 0, jetstream, storeDir, logs, readyTimeoutMs, options.detached ?? false, configFile);
   } catch (err) {
-    if (ownsStoreDir) await removeTempDir(storeDir);
+    await removeOwnDirs();
     throw err;
   }
   const port = running.port;
@@ -192,16 +247,17 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     url: `nats://127.0.0.1:${port}`,
     port,
     storeDir,
+    configFile,
     get pid() {
       return running?.child.pid;
     },
     async stop() {
       await terminate("SIGTERM");
-      if (ownsStoreDir) await removeTempDir(storeDir);
+      await removeOwnDirs();
     },
     async restart() {
       await terminate("SIGTERM");
-      running = await launch(bin, port, jetstream, storeDir, logs, readyTimeoutMs, options.detached ?? false);
+      running = await launch(bin, port, jetstream, storeDir, logs, readyTimeoutMs, options.detached ?? false, configFile);
     },
     async kill() {
       await terminate("SIGKILL");

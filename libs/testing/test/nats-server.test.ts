@@ -7,6 +7,7 @@ interface ServerInfo {
   port: number;
   jetstream?: boolean;
   server_id: string;
+  auth_required?: boolean;
 }
 
 /** Opens a raw TCP connection and reads the server's INFO line (the first thing NATS sends). */
@@ -26,6 +27,35 @@ function readInfo(port: number): Promise<ServerInfo> {
         return;
       }
       resolve(JSON.parse(line.slice(5)) as ServerInfo);
+    });
+    socket.on("error", reject);
+  });
+}
+
+/**
+ * Speaks just enough of the NATS protocol to log in: reads INFO, sends CONNECT with the given fields and a PING,
+ * and returns the server's answer: "PONG" when it accepted the login, else its -ERR line.
+ */
+function login(port: number, fields: Record<string, string>): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: "127.0.0.1", port });
+    let buffered = "";
+    let sent = false;
+    socket.setEncoding("utf8");
+    socket.on("data", (data: string) => {
+      buffered += data;
+      for (let end = buffered.indexOf("\r\n"); end !== -1; end = buffered.indexOf("\r\n")) {
+        const line = buffered.slice(0, end);
+        buffered = buffered.slice(end + 2);
+        if (line.startsWith("INFO ") && !sent) {
+          sent = true;
+          socket.write(`CONNECT ${JSON.stringify({ verbose: false, pedantic: false, ...fields })}\r\nPING\r\n`);
+        } else if (line === "PONG" || line.startsWith("-ERR")) {
+          socket.destroy();
+          resolve(line);
+          return;
+        }
+      }
     });
     socket.on("error", reject);
   });
@@ -99,6 +129,44 @@ describe("startNatsServer", () => {
     } finally {
       await removeTempDir(dir);
     }
+  });
+
+  it("requires the user and password it was given, from a config file removed on stop", async () => {
+    const server = await startNatsServer({ auth: { user: "ragtune", password: 'p"w $x' } });
+    started.push(server);
+    expect((await readInfo(server.port)).auth_required).toBe(true);
+    expect(await login(server.port, { user: "ragtune", pass: 'p"w $x' })).toBe("PONG");
+    expect(await login(server.port, { user: "ragtune", pass: "wrong" })).toMatch(/^-ERR 'Authorization Violation'/);
+    expect(await login(server.port, {})).toMatch(/^-ERR 'Authorization Violation'/);
+    // the credentials survive a restart (same config file), and JetStream is still on
+    await server.restart();
+    expect(await login(server.port, { user: "ragtune", pass: 'p"w $x' })).toBe("PONG");
+    expect((await readInfo(server.port)).jetstream).toBe(true);
+    expect(existsSync(server.configFile!)).toBe(true);
+    await server.stop();
+    expect(existsSync(server.configFile!)).toBe(false);
+  });
+
+  it("requires the token it was given", async () => {
+    const server = await startNatsServer({ auth: { token: "s3cret-token" } });
+    started.push(server);
+    expect(await login(server.port, { auth_token: "s3cret-token" })).toBe("PONG");
+    expect(await login(server.port, { auth_token: "guess" })).toMatch(/^-ERR 'Authorization Violation'/);
+  });
+
+  it("without auth or limits it writes no config file and lets anyone in", async () => {
+    const server = await startNatsServer();
+    started.push(server);
+    expect(server.configFile).toBeUndefined();
+    expect((await readInfo(server.port)).auth_required ?? false).toBe(false);
+    expect(await login(server.port, {})).toBe("PONG");
+  });
+
+  it("refuses bad auth and storage options before starting anything", async () => {
+    await expect(startNatsServer({ auth: { token: "" } })).rejects.toThrow(/auth.token must not be empty/);
+    await expect(startNatsServer({ auth: { user: "u", password: "a\nb" } })).rejects.toThrow(/line breaks/);
+    await expect(startNatsServer({ maxFileStore: 0 })).rejects.toThrow(/maxFileStore must be a positive/);
+    await expect(startNatsServer({ jetstream: false, maxFileStore: 1024 })).rejects.toThrow(/needs JetStream/);
   });
 
   it("fails clearly when the binary is missing", async () => {
