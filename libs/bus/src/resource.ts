@@ -4,7 +4,7 @@ import { headers as natsHeaders, nanos } from "@nats-io/nats-core";
 import type { Logger } from "@ragtune/logger";
 import { ResourceRecordSchema, type ResourceOutboxEntry, type ResourceRecord } from "@ragtune/proto";
 import type { Bus } from "./bus.js";
-import { MSG_ID_HEADER, TYPE_HEADER } from "./events.js";
+import { eventSubject, MSG_ID_HEADER, TYPE_HEADER } from "./events.js";
 import { RevisionConflictError, type TypedKv } from "./kv.js";
 import { ensureStream } from "./streams.js";
 
@@ -72,7 +72,8 @@ export interface Resource<S extends DescMessage> extends ResourceMeta {
 
 /** A catalog event announced together with a history event (published before it, at least once). */
 export interface CatalogEvent {
-  subject: string;
+  /** Default: the subject the event catalog declares for the message. */
+  subject?: string;
   schema: DescMessage;
   value: MessageInitShape<DescMessage>;
   /** Default `<id>:<sequence>`. */
@@ -258,6 +259,21 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
     return out;
   }
 
+  /**
+   * The resource's state as it changes (the current one first; null once deleted), e.g. for a runner to notice a
+   * cancel request or that another replica took its work. `stop()` ends it.
+   */
+  async watchState(id: string): Promise<AsyncIterable<Resource<S> | null> & { stop(): void }> {
+    const w = await retryTransient(() => this.records.watch({ key: id }), this.retryMs, this.log, "watching a resource record");
+    const toResource = (c: { value: ResourceRecord | null; revision: number }) => (c.value === null ? null : this.toResource(id, c.value, c.revision));
+    return {
+      stop: () => w.stop(),
+      async *[Symbol.asyncIterator]() {
+        for await (const change of w) yield toResource(change);
+      },
+    };
+  }
+
   /** Stores a new resource with its first events. Throws ResourceExistsError when the ID is taken. */
   async create(id: string, state: MessageShape<S>, events: HistoryEvent<B>[] = []): Promise<Resource<S>> {
     if (!isResourceId(id)) throw new Error(`${this.def.kind} ID ${JSON.stringify(id)} is invalid: use 1–128 letters, digits, '-' or '_'`);
@@ -416,12 +432,13 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
     for (const [index, e] of events.entries()) {
       sequence += 1;
       for (const a of e.announce ?? []) {
+        const message = create(a.schema, a.value);
         outbox.push({
           $typeName: "ragtune.common.v1.ResourceOutboxEntry",
           sequence: BigInt(sequence),
-          subject: a.subject,
+          subject: a.subject ?? eventSubject(a.schema, message),
           typeName: a.schema.typeName,
-          data: toBinary(a.schema, create(a.schema, a.value)),
+          data: toBinary(a.schema, message),
           msgId: a.msgId ?? `${id}:${sequence}`,
           history: false,
           terminal: false,

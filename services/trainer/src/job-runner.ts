@@ -2,7 +2,7 @@ import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { ArtifactStore, Job as QueueMessage, WorkQueue } from "@ragtune/bus";
+import { type ArtifactStore, type Fence, OwnershipLostError, type Job as QueueMessage, type WorkQueue } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
   AdapterFileKind,
@@ -61,11 +61,20 @@ interface Active {
   jobId: string;
   worker?: WorkerProcess;
   shuttingDown: boolean;
+  /** This replica's ownership of the job (from the claim); every write of the attempt carries it. */
+  fence?: Fence;
+  /** Another replica owns the job now: write nothing, ack nothing. */
+  lost?: boolean;
 }
 
 /** Local path of a base model reference (a path or a file:// URI). */
 export function modelPath(baseModel: string): string {
   return baseModel.startsWith("file://") ? new URL(baseModel).pathname : baseModel;
+}
+
+function ordinal(n: number): string {
+  const suffix = n % 100 >= 11 && n % 100 <= 13 ? "th" : ({ 1: "st", 2: "nd", 3: "rd" } as Record<number, string>)[n % 10] ?? "th";
+  return `${n}${suffix}`;
 }
 
 function log(level: JobLogLevel, message: string): JobEventDetail {
@@ -132,8 +141,16 @@ export class JobRunner {
       try {
         await this.runJob(msg, active);
       } catch (err) {
-        this.logger.error({ err, jobId: active.jobId }, "running a job failed; handing it back to the queue");
-        msg.nak(5_000);
+        if (err instanceof OwnershipLostError || active.lost) {
+          // Another replica claimed the job (its queue item was redelivered there, e.g. after a NATS restart): the
+          // delivery this replica holds is no longer its own, so it neither acks nor naks it.
+          msg.stopHeartbeat();
+          active.worker?.kill();
+          this.logger.warn({ err, jobId: active.jobId }, "another replica owns the job now; stopped this replica's worker");
+        } else {
+          this.logger.error({ err, jobId: active.jobId }, "running a job failed; handing it back to the queue");
+          msg.nak(5_000);
+        }
       } finally {
         this.active.delete(active);
         await rm(join(this.o.workDir, active.jobId), { recursive: true, force: true }).catch(() => {});
@@ -181,13 +198,24 @@ export class JobRunner {
     }
     let claimed: Job;
     try {
-      claimed = await store.transition(jobId, { type: "claim", ...(checkpoint ? { resumeFromCheckpointId: checkpoint.id } : {}) });
+      const delivery = msg.deliveryCount > 1 ? `; the queue delivered it for the ${ordinal(msg.deliveryCount)} time` : "";
+      const resumes = checkpoint ? `; resumes from checkpoint ${checkpoint.id} at step ${checkpoint.step}` : "";
+      const taken = await store.claim(jobId, this.o.replicaId, {
+        ...(checkpoint ? { resumeFromCheckpointId: checkpoint.id } : {}),
+        describe: (next, reason) => `attempt ${next.attempt} started on replica ${this.o.replicaId}${resumes} (${reason}${delivery})`,
+      });
+      if (taken === null) {
+        await msg.ack(); // finished meanwhile
+        return;
+      }
+      claimed = taken.job;
+      active.fence = taken.fence;
     } catch (err) {
       if (!(err instanceof IllegalTransitionError)) throw err;
       await msg.ack(); // cancelled or finished meanwhile
       return;
     }
-    logger.info({ attempt: claimed.attempt, checkpoint: checkpoint?.id }, "job claimed");
+    logger.info({ attempt: claimed.attempt, checkpoint: checkpoint?.id, epoch: active.fence.epoch }, "job claimed");
 
     const attemptDir = join(this.o.workDir, jobId, `attempt-${claimed.attempt}`);
     await mkdir(attemptDir, { recursive: true });
@@ -196,13 +224,9 @@ export class JobRunner {
       resumePath = join(attemptDir, "resume", `checkpoint-${checkpoint.step}`);
       await restoreDirectory(this.o.artifacts, checkpoint.artifact!, resumePath);
     }
-    const resumes = checkpoint ? `; resumes from checkpoint ${checkpoint.id} at step ${checkpoint.step}` : "";
-    await store.modify(jobId, (j) => ({
-      job: j,
-      event: log(JobLogLevel.INFO, `attempt ${claimed.attempt} started on replica ${this.o.replicaId}${resumes}`),
-    }));
+    const fence = active.fence;
     if (active.shuttingDown || this.stopping) {
-      await this.requeue(jobId);
+      await this.requeue(jobId, fence);
       await this.handBack(msg, jobId);
       return;
     }
@@ -214,15 +238,23 @@ export class JobRunner {
       spec,
       logger,
       heartbeatTimeoutMs: this.o.heartbeatTimeoutMs,
-      onEvent: (e) => this.onWorkerEvent(jobId, e),
+      onEvent: (e) => this.onWorkerEvent(jobId, e, fence),
     });
     active.worker = worker;
     if (this.stopping) worker.cancel();
     const watch = await store.watchJob(jobId);
     void (async () => {
       for await (const change of watch) {
-        if (change.value?.status === JobStatus.CANCEL_REQUESTED) worker.cancel();
-        if (change.value?.status === JobStatus.CANCELLED) worker.kill();
+        if (change === null) continue;
+        if (change.owner !== fence.owner || change.epoch !== fence.epoch) {
+          // Another replica claimed the job: stop at once, so two workers never train it together.
+          active.lost = true;
+          logger.warn({ owner: change.owner, epoch: change.epoch, myEpoch: fence.epoch }, "another replica claimed the job; killing this replica's worker");
+          worker.kill();
+          continue;
+        }
+        if (change.state.status === JobStatus.CANCEL_REQUESTED) worker.cancel();
+        if (change.state.status === JobStatus.CANCELLED) worker.kill();
       }
     })().catch((err: unknown) => logger.warn({ err }, "watching the job for cancel failed"));
 
@@ -231,6 +263,7 @@ export class JobRunner {
       outcome = await worker.done;
     } catch (err) {
       watch.stop();
+      if (active.lost) throw new OwnershipLostError("trainer-job", jobId, "another replica claimed it while its worker ran");
       const now = await store.get(jobId);
       if (now !== null && isTerminal(now.status)) {
         await msg.ack();
@@ -239,6 +272,7 @@ export class JobRunner {
       throw err;
     }
     watch.stop();
+    if (active.lost) throw new OwnershipLostError("trainer-job", jobId, "another replica claimed it while its worker ran");
     await this.finish(msg, active, claimed, outcome, logger);
   }
 
@@ -251,6 +285,7 @@ export class JobRunner {
   ): Promise<void> {
     const { store } = this.o;
     const jobId = claimed.id;
+    const fence = active.fence!;
     const current = await store.get(jobId);
     if (current === null || isTerminal(current.status)) {
       await msg.ack();
@@ -259,24 +294,24 @@ export class JobRunner {
     switch (outcome.type) {
       case "finished": {
         const adapter = await this.storeAdapter(current, outcome.event);
-        await store.transition(jobId, { type: "succeed", adapter });
+        await store.transition(jobId, { type: "succeed", adapter }, undefined, fence);
         break;
       }
       case "cancelled":
         if (current.status === JobStatus.CANCEL_REQUESTED) {
-          await store.transition(jobId, { type: "cancelled" });
+          await store.transition(jobId, { type: "cancelled" }, undefined, fence);
         } else {
           // Only a shutdown cancels without a user's request: hand the job to another replica.
-          await this.requeue(jobId);
+          await this.requeue(jobId, fence);
           await this.handBack(msg, jobId);
           return;
         }
         break;
       case "failed":
         if (current.status === JobStatus.CANCEL_REQUESTED && outcome.crashed) {
-          await store.transition(jobId, { type: "cancelled" });
+          await store.transition(jobId, { type: "cancelled" }, undefined, fence);
         } else if (outcome.crashed && active.shuttingDown) {
-          await this.requeue(jobId);
+          await this.requeue(jobId, fence);
           await this.handBack(msg, jobId);
           return;
         } else if (outcome.reason === "WORKER_EXITED" && failedAttemptsBefore(msg) + 1 < this.o.maxAttempts) {
@@ -284,15 +319,16 @@ export class JobRunner {
             { attempt: current.attempt, failedAttempts: failedAttemptsBefore(msg) + 1 },
             "worker crashed; the job goes back to the queue to resume from its latest checkpoint",
           );
-          await store.modify(jobId, (j) => ({
-            job: j,
-            event: log(JobLogLevel.WARNING, `${outcome.message}; retrying from the latest checkpoint`),
-          }));
+          await store.modify(
+            jobId,
+            (j) => ({ job: j, event: log(JobLogLevel.WARNING, `${outcome.message}; retrying from the latest checkpoint`) }),
+            fence,
+          );
           msg.nak(1_000);
           return;
         } else {
           const kind = outcome.kind === "user_error" ? FailureKind.USER_ERROR : FailureKind.SYSTEM_ERROR;
-          await this.fail(jobId, kind, outcome.reason, outcome.message);
+          await this.fail(jobId, kind, outcome.reason, outcome.message, fence);
         }
         break;
     }
@@ -310,13 +346,13 @@ export class JobRunner {
     await msg.ack();
   }
 
-  private async requeue(jobId: string): Promise<void> {
+  private async requeue(jobId: string, fence: Fence): Promise<void> {
     const latest = await this.o.store.latestCheckpoint(jobId);
-    await this.o.store.transition(jobId, { type: "requeue", ...(latest ? { resumeFromCheckpointId: latest.id } : {}) });
+    await this.o.store.transition(jobId, { type: "requeue", ...(latest ? { resumeFromCheckpointId: latest.id } : {}) }, undefined, fence);
   }
 
-  private async fail(jobId: string, kind: FailureKind, reason: string, message: string): Promise<void> {
-    await this.o.store.transition(jobId, { type: "fail", failure: create(FailureSchema, { kind, reason, message }) });
+  private async fail(jobId: string, kind: FailureKind, reason: string, message: string, fence?: Fence): Promise<void> {
+    await this.o.store.transition(jobId, { type: "fail", failure: create(FailureSchema, { kind, reason, message }) }, undefined, fence);
   }
 
   private workerSpec(job: Job, attemptDir: string, resumePath: string | null): WorkerSpec {
@@ -334,7 +370,7 @@ export class JobRunner {
     };
   }
 
-  private async onWorkerEvent(jobId: string, e: WorkerEvent): Promise<void> {
+  private async onWorkerEvent(jobId: string, e: WorkerEvent, fence: Fence): Promise<void> {
     const { store } = this.o;
     switch (e.type) {
       case "validated":
@@ -345,10 +381,10 @@ export class JobRunner {
             job,
             event: log(JobLogLevel.INFO, `validated: ${e.rows} training rows, ${e.val_rows} validation rows, ${e.steps_planned} steps`),
           };
-        });
+        }, fence);
         break;
       case "started":
-        await store.transition(jobId, { type: "start" });
+        await store.transition(jobId, { type: "start" }, undefined, fence);
         break;
       case "metrics":
         await store.modify(jobId, (job) => {
@@ -378,7 +414,7 @@ export class JobRunner {
             ...(e.grad_norm !== undefined ? { gradNorm: e.grad_norm } : {}),
           });
           return { job, event: { case: "metrics", value: metrics } };
-        });
+        }, fence);
         break;
       case "checkpoint": {
         const artifact = await storeDirectory(this.o.artifacts, e.path);
@@ -392,7 +428,9 @@ export class JobRunner {
           createdAt: timestampFromDate(new Date()),
         });
         const isNew = await store.putCheckpoint(checkpoint);
-        if (isNew) await store.modify(jobId, (job) => ({ job, event: { case: "checkpointSaved", value: create(JobCheckpointSavedSchema, { checkpoint }) } }));
+        if (isNew) {
+          await store.modify(jobId, (job) => ({ job, event: { case: "checkpointSaved", value: create(JobCheckpointSavedSchema, { checkpoint }) } }), fence);
+        }
         break;
       }
       default:

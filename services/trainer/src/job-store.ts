@@ -1,6 +1,17 @@
-import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { type Bus, RevisionConflictError, type TypedKv, ensureEventsStream } from "@ragtune/bus";
+import { clone, create } from "@bufbuild/protobuf";
+import { timestampFromDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  type Bus,
+  type Fence,
+  type HistoryEvent,
+  ResourceExistsError,
+  type ResourceKind,
+  ResourceStore,
+  type ResourceStoreOptions,
+  RevisionConflictError,
+  retryTransient,
+  type TypedKv,
+} from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
   type Checkpoint,
@@ -8,6 +19,8 @@ import {
   type Job,
   type JobEvent,
   JobEventSchema,
+  JobLogEntrySchema,
+  JobLogLevel,
   JobSchema,
   JobStatus,
   JobStatusChangedSchema,
@@ -18,7 +31,7 @@ import { type JobTransition, isTerminal, transition } from "./job-status.js";
 
 /** Names of the trainer's NATS resources; tests pass their own to isolate. */
 export interface JobStoreNames {
-  /** KV bucket of jobs, key = job ID. */
+  /** KV bucket of job records, key = job ID. */
   jobsBucket: string;
   /** KV bucket of checkpoints, key = `<jobId>.<step, 10 digits>`. */
   checkpointsBucket: string;
@@ -30,8 +43,8 @@ export interface JobStoreNames {
 export const DEFAULT_STORE_NAMES: JobStoreNames = {
   jobsBucket: "trainer-jobs",
   checkpointsBucket: "trainer-checkpoints",
-  historyStream: "TRAINER_JOB_HISTORY",
-  historySubjectPrefix: "trainer.history",
+  historyStream: "HISTORY_TRAINER_JOB",
+  historySubjectPrefix: "history.trainer-job",
 };
 
 /** The event part of a JobEvent (status change, metrics, checkpoint, log). */
@@ -65,37 +78,56 @@ export function parseCheckpointId(id: string): { jobId: string; step: number } |
   return m ? { jobId: m[1]!, step: Number(m[2]) } : undefined;
 }
 
+/** A training job as a resource of the shared history (libs/bus): state `Job`, history `JobEvent`. */
+export const trainerJobKind: ResourceKind<typeof JobSchema, typeof JobEventSchema, JobEventDetail> = {
+  kind: "trainer-job",
+  stateSchema: JobSchema,
+  eventSchema: JobEventSchema,
+  stampEvent: (detail, { id, sequence, timeMs }) => ({ sequence, jobId: id, time: timestampFromMs(timeMs), event: detail }),
+  sequenceOf: (e) => e.sequence,
+  isTerminal: (job) => isTerminal(job.status),
+  onCommit: (job, lastSequence) => {
+    job.lastSequence = lastSequence;
+  },
+};
+
+type JobResources = ResourceStore<typeof JobSchema, typeof JobEventSchema, JobEventDetail>;
+
 /**
- * Job state in a JetStream KV bucket (protobuf `Job` values, compare-and-set updates through the status machine),
- * the job's event history in a stream (one subject per job, `Nats-Msg-Id` = `<jobId>:<sequence>`), and every
- * change also published on the RAGTUNE stream as `ragtune.trainer.job.<verb>` with the same message ID, so a
- * retried publish never duplicates an event.
+ * Jobs as resources of the shared history (libs/bus): the job record in KV with compare-and-set through the status
+ * machine, its event history gap-free and exactly once, and every status change, progress and checkpoint announced
+ * on the catalog subject `ragtune.trainer.job.<verb>` (message ID `<jobId>:<sequence>`). Writes of a running attempt
+ * carry its fence (owner + epoch from `claim`): a replica that lost the job fails its next write.
  */
 export class JobStore {
   private constructor(
-    private readonly bus: Bus,
-    private readonly jobs: TypedKv<typeof JobSchema>,
+    readonly resources: JobResources,
     private readonly checkpoints: TypedKv<typeof CheckpointSchema>,
     readonly names: JobStoreNames,
     private readonly logger: Logger,
   ) {}
 
-  static async open(bus: Bus, logger: Logger, names: Partial<JobStoreNames> = {}): Promise<JobStore> {
+  static async open(bus: Bus, logger: Logger, names: Partial<JobStoreNames> = {}, options: ResourceStoreOptions = {}): Promise<JobStore> {
     const n = { ...DEFAULT_STORE_NAMES, ...names };
     await bus.ensureEventsStream();
-    await ensureEventsStream(bus.jsm, { name: n.historyStream, subjects: [`${n.historySubjectPrefix}.>`] });
-    const jobs = await bus.kv(n.jobsBucket, JobSchema, { history: 5 });
+    const resources = await ResourceStore.open(bus, trainerJobKind, {
+      ...options,
+      bucket: n.jobsBucket,
+      stream: n.historyStream,
+      subjectPrefix: n.historySubjectPrefix,
+      kvHistory: 5,
+    });
     const checkpoints = await bus.kv(n.checkpointsBucket, CheckpointSchema);
-    return new JobStore(bus, jobs, checkpoints, n, logger.child({ component: "job-store" }));
+    return new JobStore(resources, checkpoints, n, logger.child({ component: "job-store" }));
   }
 
   historySubject(jobId: string): string {
-    return `${this.names.historySubjectPrefix}.${jobId}`;
+    return this.resources.subject(jobId);
   }
 
   async get(jobId: string): Promise<Job | null> {
     if (!isKey(jobId)) return null;
-    return (await this.jobs.get(jobId))?.value ?? null;
+    return (await this.resources.get(jobId))?.state ?? null;
   }
 
   /**
@@ -104,72 +136,99 @@ export class JobStore {
    */
   async create(job: Job): Promise<{ job: Job; created: boolean }> {
     const first = clone(JobSchema, job);
-    first.lastSequence = 1;
     try {
-      await this.jobs.create(first.id, first);
+      const stored = await this.resources.create(first.id, first, [this.historyEvent(first, statusChanged(JobStatus.UNSPECIFIED, first), 1)]);
+      return { job: stored.state, created: true };
     } catch (err) {
-      if (!(err instanceof RevisionConflictError)) throw err;
+      if (!(err instanceof ResourceExistsError)) throw err;
       const existing = await this.get(job.id);
       if (existing === null) throw err;
       return { job: existing, created: false };
     }
-    await this.publish(first, statusChanged(JobStatus.UNSPECIFIED, first));
-    return { job: first, created: true };
   }
 
   /**
    * Read-modify-write of one job with compare-and-set: `change` sees the current job and returns the next
    * one (or null for no change); a concurrent writer makes it run again on the newer job. An event, when
-   * given, gets the next sequence number and is published after the write.
+   * given, gets the next sequence number and is appended with the write. With a `fence`, only while this replica
+   * still owns the job (else OwnershipLostError).
    */
-  async modify(jobId: string, change: (job: Job) => JobChange | null): Promise<Job> {
-    for (;;) {
-      const current = await this.jobs.get(jobId);
-      if (current === null) throw new Error(`job ${jobId} not found`);
-      const result = change(clone(JobSchema, current.value));
-      if (result === null) return current.value;
-      const next = result.job;
-      next.updatedAt = timestampFromDate(new Date());
-      if (result.event !== undefined && result.event.case !== undefined) next.lastSequence = current.value.lastSequence + 1;
-      try {
-        await this.jobs.update(jobId, next, current.revision);
-      } catch (err) {
-        if (err instanceof RevisionConflictError) continue;
-        throw err;
-      }
-      if (result.event !== undefined && result.event.case !== undefined) await this.publish(next, result.event);
-      return next;
-    }
+  async modify(jobId: string, change: (job: Job) => JobChange | null, fence?: Fence): Promise<Job> {
+    const stored = await this.resources.modify(
+      jobId,
+      (current, meta) => {
+        const result = change(clone(JobSchema, current));
+        if (result === null) return null;
+        const next = result.job;
+        next.updatedAt = timestampFromDate(new Date());
+        const hasEvent = result.event !== undefined && result.event.case !== undefined;
+        return { state: next, events: hasEvent ? [this.historyEvent(next, result.event!, meta.lastSequence + 1)] : [] };
+      },
+      fence === undefined ? {} : { fence },
+    );
+    return stored.state;
   }
 
   /** Applies a status transition (see job-status.ts); throws IllegalTransitionError if not allowed. */
-  async transition(jobId: string, event: JobTransition, patch?: (job: Job) => void): Promise<Job> {
-    return this.modify(jobId, (job) => {
-      const next = transition(job, event);
-      patch?.(next);
-      return { job: next, event: statusChanged(job.status, next) };
+  async transition(jobId: string, event: JobTransition, patch?: (job: Job) => void, fence?: Fence): Promise<Job> {
+    return this.modify(
+      jobId,
+      (job) => {
+        const next = transition(job, event);
+        patch?.(next);
+        return { job: next, event: statusChanged(job.status, next) };
+      },
+      fence,
+    );
+  }
+
+  /**
+   * Takes the job for this replica (the work queue delivered it here): a new ownership epoch, the `claim`
+   * transition, and a log event saying which attempt starts where and why (a takeover names the replica it
+   * replaces). Returns null when the job is gone or finished; throws IllegalTransitionError when it cannot be claimed.
+   */
+  async claim(
+    jobId: string,
+    replicaId: string,
+    options: { resumeFromCheckpointId?: string; describe: (job: Job, reason: string) => string },
+  ): Promise<{ job: Job; fence: Fence } | null> {
+    const claimed = await this.resources.claim(jobId, replicaId, {
+      change: (current, meta, reason) => {
+        const next = transition(current, { type: "claim", ...(options.resumeFromCheckpointId ? { resumeFromCheckpointId: options.resumeFromCheckpointId } : {}) });
+        next.updatedAt = timestampFromDate(new Date());
+        const status = statusChanged(current.status, next);
+        const log: JobEventDetail = { case: "log", value: create(JobLogEntrySchema, { level: JobLogLevel.INFO, message: options.describe(next, reason) }) };
+        return {
+          state: next,
+          events: [this.historyEvent(next, status, meta.lastSequence + 1), this.historyEvent(next, log, meta.lastSequence + 2)],
+        };
+      },
     });
+    return claimed === null ? null : { job: claimed.resource.state, fence: claimed.fence };
   }
 
   async list(): Promise<Job[]> {
-    const out: Job[] = [];
-    for await (const entry of this.jobs.entries()) out.push(entry.value);
-    return out;
+    return (await this.resources.list()).map((r) => r.state);
   }
 
-  /** Changes of one job as they happen (the current value first). */
+  /** The job's history from `fromSequence`: stored events, then live, ending after the terminal event. */
+  watch(jobId: string, options: { fromSequence: number; signal?: AbortSignal }): AsyncGenerator<JobEvent> {
+    return this.resources.watch(jobId, options);
+  }
+
+  /** Changes of one job record as they happen (the current value first), with its owner and epoch. */
   watchJob(jobId: string) {
-    return this.jobs.watch({ key: jobId });
+    return this.resources.watchState(jobId);
   }
 
   async putCheckpoint(checkpoint: Checkpoint): Promise<boolean> {
     const key = checkpointKey(checkpoint.jobId, checkpoint.step);
     try {
-      await this.checkpoints.create(key, checkpoint);
+      await retryTransient(() => this.checkpoints.create(key, checkpoint), 30_000, this.logger, "storing a checkpoint");
       return true;
     } catch (err) {
       if (!(err instanceof RevisionConflictError)) throw err;
-      await this.checkpoints.put(key, checkpoint);
+      await retryTransient(() => this.checkpoints.put(key, checkpoint), 30_000, this.logger, "storing a checkpoint");
       return false;
     }
   }
@@ -177,29 +236,31 @@ export class JobStore {
   async getCheckpoint(id: string): Promise<Checkpoint | null> {
     const parsed = parseCheckpointId(id);
     if (parsed === undefined || !isKey(parsed.jobId)) return null;
-    return (await this.checkpoints.get(checkpointKey(parsed.jobId, parsed.step)))?.value ?? null;
+    const found = await retryTransient(() => this.checkpoints.get(checkpointKey(parsed.jobId, parsed.step)), 30_000, this.logger, "reading a checkpoint");
+    return found?.value ?? null;
   }
 
   /** A job's checkpoints, oldest first. */
   async listCheckpoints(jobId: string): Promise<Checkpoint[]> {
     if (!isKey(jobId)) return [];
-    const out: Checkpoint[] = [];
-    for await (const entry of this.checkpoints.entries(`${jobId}.*`)) out.push(entry.value);
-    return out.sort((a, b) => a.step - b.step);
+    return retryTransient(
+      async () => {
+        const out: Checkpoint[] = [];
+        for await (const entry of this.checkpoints.entries(`${jobId}.*`)) out.push(entry.value);
+        return out.sort((a, b) => a.step - b.step);
+      },
+      30_000,
+      this.logger,
+      "listing checkpoints",
+    );
   }
 
   async latestCheckpoint(jobId: string): Promise<Checkpoint | undefined> {
     return (await this.listCheckpoints(jobId)).at(-1);
   }
 
-  /** Publishes event number `job.lastSequence` to the job's history and, with a verb, to RAGTUNE. */
-  private async publish(job: Job, detail: JobEventDetail): Promise<void> {
-    const sequence = job.lastSequence;
-    const msgId = `${job.id}:${sequence}`;
-    const time = job.updatedAt ?? timestampFromDate(new Date());
-    const event = create(JobEventSchema, { sequence, jobId: job.id, time, event: detail });
-    await this.bus.js.publish(this.historySubject(job.id), toBinary(JobEventSchema, event), { msgID: msgId });
-
+  /** The history event `sequence` of a change, announced on `ragtune.trainer.job.<verb>` when it has a verb. */
+  private historyEvent(job: Job, detail: JobEventDetail, sequence: number): HistoryEvent<JobEventDetail> {
     let kind: TrainerJobEventKind | undefined;
     let extra: Record<string, unknown> = {};
     switch (detail.case) {
@@ -219,35 +280,28 @@ export class JobStore {
       default:
         kind = undefined;
     }
-    if (kind === undefined) return;
-    const verb = TrainerJobEventKind[kind].toLowerCase();
-    await this.bus.publish(
-      `ragtune.trainer.job.${verb}`,
-      TrainerJobEventSchema,
-      {
-        eventId: msgId,
-        occurredAt: time,
-        jobId: job.id,
-        sequence,
-        kind,
-        status: job.status,
-        collection: job.collection,
-        datasetVersionId: job.dataset.case === "datasetVersionId" ? job.dataset.value : "",
-        ...extra,
-      },
-      { msgId },
-    );
-  }
-
-  /** Decodes one history message. */
-  static decodeEvent(data: Uint8Array): JobEvent {
-    return fromBinary(JobEventSchema, data);
-  }
-
-  /** True once the job's status is terminal and `sequence` is its latest event. */
-  async isFinishedAt(jobId: string, sequence: number): Promise<boolean> {
-    const job = await this.get(jobId);
-    return job !== null && isTerminal(job.status) && job.lastSequence <= sequence;
+    if (kind === undefined) return { body: detail };
+    const msgId = `${job.id}:${sequence}`;
+    return {
+      body: detail,
+      announce: [
+        {
+          schema: TrainerJobEventSchema,
+          msgId,
+          value: {
+            eventId: msgId,
+            occurredAt: job.updatedAt ?? timestampFromDate(new Date()),
+            jobId: job.id,
+            sequence,
+            kind,
+            status: job.status,
+            collection: job.collection,
+            datasetVersionId: job.dataset.case === "datasetVersionId" ? job.dataset.value : "",
+            ...extra,
+          },
+        },
+      ],
+    };
   }
 
   get log(): Logger {

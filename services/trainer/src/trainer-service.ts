@@ -19,7 +19,6 @@ import {
 } from "@ragtune/proto";
 import { failedPrecondition, invalidArgument, notFound, paginate } from "@ragtune/rpc";
 import { resolveHyperparameters } from "./hyperparameters.js";
-import { watchJobEvents } from "./job-history.js";
 import type { JobQueue } from "./job-runner.js";
 import { IllegalTransitionError, isTerminal, statusName } from "./job-status.js";
 import { type JobStore, isKey, parseCheckpointId } from "./job-store.js";
@@ -181,7 +180,7 @@ export function createTrainerService(deps: TrainerServiceDeps): ServiceImpl<type
 
     async *watchJob(req, ctx) {
       const job = await getJob(req.jobId);
-      for await (const event of watchJobEvents(deps.bus, store, job.id, { fromSequence: req.fromSequence, signal: ctx.signal }, deps.logger)) {
+      for await (const event of store.watch(job.id, { fromSequence: req.fromSequence, signal: ctx.signal })) {
         yield { event };
       }
     },
