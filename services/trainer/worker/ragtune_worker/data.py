@@ -40,15 +40,25 @@ def load_tokenizer(model_dir: Path, embedding_rows: int):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as error:  # noqa: BLE001 - any loader failure is a problem of the folder's tokenizer files
-        raise UserError(f"could not load the tokenizer from {model_dir}: {error}") from error
+        raise UserError(
+            f"could not load the tokenizer from {model_dir}: {error}",
+            reason="INVALID_TOKENIZER",
+            field="model_dir",
+        ) from error
     eos = tokenizer.eos_token_id
     if eos is None:
         raise UserError(
             f"tokenizer in {model_dir} has no EOS token (set eos_token in tokenizer_config.json); "
-            "the EOS token is needed so the model learns to end its answers"
+            "the EOS token is needed so the model learns to end its answers",
+            reason="INVALID_TOKENIZER",
+            field="model_dir",
         )
     if not 0 <= eos < embedding_rows:
-        raise UserError(f"tokenizer EOS id {eos} is outside the model's vocabulary of {embedding_rows} rows")
+        raise UserError(
+            f"tokenizer EOS id {eos} is outside the model's vocabulary of {embedding_rows} rows",
+            reason="INVALID_TOKENIZER",
+            field="model_dir",
+        )
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != eos:
         pass
     elif tokenizer.unk_token_id is not None and tokenizer.unk_token_id != eos:
@@ -59,7 +69,9 @@ def load_tokenizer(model_dir: Path, embedding_rows: int):
             raise UserError(
                 f"tokenizer in {model_dir} has no pad token other than EOS and no unk token, and the "
                 f"embedding matrix ({embedding_rows} rows) has no spare row for a dedicated pad token; "
-                "add a pad_token (not the EOS token) to tokenizer_config.json"
+                "add a pad_token (not the EOS token) to tokenizer_config.json",
+                reason="INVALID_TOKENIZER",
+                field="model_dir",
             )
     tokenizer.padding_side = "right"
     return tokenizer
@@ -80,40 +92,109 @@ def encode_row(tokenizer, prompt: str, completion: str) -> Example:
     )
 
 
+def _decode_line(raw: bytes, number: int, where: str, field_name: str) -> str:
+    """One line of a training file as text; bytes that are not UTF-8 are a user error naming the line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        hint = (
+            "; the file starts with a UTF-16 byte order mark: save it as UTF-8"
+            if number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+            else "; save the file as UTF-8"
+        )
+        raise UserError(
+            f"{where}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line: "
+            f"{error.reason}){hint}",
+            reason="INVALID_UTF8",
+            field=field_name,
+            line=number,
+        ) from error
+    return text.removeprefix("\ufeff") if number == 1 else text  # a UTF-8 byte order mark is fine
+
+
+def _text_field(row: dict[str, Any], name: str, where: str, field_name: str, number: int) -> str:
+    """The row's `prompt` or `completion`: present, a string, and text that UTF-8 can hold."""
+    if name not in row or row[name] is None:
+        raise UserError(f"{where}: {name} is missing", reason="MISSING_FIELD", field=field_name, line=number)
+    value = row[name]
+    if not isinstance(value, str):
+        raise UserError(
+            f"{where}: {name} must be a string, got {type(value).__name__}",
+            reason="INVALID_ROW",
+            field=field_name,
+            line=number,
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # Valid JSON can escape a lone UTF-16 surrogate ("\ud800"), which is no character at all.
+        raise UserError(
+            f"{where}: {name} holds an unpaired surrogate escape (\\u{ord(value[error.start]):04x} at "
+            f"character {error.start + 1}), which is not valid text",
+            reason="INVALID_UTF8",
+            field=field_name,
+            line=number,
+        ) from error
+    return value
+
+
 def load_examples(
     path: Path, tokenizer, max_seq_len: int, *, field_name: str = "train_file"
 ) -> list[Example]:
-    """Encode every row of a JSON-lines file; any bad row is a UserError naming the file and line."""
+    """Encode every row of a JSON-lines file; any bad row is a UserError naming the file and line.
+
+    Each error carries a reason (FILE_NOT_FOUND, INVALID_UTF8, INVALID_JSON, INVALID_ROW, MISSING_FIELD,
+    EMPTY_COMPLETION, ROW_TOO_LONG, EMPTY_DATASET), `field_name` as its field and the line number.
+    """
     if not path.is_file():
-        raise UserError(f"{field_name} {path} does not exist")
+        raise UserError(f"{field_name} {path} does not exist", reason="FILE_NOT_FOUND", field=field_name)
     examples: list[Example] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{field_name} {path} line {number}"
+            line = _decode_line(raw, number, where, field_name)
             if not line.strip():
                 continue
-            where = f"{field_name} {path} line {number}"
             try:
                 row: Any = json.loads(line)
             except json.JSONDecodeError as error:
-                raise UserError(f"{where}: not valid JSON ({error.msg})") from error
+                raise UserError(
+                    f"{where}: not valid JSON ({error.msg} at column {error.colno})",
+                    reason="INVALID_JSON",
+                    field=field_name,
+                    line=number,
+                ) from error
             if not isinstance(row, dict):
-                raise UserError(f"{where}: a row must be a JSON object with prompt and completion")
-            prompt, completion = row.get("prompt"), row.get("completion")
-            if not isinstance(prompt, str):
-                raise UserError(f"{where}: prompt must be a string")
-            if not isinstance(completion, str) or not completion.strip():
-                raise UserError(f"{where}: completion is missing or empty")
+                raise UserError(
+                    f"{where}: a row must be a JSON object with prompt and completion, "
+                    f"got {type(row).__name__}",
+                    reason="INVALID_ROW",
+                    field=field_name,
+                    line=number,
+                )
+            prompt = _text_field(row, "prompt", where, field_name, number)
+            completion = _text_field(row, "completion", where, field_name, number)
+            if not completion.strip():
+                raise UserError(
+                    f"{where}: completion is empty; every row needs an answer to learn",
+                    reason="EMPTY_COMPLETION",
+                    field=field_name,
+                    line=number,
+                )
             example = encode_row(tokenizer, prompt, completion)
             if len(example.input_ids) > max_seq_len:
                 prompt_len = sum(1 for label in example.labels if label == IGNORE_INDEX)
                 raise UserError(
                     f"{where}: row is {len(example.input_ids)} tokens after tokenization "
                     f"(prompt {prompt_len}, completion with EOS {len(example.input_ids) - prompt_len}), "
-                    f"over max_seq_len {max_seq_len}"
+                    f"over max_seq_len {max_seq_len}",
+                    reason="ROW_TOO_LONG",
+                    field=field_name,
+                    line=number,
                 )
             examples.append(example)
     if not examples:
-        raise UserError(f"{field_name} {path} holds no rows")
+        raise UserError(f"{field_name} {path} holds no rows", reason="EMPTY_DATASET", field=field_name)
     return examples
 
 

@@ -5,6 +5,11 @@ Commands (stdin, one JSON object a line): first {"type": "train", "spec": {...}}
 a monotonically increasing "seq" and the spec's job_id when given. stdout carries nothing else: the real
 stdout is kept privately for events and sys.stdout is pointed at stderr, so prints and warnings of libraries
 land in the log. Exit code: 0 finished or cancelled, 2 user error, 1 system error.
+
+A `failed` event carries `kind` (user_error | system_error), `message`, `reason` (UPPER_SNAKE_CASE, e.g.
+INVALID_JSON, INVALID_UTF8, MISSING_FIELD, ROW_TOO_LONG, INVALID_VALUE, NAN_LOSS, MISSING_PACKAGE;
+UNEXPECTED_ERROR for an exception the worker did not anticipate) and, where one is to blame, `field` (the spec
+field: `train_file`, `lora_r`, `target_modules[1]`, ...) and `line` (1-based, in that file).
 """
 
 from __future__ import annotations
@@ -75,24 +80,39 @@ def read_commands(stdin: IO[str], cancel: threading.Event, log: IO[str]) -> None
 
 def run(stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
     """Serve one job. `stdout` receives protocol events only."""
-    from ragtune_worker.spec import UserError, WorkerSystemError, parse_spec
+    from ragtune_worker.spec import UserError, WorkerError, parse_spec
 
     emit = EventWriter(stdout)
+
+    def failed(error: WorkerError) -> int:
+        located = {"field": error.field, "line": error.line}
+        emit(
+            "failed",
+            kind=error.kind,
+            reason=error.reason,
+            message=str(error),
+            **{k: v for k, v in located.items() if v is not None},
+        )
+        return EXIT_USER_ERROR if isinstance(error, UserError) else EXIT_SYSTEM_ERROR
+
     first = stdin.readline()
     try:
         try:
             command = json.loads(first) if first.strip() else None
         except json.JSONDecodeError as error:
-            raise UserError(f"the first stdin line must be a JSON train command: {error.msg}") from error
+            raise UserError(
+                f"the first stdin line must be a JSON train command: {error.msg}", reason="INVALID_COMMAND"
+            ) from error
         if not isinstance(command, dict) or command.get("type") != "train":
-            raise UserError('the first stdin line must be {"type": "train", "spec": {...}}')
+            raise UserError(
+                'the first stdin line must be {"type": "train", "spec": {...}}', reason="INVALID_COMMAND"
+            )
         raw_spec = command.get("spec")
         if isinstance(raw_spec, dict) and isinstance(raw_spec.get("job_id"), str):
             emit.job_id = raw_spec["job_id"]
         spec = parse_spec(raw_spec)
     except UserError as error:
-        emit("failed", kind="user_error", message=str(error))
-        return EXIT_USER_ERROR
+        return failed(error)
 
     cancel = threading.Event()
     threading.Thread(
@@ -103,15 +123,16 @@ def run(stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
 
     try:
         run_job(spec, emit, cancel)
-    except UserError as error:
-        emit("failed", kind="user_error", message=str(error))
-        return EXIT_USER_ERROR
-    except WorkerSystemError as error:
-        emit("failed", kind="system_error", message=str(error))
-        return EXIT_SYSTEM_ERROR
+    except WorkerError as error:
+        return failed(error)
     except Exception as error:  # noqa: BLE001 - every other failure is reported, with its trace on stderr
         traceback.print_exc(file=stderr)
-        emit("failed", kind="system_error", message=f"{type(error).__name__}: {error}")
+        emit(
+            "failed",
+            kind="system_error",
+            reason="UNEXPECTED_ERROR",
+            message=f"{type(error).__name__}: {error}",
+        )
         return EXIT_SYSTEM_ERROR
     return EXIT_OK
 

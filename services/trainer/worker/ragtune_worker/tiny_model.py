@@ -203,12 +203,9 @@ def write_tiny_model(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     if gguf:
-        try:
-            from ragtune_worker import gguf_export
-        except ImportError:
-            print("gguf_export not available; model.gguf not written", file=sys.stderr)
-        else:
-            gguf_export.export_base_gguf(out, out / "model.gguf")
+        from ragtune_worker import gguf_export  # a missing gguf package fails here, naming it
+
+        gguf_export.export_base_gguf(out, out / "model.gguf")
     return out
 
 

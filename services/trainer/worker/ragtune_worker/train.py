@@ -9,6 +9,7 @@ protocol events and stops it at a step boundary on cancel or on a non-finite los
 
 from __future__ import annotations
 
+import importlib
 import math
 import resource
 import threading
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -66,7 +68,9 @@ def check_target_modules(model: torch.nn.Module, targets: tuple[str, ...]) -> No
     if missing:
         raise UserError(
             f"target_modules {', '.join(missing)} match no linear module of the model; "
-            f"available linear modules: {', '.join(available)}"
+            f"available linear modules: {', '.join(available)}",
+            reason="UNKNOWN_TARGET_MODULE",
+            field=f"target_modules[{targets.index(missing[0])}]",
         )
 
 
@@ -79,6 +83,20 @@ def planned_steps(spec: JobSpec, rows: int) -> int:
     return math.ceil(spec.epochs * per_epoch)
 
 
+def gguf_exporter() -> ModuleType:
+    """The GGUF exporter module. Every finished job writes adapter.gguf, so a package the exporter needs
+    (gguf, numpy, ...) missing from the worker's environment is a system error naming it, before training.
+    """
+    try:
+        return importlib.import_module("ragtune_worker.gguf_export")
+    except ImportError as error:
+        raise WorkerSystemError(
+            f"cannot export adapters to GGUF: the Python package {error.name or str(error)!r} is missing "
+            f"from the worker's environment ({error}); install services/trainer/worker/requirements.txt",
+            reason="MISSING_PACKAGE",
+        ) from error
+
+
 def load_base_model(spec: JobSpec, dtype: torch.dtype) -> torch.nn.Module:
     """The frozen base: quantized by the NF4 module for qlora backends, else loaded as is in `dtype`."""
     if spec.quant_backend == "none":
@@ -89,17 +107,23 @@ def load_base_model(spec: JobSpec, dtype: torch.dtype) -> torch.nn.Module:
                 str(spec.model_dir), dtype=dtype, local_files_only=True
             )
         except (OSError, ValueError, RuntimeError) as error:
-            raise UserError(f"could not load the model weights from {spec.model_dir}: {error}") from error
+            raise UserError(
+                f"could not load the model weights from {spec.model_dir}: {error}",
+                reason="INVALID_MODEL",
+                field="model_dir",
+            ) from error
     else:
         from ragtune_worker.nf4 import QuantBackendUnavailableError, load_quantized_base
 
         try:
             model = load_quantized_base(spec.model_dir, spec.quant_backend, dtype)
         except QuantBackendUnavailableError as error:
-            raise UserError(str(error)) from error
+            raise UserError(str(error), reason="BACKEND_UNAVAILABLE", field="quant_backend") from error
         except (OSError, ValueError) as error:
             raise UserError(
-                f"could not load and quantize the model from {spec.model_dir}: {error}"
+                f"could not load and quantize the model from {spec.model_dir}: {error}",
+                reason="INVALID_MODEL",
+                field="model_dir",
             ) from error
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -188,23 +212,38 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, enable_full_determinism, set_seed
 
-    # --- validation: nothing below trains until all input is known to be good ---
+    # --- validation: nothing below trains until the environment and all input are known to be good ---
+    exporter = gguf_exporter()
     config = read_model_config(spec.model_dir)
     if spec.resume_from_checkpoint is not None:
         check_resume_checkpoint(spec.resume_from_checkpoint)
     cuda = torch.cuda.is_available()
     if spec.compute_dtype == "fp16" and not cuda:
-        raise UserError("compute_dtype fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
+        raise UserError(
+            "compute_dtype fp16 needs a CUDA GPU; use fp32 or bf16 on CPU",
+            reason="GPU_REQUIRED",
+            field="compute_dtype",
+        )
     if spec.quant_backend == "bitsandbytes" and not cuda:
-        raise UserError("quant_backend bitsandbytes needs a CUDA GPU; use quant_backend builtin on CPU")
+        raise UserError(
+            "quant_backend bitsandbytes needs a CUDA GPU; use quant_backend builtin on CPU",
+            reason="GPU_REQUIRED",
+            field="quant_backend",
+        )
     max_positions = config.get("max_position_embeddings")
     if isinstance(max_positions, int) and spec.max_seq_len > max_positions:
         raise UserError(
-            f"max_seq_len {spec.max_seq_len} exceeds the model's max_position_embeddings {max_positions}"
+            f"max_seq_len {spec.max_seq_len} exceeds the model's max_position_embeddings {max_positions}",
+            reason="INVALID_VALUE",
+            field="max_seq_len",
         )
     vocab_size = config.get("vocab_size")
     if not isinstance(vocab_size, int) or vocab_size <= 0:
-        raise UserError(f"{spec.model_dir / 'config.json'} has no valid vocab_size")
+        raise UserError(
+            f"{spec.model_dir / 'config.json'} has no valid vocab_size",
+            reason="INVALID_MODEL",
+            field="model_dir",
+        )
     tokenizer = load_tokenizer(spec.model_dir, vocab_size)
     train_examples = load_examples(spec.train_file, tokenizer, spec.max_seq_len, field_name="train_file")
     val_examples = (
@@ -267,7 +306,7 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
         lr_scheduler_type=spec.lr_scheduler,
         warmup_steps=spec.warmup_steps,
         weight_decay=spec.weight_decay,
-        max_grad_norm=spec.max_grad_norm if spec.max_grad_norm > 0 else None,
+        max_grad_norm=spec.max_grad_norm,  # 0: no clipping (Trainer clips only when > 0)
         optim="adamw_torch",
         gradient_checkpointing=spec.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if spec.gradient_checkpointing else None,
@@ -277,11 +316,13 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
         logging_steps=1,
         logging_nan_inf_filter=False,
         include_num_input_tokens_seen="non_padding",
-        eval_strategy="steps" if val_examples else "no",
-        eval_steps=spec.eval_interval_steps,
+        # eval_interval_steps 0: no validation loss at all.
+        eval_strategy="steps" if val_examples and spec.eval_interval_steps > 0 else "no",
+        eval_steps=spec.eval_interval_steps or None,
         prediction_loss_only=True,
         save_strategy="steps",
-        save_steps=spec.checkpoint_interval_steps,
+        # checkpoint_interval_steps 0: only on cancel (JobCallback) and at the last step (Trainer's default).
+        save_steps=spec.checkpoint_interval_steps or steps,
         seed=spec.seed,
         data_seed=spec.seed,
         full_determinism=not cuda,
@@ -310,11 +351,14 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
         if spec.learning_rate >= DIVERGENT_LEARNING_RATE:
             raise UserError(
                 f"training diverged: the loss became {loss} at step {step} with learning_rate "
-                f"{spec.learning_rate}; that learning rate is too high for LoRA (typical: 1e-4 to 5e-4)"
+                f"{spec.learning_rate}; that learning rate is too high for LoRA (typical: 1e-4 to 5e-4)",
+                reason="NAN_LOSS",
+                field="learning_rate",
             )
         raise WorkerSystemError(
             f"training diverged: the loss became {loss} at step {step}; the run was stopped without a "
-            "checkpoint (lower learning_rate or use compute_dtype fp32)"
+            "checkpoint (lower learning_rate or use compute_dtype fp32)",
+            reason="NAN_LOSS",
         )
     final_step = trainer.state.global_step
     if callback.cancelled and final_step < steps:
@@ -323,13 +367,12 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
 
     # --- outputs ---
     model.save_pretrained(str(spec.adapter_dir))
-    fields: dict[str, Any] = {"adapter_dir": str(spec.adapter_dir)}
-    try:
-        from ragtune_worker import gguf_export
-    except ImportError:
-        gguf_export = None
-    if gguf_export is not None:
-        gguf_export.export_lora_gguf(spec.adapter_dir, spec.model_dir, spec.adapter_gguf_path)
-        fields["gguf_path"] = str(spec.adapter_gguf_path)
-    emit("finished", steps=final_step, final_loss=callback.last_loss, **fields)
+    exporter.export_lora_gguf(spec.adapter_dir, spec.model_dir, spec.adapter_gguf_path)
+    emit(
+        "finished",
+        steps=final_step,
+        final_loss=callback.last_loss,
+        adapter_dir=str(spec.adapter_dir),
+        gguf_path=str(spec.adapter_gguf_path),
+    )
     return JobResult("finished", model, final_step)

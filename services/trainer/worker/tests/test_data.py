@@ -74,35 +74,100 @@ def write_rows(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_bad_rows_name_file_line_and_problem(tmp_path: Path, tokenizer) -> None:
-    good = json.dumps({"prompt": "[INST] Q? [/INST]", "completion": "A."})
-    not_json = write_rows(tmp_path / "a.jsonl", [good, "{oops"])
-    with pytest.raises(UserError, match=rf"train_file {not_json} line 2: not valid JSON"):
-        load_examples(not_json, tokenizer, 64)
+GOOD = json.dumps({"prompt": "[INST] Q? [/INST]", "completion": "A."})
 
-    no_completion = write_rows(tmp_path / "b.jsonl", [good, "", json.dumps({"prompt": "[INST] Q? [/INST]"})])
-    with pytest.raises(UserError, match=r"b.jsonl line 3: completion is missing or empty"):
-        load_examples(no_completion, tokenizer, 64)
+# name → (file bytes, reason, line, message pattern after "train_file <path> line N: ")
+BAD_FILES: dict[str, tuple[bytes, str, int, str]] = {
+    "latin-1 byte": (
+        f"{GOOD}\n".encode() + '{"prompt": "caf\u00e9", "completion": "A."}\n'.encode("latin-1"),
+        "INVALID_UTF8",
+        2,
+        r"not valid UTF-8 \(byte 0xe9 at byte 16 of the line: invalid continuation byte\); "
+        r"save the file as UTF-8",
+    ),
+    "UTF-16 file": (
+        f"{GOOD}\n".encode("utf-16"),
+        "INVALID_UTF8",
+        1,
+        r"not valid UTF-8 \(byte 0xff at byte 1 .*UTF-16 byte order mark",
+    ),
+    "a PNG image": (
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4,
+        "INVALID_UTF8",
+        1,
+        r"not valid UTF-8 \(byte 0x89 at byte 1 of the line: invalid start byte\)",
+    ),
+    "lone surrogate escape": (
+        f'{GOOD}\n{GOOD}\n{{"prompt": "Q \\ud800", "completion": "A."}}\n'.encode(),
+        "INVALID_UTF8",
+        3,
+        r"prompt holds an unpaired surrogate escape \(\\ud800 at character 3\)",
+    ),
+    "not JSON": (
+        f"{GOOD}\n{{oops\n".encode(),
+        "INVALID_JSON",
+        2,
+        r"not valid JSON \(Expecting property name",
+    ),
+    "not an object": (
+        b"[1, 2]\n",
+        "INVALID_ROW",
+        1,
+        "a row must be a JSON object with prompt and completion, got list",
+    ),
+    "no completion": (
+        f'{GOOD}\n\n{{"prompt": "[INST] Q? [/INST]"}}\n'.encode(),
+        "MISSING_FIELD",
+        3,
+        "completion is missing",
+    ),
+    "no prompt": (b'{"completion": "A."}\n', "MISSING_FIELD", 1, "prompt is missing"),
+    "prompt not a string": (
+        b'{"prompt": 7, "completion": "A."}\n',
+        "INVALID_ROW",
+        1,
+        "prompt must be a string, got int",
+    ),
+    "blank completion": (
+        b'{"prompt": "[INST] Q? [/INST]", "completion": "  "}\n',
+        "EMPTY_COMPLETION",
+        1,
+        "completion is empty",
+    ),
+    "row over max_seq_len": (
+        f"{GOOD}\n".encode()
+        + json.dumps({"prompt": "[INST] " + "word " * 80 + "[/INST]", "completion": "A."}).encode()
+        + b"\n",
+        "ROW_TOO_LONG",
+        2,
+        r"row is \d+ tokens after tokenization .* over max_seq_len 64",
+    ),
+}
 
-    blank = write_rows(
-        tmp_path / "c.jsonl", [json.dumps({"prompt": "[INST] Q? [/INST]", "completion": "  "})]
-    )
-    with pytest.raises(UserError, match=r"c.jsonl line 1: completion is missing or empty"):
-        load_examples(blank, tokenizer, 64)
 
-    too_long = write_rows(
-        tmp_path / "d.jsonl",
-        [good, json.dumps({"prompt": "[INST] " + "word " * 80 + "[/INST]", "completion": "A."})],
-    )
-    with pytest.raises(
-        UserError, match=r"d.jsonl line 2: row is \d+ tokens after tokenization .* over max_seq_len 64"
-    ):
-        load_examples(too_long, tokenizer, 64)
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_rows_are_user_errors_naming_file_line_and_reason(case: str, tmp_path: Path, tokenizer) -> None:
+    content, reason, line, message = BAD_FILES[case]
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=rf"^train_file {path} line {line}: {message}") as caught:
+        load_examples(path, tokenizer, 64)
+    assert (caught.value.reason, caught.value.field, caught.value.line) == (reason, "train_file", line)
 
-    with pytest.raises(UserError, match="holds no rows"):
+
+def test_a_utf8_byte_order_mark_and_crlf_line_ends_are_fine(tmp_path: Path, tokenizer) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{GOOD}\r\n{GOOD}\r\n".encode())
+    assert len(load_examples(path, tokenizer, 64)) == 2
+
+
+def test_missing_and_empty_files_name_the_spec_field(tmp_path: Path, tokenizer) -> None:
+    with pytest.raises(UserError, match="holds no rows") as caught:
         load_examples(write_rows(tmp_path / "e.jsonl", [""]), tokenizer, 64)
-    with pytest.raises(UserError, match="val_file .* does not exist"):
+    assert (caught.value.reason, caught.value.field) == ("EMPTY_DATASET", "train_file")
+    with pytest.raises(UserError, match="val_file .* does not exist") as caught:
         load_examples(tmp_path / "missing.jsonl", tokenizer, 64, field_name="val_file")
+    assert (caught.value.reason, caught.value.field) == ("FILE_NOT_FOUND", "val_file")
 
 
 def copy_with_tokenizer_config(source: Path, target: Path, **changes: object) -> Path:

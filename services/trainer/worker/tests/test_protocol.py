@@ -85,7 +85,9 @@ def test_bad_input_exits_2_with_a_user_error_before_training(tiny_model_dir: Pat
             "seq": 1,
             "job_id": "j",
             "kind": "user_error",
-            "message": "lora_r must be an integer in [1, 1024], got 0",
+            "reason": "INVALID_VALUE",
+            "field": "lora_r",
+            "message": "lora_r must be an integer in [1, 64], got 0",
         }
     ]
 
@@ -95,12 +97,29 @@ def test_bad_input_exits_2_with_a_user_error_before_training(tiny_model_dir: Pat
     assert process.returncode == 2
     (event,) = parse_events(stdout)
     assert event["kind"] == "user_error" and "target_modules nope match no linear module" in event["message"]
+    assert (event["reason"], event["field"]) == ("UNKNOWN_TARGET_MODULE", "target_modules[0]")
+
+    # A training file that is not UTF-8 (here Latin-1 on line 2): a user error naming file and line.
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(
+        b'{"prompt": "[INST] Q? [/INST]", "completion": "A."}\n'
+        + '{"prompt": "[INST] Caf\u00e9? [/INST]", "completion": "Oui."}\n'.encode("latin-1")
+    )
+    process = start_worker()
+    send(process, {"type": "train", "spec": small_spec(tiny_model_dir, tmp_path, train_file=str(latin1))})
+    stdout, _ = collect(process, timeout=300)
+    assert process.returncode == 2
+    (event,) = parse_events(stdout)
+    assert event["kind"] == "user_error"
+    assert (event["reason"], event["field"], event["line"]) == ("INVALID_UTF8", "train_file", 2)
+    assert event["message"].startswith(f"train_file {latin1} line 2: not valid UTF-8 (byte 0xe9")
 
     process = start_worker()
     stdout, _ = process.communicate("this is not json\n", timeout=300)
     assert process.returncode == 2
     (event,) = parse_events(stdout)
     assert event["kind"] == "user_error" and "JSON train command" in event["message"]
+    assert event["reason"] == "INVALID_COMMAND" and "field" not in event
 
 
 def test_a_diverging_run_exits_1_with_a_system_error(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -119,7 +138,7 @@ def test_a_diverging_run_exits_1_with_a_system_error(tiny_model_dir: Path, tmp_p
     assert process.returncode == 1, stderr
     events = parse_events(stdout)
     assert [e["type"] for e in events] == ["validated", "started", "failed"]
-    assert events[-1]["kind"] == "system_error"
+    assert (events[-1]["kind"], events[-1]["reason"]) == ("system_error", "NAN_LOSS")
     assert "training diverged: the loss became nan at step 1" in events[-1]["message"]
 
 
@@ -143,3 +162,22 @@ def test_stdin_closed_by_a_vanished_parent_stops_with_a_checkpoint(
     assert events[-1]["type"] == "cancelled"
     assert 1 <= events[-1]["step"] < 200
     assert Path(events[-1]["checkpoint_path"]).is_dir()
+
+
+def test_a_missing_gguf_package_is_reported_as_a_system_error_naming_it(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import io
+    import sys
+
+    from ragtune_worker.protocol import EXIT_SYSTEM_ERROR, run
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` raises ImportError
+    monkeypatch.delitem(sys.modules, "ragtune_worker.gguf_export", raising=False)
+    stdin = io.StringIO(json.dumps({"type": "train", "spec": small_spec(tiny_model_dir, tmp_path)}) + "\n")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    assert run(stdin, stdout, stderr) == EXIT_SYSTEM_ERROR
+    (event,) = parse_events(stdout.getvalue())
+    assert (event["kind"], event["reason"]) == ("system_error", "MISSING_PACKAGE")
+    assert "the Python package 'gguf' is missing" in event["message"]
+    assert not (tmp_path / "adapter").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,42 +176,80 @@ def test_the_trained_adapter_answers_and_then_stops_with_eos(tiny_model_dir: Pat
         )
 
 
-def test_a_huge_learning_rate_stops_with_an_error_that_blames_it(tiny_model_dir, run_in_process, tmp_path):
-    spec = small_spec(
-        tiny_model_dir, tmp_path, learning_rate=10.0, warmup_steps=0, val_file=None, max_steps=6
-    )
-    with pytest.raises(
-        UserError, match=r"training diverged: the loss became nan at step \d+ with learning_rate 10"
-    ):
-        run_in_process(spec)
-    assert not (tmp_path / "adapter").exists()
+def poisoned_copy(tiny_model_dir: Path, target: Path) -> Path:
+    """The tiny model with one inf weight: the loss is non-finite from the first step."""
+    shutil.copytree(tiny_model_dir, target)
+    weights = load_file(target / "model.safetensors")
+    weights["model.layers.1.mlp.down_proj.weight"][0, 0] = float("inf")
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
 
 
 def test_non_finite_weights_stop_with_a_system_error(tiny_model_dir, run_in_process, tmp_path) -> None:
-    poisoned = tmp_path / "poisoned"
-    shutil.copytree(tiny_model_dir, poisoned)
-    weights = load_file(poisoned / "model.safetensors")
-    weights["model.layers.1.mlp.down_proj.weight"][0, 0] = float("inf")
-    save_file(weights, poisoned / "model.safetensors", metadata={"format": "pt"})
-    spec = small_spec(poisoned, tmp_path / "out", val_file=None)
-    with pytest.raises(WorkerSystemError, match=r"training diverged: the loss became (nan|inf) at step 1"):
+    spec = small_spec(poisoned_copy(tiny_model_dir, tmp_path / "poisoned"), tmp_path / "out", val_file=None)
+    with pytest.raises(
+        WorkerSystemError, match=r"training diverged: the loss became (nan|inf) at step 1"
+    ) as caught:
         run_in_process(spec)
+    assert (caught.value.reason, caught.value.field) == ("NAN_LOSS", None)
     assert not list((tmp_path / "out").glob("checkpoints/checkpoint-*"))
 
 
-def test_builtin_nf4_qlora_trains_and_exports(tiny_model_dir, run_in_process, tmp_path) -> None:
+def test_a_non_finite_loss_at_a_high_learning_rate_blames_the_learning_rate(
+    tiny_model_dir, run_in_process, tmp_path
+) -> None:
     spec = small_spec(
-        tiny_model_dir, tmp_path, method="qlora", max_steps=3, val_file=None, checkpoint_interval_steps=3
+        poisoned_copy(tiny_model_dir, tmp_path / "poisoned"),
+        tmp_path / "out",
+        learning_rate=0.5,
+        warmup_steps=0,
+        val_file=None,
+        max_steps=3,
+    )
+    with pytest.raises(
+        UserError, match=r"training diverged: the loss became (nan|inf) at step 1 with learning_rate 0.5; "
+    ) as caught:
+        run_in_process(spec)
+    assert (caught.value.reason, caught.value.field) == ("NAN_LOSS", "learning_rate")
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
+def test_builtin_nf4_qlora_trains_and_exports(tiny_model_dir, run_in_process, tmp_path) -> None:
+    # The intervals' and max_grad_norm's 0 as well: no eval, checkpoints only at the end, no clipping.
+    spec = small_spec(
+        tiny_model_dir,
+        tmp_path,
+        method="qlora",
+        max_steps=3,
+        eval_interval_steps=0,
+        checkpoint_interval_steps=0,
+        max_grad_norm=0,
     )
     spec.pop("quant_backend", None)
     result, events = run_in_process(spec)
     assert result.status == "finished"
     assert events.of("validated")[0]["quant_backend"] == "builtin"
     assert all(math.isfinite(loss) for loss in events.train_losses())
+    assert not [m for m in events.of("metrics") if "val_loss" in m]
+    assert [c["step"] for c in events.of("checkpoint")] == [3]
     finished = events.of("finished")[0]
     assert (Path(finished["adapter_dir"]) / "adapter_model.safetensors").is_file()
-    if "gguf_path" in finished:
-        assert Path(finished["gguf_path"]).stat().st_size > 0
+    assert Path(finished["gguf_path"]) == tmp_path / "adapter.gguf"
+    assert Path(finished["gguf_path"]).stat().st_size > 0
+
+
+def test_a_missing_gguf_package_is_a_system_error_naming_it_before_training(
+    tiny_model_dir, run_in_process, tmp_path, monkeypatch
+) -> None:
+    from conftest import Events
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` raises ImportError
+    monkeypatch.delitem(sys.modules, "ragtune_worker.gguf_export", raising=False)
+    events = Events()
+    with pytest.raises(WorkerSystemError, match=r"the Python package 'gguf' is missing") as caught:
+        run_in_process(small_spec(tiny_model_dir, tmp_path), events=events)
+    assert caught.value.reason == "MISSING_PACKAGE"
+    assert events.items == []
 
 
 def rows_file(path: Path, rows: list[object]) -> str:
@@ -230,11 +269,15 @@ BAD_INPUTS = {
         lambda m, t: {
             "train_file": rows_file(t / "r.jsonl", [{"prompt": "[INST] Q? [/INST]", "completion": ""}])
         },
-        r"r.jsonl line 1: completion is missing or empty",
+        r"r.jsonl line 1: completion is empty",
     ),
     "row not JSON": (
         lambda m, t: {"train_file": rows_file(t / "r.jsonl", ["{x"])},
         r"line 1: not valid JSON",
+    ),
+    "training file not UTF-8": (
+        lambda m, t: {"train_file": latin1_file(t / "l.jsonl")},
+        r"l.jsonl line 1: not valid UTF-8 \(byte 0xe9",
     ),
     "row over max_seq_len": (
         lambda m, t: {"max_seq_len": 32},
@@ -262,6 +305,26 @@ BAD_INPUTS = {
         "is not a training checkpoint",
     ),
 }
+# The failed event's reason and field (the spec field to blame) for each case.
+BAD_INPUT_REASONS = {
+    "missing model folder": ("MODEL_NOT_FOUND", "model_dir"),
+    "folder without config": ("INVALID_MODEL", "model_dir"),
+    "target module matches nothing": ("UNKNOWN_TARGET_MODULE", "target_modules[1]"),
+    "row without completion": ("EMPTY_COMPLETION", "train_file"),
+    "row not JSON": ("INVALID_JSON", "train_file"),
+    "training file not UTF-8": ("INVALID_UTF8", "train_file"),
+    "row over max_seq_len": ("ROW_TOO_LONG", "train_file"),
+    "val row over max_seq_len": ("ROW_TOO_LONG", "val_file"),
+    "max_seq_len over the model's positions": ("INVALID_VALUE", "max_seq_len"),
+    "fp16 without a GPU": ("GPU_REQUIRED", "compute_dtype"),
+    "bitsandbytes without a GPU": ("GPU_REQUIRED", "quant_backend"),
+    "resume from a non-checkpoint": ("INVALID_CHECKPOINT", "resume_from_checkpoint"),
+}
+
+
+def latin1_file(path: Path) -> str:
+    path.write_bytes('{"prompt": "[INST] Caf\u00e9? [/INST]", "completion": "Oui."}\n'.encode("latin-1"))
+    return str(path)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -271,7 +334,8 @@ def test_bad_input_fails_before_training_starts(case: str, tiny_model_dir, run_i
     make, message = BAD_INPUTS[case]
     spec = {**small_spec(tiny_model_dir, tmp_path / "out"), **make(tiny_model_dir, tmp_path)}
     events = Events()
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as caught:
         run_in_process(spec, events=events)
+    assert (caught.value.reason, caught.value.field) == BAD_INPUT_REASONS[case]
     assert "started" not in events.types and "metrics" not in events.types
     assert not list((tmp_path / "out").glob("checkpoints/checkpoint-*"))
