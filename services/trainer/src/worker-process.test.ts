@@ -35,8 +35,13 @@ if mode == "cancel":
     emit("cancelled", checkpoint_path=spec["output_dir"] + "/checkpoints/checkpoint-1", step=1)
     sys.exit(0)
 if mode == "user_error":
-    emit("failed", kind="user_error", message="train_file row 3: completion is empty")
+    emit("failed", kind="user_error", reason="INVALID_UTF8", field="train_file", line=3,
+         message="train_file /data/train.jsonl line 3: not valid UTF-8 (byte 0xe9 at byte 17 of the line)")
     sys.exit(2)
+if mode.startswith("failed:"):  # failed:<kind>:<json of the extra fields>
+    _, kind, extra = mode.split(":", 2)
+    emit("failed", kind=kind, message="it failed", **json.loads(extra))
+    sys.exit(2 if kind == "user_error" else 1)
 emit("metrics", step=2, epoch=1.0, train_loss=2.0, learning_rate=0.0001, tokens_per_second=10.0, peak_memory_bytes=1)
 emit("checkpoint", step=2, path=spec["output_dir"] + "/checkpoints/checkpoint-2")
 emit("finished", steps=2, final_loss=2.0, adapter_dir=spec["output_dir"] + "/adapter")
@@ -100,14 +105,41 @@ describe("WorkerProcess", () => {
     expect(events.map((e) => e.type)).toContain("checkpoint");
   });
 
-  it("reports the worker's own user error", async () => {
+  it("reports the worker's own user error with its reason and the request field to blame", async () => {
     const outcome = await start("user_error").worker.done;
-    expect(outcome).toMatchObject({ type: "failed", kind: "user_error", crashed: false, message: "train_file row 3: completion is empty" });
+    expect(outcome).toEqual({
+      type: "failed",
+      kind: "user_error",
+      reason: "INVALID_UTF8",
+      field: "dataset_files.train_path",
+      crashed: false,
+      message: "train_file /data/train.jsonl line 3: not valid UTF-8 (byte 0xe9 at byte 17 of the line)",
+    });
+  });
+
+  it.each([
+    ["user_error", { reason: "INVALID_VALUE", field: "lora_r" }, { reason: "INVALID_VALUE", field: "hyperparameters.rank" }],
+    [
+      "user_error",
+      { reason: "UNKNOWN_TARGET_MODULE", field: "target_modules[1]" },
+      { reason: "UNKNOWN_TARGET_MODULE", field: "hyperparameters.target_modules[1]" },
+    ],
+    ["user_error", { reason: "ROW_TOO_LONG", field: "val_file", line: 9 }, { reason: "ROW_TOO_LONG", field: "dataset_files.val_path" }],
+    ["user_error", { reason: "INVALID_MODEL", field: "model_dir" }, { reason: "INVALID_MODEL", field: "base_model" }],
+    // Fields the service sets itself are not the user's to fix: no field.
+    ["user_error", { reason: "INVALID_CHECKPOINT", field: "resume_from_checkpoint" }, { reason: "INVALID_CHECKPOINT", field: "" }],
+    ["system_error", { reason: "MISSING_PACKAGE" }, { reason: "MISSING_PACKAGE", field: "" }],
+    // A worker that names no reason, or one that is not UPPER_SNAKE_CASE.
+    ["system_error", {}, { reason: "WORKER_REPORTED", field: "" }],
+    ["user_error", { reason: "bad reason!", field: 7 }, { reason: "WORKER_REPORTED", field: "" }],
+  ] as const)("passes a %s's reason and field through (%j)", async (kind, extra, expected) => {
+    const outcome = await start(`failed:${kind}:${JSON.stringify(extra)}`).worker.done;
+    expect(outcome).toEqual({ type: "failed", kind, message: "it failed", crashed: false, ...expected });
   });
 
   it("reports a worker killed mid-run as a crash (system error)", async () => {
     const outcome = await start("crash").worker.done;
-    expect(outcome).toMatchObject({ type: "failed", kind: "system_error", reason: "WORKER_EXITED", crashed: true });
+    expect(outcome).toMatchObject({ type: "failed", kind: "system_error", reason: "WORKER_EXITED", field: "", crashed: true });
     if (outcome.type === "failed") expect(outcome.message).toContain("SIGKILL");
   });
 

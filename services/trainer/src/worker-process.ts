@@ -2,7 +2,7 @@ import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { delimiter } from "node:path";
 import { createInterface } from "node:readline";
 import type { Logger } from "@ragtune/logger";
-import type { WorkerHyperparameters } from "./hyperparameters.js";
+import { requestFieldOfWorkerField, type WorkerHyperparameters } from "./hyperparameters.js";
 
 /** The `spec` of the worker's train command (see services/trainer/worker/ragtune_worker/spec.py). */
 export interface WorkerSpec extends WorkerHyperparameters {
@@ -47,7 +47,17 @@ export type WorkerFinished = Seq & {
   adapter_dir: string;
   gguf_path?: string;
 };
-export type WorkerFailed = Seq & { type: "failed"; kind: "user_error" | "system_error"; message: string };
+export type WorkerFailed = Seq & {
+  type: "failed";
+  kind: "user_error" | "system_error";
+  message: string;
+  /** UPPER_SNAKE_CASE, e.g. INVALID_UTF8, INVALID_JSON, MISSING_FIELD, ROW_TOO_LONG, NAN_LOSS, MISSING_PACKAGE. */
+  reason?: string;
+  /** The spec field to blame (`train_file`, `lora_r`, `target_modules[1]`), when there is one. */
+  field?: string;
+  /** 1-based line of that field's file. */
+  line?: number;
+};
 export type WorkerCancelled = Seq & { type: "cancelled"; checkpoint_path: string | null; step: number };
 
 export type WorkerEvent =
@@ -67,11 +77,36 @@ export type WorkerOutcome =
       type: "failed";
       kind: "user_error" | "system_error";
       message: string;
-      /** UPPER_SNAKE_CASE reason for the job's Failure. */
-      reason: "WORKER_REPORTED" | "WORKER_EXITED" | "HEARTBEAT_TIMEOUT" | "SPAWN_FAILED";
+      /**
+       * UPPER_SNAKE_CASE reason for the job's Failure: the worker's own (INVALID_UTF8, ROW_TOO_LONG, ...;
+       * WORKER_REPORTED from a worker that gave none), or WORKER_EXITED, HEARTBEAT_TIMEOUT, SPAWN_FAILED.
+       */
+      reason: string;
+      /**
+       * The request field to blame for the Failure's `field` (`hyperparameters.rank`, `dataset_files.train_path`),
+       * or "" when none is (see {@link requestFieldOfSpecField}).
+       */
+      field: string;
       /** True when the worker died or hung without reporting: running it again from a checkpoint may work. */
       crashed: boolean;
     };
+
+/** Worker spec fields that come from the CreateJob request but are not hyperparameters. */
+const REQUEST_FIELD_OF_SPEC_FIELD: Readonly<Record<string, string>> = {
+  model_dir: "base_model",
+  train_file: "dataset_files.train_path",
+  val_file: "dataset_files.val_path",
+};
+
+/**
+ * The CreateJob request field of a worker spec field (`lora_r` → `hyperparameters.rank`, `train_file` →
+ * `dataset_files.train_path`); "" for fields the service fills in itself (output_dir, resume_from_checkpoint)
+ * and for anything unknown, so a Failure never blames a field the user did not send.
+ */
+export function requestFieldOfSpecField(specField: string | undefined): string {
+  if (specField === undefined || specField === "") return "";
+  return REQUEST_FIELD_OF_SPEC_FIELD[specField] ?? requestFieldOfWorkerField(specField) ?? "";
+}
 
 export interface WorkerProcessOptions {
   /** The Python interpreter of the worker's environment. */
@@ -91,6 +126,8 @@ export interface WorkerProcessOptions {
   env?: Record<string, string>;
 }
 
+/** A worker's failure reason as the job's Failure carries it (anything else becomes WORKER_REPORTED). */
+const REASON = /^[A-Z][A-Z0-9_]{0,63}$/;
 const EVENT_TYPES = new Set(["validated", "started", "metrics", "checkpoint", "finished", "failed", "cancelled"]);
 const STDERR_TAIL = 30;
 
@@ -215,6 +252,7 @@ export class WorkerProcess {
         type: "failed",
         kind: "system_error",
         reason: "SPAWN_FAILED",
+        field: "",
         crashed: false,
         message: `cannot start the trainer worker with ${options.python}: ${first.err.message}; check TRAINER_PYTHON`,
       };
@@ -227,13 +265,21 @@ export class WorkerProcess {
     if (terminal?.type === "finished") return { type: "finished", event: terminal };
     if (terminal?.type === "cancelled") return { type: "cancelled", event: terminal };
     if (terminal?.type === "failed") {
-      return { type: "failed", kind: terminal.kind, message: terminal.message, reason: "WORKER_REPORTED", crashed: false };
+      return {
+        type: "failed",
+        kind: terminal.kind,
+        message: terminal.message,
+        reason: typeof terminal.reason === "string" && REASON.test(terminal.reason) ? terminal.reason : "WORKER_REPORTED",
+        field: requestFieldOfSpecField(typeof terminal.field === "string" ? terminal.field : undefined),
+        crashed: false,
+      };
     }
     if (this.timedOut) {
       return {
         type: "failed",
         kind: "system_error",
         reason: "HEARTBEAT_TIMEOUT",
+        field: "",
         crashed: true,
         message: `the trainer worker sent no event for ${Math.round(options.heartbeatTimeoutMs / 1000)} s and was stopped`,
       };
@@ -243,6 +289,7 @@ export class WorkerProcess {
       type: "failed",
       kind: "system_error",
       reason: "WORKER_EXITED",
+      field: "",
       crashed: true,
       message: `the trainer worker exited unexpectedly (${signal !== null ? `signal ${signal}` : `exit code ${code}`}) before the job ended`,
     };
