@@ -1,7 +1,9 @@
-export { connectBus } from "./bus.js";
-export type { Bus, BusContext, ConnectBusOptions } from "./bus.js";
+export { busOptionsFromConfig, connectBus } from "./bus.js";
+export type { Bus, BusContext, ConnectBusOptions, NatsConfig, NatsCredentials } from "./bus.js";
 export { EVENTS_STREAM, EVENTS_SUBJECTS, ensureEventsStream, ensureStream, ensureWorkQueueStream } from "./streams.js";
-export type { EventsStreamOptions, WorkQueueStreamOptions } from "./streams.js";
+export type { EventsStreamOptions, StreamTarget, WorkQueueStreamOptions } from "./streams.js";
+export { DEFAULT_STORE_DEFAULTS, STORE_VARIABLES, StoreFullError, storeFullError } from "./store-limits.js";
+export type { StoreDefaults, StoreLabel } from "./store-limits.js";
 export {
   assertEventSubject,
   buildEventCatalog,

@@ -1,13 +1,20 @@
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { JetStreamApiCodes, JetStreamApiError, StorageType } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
+import { nanos } from "@nats-io/nats-core";
 import type { BusContext } from "./bus.js";
+import { guardStoreFull, STORE_VARIABLES, type StoreLabel } from "./store-limits.js";
+import { ensureStream, streamError } from "./streams.js";
 
 export interface KvOptions {
   /** Revisions kept per key. Default 1. */
   history?: number;
   /** Expire entries after this long. Default never (0). */
   ttlMs?: number;
+  /** Size limit of the bucket (-1 = none); writes past it fail with StoreFullError. Default: the bus's `kvMaxBytes` (NATS_KV_MAX_BYTES). */
+  maxBytes?: number;
+  /** Copies across the cluster. Default: the bus's `replicas` (NATS_REPLICAS). */
+  replicas?: number;
 }
 
 export interface KvValue<Desc extends DescMessage> {
@@ -84,12 +91,25 @@ export async function openKv<Desc extends DescMessage>(
   if (!BUCKET_RE.test(bucket)) {
     throw new Error(`KV bucket name ${JSON.stringify(bucket)} is invalid: use only letters, digits, '_' and '-'`);
   }
+  const replicas = options.replicas ?? ctx.stores.replicas;
+  const maxBytes = options.maxBytes ?? ctx.stores.kvMaxBytes;
+  const ttlMs = options.ttlMs ?? 0;
+  const stream = `KV_${bucket}`;
+  const label: StoreLabel = {
+    store: `KV bucket ${bucket}`,
+    maxBytes,
+    ...(options.maxBytes === undefined ? { variable: STORE_VARIABLES.kvMaxBytes } : {}),
+  };
   const kvm = new Kvm(ctx.js);
-  const kv: KV = await kvm.create(bucket, {
-    history: options.history ?? 1,
-    ttl: options.ttlMs ?? 0,
-    storage: StorageType.File,
-  });
+  let kv: KV;
+  try {
+    kv = await kvm.create(bucket, { history: options.history ?? 1, ttl: ttlMs, storage: StorageType.File, replicas, max_bytes: maxBytes });
+  } catch (err) {
+    throw streamError("create", { name: stream, num_replicas: replicas, max_bytes: maxBytes }, err, label);
+  }
+  // An existing bucket is opened as it is: bring its replicas and limits to what is configured now.
+  await ensureStream(ctx, { name: stream, num_replicas: replicas, max_bytes: maxBytes, max_age: nanos(ttlMs) }, label);
+  const write = <T>(op: () => Promise<T>) => guardStoreFull(label, op);
 
   const decode = (e: KvEntry): MessageShape<Desc> => {
     try {
@@ -109,7 +129,7 @@ export async function openKv<Desc extends DescMessage>(
     },
     async create(key, value) {
       try {
-        return await kv.create(key, encode(value));
+        return await write(() => kv.create(key, encode(value)));
       } catch (err) {
         if (isConflict(err)) throw new RevisionConflictError(bucket, key, `KV ${bucket}/${key} already exists`, { cause: err });
         throw err;
@@ -117,7 +137,7 @@ export async function openKv<Desc extends DescMessage>(
     },
     async update(key, value, revision) {
       try {
-        return await kv.update(key, encode(value), revision);
+        return await write(() => kv.update(key, encode(value), revision));
       } catch (err) {
         if (isConflict(err)) {
           throw new RevisionConflictError(bucket, key, `KV ${bucket}/${key} is no longer at revision ${revision}`, { cause: err });
@@ -137,8 +157,8 @@ export async function openKv<Desc extends DescMessage>(
         }
       }
     },
-    put: (key, value) => kv.put(key, encode(value)),
-    delete: (key) => kv.delete(key),
+    put: (key, value) => write(() => kv.put(key, encode(value))),
+    delete: (key) => write(() => kv.delete(key)),
     async *keys(filter) {
       const iter = await kv.keys(filter ?? ">");
       for await (const k of iter) yield k;

@@ -7,6 +7,8 @@ import { StorageType } from "@nats-io/jetstream";
 import { nuid } from "@nats-io/nats-core";
 import { Objm, type ObjectInfo, type ObjectStore } from "@nats-io/obj";
 import type { BusContext } from "./bus.js";
+import { guardStoreFull, STORE_VARIABLES, type StoreLabel } from "./store-limits.js";
+import { ensureStream, streamError } from "./streams.js";
 
 /**
  * Content-addressed artifact store on a JetStream object store bucket.
@@ -40,8 +42,13 @@ export interface ArtifactPutOptions {
 export type ArtifactSource = Readable | AsyncIterable<Uint8Array | string> | Iterable<Uint8Array>;
 
 export interface ArtifactStoreOptions {
-  /** Bucket size limit in bytes (-1 = unlimited, default). */
+  /**
+   * Bucket size limit in bytes (-1 = unlimited); a put past it fails with StoreFullError and stores nothing.
+   * Default: the bus's `artifactsMaxBytes` (NATS_ARTIFACTS_MAX_BYTES).
+   */
   maxBytes?: number;
+  /** Copies across the cluster. Default: the bus's `replicas` (NATS_REPLICAS). */
+  replicas?: number;
   /** Chunks pulled ahead of the reader on get. Default 4 (× 128 KiB). */
   readAhead?: number;
 }
@@ -100,12 +107,24 @@ export async function openArtifactStore(ctx: BusContext, bucket: string, options
   if (!/^[A-Za-z0-9_-]+$/.test(bucket)) {
     throw new Error(`artifact bucket name ${JSON.stringify(bucket)} is invalid: use only letters, digits, '_' and '-'`);
   }
-  const objm = new Objm(ctx.js);
-  const os: ObjectStore = await objm.create(bucket, {
-    storage: StorageType.File,
-    ...(options.maxBytes !== undefined ? { max_bytes: options.maxBytes } : {}),
-  });
+  const replicas = options.replicas ?? ctx.stores.replicas;
+  const maxBytes = options.maxBytes ?? ctx.stores.artifactsMaxBytes;
   const streamName = `OBJ_${bucket}`;
+  const label: StoreLabel = {
+    store: `artifact bucket ${bucket}`,
+    maxBytes,
+    ...(options.maxBytes === undefined ? { variable: STORE_VARIABLES.artifactsMaxBytes } : {}),
+  };
+  const objm = new Objm(ctx.js);
+  let os: ObjectStore;
+  try {
+    os = await objm.create(bucket, { storage: StorageType.File, replicas, max_bytes: maxBytes });
+  } catch (err) {
+    throw streamError("create", { name: streamName, num_replicas: replicas, max_bytes: maxBytes }, err, label);
+  }
+  // An existing bucket is opened as it is: bring its replicas and limit to what is configured now.
+  await ensureStream(ctx, { name: streamName, num_replicas: replicas, max_bytes: maxBytes }, label);
+  const write = <T>(op: () => Promise<T>) => guardStoreFull(label, op);
   const readAhead = Math.max(1, options.readAhead ?? 4);
   const log = ctx.logger.child({ bucket });
 
@@ -166,7 +185,8 @@ export async function openArtifactStore(ctx: BusContext, bucket: string, options
       );
       const tmpName = `${TMP_PREFIX}${nuid.next()}`;
       const metadata = putOptions.contentType ? { contentType: putOptions.contentType } : undefined;
-      const uploaded = await os.put({ name: tmpName, ...(metadata ? { metadata } : {}) }, body);
+      // A put past the bucket's limit fails here; the object store removes the chunks it had written.
+      const uploaded = await write(() => os.put({ name: tmpName, ...(metadata ? { metadata } : {}) }, body));
       const hash = sha.digest("hex");
       if (natsDigestToHex(uploaded.digest) !== hash) {
         await os.delete(tmpName);
@@ -175,12 +195,12 @@ export async function openArtifactStore(ctx: BusContext, bucket: string, options
       const existing = await present(hash);
       if (existing === null) {
         try {
-          await os.update(tmpName, {
+          await write(() => os.update(tmpName, {
             name: hash,
             description: uploaded.description,
             options: uploaded.options,
             ...(uploaded.metadata ? { metadata: uploaded.metadata } : {}),
-          });
+          }));
           const stored = await present(hash);
           if (stored !== null) return toInfo(stored);
         } catch (err) {

@@ -4,6 +4,7 @@ import { nanos } from "@nats-io/nats-core";
 import type { BusContext } from "./bus.js";
 import { ensureDurableConsumer } from "./consumers.js";
 import { decodeMessage, MSG_ID_HEADER, publishMessage, type PublishOptions, type PublishResult } from "./events.js";
+import { guardStoreFull } from "./store-limits.js";
 import { ensureWorkQueueStream } from "./streams.js";
 
 const QUEUE_NAME_RE = /^[a-z0-9]+(-[a-z0-9]+)*$/;
@@ -18,6 +19,12 @@ export interface WorkQueueOptions<Desc extends DescMessage> {
   maxDeliver?: number;
   /** The shared durable consumer's name. Default `workers`. */
   durable?: string;
+  /** Refuse new jobs past this many waiting (0 = unlimited, the default); enqueue then fails with StoreFullError. */
+  maxMessages?: number;
+  /** Refuse new jobs past this size (-1 = unlimited, the default); enqueue then fails with StoreFullError. */
+  maxBytes?: number;
+  /** Copies across the cluster. Default: the bus's `replicas` (NATS_REPLICAS). */
+  replicas?: number;
 }
 
 export interface TakeOptions {
@@ -70,7 +77,13 @@ export async function openWorkQueue<Desc extends DescMessage>(ctx: BusContext, o
   const { stream, subject } = workQueueNames(options.name);
   const ackWaitMs = options.ackWaitMs ?? 30_000;
   const durable = options.durable ?? "workers";
-  await ensureWorkQueueStream(ctx.jsm, { name: stream, subjects: [subject] });
+  await ensureWorkQueueStream(ctx, {
+    name: stream,
+    subjects: [subject],
+    ...(options.maxMessages !== undefined ? { maxMessages: options.maxMessages } : {}),
+    ...(options.maxBytes !== undefined ? { maxBytes: options.maxBytes } : {}),
+    ...(options.replicas !== undefined ? { replicas: options.replicas } : {}),
+  });
   await ensureDurableConsumer(ctx.jsm, stream, {
     durable_name: durable,
     deliver_policy: DeliverPolicy.All,
@@ -121,7 +134,10 @@ export async function openWorkQueue<Desc extends DescMessage>(ctx: BusContext, o
     name: options.name,
     stream,
     subject,
-    enqueue: (job, o) => publishMessage(ctx, subject, options.schema, job, o),
+    enqueue: (job, o) =>
+      guardStoreFull({ store: `work queue ${options.name} (stream ${stream})`, maxBytes: options.maxBytes ?? -1 }, () =>
+        publishMessage(ctx, subject, options.schema, job, o),
+      ),
     async take(o = {}) {
       const expires = Math.max(1_000, o.expiresMs ?? 30_000);
       const c = await getConsumer();
