@@ -93,6 +93,7 @@ WORKDIR /app
 COPY --from=prod-deps /app/ ./
 COPY --from=build /out/ ./
 COPY services/trainer/worker/pyproject.toml services/trainer/worker/requirements.txt ./services/trainer/worker/
+# ragtune_worker/ holds hyperparameters.json, the hyperparameter contract the service (dist/) reads as well.
 COPY services/trainer/worker/ragtune_worker ./services/trainer/worker/ragtune_worker
 # Byte-compile now (the root file system is read-only at run time) and check the environment imports.
 RUN /opt/venv/bin/python -m compileall -q services/trainer/worker/ragtune_worker \

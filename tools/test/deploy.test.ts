@@ -22,6 +22,16 @@ const DEPLOY = join(ROOT, "deploy");
 const K8S = join(DEPLOY, "k8s");
 const BASE = join(K8S, "base");
 const OVERLAYS = ["dev", "prod-l4"] as const;
+/** The trainer's hyperparameter contract (services/trainer/src/hyperparameters.ts and the worker read it). */
+const HYPERPARAMETER_CONTRACT = "services/trainer/worker/ragtune_worker/hyperparameters.json";
+
+/** The largest LoRA rank the trainer accepts: vLLM must be started with exactly this --max-lora-rank. */
+function contractMaxRank(): number {
+  const contract = JSON.parse(readFileSync(join(ROOT, HYPERPARAMETER_CONTRACT), "utf8")) as unknown;
+  const max = get(contract, "hyperparameters", "rank", "max");
+  if (typeof max !== "number" || !Number.isInteger(max)) throw new Error(`${HYPERPARAMETER_CONTRACT}: no integer hyperparameters.rank.max`);
+  return max;
+}
 
 /** Variables each service's config schema knows: a Deployment that sets any other is a typo. */
 const KNOWN_ENV: Record<ServiceName, Set<string>> = {
@@ -60,6 +70,27 @@ function get(v: unknown, ...path: (string | number)[]): unknown {
 
 function list(v: unknown): unknown[] {
   return Array.isArray(v) ? v : [];
+}
+
+/**
+ * Every vLLM `--max-lora-rank` value in a document: in an args/command list (`--max-lora-rank=N` or
+ * `--max-lora-rank`, `N`) or inside a shell command string.
+ */
+function maxLoraRanks(doc: unknown): string[] {
+  const found: string[] = [];
+  const walk = (v: unknown): void => {
+    if (Array.isArray(v)) {
+      const words = v.filter((x): x is string => typeof x === "string").join(" ");
+      for (const m of words.matchAll(/--max-lora-rank(?:=|\s+)(\S*)/g)) found.push(m[1]!);
+      for (const x of v) if (typeof x !== "string") walk(x);
+    } else if (isObj(v)) {
+      for (const x of Object.values(v)) walk(x);
+    } else if (typeof v === "string") {
+      for (const m of v.matchAll(/--max-lora-rank(?:=|\s+)(\S*)/g)) found.push(m[1]!);
+    }
+  };
+  walk(doc);
+  return found;
 }
 
 function filesUnder(dir: string, ext: RegExp): string[] {
@@ -434,6 +465,18 @@ describe("deploy/k8s", () => {
     expect(get(find(resources, "PersistentVolumeClaim", "ragtune-models"), "spec", "accessModes")).toBeDefined();
   });
 
+  it("vLLM's --max-lora-rank, in the base and every overlay, is the largest LoRA rank the trainer accepts", () => {
+    // A larger trainer limit makes adapters vLLM refuses to load; a smaller one wastes vLLM's LoRA memory.
+    const maxRank = contractMaxRank();
+    const found = filesUnder(K8S, /\.ya?ml$/).flatMap((file) =>
+      loadYaml(file).flatMap((doc) => maxLoraRanks(doc).map((rank) => `${relative(ROOT, file)}: --max-lora-rank=${rank}`)),
+    );
+    expect(found.filter((f) => f.startsWith("deploy/k8s/base/vllm.yaml:"))).toHaveLength(1);
+    expect(found, `${HYPERPARAMETER_CONTRACT} says hyperparameters.rank.max = ${maxRank}`).toEqual(
+      found.map((f) => f.replace(/=.*$/, `=${maxRank}`)),
+    );
+  });
+
   it("the gateway is the only service exposed outside the cluster, and the gateway's HPA owns its replica count", () => {
     const exposed: string[] = [];
     const all: Resource[] = [];
@@ -507,6 +550,7 @@ describe.skipIf(!kubectl)("deploy/k8s overlays rendered by kubectl kustomize", (
       if (gpu[d.metadata.name] !== 0) expect(get(spec, "nodeSelector", "cloud.google.com/gke-accelerator"), d.metadata.name).toBe("nvidia-l4");
     }
     expect(gpu).toEqual({ ingest: 0, dataset: 0, trainer: 1, eval: 0, gateway: 0, vllm: 1 });
+    expect(maxLoraRanks(find(resources, "Deployment", "vllm"))).toEqual([String(contractMaxRank())]);
     expect(get(find(resources, "Deployment", "trainer"), "spec", "replicas")).toBeGreaterThan(1);
     expect(get(find(resources, "Deployment", "trainer"), "spec", "template", "spec", "containers", 0, "image")).toBe("ragtune/trainer:0.1.0");
   });
@@ -628,5 +672,25 @@ describe("deploy/docker", () => {
     expect(dockerText).toContain(`./services/trainer/worker/ragtune_worker`);
     expect(trainerEnv.TRAINER_WORKER_DIR).toBe("/app/services/trainer/worker");
     expect(dockerText).toContain("services/trainer/worker/requirements.txt");
+  });
+
+  it("the trainer image holds the hyperparameter contract where the service (dist/) and the worker read it", () => {
+    // Both read it at the same repository-relative path: the worker from its package, the service from
+    // services/trainer/dist/../worker/ragtune_worker. So a COPY must keep that relative path under WORKDIR /app.
+    const instructions = dockerInstructions(join(DEPLOY, "docker", "trainer.Dockerfile"));
+    const runtime = instructions.slice(instructions.findIndex((i) => /^FROM\s.*\sAS\s+runtime$/i.test(i)));
+    expect(runtime.some((i) => /^WORKDIR\s+\/app$/.test(i))).toBe(true);
+    const copies = runtime.flatMap((i) => {
+      const words = (/^COPY\s+(.*)$/i.exec(i)?.[1] ?? "").split(/\s+/).filter(Boolean);
+      if (words.length < 2 || words.some((w) => w.startsWith("--from="))) return [];
+      const paths = words.filter((w) => !w.startsWith("--")).map((w) => w.replace(/^\.\//, "").replace(/\/$/, ""));
+      const dest = paths.at(-1)!;
+      return paths.slice(0, -1).map((src) => ({ src, dest }));
+    });
+    const holder = copies.find(({ src }) => HYPERPARAMETER_CONTRACT === src || HYPERPARAMETER_CONTRACT.startsWith(`${src}/`));
+    expect(holder, `a COPY of ${HYPERPARAMETER_CONTRACT} into the runtime image`).toBeDefined();
+    expect(holder!.dest).toBe(holder!.src);
+    expect(dockerIgnore(join(DEPLOY, "docker", "trainer.Dockerfile.dockerignore"))(HYPERPARAMETER_CONTRACT)).toBe(false);
+    expect(existsSync(join(ROOT, HYPERPARAMETER_CONTRACT))).toBe(true);
   });
 });
