@@ -7,7 +7,10 @@ import { guardStoreFull, STORE_VARIABLES, type StoreLabel } from "./store-limits
 import { ensureStream, streamError } from "./streams.js";
 
 export interface KvOptions {
-  /** Revisions kept per key. Default 1. */
+  /**
+   * Revisions kept per key. Default 1. A watcher is told every change of a key only while that many revisions are
+   * kept: with 1, a change overwritten before the watcher got it is skipped (the watcher still gets the newer one).
+   */
   history?: number;
   /** Expire entries after this long. Default never (0). */
   ttlMs?: number;
@@ -15,7 +18,12 @@ export interface KvOptions {
   maxBytes?: number;
   /** Copies across the cluster. Default: the bus's `replicas` (NATS_REPLICAS). */
   replicas?: number;
+  /** Test hook: runs at the named step (e.g. to write while a watch is being set up). */
+  faults?: (step: KvStep) => void | Promise<void>;
 }
+
+/** Points where a test can act (`faults`): `watch-start` is after a watch fixed its start, before its consumer exists. */
+export type KvStep = "watch-start";
 
 export interface KvValue<Desc extends DescMessage> {
   value: MessageShape<Desc>;
@@ -68,7 +76,11 @@ export interface TypedKv<Desc extends DescMessage> {
   keys(filter?: string): AsyncIterable<string>;
   /** Every present key with its value. */
   entries(filter?: string): AsyncIterable<{ key: string } & KvValue<Desc>>;
-  /** Changes as they happen (after the current values unless `updatesOnly`). */
+  /**
+   * Changes as they happen, after the current values unless `updatesOnly`. With `updatesOnly`, every change stored
+   * after `watch()` was called is reported, even one made before it resolved. Each key's revisions are reported in
+   * order; the last one always arrives, earlier ones only while the bucket still keeps them (`history`).
+   */
   watch(options?: { key?: string; updatesOnly?: boolean }): Promise<KvWatch<Desc>>;
 }
 
@@ -110,6 +122,9 @@ export async function openKv<Desc extends DescMessage>(
   // An existing bucket is opened as it is: bring its replicas and limits to what is configured now.
   await ensureStream(ctx, { name: stream, num_replicas: replicas, max_bytes: maxBytes, max_age: nanos(ttlMs) }, label);
   const write = <T>(op: () => Promise<T>) => guardStoreFull(label, op);
+  const fault = async (step: KvStep) => {
+    await options.faults?.(step);
+  };
 
   const decode = (e: KvEntry): MessageShape<Desc> => {
     try {
@@ -170,7 +185,18 @@ export async function openKv<Desc extends DescMessage>(
       }
     },
     async watch(o = {}) {
-      const iter = await kv.watch({ key: o.key ?? ">", include: o.updatesOnly ? "updates" : "" });
+      const key = o.key ?? ">";
+      let iter: Awaited<ReturnType<KV["watch"]>>;
+      if (o.updatesOnly) {
+        // Start right after the last revision stored now, rather than at whatever is newest when the server creates
+        // the consumer: a change made while the watch is being set up is then reported too. (A start revision also
+        // keeps the client's consumer re-creation after a missed heartbeat from replaying the whole bucket.)
+        const next = (await kv.status()).streamInfo.state.last_seq + 1;
+        await fault("watch-start");
+        iter = await kv.watch({ key, include: "updates", resumeFromRevision: next });
+      } else {
+        iter = await kv.watch({ key, include: "" });
+      }
       return {
         stop: () => iter.stop(),
         async *[Symbol.asyncIterator]() {

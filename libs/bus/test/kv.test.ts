@@ -1,6 +1,6 @@
 import { StructSchema, TimestampSchema } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RevisionConflictError, type Bus, type KvChange } from "../src/index.js";
+import { RevisionConflictError, type Bus, type KvChange, type TypedKv } from "../src/index.js";
 import { startHarness, type Harness } from "./harness.js";
 
 let h: Harness;
@@ -60,7 +60,9 @@ describe("typed KV", () => {
   });
 
   it("watch reports puts and deletes as they happen", async () => {
-    const kv = await bus.kv("watched", StructSchema);
+    // Two revisions per key: the watcher is told both changes of "a" even when the delete lands before the server
+    // has sent it the put (with history 1 the put would be gone by then; see the next tests).
+    const kv = await bus.kv("watched", StructSchema, { history: 2 });
     await kv.put("before", { fields: {} });
     const w = await kv.watch({ updatesOnly: true });
     const seen: KvChange<typeof StructSchema>[] = [];
@@ -77,6 +79,70 @@ describe("typed KV", () => {
     expect(seen.map((c) => [c.key, c.operation])).toEqual([["a", "PUT"], ["a", "DEL"]]);
     expect(seen[0]!.value?.fields.k?.kind).toEqual({ case: "stringValue", value: "v" });
     expect(seen[1]!.value).toBeNull();
+  });
+
+  it("an updates-only watch reports a change made while it is being set up", async () => {
+    // The change lands after watch() was called but before its server-side consumer exists: the window in which a
+    // watch that starts at "whatever is newest when the consumer is created" loses it.
+    let during: number | undefined;
+    let kv!: TypedKv<typeof TimestampSchema>;
+    kv = await bus.kv("watch-setup", TimestampSchema, {
+      faults: async (step) => {
+        if (step === "watch-start") during = await kv.put("k", { seconds: 1n });
+      },
+    });
+    await kv.put("k", { seconds: 0n });
+    const w = await kv.watch({ updatesOnly: true });
+    expect(during).toBeGreaterThan(1);
+    await kv.put("end", { seconds: 2n });
+    const seen: [string, number, bigint | undefined][] = [];
+    for await (const c of w) {
+      seen.push([c.key, c.revision, c.value?.seconds]);
+      if (c.key === "end") break;
+    }
+    w.stop();
+    expect(seen).toEqual([
+      ["k", during, 1n],
+      ["end", during! + 1, 2n],
+    ]);
+  });
+
+  it("with one revision per key, a change overwritten before the watcher got it is skipped and the newest arrives", async () => {
+    // Forced interleaving: put and delete both land before the watch's consumer exists. The bucket keeps only the
+    // delete, so that is what the watcher reports, and the put before it is never reported.
+    let kv!: TypedKv<typeof TimestampSchema>;
+    kv = await bus.kv("watch-history-1", TimestampSchema, {
+      faults: async (step) => {
+        if (step !== "watch-start") return;
+        await kv.put("k", { seconds: 1n });
+        await kv.delete("k");
+      },
+    });
+    const w = await kv.watch({ updatesOnly: true });
+    await kv.put("end", { seconds: 2n });
+    const seen: [string, string][] = [];
+    for await (const c of w) {
+      seen.push([c.key, c.operation]);
+      if (c.key === "end") break;
+    }
+    w.stop();
+    expect(seen).toEqual([["k", "DEL"], ["end", "PUT"]]);
+  });
+
+  it("a change right after watch() resolves is never missed (many rounds)", async () => {
+    const kv = await bus.kv("watch-rounds", TimestampSchema, { history: 2 });
+    for (let round = 1; round <= 100; round++) {
+      const w = await kv.watch({ updatesOnly: true, key: "k" });
+      const put = await kv.put("k", { seconds: BigInt(round) });
+      await kv.delete("k");
+      const it = w[Symbol.asyncIterator]();
+      const got = [(await it.next()).value, (await it.next()).value];
+      w.stop();
+      expect(got.map((c) => [c?.operation, c?.revision === put ? "put" : "later"]), `round ${round}`).toEqual([
+        ["PUT", "put"],
+        ["DEL", "later"],
+      ]);
+    }
   });
 
   it("names the bad bucket", async () => {
