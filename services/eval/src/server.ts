@@ -1,4 +1,4 @@
-import { connectBus } from "@ragtune/bus";
+import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
 import { EvalService } from "@ragtune/proto";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
 import type { BaseServiceConfig } from "@ragtune/config";
@@ -9,7 +9,7 @@ import type { BaseServiceConfig } from "@ragtune/config";
  * for every method an implementation leaves out) until the issue that implements it lands: never a fake answer.
  */
 export async function startEvalService({ config, logger }: ServiceContext<BaseServiceConfig>): Promise<ServiceInstance> {
-  const bus = await connectBus({ servers: config.NATS_URL, name: "eval", logger });
+  const bus = await connectBus(busOptionsFromConfig(config, "eval", logger));
   await bus.ensureEventsStream();
   return {
     register: (router) => router.service(EvalService, {}),

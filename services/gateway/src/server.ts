@@ -1,4 +1,4 @@
-import { connectBus } from "@ragtune/bus";
+import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
 import { GatewayService } from "@ragtune/proto";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
 import type { BaseServiceConfig } from "@ragtune/config";
@@ -9,7 +9,7 @@ import type { BaseServiceConfig } from "@ragtune/config";
  * for every method an implementation leaves out) until the issue that implements it lands: never a fake answer.
  */
 export async function startGatewayService({ config, logger }: ServiceContext<BaseServiceConfig>): Promise<ServiceInstance> {
-  const bus = await connectBus({ servers: config.NATS_URL, name: "gateway", logger });
+  const bus = await connectBus(busOptionsFromConfig(config, "gateway", logger));
   await bus.ensureEventsStream();
   return {
     // Client apps call the gateway with Connect JSON over HTTP/1.1 as well as gRPC over h2c.

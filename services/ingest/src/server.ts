@@ -1,4 +1,4 @@
-import { connectBus } from "@ragtune/bus";
+import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
 import { ChunkSchema, CollectionSchema, DocumentSchema, IngestRunRecordSchema, IngestService } from "@ragtune/proto";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
 import { TokenizerCache } from "./chunking-options.js";
@@ -36,7 +36,7 @@ export interface IngestInstance extends ServiceInstance {
  * the bus.
  */
 export async function startIngestService({ config, logger }: ServiceContext<IngestConfig>): Promise<IngestInstance> {
-  const bus = await connectBus({ servers: config.NATS_URL, name: "ingest", logger });
+  const bus = await connectBus(busOptionsFromConfig(config, "ingest", logger));
   try {
     const names = ingestResourceNames(config.INGEST_BUCKET_PREFIX);
     await bus.ensureEventsStream();

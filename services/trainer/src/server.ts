@@ -1,6 +1,6 @@
 import { mkdir } from "node:fs/promises";
 import { hostname } from "node:os";
-import { connectBus } from "@ragtune/bus";
+import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
 import { TrainerQueueItemSchema, TrainerService } from "@ragtune/proto";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
 import type { TrainerConfig } from "./config.js";
@@ -24,7 +24,7 @@ export interface TrainerInstance extends ServiceInstance {
 export async function startTrainerService({ config, logger }: ServiceContext<TrainerConfig>): Promise<TrainerInstance> {
   const replicaId = config.TRAINER_REPLICA_ID ?? `${hostname()}-${process.pid}`;
   await mkdir(config.TRAINER_WORK_DIR, { recursive: true });
-  const bus = await connectBus({ servers: config.NATS_URL, name: `trainer-${replicaId}`, logger });
+  const bus = await connectBus(busOptionsFromConfig(config, `trainer-${replicaId}`, logger));
   try {
     const store = await JobStore.open(bus, logger);
     const queue = await bus.workQueue({
