@@ -505,6 +505,39 @@ describe("deploy/k8s", () => {
     expect(deletes.map((d) => `${String(get(d, "kind"))}/${String(get(d, "metadata", "name"))}`).sort()).toEqual(["Deployment/vllm", "Service/vllm"]);
     expect(k.secretGenerator.map((g) => g.name)).toContain("ragtune-rpc-auth");
   });
+
+  it("NATS: prod-l4 keeps 3 replicas and gives every service the credentials the servers require; dev 1 replica, none", () => {
+    const natsSettings = (overlay: string) => {
+      const k = readKustomization(join(K8S, "overlays", overlay));
+      const common = Object.assign({}, ...k.configMapGenerator.filter((g) => g.name === "ragtune-common").map((g) => generatorData(k, g)));
+      const fromSecret: string[] = [];
+      for (const doc of k.patches.flatMap((p) => (p.path ? loadYaml(join(k.dir, p.path)) : []))) {
+        for (const c of list(get(doc, "spec", "template", "spec", "containers"))) {
+          for (const e of list(get(c, "env"))) {
+            if (get(e, "valueFrom", "secretKeyRef", "name") === "ragtune-nats-auth") fromSecret.push(`${String(get(doc, "metadata", "name"))}:${String(get(e, "name"))}`);
+          }
+        }
+      }
+      return { replicas: common.NATS_REPLICAS, fromSecret: fromSecret.sort() };
+    };
+    expect(natsSettings("prod-l4")).toEqual({
+      replicas: "3",
+      fromSecret: SERVICE_NAMES.flatMap((n) => [`${n}:NATS_PASSWORD`, `${n}:NATS_USER`]).sort(),
+    });
+    expect(natsSettings("dev")).toEqual({ replicas: "1", fromSecret: [] });
+    // The servers (Helm values) require the same user and password in production, run no nats-box there, and
+    // drop both in dev.
+    const [prod] = loadYaml(join(DEPLOY, "nats", "values.yaml"));
+    const [dev] = loadYaml(join(DEPLOY, "nats", "values-dev.yaml"));
+    expect(get(prod, "config", "cluster", "replicas")).toBe(3);
+    expect(get(prod, "config", "merge", "authorization")).toEqual({ user: "<< $NATS_USER >>", password: "<< $NATS_PASSWORD >>" });
+    for (const key of ["NATS_USER", "NATS_PASSWORD"]) {
+      expect(get(prod, "container", "env", key, "valueFrom", "secretKeyRef")).toEqual({ name: "ragtune-nats-auth", key });
+      expect(get(dev, "container", "env", key)).toBeNull();
+    }
+    expect(get(prod, "natsBox", "enabled")).toBe(false);
+    expect(get(dev, "config", "merge", "authorization")).toBeNull();
+  });
 });
 
 // ---------------------------------------------------------------------------------------------------------
