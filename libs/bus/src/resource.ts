@@ -1,4 +1,4 @@
-import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { create, equals, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { DeliverPolicy, JetStreamApiError, RetentionPolicy, StorageType, type ConsumerMessages } from "@nats-io/jetstream";
 import { headers as natsHeaders, nanos } from "@nats-io/nats-core";
 import type { Logger } from "@ragtune/logger";
@@ -159,13 +159,39 @@ export function isTransientBusError(err: unknown): boolean {
   return /timeout|timed out|no responders|503|disconnect|reconnect|connection closed|connection_closed|closed connection/.test(text);
 }
 
-/** Runs `op`, retrying transient NATS failures with jittered backoff until `boundMs` has passed. */
-export async function retryTransient<T>(op: () => Promise<T>, boundMs: number, logger?: Logger, what = "NATS call"): Promise<T> {
+/** Thrown into an attempt that a reconnect overtook (its request went to a server that is gone). */
+class ReconnectedError extends Error {
+  constructor() {
+    super("NATS reconnected while the request was in flight");
+    this.name = "ReconnectedError";
+  }
+}
+
+/**
+ * Runs `op`, retrying transient NATS failures with jittered backoff until `boundMs` has passed. With `reconnected`
+ * (a promise factory that resolves at the next reconnect), an attempt in flight when the connection comes back is
+ * abandoned and retried at once: a request sent to the old server is lost and would only fail after the full
+ * request timeout.
+ */
+export async function retryTransient<T>(
+  op: () => Promise<T>,
+  boundMs: number,
+  logger?: Logger,
+  what = "NATS call",
+  reconnected?: () => Promise<void>,
+): Promise<T> {
   const deadline = Date.now() + boundMs;
   for (let attempt = 1; ; attempt++) {
     try {
-      return await op();
+      if (reconnected === undefined) return await op();
+      const pending = op();
+      pending.catch(() => {}); // an abandoned attempt's late failure is expected
+      return await Promise.race([pending, reconnected().then(() => Promise.reject(new ReconnectedError()))]);
     } catch (err) {
+      if (err instanceof ReconnectedError && Date.now() < deadline) {
+        logger?.info({ attempt }, `${what}: NATS reconnected while it was in flight; retrying at once`);
+        continue;
+      }
       if (!isTransientBusError(err) || Date.now() >= deadline) throw err;
       const delay = Math.min(2_000, 100 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
       logger?.warn({ err, attempt, retryInMs: Math.round(delay) }, `${what} failed transiently; retrying`);
@@ -180,6 +206,7 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
   readonly subjectPrefix: string;
   private readonly log: Logger;
   private readonly retryMs: number;
+  private nextReconnect: { promise: Promise<void>; resolve: () => void } = deferred();
 
   private constructor(
     private readonly bus: Bus,
@@ -192,6 +219,19 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
     this.subjectPrefix = names.subjectPrefix;
     this.log = bus.logger.child({ component: "resource", kind: def.kind });
     this.retryMs = o.transientRetryMs ?? 30_000;
+    void (async () => {
+      for await (const status of bus.nc.status()) {
+        if (status.type !== "reconnect") continue;
+        const fired = this.nextReconnect;
+        this.nextReconnect = deferred();
+        fired.resolve();
+      }
+    })().catch(() => {});
+  }
+
+  /** retryTransient with this store's bound, logger and reconnect signal. */
+  private retry<T>(op: () => Promise<T>, what: string): Promise<T> {
+    return retryTransient(op, this.retryMs, this.log, what, () => this.nextReconnect.promise);
   }
 
   /** Opens (creating if missing) the kind's KV bucket and history stream. */
@@ -237,7 +277,7 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
   }
 
   private async read(id: string): Promise<{ record: ResourceRecord; revision: number } | null> {
-    const found = await retryTransient(() => this.records.get(id), this.retryMs, this.log, "reading a resource record");
+    const found = await this.retry(() => this.records.get(id), "reading a resource record");
     return found === null ? null : { record: found.value, revision: found.revision };
   }
 
@@ -264,7 +304,7 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
    * cancel request or that another replica took its work. `stop()` ends it.
    */
   async watchState(id: string): Promise<AsyncIterable<Resource<S> | null> & { stop(): void }> {
-    const w = await retryTransient(() => this.records.watch({ key: id }), this.retryMs, this.log, "watching a resource record");
+    const w = await this.retry(() => this.records.watch({ key: id }), "watching a resource record");
     const toResource = (c: { value: ResourceRecord | null; revision: number }) => (c.value === null ? null : this.toResource(id, c.value, c.revision));
     return {
       stop: () => w.stop(),
@@ -281,10 +321,12 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
     await this.fault("before-write", id, Number(record.lastSequence));
     let revision: number;
     try {
-      revision = await retryTransient(() => this.records.create(id, record), this.retryMs, this.log, "creating a resource");
+      revision = await this.retry(() => this.records.create(id, record), "creating a resource");
     } catch (err) {
-      if (err instanceof RevisionConflictError) throw new ResourceExistsError(this.def.kind, id);
-      throw err;
+      if (!(err instanceof RevisionConflictError)) throw err;
+      const mine = await this.ownWriteLanded(id, record);
+      if (mine === undefined) throw new ResourceExistsError(this.def.kind, id);
+      revision = mine;
     }
     await this.fault("after-write", id, Number(record.lastSequence));
     await this.publishOutbox(id, outbox);
@@ -316,10 +358,12 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
       await this.fault("before-write", id, Number(record.lastSequence));
       let next: number;
       try {
-        next = await retryTransient(() => this.records.update(id, record, revision), this.retryMs, this.log, "writing a resource record");
+        next = await this.retry(() => this.records.update(id, record, revision), "writing a resource record");
       } catch (err) {
-        if (err instanceof RevisionConflictError) continue;
-        throw err;
+        if (!(err instanceof RevisionConflictError)) throw err;
+        const mine = await this.ownWriteLanded(id, record);
+        if (mine === undefined) continue;
+        next = mine;
       }
       await this.fault("after-write", id, Number(record.lastSequence));
       await this.publishOutbox(id, outbox);
@@ -357,10 +401,12 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
       await this.fault("before-write", id, Number(record.lastSequence));
       let next: number;
       try {
-        next = await retryTransient(() => this.records.update(id, record, revision), this.retryMs, this.log, "claiming a resource");
+        next = await this.retry(() => this.records.update(id, record, revision), "claiming a resource");
       } catch (err) {
-        if (err instanceof RevisionConflictError) continue;
-        throw err;
+        if (!(err instanceof RevisionConflictError)) throw err;
+        const mine = await this.ownWriteLanded(id, record);
+        if (mine === undefined) continue;
+        next = mine;
       }
       await this.fault("after-write", id, Number(record.lastSequence));
       await this.publishOutbox(id, outbox);
@@ -401,14 +447,26 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
       edit(record);
       let next: number;
       try {
-        next = await retryTransient(() => this.records.update(id, record, revision), this.retryMs, this.log, "writing a resource record");
+        next = await this.retry(() => this.records.update(id, record, revision), "writing a resource record");
       } catch (err) {
-        if (err instanceof RevisionConflictError) continue;
-        throw err;
+        if (!(err instanceof RevisionConflictError)) throw err;
+        const mine = await this.ownWriteLanded(id, record);
+        if (mine === undefined) continue;
+        next = mine;
       }
       await this.publishOutbox(id, outbox);
       return this.toResource(id, record, next);
     }
+  }
+
+  /**
+   * After a compare-and-set conflict: the revision of the stored record when it is exactly `record` (this writer's
+   * own write landed although its request was retried, e.g. across a reconnect), else undefined.
+   */
+  private async ownWriteLanded(id: string, record: ResourceRecord): Promise<number | undefined> {
+    const now = await this.read(id);
+    if (now === null) return undefined;
+    return equals(ResourceRecordSchema, now.record, record) ? now.revision : undefined;
   }
 
   private checkFence(id: string, record: ResourceRecord, fence: Fence): void {
@@ -471,12 +529,7 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
 
   /** Sequence and stream position of the newest stored history event of `id` ({0, 0} when none). */
   private async lastStored(id: string): Promise<{ sequence: number; streamSeq: number }> {
-    const m = await retryTransient(
-      () => this.bus.jsm.streams.getMessage(this.stream, { last_by_subj: this.subject(id) }),
-      this.retryMs,
-      this.log,
-      "reading the last history event",
-    );
+    const m = await this.retry(() => this.bus.jsm.streams.getMessage(this.stream, { last_by_subj: this.subject(id) }), "reading the last history event");
     if (m === null) return { sequence: 0, streamSeq: 0 };
     return { sequence: this.def.sequenceOf(fromBinary(this.def.eventSchema, m.data)), streamSeq: m.seq };
   }
@@ -500,17 +553,12 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
       h.set(MSG_ID_HEADER, entry.msgId);
       if (entry.terminal) h.set(TERMINAL_HEADER, "true");
       if (!entry.history) {
-        await retryTransient(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h }), this.retryMs, this.log, "publishing a catalog event");
+        await this.retry(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h }), "publishing a catalog event");
         await this.fault("after-catalog-publish", id, sequence);
         continue;
       }
       try {
-        const ack = await retryTransient(
-          () => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h, expect: { lastSubjectSequence: last.streamSeq } }),
-          this.retryMs,
-          this.log,
-          "appending a history event",
-        );
+        const ack = await this.retry(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h, expect: { lastSubjectSequence: last.streamSeq } }), "appending a history event");
         last = { sequence, streamSeq: ack.seq };
       } catch (err) {
         if (!(err instanceof JetStreamApiError && err.code === WRONG_LAST_SEQUENCE)) throw err;
@@ -544,12 +592,7 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
     if (first === null) throw new Error(`${this.def.kind} ${id} not found`);
     if (this.def.isTerminal(first.state) && first.lastSequence < next) return;
 
-    const consumer = await retryTransient(
-      () => this.bus.js.consumers.get(this.stream, { filter_subjects: this.subject(id), deliver_policy: DeliverPolicy.All }),
-      this.retryMs,
-      this.log,
-      "opening a history consumer",
-    );
+    const consumer = await this.retry(() => this.bus.js.consumers.get(this.stream, { filter_subjects: this.subject(id), deliver_policy: DeliverPolicy.All }), "opening a history consumer");
     // A short pull expiry makes the client notice a NATS restart within ~2 s (missed heartbeats) and re-create the
     // ordered consumer, instead of ~30 s with the default.
     const messages: ConsumerMessages = await consumer.consume({ max_messages: 256, expires: 2_000 });
@@ -635,6 +678,12 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
   private async fault(step: AppendStep, id: string, sequence: number): Promise<void> {
     await this.o.faults?.(step, id, sequence);
   }
+}
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
 }
 
 function describeClaim(previous: ResourceMeta, owner: string, now: number): string {

@@ -2,7 +2,7 @@ import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { type ArtifactStore, type Fence, OwnershipLostError, type Job as QueueMessage, type WorkQueue } from "@ragtune/bus";
+import { type ArtifactStore, type Fence, OwnershipLostError, type Job as QueueMessage, type WorkQueue, retryTransient } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
   AdapterFileKind,
@@ -27,6 +27,9 @@ import { type JobEventDetail, type JobStore, checkpointId } from "./job-store.js
 import { IllegalTransitionError, isTerminal } from "./job-status.js";
 import { type WorkerEvent, type WorkerOutcome, WorkerProcess, type WorkerSpec } from "./worker-process.js";
 
+/** How long a checkpoint or adapter transfer is retried across NATS failures before the attempt fails. */
+const ARTIFACT_RETRY_MS = 60_000;
+
 /** The work queue carries internal TrainerQueueItems (a job ID); the job itself lives in the KV bucket. */
 export type JobQueue = WorkQueue<typeof TrainerQueueItemSchema>;
 
@@ -49,12 +52,27 @@ export interface JobRunnerOptions {
   workerDir: string;
   workDir: string;
   heartbeatTimeoutMs: number;
+  /**
+   * How long a claim holds the job without renewal (TRAINER_ACK_WAIT): the runner renews it every third of this; a
+   * second delivery of the job (a NATS restart can cause one) waits while the lease is live, and a replica that
+   * cannot renew stops its worker before the lease lapses, so two workers never train one job.
+   */
+  leaseMs: number;
   maxAttempts: number;
   concurrency: number;
   replicaId: string;
   logger: Logger;
   /** How long one take() waits for a job before checking for shutdown. Default 2 s. */
   pollMs?: number;
+}
+
+/** A worker's life on this replica, for diagnostics and tests. */
+export interface WorkerLifecycle {
+  jobId: string;
+  replicaId: string;
+  pid: number | undefined;
+  event: "started" | "exited";
+  atMs: number;
 }
 
 interface Active {
@@ -93,6 +111,7 @@ export class JobRunner {
   private loops: Promise<void>[] = [];
   private stopping = false;
   private readonly logger: Logger;
+  private readonly lifecycle = new Set<(e: WorkerLifecycle) => void>();
 
   constructor(private readonly o: JobRunnerOptions) {
     this.logger = o.logger.child({ component: "job-runner", replica: o.replicaId });
@@ -110,6 +129,12 @@ export class JobRunner {
       a.worker?.cancel();
     }
     await Promise.all(this.loops);
+  }
+
+  /** Calls `listener` when a worker starts or exits on this replica; returns the unsubscribe function. */
+  onWorkerLifecycle(listener: (e: WorkerLifecycle) => void): () => void {
+    this.lifecycle.add(listener);
+    return () => this.lifecycle.delete(listener);
   }
 
   /** PIDs of the workers running now (for diagnostics and tests). */
@@ -149,6 +174,7 @@ export class JobRunner {
           this.logger.warn({ err, jobId: active.jobId }, "another replica owns the job now; stopped this replica's worker");
         } else {
           this.logger.error({ err, jobId: active.jobId }, "running a job failed; handing it back to the queue");
+          await this.noteFailedAttempt(active, err);
           msg.nak(5_000);
         }
       } finally {
@@ -201,11 +227,19 @@ export class JobRunner {
       const delivery = msg.deliveryCount > 1 ? `; the queue delivered it for the ${ordinal(msg.deliveryCount)} time` : "";
       const resumes = checkpoint ? `; resumes from checkpoint ${checkpoint.id} at step ${checkpoint.step}` : "";
       const taken = await store.claim(jobId, this.o.replicaId, {
+        leaseMs: this.o.leaseMs,
         ...(checkpoint ? { resumeFromCheckpointId: checkpoint.id } : {}),
         describe: (next, reason) => `attempt ${next.attempt} started on replica ${this.o.replicaId}${resumes} (${reason}${delivery})`,
       });
       if (taken === null) {
-        await msg.ack(); // finished meanwhile
+        const now = await store.resources.get(jobId);
+        if (now === null || isTerminal(now.state.status)) {
+          await msg.ack(); // finished meanwhile
+          return;
+        }
+        // Another replica holds a live lease: this is a second delivery of a job that is running (a NATS restart
+        // redelivers in-flight items). Wait for the owner instead of training the job twice.
+        await this.waitForOwner(msg, jobId, now.owner, logger);
         return;
       }
       claimed = taken.job;
@@ -221,8 +255,9 @@ export class JobRunner {
     await mkdir(attemptDir, { recursive: true });
     let resumePath: string | null = null;
     if (checkpoint) {
-      resumePath = join(attemptDir, "resume", `checkpoint-${checkpoint.step}`);
-      await restoreDirectory(this.o.artifacts, checkpoint.artifact!, resumePath);
+      const target = join(attemptDir, "resume", `checkpoint-${checkpoint.step}`);
+      await this.retry(() => restoreDirectory(this.o.artifacts, checkpoint.artifact!, target), "restoring a checkpoint");
+      resumePath = target;
     }
     const fence = active.fence;
     if (active.shuttingDown || this.stopping) {
@@ -241,7 +276,10 @@ export class JobRunner {
       onEvent: (e) => this.onWorkerEvent(jobId, e, fence),
     });
     active.worker = worker;
+    this.emit({ jobId, replicaId: this.o.replicaId, pid: worker.pid, event: "started", atMs: Date.now() });
+    void worker.closed.then(() => this.emit({ jobId, replicaId: this.o.replicaId, pid: worker.pid, event: "exited", atMs: Date.now() }));
     if (this.stopping) worker.cancel();
+    const lease = this.keepLease(jobId, fence, active, worker, logger);
     const watch = await store.watchJob(jobId);
     void (async () => {
       for await (const change of watch) {
@@ -262,6 +300,7 @@ export class JobRunner {
     try {
       outcome = await worker.done;
     } catch (err) {
+      lease.stop();
       watch.stop();
       if (active.lost) throw new OwnershipLostError("trainer-job", jobId, "another replica claimed it while its worker ran");
       const now = await store.get(jobId);
@@ -271,6 +310,7 @@ export class JobRunner {
       }
       throw err;
     }
+    lease.stop();
     watch.stop();
     if (active.lost) throw new OwnershipLostError("trainer-job", jobId, "another replica claimed it while its worker ran");
     await this.finish(msg, active, claimed, outcome, logger);
@@ -324,6 +364,7 @@ export class JobRunner {
             (j) => ({ job: j, event: log(JobLogLevel.WARNING, `${outcome.message}; retrying from the latest checkpoint`) }),
             fence,
           );
+          await store.resources.release(jobId, fence); // the next delivery claims at once
           msg.nak(1_000);
           return;
         } else {
@@ -349,6 +390,102 @@ export class JobRunner {
   private async requeue(jobId: string, fence: Fence): Promise<void> {
     const latest = await this.o.store.latestCheckpoint(jobId);
     await this.o.store.transition(jobId, { type: "requeue", ...(latest ? { resumeFromCheckpointId: latest.id } : {}) }, undefined, fence);
+    await this.o.store.resources.release(jobId, fence);
+  }
+
+  /** Object-store transfers ride out a NATS restart: retried (they are content-addressed, so a retry is idempotent). */
+  private retry<T>(op: () => Promise<T>, what: string): Promise<T> {
+    return retryTransient(op, ARTIFACT_RETRY_MS, this.logger, what);
+  }
+
+  private storeFile(path: string, contentType: string) {
+    return this.retry(() => storeFile(this.o.artifacts, path, contentType), "storing an adapter file");
+  }
+
+  /** Says in the history why an attempt ended early (a storage or NATS error) before its job goes back to the queue. */
+  private async noteFailedAttempt(active: Active, err: unknown): Promise<void> {
+    if (active.fence === undefined) return;
+    const fence = active.fence;
+    const message = `attempt stopped on replica ${this.o.replicaId} by a system error (${(err as Error).message ?? String(err)}); the job goes back to the queue and resumes from its latest checkpoint`;
+    try {
+      await this.o.store.modify(active.jobId, (j) => ({ job: j, event: log(JobLogLevel.WARNING, message) }), fence);
+      await this.o.store.resources.release(active.jobId, fence);
+    } catch (e) {
+      this.logger.warn({ err: e, jobId: active.jobId }, "could not record the failed attempt");
+    }
+  }
+
+  private emit(e: WorkerLifecycle): void {
+    for (const listener of this.lifecycle) listener(e);
+  }
+
+  /**
+   * Renews the claim's lease every third of its length while the worker runs. Another owner (OwnershipLostError)
+   * or a lease this replica could not renew in time (NATS unreachable for longer than the lease) kills the worker
+   * before another replica may take the job over.
+   */
+  private keepLease(jobId: string, fence: Fence, active: Active, worker: WorkerProcess, logger: Logger): { stop(): void } {
+    const leaseMs = this.o.leaseMs;
+    let deadline = Date.now() + leaseMs;
+    // Renewals run on a timer and may overlap: one stuck in a request lost to a NATS restart (it times out only
+    // after the request timeout) must not hold back the next attempt.
+    let inFlight = 0;
+    const lose = (why: string, err?: unknown) => {
+      if (active.lost) return;
+      active.lost = true;
+      logger.warn({ err }, `${why}; killing this replica's worker so the job never runs twice`);
+      worker.kill();
+    };
+    const timer = setInterval(() => {
+      if (Date.now() >= deadline - Math.min(1_000, leaseMs / 6)) {
+        lose(`could not renew the job's lease within ${leaseMs} ms`);
+        return;
+      }
+      if (inFlight >= 3) return;
+      inFlight += 1;
+      const started = Date.now();
+      this.o.store.resources
+        .renew(jobId, fence, leaseMs)
+        .then(() => {
+          deadline = Math.max(deadline, started + leaseMs);
+        })
+        .catch((err: unknown) => {
+          if (err instanceof OwnershipLostError) lose("another replica claimed the job", err);
+          else logger.warn({ err }, "renewing the job's lease failed; retrying");
+        })
+        .finally(() => {
+          inFlight -= 1;
+        });
+    }, Math.max(50, Math.floor(leaseMs / 6)));
+    timer.unref();
+    return { stop: () => clearInterval(timer) };
+  }
+
+  /**
+   * This delivery found the job leased by `owner`: hold the delivery (heartbeats keep it) until the job ends (ack),
+   * or the owner lets go or its lease lapses (hand the delivery back at once so a replica claims the job anew).
+   */
+  private async waitForOwner(msg: QueueItem, jobId: string, owner: string, logger: Logger): Promise<void> {
+    logger.info({ owner }, "job is running on another replica; this delivery waits for it instead of training it twice");
+    const watch = await this.o.store.watchJob(jobId);
+    let leaseTimer: NodeJS.Timeout | undefined;
+    try {
+      const outcome = await new Promise<"ended" | "retry">((resolve, reject) => {
+        void (async () => {
+          for await (const r of watch) {
+            clearTimeout(leaseTimer);
+            if (r === null || isTerminal(r.state.status)) return resolve("ended");
+            if (r.owner === "" || this.stopping) return resolve("retry");
+            leaseTimer = setTimeout(() => resolve("retry"), Math.max(0, r.leaseExpiresAtMs - Date.now()) + 100);
+          }
+        })().catch(reject);
+      });
+      if (outcome === "ended") await msg.ack();
+      else msg.nak(0);
+    } finally {
+      clearTimeout(leaseTimer);
+      watch.stop();
+    }
   }
 
   private async fail(jobId: string, kind: FailureKind, reason: string, message: string, fence?: Fence): Promise<void> {
@@ -417,7 +554,7 @@ export class JobRunner {
         }, fence);
         break;
       case "checkpoint": {
-        const artifact = await storeDirectory(this.o.artifacts, e.path);
+        const artifact = await this.retry(() => storeDirectory(this.o.artifacts, e.path), "storing a checkpoint");
         const current = await store.get(jobId);
         const checkpoint = create(CheckpointSchema, {
           id: checkpointId(jobId, e.step),
@@ -443,12 +580,12 @@ export class JobRunner {
       create(AdapterFileSchema, {
         kind: AdapterFileKind.PEFT_CONFIG,
         fileName: "adapter_config.json",
-        artifact: await storeFile(this.o.artifacts, join(e.adapter_dir, "adapter_config.json"), "application/json"),
+        artifact: await this.storeFile(join(e.adapter_dir, "adapter_config.json"), "application/json"),
       }),
       create(AdapterFileSchema, {
         kind: AdapterFileKind.PEFT_WEIGHTS,
         fileName: "adapter_model.safetensors",
-        artifact: await storeFile(this.o.artifacts, join(e.adapter_dir, "adapter_model.safetensors"), "application/octet-stream"),
+        artifact: await this.storeFile(join(e.adapter_dir, "adapter_model.safetensors"), "application/octet-stream"),
       }),
     ];
     if (e.gguf_path) {
@@ -456,7 +593,7 @@ export class JobRunner {
         create(AdapterFileSchema, {
           kind: AdapterFileKind.GGUF,
           fileName: "adapter.gguf",
-          artifact: await storeFile(this.o.artifacts, e.gguf_path, "application/octet-stream"),
+          artifact: await this.storeFile(e.gguf_path, "application/octet-stream"),
         }),
       );
     }

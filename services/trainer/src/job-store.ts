@@ -185,14 +185,17 @@ export class JobStore {
   /**
    * Takes the job for this replica (the work queue delivered it here): a new ownership epoch, the `claim`
    * transition, and a log event saying which attempt starts where and why (a takeover names the replica it
-   * replaces). Returns null when the job is gone or finished; throws IllegalTransitionError when it cannot be claimed.
+   * replaces). With `leaseMs`, the claim holds until renewed and is refused while another replica's lease is live.
+   * Returns null when the job is gone, finished or leased by another replica; throws IllegalTransitionError when it
+   * cannot be claimed.
    */
   async claim(
     jobId: string,
     replicaId: string,
-    options: { resumeFromCheckpointId?: string; describe: (job: Job, reason: string) => string },
+    options: { resumeFromCheckpointId?: string; leaseMs?: number; describe: (job: Job, reason: string) => string },
   ): Promise<{ job: Job; fence: Fence } | null> {
     const claimed = await this.resources.claim(jobId, replicaId, {
+      ...(options.leaseMs !== undefined ? { leaseMs: options.leaseMs } : {}),
       change: (current, meta, reason) => {
         const next = transition(current, { type: "claim", ...(options.resumeFromCheckpointId ? { resumeFromCheckpointId: options.resumeFromCheckpointId } : {}) });
         next.updatedAt = timestampFromDate(new Date());

@@ -43,6 +43,7 @@ export async function startTrainerService({ config, logger }: ServiceContext<Tra
       workerDir: config.TRAINER_WORKER_DIR,
       workDir: config.TRAINER_WORK_DIR,
       heartbeatTimeoutMs: config.TRAINER_HEARTBEAT_TIMEOUT,
+      leaseMs: config.TRAINER_ACK_WAIT,
       maxAttempts: config.TRAINER_MAX_ATTEMPTS,
       concurrency: config.TRAINER_CONCURRENCY,
       replicaId,

@@ -150,6 +150,8 @@ function parseEvent(line: string): WorkerEvent | undefined {
  */
 export class WorkerProcess {
   readonly done: Promise<WorkerOutcome>;
+  /** Resolves when the worker process has exited (before `done`, which also waits for the event handlers). */
+  readonly closed: Promise<void>;
   private readonly child: ChildProcessWithoutNullStreams;
   private readonly logger: Logger;
   private cancelSent = false;
@@ -163,6 +165,7 @@ export class WorkerProcess {
       env: { ...process.env, ...options.env, PYTHONPATH: pythonPath, PYTHONUNBUFFERED: "1" },
       stdio: ["pipe", "pipe", "pipe"],
     });
+    this.closed = new Promise((resolve) => this.child.once("close", () => resolve()));
     this.done = this.supervise(options);
   }
 

@@ -1,138 +1,26 @@
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir } from "node:fs/promises";
-import { join, resolve } from "node:path";
-import { type MessageInitShape, create } from "@bufbuild/protobuf";
+import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
-import {
-  ComputeDtype,
-  type CreateJobRequestSchema,
-  type Hyperparameters,
-  HyperparametersSchema,
-  type JobEvent,
-  JobStatus,
-  TrainerService,
-  TrainingMethod,
-} from "@ragtune/proto";
-import { type ServiceDefinition, type createClient, startTestService } from "@ragtune/rpc";
-import { type NatsServerHandle, expectCode, grpcJsUnary, removeTempDir, startNatsServer, tempDir } from "@ragtune/testing";
+import { type JobEvent, JobStatus, TrainerService } from "@ragtune/proto";
+import { expectCode, grpcJsUnary } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DEFAULT_WORKER_DIR, trainerConfigSchema } from "../src/config.js";
-import { type TrainerInstance, startTrainerService } from "../src/server.js";
+import { FIXTURES, type Replica, type TrainerTestbed, startTestbed, statuses, steps, tinyHyperparameters, watch } from "./harness.js";
 
-const FIXTURES = resolve(DEFAULT_WORKER_DIR, "tests", "fixtures");
-const PYTHON = join(DEFAULT_WORKER_DIR, ".venv", "bin", "python");
-
-let nats: NatsServerHandle;
+let bed: TrainerTestbed;
 let root: string;
 let modelDir: string;
-
-/** Tiny settings: a few steps of seq ≤ 64 on the tiny model, a checkpoint every 2 steps. */
-function tinyHyperparameters(overrides: MessageInitShape<typeof HyperparametersSchema> = {}): Hyperparameters {
-  return create(HyperparametersSchema, {
-    rank: 4,
-    duration: { case: "maxSteps", value: 6 },
-    maxSeqLen: 64,
-    microBatchSize: 2,
-    gradientAccumulationSteps: 1,
-    checkpointIntervalSteps: 2,
-    evalIntervalSteps: 0,
-    warmupSteps: 1,
-    learningRate: 1e-3,
-    computeDtype: ComputeDtype.FLOAT32,
-    gradientCheckpointing: false,
-    ...overrides,
-  });
-}
-
-/** What services/trainer/src/main.ts hands to runService. */
-const TRAINER: ServiceDefinition<typeof trainerConfigSchema, TrainerInstance> = {
-  name: "trainer",
-  schema: trainerConfigSchema,
-  start: startTrainerService,
-};
-/** The same trainer, except that its job runner never starts (that is its onListening): jobs stay queued. */
-const TRAINER_WITHOUT_RUNNER: typeof TRAINER = {
-  ...TRAINER,
-  start: async (context) => ({ ...(await startTrainerService(context)), onListening: undefined }),
-};
-
-interface Replica {
-  name: string;
-  instance: TrainerInstance;
-  port: number;
-  client: ReturnType<typeof createClient<typeof TrainerService>>;
-  /** Shuts the replica down as SIGTERM does. */
-  stop(): Promise<void>;
-}
-
-async function startReplica(name: string, opts: { runJobs?: boolean; env?: Record<string, string> } = {}): Promise<Replica> {
-  const workDir = join(root, "work", name);
-  await mkdir(workDir, { recursive: true });
-  const service = await startTestService({
-    definition: (opts.runJobs ?? true) ? TRAINER : TRAINER_WITHOUT_RUNNER,
-    nats,
-    env: {
-      TRAINER_WORK_DIR: workDir,
-      TRAINER_DATA_ROOT: FIXTURES,
-      TRAINER_MODEL_ROOT: join(root, "models"),
-      TRAINER_ACK_WAIT: "5s",
-      TRAINER_REPLICA_ID: name,
-      ...opts.env,
-    },
-  });
-  return { name, instance: service.instance, port: service.port, client: service.client(TrainerService), stop: service.stop };
-}
-
-function createRequest(overrides: MessageInitShape<typeof CreateJobRequestSchema> = {}): MessageInitShape<typeof CreateJobRequestSchema> {
-  return {
-    baseModel: modelDir,
-    dataset: { case: "datasetFiles", value: { trainPath: join(FIXTURES, "train.jsonl"), valPath: join(FIXTURES, "val.jsonl") } },
-    hyperparameters: tinyHyperparameters(),
-    ...overrides,
-  };
-}
-
-/** Watches a job from `from` until the stream ends (terminal) or `until` says stop. */
-async function watch(r: Replica, jobId: string, until?: (e: JobEvent) => boolean, from = 1): Promise<JobEvent[]> {
-  const events: JobEvent[] = [];
-  const controller = new AbortController();
-  try {
-    for await (const res of r.client.watchJob({ jobId, fromSequence: from }, { signal: controller.signal })) {
-      events.push(res.event!);
-      if (until?.(res.event!)) break;
-    }
-  } finally {
-    controller.abort();
-  }
-  return events;
-}
-
-const statuses = (events: JobEvent[]) =>
-  events.flatMap((e) => (e.event.case === "statusChanged" ? [JobStatus[e.event.value.status]] : []));
-const steps = (events: JobEvent[]) => events.flatMap((e) => (e.event.case === "metrics" ? [e.event.value.step] : []));
+const startReplica: TrainerTestbed["startReplica"] = (name, opts) => bed.startReplica(name, opts);
+const createRequest: TrainerTestbed["createRequest"] = (overrides) => bed.createRequest(overrides);
 
 beforeAll(async () => {
-  root = await tempDir("trainer-it");
-  modelDir = join(root, "models", "tiny");
-  await mkdir(join(root, "models"), { recursive: true });
-  nats = await startNatsServer();
-  // The tiny Llama model (random weights, real tokenizer), once for this file.
-  await new Promise<void>((ok, fail) => {
-    const child = spawn(PYTHON, ["-m", "ragtune_worker.tiny_model", "--out", modelDir, "--no-gguf"], {
-      cwd: DEFAULT_WORKER_DIR,
-      env: { ...process.env, PYTHONPATH: DEFAULT_WORKER_DIR },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let stderr = "";
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.once("exit", (code) => (code === 0 ? ok() : fail(new Error(`tiny_model failed (${code}):\n${stderr}`))));
-  });
+  bed = await startTestbed();
+  root = bed.root;
+  modelDir = bed.modelDir;
 }, 180_000);
 
 afterAll(async () => {
-  await nats?.stop();
-  await removeTempDir(root);
+  await bed?.close();
 });
 
 describe("trainer service (real nats-server, real worker on the tiny model)", () => {
@@ -268,7 +156,7 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
     const { job: queued } = await first.client.createJob(createRequest({ hyperparameters: tinyHyperparameters({ duration: { case: "maxSteps", value: 2 } }) }));
     await watch(first, job!.id, (e) => e.event.case === "metrics" && e.event.value.step >= 3);
     await first.stop(); // the shutdown path: the worker checkpoints and stops, the job goes back to the queue
-    await nats.restart();
+    await bed.nats.restart();
     const next = await startReplica("after-restart");
     try {
       const events = await watch(next, job!.id);
