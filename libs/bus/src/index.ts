@@ -29,3 +29,5 @@ export { openKv, RevisionConflictError } from "./kv.js";
 export type { KvChange, KvOptions, KvStep, KvValue, KvWatch, TypedKv } from "./kv.js";
 export { openArtifactStore } from "./object-store.js";
 export type { ArtifactInfo, ArtifactPutOptions, ArtifactSource, ArtifactStore, ArtifactStoreOptions } from "./object-store.js";
+export { isResourceId, isTransientBusError, OwnershipLostError, ResourceExistsError, ResourceStore, retryTransient, TERMINAL_HEADER } from "./resource.js";
+export type { AppendStep, CatalogEvent, Fence, HistoryEvent, Resource, ResourceChange, ResourceKind, ResourceMeta, ResourceStoreOptions, WatchOptions } from "./resource.js";

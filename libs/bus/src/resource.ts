@@ -6,6 +6,7 @@ import { ResourceRecordSchema, type ResourceOutboxEntry, type ResourceRecord } f
 import type { Bus } from "./bus.js";
 import { eventSubject, MSG_ID_HEADER, TYPE_HEADER } from "./events.js";
 import { RevisionConflictError, type TypedKv } from "./kv.js";
+import { storeFullError } from "./store-limits.js";
 import { ensureStream } from "./streams.js";
 
 /**
@@ -122,9 +123,9 @@ export interface ResourceStoreOptions {
   subjectPrefix?: string;
   /** Revisions kept per record. Default 1. */
   kvHistory?: number;
-  /** Drop history events older than this (0 = keep). */
+  /** Drop history events older than this (0 = keep). Default: the bus's events retention (NATS_EVENTS_MAX_AGE). */
   historyMaxAgeMs?: number;
-  /** Limit of the history stream in bytes (-1 = none). */
+  /** Limit of the history stream in bytes (-1 = none). Default: NATS_EVENTS_MAX_BYTES. */
   historyMaxBytes?: number;
   /** How long a transient NATS failure (timeout, reconnect) is retried before an operation fails. Default 30 s. */
   transientRetryMs?: number;
@@ -243,14 +244,19 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
     if (!KIND_RE.test(def.kind)) throw new Error(`resource kind ${JSON.stringify(def.kind)} is invalid: use kebab-case like "trainer-job"`);
     const stream = options.stream ?? `HISTORY_${def.kind.replaceAll("-", "_").toUpperCase()}`;
     const subjectPrefix = options.subjectPrefix ?? `history.${def.kind}`;
-    await ensureStream(bus.jsm, {
-      name: stream,
-      subjects: [`${subjectPrefix}.>`],
-      storage: StorageType.File,
-      retention: RetentionPolicy.Limits,
-      max_age: nanos(options.historyMaxAgeMs ?? 0),
-      max_bytes: options.historyMaxBytes ?? -1,
-    });
+    await ensureStream(
+      bus,
+      {
+        name: stream,
+        subjects: [`${subjectPrefix}.>`],
+        storage: StorageType.File,
+        retention: RetentionPolicy.Limits,
+        // Histories are events: they follow the events retention (NATS_EVENTS_MAX_AGE / _MAX_BYTES) unless told.
+        max_age: nanos(options.historyMaxAgeMs ?? bus.stores.eventsMaxAgeMs),
+        max_bytes: options.historyMaxBytes ?? bus.stores.eventsMaxBytes,
+      },
+      { store: `history stream ${stream}`, variable: "NATS_EVENTS_MAX_BYTES" },
+    );
     const records = await bus.kv(options.bucket ?? `${def.kind}s`, ResourceRecordSchema, { history: options.kvHistory ?? 1 });
     return new ResourceStore(bus, def, records, options, { stream, subjectPrefix });
   }
@@ -553,7 +559,11 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
       h.set(MSG_ID_HEADER, entry.msgId);
       if (entry.terminal) h.set(TERMINAL_HEADER, "true");
       if (!entry.history) {
-        await this.retry(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h }), "publishing a catalog event");
+        await this.retry(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h }), "publishing a catalog event").catch(
+          (err: unknown) => {
+            throw storeFullError(err, { store: `the events stream (subject ${entry.subject})`, variable: "NATS_EVENTS_MAX_BYTES" }) ?? err;
+          },
+        );
         await this.fault("after-catalog-publish", id, sequence);
         continue;
       }
@@ -561,7 +571,9 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
         const ack = await this.retry(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h, expect: { lastSubjectSequence: last.streamSeq } }), "appending a history event");
         last = { sequence, streamSeq: ack.seq };
       } catch (err) {
-        if (!(err instanceof JetStreamApiError && err.code === WRONG_LAST_SEQUENCE)) throw err;
+        if (!(err instanceof JetStreamApiError && err.code === WRONG_LAST_SEQUENCE)) {
+          throw storeFullError(err, { store: `history stream ${this.stream}`, variable: "NATS_EVENTS_MAX_BYTES" }) ?? err;
+        }
         // Another writer or watcher stored it (or an earlier one) meanwhile: look again.
         last = await this.lastStored(id);
         if (last.sequence < sequence) throw new Error(`${this.def.kind} ${id}: history changed under the append of ${sequence}; retry`, { cause: err });

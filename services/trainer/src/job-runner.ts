@@ -369,7 +369,7 @@ export class JobRunner {
           return;
         } else {
           const kind = outcome.kind === "user_error" ? FailureKind.USER_ERROR : FailureKind.SYSTEM_ERROR;
-          await this.fail(jobId, kind, outcome.reason, outcome.message, fence);
+          await this.fail(jobId, kind, outcome.reason, outcome.message, fence, outcome.field);
         }
         break;
     }
@@ -488,8 +488,8 @@ export class JobRunner {
     }
   }
 
-  private async fail(jobId: string, kind: FailureKind, reason: string, message: string, fence?: Fence): Promise<void> {
-    await this.o.store.transition(jobId, { type: "fail", failure: create(FailureSchema, { kind, reason, message }) }, undefined, fence);
+  private async fail(jobId: string, kind: FailureKind, reason: string, message: string, fence?: Fence, field = ""): Promise<void> {
+    await this.o.store.transition(jobId, { type: "fail", failure: create(FailureSchema, { kind, reason, message, field }) }, undefined, fence);
   }
 
   private workerSpec(job: Job, attemptDir: string, resumePath: string | null): WorkerSpec {
