@@ -28,7 +28,7 @@ import { fromChunkingProto, type ChunkingDefaults, type TokenizerCache } from ".
 import { failedResult, processDocument, SourceReadError, tokenStatsOf, type PublishChunked } from "./document-processor.js";
 import type { DocumentStore } from "./document-store.js";
 import type { KeyedLock } from "./keyed-lock.js";
-import { isUnclaimed, LeaseLostError, type RunStore } from "./run-store.js";
+import { LeaseLostError, type RunStore } from "./run-store.js";
 import { resolveServerPath, type ResolvedServerFile } from "./source-resolver.js";
 
 export interface IngestRunnerDeps {
@@ -100,9 +100,9 @@ export class IngestRunner {
 
   private async scan(): Promise<string[]> {
     const queued: string[] = [];
-    for (const record of await this.deps.runs.unfinished()) {
+    for (const { record, claimable } of await this.deps.runs.unfinished()) {
       const runId = record.run!.id;
-      if (this.pending.has(runId) || !isUnclaimed(record)) continue;
+      if (this.pending.has(runId) || !claimable) continue;
       this.deps.logger.info({ runId, done: record.run!.documentsDone, total: record.run!.documentsTotal }, "resuming unfinished ingest run");
       this.submit(runId);
       queued.push(runId);
@@ -144,7 +144,6 @@ export class IngestRunner {
     const record = await this.deps.runs.claim(runId, this.owner, this.deps.runLeaseMs);
     if (record === null) return; // finished, gone, or held by another instance
     const run = record.run!;
-    record.lastEventSequence = Math.max(record.lastEventSequence, await this.deps.runs.lastStoredSequence(runId));
     const chunkingProto = run.chunking!;
     const chunking = fromChunkingProto(chunkingProto, this.deps.chunkingDefaults);
     const measures = new Map<number, DocMeasure>();
@@ -161,7 +160,7 @@ export class IngestRunner {
       }
       run.status = IngestRunStatus.RUNNING;
       run.startedAt = timestampNow();
-      await this.deps.runs.appendEvent(record, { event: { case: "statusChanged", value: { status: IngestRunStatus.RUNNING } } });
+      this.deps.runs.appendEvent(record, { event: { case: "statusChanged", value: { status: IngestRunStatus.RUNNING } } });
       await this.save(record);
       log.info({ collection: run.collection, documents: run.documentsTotal }, "ingest run started");
     }
@@ -178,7 +177,7 @@ export class IngestRunner {
         result = preset;
       } else {
         run.documents[index] = create(IngestDocumentResultSchema, { ...preset, status: DocumentStatus.PROCESSING });
-        await this.progress(record, index);
+        this.progress(record, index);
         await this.save(record);
         const output = await this.deps.locks.run(run.collection, () => this.processItem(item, record, chunking, chunkingProto, log));
         result = output.result;
@@ -186,7 +185,7 @@ export class IngestRunner {
       }
       run.documents[index] = result;
       run.documentsDone = index + 1;
-      await this.progress(record, index);
+      this.progress(record, index);
       await this.save(record);
     }
     await this.finish(record, measures, undefined);
@@ -235,8 +234,8 @@ export class IngestRunner {
     await this.deps.runs.save(record, this.deps.runLeaseMs);
   }
 
-  private async progress(record: IngestRunRecord, index: number): Promise<void> {
-    await this.deps.runs.appendEvent(record, {
+  private progress(record: IngestRunRecord, index: number): void {
+    this.deps.runs.appendEvent(record, {
       event: { case: "documentProgress", value: { index, result: record.run!.documents[index]! } },
     });
   }
@@ -388,8 +387,8 @@ export class IngestRunner {
   }
 
   /**
-   * Finishes a run: collection counts, statistics, the ragtune.ingest.run.completed event, the
-   * record (final status), then the run's `completed` event that ends watchers.
+   * Finishes a run: collection counts, statistics, then in one write the record (final status), the run's
+   * `completed` event that ends watchers and the ragtune.ingest.run.completed event for downstream services.
    */
   private async finish(record: IngestRunRecord, measures: Map<number, DocMeasure>, failure: Failure | undefined): Promise<void> {
     const run = record.run!;
@@ -415,26 +414,27 @@ export class IngestRunner {
       }
     }
     run.finishedAt = timestampNow();
-    await this.deps.bus.publish(
-      IngestRunCompletedSchema,
+    // The ragtune.ingest.run.completed event goes out with the run's own `completed` event, from one write.
+    await this.deps.runs.completeRun(record, [
       {
-        eventId: `${run.id}:completed`,
-        occurredAt: run.finishedAt,
-        ingestRunId: run.id,
-        collection: run.collection,
-        status: run.status,
-        statistics,
-        ...(run.failure !== undefined ? { failure: run.failure } : {}),
+        schema: IngestRunCompletedSchema,
+        msgId: `${run.id}:completed`,
+        value: {
+          eventId: `${run.id}:completed`,
+          occurredAt: run.finishedAt,
+          ingestRunId: run.id,
+          collection: run.collection,
+          status: run.status,
+          statistics,
+          ...(run.failure !== undefined ? { failure: run.failure } : {}),
+        },
       },
-      { msgId: `${run.id}:completed` },
-    );
-    await this.deps.runs.completeRun(record);
+    ]);
   }
 
   private async failRun(runId: string, err: unknown, log: Logger): Promise<void> {
     const record = await this.deps.runs.claim(runId, this.owner, this.deps.runLeaseMs);
     if (record === null) return;
-    record.lastEventSequence = Math.max(record.lastEventSequence, await this.deps.runs.lastStoredSequence(runId));
     log.debug({ err }, "marking ingest run failed");
     await this.finish(record, new Map(), create(FailureSchema, {
       kind: FailureKind.SYSTEM_ERROR,

@@ -139,8 +139,7 @@ export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof
         requested,
         clientRequestId: req.clientRequestId,
       });
-      await runs.appendEvent(record, { event: { case: "statusChanged", value: { status: IngestRunStatus.QUEUED } } });
-      if (!(await runs.create(record))) {
+      if (!(await runs.create(record, { event: { case: "statusChanged", value: { status: IngestRunStatus.QUEUED } } }))) {
         // A concurrent retry with the same client_request_id won.
         const winner = await runs.get(runId);
         return { run: winner?.record.run };
@@ -162,11 +161,6 @@ export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof
       const found = await runs.get(req.runId);
       if (found === null) throw notFound("ingest run", req.runId);
       const from = Math.max(1, req.fromSequence);
-      const record = found.record;
-      if (record.run!.finishedAt !== undefined) {
-        await runs.ensureCompletedEvent(record);
-        if (from > record.lastEventSequence) return;
-      }
       for await (const event of runs.events(req.runId, from, ctx.signal)) {
         yield { event };
       }

@@ -1,7 +1,16 @@
-import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromMs, timestampNow, type Timestamp } from "@bufbuild/protobuf/wkt";
-import { DeliverPolicy, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
-import { ensureStream, RevisionConflictError, type TypedKv } from "@ragtune/bus";
+import { clone, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  type Bus,
+  type CatalogEvent,
+  type Fence,
+  type HistoryEvent,
+  OwnershipLostError,
+  ResourceExistsError,
+  type ResourceKind,
+  ResourceStore,
+  type ResourceStoreOptions,
+} from "@ragtune/bus";
 import {
   IngestRunEventSchema,
   IngestRunRecordSchema,
@@ -9,17 +18,6 @@ import {
   type IngestRunEvent,
   type IngestRunRecord,
 } from "@ragtune/proto";
-
-export interface RunStoreDeps {
-  /** Key: run ID. */
-  runs: TypedKv<typeof IngestRunRecordSchema>;
-  js: JetStreamClient;
-  jsm: JetStreamManager;
-  /** Stream holding the run events, one subject per run. */
-  eventsStream: string;
-  /** Subject prefix of that stream; a run's events are on `<prefix>.<runId>`. */
-  eventsSubjectPrefix: string;
-}
 
 export function isFinished(status: IngestRunStatus): boolean {
   return (
@@ -29,13 +27,9 @@ export function isFinished(status: IngestRunStatus): boolean {
   );
 }
 
-/** The event of an ingest run, without the fields the store fills in (sequence, run ID, time). */
+/** The event of an ingest run, without the fields the history fills in (sequence, run ID, time). */
 export type RunEventBody = Omit<MessageInitShape<typeof IngestRunEventSchema>, "sequence" | "runId" | "time" | "$typeName">;
 
-/**
- * Ingest runs: the run record (run, its sources, event counter) in KV and the run's events in a
- * stream (one subject per run), so a watcher reads the history and then live events in order.
- */
 /** Another instance took the run over (its lease had lapsed); this one must stop working on it. */
 export class LeaseLostError extends Error {
   constructor(readonly runId: string) {
@@ -44,194 +38,155 @@ export class LeaseLostError extends Error {
   }
 }
 
-function timestampMs(t: Timestamp): number {
-  return Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6);
+/** An ingest run as a resource of the shared history (libs/bus): state `IngestRunRecord`, history `IngestRunEvent`. */
+export const ingestRunKind: ResourceKind<typeof IngestRunRecordSchema, typeof IngestRunEventSchema, RunEventBody> = {
+  kind: "ingest-run",
+  stateSchema: IngestRunRecordSchema,
+  eventSchema: IngestRunEventSchema,
+  stampEvent: (body, { id, sequence, timeMs }) => ({ ...body, sequence, runId: id, time: timestampFromMs(timeMs) }) as MessageInitShape<typeof IngestRunEventSchema>,
+  sequenceOf: (e) => e.sequence,
+  isTerminal: (record) => record.run !== undefined && isFinished(record.run.status),
+  onCommit: (record, lastSequence) => {
+    record.lastEventSequence = lastSequence;
+  },
+};
+
+/** An unfinished run and whether an instance may claim it now (nobody holds a live lease on it). */
+export interface UnfinishedRun {
+  record: IngestRunRecord;
+  claimable: boolean;
 }
 
-/** True when the run has no live lease (nobody holds it, or the holder's claim lapsed). */
-export function isUnclaimed(record: IngestRunRecord, now = Date.now()): boolean {
-  return record.leaseOwner === "" || record.leaseExpiresAt === undefined || timestampMs(record.leaseExpiresAt) <= now;
-}
-
+/**
+ * Ingest runs on the shared resource history: the run record in KV, its events gap-free and exactly once, Watch
+ * from a sequence then live. The runner works on a run it claimed with a lease: it changes the record in memory,
+ * `appendEvent` queues events, and `save` writes record and events in one fenced compare-and-set that renews the
+ * lease — a run another instance took over fails that write with LeaseLostError.
+ */
 export class RunStore {
-  /** KV revisions of the records this instance holds a lease on. */
-  private readonly revisions = new Map<string, number>();
+  /** Fences of the runs this instance holds, and the events waiting for their next save. */
+  private readonly held = new Map<string, { fence: Fence; pending: HistoryEvent<RunEventBody>[] }>();
 
-  constructor(private readonly deps: RunStoreDeps) {}
+  private constructor(readonly resources: ResourceStore<typeof IngestRunRecordSchema, typeof IngestRunEventSchema, RunEventBody>) {}
 
-  /** Creates the events stream if missing. */
-  static async ensureEventsStream(jsm: JetStreamManager, name: string, subjectPrefix: string): Promise<void> {
-    await ensureStream(jsm, {
-      name,
-      subjects: [`${subjectPrefix}.>`],
-      retention: RetentionPolicy.Limits,
-      storage: StorageType.File,
-    });
-  }
-
-  private subject(runId: string): string {
-    return `${this.deps.eventsSubjectPrefix}.${runId}`;
+  static async open(bus: Bus, names: { bucket: string; stream: string; subjectPrefix: string }, options: ResourceStoreOptions = {}): Promise<RunStore> {
+    const resources = await ResourceStore.open(bus, ingestRunKind, { ...options, bucket: names.bucket, stream: names.stream, subjectPrefix: names.subjectPrefix });
+    return new RunStore(resources);
   }
 
   async get(runId: string): Promise<{ record: IngestRunRecord; revision: number } | null> {
-    if (!/^[A-Za-z0-9_-]+$/.test(runId)) return null;
-    const found = await this.deps.runs.get(runId);
-    return found === null ? null : { record: found.value, revision: found.revision };
+    const found = await this.resources.get(runId);
+    return found === null ? null : { record: found.state, revision: found.revision };
   }
 
-  /** Creates the record; false when a record with this ID exists already. */
-  async create(record: IngestRunRecord): Promise<boolean> {
+  /** Creates the record with its first event; false when a record with this ID exists already. */
+  async create(record: IngestRunRecord, first: RunEventBody): Promise<boolean> {
     try {
-      await this.deps.runs.create(record.run!.id, record);
+      await this.resources.create(record.run!.id, record, [{ body: first }]);
       return true;
     } catch (err) {
-      if (err instanceof RevisionConflictError) return false;
+      if (err instanceof ResourceExistsError) return false;
       throw err;
     }
   }
 
   /**
-   * Takes the run for `owner` until now + `leaseMs` (compare-and-set on the record), if it is
-   * unfinished and nobody else holds a live lease. Returns the record, or null when not taken.
+   * Takes the run for `owner` until now + `leaseMs`, if it is unfinished and nobody else holds a live lease.
+   * Returns the record, or null when not taken.
    */
   async claim(runId: string, owner: string, leaseMs: number): Promise<IngestRunRecord | null> {
-    const found = await this.get(runId);
-    if (found === null) return null;
-    const { record, revision } = found;
-    if (isFinished(record.run!.status)) return null;
-    const expires = record.leaseExpiresAt === undefined ? 0 : timestampMs(record.leaseExpiresAt);
-    if (record.leaseOwner !== "" && record.leaseOwner !== owner && expires > Date.now()) return null;
-    record.leaseOwner = owner;
-    record.leaseExpiresAt = timestampFromMs(Date.now() + leaseMs);
-    try {
-      this.revisions.set(runId, await this.deps.runs.update(runId, record, revision));
-    } catch (err) {
-      if (err instanceof RevisionConflictError) return null;
-      throw err;
-    }
-    return record;
+    const claimed = await this.resources.claim(runId, owner, { leaseMs });
+    if (claimed === null) return null;
+    this.held.set(runId, { fence: claimed.fence, pending: [] });
+    return claimed.resource.state;
+  }
+
+  /** Queues the next event of a run this instance holds; it is written with the record at the next `save`. */
+  appendEvent(record: IngestRunRecord, body: RunEventBody, announce?: CatalogEvent[]): void {
+    this.hold(record.run!.id).pending.push({ body, ...(announce ? { announce } : {}) });
   }
 
   /**
-   * Saves a run this instance holds (from `claim`), renewing its lease by `leaseMs`. Throws
-   * LeaseLostError when another instance changed the record since (it took the run over).
+   * Writes the record and its queued events (renewing the lease by `leaseMs`). Throws LeaseLostError when another
+   * instance took the run over since.
    */
   async save(record: IngestRunRecord, leaseMs: number): Promise<void> {
     const runId = record.run!.id;
-    const revision = this.revisions.get(runId);
-    if (revision === undefined) throw new LeaseLostError(runId);
-    if (record.leaseOwner !== "") record.leaseExpiresAt = timestampFromMs(Date.now() + leaseMs);
+    const held = this.hold(runId);
+    const events = held.pending;
+    held.pending = [];
     try {
-      this.revisions.set(runId, await this.deps.runs.update(runId, record, revision));
+      const stored = await this.resources.modify(runId, () => ({ state: clone(IngestRunRecordSchema, record), events }), { fence: held.fence, renewLeaseMs: leaseMs });
+      record.lastEventSequence = stored.state.lastEventSequence;
     } catch (err) {
-      if (err instanceof RevisionConflictError) {
-        this.revisions.delete(runId);
+      if (err instanceof OwnershipLostError) {
+        this.held.delete(runId);
+        throw new LeaseLostError(runId);
+      }
+      held.pending = [...events, ...held.pending];
+      throw err;
+    }
+  }
+
+  /** Writes what is queued and gives up this instance's lease, so another instance (or the next start) takes the run at once. */
+  async release(record: IngestRunRecord): Promise<void> {
+    await this.finishHold(record);
+  }
+
+  /** Stores a finished run with its `completed` event (the terminal one) and the catalog events announcing it, and lets go of it. */
+  async completeRun(record: IngestRunRecord, announce: CatalogEvent[]): Promise<void> {
+    const run = record.run!;
+    this.appendEvent(
+      record,
+      {
+        event: {
+          case: "completed",
+          value: {
+            status: run.status,
+            ...(run.statistics !== undefined ? { statistics: run.statistics } : {}),
+            ...(run.failure !== undefined ? { failure: run.failure } : {}),
+          },
+        },
+      },
+      announce,
+    );
+    await this.finishHold(record);
+  }
+
+  private async finishHold(record: IngestRunRecord): Promise<void> {
+    const runId = record.run!.id;
+    const held = this.hold(runId);
+    const events = held.pending;
+    try {
+      const stored = await this.resources.release(runId, held.fence, () => ({ state: clone(IngestRunRecordSchema, record), events }));
+      record.lastEventSequence = stored.state.lastEventSequence;
+      this.held.delete(runId);
+    } catch (err) {
+      if (err instanceof OwnershipLostError) {
+        this.held.delete(runId);
         throw new LeaseLostError(runId);
       }
       throw err;
     }
-    if (record.leaseOwner === "") this.revisions.delete(runId);
   }
 
-  /** Gives up this instance's lease on an unfinished run, so another instance (or the next start) takes it at once. */
-  async release(record: IngestRunRecord): Promise<void> {
-    record.leaseOwner = "";
-    delete record.leaseExpiresAt;
-    await this.save(record, 0);
+  private hold(runId: string) {
+    const held = this.held.get(runId);
+    if (held === undefined) throw new LeaseLostError(runId);
+    return held;
   }
 
-  /** Records that are not finished (to resume after a restart), oldest first. */
-  async unfinished(): Promise<IngestRunRecord[]> {
-    const out: IngestRunRecord[] = [];
-    for await (const e of this.deps.runs.entries()) {
-      if (e.value.run !== undefined && !isFinished(e.value.run.status)) out.push(e.value);
-    }
+  /** Runs that are not finished (to resume after a restart), oldest first, each with whether it may be claimed now. */
+  async unfinished(now = Date.now()): Promise<UnfinishedRun[]> {
+    const found = await this.resources.list((r) => r.state.run !== undefined && !isFinished(r.state.run.status));
     const millis = (r: IngestRunRecord) => Number(r.run?.createdAt?.seconds ?? 0n) * 1000 + (r.run?.createdAt?.nanos ?? 0) / 1e6;
-    return out.sort((a, b) => millis(a) - millis(b));
+    return found
+      .map((r) => ({ record: r.state, claimable: r.owner === "" || r.leaseExpiresAtMs <= now }))
+      .sort((a, b) => millis(a.record) - millis(b.record));
   }
 
-  /** The sequence of the last event stored for the run (0 when none), read from the stream itself. */
-  async lastStoredSequence(runId: string): Promise<number> {
-    const m = await this.deps.jsm.streams.getMessage(this.deps.eventsStream, { last_by_subj: this.subject(runId) });
-    return m === null ? 0 : fromBinary(IngestRunEventSchema, m.data).sequence;
-  }
-
-  /**
-   * Appends the next event of the run (sequence = record.lastEventSequence + 1) and advances the
-   * record's counter. The event is published first, with a Nats-Msg-Id of `<runId>:<sequence>`, so a
-   * repeat after a crash is dropped as a duplicate; the caller then saves the record.
-   */
-  async appendEvent(record: IngestRunRecord, body: RunEventBody): Promise<IngestRunEvent> {
-    const runId = record.run!.id;
-    const event = create(IngestRunEventSchema, {
-      ...body,
-      sequence: record.lastEventSequence + 1,
-      runId,
-      time: timestampNow(),
-    } as MessageInitShape<typeof IngestRunEventSchema>);
-    await this.deps.js.publish(this.subject(runId), toBinary(IngestRunEventSchema, event), { msgID: `${runId}:${event.sequence}` });
-    record.lastEventSequence = event.sequence;
-    return event;
-  }
-
-  /**
-   * Stores a finished run and then its `completed` event. The record is saved first (with the
-   * event's sequence reserved), so whoever sees the event also sees the final record; a crash in
-   * between is repaired by `ensureCompletedEvent`, which every watcher of a finished run calls.
-   */
-  async completeRun(record: IngestRunRecord): Promise<void> {
-    record.lastEventSequence += 1;
-    record.leaseOwner = "";
-    delete record.leaseExpiresAt;
-    await this.save(record, 0);
-    await this.publishCompleted(record);
-  }
-
-  /** Writes the `completed` event of a finished run if the stream lacks it (idempotent). */
-  async ensureCompletedEvent(record: IngestRunRecord): Promise<void> {
-    if (!isFinished(record.run!.status)) return;
-    if ((await this.lastStoredSequence(record.run!.id)) < record.lastEventSequence) await this.publishCompleted(record);
-  }
-
-  private async publishCompleted(record: IngestRunRecord): Promise<void> {
-    const run = record.run!;
-    const event = create(IngestRunEventSchema, {
-      sequence: record.lastEventSequence,
-      runId: run.id,
-      time: run.finishedAt ?? timestampNow(),
-      event: {
-        case: "completed",
-        value: {
-          status: run.status,
-          ...(run.statistics !== undefined ? { statistics: run.statistics } : {}),
-          ...(run.failure !== undefined ? { failure: run.failure } : {}),
-        },
-      },
-    });
-    await this.deps.js.publish(this.subject(run.id), toBinary(IngestRunEventSchema, event), { msgID: `${run.id}:${event.sequence}` });
-  }
-
-  /**
-   * The run's events from `fromSequence` on: the stored history, then live events, ending after
-   * the `completed` event. Stops early when `signal` aborts.
-   */
-  async *events(runId: string, fromSequence: number, signal: AbortSignal): AsyncGenerator<IngestRunEvent> {
-    const consumer = await this.deps.js.consumers.get(this.deps.eventsStream, {
-      filter_subjects: this.subject(runId),
-      deliver_policy: DeliverPolicy.All,
-    });
-    const messages = await consumer.consume({ max_messages: 64 });
-    const stop = () => void messages.close();
-    signal.addEventListener("abort", stop, { once: true });
-    try {
-      for await (const m of messages) {
-        const event = fromBinary(IngestRunEventSchema, m.data);
-        if (event.sequence >= fromSequence) yield event;
-        if (event.event.case === "completed") return;
-      }
-    } finally {
-      signal.removeEventListener("abort", stop);
-      await messages.close();
-    }
+  /** The run's events from `fromSequence`: the stored history, then live events, ending after the `completed` event. */
+  events(runId: string, fromSequence: number, signal: AbortSignal): AsyncGenerator<IngestRunEvent> {
+    return this.resources.watch(runId, { fromSequence, signal });
   }
 }

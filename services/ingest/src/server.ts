@@ -1,5 +1,5 @@
 import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
-import { ChunkSchema, CollectionSchema, DocumentSchema, IngestRunRecordSchema, IngestService } from "@ragtune/proto";
+import { ChunkSchema, CollectionSchema, DocumentSchema, IngestService } from "@ragtune/proto";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
 import { TokenizerCache } from "./chunking-options.js";
 import type { IngestConfig } from "./config.js";
@@ -40,23 +40,15 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
   try {
     const names = ingestResourceNames(config.INGEST_BUCKET_PREFIX);
     await bus.ensureEventsStream();
-    await RunStore.ensureEventsStream(bus.jsm, names.runEventsStream, names.runEventsSubjectPrefix);
-    const [collections, documents, chunks, runsKv, chunkSets, sources] = await Promise.all([
+    const [collections, documents, chunks, runs, chunkSets, sources] = await Promise.all([
       bus.kv(names.collections, CollectionSchema),
       bus.kv(names.documents, DocumentSchema),
       bus.kv(names.chunks, ChunkSchema),
-      bus.kv(names.runs, IngestRunRecordSchema),
+      RunStore.open(bus, { bucket: names.runs, stream: names.runEventsStream, subjectPrefix: names.runEventsSubjectPrefix }),
       bus.artifacts(names.chunkSets),
       bus.artifacts(names.sources),
     ]);
     const store = new DocumentStore({ collections, documents, chunks, chunkSets });
-    const runs = new RunStore({
-      runs: runsKv,
-      js: bus.js,
-      jsm: bus.jsm,
-      eventsStream: names.runEventsStream,
-      eventsSubjectPrefix: names.runEventsSubjectPrefix,
-    });
     const locks = new KeyedLock();
     const chunkingDefaults = {
       tokenizer: config.INGEST_DEFAULT_TOKENIZER,

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { DocumentStatus, IngestRunRecordSchema, IngestRunStatus, type DocumentSource, type IngestRunEvent } from "@ragtune/proto";
+import { DocumentStatus, IngestRunStatus, type DocumentSource, type IngestRunEvent } from "@ragtune/proto";
+import { RunStore } from "../src/run-store.js";
 import { ingestResourceNames } from "../src/server.js";
 import { startHarness, waitForRun, type Harness } from "./harness.js";
 
@@ -47,10 +47,11 @@ describe("two instances on one NATS", () => {
   it("takes over the run of an instance that died once its lease lapses", async () => {
     const { run: started } = await h.grpc.ingestDocuments({ collection: "rb2", sources: batch(60), chunking: { chunkSizeTokens: 64 } });
     await h.server.stop(); // stops after the current document and releases the run
-    // Pretend the holder crashed instead: its lease is still live for a moment.
-    const runs = await h.bus.kv(ingestResourceNames(h.config.INGEST_BUCKET_PREFIX).runs, IngestRunRecordSchema);
-    const { value: record } = await runs.modify(started!.id, (r) => ({ ...r!, leaseOwner: "crashed-instance", leaseExpiresAt: timestampFromMs(Date.now() + 1_500) }));
-    expect(record.run?.status).not.toBe(IngestRunStatus.SUCCEEDED);
+    // Pretend the holder crashed instead: it claimed the run and its lease is still live for a moment.
+    const names = ingestResourceNames(h.config.INGEST_BUCKET_PREFIX);
+    const runs = await RunStore.open(h.bus, { bucket: names.runs, stream: names.runEventsStream, subjectPrefix: names.runEventsSubjectPrefix });
+    const record = await runs.claim(started!.id, "crashed-instance", 1_500);
+    expect(record?.run?.status).not.toBe(IngestRunStatus.SUCCEEDED);
 
     const survivor = await h.startInstance({ INGEST_RUN_SCAN_INTERVAL: "100ms" });
     try {
@@ -60,8 +61,9 @@ describe("two instances on one NATS", () => {
       expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
       expect(finalIndices(events)).toEqual(Array.from({ length: 60 }, (_, i) => i));
       expect((await survivor.grpc.listDocuments({ collection: "rb2" })).page?.totalSize).toBe(60);
-      const stored = await runs.get(started!.id);
-      expect(stored?.value.leaseOwner).toBe("");
+      const stored = await runs.resources.get(started!.id);
+      expect(stored?.owner).toBe("");
+      expect(stored?.claimReason).toMatch(/the lease of crashed-instance lapsed/);
     } finally {
       await survivor.server.stop();
       h.server = (await h.startInstance()).server; // so afterAll closes a live instance
