@@ -144,6 +144,8 @@ export interface WatchOptions {
 const ID_RE = /^[A-Za-z0-9_-]{1,128}$/;
 const KIND_RE = /^[a-z0-9]+(-[a-z0-9]+)*$/;
 const WRONG_LAST_SEQUENCE = 10071;
+/** What a write's build step returns for "no change". */
+const SKIP = Symbol("skip");
 /** Header marking the history event that left the resource terminal: watchers end after it. */
 export const TERMINAL_HEADER = "Ragtune-Terminal";
 
@@ -349,119 +351,114 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
     change: (state: MessageShape<S>, meta: ResourceMeta) => ResourceChange<S, B> | null,
     options: { fence?: Fence; renewLeaseMs?: number } = {},
   ): Promise<Resource<S>> {
-    for (;;) {
-      const found = await this.read(id);
-      if (found === null) throw new Error(`${this.def.kind} ${id} not found`);
-      const { record: current, revision } = found;
+    const written = await this.write(id, (current, meta) => {
       if (options.fence !== undefined) this.checkFence(id, current, options.fence);
-      // Whatever an earlier writer committed but did not publish goes out first, so the history stays in order.
-      if (current.outbox.length > 0) await this.publishOutbox(id, current.outbox);
-      const meta = this.toResource(id, current, revision);
       const result = change(meta.state, meta);
-      if (result === null) return meta;
-      const { record, outbox } = this.nextRecord(id, current, result.state, result.events ?? []);
-      if (options.renewLeaseMs !== undefined && record.owner !== "") record.leaseExpiresAtMs = BigInt(Date.now() + options.renewLeaseMs);
-      await this.fault("before-write", id, Number(record.lastSequence));
-      let next: number;
-      try {
-        next = await this.retry(() => this.records.update(id, record, revision), "writing a resource record");
-      } catch (err) {
-        if (!(err instanceof RevisionConflictError)) throw err;
-        const mine = await this.ownWriteLanded(id, record);
-        if (mine === undefined) continue;
-        next = mine;
-      }
-      await this.fault("after-write", id, Number(record.lastSequence));
-      await this.publishOutbox(id, outbox);
-      return this.toResource(id, record, next);
-    }
+      if (result === null) return SKIP;
+      const next = this.nextRecord(id, current, result.state, result.events ?? []);
+      if (options.renewLeaseMs !== undefined && next.record.owner !== "") next.record.leaseExpiresAtMs = BigInt(Date.now() + options.renewLeaseMs);
+      return next;
+    });
+    if (written === null) throw new Error(`${this.def.kind} ${id} not found`);
+    return written.resource;
   }
 
   /**
    * Takes the work for `owner` and starts a new epoch. With `leaseMs`, only when nobody holds a live lease (or the
    * owner itself does); without, unconditionally (a work-queue delivery decides who owns the work). `reason` goes
-   * into the record and, through `event`, into the history. Returns null when the resource is absent, terminal, or
+   * into the record and, through `change`, into the history. Returns null when the resource is absent, terminal, or
    * leased by another owner.
    */
   async claim(
     id: string,
     owner: string,
-    options: { leaseMs?: number; reason?: (previous: ResourceMeta, now: number) => string; change?: (state: MessageShape<S>, previous: ResourceMeta, reason: string) => ResourceChange<S, B> } = {},
+    options: {
+      leaseMs?: number;
+      reason?: (previous: ResourceMeta, now: number) => string;
+      change?: (state: MessageShape<S>, previous: ResourceMeta, reason: string) => ResourceChange<S, B>;
+    } = {},
   ): Promise<{ resource: Resource<S>; fence: Fence } | null> {
-    for (;;) {
-      const found = await this.read(id);
-      if (found === null) return null;
-      const { record: current, revision } = found;
-      const meta = this.toResource(id, current, revision);
-      if (this.def.isTerminal(meta.state)) return null;
+    const written = await this.write(id, (current, meta) => {
+      if (this.def.isTerminal(meta.state)) return SKIP;
       const now = Date.now();
-      if (options.leaseMs !== undefined && current.owner !== "" && current.owner !== owner && Number(current.leaseExpiresAtMs) > now) return null;
-      if (current.outbox.length > 0) await this.publishOutbox(id, current.outbox);
+      if (options.leaseMs !== undefined && current.owner !== "" && current.owner !== owner && Number(current.leaseExpiresAtMs) > now) return SKIP;
       const reason = options.reason?.(meta, now) ?? describeClaim(meta, owner, now);
       const changed = options.change?.(meta.state, meta, reason) ?? { state: meta.state };
-      const { record, outbox } = this.nextRecord(id, current, changed.state, changed.events ?? []);
-      record.owner = owner;
-      record.epoch = current.epoch + 1n;
-      record.leaseExpiresAtMs = options.leaseMs !== undefined ? BigInt(now + options.leaseMs) : 0n;
-      record.claimReason = reason;
-      await this.fault("before-write", id, Number(record.lastSequence));
-      let next: number;
-      try {
-        next = await this.retry(() => this.records.update(id, record, revision), "claiming a resource");
-      } catch (err) {
-        if (!(err instanceof RevisionConflictError)) throw err;
-        const mine = await this.ownWriteLanded(id, record);
-        if (mine === undefined) continue;
-        next = mine;
-      }
-      await this.fault("after-write", id, Number(record.lastSequence));
-      await this.publishOutbox(id, outbox);
-      return { resource: this.toResource(id, record, next), fence: { owner, epoch: Number(record.epoch) } };
-    }
+      const next = this.nextRecord(id, current, changed.state, changed.events ?? []);
+      next.record.owner = owner;
+      next.record.epoch = current.epoch + 1n;
+      next.record.leaseExpiresAtMs = options.leaseMs !== undefined ? BigInt(now + options.leaseMs) : 0n;
+      next.record.claimReason = reason;
+      return next;
+    });
+    if (written === null || !written.wrote) return null;
+    return { resource: written.resource, fence: { owner, epoch: written.resource.epoch } };
   }
 
   /** Gives up ownership (fenced): the next claim takes the work at once. `change` may record why. */
   async release(id: string, fence: Fence, change?: (state: MessageShape<S>) => ResourceChange<S, B>): Promise<Resource<S>> {
-    return this.modifyRecord(id, fence, (record) => {
+    return this.modifyFenced(id, fence, change, (record) => {
       record.owner = "";
       record.leaseExpiresAtMs = 0n;
-    }, change);
+    });
   }
 
   /** Extends a lease (fenced). */
   async renew(id: string, fence: Fence, leaseMs: number): Promise<Resource<S>> {
-    return this.modifyRecord(id, fence, (record) => {
+    return this.modifyFenced(id, fence, undefined, (record) => {
       record.leaseExpiresAtMs = BigInt(Date.now() + leaseMs);
     });
   }
 
-  private async modifyRecord(
+  private async modifyFenced(
     id: string,
     fence: Fence,
+    change: ((state: MessageShape<S>) => ResourceChange<S, B>) | undefined,
     edit: (record: ResourceRecord) => void,
-    change?: (state: MessageShape<S>) => ResourceChange<S, B>,
   ): Promise<Resource<S>> {
+    const written = await this.write(id, (current, meta) => {
+      this.checkFence(id, current, fence);
+      const changed = change?.(meta.state) ?? { state: meta.state };
+      const next = this.nextRecord(id, current, changed.state, changed.events ?? []);
+      edit(next.record);
+      return next;
+    });
+    if (written === null) throw new Error(`${this.def.kind} ${id} not found`);
+    return written.resource;
+  }
+
+  /**
+   * The one write loop: read the record, publish what an earlier writer left in its outbox, let `build` make the
+   * next record (or SKIP), compare-and-set it, publish its outbox. A conflict runs `build` again on the newer record.
+   * Returns null when the resource is absent; `wrote` is false when `build` skipped.
+   */
+  private async write(
+    id: string,
+    build: (current: ResourceRecord, meta: Resource<S>) => { record: ResourceRecord; outbox: ResourceOutboxEntry[] } | typeof SKIP,
+  ): Promise<{ resource: Resource<S>; wrote: boolean } | null> {
     for (;;) {
       const found = await this.read(id);
-      if (found === null) throw new Error(`${this.def.kind} ${id} not found`);
+      if (found === null) return null;
       const { record: current, revision } = found;
-      this.checkFence(id, current, fence);
+      // Whatever an earlier writer committed but did not publish goes out first, so the history stays in order.
       if (current.outbox.length > 0) await this.publishOutbox(id, current.outbox);
-      const state = this.decodeState(current);
-      const changed = change?.(state) ?? { state };
-      const { record, outbox } = this.nextRecord(id, current, changed.state, changed.events ?? []);
-      edit(record);
-      let next: number;
+      const meta = this.toResource(id, current, revision);
+      const next = build(current, meta);
+      if (next === SKIP) return { resource: meta, wrote: false };
+      const { record, outbox } = next;
+      await this.fault("before-write", id, Number(record.lastSequence));
+      let written: number;
       try {
-        next = await this.retry(() => this.records.update(id, record, revision), "writing a resource record");
+        written = await this.retry(() => this.records.update(id, record, revision), "writing a resource record");
       } catch (err) {
         if (!(err instanceof RevisionConflictError)) throw err;
         const mine = await this.ownWriteLanded(id, record);
         if (mine === undefined) continue;
-        next = mine;
+        written = mine;
       }
+      await this.fault("after-write", id, Number(record.lastSequence));
       await this.publishOutbox(id, outbox);
-      return this.toResource(id, record, next);
+      return { resource: this.toResource(id, record, written), wrote: true };
     }
   }
 
