@@ -1,0 +1,182 @@
+/**
+ * Lexical similarity for dataset generation: content-word tokens, a small in-memory BM25 index over a collection's
+ * chunks (hard-negative retrieval) and answer coverage (how much of an answer's content a text still holds).
+ * Pure and deterministic; no dependency beyond the standard library.
+ */
+
+/** English function words and question words; they carry no topic, so neither retrieval nor coverage counts them. */
+const STOPWORDS = new Set(
+  (
+    "a about above after again against all also am an and any are aren't as at be because been before being below " +
+    "between both but by can can't cannot could couldn't did didn't do does doesn't doing don't down during each " +
+    "either else etc even ever every few for from further had hadn't has hasn't have haven't having he her here hers " +
+    "herself him himself his how however i if in into is isn't it it's its itself just least less let like many may " +
+    "me might more most much must mustn't my myself neither no nor not now of off often on once one only or other " +
+    "others otherwise our ours ourselves out over own per rather same shall she should shouldn't since so some such " +
+    "than that that's the their theirs them themselves then there there's these they they're this those though " +
+    "through thus to too under until up upon us very via was wasn't we we're were weren't what what's when where " +
+    "whether which while who whom whose why will with within without won't would wouldn't yet you you're your yours " +
+    "yourself yourselves"
+  ).split(" "),
+);
+
+/** True for words retrieval and coverage ignore (function words, question words). */
+export function isStopword(word: string): boolean {
+  return STOPWORDS.has(word.toLowerCase());
+}
+
+const WORD = /[\p{L}\p{N}_]+(?:[.'][\p{L}\p{N}_]+)*/gu;
+
+/**
+ * Lowercased word tokens of a text. Thousands separators are dropped (`2,000` → `2000`), decimals and dotted versions
+ * stay one token (`19.99`, `3.2.1`), snake_case stays one token, and everything else (hyphens, slashes, colons,
+ * Markdown) separates tokens.
+ */
+export function wordTokens(text: string): string[] {
+  const normalized = text.replace(/(\d),(?=\d{3}\b)/g, "$1").toLowerCase();
+  const out: string[] = [];
+  for (const match of normalized.matchAll(WORD)) {
+    // A dot or apostrophe joins only digits (decimals, versions) and contractions; "end.Next" is two words.
+    const token = match[0];
+    if (/^\d+(?:\.\d+)+$/.test(token) || /^[\p{L}]+'[\p{L}]+$/u.test(token)) {
+      out.push(token);
+    } else {
+      for (const part of token.split(/[.']/)) if (part.length > 0) out.push(part);
+    }
+  }
+  return out;
+}
+
+/**
+ * A light, predictable stemmer: folds plurals and possessives (`entries` → `entry`, `buckets` → `bucket`,
+ * `classes` → `class`) and leaves everything else alone. Enough for "does this text hold the answer's words".
+ */
+export function stem(word: string): string {
+  let w = word.toLowerCase();
+  if (w.endsWith("'s")) w = w.slice(0, -2);
+  if (w.length <= 3 || /\d/.test(w)) return w;
+  if (w.endsWith("ies") && w.length > 4) return `${w.slice(0, -3)}y`;
+  if (/(?:ss|sh|ch|x|z)es$/.test(w)) return w.slice(0, -2);
+  if (w.endsWith("s") && !/(?:ss|us|is)$/.test(w)) return w.slice(0, -1);
+  return w;
+}
+
+/** Stemmed content words of a text, in order, repeats kept (the token stream BM25 indexes). */
+export function contentTerms(text: string): string[] {
+  const out: string[] = [];
+  for (const token of wordTokens(text)) {
+    if (STOPWORDS.has(token)) continue;
+    // Single letters and lone digits carry nothing but noise ("a", list numbers "1", "2").
+    if (token.length === 1) continue;
+    out.push(stem(token));
+  }
+  return out;
+}
+
+/** The distinct stemmed content words of a text. */
+export function contentTermSet(text: string): Set<string> {
+  return new Set(contentTerms(text));
+}
+
+/**
+ * The share (0..1) of the answer's distinct content words that occur in `text`. 1 when the text holds every content
+ * word of the answer; 0 for an answer without content words (nothing of it can be found).
+ */
+export function answerCoverage(answer: string, text: string | ReadonlySet<string>): number {
+  const wanted = contentTermSet(answer);
+  if (wanted.size === 0) return 0;
+  const have = typeof text === "string" ? contentTermSet(text) : text;
+  let found = 0;
+  for (const term of wanted) if (have.has(term)) found++;
+  return found / wanted.size;
+}
+
+/** Whitespace-collapsed, lowercased text, for "does A contain B verbatim" checks that ignore line wrapping and case. */
+export function normalizeForContainment(text: string): string {
+  return text.replace(/\s+/g, " ").trim().toLowerCase();
+}
+
+export interface Bm25Options {
+  /** Term-frequency saturation (default 1.2). */
+  k1?: number;
+  /** Length normalization, 0..1 (default 0.75). */
+  b?: number;
+}
+
+export interface Bm25Hit {
+  /** Position of the document in the array the index was built from. */
+  index: number;
+  score: number;
+}
+
+/**
+ * Okapi BM25 over a fixed set of texts, with an inverted index so a query touches only the postings of its own terms.
+ * Scores use the Lucene IDF, ln(1 + (N − df + 0.5) / (df + 0.5)), which stays positive for common terms.
+ * Results are ordered by score, then by index, so equal scores come out in a stable order.
+ */
+export class Bm25Index {
+  readonly size: number;
+  readonly #k1: number;
+  readonly #b: number;
+  readonly #lengths: Float64Array;
+  readonly #averageLength: number;
+  readonly #postings = new Map<string, { docs: number[]; freqs: number[] }>();
+
+  constructor(texts: readonly string[], options: Bm25Options = {}) {
+    this.#k1 = options.k1 ?? 1.2;
+    this.#b = options.b ?? 0.75;
+    this.size = texts.length;
+    this.#lengths = new Float64Array(texts.length);
+    let total = 0;
+    texts.forEach((text, doc) => {
+      const counts = new Map<string, number>();
+      const terms = contentTerms(text);
+      for (const term of terms) counts.set(term, (counts.get(term) ?? 0) + 1);
+      this.#lengths[doc] = terms.length;
+      total += terms.length;
+      for (const [term, freq] of counts) {
+        let posting = this.#postings.get(term);
+        if (posting === undefined) {
+          posting = { docs: [], freqs: [] };
+          this.#postings.set(term, posting);
+        }
+        posting.docs.push(doc);
+        posting.freqs.push(freq);
+      }
+    });
+    this.#averageLength = texts.length > 0 && total > 0 ? total / texts.length : 1;
+  }
+
+  /** Inverse document frequency of a stemmed term; 0 for a term no document holds. */
+  idf(term: string): number {
+    const df = this.#postings.get(term)?.docs.length ?? 0;
+    if (df === 0) return 0;
+    return Math.log(1 + (this.size - df + 0.5) / (df + 0.5));
+  }
+
+  /**
+   * The documents that share at least one content word with the query, best first. `accept` filters documents before
+   * they count toward `limit` (default: all matches).
+   */
+  search(query: string, options: { limit?: number; accept?: (index: number) => boolean } = {}): Bm25Hit[] {
+    const scores = new Map<number, number>();
+    const queryTerms = new Set(contentTerms(query));
+    for (const term of queryTerms) {
+      const posting = this.#postings.get(term);
+      if (posting === undefined) continue;
+      const idf = this.idf(term);
+      for (let i = 0; i < posting.docs.length; i++) {
+        const doc = posting.docs[i]!;
+        const freq = posting.freqs[i]!;
+        const norm = this.#k1 * (1 - this.#b + (this.#b * this.#lengths[doc]!) / this.#averageLength);
+        scores.set(doc, (scores.get(doc) ?? 0) + (idf * (freq * (this.#k1 + 1))) / (freq + norm));
+      }
+    }
+    const hits: Bm25Hit[] = [];
+    for (const [index, score] of scores) {
+      if (options.accept === undefined || options.accept(index)) hits.push({ index, score });
+    }
+    hits.sort((x, y) => y.score - x.score || x.index - y.index);
+    return options.limit === undefined ? hits : hits.slice(0, options.limit);
+  }
+}
