@@ -103,9 +103,10 @@ export class FakeServer extends EventEmitter {
       if (!res.writableFinished) this.abandoned++;
       this.emit("change");
     });
-    this.emit("change");
     try {
-      await this.#handler(request);
+      const handled = this.#handler(request);
+      this.emit("change"); // after the handler's synchronous part, so a test sees what it recorded
+      await handled;
     } catch (error) {
       if (!res.headersSent) sendJson(res, 599, { error: { message: `fake server handler failed: ${String(error)}` } });
     }
