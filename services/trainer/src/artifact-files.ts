@@ -7,7 +7,8 @@ import { type ArtifactRef, ArtifactRefSchema } from "@ragtune/proto";
 /** Media type of a directory manifest: `{"files":[{"path","sha256","size"}]}`, each file its own artifact. */
 export const DIRECTORY_MANIFEST_TYPE = "application/vnd.ragtune.directory-manifest+json";
 
-interface Manifest {
+/** What a directory manifest lists: each file's path in the directory, hash and size. */
+export interface DirectoryManifest {
   files: { path: string; sha256: string; size: number }[];
 }
 
@@ -33,34 +34,47 @@ async function listFiles(dir: string): Promise<string[]> {
   return out.sort();
 }
 
+/** A directory stored by {@link storeDirectory}: its manifest's reference and every object it consists of (manifest first). */
+export interface StoredDirectory {
+  ref: ArtifactRef;
+  objects: string[];
+}
+
 /**
  * Stores every file of a directory (each streamed, content-addressed) and then a manifest naming them; returns
- * the manifest's reference. Identical files across checkpoints are stored once.
+ * the manifest's reference and the objects stored. Identical files across checkpoints are stored once.
  */
-export async function storeDirectory(store: ArtifactStore, dir: string): Promise<ArtifactRef> {
-  const manifest: Manifest = { files: [] };
+export async function storeDirectory(store: ArtifactStore, dir: string): Promise<StoredDirectory> {
+  const manifest: DirectoryManifest = { files: [] };
   for (const file of await listFiles(dir)) {
     const info = await store.putFile(file, { contentType: "application/octet-stream" });
     manifest.files.push({ path: relative(dir, file).split(sep).join("/"), sha256: info.hash, size: info.size });
   }
   const bytes = new TextEncoder().encode(JSON.stringify(manifest));
   const info = await store.put([bytes], { contentType: DIRECTORY_MANIFEST_TYPE });
-  return create(ArtifactRefSchema, {
+  const ref = create(ArtifactRefSchema, {
     bucket: store.bucket,
     objectName: info.hash,
     sha256: info.hash,
     sizeBytes: BigInt(info.size),
     mediaType: DIRECTORY_MANIFEST_TYPE,
   });
+  return { ref, objects: [info.hash, ...manifest.files.map((f) => f.sha256)] };
+}
+
+/** The manifest of a directory stored by {@link storeDirectory}, or null when it is not in the store. */
+export async function readManifest(store: ArtifactStore, hash: string): Promise<DirectoryManifest | null> {
+  const stream = await store.get(hash);
+  if (stream === null) return null;
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return JSON.parse(Buffer.concat(chunks).toString("utf8")) as DirectoryManifest;
 }
 
 /** Recreates a directory stored by {@link storeDirectory} under `dest` (each file streamed and verified). */
 export async function restoreDirectory(store: ArtifactStore, ref: ArtifactRef, dest: string): Promise<void> {
-  const stream = await store.get(ref.sha256);
-  if (stream === null) throw new Error(`checkpoint manifest ${ref.bucket}/${ref.sha256} is missing from the object store`);
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  const manifest = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Manifest;
+  const manifest = await readManifest(store, ref.sha256);
+  if (manifest === null) throw new Error(`checkpoint manifest ${ref.bucket}/${ref.sha256} is missing from the object store`);
   const root = resolve(dest);
   for (const file of manifest.files) {
     const target = resolve(root, file.path);

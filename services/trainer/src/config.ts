@@ -32,6 +32,11 @@ export const trainerConfigSchema = baseServiceSchema.extend({
    * count. The job's `attempt` still counts every start.
    */
   TRAINER_MAX_ATTEMPTS: envInt({ min: 1, max: 100, default: 5 }),
+  /**
+   * Checkpoints kept per job: after storing a checkpoint, a replica deletes the job's older ones (records and the
+   * stored files no kept checkpoint or adapter of any job shares), except one a queued resume still has to restore.
+   */
+  TRAINER_KEEP_CHECKPOINTS: envInt({ min: 1, max: 1000, default: 3 }),
   /** Replica name in logs and job events. Default: host name and pid. */
   TRAINER_REPLICA_ID: z.string().min(1).optional(),
 });

@@ -22,6 +22,7 @@ import {
   type TrainerQueueItemSchema,
 } from "@ragtune/proto";
 import { storeDirectory, storeFile, restoreDirectory } from "./artifact-files.js";
+import type { CheckpointPruner, StoredFile } from "./checkpoint-pruning.js";
 import { toWorkerHyperparameters } from "./hyperparameters.js";
 import { type JobEventDetail, type JobStore, checkpointId } from "./job-store.js";
 import { IllegalTransitionError, isTerminal } from "./job-status.js";
@@ -48,6 +49,8 @@ export interface JobRunnerOptions {
   store: JobStore;
   queue: JobQueue;
   artifacts: ArtifactStore;
+  /** Deletes a job's old checkpoints after it stored a new one (TRAINER_KEEP_CHECKPOINTS). */
+  pruner: CheckpointPruner;
   python: string;
   workerDir: string;
   workDir: string;
@@ -333,8 +336,11 @@ export class JobRunner {
     }
     switch (outcome.type) {
       case "finished": {
-        const adapter = await this.storeAdapter(current, outcome.event);
+        const { adapter, stored } = await this.storeAdapter(current, outcome.event);
         await store.transition(jobId, { type: "succeed", adapter }, undefined, fence);
+        await this.o.pruner.ensureFiles(stored).catch((err: unknown) => {
+          logger.error({ err }, "an adapter file deleted by a concurrent checkpoint pruning could not be stored again");
+        });
         break;
       }
       case "cancelled":
@@ -554,20 +560,23 @@ export class JobRunner {
         }, fence);
         break;
       case "checkpoint": {
-        const artifact = await this.retry(() => storeDirectory(this.o.artifacts, e.path), "storing a checkpoint");
+        const stored = await this.retry(() => storeDirectory(this.o.artifacts, e.path), "storing a checkpoint");
         const current = await store.get(jobId);
         const checkpoint = create(CheckpointSchema, {
           id: checkpointId(jobId, e.step),
           jobId,
           step: e.step,
           epoch: current?.progress?.epoch ?? 0,
-          artifact,
+          artifact: stored.ref,
           createdAt: timestampFromDate(new Date()),
         });
         const isNew = await store.putCheckpoint(checkpoint);
+        // A file already stored was only referred to: a pruning pass that missed this record may have deleted it.
+        await this.o.pruner.ensureDirectory(stored, e.path);
         if (isNew) {
           await store.modify(jobId, (job) => ({ job, event: { case: "checkpointSaved", value: create(JobCheckpointSavedSchema, { checkpoint }) } }), fence);
         }
+        await this.pruneCheckpoints(jobId);
         break;
       }
       default:
@@ -575,31 +584,44 @@ export class JobRunner {
     }
   }
 
+  /**
+   * Deletes the job's checkpoints beyond the last TRAINER_KEEP_CHECKPOINTS. Never fails the job: what a failed pass
+   * leaves is pruned with the job's next checkpoint (or stays).
+   */
+  private async pruneCheckpoints(jobId: string): Promise<void> {
+    try {
+      const result = await this.o.pruner.prune(jobId);
+      if (result.pruned.length > 0) {
+        this.logger.info({ jobId, pruned: result.pruned, deletedObjects: result.deletedObjects.length, kept: result.kept }, "pruned old checkpoints");
+      }
+    } catch (err) {
+      this.logger.warn({ err, jobId }, "pruning old checkpoints failed; the job goes on and they stay stored for now");
+    }
+  }
+
+  /** Stores the adapter's files; returns the Adapter and where each stored file came from. */
   private async storeAdapter(job: Job, e: Extract<WorkerEvent, { type: "finished" }>) {
-    const files = [
-      create(AdapterFileSchema, {
-        kind: AdapterFileKind.PEFT_CONFIG,
-        fileName: "adapter_config.json",
-        artifact: await this.storeFile(join(e.adapter_dir, "adapter_config.json"), "application/json"),
-      }),
-      create(AdapterFileSchema, {
+    const sources: { kind: AdapterFileKind; fileName: string; path: string; mediaType: string }[] = [
+      { kind: AdapterFileKind.PEFT_CONFIG, fileName: "adapter_config.json", path: join(e.adapter_dir, "adapter_config.json"), mediaType: "application/json" },
+      {
         kind: AdapterFileKind.PEFT_WEIGHTS,
         fileName: "adapter_model.safetensors",
-        artifact: await this.storeFile(join(e.adapter_dir, "adapter_model.safetensors"), "application/octet-stream"),
-      }),
+        path: join(e.adapter_dir, "adapter_model.safetensors"),
+        mediaType: "application/octet-stream",
+      },
     ];
-    if (e.gguf_path) {
-      files.push(
-        create(AdapterFileSchema, {
-          kind: AdapterFileKind.GGUF,
-          fileName: "adapter.gguf",
-          artifact: await this.storeFile(e.gguf_path, "application/octet-stream"),
-        }),
-      );
+    if (e.gguf_path) sources.push({ kind: AdapterFileKind.GGUF, fileName: "adapter.gguf", path: e.gguf_path, mediaType: "application/octet-stream" });
+    const files = [];
+    const stored: StoredFile[] = [];
+    for (const source of sources) {
+      const artifact = await this.storeFile(source.path, source.mediaType);
+      files.push(create(AdapterFileSchema, { kind: source.kind, fileName: source.fileName, artifact }));
+      stored.push({ artifact, path: source.path, mediaType: source.mediaType });
     }
     const progress = create(JobProgressSchema, job.progress ?? {});
     progress.step = Math.max(progress.step, e.steps);
     if (e.final_loss !== null) progress.trainLoss = e.final_loss;
-    return create(AdapterSchema, { id: `adapter-${job.id}`, jobId: job.id, baseModel: job.baseModel, files, finalProgress: progress });
+    const adapter = create(AdapterSchema, { id: `adapter-${job.id}`, jobId: job.id, baseModel: job.baseModel, files, finalProgress: progress });
+    return { adapter, stored };
   }
 }

@@ -35,6 +35,8 @@ export interface JobStoreNames {
   jobsBucket: string;
   /** KV bucket of checkpoints, key = `<jobId>.<step, 10 digits>`. */
   checkpointsBucket: string;
+  /** KV bucket of the checkpoint-pruning passes in progress (checkpoint-pruning.ts). */
+  pruningBucket: string;
   /** Stream of every job's event history, subject `<historySubjectPrefix>.<jobId>`. */
   historyStream: string;
   historySubjectPrefix: string;
@@ -43,6 +45,7 @@ export interface JobStoreNames {
 export const DEFAULT_STORE_NAMES: JobStoreNames = {
   jobsBucket: "trainer-jobs",
   checkpointsBucket: "trainer-checkpoints",
+  pruningBucket: "trainer-checkpoint-pruning",
   historyStream: "HISTORY_TRAINER_JOB",
   historySubjectPrefix: "history.trainer-job",
 };
@@ -246,11 +249,26 @@ export class JobStore {
   /** A job's checkpoints, oldest first. */
   async listCheckpoints(jobId: string): Promise<Checkpoint[]> {
     if (!isKey(jobId)) return [];
+    return this.checkpointsMatching(`${jobId}.*`);
+  }
+
+  /** Every job's checkpoints (by job, oldest first). */
+  async allCheckpoints(): Promise<Checkpoint[]> {
+    return this.checkpointsMatching(">");
+  }
+
+  /** Deletes a checkpoint's record (not its stored files: see checkpoint-pruning.ts). Deleting a deleted one is a no-op. */
+  async deleteCheckpoint(checkpoint: Checkpoint): Promise<void> {
+    const key = checkpointKey(checkpoint.jobId, checkpoint.step);
+    await retryTransient(() => this.checkpoints.delete(key), 30_000, this.logger, "deleting a checkpoint");
+  }
+
+  private async checkpointsMatching(filter: string): Promise<Checkpoint[]> {
     return retryTransient(
       async () => {
         const out: Checkpoint[] = [];
-        for await (const entry of this.checkpoints.entries(`${jobId}.*`)) out.push(entry.value);
-        return out.sort((a, b) => a.step - b.step);
+        for await (const entry of this.checkpoints.entries(filter)) out.push(entry.value);
+        return out.sort((a, b) => a.jobId.localeCompare(b.jobId) || a.step - b.step);
       },
       30_000,
       this.logger,

@@ -3,6 +3,7 @@ import { hostname } from "node:os";
 import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
 import { TrainerQueueItemSchema, TrainerService } from "@ragtune/proto";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
+import { CheckpointPruner } from "./checkpoint-pruning.js";
 import type { TrainerConfig } from "./config.js";
 import { JobRunner } from "./job-runner.js";
 import { JobStore } from "./job-store.js";
@@ -35,10 +36,12 @@ export async function startTrainerService({ config, logger }: ServiceContext<Tra
       maxDeliver: -1,
     });
     const artifacts = await bus.artifacts(ARTIFACTS_BUCKET);
+    const pruner = await CheckpointPruner.open(bus, { store, artifacts, keep: config.TRAINER_KEEP_CHECKPOINTS, logger });
     const runner = new JobRunner({
       store,
       queue,
       artifacts,
+      pruner,
       python: config.TRAINER_PYTHON,
       workerDir: config.TRAINER_WORKER_DIR,
       workDir: config.TRAINER_WORK_DIR,

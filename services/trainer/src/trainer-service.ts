@@ -3,7 +3,7 @@ import { access, realpath, stat } from "node:fs/promises";
 import { join, resolve, sep } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { ArtifactStore, Bus } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
@@ -209,7 +209,13 @@ export function createTrainerService(deps: TrainerServiceDeps): ServiceImpl<type
           }
         }
         checkpoint = await store.getCheckpoint(req.checkpointId);
-        if (checkpoint === null || checkpoint.jobId !== job.id) throw notFound(`checkpoint of job ${job.id}`, req.checkpointId);
+        if (checkpoint === null || checkpoint.jobId !== job.id) {
+          const kept = (await store.listCheckpoints(job.id)).map((c) => c.id);
+          throw new ConnectError(
+            `checkpoint "${req.checkpointId}" of job ${job.id} not found; ${kept.length > 0 ? `its checkpoints are ${kept.join(", ")}` : "it has no checkpoints"} (each job keeps only its last TRAINER_KEEP_CHECKPOINTS checkpoints)`,
+            Code.NotFound,
+          );
+        }
       }
       let resumed: Job;
       try {

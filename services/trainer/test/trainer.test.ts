@@ -29,7 +29,7 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
   let reference: { jobId: string; finalLoss: number; events: JobEvent[] };
 
   beforeAll(async () => {
-    r1 = await startReplica("r1");
+    r1 = await startReplica("r1", { env: { TRAINER_KEEP_CHECKPOINTS: "2" } });
   });
 
   it("runs a job to succeeded; early and late watchers see the same ordered events; the adapter downloads", async () => {
@@ -43,6 +43,8 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
     expect(statuses(early)).toEqual(["QUEUED", "VALIDATING", "RUNNING", "SUCCEEDED"]);
     expect(steps(early)).toEqual([1, 2, 3, 4, 5, 6]);
     expect(early.filter((e) => e.event.case === "checkpointSaved").map((e) => e.event.value && "checkpoint" in e.event.value ? e.event.value.checkpoint?.step : 0)).toEqual([2, 4, 6]);
+    // TRAINER_KEEP_CHECKPOINTS=2: the first checkpoint was pruned when the third was stored.
+    expect((await r1.client.listCheckpoints({ jobId: job!.id })).checkpoints.map((c) => c.step)).toEqual([4, 6]);
     // From the middle: the rest of the history.
     const tail = await watch(r1, job!.id, undefined, 5);
     expect(tail).toEqual(early.slice(4));
@@ -92,7 +94,11 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
     // Resume from a checkpoint of another job is refused; nothing changes.
     const { checkpoints: refCheckpoints } = await r1.client.listCheckpoints({ jobId: reference.jobId });
     await expectCode(r1.client.resumeJob({ jobId: job!.id, checkpointId: refCheckpoints[0]!.id }), Code.InvalidArgument, /belongs to job/);
-    await expectCode(r1.client.resumeJob({ jobId: job!.id, checkpointId: `${job!.id}-ckpt-999` }), Code.NotFound);
+    await expectCode(
+      r1.client.resumeJob({ jobId: job!.id, checkpointId: `${job!.id}-ckpt-999` }),
+      Code.NotFound,
+      `its checkpoints are ${checkpoints[0]!.id} (each job keeps only its last TRAINER_KEEP_CHECKPOINTS checkpoints)`,
+    );
     await expectCode(r1.client.resumeJob({ jobId: reference.jobId }), Code.FailedPrecondition, /succeeded/);
     expect((await r1.client.getJob({ jobId: job!.id })).job!.status).toBe(JobStatus.CANCELLED);
   });
