@@ -32,8 +32,8 @@ export const DEFAULT_MINHASH = { threshold: 0.8, numPerm: 128, shingleSize: 5, s
 export interface Fingerprint {
   /** Sorted, distinct 32-bit shingle hashes. */
   shingles: Uint32Array;
-  /** numPerm minimum hash values (0xffffffff each for a text without words). */
-  signature: Uint32Array;
+  /** numPerm minimum hash values (see MinHasher.signature). */
+  signature: Int32Array;
 }
 
 const WORD = /\p{sc=Han}|\p{sc=Hiragana}|\p{sc=Katakana}|[\p{L}\p{N}\p{M}]+/gu;
@@ -44,8 +44,13 @@ const WORD = /\p{sc=Han}|\p{sc=Hiragana}|\p{sc=Katakana}|[\p{L}\p{N}\p{M}]+/gu;
  * are one word each, since those scripts do not separate words with spaces.
  */
 export function normalizedWords(text: string): string[] {
+  // ASCII text (the common case) is its own NFKC form and its words are [a-z0-9] runs: a cheaper regex, same result.
+  if (ASCII.test(text)) return text.toLowerCase().match(ASCII_WORD) ?? [];
   return text.normalize("NFKC").toLowerCase().match(WORD) ?? [];
 }
+
+const ASCII = /^[\x00-\x7f]*$/;
+const ASCII_WORD = /[a-z0-9]+/g;
 
 function fmix32(h: number): number {
   h ^= h >>> 16;
@@ -113,7 +118,7 @@ function salts(seed: number, n: number): Uint32Array {
   return out;
 }
 
-/** MinHash signatures with numPerm seeded hash functions h_p(x) = fmix32(x ^ salt_p). */
+/** MinHash signatures with numPerm seeded hash functions h_p(x) = fmix32(x ^ salt_p) (murmur3's finalizer). */
 export class MinHasher {
   readonly numPerm: number;
   private readonly salts: Uint32Array;
@@ -124,22 +129,29 @@ export class MinHasher {
     this.salts = salts(seed, numPerm);
   }
 
-  signature(shingles: Uint32Array): Uint32Array {
+  /**
+   * The signature: for each hash function, its minimum over the shingles. Values are kept as int32 with the sign bit
+   * flipped (x ^ 0x80000000), whose signed order is the unsigned order of x, so the loop stays in small-integer
+   * arithmetic; only equality between signatures matters to LSH.
+   */
+  signature(shingles: Uint32Array): Int32Array {
     const n = this.numPerm;
     const salt = this.salts;
-    const sig = new Uint32Array(n).fill(0xffffffff);
-    for (let s = 0; s < shingles.length; s++) {
-      const x = shingles[s]!;
-      for (let p = 0; p < n; p++) {
-        let h = x ^ salt[p]!;
+    const sig = new Int32Array(n);
+    const count = shingles.length;
+    for (let p = 0; p < n; p++) {
+      const s = salt[p]! | 0;
+      let min = 0x7fffffff;
+      for (let i = 0; i < count; i++) {
+        let h = (shingles[i]! | 0) ^ s;
         h ^= h >>> 16;
         h = Math.imul(h, 0x85ebca6b);
         h ^= h >>> 13;
         h = Math.imul(h, 0xc2b2ae35);
-        h ^= h >>> 16;
-        h >>>= 0;
-        if (h < sig[p]!) sig[p] = h;
+        h = (h ^ (h >>> 16) ^ 0x80000000) | 0;
+        if (h < min) min = h;
       }
+      sig[p] = min;
     }
     return sig;
   }
@@ -327,7 +339,7 @@ export class NearDuplicateIndex {
     return best === -1 ? undefined : { item: best, similarity: bestSimilarity };
   }
 
-  private computeBandKeys(signature: Uint32Array): void {
+  private computeBandKeys(signature: Int32Array): void {
     const { bands, rows } = this.params;
     for (let b = 0; b < bands; b++) {
       let h = Math.imul(b + 1, 0x9e3779b1);
