@@ -1,8 +1,10 @@
+import type { IncomingMessage } from "node:http";
 import type { Logger } from "@ragtune/logger";
 import type { z } from "zod";
 import { ConcurrencyLimiter, type Release } from "./concurrency-limiter.js";
 import { kindForStatus, LlmError, serverMessageOf } from "./errors.js";
 import { guidedJsonFor, parseJsonOutput } from "./guided-json.js";
+import { headerLookup, HttpTransport } from "./http-transport.js";
 import {
   DEFAULT_GUIDED_JSON_FIELDS,
   parseChunk,
@@ -20,7 +22,7 @@ import {
 } from "./protocol.js";
 import { backoffDelay, cancelledError, retryAfterMs, sleep, type BackoffOptions } from "./retry-policy.js";
 import { revealSecret, type Secret } from "./secret.js";
-import { SseLineTooLongError, SseParser } from "./sse.js";
+import { SseLineTooLongError, SseParser, type SseEvent } from "./sse.js";
 
 export interface LlmClientOptions {
   /** Server root or its `/v1` URL, e.g. `http://127.0.0.1:8000/v1` (a trailing `/v1` is optional). */
@@ -207,9 +209,9 @@ const MAX_ERROR_BODY = 64 * 1024;
 const now = () => performance.now();
 
 function describeTransportError(error: unknown): string {
-  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-  const detail = cause?.code ? `${cause.code}${cause.message ? `: ${cause.message}` : ""}` : (cause?.message ?? (error as Error).message);
-  return detail ?? String(error);
+  if (!(error instanceof Error)) return String(error);
+  const code = (error as NodeJS.ErrnoException).code;
+  return code && !error.message.includes(code) ? `${code}: ${error.message}` : error.message;
 }
 
 /** One signal for "this call must stop": the caller's, the client's, or both. */
@@ -292,24 +294,23 @@ class AttemptControl {
   }
 }
 
-async function readBody(response: Response, limit: number, path: string): Promise<string> {
-  const declared = Number(response.headers.get("content-length"));
+async function readBody(response: IncomingMessage, limit: number, path: string): Promise<string> {
+  const declared = Number(response.headers["content-length"]);
   const tooLarge = () => new LlmError("server_error", `${path}: response larger than ${limit} bytes`, { retryable: false });
-  if (Number.isFinite(declared) && declared > limit) throw tooLarge();
-  if (!response.body) return "";
-  const reader = response.body.getReader();
+  if (Number.isFinite(declared) && declared > limit) {
+    response.destroy();
+    throw tooLarge();
+  }
   const decoder = new TextDecoder();
   const parts: string[] = [];
   let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
+  for await (const chunk of response as AsyncIterable<Buffer>) {
+    size += chunk.byteLength;
     if (size > limit) {
-      await reader.cancel().catch(() => {});
+      response.destroy();
       throw tooLarge();
     }
-    parts.push(decoder.decode(value, { stream: true }));
+    parts.push(decoder.decode(chunk, { stream: true }));
   }
   parts.push(decoder.decode());
   return parts.join("");
@@ -339,7 +340,7 @@ export class LlmClient {
   readonly timeoutMs: number;
   readonly maxRetries: number;
   readonly guidedJsonFields: readonly GuidedJsonField[];
-  readonly #root: string;
+  readonly #transport: HttpTransport;
   readonly #apiKey: string | undefined;
   readonly #headers: Record<string, string>;
   readonly #limiter: ConcurrencyLimiter;
@@ -370,8 +371,9 @@ export class LlmClient {
       throw new RangeError(`LLM base URL "${options.baseUrl}" is not a URL`);
     }
     if (url.protocol !== "http:" && url.protocol !== "https:") throw new RangeError(`LLM base URL must be http(s), got "${options.baseUrl}"`);
-    this.#root = `${url.origin}${url.pathname.replace(/\/+$/, "").replace(/\/v1$/, "")}`;
-    this.baseUrl = `${this.#root}/v1`;
+    const root = `${url.origin}${url.pathname.replace(/\/+$/, "").replace(/\/v1$/, "")}`;
+    this.baseUrl = `${root}/v1`;
+    this.#transport = new HttpTransport(new URL(root));
     this.model = options.model;
     this.concurrency = options.concurrency ?? DEFAULTS.concurrency;
     this.timeoutMs = options.timeoutMs ?? DEFAULTS.timeoutMs;
@@ -442,6 +444,11 @@ export class LlmClient {
     return { ...this.#stats, inFlight: this.#limiter.active, queued: this.#limiter.waiting };
   }
 
+  /** Closes idle pooled connections (they never keep the process alive; this just frees them now). */
+  close(): void {
+    this.#transport.close();
+  }
+
   async #generate<T extends ParsedGeneration>(
     endpoint: Endpoint,
     request: ChatRequest | CompletionRequest,
@@ -474,22 +481,23 @@ export class LlmClient {
   }
 
   /** Sends the request; a non-2xx status becomes its LlmError (with the server's message and Retry-After). */
-  async #send(method: string, path: string, body: unknown, signal: AbortSignal, accept: string): Promise<Response> {
-    const response = await fetch(`${this.#root}${path}`, {
+  async #send(method: string, path: string, body: unknown, signal: AbortSignal, accept: string): Promise<IncomingMessage> {
+    const response = await this.#transport.send(path, {
       method,
       headers: this.#headersFor(accept, body !== undefined),
-      body: body === undefined ? null : JSON.stringify(body),
+      body: body === undefined ? undefined : JSON.stringify(body),
       signal,
     });
-    if (response.ok) return response;
+    const status = response.statusCode ?? 0;
+    if (status >= 200 && status < 300) return response;
     const text = await readBody(response, MAX_ERROR_BODY, path).catch(() => "");
     const serverMessage = serverMessageOf(text);
-    const kind = kindForStatus(response.status);
-    const wait = response.status === 429 ? retryAfterMs(response.headers) : undefined;
-    const statusLine = `${response.status}${response.statusText ? ` ${response.statusText}` : ""}`;
+    const kind = kindForStatus(status);
+    const wait = status === 429 ? retryAfterMs(headerLookup(response)) : undefined;
+    const statusLine = `${status}${response.statusMessage ? ` ${response.statusMessage}` : ""}`;
     const hint = kind === "unauthorized" ? " (check LLM_API_KEY)" : "";
     throw new LlmError(kind, `${method} ${path}: ${statusLine}${serverMessage ? `: ${serverMessage}` : ""}${hint}`, {
-      status: response.status,
+      status,
       ...(serverMessage === undefined ? {} : { serverMessage }),
       ...(wait === undefined ? {} : { retryAfterMs: wait }),
     });
@@ -501,7 +509,7 @@ export class LlmClient {
     path: string,
     body: unknown,
     context: AttemptContext,
-    read: (response: Response) => Promise<T>,
+    read: (response: IncomingMessage) => Promise<T>,
   ): Promise<T> {
     const attempt = new AttemptControl(context.signal, context.timeoutMs);
     let completed = false;
@@ -638,18 +646,15 @@ export class LlmClient {
         const attempt = new AttemptControl(signal, timeoutMs);
         let completed = false;
         let yielded = false;
+        let done = false; // [DONE] arrived: the answer is complete even if what follows fails
         let error: LlmError | undefined;
         try {
           const response = await this.#send("POST", path, body, attempt.signal, "text/event-stream");
-          if (!response.body) throw new LlmError("malformed_json", `${label}: the stream has no body`);
-          const reader = response.body.getReader();
           const decoder = new TextDecoder();
           const parser = new SseParser(this.#maxResponseBytes);
-          let done = false;
-          while (!done) {
-            attempt.arm();
-            const { done: ended, value } = await reader.read();
-            const events = ended ? [...parser.push(decoder.decode()), ...parser.end()] : parser.push(decoder.decode(value, { stream: true }));
+          // The deltas in a batch of events; [DONE] ends the stream.
+          const take = (events: SseEvent[]): StreamDelta[] => {
+            const deltas: StreamDelta[] = [];
             for (const event of events) {
               if (event.data.trim() === "[DONE]") {
                 done = true;
@@ -659,35 +664,50 @@ export class LlmClient {
               if (chunk.model !== undefined) out.model = chunk.model;
               if (chunk.usage) out.usage = chunk.usage;
               if (chunk.finishReason !== null) out.finishReason = chunk.finishReason;
-              if (chunk.text === "" && chunk.finishReason === null) continue;
-              out.text += chunk.text;
-              if (chunk.text !== "" && firstTokenMs === undefined) firstTokenMs = now() - started;
-              yielded = true;
+              if (chunk.text !== "" || chunk.finishReason !== null) deltas.push({ text: chunk.text, finishReason: chunk.finishReason });
+            }
+            return deltas;
+          };
+          const hand = (delta: StreamDelta) => {
+            yielded = true;
+            out.text += delta.text;
+            if (delta.text !== "" && firstTokenMs === undefined) firstTokenMs = now() - started;
+          };
+          for await (const piece of response as AsyncIterable<Buffer>) {
+            attempt.arm();
+            if (done) continue; // read what follows [DONE] (normally nothing) so the connection can be reused
+            for (const delta of take(parser.push(decoder.decode(piece, { stream: true })))) {
+              hand(delta);
               attempt.pause(); // the consumer's time between deltas is not the server's silence
-              yield { text: chunk.text, finishReason: chunk.finishReason };
+              yield delta;
               attempt.arm();
             }
-            if (ended && !done) throw new LlmError("connection", `${label}: the stream ended before [DONE]`);
           }
-          // Read what follows [DONE] (normally just the end of the body) so the connection can be reused.
-          for (let rest = await reader.read(); !rest.done; rest = await reader.read()) attempt.arm();
+          if (!done) {
+            attempt.pause();
+            for (const delta of take([...parser.push(decoder.decode()), ...parser.end()])) {
+              hand(delta);
+              yield delta;
+            }
+          }
+          if (!done) throw new LlmError("connection", `${label}: the stream ended before [DONE]`);
           completed = true;
           requestMs += now() - sent;
         } catch (caught) {
           requestMs += now() - sent;
-          error = attempt.classify(caught, label);
+          // A server that fails or stalls after [DONE] cost us the connection, not the answer.
+          if (!done || signal.aborted) error = attempt.classify(caught, label);
         } finally {
           attempt.finish(completed);
           release();
         }
-        if (completed) {
+        if (completed || error === undefined) {
           settled = true;
           this.#stats.succeeded++;
           this.#countUsage(out.usage);
           out.latency = { queueMs, requestMs, backoffMs, totalMs: now() - started, attempts, firstTokenMs };
           return;
         }
-        error ??= new LlmError("server_error", `${label}: the attempt ended without a result`);
         const delay = yielded ? undefined : this.#retryDelay(error, attempts, maxRetries);
         if (delay === undefined) throw this.#giveUp(error, attempts);
         this.#noteRetry(path, attempts, delay, error);

@@ -4,6 +4,18 @@ import type { GuidedJson } from "./protocol.js";
 
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const MAX_SHOWN = 200;
+// Deriving a JSON Schema costs about as much CPU as the rest of a call; schemas are few and long-lived.
+const derived = new WeakMap<z.ZodType, Record<string, unknown>>();
+
+function jsonSchemaOf(schema: z.ZodType): Record<string, unknown> {
+  let json = derived.get(schema);
+  if (json === undefined) {
+    const { $schema: _dialect, ...rest } = z.toJSONSchema(schema) as Record<string, unknown>;
+    json = rest;
+    derived.set(schema, json);
+  }
+  return json;
+}
 
 /**
  * The guided-JSON spec for a zod schema: its JSON Schema (draft 2020-12, `additionalProperties: false` on objects,
@@ -16,12 +28,7 @@ export function guidedJsonFor(
   options: { strict?: boolean; jsonSchema?: Record<string, unknown> } = {},
 ): GuidedJson {
   if (!NAME.test(name)) throw new RangeError(`schema name "${name}" must be 1-64 letters, digits, "_" or "-"`);
-  let json = options.jsonSchema;
-  if (json === undefined) {
-    const { $schema: _dialect, ...rest } = z.toJSONSchema(schema) as Record<string, unknown>;
-    json = rest;
-  }
-  return { name, schema: json, strict: options.strict ?? true };
+  return { name, schema: options.jsonSchema ?? jsonSchemaOf(schema), strict: options.strict ?? true };
 }
 
 function excerpt(text: string): string {

@@ -1,4 +1,5 @@
 import { LlmError } from "./errors.js";
+import type { HeaderLookup } from "./http-transport.js";
 
 export interface BackoffOptions {
   /** Upper bound of the first retry's delay; doubles with every further retry. */
@@ -20,7 +21,7 @@ export function backoffDelay(retry: number, options: BackoffOptions, random: () 
  * The wait a server asked for, in milliseconds: `retry-after-ms` (OpenAI's precise form) first, then
  * `Retry-After` as seconds or an HTTP date. Undefined when absent or unreadable.
  */
-export function retryAfterMs(headers: Headers, now: number = Date.now()): number | undefined {
+export function retryAfterMs(headers: HeaderLookup, now: number = Date.now()): number | undefined {
   const ms = headers.get("retry-after-ms");
   if (ms !== null && ms.trim() !== "") {
     const value = Number(ms);

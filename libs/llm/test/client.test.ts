@@ -89,6 +89,14 @@ describe("LlmClient against an OpenAI-compatible server", () => {
     ]);
   });
 
+  it("keeps the connection alive between calls", async () => {
+    server = await FakeServer.start(({ res }) => sendJson(res, 200, chatResponse("ok")));
+    const client = createLlmClient({ baseUrl: server.url, concurrency: 1 });
+    for (let i = 0; i < 5; i++) await client.chat({ messages: [{ role: "user", content: `${i}` }] });
+    expect(new Set(server.requests.map((r) => r.remotePort)).size).toBe(1);
+    client.close();
+  });
+
   it("reports zero usage when the server sends none", async () => {
     server = await FakeServer.start(({ res }) => sendJson(res, 200, chatResponse("ok", { usage: null })));
     const client = createLlmClient({ baseUrl: server.url });

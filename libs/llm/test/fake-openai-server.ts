@@ -14,6 +14,8 @@ export interface FakeRequest {
   method: string;
   path: string;
   headers: IncomingHttpHeaders;
+  /** The client's port: equal for requests on one kept-alive connection. */
+  remotePort: number | undefined;
   /** The parsed JSON body (undefined for GET). */
   body: Record<string, unknown> | undefined;
   res: ServerResponse;
@@ -89,6 +91,7 @@ export class FakeServer extends EventEmitter {
       method: req.method ?? "GET",
       path: (req.url ?? "/").split("?")[0]!,
       headers: req.headers,
+      remotePort: req.socket.remotePort,
       body: raw === "" ? undefined : (JSON.parse(raw) as Record<string, unknown>),
       res,
       arrivedAt: performance.now(),

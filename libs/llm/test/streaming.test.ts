@@ -63,6 +63,19 @@ describe("SSE streaming", () => {
     expect(result.usage).toBeUndefined();
   });
 
+  it("reuses the connection after a stream, and keeps an answer whose server stalls after [DONE]", async () => {
+    server = await FakeServer.start((r) => writeInPieces(r.res, sseBody(chatChunks([`answer ${r.n}`])), [], r.n < 2));
+    const client = createLlmClient({ baseUrl: server.url, concurrency: 1, timeoutMs: 150, maxRetries: 0 });
+    expect((await client.streamChat({ messages }).collect()).text).toBe("answer 0");
+    expect((await client.streamChat({ messages }).collect()).text).toBe("answer 1");
+    expect(server.requests[0]!.remotePort).toBe(server.requests[1]!.remotePort);
+    // The third response never ends after [DONE]: the answer stands, the stalled connection is dropped.
+    const third = await client.streamChat({ messages }).collect();
+    expect(third.text).toBe("answer 2");
+    expect(client.stats()).toMatchObject({ succeeded: 3, failed: 0 });
+    await server.waitFor(() => server!.abandoned === 1);
+  });
+
   it("retries a failure before the first delta", async () => {
     server = await FakeServer.start((r) =>
       r.n === 0 ? sendJson(r.res, 503, { error: { message: "warming up" } }) : writeInPieces(r.res, sseBody(chatChunks(["ok"])), []),
