@@ -154,6 +154,21 @@ describe("NearDuplicateIndex", () => {
     expect(index.findMatch(index.fingerprint(text))).toEqual({ item: 1, similarity: 1 });
   });
 
+  it("finds all matches at or above the threshold, by item number", () => {
+    const index = new NearDuplicateIndex();
+    const base = words(8, 100);
+    const near = [...base];
+    near[50] = "changed";
+    index.add(index.fingerprint(words(9, 100).join(" ")));
+    index.add(index.fingerprint(near.join(" ")));
+    index.add(index.fingerprint(base.join(" ")));
+    const matches = index.findAll(index.fingerprint(base.join(" ")));
+    expect(matches.map((m) => m.item)).toEqual([1, 2]);
+    expect(matches[0]!.similarity).toBeCloseTo(91 / 101);
+    expect(matches[1]!.similarity).toBe(1);
+    expect(index.findAll(index.fingerprint(words(10, 100).join(" ")))).toEqual([]);
+  });
+
   it("never matches a text without words", () => {
     const index = new NearDuplicateIndex();
     index.add(index.fingerprint("..."));

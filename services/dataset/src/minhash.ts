@@ -28,6 +28,12 @@ export interface LshParams {
 
 export const DEFAULT_MINHASH = { threshold: 0.8, numPerm: 128, shingleSize: 5, seed: 42 } as const;
 
+/** An indexed item at or above the threshold and its exact shingle Jaccard similarity with the query. */
+export interface Match {
+  item: number;
+  similarity: number;
+}
+
 /** A text reduced to what near-duplicate detection needs. */
 export interface Fingerprint {
   /** Sorted, distinct 32-bit shingle hashes. */
@@ -312,31 +318,40 @@ export class NearDuplicateIndex {
   }
 
   /** The lowest-numbered item at or above the threshold, with its similarity; undefined when there is none. */
-  findMatch(fingerprint: Fingerprint): { item: number; similarity: number } | undefined {
-    if (fingerprint.shingles.length === 0) return undefined;
+  findMatch(fingerprint: Fingerprint): Match | undefined {
+    let best: Match | undefined;
+    this.verify(fingerprint, (item) => best === undefined || item < best.item, (match) => {
+      best = match;
+    });
+    return best;
+  }
+
+  /** Every item at or above the threshold, by item number. */
+  findAll(fingerprint: Fingerprint): Match[] {
+    const out: Match[] = [];
+    this.verify(fingerprint, () => true, (match) => out.push(match));
+    return out.sort((a, b) => a.item - b.item);
+  }
+
+  /** Verifies each candidate sharing a bucket with the fingerprint once (when `wanted`), reporting those that match. */
+  private verify(fingerprint: Fingerprint, wanted: (item: number) => boolean, found: (match: Match) => void): void {
+    if (fingerprint.shingles.length === 0) return;
     this.computeBandKeys(fingerprint.signature);
     this.stamp = (this.stamp + 1) >>> 0;
     if (this.stamp === 0) {
       this.stamps.fill(0);
       this.stamp = 1;
     }
-    let best = -1;
-    let bestSimilarity = 0;
     const stamp = this.stamp;
-    for (let b = 0; b < this.bandKeys.length; b++) {
-      this.table.forEach(this.bandKeys[b]!, (item) => {
-        if (this.stamps[item] === stamp || (best !== -1 && item >= best)) return false;
-        this.stamps[item] = stamp;
-        this.verifications++;
-        const similarity = jaccard(fingerprint.shingles, this.items[item]!);
-        if (similarity >= this.threshold) {
-          best = item;
-          bestSimilarity = similarity;
-        }
-        return false;
-      });
-    }
-    return best === -1 ? undefined : { item: best, similarity: bestSimilarity };
+    const visit = (item: number): boolean => {
+      if (this.stamps[item] === stamp || !wanted(item)) return false;
+      this.stamps[item] = stamp;
+      this.verifications++;
+      const similarity = jaccard(fingerprint.shingles, this.items[item]!);
+      if (similarity >= this.threshold) found({ item, similarity });
+      return false;
+    };
+    for (let b = 0; b < this.bandKeys.length; b++) this.table.forEach(this.bandKeys[b]!, visit);
   }
 
   private computeBandKeys(signature: Int32Array): void {

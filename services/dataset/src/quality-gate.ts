@@ -259,7 +259,6 @@ const LANGUAGE_STOP_WORDS: Record<string, string> = {
 
 const STOP_WORDS = new Set(Object.values(LANGUAGE_STOP_WORDS).flatMap((list) => list.split(" ")));
 
-const LANGUAGE_WORDS: [string, Set<string>][] = Object.entries(LANGUAGE_STOP_WORDS).map(([lang, list]) => [lang, new Set(list.split(" "))]);
 
 /** Words that make a question about nothing in particular when nothing else is left. */
 const GENERIC_WORDS = new Set(
@@ -273,8 +272,12 @@ const GENERIC_WORDS = new Set(
 
 /** The content words of a text: normalized words without function words, a trailing plural "s" folded. */
 export function contentWords(text: string): string[] {
+  return contentOf(normalizedWords(text));
+}
+
+function contentOf(words: readonly string[]): string[] {
   const out: string[] = [];
-  for (const word of normalizedWords(text)) {
+  for (const word of words) {
     if (STOP_WORDS.has(word)) continue;
     out.push(word.length > 3 && word.endsWith("s") && !word.endsWith("ss") ? word.slice(0, -1) : word);
   }
@@ -294,32 +297,34 @@ function ngrams(words: readonly string[], n: number): Set<string> {
 
 /**
  * Share of the answer's distinct content n-grams that occur in the context's content n-grams (0 for an answer without
- * content words: nothing in it can be checked against the context).
+ * content words: nothing in it can be checked against the context). The answer is a text or its normalizedWords.
  */
-export function groundingSupport(answer: string, contextNgrams: ReadonlySet<string>, n: number): number {
-  const answerNgrams = ngrams(contentWords(answer), n);
+export function groundingSupport(answer: string | readonly string[], contextNgrams: ReadonlySet<string>, n: number): number {
+  const answerNgrams = ngrams(typeof answer === "string" ? contentWords(answer) : contentOf(answer), n);
   if (answerNgrams.size === 0) return 0;
   let found = 0;
   for (const gram of answerNgrams) if (contextNgrams.has(gram)) found++;
   return found / answerNgrams.size;
 }
 
-export type Script = "latin" | "cyrillic" | "greek" | "armenian" | "hebrew" | "arabic" | "devanagari" | "thai" | "georgian" | "hangul" | "cjk";
+export const SCRIPTS = ["latin", "cyrillic", "greek", "armenian", "hebrew", "arabic", "devanagari", "thai", "georgian", "hangul", "cjk"] as const;
+export type Script = (typeof SCRIPTS)[number];
 
-function scriptOf(cp: number): Script | undefined {
-  if (cp < 0x80) return (cp >= 0x41 && cp <= 0x5a) || (cp >= 0x61 && cp <= 0x7a) ? "latin" : undefined;
-  if ((cp >= 0xc0 && cp <= 0x24f && cp !== 0xd7 && cp !== 0xf7) || (cp >= 0x1e00 && cp <= 0x1eff)) return "latin";
-  if ((cp >= 0x370 && cp <= 0x3ff) || (cp >= 0x1f00 && cp <= 0x1fff)) return "greek";
-  if (cp >= 0x400 && cp <= 0x52f) return "cyrillic";
-  if (cp >= 0x530 && cp <= 0x58f) return "armenian";
-  if (cp >= 0x590 && cp <= 0x5ff) return "hebrew";
-  if ((cp >= 0x600 && cp <= 0x6ff) || (cp >= 0x750 && cp <= 0x77f) || (cp >= 0x8a0 && cp <= 0x8ff) || (cp >= 0xfb50 && cp <= 0xfdff) || (cp >= 0xfe70 && cp <= 0xfeff)) return "arabic";
-  if (cp >= 0x900 && cp <= 0x97f) return "devanagari";
-  if (cp >= 0xe00 && cp <= 0xe7f) return "thai";
-  if (cp >= 0x10a0 && cp <= 0x10ff) return "georgian";
-  if ((cp >= 0xac00 && cp <= 0xd7af) || (cp >= 0x1100 && cp <= 0x11ff) || (cp >= 0x3130 && cp <= 0x318f)) return "hangul";
-  if ((cp >= 0x3040 && cp <= 0x30ff) || (cp >= 0x3400 && cp <= 0x4dbf) || (cp >= 0x4e00 && cp <= 0x9fff) || (cp >= 0xf900 && cp <= 0xfaff) || (cp >= 0x20000 && cp <= 0x2ffff)) return "cjk";
-  return undefined;
+/** Index into SCRIPTS of a code point's script, -1 for anything that is not a letter of those scripts. */
+function scriptIndex(cp: number): number {
+  if (cp < 0x80) return (cp >= 0x41 && cp <= 0x5a) || (cp >= 0x61 && cp <= 0x7a) ? 0 : -1;
+  if ((cp >= 0xc0 && cp <= 0x24f && cp !== 0xd7 && cp !== 0xf7) || (cp >= 0x1e00 && cp <= 0x1eff)) return 0;
+  if (cp >= 0x400 && cp <= 0x52f) return 1;
+  if ((cp >= 0x370 && cp <= 0x3ff) || (cp >= 0x1f00 && cp <= 0x1fff)) return 2;
+  if (cp >= 0x530 && cp <= 0x58f) return 3;
+  if (cp >= 0x590 && cp <= 0x5ff) return 4;
+  if ((cp >= 0x600 && cp <= 0x6ff) || (cp >= 0x750 && cp <= 0x77f) || (cp >= 0x8a0 && cp <= 0x8ff) || (cp >= 0xfb50 && cp <= 0xfdff) || (cp >= 0xfe70 && cp <= 0xfeff)) return 5;
+  if (cp >= 0x900 && cp <= 0x97f) return 6;
+  if (cp >= 0xe00 && cp <= 0xe7f) return 7;
+  if (cp >= 0x10a0 && cp <= 0x10ff) return 8;
+  if ((cp >= 0xac00 && cp <= 0xd7af) || (cp >= 0x1100 && cp <= 0x11ff) || (cp >= 0x3130 && cp <= 0x318f)) return 9;
+  if ((cp >= 0x3040 && cp <= 0x30ff) || (cp >= 0x3400 && cp <= 0x4dbf) || (cp >= 0x4e00 && cp <= 0x9fff) || (cp >= 0xf900 && cp <= 0xfaff) || (cp >= 0x20000 && cp <= 0x2ffff)) return 10;
+  return -1;
 }
 
 export interface LanguageGuess {
@@ -329,6 +334,14 @@ export interface LanguageGuess {
   language?: string;
 }
 
+const LANGUAGES = Object.keys(LANGUAGE_STOP_WORDS);
+
+/** Function word → bit set of the languages (index in LANGUAGES) that use it. */
+const LANGUAGE_BITS = new Map<string, number>();
+LANGUAGES.forEach((lang, i) => {
+  for (const word of LANGUAGE_STOP_WORDS[lang]!.split(" ")) LANGUAGE_BITS.set(word, (LANGUAGE_BITS.get(word) ?? 0) | (1 << i));
+});
+
 /**
  * A cheap language guess, good enough to catch an answer written in another language than its context:
  *   1. the script holding the majority of the letters (Latin, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai,
@@ -336,29 +349,45 @@ export interface LanguageGuess {
  *   2. for Latin script, the language among en/de/fr/es/it/nl/pt whose frequent function words occur most often,
  *      provided it has at least 2 hits and at least twice as many as the runner-up.
  * Texts too short to decide get no script or no language, and an undecided side never counts as a mismatch. It does
- * not tell Chinese from Japanese, Russian from Ukrainian, or languages outside the list from each other.
+ * not tell Chinese from Japanese, Russian from Ukrainian, or languages outside the list from each other. Only the
+ * first sampleChars characters are read.
  */
 export function detectLanguage(text: string, sampleChars = 4000): LanguageGuess {
   const sample = text.length > sampleChars ? text.slice(0, sampleChars) : text;
-  const counts = new Map<Script, number>();
+  const counts = new Int32Array(SCRIPTS.length);
   let letters = 0;
-  for (const ch of sample) {
-    const script = scriptOf(ch.codePointAt(0)!);
-    if (script === undefined) continue;
+  for (let i = 0; i < sample.length; i++) {
+    let cp = sample.charCodeAt(i);
+    if (cp >= 0xd800 && cp <= 0xdbff && i + 1 < sample.length) {
+      const low = sample.charCodeAt(i + 1);
+      if (low >= 0xdc00 && low <= 0xdfff) {
+        cp = ((cp - 0xd800) << 10) + (low - 0xdc00) + 0x10000;
+        i++;
+      }
+    }
+    const script = scriptIndex(cp);
+    if (script < 0) continue;
     letters++;
-    counts.set(script, (counts.get(script) ?? 0) + 1);
+    counts[script]!++;
   }
-  let script: Script | undefined;
-  for (const [s, n] of counts) if (n * 2 > letters) script = s;
-  if (script !== "latin") return script === undefined ? {} : { script };
-  const sampleWords = normalizedWords(sample);
-  const hits = LANGUAGE_WORDS.map(([lang, words]) => {
-    let n = 0;
-    for (const word of sampleWords) if (words.has(word)) n++;
-    return [lang, n] as const;
-  }).sort((a, b) => b[1] - a[1]);
-  const [best, second] = [hits[0]!, hits[1]!];
-  return best[1] >= 2 && best[1] >= 2 * second[1] ? { script, language: best[0] } : { script };
+  let major = -1;
+  for (let s = 0; s < counts.length; s++) if (counts[s]! * 2 > letters) major = s;
+  if (major !== 0) return major === -1 ? {} : { script: SCRIPTS[major] };
+  const hits = new Int32Array(LANGUAGES.length);
+  for (const word of normalizedWords(sample)) {
+    const bits = LANGUAGE_BITS.get(word);
+    if (bits === undefined) continue;
+    for (let l = 0; l < LANGUAGES.length; l++) if (bits & (1 << l)) hits[l]!++;
+  }
+  let best = 0;
+  let second = -1;
+  for (let l = 1; l < LANGUAGES.length; l++) {
+    if (hits[l]! > hits[best]!) {
+      second = best;
+      best = l;
+    } else if (second === -1 || hits[l]! > hits[second]!) second = l;
+  }
+  return hits[best]! >= 2 && hits[best]! >= 2 * hits[second]! ? { script: "latin", language: LANGUAGES[best] } : { script: "latin" };
 }
 
 const DISCLAIMERS: readonly RegExp[] = [
@@ -401,16 +430,12 @@ function collapseWhitespace(text: string): string {
   return text.replace(/\s+/g, " ").trim();
 }
 
-function wordCount(text: string): number {
-  return normalizedWords(text).length;
-}
-
 /** No real text averages this many characters per token: a longer row is over budget without counting. */
 const MAX_CHARS_PER_TOKEN = 16;
 
 /** Per-example checks with the caches they share across a batch (context n-grams and languages per chunk). */
 class ExampleChecker {
-  private readonly contexts = new Map<string, { context: string; headings: string; ngrams: Set<string>; language: LanguageGuess | undefined }>();
+  private readonly contexts = new Map<string, ContextFacts>();
   private readonly prompt: PromptOptions;
 
   constructor(
@@ -422,12 +447,15 @@ class ExampleChecker {
 
   check(example: DatasetExample): Failure | undefined {
     const c = this.config;
-    for (const [field, text] of [["question", example.question], ["answer", example.answer], ["context", example.context], ["headingPath", example.headingPath.join("\n")]] as const) {
+    for (const [field, text] of [["question", example.question], ["answer", example.answer]] as const) {
       const problem = invalidText(text);
       if (problem !== undefined) return { reason: "invalid_text", detail: `${field} holds ${problem}` };
     }
-    const markup = findTemplateMarkup(example, this.prompt);
+    const context = this.contextOf(example);
+    if (context.invalid !== undefined) return context.invalid;
+    const markup = findTemplateMarkup({ question: example.question, answer: example.answer, context: "", headingPath: [] }, this.prompt);
     if (markup !== undefined) return { reason: "template_markup", detail: `text holds ${JSON.stringify(markup)}` };
+    if (context.markup !== undefined) return context.markup;
     const question = example.question.trim();
     const answer = example.answer.trim();
     if (question.length === 0) return { reason: "empty_question", detail: "question is blank" };
@@ -435,7 +463,8 @@ class ExampleChecker {
     if (question.length > c.maxQuestionChars) return { reason: "question_too_long", detail: `${question.length} characters > ${c.maxQuestionChars}` };
     if (answer.length > c.maxAnswerChars) return { reason: "answer_too_long", detail: `${answer.length} characters > ${c.maxAnswerChars}` };
     if (answer.length < c.minAnswerChars) return { reason: "answer_too_short", detail: `${answer.length} characters < ${c.minAnswerChars}` };
-    const words = wordCount(answer);
+    const answerWords = normalizedWords(answer);
+    const words = answerWords.length;
     if (words < c.minAnswerWords) return { reason: "answer_too_short", detail: `${words} words < ${c.minAnswerWords}` };
     if (words > c.maxAnswerWords) return { reason: "answer_too_long", detail: `${words} words > ${c.maxAnswerWords}` };
     const oversized = this.checkSize(example);
@@ -457,18 +486,20 @@ class ExampleChecker {
         const disclaimer = findDisclaimer(answer);
         if (disclaimer !== undefined) return { reason: "model_disclaimer", detail: `answer says ${JSON.stringify(disclaimer)}` };
       }
-      const context = this.contextOf(example);
       if (c.checkLanguage) {
         context.language ??= detectLanguage(context.context);
-        const mismatch = languageMismatch(detectLanguage(answer), context.language);
-        if (mismatch !== undefined) return { reason: "language_mismatch", detail: mismatch };
+        if (context.language.script !== undefined) {
+          const mismatch = languageMismatch(detectLanguage(answer), context.language);
+          if (mismatch !== undefined) return { reason: "language_mismatch", detail: mismatch };
+        }
       }
       if (example.generator === "extractive") {
         if (!collapseWhitespace(example.context).includes(collapseWhitespace(answer))) {
           return { reason: "not_verbatim", detail: "extractive answer is not a substring of its context" };
         }
       } else if (c.requireGroundedAnswer) {
-        const support = groundingSupport(answer, context.ngrams, c.groundingNgram);
+        context.ngrams ??= ngrams(contentWords(`${context.headings}\n${context.context}`), c.groundingNgram);
+        const support = groundingSupport(answerWords, context.ngrams, c.groundingNgram);
         if (support < c.minAnswerSupport) {
           return { reason: "ungrounded", detail: `support ${support.toFixed(2)} < ${c.minAnswerSupport} (content ${c.groundingNgram}-grams of the answer found in the context)` };
         }
@@ -493,14 +524,38 @@ class ExampleChecker {
     return tokens > max ? { reason: "over_token_budget", detail: `${tokens} tokens > max_seq_len ${max}` } : undefined;
   }
 
-  private contextOf(example: DatasetExample): { context: string; headings: string; ngrams: Set<string>; language: LanguageGuess | undefined } {
+  /** What the checks need to know about an example's context, computed once per chunk. */
+  private contextOf(example: DatasetExample): ContextFacts {
     const headings = example.headingPath.join("\n");
     const cached = this.contexts.get(example.chunkId);
     if (cached !== undefined && cached.context === example.context && cached.headings === headings) return cached;
-    const entry = { context: example.context, headings, ngrams: ngrams(contentWords(`${headings}\n${example.context}`), this.config.groundingNgram), language: undefined };
-    this.contexts.set(example.chunkId, entry);
-    return entry;
+    let invalid: Failure | undefined;
+    for (const [field, text] of [["context", example.context], ["headingPath", headings]] as const) {
+      const problem = invalidText(text);
+      if (problem !== undefined && invalid === undefined) invalid = { reason: "invalid_text", detail: `${field} holds ${problem}` };
+    }
+    const markup = findTemplateMarkup({ question: "", answer: "", context: example.context, headingPath: example.headingPath });
+    const facts: ContextFacts = {
+      context: example.context,
+      headings,
+      invalid,
+      markup: markup === undefined ? undefined : { reason: "template_markup", detail: `text holds ${JSON.stringify(markup)}` },
+    };
+    this.contexts.set(example.chunkId, facts);
+    return facts;
   }
+}
+
+interface ContextFacts {
+  context: string;
+  /** The heading path joined with newlines. */
+  headings: string;
+  invalid: Failure | undefined;
+  markup: Failure | undefined;
+  /** Content n-grams of headings and context, once the grounding check needs them. */
+  ngrams?: Set<string>;
+  /** Once the language check needs it. */
+  language?: LanguageGuess;
 }
 
 function languageMismatch(answer: LanguageGuess, context: LanguageGuess): string | undefined {
