@@ -192,6 +192,7 @@ async function run({ label, faultRate, faultAt }: Condition, seed: number): Prom
     // Warm-up (fault draws count against the same seed, so a run is reproducible as a whole).
     await Promise.allSettled(Array.from({ length: WARMUP }, (_, i) => call(N + i)));
     const warm = client.stats();
+    const warmEndpoint = await endpoint.stats();
 
     const started = performance.now();
     const cpu = process.cpuUsage();
@@ -211,7 +212,7 @@ async function run({ label, faultRate, faultAt }: Condition, seed: number): Prom
       latencies: [],
       queueMs: [],
       cpuUsPerCall: (used.user + used.system) / N,
-      endpoint: await endpoint.stats(),
+      endpoint: since(await endpoint.stats(), warmEndpoint),
     };
     settled.forEach((outcome, i) => {
       if (outcome.status === "rejected") {
@@ -231,6 +232,18 @@ async function run({ label, faultRate, faultAt }: Condition, seed: number): Prom
   } finally {
     endpoint.child.kill();
   }
+}
+
+/** Endpoint counts of the measured calls only (the warm-up's taken off; the maximum in flight covers both). */
+function since(after: EndpointStats, before: EndpointStats): EndpointStats {
+  const faults = { ...after.faults };
+  for (const f of FAULTS) faults[f] -= before.faults[f];
+  return {
+    requests: after.requests - before.requests,
+    faults,
+    maxInFlight: after.maxInFlight,
+    withoutGuidedFields: after.withoutGuidedFields,
+  };
 }
 
 /** Attempts that held a slot for the whole endpoint latency: every good answer, and the slow faults. */
