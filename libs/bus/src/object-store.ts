@@ -70,6 +70,18 @@ export interface ArtifactStore {
 }
 
 const HASH_RE = /^[0-9a-f]{64}$/;
+/** How long a read waits for the next chunk before checking that the object still exists. */
+const READ_IDLE_CHECK_MS = 2_000;
+const IDLE = Symbol("idle");
+
+/** Resolves to IDLE after `ms`, unless cleared first. */
+function idle(ms: number): { promise: Promise<typeof IDLE>; clear(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  const promise = new Promise<typeof IDLE>((resolve) => {
+    timer = setTimeout(() => resolve(IDLE), ms);
+  });
+  return { promise, clear: () => clearTimeout(timer) };
+}
 const TMP_PREFIX = "tmp-upload-";
 
 function assertHash(hash: string): void {
@@ -140,8 +152,24 @@ export async function openArtifactStore(ctx: BusContext, bucket: string, options
     if (info.size > 0) {
       const oc = await ctx.js.consumers.get(streamName, { filter_subjects: `$O.${bucket}.C.${info.nuid}` });
       const messages = await oc.consume({ max_messages: readAhead });
+      const iterator = messages[Symbol.asyncIterator]();
       try {
-        for await (const m of messages) {
+        let pending = iterator.next();
+        for (;;) {
+          // An object deleted while it is read would leave the consumer waiting for chunks that are gone: when no
+          // chunk comes for a while, look whether the object is still there.
+          const wait = idle(READ_IDLE_CHECK_MS);
+          const next = await Promise.race([pending, wait.promise]).finally(() => wait.clear());
+          if (next === IDLE) {
+            const now = await present(info.name);
+            if (now === null || now.nuid !== info.nuid) {
+              throw new Error(`artifact ${bucket}/${info.name} was deleted while it was being read`);
+            }
+            continue;
+          }
+          if (next.done) break;
+          pending = iterator.next();
+          const m = next.value;
           if (m.data.length > 0) {
             sha.update(m.data);
             size += m.data.length;

@@ -144,6 +144,18 @@ describe("artifact store", () => {
     await expect(store.has("not-a-hash")).rejects.toThrow(/64 lowercase hex/);
   });
 
+  it("a read fails clearly, instead of waiting forever, when the object is deleted while it is being read", async () => {
+    const store = await bus.artifacts("deleted-mid-read", { readAhead: 1 });
+    const bytes = new Uint8Array(4 * 1024 * 1024).map((_, i) => (i * 7) % 251);
+    const { hash } = await store.put([bytes]);
+    const reading = (await store.get(hash))![Symbol.asyncIterator]();
+    expect((await reading.next()).done).toBe(false); // the first chunk has arrived
+    expect(await store.delete(hash)).toBe(true);
+    await expect((async () => {
+      for (;;) if ((await reading.next()).done) return;
+    })()).rejects.toThrow(/was deleted while it was being read/);
+  });
+
   it("a failing source stores nothing", async () => {
     const store = await bus.artifacts("failing");
     async function* broken() {
