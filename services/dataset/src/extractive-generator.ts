@@ -801,6 +801,13 @@ function modifiedNoun(clause: string): { phrase: string; modifier: string; head:
   return { phrase: m[1]!, modifier, head: stem(head) };
 }
 
+/** "AWS Identity and Access Management (IAM)" and "IAM": one names the other, nothing to compare. */
+function sameThing(a: string, b: string): boolean {
+  const x = a.toLowerCase().replace(/^(?:a|an|the)\s+/, "");
+  const y = b.toLowerCase().replace(/^(?:a|an|the)\s+/, "");
+  return x.includes(y) || y.includes(x);
+}
+
 function isStopish(word: string): boolean {
   return BAD_SUBJECT_START.has(word) || SUBJECT_STOP.has(word) || DETERMINERS.has(word) || AUXILIARIES.has(word);
 }
@@ -809,6 +816,7 @@ function comparisonCandidates(view: ChunkView, definitions: readonly Candidate[]
   const out: Candidate[] = [];
   const text = view.chunk.text;
   const ask = (a: string, b: string, start: number, end: number): void => {
+    if (sameThing(a, b)) return;
     const question = finishQuestion(`What is the difference between ${lowerInitial(a, view.names)} and ${lowerInitial(b, view.names)}`);
     out.push({ question, start, end, kind: "comparison", pattern: "comparison", priority: PRIORITY.comparison });
   };
@@ -844,7 +852,7 @@ function comparisonCandidates(view: ChunkView, definitions: readonly Candidate[]
     if (ia < 0 || ib < 0 || ib - ia > 2 || view.sentences[ia]!.block !== view.sentences[ib]!.block) continue;
     const subjectA = /^What (?:is|are) (.+)\?$/.exec(a.question)?.[1];
     const subjectB = /^What (?:is|are) (.+)\?$/.exec(b.question)?.[1];
-    if (subjectA === undefined || subjectB === undefined || subjectA.toLowerCase() === subjectB.toLowerCase()) continue;
+    if (subjectA === undefined || subjectB === undefined || sameThing(subjectA, subjectB)) continue;
     out.push({
       question: finishQuestion(`What is the difference between ${subjectA} and ${subjectB}`),
       start: a.start,

@@ -25,7 +25,8 @@ export function isStopword(word: string): boolean {
   return STOPWORDS.has(word.toLowerCase());
 }
 
-const WORD = /[\p{L}\p{N}_]+(?:[.'][\p{L}\p{N}_]+)*/gu;
+// Versions and decimals ("3.2.1", "19.99"), contractions and possessives ("don't", "bucket's"), then plain words.
+const WORD = /\d+(?:\.\d+)+|\p{L}+'\p{L}+|[\p{L}\p{N}_]+/gu;
 
 /**
  * Lowercased word tokens of a text. Thousands separators are dropped (`2,000` → `2000`), decimals and dotted versions
@@ -33,18 +34,7 @@ const WORD = /[\p{L}\p{N}_]+(?:[.'][\p{L}\p{N}_]+)*/gu;
  * Markdown) separates tokens.
  */
 export function wordTokens(text: string): string[] {
-  const normalized = text.replace(/(\d),(?=\d{3}\b)/g, "$1").toLowerCase();
-  const out: string[] = [];
-  for (const match of normalized.matchAll(WORD)) {
-    // A dot or apostrophe joins only digits (decimals, versions) and contractions; "end.Next" is two words.
-    const token = match[0];
-    if (/^\d+(?:\.\d+)+$/.test(token) || /^[\p{L}]+'[\p{L}]+$/u.test(token)) {
-      out.push(token);
-    } else {
-      for (const part of token.split(/[.']/)) if (part.length > 0) out.push(part);
-    }
-  }
-  return out;
+  return text.replace(/(\d),(?=\d{3}\b)/g, "$1").toLowerCase().match(WORD) ?? [];
 }
 
 /**
@@ -54,11 +44,12 @@ export function wordTokens(text: string): string[] {
 export function stem(word: string): string {
   let w = word.toLowerCase();
   if (w.endsWith("'s")) w = w.slice(0, -2);
-  if (w.length <= 3 || /\d/.test(w)) return w;
-  if (w.endsWith("ies") && w.length > 4) return `${w.slice(0, -3)}y`;
-  if (/(?:ss|sh|ch|x|z)es$/.test(w)) return w.slice(0, -2);
-  if (w.endsWith("s") && !/(?:ss|us|is)$/.test(w)) return w.slice(0, -1);
-  return w;
+  const n = w.length;
+  if (n <= 3 || w.charCodeAt(n - 1) !== 115 /* s */ || /\d/.test(w)) return w;
+  if (w.endsWith("ies") && n > 4) return `${w.slice(0, -3)}y`;
+  if (w.endsWith("sses") || w.endsWith("shes") || w.endsWith("ches") || w.endsWith("xes") || w.endsWith("zes")) return w.slice(0, -2);
+  if (w.endsWith("ss") || w.endsWith("us") || w.endsWith("is")) return w;
+  return w.slice(0, -1);
 }
 
 /** Stemmed content words of a text, in order, repeats kept (the token stream BM25 indexes). */
