@@ -313,8 +313,10 @@ export function splitSentences(text: string, start: number, end: number): TextSp
 // Words and phrases.
 
 const DETERMINERS = new Set(["a", "an", "the", "every", "each", "all", "some", "any", "most", "many", "your", "our", "its", "their"]);
-const PRONOUNS = new Set(["it", "its", "they", "them", "their", "theirs", "this", "that", "these", "those", "he", "she", "him", "her", "itself", "themselves"]);
-const PREPOSITIONS = new Set(["with", "in", "on", "at", "for", "to", "from", "by", "of", "into", "onto", "over", "under", "about", "through"]);
+const PRONOUNS = new Set(
+  "it its they them their theirs this that these those he she him her itself themselves".split(" "),
+);
+const PREPOSITIONS = new Set("with in on at for to from by of into onto over under about through".split(" "));
 const MODALS = new Set(["can", "cannot", "may", "might", "must", "should", "will", "would", "could", "shall"]);
 const AUXILIARIES = new Set(["is", "are", "was", "were", "be", "been", "has", "have", "had", "does", "do", "did", ...MODALS]);
 const BAD_SUBJECT_START = new Set([
@@ -369,7 +371,8 @@ const NOMINAL_GERUNDS = new Set([
   "logging", "pricing", "networking", "billing", "caching", "routing", "scaling", "troubleshooting", "naming", "monitoring",
   "versioning", "encoding", "streaming", "accounting", "batching", "queuing", "queueing", "tagging", "reporting",
   "testing", "building", "rendering", "processing", "breaking", "existing", "missing", "pending", "remaining",
-  "following", "upcoming", "outgoing", "incoming", "leading", "trailing", "matching", "resulting", "underlying", "corresponding", "something", "nothing", "everything", "anything", "string",
+  "following", "upcoming", "outgoing", "incoming", "leading", "trailing", "matching", "resulting", "underlying",
+  "corresponding", "something", "nothing", "everything", "anything", "string",
   "thing", "spring", "during", "ceiling", "morning", "evening", "king", "ring", "wing", "bring", "sing", "swing", "sting",
 ]);
 /** Nouns that, after a gerund, make the heading a noun phrase ("Logging settings", "Signing keys"). */
@@ -382,7 +385,8 @@ const NOMINAL_HEADS = new Set([
   "changes", "change", "classes", "class", "capacity", "notes", "times", "time", "rates", "rate", "requests", "request",
 ]);
 const GERUND_EXCEPTIONS: Record<string, string> = {
-  creating: "create", recreating: "recreate", caching: "cache", routing: "route", scaling: "scale", styling: "style", pasting: "paste", syncing: "sync",
+  creating: "create", recreating: "recreate", caching: "cache", routing: "route", scaling: "scale", styling: "style",
+  pasting: "paste", syncing: "sync",
   focusing: "focus", aliasing: "alias", biasing: "bias", developing: "develop", enveloping: "envelop", pivoting: "pivot",
   controlling: "control", cancelling: "cancel", labelling: "label", modelling: "model", travelling: "travel",
   changing: "change", arranging: "arrange", exchanging: "exchange", ranging: "range", zoning: "zone", writing: "write",
@@ -405,7 +409,8 @@ export function gerundToBase(word: string): string | undefined {
   if (GERUND_EXCEPTIONS[w] !== undefined) return GERUND_EXCEPTIONS[w];
   const s = w.slice(0, -3);
   if (/([bdgmnprtz])\1$/.test(s)) return s.slice(0, -1);
-  if (/[aeiouy]$/.test(s) || /(?:ll|ss|ff|ck|sh|ch|th|gh|ng|nd|nt|st|rt|rn|rm|rk|lt|ld|lp|mp|sk|sp|ct|pt|ft|wn|ws|wl|ow|ew|aw|x|w|y|h|f)$/.test(s)) {
+  // Endings no base form adds an e to: "install", "check", "start", "follow", "fix".
+  if (/[aeiouy]$/.test(s) || /(?:ll|ss|ff|ck|sh|ch|th|gh|ng|nd|nt|st|rt|rn|rm|rk|lt|ld|lp|mp|sk|sp|ct|pt|ft|wn|ws|wl|x|w|h|f)$/.test(s)) {
     return s;
   }
   const addE =
@@ -480,7 +485,8 @@ function isGoodSubject(subject: string, maxWords = 8): boolean {
   // "`Bulk` - Bulk retrievals", "Aliases – An alias": a list label in front of the subject.
   if (/\s[-–—]\s/.test(subject)) return false;
   // "Spreading requests across many connections", "testing your function": a gerund clause, not a noun phrase.
-  if ((/^\p{Lu}\p{Ll}+ing$/u.test(ws[0]!) && ws.length >= 3) || ws.some((w) => ["your", "my", "our"].includes(w.toLowerCase()))) return false;
+  if (/^\p{Lu}\p{Ll}+ing$/u.test(ws[0]!) && ws.length >= 3) return false;
+  if (ws.some((w) => ["your", "my", "our"].includes(w.toLowerCase()))) return false;
   // "Currently Amazon S3 …", "Optionally, …": an adverb leads a clause, not a noun phrase.
   if (/^\p{Lu}\p{Ll}+ly$/u.test(ws[0]!)) return false;
   // "Start with the server …": an imperative, not a subject.
@@ -531,6 +537,10 @@ export function isWellFormedQuestion(question: string): boolean {
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Candidates.
+
+function candidate(question: string, span: TextSpan, kind: AnswerableKind, pattern: ExtractivePattern): Candidate {
+  return { question: finishQuestion(question), start: span.start, end: span.end, kind, pattern, priority: PRIORITY[pattern] };
+}
 
 interface Candidate {
   question: string;
@@ -592,15 +602,19 @@ class ChunkView {
     // A pointer elsewhere is no answer: "For more information, see …", "… the steps below.", "… the following figure."
     if (/^(?:For (?:more )?(?:information|details)|For an example|See |Following are|The following\b)/i.test(answer)) return false;
     if (/\b(?:below|as follows|the following(?:\s+[\w-]+)?)\W*$/i.test(answer)) return false;
-    if (/\b(?:following|below) (?:figure|diagram|table|example|image|illustration|steps|procedure)\b|\bshown below\b/i.test(answer)) return false;
+    if (/\b(?:following|below) (?:figure|diagram|table|example|image|illustration|steps|procedure)\b/i.test(answer)) return false;
+    if (/\bshown below\b/i.test(answer)) return false;
     return true;
   }
 }
 
 function definitionCandidates(view: ChunkView): Candidate[] {
   const out: Candidate[] = [];
-  const pattern =
-    /^(?<subj>.+?)\s+(?<verb>is called|are called|is known as|are known as|is defined as|are defined as|is used to|are used to|is used for|are used for|refers to|refer to|stands for|means|is|are)\s+(?<pred>.+)$/;
+  const verbs = [
+    "is called", "are called", "is known as", "are known as", "is defined as", "are defined as", "is used to", "are used to",
+    "is used for", "are used for", "refers to", "refer to", "stands for", "means", "is", "are",
+  ];
+  const pattern = new RegExp(`^(?<subj>.+?)\\s+(?<verb>${verbs.join("|")})\\s+(?<pred>.+)$`);
   for (const s of view.sentences) {
     const m = pattern.exec(s.text);
     if (m?.groups === undefined) continue;
@@ -619,7 +633,9 @@ function definitionCandidates(view: ChunkView): Candidate[] {
       case "is":
       case "are":
         // "X is a/an/the …"; a plural may be defined by a bare plural: "Internal errors are errors that occur …".
-        if (!/^(?:a|an|the|one of the|any)\s/i.test(pred) && !(verb === "are" && /^(?:[a-z-]+\s+)?[a-z-]+s\s+(?:that|which|who|whose|of|for|used|stored|with)\b/.test(pred))) continue;
+        const determined = /^(?:a|an|the|one of the|any)\s/i.test(pred);
+        const barePlural = verb === "are" && /^(?:[a-z-]+\s+)?[a-z-]+s\s+(?:that|which|who|whose|of|for|used|stored|with)\b/.test(pred);
+        if (!determined && !barePlural) continue;
         if (/^the\s+(?:same|only|first|last|default|minimum|maximum|case|reason|result|one|other|following)\b/i.test(pred)) continue;
         question = `What ${verb} ${topic}`;
         break;
@@ -650,7 +666,7 @@ function definitionCandidates(view: ChunkView): Candidate[] {
         kind = "factual";
         pat = "purpose";
     }
-    out.push({ question: finishQuestion(question), start: s.start, end: s.end, kind, pattern: pat, priority: PRIORITY[pat] });
+    out.push(candidate(question, s, kind, pat));
   }
   return out;
 }
@@ -662,11 +678,16 @@ function codeSubjectCandidates(view: ChunkView): Candidate[] {
     if (m === null) continue;
     const verb = `${m[2]}s`;
     if (AUXILIARIES.has(verb) || /(?:ss|us|is)$/.test(verb) || ["its", "this", "has", "was", "does"].includes(verb)) continue;
-    out.push({ question: finishQuestion(`What does ${m[1]} do`), start: s.start, end: s.end, kind: "factual", pattern: "code-subject", priority: PRIORITY["code-subject"] });
+    out.push(candidate(`What does ${m[1]} do`, s, "factual", "code-subject"));
   }
   return out;
 }
 
+/** After the verb: a few words, a bound ("at most", "for"), a number, a unit or noun, the rest. */
+const QUANTITY =
+  /^(?<mid>(?:[a-z][\w-]*\s+){0,3}?)(?<prep>at most|up to|no more than|for up to|for|after|every)\s+(?<num>\d[\d,.]*)\s+(?<unit>[a-z][a-z-]*)(?<tail>.*)$/;
+/** "… of clock skew" after the unit: what is counted. */
+const OF_PHRASE = /^\s+of\s+((?:[a-z][\w-]*\s*){1,3}?)(?=[,.;]|\s+(?:when|if|in|on|for|per|to|and|from|at|with|before|after|because)\b|$)/;
 const TIME_UNITS = /^(?:seconds?|minutes?|hours?|days?|weeks?|months?|years?|milliseconds?|ms)$/;
 
 function quantityCandidates(view: ChunkView): Candidate[] {
@@ -701,16 +722,17 @@ function quantityCandidates(view: ChunkView): Candidate[] {
     }
     if (["be", "have", "do", "is", "are"].includes(verb)) continue;
     const restText = rest.join(" ");
-    const q = /^(?<mid>(?:[a-z][\w-]*\s+){0,3}?)(?<prep>at most|up to|no more than|for up to|for|after|every)\s+(?<num>\d[\d,.]*)\s+(?<unit>[a-z][a-z-]*)(?<tail>.*)$/.exec(restText);
+    const q = QUANTITY.exec(restText);
     if (q?.groups === undefined) continue;
     const { mid, prep, unit, tail } = q.groups as { mid: string; prep: string; unit: string; tail: string };
-    if (hasPronoun(mid) || /[`*]/.test(mid) || mid.split(/\s+/).some((w) => ["a", "an", "the"].includes(w) && mid.trim().split(/\s+/).length > 2)) continue;
+    const midWords = words(mid);
+    if (hasPronoun(mid) || /[`*]/.test(mid) || (midWords.length > 2 && midWords.some((w) => ["a", "an", "the"].includes(w)))) continue;
     const midText = mid.trim().length > 0 ? ` ${mid.trim()}` : "";
     const topic = lowerInitial(subject, view.names);
     const isTime = TIME_UNITS.test(unit);
     let question: string | undefined;
     if (prep === "at most" || prep === "up to" || prep === "no more than") {
-      const of = /^\s+of\s+((?:[a-z][\w-]*\s*){1,3}?)(?=[,.;]|\s+(?:when|if|in|on|for|per|to|and|from|at|with|before|after|because)\b|$)/.exec(tail);
+      const of = OF_PHRASE.exec(tail);
       const ofText = of !== null && !hasPronoun(of[1]!) ? ` of ${of[1]!.trim()}` : "";
       const per = /^\s+(per\s+[a-z][\w-]*)/.exec(tail);
       const perText = of === null && per !== null ? ` ${per[1]}` : "";
@@ -723,7 +745,7 @@ function quantityCandidates(view: ChunkView): Candidate[] {
       question = `How often ${aux} ${topic} ${verb}${midText}`;
     }
     if (question === undefined) continue;
-    out.push({ question: finishQuestion(question), start: s.start, end: s.end, kind: "factual", pattern: "quantity", priority: PRIORITY.quantity });
+    out.push(candidate(question, s, "factual", "quantity"));
   }
   return out;
 }
@@ -732,9 +754,9 @@ function quantityCandidates(view: ChunkView): Candidate[] {
 /** Verbs documentation uses in instructions ("retry the request", "reverse the entry"), beside VERBS. */
 const IMPERATIVE_VERBS = new Set(
   (
-    "add ask attach avoid batch correct reverse release build choose configure consider contact copy decrease define deploy detach edit ensure " +
-    "enter find grant increase insert install lower make migrate modify open page pass press put raise remove rename " +
-    "replace restart restore review select set specify submit switch try turn unset upgrade"
+    "add ask attach avoid batch correct reverse release build choose configure consider contact copy decrease define " +
+    "deploy detach edit ensure enter find grant increase insert install lower make migrate modify open page pass press " +
+    "put raise remove rename replace restart restore review select set specify submit switch try turn unset upgrade"
   ).split(" "),
 );
 
@@ -760,7 +782,7 @@ function procedureCandidates(view: ChunkView): Candidate[] {
     const instruction = /^[a-z]+$/.test(lead) && !DETERMINERS.has(lead) && !PRONOUNS.has(lead) && !PREPOSITIONS.has(lead) &&
       !["there", "we", "you", "and", "or", "but", "so", "then", "also", "only", "not", "no", "both", "each", "every"].includes(lead);
     if (!instruction && !/^you\s+(?:can|must|should|need|have to)\b/.test(main)) continue;
-    out.push({ question: finishQuestion(`How do you ${goal}`), start: s.start, end: s.end, kind: "conceptual", pattern: "procedure", priority: PRIORITY.procedure });
+    out.push(candidate(`How do you ${goal}`, s, "conceptual", "procedure"));
   }
   return out;
 }
@@ -782,7 +804,7 @@ function conditionCandidates(view: ChunkView): Candidate[] {
     else if (/^note\b/.test(main)) question = `What should you know ${c}`;
     else if (startsImperative(main)) question = `What should you do ${c}`;
     else question = `What happens ${c}`;
-    out.push({ question: finishQuestion(question), start: s.start, end: s.end, kind: "factual", pattern: "condition", priority: PRIORITY.condition });
+    out.push(candidate(question, s, "factual", "condition"));
   }
   return out;
 }
@@ -793,7 +815,9 @@ function modifiedNoun(clause: string): { phrase: string; modifier: string; head:
   if (m === null) return undefined;
   // The phrase must be the whole subject: a verb follows it ("a minor release adds", "the REST API returns").
   const next = m[4]!;
-  if (!/^\p{Ll}+$/u.test(next) || !(isVerbForm(next) || IMPERATIVE_VERBS.has(thirdPersonToBase(next)) || (next.endsWith("s") && !next.endsWith("ss")))) return undefined;
+  if (!/^\p{Ll}+$/u.test(next)) return undefined;
+  const verbLike = isVerbForm(next) || IMPERATIVE_VERBS.has(thirdPersonToBase(next)) || (next.endsWith("s") && !next.endsWith("ss"));
+  if (!verbLike) return undefined;
   const modifier = m[2]!.toLowerCase();
   const head = m[3]!.toLowerCase();
   if (isStopish(modifier) || isStopish(head) || isVerbForm(head) || GENERIC_HEADS.has(stem(head))) return undefined;
@@ -814,7 +838,6 @@ function isStopish(word: string): boolean {
 
 function comparisonCandidates(view: ChunkView, definitions: readonly Candidate[]): Candidate[] {
   const out: Candidate[] = [];
-  const text = view.chunk.text;
   const ask = (a: string, b: string, start: number, end: number): void => {
     if (sameThing(a, b)) return;
     const question = finishQuestion(`What is the difference between ${lowerInitial(a, view.names)} and ${lowerInitial(b, view.names)}`);
@@ -866,7 +889,8 @@ function comparisonCandidates(view: ChunkView, definitions: readonly Candidate[]
 }
 
 /** Headings of link lists and tables of contents: nothing to ask about. */
-const LIST_INTRO_SKIP = /^(?:topics|related (?:resources|topics|information|services)|see also|contents|in this section|next steps?|more info(?:rmation)?|examples?|resources|learn more)$/i;
+const LIST_INTRO_SKIP =
+  /^(?:topics|related (?:resources|topics|information|services)|see also|contents|in this section|next steps?|more info(?:rmation)?|examples?|resources|learn more)$/i;
 
 /**
  * "Amazon S3 standard storage offers the following features" → "Which features does Amazon S3 standard storage offer";
@@ -960,7 +984,7 @@ function headingCandidates(view: ChunkView): { candidates: Candidate[]; section:
   if (firstLine !== heading) return { candidates: [], section: undefined };
   const out: Candidate[] = [];
   const add = (question: string, span: TextSpan | undefined, kind: AnswerableKind, pattern: ExtractivePattern): void => {
-    if (span !== undefined) out.push({ question: finishQuestion(question), start: span.start, end: span.end, kind, pattern, priority: PRIORITY[pattern] });
+    if (span !== undefined) out.push(candidate(question, span, kind, pattern));
   };
   const clean = heading.replace(/\*\*|__/g, "");
   const ws = words(clean);
@@ -980,7 +1004,8 @@ function headingCandidates(view: ChunkView): { candidates: Candidate[]; section:
     return { candidates: out, section: heading };
   }
   // A problem under "Troubleshooting" / "Startup problems": 'The server exits with "…"', "rate_limited".
-  if (parent !== undefined && PROBLEM_SECTION.test(parent) && !PROBLEM_SECTION.test(clean) && !isGerundPhrase && (ws.length >= 2 || /_/.test(clean))) {
+  const isProblem = parent !== undefined && PROBLEM_SECTION.test(parent) && !PROBLEM_SECTION.test(clean);
+  if (isProblem && !isGerundPhrase && (ws.length >= 2 || /_/.test(clean))) {
     const quoted = clean.replace(/"/g, "'");
     const question =
       ws.length >= 3 && /^\p{Lu}/u.test(clean) && !/_/.test(ws[0]!)
@@ -994,7 +1019,8 @@ function headingCandidates(view: ChunkView): { candidates: Candidate[]; section:
   }
   const explanation = firstExplanation(view, 40);
   if (explanation !== undefined) {
-    const where = chunk.headingPath.length >= 2 ? `the section "${clean.replace(/"/g, "'")}"` : `the introduction of "${clean.replace(/"/g, "'")}"`;
+    const title = clean.replace(/"/g, "'");
+    const where = chunk.headingPath.length >= 2 ? `the section "${title}"` : `the introduction of "${title}"`;
     const topic = subjectOf(chunk.text.slice(explanation.start, explanation.end), view.names);
     const about = topic !== undefined && topic.toLowerCase() !== clean.toLowerCase() ? ` about ${topic}` : "";
     add(`What does ${where} say${about}`, explanation, "conceptual", "heading-topic");
@@ -1036,7 +1062,9 @@ function resolveOptions(options: ExtractiveOptions): Required<ExtractiveOptions>
   if (!Number.isInteger(questionsPerChunk) || questionsPerChunk < 1 || questionsPerChunk > 20) {
     throw new RangeError(`questionsPerChunk must be an integer from 1 to 20, got ${questionsPerChunk}`);
   }
-  if (!Number.isInteger(minAnswerChars) || minAnswerChars < 1) throw new RangeError(`minAnswerChars must be a positive integer, got ${minAnswerChars}`);
+  if (!Number.isInteger(minAnswerChars) || minAnswerChars < 1) {
+    throw new RangeError(`minAnswerChars must be a positive integer, got ${minAnswerChars}`);
+  }
   if (!Number.isInteger(maxAnswerChars) || maxAnswerChars < minAnswerChars) {
     throw new RangeError(`maxAnswerChars must be an integer ≥ minAnswerChars (${minAnswerChars}), got ${maxAnswerChars}`);
   }

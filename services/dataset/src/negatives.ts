@@ -104,7 +104,8 @@ function hashUnit(...parts: (string | number)[]): number {
 
 /** The content-addressed ID of a negative: the same source example, strategy and context give the same ID. */
 export function negativeExampleId(sourceExampleId: string, strategy: NegativeStrategy, contextChunkId: string, context: string): string {
-  const digest = createHash("sha256").update(`negative-v1\u0000${sourceExampleId}\u0000${strategy}\u0000${contextChunkId}\u0000${context}`).digest("hex");
+  const key = ["negative-v1", sourceExampleId, strategy, contextChunkId, context].join("\u0000");
+  const digest = createHash("sha256").update(key).digest("hex");
   return `ex_${digest.slice(0, 32)}`;
 }
 
@@ -214,7 +215,9 @@ function removeAnswer(example: DatasetExample, chunk: SourceChunk | undefined, o
   // is still answered by what remains of that section.
   const leaf = normalizeForContainment(chunk.headingPath.at(-1) ?? "");
   const question = normalizeForContainment(example.question);
-  if (/\b(?:section|introduction|chapter|page|document|guide)\b/.test(question) || (leaf.length > 0 && (question.includes(leaf) || leaf.includes(question.replace(/\?$/, ""))))) {
+  const namesSection = /\b(?:section|introduction|chapter|page|document|guide)\b/.test(question);
+  const isHeading = leaf.length > 0 && (question.includes(leaf) || leaf.includes(question.replace(/\?$/, "")));
+  if (namesSection || isHeading) {
     return { ok: false, reason: "answer-removed: the question is about the section as a whole" };
   }
   // How-to questions are answered by steps spread over the chunk; what remains would still answer them in part.
