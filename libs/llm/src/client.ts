@@ -97,7 +97,8 @@ export interface GenerationResult {
   finishReason: string | null;
   /** The model that answered, as the server names it. */
   model: string;
-  /** Token counts as the server reported them (zero when it reported none). */
+  /** Token counts of the answer as the server reported them (zero when it reported none); `stats()` also counts
+   * the tokens of attempts whose output was rejected. */
   usage: TokenUsage;
   latency: CallLatency;
 }
@@ -380,6 +381,8 @@ export class LlmClient {
     this.maxRetries = options.maxRetries ?? DEFAULTS.maxRetries;
     this.guidedJsonFields = options.guidedJsonFields ?? DEFAULT_GUIDED_JSON_FIELDS;
     if (this.guidedJsonFields.length === 0) throw new RangeError("guidedJsonFields must name at least one field");
+    if (!(this.timeoutMs > 0)) throw new RangeError(`timeoutMs must be positive, got ${this.timeoutMs}`);
+    if (!Number.isInteger(this.maxRetries) || this.maxRetries < 0) throw new RangeError(`maxRetries must be an integer ≥ 0, got ${this.maxRetries}`);
     this.#apiKey = revealSecret(options.apiKey);
     this.#headers = { ...options.headers };
     this.#limiter = new ConcurrencyLimiter(this.concurrency);
@@ -460,10 +463,10 @@ export class LlmClient {
     const { value, latency } = await this.#run(path, call, (context) =>
       this.#request("POST", path, body, context, async (response) => {
         const generation = parseGeneration(endpoint, parseJsonBody(await readBody(response, this.#maxResponseBytes, path), path));
+        this.#countUsage(generation.usage); // also for output the schema then rejects: the server spent the tokens
         return finish(generation);
       }),
     );
-    this.#countUsage(value.usage);
     return { ...value, latency };
   }
 

@@ -112,6 +112,9 @@ describe("retries", () => {
     const result = await client.json({ messages, schema: z.object({ answer: z.string() }) });
     expect(result.value).toEqual({ answer: "Paris" });
     expect(result.latency.attempts).toBe(3);
+    // The rejected generation's tokens were spent too: stats count both answers (10 + 5 each), the result its own.
+    expect(result.usage).toEqual({ promptTokens: 10, completionTokens: 5, totalTokens: 15 });
+    expect(client.stats()).toMatchObject({ promptTokens: 20, completionTokens: 10 });
     expect(retries.map((e) => e.error.kind)).toEqual(["malformed_json", "malformed_json"]);
   });
 
