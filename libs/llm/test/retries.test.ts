@@ -70,11 +70,11 @@ describe("retries", () => {
       ]),
     );
     const retries: RetryEvent[] = [];
-    const client = createLlmClient({ baseUrl: server.url, timeoutMs: 150, backoff: fast, onRetry: (e) => retries.push(e) });
+    const client = createLlmClient({ baseUrl: server.url, timeoutMs: 400, backoff: fast, onRetry: (e) => retries.push(e) });
     const result = await client.chat({ messages });
     expect(result.text).toBe("late but fine");
     expect(retries[0]!.error.kind).toBe("timeout");
-    expect(retries[0]!.error.message).toMatch(/no response within 150 ms/);
+    expect(retries[0]!.error.message).toMatch(/no response within 400 ms/);
     await server.waitFor(() => server!.abandoned === 1);
   });
 
@@ -128,7 +128,7 @@ describe("retries", () => {
         (r) => sendJson(r.res, 200, chatResponse('{"answer":"ok"}')),
       ]),
     );
-    const client = createLlmClient({ baseUrl: server.url, backoff: fast, timeoutMs: 150, maxRetries: 4 });
+    const client = createLlmClient({ baseUrl: server.url, backoff: fast, timeoutMs: 400, maxRetries: 4 });
     const result = await client.json({ messages, schema: z.object({ answer: z.string() }) });
     expect(result.value.answer).toBe("ok");
     expect(result.latency.attempts).toBe(5);

@@ -65,7 +65,7 @@ describe("SSE streaming", () => {
 
   it("reuses the connection after a stream, and keeps an answer whose server stalls after [DONE]", async () => {
     server = await FakeServer.start((r) => writeInPieces(r.res, sseBody(chatChunks([`answer ${r.n}`])), [], r.n < 2));
-    const client = createLlmClient({ baseUrl: server.url, concurrency: 1, timeoutMs: 150, maxRetries: 0 });
+    const client = createLlmClient({ baseUrl: server.url, concurrency: 1, timeoutMs: 400, maxRetries: 0 });
     expect((await client.streamChat({ messages }).collect()).text).toBe("answer 0");
     expect((await client.streamChat({ messages }).collect()).text).toBe("answer 1");
     expect(server.requests[0]!.remotePort).toBe(server.requests[1]!.remotePort);
@@ -137,7 +137,7 @@ describe("SSE streaming", () => {
       }
       await writeInPieces(r.res, sseBody(chatChunks(["first"]), { done: false }).split("\n\n").slice(0, 2).join("\n\n") + "\n\n", [], false);
     });
-    const client = createLlmClient({ baseUrl: server.url, timeoutMs: 150, backoff: { baseMs: 5, capMs: 5 } });
+    const client = createLlmClient({ baseUrl: server.url, timeoutMs: 400, backoff: { baseMs: 5, capMs: 5 } });
     const stream = client.streamChat({ messages });
     const seen: string[] = [];
     const error = await (async () => {
