@@ -1,0 +1,89 @@
+import { createHash } from "node:crypto";
+import type { DatasetExample } from "./example.js";
+import { generateExtractiveDataset, type ExtractiveOptions, type SourceChunk } from "./extractive-generator.js";
+import { exportRow, type ExportFormat } from "./exports.js";
+import { generateNegatives, type NegativeOptions, type NegativeSkip } from "./negatives.js";
+import { runQualityGate, type DroppedExample, type DropReason, type QualityGateConfig } from "./quality-gate.js";
+import { splitExamples, type SplitConfig, type SplitDrop, type SplitName, type SplitResult } from "./splits.js";
+
+/** Everything that decides a version's content; its hash is part of the version's identity. */
+export interface DatasetBuildSettings {
+  generation: ExtractiveOptions;
+  negatives: NegativeOptions;
+  quality: Partial<QualityGateConfig>;
+  splits: Partial<SplitConfig>;
+}
+
+export interface DatasetBuildDeps {
+  /** Counts tokens with the target model's tokenizer (libs/text), for the token budget. */
+  tokenizer: { count(text: string): number };
+}
+
+/** The content of a dataset version, before it is stored. */
+export interface DatasetBuild {
+  /** SHA-256 over the chunk IDs (sorted) and the settings: the same input builds the same version. */
+  contentHash: string;
+  splits: Pick<SplitResult, "train" | "val" | "test" | "stats">;
+  /** Every example that was generated but not kept, with why: none is dropped silently. */
+  dropped: { gate: DroppedExample[]; split: SplitDrop[]; negativesSkipped: NegativeSkip[] };
+  counts: {
+    chunks: number;
+    chunksWithExamples: number;
+    generated: number;
+    negatives: number;
+    negativeTarget: number;
+    kept: number;
+    droppedByReason: Record<DropReason | SplitDrop["reason"], number>;
+  };
+}
+
+/**
+ * The offline build of a dataset version from a collection's chunks: extractive questions with verbatim answers,
+ * "not in context" negatives with the refusal target, the quality gate, then leak-free splits by chunk. Pure and
+ * deterministic: the same chunks and settings give the same examples, splits and hash. (The LLM generator takes
+ * the extractive generator's place when a model endpoint is configured; the rest is the same.)
+ */
+export function buildDataset(chunks: readonly SourceChunk[], settings: DatasetBuildSettings, deps: DatasetBuildDeps): DatasetBuild {
+  const generated: DatasetExample[] = generateExtractiveDataset(chunks, settings.generation);
+  const negatives = generateNegatives(generated, chunks, settings.negatives);
+  const gate = runQualityGate([...generated, ...negatives.negatives], deps, settings.quality);
+  const split = splitExamples(gate.kept, settings.splits);
+  const droppedByReason = { ...gate.counts } as Record<DropReason | SplitDrop["reason"], number>;
+  for (const d of split.dropped) droppedByReason[d.reason] = (droppedByReason[d.reason] ?? 0) + 1;
+  return {
+    contentHash: contentHash(chunks, settings),
+    splits: { train: split.train, val: split.val, test: split.test, stats: split.stats },
+    dropped: { gate: gate.dropped, split: split.dropped, negativesSkipped: negatives.skipped },
+    counts: {
+      chunks: chunks.length,
+      chunksWithExamples: new Set(generated.map((e) => e.chunkId)).size,
+      generated: generated.length,
+      negatives: negatives.negatives.length,
+      negativeTarget: negatives.target,
+      kept: split.train.length + split.val.length + split.test.length,
+      droppedByReason,
+    },
+  };
+}
+
+/** One split as JSON lines in an export format (the trainer trains on `mistral-instruct`). */
+export function exportSplit(build: DatasetBuild, split: SplitName, format: ExportFormat): string {
+  return build.splits[split].map((e) => exportRow(e, format)).join("");
+}
+
+function contentHash(chunks: readonly SourceChunk[], settings: DatasetBuildSettings): string {
+  const h = createHash("sha256");
+  for (const id of chunks.map((c) => c.id).sort()) h.update(`${id}\n`);
+  h.update(stableJson(settings));
+  return h.digest("hex");
+}
+
+/** JSON with object keys sorted, so equal settings hash equally whatever their key order. */
+function stableJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(stableJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined);
+    return `{${entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `${JSON.stringify(k)}:${stableJson(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
