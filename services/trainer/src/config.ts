@@ -37,6 +37,11 @@ export const trainerConfigSchema = baseServiceSchema.extend({
    * stored files no kept checkpoint or adapter of any job shares), except one a queued resume still has to restore.
    */
   TRAINER_KEEP_CHECKPOINTS: envInt({ min: 1, max: 1000, default: 3 }),
+  /**
+   * Where jobs train: `auto` (a CUDA GPU when torch sees one, else the CPU), `cuda` (a job fails with a system error,
+   * reason CUDA_UNAVAILABLE, when there is none: GPU deployments never train on the CPU unnoticed) or `cpu`.
+   */
+  TRAINER_DEVICE: z.enum(["auto", "cuda", "cpu"]).default("auto"),
   /** Replica name in logs and job events. Default: host name and pid. */
   TRAINER_REPLICA_ID: z.string().min(1).optional(),
 });

@@ -55,6 +55,8 @@ export interface JobRunnerOptions {
   workerDir: string;
   workDir: string;
   heartbeatTimeoutMs: number;
+  /** Where the worker trains (TRAINER_DEVICE): cuda fails a job that finds no GPU. Default auto. */
+  device?: "auto" | "cuda" | "cpu";
   /**
    * How long a claim holds the job without renewal (TRAINER_ACK_WAIT): the runner renews it every third of this; a
    * second delivery of the job (a NATS restart can cause one) waits while the lease is live, and a replica that
@@ -498,7 +500,7 @@ export class JobRunner {
     await this.o.store.transition(jobId, { type: "fail", failure: create(FailureSchema, { kind, reason, message, field }) }, undefined, fence);
   }
 
-  private workerSpec(job: Job, attemptDir: string, resumePath: string | null): WorkerSpec {
+  private workerSpec(job: Job, attemptDir: string, resumePath: string | null): WorkerSpec & { device: string } {
     const hp = toWorkerHyperparameters(job.hyperparameters!);
     const files = job.dataset.case === "datasetFiles" ? job.dataset.value : undefined;
     if (files === undefined) throw new Error(`job ${job.id} has no dataset files`);
@@ -510,6 +512,7 @@ export class JobRunner {
       val_file: files.valPath !== "" && (job.hyperparameters?.evalIntervalSteps ?? 0) > 0 ? files.valPath : null,
       output_dir: join(attemptDir, "output"),
       resume_from_checkpoint: resumePath,
+      device: this.o.device ?? "auto",
     };
   }
 

@@ -18,6 +18,11 @@ from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
+#: Where the job trains (`device`, set by the trainer service from TRAINER_DEVICE, not by the user): `auto`
+#: takes the GPU when torch sees one and the CPU otherwise, `cuda` fails the job when there is none, `cpu`
+#: never uses it.
+DEVICES = ("auto", "cuda", "cpu")
+
 #: The hyperparameter contract shared with the trainer service (defaults and limits; see the file's $comment).
 CONTRACT: dict[str, dict[str, Any]] = json.loads(
     resources.files("ragtune_worker").joinpath("hyperparameters.json").read_text(encoding="utf-8")
@@ -98,6 +103,7 @@ class JobSpec:
     max_grad_norm: float = _default("max_grad_norm")
     resume_from_checkpoint: Path | None = None
     job_id: str | None = None
+    device: str = "auto"
 
     @property
     def adapter_dir(self) -> Path:
@@ -212,6 +218,8 @@ def parse_spec(raw: Any) -> JobSpec:
             f"(allowed: {', '.join(allowed)})"
         )
         raise _invalid("quant_backend", hint)
+    if values["device"] not in DEVICES:
+        raise _invalid("device", f"device must be one of {', '.join(DEVICES)}, got {values['device']!r}")
     if values["job_id"] is not None and not isinstance(values["job_id"], str):
         raise _invalid("job_id", f"job_id must be a string, got {values['job_id']!r}")
 

@@ -2,9 +2,10 @@
 
 `run_job(spec, emit, cancel)` drives the whole job and reports through `emit(event_type, **fields)`; it raises
 `UserError` for bad input (always before training starts) and `WorkerSystemError` for a run that fails
-(diverged loss). Trainer does the optimisation (AdamW, schedule with warmup, accumulation, clipping, gradient
-checkpointing, eval, checkpoints, exact resume); the `JobCallback` below turns its logs and saves into
-protocol events and stops it at a step boundary on cancel or on a non-finite loss.
+(diverged loss) or cannot run here (`device` cuda without a CUDA device). Trainer does the optimisation
+(AdamW, schedule with warmup, accumulation, clipping, gradient checkpointing, eval, checkpoints, exact
+resume); the `JobCallback` below turns its logs and saves into protocol events and stops it at a step
+boundary on cancel or on a non-finite loss.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib
 import math
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,9 +46,32 @@ def resolve_compute_dtype(name: str, cuda: bool) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def peak_memory_bytes() -> int:
+def resolve_device(requested: str) -> bool:
+    """Whether the job trains on CUDA, for the spec's `device` (TRAINER_DEVICE of the trainer service).
+
+    `cuda` without a usable GPU is a system error (the node, its driver or the image's torch build is at
+    fault, not the job), so a GPU deployment never falls back to training on the CPU unnoticed. `auto` says
+    on stderr when it falls back to the CPU.
+    """
+    available = torch.cuda.is_available()
+    if requested == "cpu":
+        return False
+    if requested == "cuda" and not available:
+        raise WorkerSystemError(
+            "TRAINER_DEVICE=cuda but the worker sees no CUDA device (torch.cuda.is_available() is false; "
+            f"torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none: a CPU-only build'}): "
+            "check the pod's nvidia.com/gpu limit, the node's NVIDIA driver and the image's torch build, "
+            "or set TRAINER_DEVICE=cpu (or auto) to train on the CPU",
+            reason="CUDA_UNAVAILABLE",
+        )
+    if not available:
+        print("device auto: no CUDA device visible to torch; training on the CPU", file=sys.stderr)
+    return available
+
+
+def peak_memory_bytes(cuda: bool) -> int:
     """Peak memory of this job: CUDA allocator peak on a GPU, the process's peak RSS on CPU."""
-    if torch.cuda.is_available():
+    if cuda:
         return int(torch.cuda.max_memory_allocated())
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
@@ -175,7 +200,7 @@ class JobCallback(TrainerCallback):
             "train_loss": loss,
             "learning_rate": float(logs.get("learning_rate", 0.0)),
             "tokens_per_second": round((tokens - self._last_tokens) / elapsed, 3),
-            "peak_memory_bytes": peak_memory_bytes(),
+            "peak_memory_bytes": peak_memory_bytes(cuda=not args.use_cpu),
         }
         if "grad_norm" in logs:
             metrics["grad_norm"] = float(logs["grad_norm"])
@@ -213,11 +238,11 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
     from transformers import Trainer, TrainingArguments, enable_full_determinism, set_seed
 
     # --- validation: nothing below trains until the environment and all input are known to be good ---
+    cuda = resolve_device(spec.device)
     exporter = gguf_exporter()
     config = read_model_config(spec.model_dir)
     if spec.resume_from_checkpoint is not None:
         check_resume_checkpoint(spec.resume_from_checkpoint)
-    cuda = torch.cuda.is_available()
     if spec.compute_dtype == "fp16" and not cuda:
         raise UserError(
             "compute_dtype fp16 needs a CUDA GPU; use fp32 or bf16 on CPU",

@@ -181,3 +181,22 @@ def test_a_missing_gguf_package_is_reported_as_a_system_error_naming_it(
     assert (event["kind"], event["reason"]) == ("system_error", "MISSING_PACKAGE")
     assert "the Python package 'gguf' is missing" in event["message"]
     assert not (tmp_path / "adapter").exists()
+
+
+def test_device_cuda_on_a_machine_without_cuda_exits_1_with_a_system_error(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import io
+
+    import torch
+
+    from ragtune_worker.protocol import EXIT_SYSTEM_ERROR, run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = small_spec(tiny_model_dir, tmp_path, job_id="job-gpu", device="cuda")
+    stdin = io.StringIO(json.dumps({"type": "train", "spec": spec}) + "\n")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    assert run(stdin, stdout, stderr) == EXIT_SYSTEM_ERROR
+    (event,) = parse_events(stdout.getvalue(), job_id="job-gpu")
+    assert (event["type"], event["kind"], event["reason"]) == ("failed", "system_error", "CUDA_UNAVAILABLE")
+    assert "TRAINER_DEVICE=cuda" in event["message"] and "field" not in event

@@ -145,6 +145,15 @@ def test_unknown_fields_missing_fields_and_conflicting_method_are_user_errors() 
         )
 
 
+def test_device_defaults_to_auto_and_accepts_only_auto_cuda_cpu() -> None:
+    minimal = {"model_dir": "m", "train_file": "t", "output_dir": "o"}
+    assert parse_spec(minimal).device == "auto"
+    assert parse_spec({**minimal, "device": "cuda"}).device == "cuda"
+    with pytest.raises(UserError, match="device must be one of auto, cuda, cpu, got 'gpu'") as caught:
+        parse_spec({**minimal, "device": "gpu"})
+    assert (caught.value.reason, caught.value.field) == ("INVALID_VALUE", "device")
+
+
 def test_model_folder_checks_name_the_problem(tmp_path: Path, tiny_model_dir: Path) -> None:
     with pytest.raises(UserError, match="does not exist or is not a folder"):
         read_model_config(tmp_path / "nowhere")

@@ -252,6 +252,28 @@ def test_a_missing_gguf_package_is_a_system_error_naming_it_before_training(
     assert events.items == []
 
 
+def test_device_cuda_without_a_gpu_is_a_system_error_naming_trainer_device_before_training(
+    tiny_model_dir, run_in_process, tmp_path, monkeypatch
+) -> None:
+    from conftest import Events
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CPU machine, on any machine
+    events = Events()
+    with pytest.raises(WorkerSystemError, match=r"^TRAINER_DEVICE=cuda but the worker sees no CUDA device"):
+        run_in_process(small_spec(tiny_model_dir, tmp_path, device="cuda"), events=events)
+    assert events.items == []
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_device_cpu_never_uses_a_visible_gpu_and_auto_takes_it(monkeypatch) -> None:
+    from ragtune_worker.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (resolve_device("cpu"), resolve_device("auto"), resolve_device("cuda")) == (False, True, True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert (resolve_device("cpu"), resolve_device("auto")) == (False, False)
+
+
 def rows_file(path: Path, rows: list[object]) -> str:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return str(path)
