@@ -465,6 +465,27 @@ describe("deploy/k8s", () => {
     expect(get(find(resources, "PersistentVolumeClaim", "ragtune-models"), "spec", "accessModes")).toBeDefined();
   });
 
+  it("vLLM starts as a non-root uid the image has no user for (USER, LOGNAME, a writable HOME) and requires an API key from a Secret", () => {
+    const { resources } = loadBase();
+    const podSpec = get(find(resources, "Deployment", "vllm"), "spec", "template", "spec") as Obj;
+    const container = list(podSpec.containers)[0] as Obj;
+    // vllm/vllm-openai has no passwd entry for a non-root uid: torch's getpass.getuser() needs $USER or $LOGNAME.
+    const uid = get(container, "securityContext", "runAsUser") ?? get(podSpec, "securityContext", "runAsUser");
+    expect(get(podSpec, "securityContext", "runAsNonRoot")).toBe(true);
+    expect(uid).not.toBe(0);
+    const env = new Map(list(container.env).map((e) => [String(get(e, "name")), e] as const));
+    expect(get(env.get("USER"), "value") ?? get(env.get("LOGNAME"), "value"), "USER or LOGNAME").toMatch(/^[a-z_][a-z0-9_-]*$/);
+    const home = mountAt({ env: {}, containerPort: 0, container, podSpec }, get(env.get("HOME"), "value") as string | undefined);
+    expect(home, "HOME on a mounted volume").toBeDefined();
+    expect(home!.mount.readOnly).not.toBe(true);
+    expect("emptyDir" in home!.volume).toBe(true);
+    // The API key: from a Secret, never a literal, and passed by reference.
+    expect(get(env.get("VLLM_API_KEY"), "valueFrom", "secretKeyRef")).toEqual({ name: "ragtune-llm-auth", key: "LLM_API_KEY" });
+    const args = [...list(container.command), ...list(container.args)].map(String);
+    expect(args).toContain("--api-key=$(VLLM_API_KEY)");
+    expect(args.filter((a) => a.startsWith("--api-key"))).toHaveLength(1);
+  });
+
   it("vLLM's --max-lora-rank, in the base and every overlay, is the largest LoRA rank the trainer accepts", () => {
     // A larger trainer limit makes adapters vLLM refuses to load; a smaller one wastes vLLM's LoRA memory.
     const maxRank = contractMaxRank();
@@ -561,6 +582,15 @@ function render(overlay: string): Resource[] {
   );
 }
 
+/** The trainer container's environment from its ConfigMaps and env (rendered resources). */
+function trainerEnv(resources: Resource[]): Record<string, string | undefined> {
+  const configMaps = new Map(resources.filter((r) => r.kind === "ConfigMap").map((r) => [r.metadata.name, (r.data ?? {}) as Record<string, string>]));
+  const problems: string[] = [];
+  const facts = checkService(resources, configMaps, "trainer", problems);
+  expect(problems).toEqual([]);
+  return facts!.env;
+}
+
 describe.skipIf(!kubectl)("deploy/k8s overlays rendered by kubectl kustomize", () => {
   it.each(OVERLAYS)("%s: every service passes the checks, in the ragtune namespace", (overlay) => {
     const resources = render(overlay);
@@ -586,6 +616,8 @@ describe.skipIf(!kubectl)("deploy/k8s overlays rendered by kubectl kustomize", (
     expect(maxLoraRanks(find(resources, "Deployment", "vllm"))).toEqual([String(contractMaxRank())]);
     expect(get(find(resources, "Deployment", "trainer"), "spec", "replicas")).toBeGreaterThan(1);
     expect(get(find(resources, "Deployment", "trainer"), "spec", "template", "spec", "containers", 0, "image")).toBe("ragtune/trainer:0.1.0");
+    // A trainer on an L4 must train on it: a job that finds no GPU fails (CUDA_UNAVAILABLE) instead of using the CPU.
+    expect(trainerEnv(resources).TRAINER_DEVICE).toBe("cuda");
   });
 
   it("dev: no GPU, no GPU node selector, no vLLM, the CPU trainer image, a generated RPC token", () => {
@@ -595,6 +627,7 @@ describe.skipIf(!kubectl)("deploy/k8s overlays rendered by kubectl kustomize", (
     expect(text).not.toContain("gke-accelerator");
     expect(resources.filter((r) => r.metadata.name === "vllm")).toEqual([]);
     expect(get(find(resources, "Deployment", "trainer"), "spec", "template", "spec", "containers", 0, "image")).toMatch(/^ragtune\/trainer:.*cpu/);
+    expect(trainerEnv(resources).TRAINER_DEVICE ?? "auto").not.toBe("cuda");
     const secret = resources.find((r) => r.kind === "Secret" && r.metadata.name.startsWith("ragtune-rpc-auth"));
     const token = Buffer.from(String(get(secret, "data", "RPC_AUTH_TOKEN")), "base64").toString();
     expect(token.length).toBeGreaterThanOrEqual(16);
