@@ -130,6 +130,8 @@ function generate(n: number): Planted {
         example = { ...base, answer: `In short, ${text(s).toLowerCase()}` };
       }
       if (oversized) {
+        // an example that passes every other check, so the budget is what drops it
+        if (example.answerable) example = { ...example, generator: "extractive", answer: text(s) };
         expected.set(id, "over_token_budget");
         examples.push(example);
         continue;
