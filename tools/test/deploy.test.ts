@@ -330,6 +330,92 @@ function gpuLimit(facts: ServiceFacts | Obj | undefined): unknown {
   return get(facts, "resources", "limits", "nvidia.com/gpu");
 }
 
+/** Whether a label selector (matchLabels and matchExpressions) selects a pod with these labels. */
+function selects(selector: unknown, labels: Record<string, string>): boolean {
+  const matchLabels = (get(selector, "matchLabels") ?? {}) as Record<string, string>;
+  if (Object.entries(matchLabels).some(([k, v]) => labels[k] !== v)) return false;
+  return list(get(selector, "matchExpressions")).every((e) => {
+    const key = String(get(e, "key"));
+    const values = list(get(e, "values")).map(String);
+    switch (get(e, "operator")) {
+      case "In":
+        return key in labels && values.includes(labels[key]!);
+      case "NotIn":
+        return !(key in labels && values.includes(labels[key]!));
+      case "Exists":
+        return key in labels;
+      case "DoesNotExist":
+        return !(key in labels);
+      default:
+        throw new Error(`selector operator ${String(get(e, "operator"))}`);
+    }
+  });
+}
+
+/** The NATS server and nats-box pods of the Helm chart (deploy/nats), which run in the same namespace. */
+const NATS_POD_LABELS = {
+  nats: { "app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nats", "app.kubernetes.io/component": "nats" },
+  "nats-box": { "app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nats", "app.kubernetes.io/component": "nats-box" },
+};
+
+/**
+ * NetworkPolicies: a default deny of ingress and egress for every pod, DNS for every pod, each pod (the Deployments'
+ * and NATS') selected by a policy of its own, ingress from anywhere to the gateway only, vLLM reachable only from
+ * dataset, eval and the gateway, and the services allowed to NATS.
+ */
+function checkNetworkPolicies(resources: Resource[], problems: string[]): void {
+  const policies = resources.filter((r) => r.kind === "NetworkPolicy");
+  const types = (p: Resource) => list(get(p, "spec", "policyTypes")).map(String);
+  const all = (p: Resource) => Object.keys((get(p, "spec", "podSelector") ?? {}) as Obj).length === 0;
+  const deny = policies.find((p) => all(p) && types(p).includes("Ingress") && types(p).includes("Egress") && !get(p, "spec", "ingress") && !get(p, "spec", "egress"));
+  if (!deny) problems.push("no default-deny NetworkPolicy (podSelector {}, Ingress and Egress, no rules)");
+  const dns = policies.some((p) => all(p) && list(get(p, "spec", "egress")).some((rule) => list(get(rule, "ports")).some((port) => get(port, "port") === 53)));
+  if (!dns) problems.push("no NetworkPolicy lets every pod reach DNS on port 53");
+
+  const pods = new Map<string, Record<string, string>>(Object.entries(NATS_POD_LABELS));
+  for (const d of resources.filter((r) => r.kind === "Deployment")) {
+    pods.set(d.metadata.name, (get(d, "spec", "template", "metadata", "labels") ?? {}) as Record<string, string>);
+  }
+  for (const [name, labels] of pods) {
+    if (!policies.some((p) => !all(p) && selects(get(p, "spec", "podSelector"), labels))) problems.push(`pod ${name}: no NetworkPolicy of its own selects it`);
+  }
+  /** Pods whose ingress rules (of policies selecting `target`) admit traffic from `source` on `port`; "*" = anywhere. */
+  const admitted = (target: Record<string, string>, port: number): string[] => {
+    const from = new Set<string>();
+    for (const p of policies.filter((p) => selects(get(p, "spec", "podSelector"), target))) {
+      for (const rule of list(get(p, "spec", "ingress"))) {
+        const ports = list(get(rule, "ports"));
+        if (ports.length > 0 && !ports.some((x) => get(x, "port") === port)) continue;
+        const peers = list(get(rule, "from"));
+        if (peers.length === 0) from.add("*");
+        for (const peer of peers) {
+          if (get(peer, "ipBlock") !== undefined || get(peer, "namespaceSelector") !== undefined) from.add(`*${JSON.stringify(peer)}`);
+          for (const [name, labels] of pods) if (selects(get(peer, "podSelector"), labels)) from.add(name);
+        }
+      }
+    }
+    return [...from].sort();
+  };
+  for (const [name, labels] of pods) {
+    const open = admitted(labels, name === "vllm" ? 8000 : name.startsWith("nats") ? 4222 : 8080).filter((f) => f.startsWith("*"));
+    if (name === "gateway" ? open.length === 0 : open.length > 0) problems.push(`pod ${name}: ingress from outside the namespace ${JSON.stringify(open)}`);
+  }
+  if (pods.has("vllm")) {
+    const clients = admitted(pods.get("vllm")!, 8000);
+    if (JSON.stringify(clients) !== JSON.stringify(["dataset", "eval", "gateway"])) problems.push(`vllm:8000 admits ${JSON.stringify(clients)}, not dataset, eval, gateway`);
+  }
+  const natsClients = admitted(NATS_POD_LABELS.nats, 4222);
+  for (const name of SERVICE_NAMES) if (!natsClients.includes(name)) problems.push(`nats:4222 does not admit ${name}`);
+  for (const name of SERVICE_NAMES) {
+    const labels = pods.get(name);
+    const egress = policies
+      .filter((p) => labels && selects(get(p, "spec", "podSelector"), labels))
+      .flatMap((p) => list(get(p, "spec", "egress")))
+      .filter((rule) => list(get(rule, "to")).some((peer) => selects(get(peer, "podSelector"), NATS_POD_LABELS.nats) && get(peer, "podSelector") !== undefined));
+    if (!egress.some((rule) => list(get(rule, "ports")).some((x) => get(x, "port") === 4222))) problems.push(`${name}: no egress to nats:4222`);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 
 describe("deploy/k8s", () => {
@@ -486,6 +572,12 @@ describe("deploy/k8s", () => {
     expect(args.filter((a) => a.startsWith("--api-key"))).toHaveLength(1);
   });
 
+  it("NetworkPolicies deny by default, select every pod, admit only the gateway from anywhere and only the model clients to vLLM", () => {
+    const problems: string[] = [];
+    checkNetworkPolicies(loadBase().resources, problems);
+    expect(problems).toEqual([]);
+  });
+
   it("vLLM's --max-lora-rank, in the base and every overlay, is the largest LoRA rank the trainer accepts", () => {
     // A larger trainer limit makes adapters vLLM refuses to load; a smaller one wastes vLLM's LoRA memory.
     const maxRank = contractMaxRank();
@@ -601,6 +693,7 @@ describe.skipIf(!kubectl)("deploy/k8s overlays rendered by kubectl kustomize", (
       if (name === "trainer" && facts) checkTrainer(facts, problems);
     }
     for (const r of resources) if (r.kind !== "Namespace" && r.metadata.namespace !== "ragtune") problems.push(`${r.kind}/${r.metadata.name} outside the namespace`);
+    checkNetworkPolicies(resources, problems);
     expect(problems).toEqual([]);
   });
 
