@@ -713,6 +713,33 @@ describe.skipIf(!kubectl)("deploy/k8s overlays rendered by kubectl kustomize", (
     expect(trainerEnv(resources).TRAINER_DEVICE).toBe("cuda");
   });
 
+  it("prod-l4: ingest and dataset run 2 replicas under a PodDisruptionBudget; the GPU pods bound their node-disk use", () => {
+    const resources = render("prod-l4");
+    for (const name of ["ingest", "dataset"]) {
+      const deployment = find(resources, "Deployment", name);
+      expect(get(deployment, "spec", "replicas"), name).toBeGreaterThanOrEqual(2);
+      const labels = get(deployment, "spec", "template", "metadata", "labels") as Record<string, string>;
+      const pdbs = resources.filter((r) => r.kind === "PodDisruptionBudget" && selects(get(r, "spec", "selector"), labels));
+      expect(pdbs.map((p) => get(p, "spec", "minAvailable") ?? get(p, "spec", "maxUnavailable")), name).toEqual([1]);
+    }
+    const bytes = (q: unknown) => {
+      const m = /^(\d+)(Gi|Mi)$/.exec(String(q));
+      if (!m) throw new Error(`quantity ${String(q)}`);
+      return Number(m[1]) * (m[2] === "Gi" ? 1024 : 1);
+    };
+    for (const name of ["trainer", "vllm"]) {
+      const spec = get(find(resources, "Deployment", name), "spec", "template", "spec") as Obj;
+      const container = list(spec.containers)[0] as Obj;
+      const limit = get(container, "resources", "limits", "ephemeral-storage");
+      expect(get(container, "resources", "requests", "ephemeral-storage"), name).toBeDefined();
+      // The limit holds every disk-backed emptyDir at its size limit.
+      const disk = list(spec.volumes).filter((v) => isObj(get(v, "emptyDir")) && get(v, "emptyDir", "medium") !== "Memory");
+      expect(disk.length, name).toBeGreaterThan(0);
+      const total = disk.reduce((sum: number, v) => sum + bytes(get(v, "emptyDir", "sizeLimit")), 0);
+      expect(bytes(limit), name).toBeGreaterThanOrEqual(total);
+    }
+  });
+
   it("dev: no GPU, no GPU node selector, no vLLM, the CPU trainer image, a generated RPC token", () => {
     const resources = render("dev");
     const text = JSON.stringify(resources);
