@@ -67,11 +67,15 @@ function fmix32(h: number): number {
   return h >>> 0;
 }
 
-/** FNV-1a over UTF-16 code units, finished with fmix32. */
-function hashWord(word: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < word.length; i++) h = Math.imul(h ^ word.charCodeAt(i), 0x01000193);
+/** FNV-1a over UTF-16 code units (its basis xor `seed`), finished with fmix32: a fast, well-mixed 32-bit hash. */
+export function hash32(text: string, seed = 0): number {
+  let h = (0x811c9dc5 ^ seed) >>> 0;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
   return fmix32(h);
+}
+
+function hashWord(word: string): number {
+  return hash32(word);
 }
 
 /** Sorted distinct hashes of the word k-grams of a text (one shingle of all words when it has fewer than k). */

@@ -1,30 +1,12 @@
-import { readdirSync, readFileSync } from "node:fs";
-import { join, relative } from "node:path";
-import { fileURLToPath } from "node:url";
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
 import { AWS_CORPUS_DIR, corpusMarkdownFiles } from "@ragtune/testing";
-import { chunkDocument, documentIdFor, loadTokenizer, parseDocument } from "@ragtune/text";
 import { describe, expect, it } from "vitest";
+import { ingestChunks as ingest, SAMPLE_DOCS } from "../test/sample-chunks.js";
 import type { DatasetExample } from "./example.js";
 import { generateExtractiveDataset, type SourceChunk } from "./extractive-generator.js";
 import { DEFAULT_REFUSAL, generateNegatives, holdsAnswer, NEGATIVE_DEFAULTS, type NegativeExample } from "./negatives.js";
 import { answerCoverage, normalizeForContainment } from "./text-similarity.js";
-
-const SAMPLE_DOCS = fileURLToPath(new URL("../../../tools/sample-docs", import.meta.url));
-
-/** Chunks of documents made the way services/ingest makes them: parse, chunk, heading path of the chunk's section. */
-function ingest(root: string, files: readonly string[], chunkSize: number): SourceChunk[] {
-  const tokenizer = loadTokenizer("mistral");
-  return files.flatMap((file) => {
-    const name = relative(root, file);
-    const doc = parseDocument({ bytes: readFileSync(file), filename: name });
-    const documentId = documentIdFor("test", name);
-    return chunkDocument(doc, { tokenizer, chunkSize, documentId }).map((c) => {
-      const section = doc.sections.findLast((s) => s.charStart <= c.charStart);
-      const headingPath = section !== undefined && section.headingPath.length > 0 ? [...section.headingPath] : [doc.title];
-      return { id: c.id, documentId, headingPath, text: c.text };
-    });
-  });
-}
 
 function example(id: string, chunk: SourceChunk, question: string, answer: string): DatasetExample {
   return {

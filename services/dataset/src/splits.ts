@@ -17,7 +17,7 @@
  */
 import type { DatasetExample, QuestionKind } from "./example.js";
 import { QUESTION_KINDS, fingerprintText } from "./example.js";
-import { DEFAULT_MINHASH, NearDuplicateIndex } from "./minhash.js";
+import { DEFAULT_MINHASH, hash32, NearDuplicateIndex } from "./minhash.js";
 
 export const SPLITS = ["train", "val", "test"] as const;
 export type SplitName = (typeof SPLITS)[number];
@@ -107,17 +107,6 @@ export function groupKeyOf(example: DatasetExample, groupBy: SplitConfig["groupB
 
 function stratumOf(example: DatasetExample): string {
   return `${example.kind}/${example.answerable ? "answerable" : "unanswerable"}`;
-}
-
-function hash32(text: string, seed: number): number {
-  let h = (0x811c9dc5 ^ seed) >>> 0;
-  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
 }
 
 function compareIds(a: DatasetExample, b: DatasetExample): number {

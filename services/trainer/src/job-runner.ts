@@ -500,7 +500,7 @@ export class JobRunner {
     await this.o.store.transition(jobId, { type: "fail", failure: create(FailureSchema, { kind, reason, message, field }) }, undefined, fence);
   }
 
-  private workerSpec(job: Job, attemptDir: string, resumePath: string | null): WorkerSpec & { device: string } {
+  private workerSpec(job: Job, attemptDir: string, resumePath: string | null): WorkerSpec {
     const hp = toWorkerHyperparameters(job.hyperparameters!);
     const files = job.dataset.case === "datasetFiles" ? job.dataset.value : undefined;
     if (files === undefined) throw new Error(`job ${job.id} has no dataset files`);

@@ -47,6 +47,7 @@ export async function startTrainerService({ config, logger }: ServiceContext<Tra
       workDir: config.TRAINER_WORK_DIR,
       heartbeatTimeoutMs: config.TRAINER_HEARTBEAT_TIMEOUT,
       leaseMs: config.TRAINER_ACK_WAIT,
+      device: config.TRAINER_DEVICE,
       maxAttempts: config.TRAINER_MAX_ATTEMPTS,
       concurrency: config.TRAINER_CONCURRENCY,
       replicaId,

@@ -62,6 +62,7 @@ function spec(mode: string): WorkerSpec {
   return {
     ...toWorkerHyperparameters(resolveHyperparameters(undefined)),
     job_id: `job-${mode}`,
+    device: "auto",
     model_dir: mode,
     train_file: "/data/train.jsonl",
     val_file: null,

@@ -12,6 +12,8 @@ export interface WorkerSpec extends WorkerHyperparameters {
   val_file: string | null;
   output_dir: string;
   resume_from_checkpoint: string | null;
+  /** Where to train (TRAINER_DEVICE): "cuda" fails the job when no GPU is visible instead of training on the CPU. */
+  device: "auto" | "cuda" | "cpu";
 }
 
 interface Seq {
