@@ -1,4 +1,20 @@
-import { baseServiceSchema } from "@ragtune/config";
+import { baseServiceSchema, envDuration } from "@ragtune/config";
+import { z } from "zod";
 
-/** Environment of the dataset service (the shared variables; its own ones arrive with its implementation). */
-export const datasetConfigSchema = baseServiceSchema;
+/** Environment of the dataset service. */
+export const datasetConfigSchema = baseServiceSchema.extend({
+  /** The ingest service the chunks of a collection are read from (its RPC URL). */
+  DATASET_INGEST_URL: z.url({ protocol: /^https?$/, message: "must be the ingest service's http(s) URL, e.g. http://127.0.0.1:50051" }),
+  /** Bearer token for the ingest service, when it requires one (its RPC_AUTH_TOKEN). */
+  DATASET_INGEST_AUTH_TOKEN: z.string().min(1).optional(),
+  /** Prefix of the dataset service's NATS buckets and streams (tests isolate with their own). */
+  DATASET_BUCKET_PREFIX: z.string().regex(/^[a-z0-9][a-z0-9-]{0,30}$/, "use lowercase letters, digits and '-'").default("dataset"),
+  /** Tokenizer of the target model: the token budget of a training row is counted with it. */
+  DATASET_TOKENIZER: z.enum(["mistral", "llama3", "qwen3"]).default("mistral"),
+  /** A build (generation, checks, splits, exports) that runs longer is stopped and the version fails. */
+  DATASET_BUILD_TIMEOUT: envDuration("15m"),
+  /** How long a replica's claim on a build lasts without renewal; another replica takes an abandoned build after it. */
+  DATASET_BUILD_LEASE: envDuration("30s"),
+});
+
+export type DatasetConfig = z.infer<typeof datasetConfigSchema>;

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ragtune/dataset/v1/dataset.proto.
  */
 export const file_ragtune_dataset_v1_dataset: GenFile = /*@__PURE__*/
-  fileDesc("CiByYWd0dW5lL2RhdGFzZXQvdjEvZGF0YXNldC5wcm90bxIScmFndHVuZS5kYXRhc2V0LnYxIssCCg1RdWFsaXR5Q2hlY2tzEhgKC2RlZHVwbGljYXRlGAEgASgISACIAQESJAoXcmVxdWlyZV9ncm91bmRlZF9hbnN3ZXIYAiABKAhIAYgBARIfChJtaW5fYW5zd2VyX3N1cHBvcnQYAyABKAFIAogBARIbCg5yZWplY3RfdHJpdmlhbBgEIAEoCEgDiAEBEh0KEG1pbl9hbnN3ZXJfd29yZHMYBSABKA1IBIgBARIdChBtYXhfYW5zd2VyX3dvcmRzGAYgASgNSAWIAQFCDgoMX2RlZHVwbGljYXRlQhoKGF9yZXF1aXJlX2dyb3VuZGVkX2Fuc3dlckIVChNfbWluX2Fuc3dlcl9zdXBwb3J0QhEKD19yZWplY3RfdHJpdmlhbEITChFfbWluX2Fuc3dlcl93b3Jkc0ITChFfbWF4X2Fuc3dlcl93b3JkcyI3CgtTcGxpdFJhdGlvcxINCgV0cmFpbhgBIAEoARILCgN2YWwYAiABKAESDAoEdGVzdBgDIAEoASK9AwoSR2VuZXJhdGlvblNldHRpbmdzEg0KBW1vZGVsGAEgASgJEiAKE3F1ZXN0aW9uc19wZXJfY2h1bmsYAiABKA1IAIgBARIbCg5uZWdhdGl2ZV9yYXRpbxgDIAEoAUgBiAEBEjkKDnF1YWxpdHlfY2hlY2tzGAQgASgLMiEucmFndHVuZS5kYXRhc2V0LnYxLlF1YWxpdHlDaGVja3MSNQoMc3BsaXRfcmF0aW9zGAUgASgLMh8ucmFndHVuZS5kYXRhc2V0LnYxLlNwbGl0UmF0aW9zEhEKBHNlZWQYBiABKA1IAogBARIYCgt0ZW1wZXJhdHVyZRgHIAEoAUgDiAEBEhwKD21heF9jb25jdXJyZW5jeRgIIAEoDUgEiAEBEhQKDHJlZnVzYWxfdGV4dBgJIAEoCRIbCg5jb250ZXh0X2NodW5rcxgKIAEoDUgFiAEBQhYKFF9xdWVzdGlvbnNfcGVyX2NodW5rQhEKD19uZWdhdGl2ZV9yYXRpb0IHCgVfc2VlZEIOCgxfdGVtcGVyYXR1cmVCEgoQX21heF9jb25jdXJyZW5jeUIRCg9fY29udGV4dF9jaHVua3MingEKGkJ1aWxkRGF0YXNldFZlcnNpb25SZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSOAoIc2V0dGluZ3MYAiABKAsyJi5yYWd0dW5lLmRhdGFzZXQudjEuR2VuZXJhdGlvblNldHRpbmdzEhcKD2Jhc2VfdmVyc2lvbl9pZBgDIAEoCRIZChFjbGllbnRfcmVxdWVzdF9pZBgEIAEoCSJSChtCdWlsZERhdGFzZXRWZXJzaW9uUmVzcG9uc2USMwoHdmVyc2lvbhgBIAEoCzIiLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbiK0AQoRRGF0YXNldFNwbGl0U3RhdHMSLwoFc3BsaXQYASABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0EhAKCGV4YW1wbGVzGAIgASgNEhIKCmFuc3dlcmFibGUYAyABKA0SFAoMdW5hbnN3ZXJhYmxlGAQgASgNEjIKC3Rva2VuX3N0YXRzGAUgASgLMh0ucmFndHVuZS5jb21tb24udjEuVG9rZW5TdGF0cyKdAgoTRGF0YXNldFZlcnNpb25TdGF0cxIUCgxjaHVua3NfdG90YWwYASABKA0SFQoNY2h1bmtzX3JldXNlZBgCIAEoDRIRCglnZW5lcmF0ZWQYAyABKA0SVwoRcmVqZWN0ZWRfYnlfY2hlY2sYBCADKAsyPC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cy5SZWplY3RlZEJ5Q2hlY2tFbnRyeRI1CgZzcGxpdHMYBSADKAsyJS5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0U3RhdHMaNgoUUmVqZWN0ZWRCeUNoZWNrRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ASKOBAoORGF0YXNldFZlcnNpb24SCgoCaWQYASABKAkSEgoKY29sbGVjdGlvbhgCIAEoCRI4CgZzdGF0dXMYAyABKA4yKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXMSOAoIc2V0dGluZ3MYBCABKAsyJi5yYWd0dW5lLmRhdGFzZXQudjEuR2VuZXJhdGlvblNldHRpbmdzEhcKD2Jhc2VfdmVyc2lvbl9pZBgFIAEoCRITCgtjaHVua3NfZG9uZRgGIAEoDRIUCgxjaHVua3NfdG90YWwYByABKA0SNgoFc3RhdHMYCCABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cxIuCgZzaGFyZHMYCSADKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZhIrCgdmYWlsdXJlGAogASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZRIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNgoYR2V0RGF0YXNldFZlcnNpb25SZXF1ZXN0EhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgBIAEoCSJQChlHZXREYXRhc2V0VmVyc2lvblJlc3BvbnNlEjMKB3ZlcnNpb24YASABKAsyIi5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb24imAEKGkxpc3REYXRhc2V0VmVyc2lvbnNSZXF1ZXN0EiwKBHBhZ2UYASABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVxdWVzdBISCgpjb2xsZWN0aW9uGAIgASgJEjgKBnN0YXR1cxgDIAEoDjIoLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvblN0YXR1cyKCAQobTGlzdERhdGFzZXRWZXJzaW9uc1Jlc3BvbnNlEjQKCHZlcnNpb25zGAEgAygLMiIucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRWZXJzaW9uEi0KBHBhZ2UYAiABKAsyHy5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVzcG9uc2UiTwoaV2F0Y2hEYXRhc2V0VmVyc2lvblJlcXVlc3QSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAEgASgJEhUKDWZyb21fc2VxdWVuY2UYAiABKA0iVQobV2F0Y2hEYXRhc2V0VmVyc2lvblJlc3BvbnNlEjYKBWV2ZW50GAEgASgLMicucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRWZXJzaW9uRXZlbnQiuwEKGkRhdGFzZXRWZXJzaW9uU3RhdHVzQ2hhbmdlEjgKBnN0YXR1cxgBIAEoDjIoLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvblN0YXR1cxIrCgdmYWlsdXJlGAIgASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZRI2CgVzdGF0cxgDIAEoCzInLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvblN0YXRzIngKFERhdGFzZXRCdWlsZFByb2dyZXNzEhMKC2NodW5rc19kb25lGAEgASgNEhQKDGNodW5rc190b3RhbBgCIAEoDRIaChJleGFtcGxlc19nZW5lcmF0ZWQYAyABKA0SGQoRZXhhbXBsZXNfYWNjZXB0ZWQYBCABKA0iOAoTRGF0YXNldEJ1aWxkV2FybmluZxIPCgdtZXNzYWdlGAEgASgJEhAKCGNodW5rX2lkGAIgASgJIroCChNEYXRhc2V0VmVyc2lvbkV2ZW50EhAKCHNlcXVlbmNlGAEgASgNEhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgCIAEoCRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJICg5zdGF0dXNfY2hhbmdlZBgEIAEoCzIuLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvblN0YXR1c0NoYW5nZUgAEjwKCHByb2dyZXNzGAUgASgLMigucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRCdWlsZFByb2dyZXNzSAASOgoHd2FybmluZxgGIAEoCzInLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0QnVpbGRXYXJuaW5nSABCBwoFZXZlbnQiNwoZQ2FuY2VsRGF0YXNldEJ1aWxkUmVxdWVzdBIaChJkYXRhc2V0X3ZlcnNpb25faWQYASABKAkiUQoaQ2FuY2VsRGF0YXNldEJ1aWxkUmVzcG9uc2USMwoHdmVyc2lvbhgBIAEoCzIiLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbiKDAgoHRXhhbXBsZRIKCgJpZBgBIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYAiABKAkSLwoFc3BsaXQYAyABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0Ei0KBGtpbmQYBCABKA4yHy5yYWd0dW5lLmRhdGFzZXQudjEuRXhhbXBsZUtpbmQSEAoIcXVlc3Rpb24YBSABKAkSDgoGYW5zd2VyGAYgASgJEhkKEWNvbnRleHRfY2h1bmtfaWRzGAcgAygJEhcKD3NvdXJjZV9jaHVua19pZBgIIAEoCRIaChJzb3VyY2VfZG9jdW1lbnRfaWQYCSABKAkivwEKE0xpc3RFeGFtcGxlc1JlcXVlc3QSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAEgASgJEiwKBHBhZ2UYAiABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVxdWVzdBIvCgVzcGxpdBgDIAEoDjIgLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0U3BsaXQSLQoEa2luZBgEIAEoDjIfLnJhZ3R1bmUuZGF0YXNldC52MS5FeGFtcGxlS2luZCJ0ChRMaXN0RXhhbXBsZXNSZXNwb25zZRItCghleGFtcGxlcxgBIAMoCzIbLnJhZ3R1bmUuZGF0YXNldC52MS5FeGFtcGxlEi0KBHBhZ2UYAiABKAsyHy5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVzcG9uc2UitgEKG0V4cG9ydERhdGFzZXRWZXJzaW9uUmVxdWVzdBIaChJkYXRhc2V0X3ZlcnNpb25faWQYASABKAkSLwoFc3BsaXQYAiABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0EjMKCHRlbXBsYXRlGAMgASgOMiEucmFndHVuZS5jb21tb24udjEuUHJvbXB0VGVtcGxhdGUSFQoNc3lzdGVtX3Byb21wdBgEIAEoCSJIChREYXRhc2V0RXhwb3J0U3VtbWFyeRIMCgRyb3dzGAEgASgNEg4KBnNoYTI1NhgCIAEoCRISCgpzaXplX2J5dGVzGAMgASgDInQKHEV4cG9ydERhdGFzZXRWZXJzaW9uUmVzcG9uc2USDwoFanNvbmwYASABKAxIABI7CgdzdW1tYXJ5GAIgASgLMigucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRFeHBvcnRTdW1tYXJ5SABCBgoEcGFydCqaAgoURGF0YXNldFZlcnNpb25TdGF0dXMSJgoiREFUQVNFVF9WRVJTSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEiEKHURBVEFTRVRfVkVSU0lPTl9TVEFUVVNfUVVFVUVEEAESJQohREFUQVNFVF9WRVJTSU9OX1NUQVRVU19HRU5FUkFUSU5HEAISJQohREFUQVNFVF9WRVJTSU9OX1NUQVRVU19GSU5BTElaSU5HEAMSIAocREFUQVNFVF9WRVJTSU9OX1NUQVRVU19SRUFEWRAEEiEKHURBVEFTRVRfVkVSU0lPTl9TVEFUVVNfRkFJTEVEEAUSJAogREFUQVNFVF9WRVJTSU9OX1NUQVRVU19DQU5DRUxMRUQQBip1CgxEYXRhc2V0U3BsaXQSHQoZREFUQVNFVF9TUExJVF9VTlNQRUNJRklFRBAAEhcKE0RBVEFTRVRfU1BMSVRfVFJBSU4QARIVChFEQVRBU0VUX1NQTElUX1ZBTBACEhYKEkRBVEFTRVRfU1BMSVRfVEVTVBADKmcKC0V4YW1wbGVLaW5kEhwKGEVYQU1QTEVfS0lORF9VTlNQRUNJRklFRBAAEhsKF0VYQU1QTEVfS0lORF9BTlNXRVJBQkxFEAESHQoZRVhBTVBMRV9LSU5EX1VOQU5TV0VSQUJMRRACMsEGCg5EYXRhc2V0U2VydmljZRJ2ChNCdWlsZERhdGFzZXRWZXJzaW9uEi4ucmFndHVuZS5kYXRhc2V0LnYxLkJ1aWxkRGF0YXNldFZlcnNpb25SZXF1ZXN0Gi8ucmFndHVuZS5kYXRhc2V0LnYxLkJ1aWxkRGF0YXNldFZlcnNpb25SZXNwb25zZRJwChFHZXREYXRhc2V0VmVyc2lvbhIsLnJhZ3R1bmUuZGF0YXNldC52MS5HZXREYXRhc2V0VmVyc2lvblJlcXVlc3QaLS5yYWd0dW5lLmRhdGFzZXQudjEuR2V0RGF0YXNldFZlcnNpb25SZXNwb25zZRJ2ChNMaXN0RGF0YXNldFZlcnNpb25zEi4ucmFndHVuZS5kYXRhc2V0LnYxLkxpc3REYXRhc2V0VmVyc2lvbnNSZXF1ZXN0Gi8ucmFndHVuZS5kYXRhc2V0LnYxLkxpc3REYXRhc2V0VmVyc2lvbnNSZXNwb25zZRJ4ChNXYXRjaERhdGFzZXRWZXJzaW9uEi4ucmFndHVuZS5kYXRhc2V0LnYxLldhdGNoRGF0YXNldFZlcnNpb25SZXF1ZXN0Gi8ucmFndHVuZS5kYXRhc2V0LnYxLldhdGNoRGF0YXNldFZlcnNpb25SZXNwb25zZTABEnMKEkNhbmNlbERhdGFzZXRCdWlsZBItLnJhZ3R1bmUuZGF0YXNldC52MS5DYW5jZWxEYXRhc2V0QnVpbGRSZXF1ZXN0Gi4ucmFndHVuZS5kYXRhc2V0LnYxLkNhbmNlbERhdGFzZXRCdWlsZFJlc3BvbnNlEmEKDExpc3RFeGFtcGxlcxInLnJhZ3R1bmUuZGF0YXNldC52MS5MaXN0RXhhbXBsZXNSZXF1ZXN0GigucmFndHVuZS5kYXRhc2V0LnYxLkxpc3RFeGFtcGxlc1Jlc3BvbnNlEnsKFEV4cG9ydERhdGFzZXRWZXJzaW9uEi8ucmFndHVuZS5kYXRhc2V0LnYxLkV4cG9ydERhdGFzZXRWZXJzaW9uUmVxdWVzdBowLnJhZ3R1bmUuZGF0YXNldC52MS5FeHBvcnREYXRhc2V0VmVyc2lvblJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_timestamp, file_ragtune_common_v1_common]);
+  fileDesc("CiByYWd0dW5lL2RhdGFzZXQvdjEvZGF0YXNldC5wcm90bxIScmFndHVuZS5kYXRhc2V0LnYxIssCCg1RdWFsaXR5Q2hlY2tzEhgKC2RlZHVwbGljYXRlGAEgASgISACIAQESJAoXcmVxdWlyZV9ncm91bmRlZF9hbnN3ZXIYAiABKAhIAYgBARIfChJtaW5fYW5zd2VyX3N1cHBvcnQYAyABKAFIAogBARIbCg5yZWplY3RfdHJpdmlhbBgEIAEoCEgDiAEBEh0KEG1pbl9hbnN3ZXJfd29yZHMYBSABKA1IBIgBARIdChBtYXhfYW5zd2VyX3dvcmRzGAYgASgNSAWIAQFCDgoMX2RlZHVwbGljYXRlQhoKGF9yZXF1aXJlX2dyb3VuZGVkX2Fuc3dlckIVChNfbWluX2Fuc3dlcl9zdXBwb3J0QhEKD19yZWplY3RfdHJpdmlhbEITChFfbWluX2Fuc3dlcl93b3Jkc0ITChFfbWF4X2Fuc3dlcl93b3JkcyI3CgtTcGxpdFJhdGlvcxINCgV0cmFpbhgBIAEoARILCgN2YWwYAiABKAESDAoEdGVzdBgDIAEoASK9AwoSR2VuZXJhdGlvblNldHRpbmdzEg0KBW1vZGVsGAEgASgJEiAKE3F1ZXN0aW9uc19wZXJfY2h1bmsYAiABKA1IAIgBARIbCg5uZWdhdGl2ZV9yYXRpbxgDIAEoAUgBiAEBEjkKDnF1YWxpdHlfY2hlY2tzGAQgASgLMiEucmFndHVuZS5kYXRhc2V0LnYxLlF1YWxpdHlDaGVja3MSNQoMc3BsaXRfcmF0aW9zGAUgASgLMh8ucmFndHVuZS5kYXRhc2V0LnYxLlNwbGl0UmF0aW9zEhEKBHNlZWQYBiABKA1IAogBARIYCgt0ZW1wZXJhdHVyZRgHIAEoAUgDiAEBEhwKD21heF9jb25jdXJyZW5jeRgIIAEoDUgEiAEBEhQKDHJlZnVzYWxfdGV4dBgJIAEoCRIbCg5jb250ZXh0X2NodW5rcxgKIAEoDUgFiAEBQhYKFF9xdWVzdGlvbnNfcGVyX2NodW5rQhEKD19uZWdhdGl2ZV9yYXRpb0IHCgVfc2VlZEIOCgxfdGVtcGVyYXR1cmVCEgoQX21heF9jb25jdXJyZW5jeUIRCg9fY29udGV4dF9jaHVua3MingEKGkJ1aWxkRGF0YXNldFZlcnNpb25SZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSOAoIc2V0dGluZ3MYAiABKAsyJi5yYWd0dW5lLmRhdGFzZXQudjEuR2VuZXJhdGlvblNldHRpbmdzEhcKD2Jhc2VfdmVyc2lvbl9pZBgDIAEoCRIZChFjbGllbnRfcmVxdWVzdF9pZBgEIAEoCSJSChtCdWlsZERhdGFzZXRWZXJzaW9uUmVzcG9uc2USMwoHdmVyc2lvbhgBIAEoCzIiLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbiK0AQoRRGF0YXNldFNwbGl0U3RhdHMSLwoFc3BsaXQYASABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0EhAKCGV4YW1wbGVzGAIgASgNEhIKCmFuc3dlcmFibGUYAyABKA0SFAoMdW5hbnN3ZXJhYmxlGAQgASgNEjIKC3Rva2VuX3N0YXRzGAUgASgLMh0ucmFndHVuZS5jb21tb24udjEuVG9rZW5TdGF0cyKdAgoTRGF0YXNldFZlcnNpb25TdGF0cxIUCgxjaHVua3NfdG90YWwYASABKA0SFQoNY2h1bmtzX3JldXNlZBgCIAEoDRIRCglnZW5lcmF0ZWQYAyABKA0SVwoRcmVqZWN0ZWRfYnlfY2hlY2sYBCADKAsyPC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cy5SZWplY3RlZEJ5Q2hlY2tFbnRyeRI1CgZzcGxpdHMYBSADKAsyJS5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0U3RhdHMaNgoUUmVqZWN0ZWRCeUNoZWNrRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ASLyBAoORGF0YXNldFZlcnNpb24SCgoCaWQYASABKAkSEgoKY29sbGVjdGlvbhgCIAEoCRI4CgZzdGF0dXMYAyABKA4yKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXMSOAoIc2V0dGluZ3MYBCABKAsyJi5yYWd0dW5lLmRhdGFzZXQudjEuR2VuZXJhdGlvblNldHRpbmdzEhcKD2Jhc2VfdmVyc2lvbl9pZBgFIAEoCRITCgtjaHVua3NfZG9uZRgGIAEoDRIUCgxjaHVua3NfdG90YWwYByABKA0SNgoFc3RhdHMYCCABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cxIuCgZzaGFyZHMYCSADKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZhIrCgdmYWlsdXJlGAogASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZRIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoHZXhwb3J0cxgOIAMoCzImLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0U3BsaXRFeHBvcnQSEQoJZ2VuZXJhdG9yGA8gASgJEhYKDmNvbnRlbnRfc2hhMjU2GBAgASgJIroBChJEYXRhc2V0U3BsaXRFeHBvcnQSLwoFc3BsaXQYASABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0EjMKCHRlbXBsYXRlGAIgASgOMiEucmFndHVuZS5jb21tb24udjEuUHJvbXB0VGVtcGxhdGUSMAoIYXJ0aWZhY3QYAyABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZhIMCgRyb3dzGAQgASgNIjYKGEdldERhdGFzZXRWZXJzaW9uUmVxdWVzdBIaChJkYXRhc2V0X3ZlcnNpb25faWQYASABKAkiUAoZR2V0RGF0YXNldFZlcnNpb25SZXNwb25zZRIzCgd2ZXJzaW9uGAEgASgLMiIucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRWZXJzaW9uIpgBChpMaXN0RGF0YXNldFZlcnNpb25zUmVxdWVzdBIsCgRwYWdlGAEgASgLMh4ucmFndHVuZS5jb21tb24udjEuUGFnZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgCIAEoCRI4CgZzdGF0dXMYAyABKA4yKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXMiggEKG0xpc3REYXRhc2V0VmVyc2lvbnNSZXNwb25zZRI0Cgh2ZXJzaW9ucxgBIAMoCzIiLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbhItCgRwYWdlGAIgASgLMh8ucmFndHVuZS5jb21tb24udjEuUGFnZVJlc3BvbnNlIk8KGldhdGNoRGF0YXNldFZlcnNpb25SZXF1ZXN0EhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgBIAEoCRIVCg1mcm9tX3NlcXVlbmNlGAIgASgNIlUKG1dhdGNoRGF0YXNldFZlcnNpb25SZXNwb25zZRI2CgVldmVudBgBIAEoCzInLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbkV2ZW50IrsBChpEYXRhc2V0VmVyc2lvblN0YXR1c0NoYW5nZRI4CgZzdGF0dXMYASABKA4yKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXMSKwoHZmFpbHVyZRgCIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmUSNgoFc3RhdHMYAyABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cyJ4ChREYXRhc2V0QnVpbGRQcm9ncmVzcxITCgtjaHVua3NfZG9uZRgBIAEoDRIUCgxjaHVua3NfdG90YWwYAiABKA0SGgoSZXhhbXBsZXNfZ2VuZXJhdGVkGAMgASgNEhkKEWV4YW1wbGVzX2FjY2VwdGVkGAQgASgNIjgKE0RhdGFzZXRCdWlsZFdhcm5pbmcSDwoHbWVzc2FnZRgBIAEoCRIQCghjaHVua19pZBgCIAEoCSK6AgoTRGF0YXNldFZlcnNpb25FdmVudBIQCghzZXF1ZW5jZRgBIAEoDRIaChJkYXRhc2V0X3ZlcnNpb25faWQYAiABKAkSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASSAoOc3RhdHVzX2NoYW5nZWQYBCABKAsyLi5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXNDaGFuZ2VIABI8Cghwcm9ncmVzcxgFIAEoCzIoLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0QnVpbGRQcm9ncmVzc0gAEjoKB3dhcm5pbmcYBiABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldEJ1aWxkV2FybmluZ0gAQgcKBWV2ZW50IjcKGUNhbmNlbERhdGFzZXRCdWlsZFJlcXVlc3QSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAEgASgJIlEKGkNhbmNlbERhdGFzZXRCdWlsZFJlc3BvbnNlEjMKB3ZlcnNpb24YASABKAsyIi5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb24igwIKB0V4YW1wbGUSCgoCaWQYASABKAkSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAIgASgJEi8KBXNwbGl0GAMgASgOMiAucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRTcGxpdBItCgRraW5kGAQgASgOMh8ucmFndHVuZS5kYXRhc2V0LnYxLkV4YW1wbGVLaW5kEhAKCHF1ZXN0aW9uGAUgASgJEg4KBmFuc3dlchgGIAEoCRIZChFjb250ZXh0X2NodW5rX2lkcxgHIAMoCRIXCg9zb3VyY2VfY2h1bmtfaWQYCCABKAkSGgoSc291cmNlX2RvY3VtZW50X2lkGAkgASgJIr8BChNMaXN0RXhhbXBsZXNSZXF1ZXN0EhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgBIAEoCRIsCgRwYWdlGAIgASgLMh4ucmFndHVuZS5jb21tb24udjEuUGFnZVJlcXVlc3QSLwoFc3BsaXQYAyABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0Ei0KBGtpbmQYBCABKA4yHy5yYWd0dW5lLmRhdGFzZXQudjEuRXhhbXBsZUtpbmQidAoUTGlzdEV4YW1wbGVzUmVzcG9uc2USLQoIZXhhbXBsZXMYASADKAsyGy5yYWd0dW5lLmRhdGFzZXQudjEuRXhhbXBsZRItCgRwYWdlGAIgASgLMh8ucmFndHVuZS5jb21tb24udjEuUGFnZVJlc3BvbnNlIrYBChtFeHBvcnREYXRhc2V0VmVyc2lvblJlcXVlc3QSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAEgASgJEi8KBXNwbGl0GAIgASgOMiAucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRTcGxpdBIzCgh0ZW1wbGF0ZRgDIAEoDjIhLnJhZ3R1bmUuY29tbW9uLnYxLlByb21wdFRlbXBsYXRlEhUKDXN5c3RlbV9wcm9tcHQYBCABKAkiSAoURGF0YXNldEV4cG9ydFN1bW1hcnkSDAoEcm93cxgBIAEoDRIOCgZzaGEyNTYYAiABKAkSEgoKc2l6ZV9ieXRlcxgDIAEoAyJ0ChxFeHBvcnREYXRhc2V0VmVyc2lvblJlc3BvbnNlEg8KBWpzb25sGAEgASgMSAASOwoHc3VtbWFyeRgCIAEoCzIoLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0RXhwb3J0U3VtbWFyeUgAQgYKBHBhcnQqmgIKFERhdGFzZXRWZXJzaW9uU3RhdHVzEiYKIkRBVEFTRVRfVkVSU0lPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIhCh1EQVRBU0VUX1ZFUlNJT05fU1RBVFVTX1FVRVVFRBABEiUKIURBVEFTRVRfVkVSU0lPTl9TVEFUVVNfR0VORVJBVElORxACEiUKIURBVEFTRVRfVkVSU0lPTl9TVEFUVVNfRklOQUxJWklORxADEiAKHERBVEFTRVRfVkVSU0lPTl9TVEFUVVNfUkVBRFkQBBIhCh1EQVRBU0VUX1ZFUlNJT05fU1RBVFVTX0ZBSUxFRBAFEiQKIERBVEFTRVRfVkVSU0lPTl9TVEFUVVNfQ0FOQ0VMTEVEEAYqdQoMRGF0YXNldFNwbGl0Eh0KGURBVEFTRVRfU1BMSVRfVU5TUEVDSUZJRUQQABIXChNEQVRBU0VUX1NQTElUX1RSQUlOEAESFQoRREFUQVNFVF9TUExJVF9WQUwQAhIWChJEQVRBU0VUX1NQTElUX1RFU1QQAypnCgtFeGFtcGxlS2luZBIcChhFWEFNUExFX0tJTkRfVU5TUEVDSUZJRUQQABIbChdFWEFNUExFX0tJTkRfQU5TV0VSQUJMRRABEh0KGUVYQU1QTEVfS0lORF9VTkFOU1dFUkFCTEUQAjLBBgoORGF0YXNldFNlcnZpY2USdgoTQnVpbGREYXRhc2V0VmVyc2lvbhIuLnJhZ3R1bmUuZGF0YXNldC52MS5CdWlsZERhdGFzZXRWZXJzaW9uUmVxdWVzdBovLnJhZ3R1bmUuZGF0YXNldC52MS5CdWlsZERhdGFzZXRWZXJzaW9uUmVzcG9uc2UScAoRR2V0RGF0YXNldFZlcnNpb24SLC5yYWd0dW5lLmRhdGFzZXQudjEuR2V0RGF0YXNldFZlcnNpb25SZXF1ZXN0Gi0ucmFndHVuZS5kYXRhc2V0LnYxLkdldERhdGFzZXRWZXJzaW9uUmVzcG9uc2USdgoTTGlzdERhdGFzZXRWZXJzaW9ucxIuLnJhZ3R1bmUuZGF0YXNldC52MS5MaXN0RGF0YXNldFZlcnNpb25zUmVxdWVzdBovLnJhZ3R1bmUuZGF0YXNldC52MS5MaXN0RGF0YXNldFZlcnNpb25zUmVzcG9uc2USeAoTV2F0Y2hEYXRhc2V0VmVyc2lvbhIuLnJhZ3R1bmUuZGF0YXNldC52MS5XYXRjaERhdGFzZXRWZXJzaW9uUmVxdWVzdBovLnJhZ3R1bmUuZGF0YXNldC52MS5XYXRjaERhdGFzZXRWZXJzaW9uUmVzcG9uc2UwARJzChJDYW5jZWxEYXRhc2V0QnVpbGQSLS5yYWd0dW5lLmRhdGFzZXQudjEuQ2FuY2VsRGF0YXNldEJ1aWxkUmVxdWVzdBouLnJhZ3R1bmUuZGF0YXNldC52MS5DYW5jZWxEYXRhc2V0QnVpbGRSZXNwb25zZRJhCgxMaXN0RXhhbXBsZXMSJy5yYWd0dW5lLmRhdGFzZXQudjEuTGlzdEV4YW1wbGVzUmVxdWVzdBooLnJhZ3R1bmUuZGF0YXNldC52MS5MaXN0RXhhbXBsZXNSZXNwb25zZRJ7ChRFeHBvcnREYXRhc2V0VmVyc2lvbhIvLnJhZ3R1bmUuZGF0YXNldC52MS5FeHBvcnREYXRhc2V0VmVyc2lvblJlcXVlc3QaMC5yYWd0dW5lLmRhdGFzZXQudjEuRXhwb3J0RGF0YXNldFZlcnNpb25SZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp, file_ragtune_common_v1_common]);
 
 /**
  * Quality checks applied to generated examples. Unset fields take the defaults.
@@ -77,8 +77,9 @@ export const QualityChecksSchema: GenMessage<QualityChecks> = /*@__PURE__*/
   messageDesc(file_ragtune_dataset_v1_dataset, 0);
 
 /**
- * Shares of examples per split; each in 0..1, summing to 1. Unset: 0.8 / 0.1 / 0.1.
- * Examples are split by document, so no document contributes to two splits.
+ * Shares of examples per split; each in 0..1, summing to 1. Unset: 0.6 / 0.2 / 0.2.
+ * Examples are split by source chunk (all examples of one chunk in one split), stratified by
+ * question kind and answerability, deterministically from the seed.
  *
  * @generated from message ragtune.dataset.v1.SplitRatios
  */
@@ -121,7 +122,7 @@ export type GenerationSettings = Message<"ragtune.dataset.v1.GenerationSettings"
   model: string;
 
   /**
-   * Questions generated per chunk. Default 2; 1..20.
+   * Questions generated per chunk. Default 3; 1..20.
    *
    * @generated from field: optional uint32 questions_per_chunk = 2;
    */
@@ -129,7 +130,7 @@ export type GenerationSettings = Message<"ragtune.dataset.v1.GenerationSettings"
 
   /**
    * Unanswerable examples (a question paired with a context that does not hold its answer,
-   * answered with the refusal) per answerable example. Default 0.2; 0..1.
+   * answered with the refusal) per answerable example. Default 0.15; 0..1.
    *
    * @generated from field: optional double negative_ratio = 3;
    */
@@ -168,7 +169,7 @@ export type GenerationSettings = Message<"ragtune.dataset.v1.GenerationSettings"
 
   /**
    * The answer taught for unanswerable questions. Default: "The provided context does not
-   * contain the answer to this question."
+   * contain sufficient information to answer this question."
    *
    * @generated from field: string refusal_text = 9;
    */
@@ -413,6 +414,29 @@ export type DatasetVersion = Message<"ragtune.dataset.v1.DatasetVersion"> & {
    * @generated from field: google.protobuf.Timestamp finished_at = 13;
    */
   finishedAt?: Timestamp | undefined;
+
+  /**
+   * The stored training exports of each split, set when READY (the trainer trains on the train
+   * export and validates on the val export).
+   *
+   * @generated from field: repeated ragtune.dataset.v1.DatasetSplitExport exports = 14;
+   */
+  exports: DatasetSplitExport[];
+
+  /**
+   * Who wrote the questions: "extractive" (no model endpoint: questions from headings and
+   * definitions, answers copied verbatim) or the generation model's name.
+   *
+   * @generated from field: string generator = 15;
+   */
+  generator: string;
+
+  /**
+   * Lowercase hex SHA-256 over the source chunk IDs and the settings: equal for equal inputs.
+   *
+   * @generated from field: string content_sha256 = 16;
+   */
+  contentSha256: string;
 };
 
 /**
@@ -421,6 +445,42 @@ export type DatasetVersion = Message<"ragtune.dataset.v1.DatasetVersion"> & {
  */
 export const DatasetVersionSchema: GenMessage<DatasetVersion> = /*@__PURE__*/
   messageDesc(file_ragtune_dataset_v1_dataset, 7);
+
+/**
+ * One split of a READY version, stored as JSON lines in a prompt template.
+ *
+ * @generated from message ragtune.dataset.v1.DatasetSplitExport
+ */
+export type DatasetSplitExport = Message<"ragtune.dataset.v1.DatasetSplitExport"> & {
+  /**
+   * @generated from field: ragtune.dataset.v1.DatasetSplit split = 1;
+   */
+  split: DatasetSplit;
+
+  /**
+   * @generated from field: ragtune.common.v1.PromptTemplate template = 2;
+   */
+  template: PromptTemplate;
+
+  /**
+   * `{"id", "prompt", "completion"}` rows, the completion ending with the template's EOS text.
+   *
+   * @generated from field: ragtune.common.v1.ArtifactRef artifact = 3;
+   */
+  artifact?: ArtifactRef | undefined;
+
+  /**
+   * @generated from field: uint32 rows = 4;
+   */
+  rows: number;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.DatasetSplitExport.
+ * Use `create(DatasetSplitExportSchema)` to create a new message.
+ */
+export const DatasetSplitExportSchema: GenMessage<DatasetSplitExport> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 8);
 
 /**
  * @generated from message ragtune.dataset.v1.GetDatasetVersionRequest
@@ -437,7 +497,7 @@ export type GetDatasetVersionRequest = Message<"ragtune.dataset.v1.GetDatasetVer
  * Use `create(GetDatasetVersionRequestSchema)` to create a new message.
  */
 export const GetDatasetVersionRequestSchema: GenMessage<GetDatasetVersionRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 8);
+  messageDesc(file_ragtune_dataset_v1_dataset, 9);
 
 /**
  * @generated from message ragtune.dataset.v1.GetDatasetVersionResponse
@@ -454,7 +514,7 @@ export type GetDatasetVersionResponse = Message<"ragtune.dataset.v1.GetDatasetVe
  * Use `create(GetDatasetVersionResponseSchema)` to create a new message.
  */
 export const GetDatasetVersionResponseSchema: GenMessage<GetDatasetVersionResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 9);
+  messageDesc(file_ragtune_dataset_v1_dataset, 10);
 
 /**
  * @generated from message ragtune.dataset.v1.ListDatasetVersionsRequest
@@ -485,7 +545,7 @@ export type ListDatasetVersionsRequest = Message<"ragtune.dataset.v1.ListDataset
  * Use `create(ListDatasetVersionsRequestSchema)` to create a new message.
  */
 export const ListDatasetVersionsRequestSchema: GenMessage<ListDatasetVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 10);
+  messageDesc(file_ragtune_dataset_v1_dataset, 11);
 
 /**
  * @generated from message ragtune.dataset.v1.ListDatasetVersionsResponse
@@ -507,7 +567,7 @@ export type ListDatasetVersionsResponse = Message<"ragtune.dataset.v1.ListDatase
  * Use `create(ListDatasetVersionsResponseSchema)` to create a new message.
  */
 export const ListDatasetVersionsResponseSchema: GenMessage<ListDatasetVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 11);
+  messageDesc(file_ragtune_dataset_v1_dataset, 12);
 
 /**
  * @generated from message ragtune.dataset.v1.WatchDatasetVersionRequest
@@ -531,7 +591,7 @@ export type WatchDatasetVersionRequest = Message<"ragtune.dataset.v1.WatchDatase
  * Use `create(WatchDatasetVersionRequestSchema)` to create a new message.
  */
 export const WatchDatasetVersionRequestSchema: GenMessage<WatchDatasetVersionRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 12);
+  messageDesc(file_ragtune_dataset_v1_dataset, 13);
 
 /**
  * @generated from message ragtune.dataset.v1.WatchDatasetVersionResponse
@@ -548,7 +608,7 @@ export type WatchDatasetVersionResponse = Message<"ragtune.dataset.v1.WatchDatas
  * Use `create(WatchDatasetVersionResponseSchema)` to create a new message.
  */
 export const WatchDatasetVersionResponseSchema: GenMessage<WatchDatasetVersionResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 13);
+  messageDesc(file_ragtune_dataset_v1_dataset, 14);
 
 /**
  * The version moved to another status.
@@ -581,7 +641,7 @@ export type DatasetVersionStatusChange = Message<"ragtune.dataset.v1.DatasetVers
  * Use `create(DatasetVersionStatusChangeSchema)` to create a new message.
  */
 export const DatasetVersionStatusChangeSchema: GenMessage<DatasetVersionStatusChange> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 14);
+  messageDesc(file_ragtune_dataset_v1_dataset, 15);
 
 /**
  * Generation progress.
@@ -617,7 +677,7 @@ export type DatasetBuildProgress = Message<"ragtune.dataset.v1.DatasetBuildProgr
  * Use `create(DatasetBuildProgressSchema)` to create a new message.
  */
 export const DatasetBuildProgressSchema: GenMessage<DatasetBuildProgress> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 15);
+  messageDesc(file_ragtune_dataset_v1_dataset, 16);
 
 /**
  * A non-fatal problem (e.g. the model returned malformed JSON for a chunk, which was retried or
@@ -644,7 +704,7 @@ export type DatasetBuildWarning = Message<"ragtune.dataset.v1.DatasetBuildWarnin
  * Use `create(DatasetBuildWarningSchema)` to create a new message.
  */
 export const DatasetBuildWarningSchema: GenMessage<DatasetBuildWarning> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 16);
+  messageDesc(file_ragtune_dataset_v1_dataset, 17);
 
 /**
  * One event of a dataset build.
@@ -698,7 +758,7 @@ export type DatasetVersionEvent = Message<"ragtune.dataset.v1.DatasetVersionEven
  * Use `create(DatasetVersionEventSchema)` to create a new message.
  */
 export const DatasetVersionEventSchema: GenMessage<DatasetVersionEvent> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 17);
+  messageDesc(file_ragtune_dataset_v1_dataset, 18);
 
 /**
  * @generated from message ragtune.dataset.v1.CancelDatasetBuildRequest
@@ -715,7 +775,7 @@ export type CancelDatasetBuildRequest = Message<"ragtune.dataset.v1.CancelDatase
  * Use `create(CancelDatasetBuildRequestSchema)` to create a new message.
  */
 export const CancelDatasetBuildRequestSchema: GenMessage<CancelDatasetBuildRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 18);
+  messageDesc(file_ragtune_dataset_v1_dataset, 19);
 
 /**
  * @generated from message ragtune.dataset.v1.CancelDatasetBuildResponse
@@ -732,7 +792,7 @@ export type CancelDatasetBuildResponse = Message<"ragtune.dataset.v1.CancelDatas
  * Use `create(CancelDatasetBuildResponseSchema)` to create a new message.
  */
 export const CancelDatasetBuildResponseSchema: GenMessage<CancelDatasetBuildResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 19);
+  messageDesc(file_ragtune_dataset_v1_dataset, 20);
 
 /**
  * A question with its context and reference answer.
@@ -799,7 +859,7 @@ export type Example = Message<"ragtune.dataset.v1.Example"> & {
  * Use `create(ExampleSchema)` to create a new message.
  */
 export const ExampleSchema: GenMessage<Example> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 20);
+  messageDesc(file_ragtune_dataset_v1_dataset, 21);
 
 /**
  * @generated from message ragtune.dataset.v1.ListExamplesRequest
@@ -835,7 +895,7 @@ export type ListExamplesRequest = Message<"ragtune.dataset.v1.ListExamplesReques
  * Use `create(ListExamplesRequestSchema)` to create a new message.
  */
 export const ListExamplesRequestSchema: GenMessage<ListExamplesRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 21);
+  messageDesc(file_ragtune_dataset_v1_dataset, 22);
 
 /**
  * @generated from message ragtune.dataset.v1.ListExamplesResponse
@@ -857,7 +917,7 @@ export type ListExamplesResponse = Message<"ragtune.dataset.v1.ListExamplesRespo
  * Use `create(ListExamplesResponseSchema)` to create a new message.
  */
 export const ListExamplesResponseSchema: GenMessage<ListExamplesResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 22);
+  messageDesc(file_ragtune_dataset_v1_dataset, 23);
 
 /**
  * @generated from message ragtune.dataset.v1.ExportDatasetVersionRequest
@@ -895,7 +955,7 @@ export type ExportDatasetVersionRequest = Message<"ragtune.dataset.v1.ExportData
  * Use `create(ExportDatasetVersionRequestSchema)` to create a new message.
  */
 export const ExportDatasetVersionRequestSchema: GenMessage<ExportDatasetVersionRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 23);
+  messageDesc(file_ragtune_dataset_v1_dataset, 24);
 
 /**
  * Summary sent as the last message of an export.
@@ -926,7 +986,7 @@ export type DatasetExportSummary = Message<"ragtune.dataset.v1.DatasetExportSumm
  * Use `create(DatasetExportSummarySchema)` to create a new message.
  */
 export const DatasetExportSummarySchema: GenMessage<DatasetExportSummary> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 24);
+  messageDesc(file_ragtune_dataset_v1_dataset, 25);
 
 /**
  * A piece of an export. Messages with jsonl come first; a summary message ends the stream.
@@ -960,7 +1020,7 @@ export type ExportDatasetVersionResponse = Message<"ragtune.dataset.v1.ExportDat
  * Use `create(ExportDatasetVersionResponseSchema)` to create a new message.
  */
 export const ExportDatasetVersionResponseSchema: GenMessage<ExportDatasetVersionResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 25);
+  messageDesc(file_ragtune_dataset_v1_dataset, 26);
 
 /**
  * Status of a dataset version.

@@ -1,0 +1,82 @@
+import { create } from "@bufbuild/protobuf";
+import { GenerationSettingsSchema, QualityChecksSchema, SplitRatiosSchema, type GenerationSettings } from "@ragtune/proto";
+import { invalidArgument } from "@ragtune/rpc";
+import type { DatasetBuildSettings } from "./dataset-builder.js";
+import { DEFAULT_REFUSAL } from "./negatives.js";
+
+const DEFAULTS = {
+  questionsPerChunk: 3,
+  negativeRatio: 0.15,
+  seed: 42,
+  temperature: 0.7,
+  maxConcurrency: 4,
+  contextChunks: 1,
+  ratios: { train: 0.6, val: 0.2, test: 0.2 },
+};
+
+/**
+ * The request's GenerationSettings with every default filled in (what the version records), and the build settings
+ * the domain modules take. A bad value is InvalidArgument naming the field (settings.<field>).
+ */
+export function resolveBuildSettings(requested: GenerationSettings | undefined): { settings: GenerationSettings; build: DatasetBuildSettings } {
+  const s = requested ?? create(GenerationSettingsSchema);
+  if (s.model !== "") {
+    throw invalidArgument(
+      "settings.model",
+      `"${s.model}" needs a generation model endpoint, which this dataset service does not have yet; leave it empty to build with the extractive generator (questions from headings and definitions, answers copied verbatim)`,
+    );
+  }
+  const questionsPerChunk = s.questionsPerChunk ?? DEFAULTS.questionsPerChunk;
+  if (!Number.isInteger(questionsPerChunk) || questionsPerChunk < 1 || questionsPerChunk > 20) {
+    throw invalidArgument("settings.questions_per_chunk", `must be 1..20, got ${questionsPerChunk}`);
+  }
+  const negativeRatio = s.negativeRatio ?? DEFAULTS.negativeRatio;
+  if (!(negativeRatio >= 0 && negativeRatio <= 1)) throw invalidArgument("settings.negative_ratio", `must be 0..1, got ${negativeRatio}`);
+  const contextChunks = s.contextChunks ?? DEFAULTS.contextChunks;
+  if (contextChunks !== 1) throw invalidArgument("settings.context_chunks", `only 1 chunk per context is supported, got ${contextChunks}`);
+  const seed = s.seed ?? DEFAULTS.seed;
+  const refusal = s.refusalText.trim() === "" ? DEFAULT_REFUSAL : s.refusalText.trim();
+  const ratios = s.splitRatios ?? create(SplitRatiosSchema, DEFAULTS.ratios);
+  for (const [name, value] of Object.entries({ train: ratios.train, val: ratios.val, test: ratios.test })) {
+    if (!(value >= 0 && value <= 1)) throw invalidArgument(`settings.split_ratios.${name}`, `must be 0..1, got ${value}`);
+  }
+  if (Math.abs(ratios.train + ratios.val + ratios.test - 1) > 1e-6) {
+    throw invalidArgument("settings.split_ratios", `train + val + test must be 1, got ${ratios.train + ratios.val + ratios.test}`);
+  }
+  if (ratios.train === 0) throw invalidArgument("settings.split_ratios.train", "must be above 0: a version without training examples cannot be trained on");
+  const q = s.qualityChecks ?? create(QualityChecksSchema);
+  const quality = {
+    deduplicate: q.deduplicate ?? true,
+    requireGroundedAnswer: q.requireGroundedAnswer ?? true,
+    minAnswerSupport: q.minAnswerSupport ?? 0.6,
+    rejectTrivial: q.rejectTrivial ?? true,
+    minAnswerWords: q.minAnswerWords ?? 3,
+    maxAnswerWords: q.maxAnswerWords ?? 200,
+  };
+  if (!(quality.minAnswerSupport >= 0 && quality.minAnswerSupport <= 1)) {
+    throw invalidArgument("settings.quality_checks.min_answer_support", `must be 0..1, got ${quality.minAnswerSupport}`);
+  }
+  if (quality.maxAnswerWords < 1) throw invalidArgument("settings.quality_checks.max_answer_words", "must be at least 1");
+  if (quality.minAnswerWords > quality.maxAnswerWords) {
+    throw invalidArgument("settings.quality_checks.min_answer_words", `must not exceed max_answer_words (${quality.maxAnswerWords})`);
+  }
+  const settings = create(GenerationSettingsSchema, {
+    model: "",
+    questionsPerChunk,
+    negativeRatio,
+    qualityChecks: quality,
+    splitRatios: { train: ratios.train, val: ratios.val, test: ratios.test },
+    seed,
+    temperature: s.temperature ?? DEFAULTS.temperature,
+    maxConcurrency: s.maxConcurrency ?? DEFAULTS.maxConcurrency,
+    refusalText: refusal,
+    contextChunks,
+  });
+  const build: DatasetBuildSettings = {
+    generation: { questionsPerChunk, seed },
+    negatives: { ratio: negativeRatio, seed, refusal },
+    quality: { ...quality, seed },
+    splits: { ratios: { train: ratios.train, val: ratios.val, test: ratios.test }, seed },
+  };
+  return { settings, build };
+}

@@ -1,0 +1,378 @@
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import type { Client } from "@connectrpc/connect";
+import { type ArtifactStore, type Fence, OwnershipLostError } from "@ragtune/bus";
+import type { Logger } from "@ragtune/logger";
+import {
+  ArtifactRefSchema,
+  DatasetSplit,
+  type DatasetSplitExport,
+  DatasetSplitExportSchema,
+  DatasetVersionBuiltSchema,
+  DatasetVersionFailedSchema,
+  DatasetVersionStatus,
+  DatasetVersionStatsSchema,
+  type DatasetVersion,
+  type Failure,
+  FailureKind,
+  FailureSchema,
+  type IngestService,
+  PromptTemplate,
+  TokenStatsSchema,
+} from "@ragtune/proto";
+import { tokenDistribution } from "@ragtune/text";
+import { BuildTimeoutError, runBuild, type BuildOutput } from "./build-process.js";
+import { resolveBuildSettings } from "./build-settings.js";
+import type { SourceChunk } from "./extractive-generator.js";
+import type { TokenizerName } from "@ragtune/text";
+import { SPLITS, type SplitName } from "./splits.js";
+import { isFinished, type VersionEventDetail, type VersionStore } from "./version-store.js";
+
+/** The token budget of a training row the quality gate enforced (max_seq_len). */
+const resolveBuildSettingsBudget = 1024;
+
+/** Token counts of a split's training rows (prompt + completion + EOS) against the row budget. */
+function rowTokenStats(counts: readonly number[], budget: number) {
+  const d = tokenDistribution(counts, budget);
+  return create(TokenStatsSchema, {
+    count: d.chunks,
+    min: d.min,
+    mean: d.mean,
+    median: d.median,
+    max: d.max,
+    budget,
+    shareInTopQuarterOfBudget: d.shareNearBudget,
+    overBudgetCount: d.overBudget,
+    totalTokens: d.totalTokens,
+  });
+}
+
+const SPLIT_ENUM: Record<SplitName, DatasetSplit> = { train: DatasetSplit.TRAIN, val: DatasetSplit.VAL, test: DatasetSplit.TEST };
+
+export interface VersionBuilderDeps {
+  versions: VersionStore;
+  artifacts: ArtifactStore;
+  ingest: Client<typeof IngestService>;
+  tokenizer: TokenizerName;
+  logger: Logger;
+  /** How long a claim on a build lasts without renewal (DATASET_BUILD_LEASE). */
+  leaseMs: number;
+  /** Longest a build may run (DATASET_BUILD_TIMEOUT). */
+  buildTimeoutMs: number;
+}
+
+/** The version was cancelled while it was being built. */
+class CancelledError extends Error {
+  constructor() {
+    super("the build was cancelled");
+  }
+}
+
+/** A failure a user can act on (bad input, not a system fault). */
+class UserFailure extends Error {
+  constructor(
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function statusChanged(status: DatasetVersionStatus, extra: { failure?: Failure; stats?: DatasetVersion["stats"] } = {}): VersionEventDetail {
+  return { case: "statusChanged", value: { $typeName: "ragtune.dataset.v1.DatasetVersionStatusChange", status, ...extra } } as VersionEventDetail;
+}
+
+/**
+ * Builds dataset versions in this process, one at a time: claims a version (a lease, renewed while it builds, so an
+ * abandoned build is taken over by another replica), reads the collection's chunks through the ingest API, runs the
+ * build in a child process (off the event loop, with a time limit), stores the split exports and the examples in the
+ * object store and finishes the version — READY with its exports and statistics, announced as
+ * ragtune.dataset.version.built, or FAILED with the reason, announced as ragtune.dataset.version.failed.
+ */
+export class VersionBuilder {
+  private readonly queue: string[] = [];
+  private readonly pending = new Set<string>();
+  private draining: Promise<void> | undefined;
+  private stopping = false;
+  private scanTimer: NodeJS.Timeout | undefined;
+  private readonly shutdown = new AbortController();
+  readonly owner = `${hostname()}-${process.pid}-${randomBytes(4).toString("hex")}`;
+
+  constructor(private readonly deps: VersionBuilderDeps) {}
+
+  submit(id: string): void {
+    if (this.stopping || this.pending.has(id)) return;
+    this.pending.add(id);
+    this.queue.push(id);
+    this.draining ??= this.drain().finally(() => {
+      this.draining = undefined;
+    });
+  }
+
+  /** Queues every unfinished version nobody holds, now and then every half lease. Returns the IDs queued now. */
+  async resume(): Promise<string[]> {
+    const queued = await this.scan();
+    if (this.scanTimer === undefined && !this.stopping) {
+      this.scanTimer = setInterval(() => {
+        this.scan().catch((err: unknown) => this.deps.logger.warn({ err }, "cannot scan for unfinished dataset builds"));
+      }, Math.max(1_000, Math.floor(this.deps.leaseMs / 2)));
+      this.scanTimer.unref();
+    }
+    return queued;
+  }
+
+  private async scan(): Promise<string[]> {
+    const now = Date.now();
+    const open = await this.deps.versions.list((r) => !isFinished(r.state.status) && (r.owner === "" || r.leaseExpiresAtMs <= now));
+    const ids = open.map((r) => r.id).filter((id) => !this.pending.has(id));
+    for (const id of ids) this.submit(id);
+    return ids;
+  }
+
+  /** Stops the running build (it resumes on the next start, here or on another replica) and waits for the loop. */
+  async close(): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.scanTimer);
+    this.queue.length = 0;
+    this.shutdown.abort(new Error("the dataset service is stopping"));
+    await this.draining;
+  }
+
+  private async drain(): Promise<void> {
+    while (!this.stopping) {
+      const id = this.queue.shift();
+      if (id === undefined) return;
+      const log = this.deps.logger.child({ datasetVersionId: id });
+      try {
+        await this.build(id, log);
+      } catch (err) {
+        if (err instanceof OwnershipLostError) log.warn("another replica took the build over; leaving it");
+        else if (this.stopping) log.warn({ err }, "build interrupted by shutdown; it resumes on the next start");
+        else log.error({ err }, "dataset build failed with a system error");
+      } finally {
+        this.pending.delete(id);
+      }
+    }
+  }
+
+  private async build(id: string, log: Logger): Promise<void> {
+    const { versions } = this.deps;
+    const claimed = await versions.claim(id, this.owner, {
+      leaseMs: this.deps.leaseMs,
+      change: (v, previous) => {
+        const events: { body: VersionEventDetail }[] = [];
+        if (v.status === DatasetVersionStatus.QUEUED) {
+          v.status = DatasetVersionStatus.GENERATING;
+          v.startedAt = timestampNow();
+          events.push({ body: statusChanged(DatasetVersionStatus.GENERATING) });
+        } else if (previous.epoch > 0) {
+          events.push({ body: { case: "warning", value: { $typeName: "ragtune.dataset.v1.DatasetBuildWarning", message: `build restarted: ${previous.claimReason || "claimed again"}`, chunkId: "" } } as VersionEventDetail });
+        }
+        return { state: v, events };
+      },
+    });
+    if (claimed === null) return; // finished, gone, or another replica holds it
+    const fence = claimed.fence;
+    const version = claimed.resource.state;
+    const cancel = new AbortController();
+    const onShutdown = () => cancel.abort(this.shutdown.signal.reason);
+    this.shutdown.signal.addEventListener("abort", onShutdown, { once: true });
+    const lease = this.keepLease(id, fence, cancel, log);
+    try {
+      const { build } = resolveBuildSettings(version.settings);
+      const chunks = await this.readChunks(version.collection);
+      if (chunks.length === 0) {
+        throw new UserFailure("NO_CHUNKS", `collection "${version.collection}" has no ready documents to build a dataset from; ingest documents first`);
+      }
+      await this.progress(id, fence, chunks.length, 0, 0, 0);
+      log.info({ chunks: chunks.length }, "dataset build started");
+      const output = await runBuild({ chunks, settings: build, tokenizer: this.deps.tokenizer }, { timeoutMs: this.deps.buildTimeoutMs, signal: cancel.signal });
+      if (output.counts.kept === 0) {
+        throw new UserFailure("NO_EXAMPLES", `no example of collection "${version.collection}" passed the quality checks (${output.counts.generated} generated); see rejected_by_check`);
+      }
+      await versions.modify(
+        id,
+        (v) => {
+          if (v.status === DatasetVersionStatus.CANCELLED) throw new CancelledError();
+          v.status = DatasetVersionStatus.FINALIZING;
+          v.chunksDone = chunks.length;
+          return {
+            state: v,
+            events: [
+              { body: statusChanged(DatasetVersionStatus.FINALIZING) },
+              { body: this.progressEvent(chunks.length, chunks.length, output.counts.generated + output.counts.negatives, output.counts.kept) },
+            ],
+          };
+        },
+        { fence },
+      );
+      await this.finish(id, fence, version, chunks, output);
+      log.info({ examples: output.counts.kept }, "dataset version ready");
+    } catch (err) {
+      if (err instanceof OwnershipLostError || this.shutdown.signal.aborted) throw err;
+      if (err instanceof CancelledError || cancel.signal.reason instanceof CancelledError) {
+        await versions.release(id, fence).catch(() => {});
+        log.info("dataset build cancelled");
+        return;
+      }
+      const failure =
+        err instanceof UserFailure
+          ? create(FailureSchema, { kind: FailureKind.USER_ERROR, reason: err.reason, message: err.message })
+          : err instanceof BuildTimeoutError
+            ? create(FailureSchema, { kind: FailureKind.SYSTEM_ERROR, reason: "TIMEOUT", message: err.message })
+            : create(FailureSchema, { kind: FailureKind.SYSTEM_ERROR, reason: "INTERNAL", message: `the build failed: ${(err as Error).message}` });
+      if (!(err instanceof UserFailure)) log.error({ err }, "dataset build failed");
+      await this.fail(id, fence, version, failure);
+    } finally {
+      lease.stop();
+      this.shutdown.signal.removeEventListener("abort", onShutdown);
+    }
+  }
+
+  private progressEvent(total: number, done: number, generated: number, accepted: number): VersionEventDetail {
+    return {
+      case: "progress",
+      value: { $typeName: "ragtune.dataset.v1.DatasetBuildProgress", chunksTotal: total, chunksDone: done, examplesGenerated: generated, examplesAccepted: accepted },
+    } as VersionEventDetail;
+  }
+
+  private async progress(id: string, fence: Fence, total: number, done: number, generated: number, accepted: number): Promise<void> {
+    await this.deps.versions.modify(
+      id,
+      (v) => {
+        v.chunksTotal = total;
+        v.chunksDone = done;
+        return { state: v, events: [{ body: this.progressEvent(total, done, generated, accepted) }] };
+      },
+      { fence },
+    );
+  }
+
+  /** Every ready chunk of the collection, through the ingest API (paged). */
+  private async readChunks(collection: string): Promise<SourceChunk[]> {
+    const out: SourceChunk[] = [];
+    let pageToken = "";
+    do {
+      let res;
+      try {
+        res = await this.deps.ingest.listChunks({ collection, page: { pageSize: 1000, pageToken } });
+      } catch (err) {
+        const message = (err as Error).message;
+        if (/not.?found/i.test(message)) throw new UserFailure("UNKNOWN_COLLECTION", `collection "${collection}" does not exist in the ingest service`);
+        throw new Error(`reading the chunks of "${collection}" from the ingest service failed: ${message}`, { cause: err });
+      }
+      for (const c of res.chunks) out.push({ id: c.id, documentId: c.documentId, headingPath: [...c.headingPath], text: c.text });
+      pageToken = res.page?.nextPageToken ?? "";
+    } while (pageToken !== "");
+    return out;
+  }
+
+  private async finish(id: string, fence: Fence, version: DatasetVersion, chunks: SourceChunk[], output: BuildOutput): Promise<void> {
+    const { artifacts } = this.deps;
+    const ref = async (text: string) => {
+      const info = await artifacts.put([Buffer.from(text, "utf8")], { contentType: "application/jsonl" });
+      return create(ArtifactRefSchema, { bucket: artifacts.bucket, objectName: info.hash, sha256: info.hash, sizeBytes: BigInt(info.size), mediaType: "application/jsonl" });
+    };
+    const exports: DatasetSplitExport[] = [];
+    for (const split of SPLITS) {
+      exports.push(
+        create(DatasetSplitExportSchema, {
+          split: SPLIT_ENUM[split],
+          template: PromptTemplate.MISTRAL_INSTRUCT,
+          artifact: await ref(output.splits[split].export),
+          rows: output.splits[split].examples.length,
+        }),
+      );
+    }
+    const examples = SPLITS.flatMap((split) => output.splits[split].examples.map((e) => `${JSON.stringify({ ...e, split })}\n`)).join("");
+    const shard = await ref(examples);
+    const stats = create(DatasetVersionStatsSchema, {
+      chunksTotal: chunks.length,
+      chunksReused: 0,
+      generated: output.counts.generated + output.counts.negatives,
+      rejectedByCheck: Object.fromEntries(Object.entries(output.counts.droppedByReason).filter(([, n]) => n > 0)),
+      splits: SPLITS.map((split) => {
+        const examplesOf = output.splits[split].examples;
+        const answerable = examplesOf.filter((e) => e.answerable).length;
+        return {
+          split: SPLIT_ENUM[split],
+          examples: examplesOf.length,
+          answerable,
+          unanswerable: examplesOf.length - answerable,
+          tokenStats: rowTokenStats(output.splits[split].tokens, resolveBuildSettingsBudget),
+        };
+      }),
+    });
+    const finishedAt = timestampNow();
+    await this.deps.versions.release(id, fence, (v) => {
+      if (isFinished(v.status)) return { state: v }; // cancelled meanwhile
+      v.status = DatasetVersionStatus.READY;
+      v.stats = stats;
+      v.exports = exports;
+      v.shards = [shard];
+      v.generator = "extractive";
+      v.contentSha256 = output.contentHash;
+      v.finishedAt = finishedAt;
+      return {
+        state: v,
+        events: [
+          {
+            body: statusChanged(DatasetVersionStatus.READY, { stats }),
+            announce: [
+              {
+                schema: DatasetVersionBuiltSchema,
+                msgId: `${id}:built`,
+                value: { eventId: `${id}:built`, occurredAt: finishedAt, datasetVersionId: id, collection: version.collection, stats, shards: [shard], exports },
+              },
+            ],
+          },
+        ],
+      };
+    });
+  }
+
+  private async fail(id: string, fence: Fence, version: DatasetVersion, failure: Failure): Promise<void> {
+    const finishedAt = timestampNow();
+    await this.deps.versions.release(id, fence, (v) => {
+      if (isFinished(v.status)) return { state: v };
+      v.status = DatasetVersionStatus.FAILED;
+      v.failure = failure;
+      v.finishedAt = finishedAt;
+      return {
+        state: v,
+        events: [
+          {
+            body: statusChanged(DatasetVersionStatus.FAILED, { failure }),
+            announce: [
+              {
+                schema: DatasetVersionFailedSchema,
+                msgId: `${id}:failed`,
+                value: { eventId: `${id}:failed`, occurredAt: finishedAt, datasetVersionId: id, collection: version.collection, failure },
+              },
+            ],
+          },
+        ],
+      };
+    });
+  }
+
+  /** Renews the build's lease every third of its length; a lost claim cancels the build at once. */
+  private keepLease(id: string, fence: Fence, cancel: AbortController, log: Logger): { stop(): void } {
+    const timer = setInterval(() => {
+      this.deps.versions.renew(id, fence, this.deps.leaseMs).then((r) => {
+        if (r.state.status === DatasetVersionStatus.CANCELLED) cancel.abort(new CancelledError());
+      }, (err: unknown) => {
+        if (err instanceof OwnershipLostError) {
+          log.warn("another replica took the build over; stopping this one");
+          cancel.abort(err);
+        } else {
+          log.warn({ err }, "renewing the build's lease failed; retrying");
+        }
+      });
+    }, Math.max(100, Math.floor(this.deps.leaseMs / 3)));
+    timer.unref();
+    return { stop: () => clearInterval(timer) };
+  }
+}

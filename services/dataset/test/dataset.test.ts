@@ -1,0 +1,153 @@
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Code } from "@connectrpc/connect";
+import { connectBus, type Bus } from "@ragtune/bus";
+import { createLogger } from "@ragtune/logger";
+import {
+  DatasetService,
+  DatasetSplit,
+  DatasetVersionBuiltSchema,
+  DatasetVersionStatus,
+  ExampleKind,
+  IngestRunStatus,
+  IngestService,
+  PromptTemplate,
+  type DatasetVersionEvent,
+} from "@ragtune/proto";
+import { startTestService, type TestService } from "@ragtune/rpc";
+import { expectCode, startNatsServer, type NatsServerHandle } from "@ragtune/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ingestConfigSchema } from "../../ingest/src/config.js";
+import { startIngestService } from "../../ingest/src/server.js";
+import { datasetConfigSchema } from "../src/config.js";
+import { DEFAULT_REFUSAL } from "../src/negatives.js";
+import { startDatasetService } from "../src/server.js";
+import { SAMPLE_DOCS } from "./sample-chunks.js";
+
+let nats: NatsServerHandle;
+let ingest: TestService<ReturnType<typeof ingestConfigSchema.parse>>;
+let dataset: TestService<ReturnType<typeof datasetConfigSchema.parse>>;
+let bus: Bus;
+
+beforeAll(async () => {
+  nats = await startNatsServer();
+  bus = await connectBus({ servers: nats.url, name: "dataset-test", logger: createLogger({ svc: "dataset-test", level: "silent" }) });
+  // The real ingest service, then the dataset service reading chunks from it over gRPC.
+  ingest = await startTestService({ definition: { name: "ingest", schema: ingestConfigSchema, start: startIngestService }, nats });
+  dataset = await startTestService({
+    definition: { name: "dataset", schema: datasetConfigSchema, start: startDatasetService },
+    nats,
+    env: { DATASET_INGEST_URL: ingest.url },
+  });
+  const client = ingest.client(IngestService);
+  const files = (await readdir(SAMPLE_DOCS)).sort();
+  const sources = await Promise.all(
+    files.map(async (f) => ({ source: { case: "inline" as const, value: { filename: f, mediaType: "", content: await readFile(join(SAMPLE_DOCS, f)) } } })),
+  );
+  const { run } = await client.ingestDocuments({ collection: "docs", sources });
+  for await (const res of client.watchIngestRun({ runId: run!.id })) void res;
+  expect((await client.getIngestRun({ runId: run!.id })).run!.status).toBe(IngestRunStatus.SUCCEEDED);
+}, 120_000);
+
+afterAll(async () => {
+  await dataset?.stop();
+  await ingest?.stop();
+  await bus?.close();
+  await nats?.stop();
+});
+
+async function watchToEnd(id: string): Promise<DatasetVersionEvent[]> {
+  const events: DatasetVersionEvent[] = [];
+  for await (const res of dataset.client(DatasetService).watchDatasetVersion({ datasetVersionId: id })) events.push(res.event!);
+  return events;
+}
+
+describe("dataset service (real nats-server, the real ingest service)", () => {
+  it("builds a version from an ingested collection: watchable, ready with splits and exports, announced downstream", async () => {
+    const client = dataset.client(DatasetService);
+    const announced = new Promise<string>((resolve) => {
+      void bus.subscribe({
+        durable: "dataset-test-built",
+        schema: DatasetVersionBuiltSchema,
+        handler: ({ event }) => resolve(event.datasetVersionId),
+      });
+    });
+    const { version } = await client.buildDatasetVersion({ collection: "docs", clientRequestId: "first" });
+    expect(version!.status).toBe(DatasetVersionStatus.QUEUED);
+    const again = await client.buildDatasetVersion({ collection: "docs", clientRequestId: "first" });
+    expect(again.version!.id).toBe(version!.id);
+
+    const events = await watchToEnd(version!.id);
+    expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
+    const statuses = events.flatMap((e) => (e.event.case === "statusChanged" ? [DatasetVersionStatus[e.event.value.status]] : []));
+    expect(statuses).toEqual(["QUEUED", "GENERATING", "FINALIZING", "READY"]);
+    expect(await announced).toBe(version!.id);
+
+    const ready = (await client.getDatasetVersion({ datasetVersionId: version!.id })).version!;
+    expect(ready.generator).toBe("extractive");
+    expect(ready.contentSha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(ready.stats!.chunksTotal).toBeGreaterThan(50);
+    const splits = Object.fromEntries(ready.stats!.splits.map((s) => [DatasetSplit[s.split], s]));
+    for (const name of ["TRAIN", "VAL", "TEST"]) expect(splits[name]!.examples).toBeGreaterThan(0);
+    expect(splits.TRAIN!.unanswerable).toBeGreaterThan(0);
+    expect(ready.exports.map((x) => [DatasetSplit[x.split], PromptTemplate[x.template]])).toEqual([
+      ["TRAIN", "MISTRAL_INSTRUCT"],
+      ["VAL", "MISTRAL_INSTRUCT"],
+      ["TEST", "MISTRAL_INSTRUCT"],
+    ]);
+
+    // Examples: no source chunk in two splits; negatives carry the refusal.
+    const all = [];
+    let pageToken = "";
+    do {
+      const res = await client.listExamples({ datasetVersionId: version!.id, page: { pageSize: 100, pageToken } });
+      all.push(...res.examples);
+      pageToken = res.page!.nextPageToken;
+    } while (pageToken !== "");
+    expect(all.length).toBe(ready.stats!.splits.reduce((n, s) => n + s.examples, 0));
+    const splitOfChunk = new Map<string, DatasetSplit>();
+    for (const e of all) {
+      const chunk = e.contextChunkIds[0]!;
+      expect(splitOfChunk.get(chunk) ?? e.split).toBe(e.split);
+      splitOfChunk.set(chunk, e.split);
+      if (e.kind === ExampleKind.UNANSWERABLE) expect(e.answer).toBe(DEFAULT_REFUSAL);
+    }
+
+    // The train export streams as whole JSON lines whose rows and hash the summary states.
+    let text = "";
+    let summary;
+    for await (const res of client.exportDatasetVersion({ datasetVersionId: version!.id, split: DatasetSplit.TRAIN, template: PromptTemplate.MISTRAL_INSTRUCT })) {
+      if (res.part.case === "jsonl") text += Buffer.from(res.part.value).toString("utf8");
+      else summary = res.part.value;
+    }
+    const rows = text.trimEnd().split("\n").map((l) => JSON.parse(l) as { prompt: string; completion: string });
+    expect(rows.length).toBe(splits.TRAIN!.examples);
+    expect(summary!.rows).toBe(rows.length);
+    for (const r of rows) {
+      expect(r.prompt.startsWith("[INST] ")).toBe(true);
+      expect(r.completion.endsWith("</s>")).toBe(true);
+    }
+  });
+
+  it("rejects bad requests with a clear error and fails a build of an unknown collection, naming it", async () => {
+    const client = dataset.client(DatasetService);
+    await expectCode(client.buildDatasetVersion({ collection: "Bad Name!" }), Code.InvalidArgument, /collection/);
+    await expectCode(client.buildDatasetVersion({ collection: "docs", settings: { questionsPerChunk: 0 } }), Code.InvalidArgument, /settings.questions_per_chunk/);
+    await expectCode(
+      client.buildDatasetVersion({ collection: "docs", settings: { splitRatios: { train: 0.5, val: 0.2, test: 0.2 } } }),
+      Code.InvalidArgument,
+      /settings.split_ratios/,
+    );
+    await expectCode(client.buildDatasetVersion({ collection: "docs", settings: { model: "mistral-7b" } }), Code.InvalidArgument, /settings.model/);
+    await expectCode(client.getDatasetVersion({ datasetVersionId: "dsv-nope" }), Code.NotFound, /dsv-nope/);
+    await expectCode(client.listExamples({ datasetVersionId: "dsv-nope" }), Code.NotFound);
+
+    const { version } = await client.buildDatasetVersion({ collection: "never-ingested" });
+    await watchToEnd(version!.id);
+    const failed = (await client.getDatasetVersion({ datasetVersionId: version!.id })).version!;
+    expect(failed.status).toBe(DatasetVersionStatus.FAILED);
+    expect(failed.failure!.message).toMatch(/never-ingested/);
+    await expectCode(client.listExamples({ datasetVersionId: version!.id }), Code.FailedPrecondition, /failed/);
+    await expectCode(client.cancelDatasetBuild({ datasetVersionId: version!.id }), Code.FailedPrecondition, /already finished/);
+  });
+});
