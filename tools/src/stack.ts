@@ -65,7 +65,10 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     for (const name of names) {
       const port = options.portBase ? options.portBase + index : await freePort();
       index += 1;
-      started.push(await startService(name, port, nats.url, options));
+      // Services that read another service's API get its URL (it started earlier: SERVICE_NAMES is in data-flow order).
+      const urls = Object.fromEntries(started.map((x) => [x.name, x.url]));
+      const wiring: Record<string, string> = name === "dataset" && urls.ingest ? { DATASET_INGEST_URL: urls.ingest } : {};
+      started.push(await startService(name, port, nats.url, { ...options, env: { ...options.env, ...wiring } }));
     }
   } catch (err) {
     await stop();

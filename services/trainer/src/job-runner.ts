@@ -21,6 +21,7 @@ import {
   JobStatus,
   type TrainerQueueItemSchema,
 } from "@ragtune/proto";
+import type { DatasetVersionCatalog } from "./dataset-versions.js";
 import { storeDirectory, storeFile, restoreDirectory } from "./artifact-files.js";
 import type { CheckpointPruner, StoredFile } from "./checkpoint-pruning.js";
 import { toWorkerHyperparameters } from "./hyperparameters.js";
@@ -55,6 +56,8 @@ export interface JobRunnerOptions {
   workerDir: string;
   workDir: string;
   heartbeatTimeoutMs: number;
+  /** Downloads a dataset version's exports for a job that trains on dataset_version_id. */
+  datasets?: Pick<DatasetVersionCatalog, "download">;
   /** Where the worker trains (TRAINER_DEVICE): cuda fails a job that finds no GPU. Default auto. */
   device?: "auto" | "cuda" | "cpu";
   /**
@@ -271,7 +274,7 @@ export class JobRunner {
       return;
     }
 
-    const spec = this.workerSpec(claimed, attemptDir, resumePath);
+    const spec = await this.workerSpec(claimed, attemptDir, resumePath);
     const worker = WorkerProcess.start({
       python: this.o.python,
       workerDir: this.o.workerDir,
@@ -500,10 +503,19 @@ export class JobRunner {
     await this.o.store.transition(jobId, { type: "fail", failure: create(FailureSchema, { kind, reason, message, field }) }, undefined, fence);
   }
 
-  private workerSpec(job: Job, attemptDir: string, resumePath: string | null): WorkerSpec {
+  private async workerSpec(job: Job, attemptDir: string, resumePath: string | null): Promise<WorkerSpec> {
     const hp = toWorkerHyperparameters(job.hyperparameters!);
-    const files = job.dataset.case === "datasetFiles" ? job.dataset.value : undefined;
-    if (files === undefined) throw new Error(`job ${job.id} has no dataset files`);
+    let files: { trainPath: string; valPath: string };
+    if (job.dataset.case === "datasetFiles") {
+      files = job.dataset.value;
+    } else if (job.dataset.case === "datasetVersionId") {
+      if (this.o.datasets === undefined) throw new Error(`job ${job.id} trains on a dataset version, but this replica has no dataset catalog`);
+      const dir = join(attemptDir, "dataset");
+      await mkdir(dir, { recursive: true });
+      files = await this.o.datasets.download(job.dataset.value, dir);
+    } else {
+      throw new Error(`job ${job.id} has no dataset`);
+    }
     return {
       ...hp,
       job_id: job.id,

@@ -5,6 +5,7 @@ import { TrainerQueueItemSchema, TrainerService } from "@ragtune/proto";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
 import { CheckpointPruner } from "./checkpoint-pruning.js";
 import type { TrainerConfig } from "./config.js";
+import { DatasetVersionCatalog } from "./dataset-versions.js";
 import { JobRunner } from "./job-runner.js";
 import { JobStore } from "./job-store.js";
 import { createTrainerService } from "./trainer-service.js";
@@ -36,6 +37,7 @@ export async function startTrainerService({ config, logger }: ServiceContext<Tra
       maxDeliver: -1,
     });
     const artifacts = await bus.artifacts(ARTIFACTS_BUCKET);
+    const datasets = await DatasetVersionCatalog.open(bus, logger);
     const pruner = await CheckpointPruner.open(bus, { store, artifacts, keep: config.TRAINER_KEEP_CHECKPOINTS, logger });
     const runner = new JobRunner({
       store,
@@ -47,6 +49,7 @@ export async function startTrainerService({ config, logger }: ServiceContext<Tra
       workDir: config.TRAINER_WORK_DIR,
       heartbeatTimeoutMs: config.TRAINER_HEARTBEAT_TIMEOUT,
       leaseMs: config.TRAINER_ACK_WAIT,
+      datasets,
       device: config.TRAINER_DEVICE,
       maxAttempts: config.TRAINER_MAX_ATTEMPTS,
       concurrency: config.TRAINER_CONCURRENCY,
@@ -58,6 +61,7 @@ export async function startTrainerService({ config, logger }: ServiceContext<Tra
       store,
       queue,
       artifacts,
+      datasets,
       dataRoot: config.TRAINER_DATA_ROOT,
       modelRoot: config.TRAINER_MODEL_ROOT,
       logger,
@@ -69,6 +73,7 @@ export async function startTrainerService({ config, logger }: ServiceContext<Tra
       onListening: () => runner.start(),
       async stop() {
         await runner.stop();
+        await datasets.close();
         await bus.close();
       },
     };

@@ -21,6 +21,7 @@ import { failedPrecondition, invalidArgument, notFound, paginate } from "@ragtun
 import { resolveHyperparameters } from "./hyperparameters.js";
 import type { JobQueue } from "./job-runner.js";
 import { IllegalTransitionError, isTerminal, statusName } from "./job-status.js";
+import { DatasetVersionCatalog } from "./dataset-versions.js";
 import { type JobStore, isKey, parseCheckpointId } from "./job-store.js";
 
 export interface TrainerServiceDeps {
@@ -28,6 +29,8 @@ export interface TrainerServiceDeps {
   store: JobStore;
   queue: JobQueue;
   artifacts: ArtifactStore;
+  /** The dataset versions announced as built (dataset_version_id). */
+  datasets: Pick<DatasetVersionCatalog, "get">;
   /** Dataset export files must lie under this folder. */
   dataRoot: string;
   /** Base model folders must lie under this folder. */
@@ -99,12 +102,20 @@ export function createTrainerService(deps: TrainerServiceDeps): ServiceImpl<type
     const baseModel = await checkBaseModel(req.baseModel, deps.modelRoot);
     let dataset: Job["dataset"];
     switch (req.dataset.case) {
-      case "datasetVersionId":
-        // The trainer learns dataset versions from the dataset service; until that service publishes
-        // versions, no ID is known and the request fails naming it.
-        throw failedPrecondition(
-          `dataset version "${req.dataset.value}" is unknown: the dataset service has no such version; build one first or pass dataset_files (JSON-lines export paths under ${deps.dataRoot})`,
-        );
+      case "datasetVersionId": {
+        const id = req.dataset.value;
+        if (id === "") throw invalidArgument("dataset_version_id", "must not be empty");
+        const version = await deps.datasets.get(id);
+        if (version === null) {
+          throw failedPrecondition(
+            `dataset version "${id}" is unknown to the trainer: the dataset service has not announced it as built; build it with BuildDatasetVersion and wait until it is READY, or pass dataset_files`,
+          );
+        }
+        const unusable = DatasetVersionCatalog.unusable(version);
+        if (unusable !== undefined) throw failedPrecondition(unusable);
+        dataset = { case: "datasetVersionId", value: id };
+        break;
+      }
       case "datasetFiles": {
         const files = req.dataset.value;
         if (files.trainPath === "") throw invalidArgument("dataset_files.train_path", "is required");

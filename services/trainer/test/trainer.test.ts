@@ -2,7 +2,9 @@ import { createHash } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
-import { type JobEvent, JobStatus, TrainerService } from "@ragtune/proto";
+import { connectBus } from "@ragtune/bus";
+import { createLogger } from "@ragtune/logger";
+import { DatasetSplit, DatasetVersionBuiltSchema, type JobEvent, JobStatus, PromptTemplate, TrainerService } from "@ragtune/proto";
 import { expectCode, grpcJsUnary } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FIXTURES, type Replica, type TrainerTestbed, startTestbed, statuses, steps, tinyHyperparameters, watch } from "./harness.js";
@@ -76,6 +78,37 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
     const res = await grpcJsUnary(`127.0.0.1:${r1.port}`, TrainerService.method.getJob, { jobId: reference.jobId });
     expect(res.job!.id).toBe(reference.jobId);
     expect(res.job!.status).toBe(JobStatus.SUCCEEDED);
+  });
+
+  it("trains on a dataset version the dataset service announced: its train export, downloaded from the object store", async () => {
+    const unknown = createRequest({ dataset: { case: "datasetVersionId", value: "dsv-announced" } });
+    await expectCode(r1.client.createJob(unknown), Code.FailedPrecondition, /dataset version "dsv-announced" is unknown to the trainer/);
+    // What the dataset service does when a version is READY: exports in its artifact bucket, then the event.
+    const bus = await connectBus({ servers: bed.nats.url, name: "dataset-stand-in", logger: createLogger({ svc: "test", level: "silent" }) });
+    try {
+      const store = await bus.artifacts("dataset-artifacts");
+      const ref = async (file: string) => {
+        const info = await store.putFile(join(FIXTURES, file));
+        return { bucket: store.bucket, objectName: info.hash, sha256: info.hash, sizeBytes: BigInt(info.size), mediaType: "application/jsonl" };
+      };
+      const exports = [
+        { split: DatasetSplit.TRAIN, template: PromptTemplate.MISTRAL_INSTRUCT, artifact: await ref("train.jsonl"), rows: 36 },
+        { split: DatasetSplit.VAL, template: PromptTemplate.MISTRAL_INSTRUCT, artifact: await ref("val.jsonl"), rows: 4 },
+      ];
+      // The trainer learns of it through its durable consumer, which stores it in the trainer's KV bucket.
+      const known = await bus.kv("trainer-dataset-versions", DatasetVersionBuiltSchema);
+      const watcher = await known.watch({ key: "dsv-announced" });
+      await bus.publish(DatasetVersionBuiltSchema, { eventId: "dsv-announced:built", datasetVersionId: "dsv-announced", collection: "docs", exports }, { msgId: "dsv-announced:built" });
+      for await (const change of watcher) if (change.value !== null) break;
+      watcher.stop();
+      const created = await r1.client.createJob(unknown);
+      expect(created.job!.dataset.case).toBe("datasetVersionId");
+      const events = await watch(r1, created.job!.id);
+      expect(statuses(events).at(-1)).toBe("SUCCEEDED");
+      expect(events.some((e) => e.event.case === "log" && /validated: 36 training rows/.test(e.event.value.message))).toBe(true);
+    } finally {
+      await bus.close();
+    }
   });
 
   it("cancels a running job: cancel_requested, a checkpoint, then cancelled", async () => {
