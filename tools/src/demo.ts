@@ -6,6 +6,11 @@ import { mkdir, open, readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
   ComputeDtype,
+  DatasetService,
+  DatasetSplit,
+  DatasetVersionStatus,
+  ExampleKind,
+  type DatasetVersion,
   DocumentStatus,
   JobStatus,
   TrainerService,
@@ -15,18 +20,16 @@ import {
   IngestService,
   type IngestRunSummary,
 } from "@ragtune/proto";
-import { createClient } from "@ragtune/rpc";
+import { Code, ConnectError, createClient } from "@ragtune/rpc";
 import { renderLossChart, type LossPoint } from "./loss-chart.js";
 import { SERVICE_NAMES, repoRoot, startStack, type Stack } from "./stack.js";
-import { generateTinyModel, workerDir } from "./tiny-model.js";
+import { generateTinyModel } from "./tiny-model.js";
 
 const SAMPLE_DOCS = join(repoRoot, "tools", "sample-docs");
 const COLLECTION = "demo";
 /** Demo state kept between runs (gitignored): the tiny model, the trainer's work dir, the downloaded adapter. */
 const DEMO_DIR = process.env.DEMO_DIR ?? join(repoRoot, ".data", "demo");
 const TINY_MODEL_DIR = join(DEMO_DIR, "tiny-model");
-/** Until the dataset service exports a dataset version, the trainer trains on the worker's fixture dataset. */
-const FIXTURE_DATASET = join(workerDir, "tests", "fixtures");
 
 const out = (text = "") => process.stdout.write(text + "\n");
 
@@ -97,36 +100,79 @@ async function ensureTinyModel(): Promise<void> {
 }
 
 /**
- * Stage 2 — trainer: a QLoRA job (builtin NF4 base + LoRA on q/k/v/o) on the tiny model through the trainer's API;
+ * Stage 2 — dataset: a dataset version of the ingested collection through the dataset service's API (offline: the
+ * extractive generator, "not in context" negatives, the quality gate, splits by chunk); watch it build and print its
+ * report and a few examples.
+ */
+async function buildDatasetVersion(stack: Stack): Promise<DatasetVersion> {
+  const dataset = createClient(DatasetService, { baseUrl: stack.services.dataset.url, protocol: "grpc" });
+  const { version } = await dataset.buildDatasetVersion({ collection: COLLECTION });
+  out(`\nDataset: version ${version!.id} of collection "${COLLECTION}" (extractive questions, 15% unanswerable, quality gate, 60/20/20 by chunk)`);
+  for await (const { event } of dataset.watchDatasetVersion({ datasetVersionId: version!.id })) {
+    const e = event?.event;
+    if (e?.case === "statusChanged") out(`  status: ${DatasetVersionStatus[e.value.status].toLowerCase()}`);
+    if (e?.case === "progress" && e.value.examplesGenerated > 0) out(`  ${e.value.examplesGenerated} examples generated from ${e.value.chunksTotal} chunks, ${e.value.examplesAccepted} kept`);
+  }
+  const ready = (await dataset.getDatasetVersion({ datasetVersionId: version!.id })).version!;
+  if (ready.status !== DatasetVersionStatus.READY) throw new Error(`dataset version ${ready.id} ended ${DatasetVersionStatus[ready.status]}: ${ready.failure?.message ?? ""}`);
+  const stats = ready.stats!;
+  for (const s of stats.splits) {
+    const t = s.tokenStats!;
+    out(`  ${DatasetSplit[s.split].toLowerCase().padEnd(5)} ${String(s.examples).padStart(4)} examples (${s.answerable} answerable, ${s.unanswerable} unanswerable); tokens per row ${t.min}–${t.max}, median ${t.median}`);
+  }
+  const dropped = Object.entries(stats.rejectedByCheck).map(([k, n]) => `${k} ${n}`).join(", ");
+  out(`  dropped by the quality gate and the splits: ${dropped || "none"}`);
+  const { examples } = await dataset.listExamples({ datasetVersionId: ready.id, split: DatasetSplit.TRAIN, page: { pageSize: 200 } });
+  const sample = [examples.find((e) => e.kind === ExampleKind.ANSWERABLE), examples.find((e) => e.kind === ExampleKind.UNANSWERABLE)];
+  for (const e of sample) if (e) out(`  e.g. Q: ${e.question}\n       A: ${e.answer.length > 110 ? `${e.answer.slice(0, 107)}…` : e.answer}`);
+  return ready;
+}
+
+/**
+ * Stage 3 — trainer: a QLoRA job (builtin NF4 base + LoRA on q/k/v/o) on the tiny model through the trainer's API;
  * watch its events, print the loss curve as a text chart, download the adapter (PEFT files + GGUF) and verify it.
  */
-async function trainAdapter(stack: Stack): Promise<void> {
+async function trainAdapter(stack: Stack, version: DatasetVersion): Promise<void> {
   await ensureTinyModel();
   const trainer = createClient(TrainerService, { baseUrl: stack.services.trainer.url, protocol: "grpc" });
-  const { job } = await trainer.createJob({
+  // Rows as long as the longest one the version holds (the quality gate kept every row within 1024 tokens).
+  const longest = Math.max(...version.stats!.splits.map((s) => s.tokenStats?.max ?? 0));
+  const request = {
     baseModel: TINY_MODEL_DIR,
-    dataset: { case: "datasetFiles", value: { trainPath: join(FIXTURE_DATASET, "train.jsonl"), valPath: join(FIXTURE_DATASET, "val.jsonl") } },
+    dataset: { case: "datasetVersionId" as const, value: version.id },
     displayName: "demo adapter",
     collection: COLLECTION,
     hyperparameters: {
-      duration: { case: "maxSteps", value: 40 },
+      duration: { case: "maxSteps" as const, value: 40 },
       learningRate: 2e-3,
       warmupSteps: 4,
       microBatchSize: 4,
       gradientAccumulationSteps: 1,
-      maxSeqLen: 128,
+      maxSeqLen: Math.min(1024, Math.ceil(longest / 64) * 64),
       evalIntervalSteps: 10,
       checkpointIntervalSteps: 20,
       computeDtype: ComputeDtype.FLOAT32,
       gradientCheckpointing: false,
     },
-  });
-  out(`\nTrainer: job ${job!.id} (QLoRA, builtin NF4 base, LoRA r=8 on q/k/v/o, 40 steps on the fixture dataset)`);
+  };
+  // The trainer learns of a READY version from its ragtune.dataset.version.built event, a moment after the dataset
+  // service announced it: a client retries "unknown" briefly.
+  let job;
+  for (let attempt = 1; job === undefined; attempt++) {
+    try {
+      job = (await trainer.createJob(request)).job!;
+    } catch (err) {
+      const unknown = err instanceof ConnectError && err.code === Code.FailedPrecondition && /unknown to the trainer/.test(err.message);
+      if (!unknown || attempt >= 50) throw err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  out(`\nTrainer: job ${job.id} (QLoRA, builtin NF4 base, LoRA r=8 on q/k/v/o, 40 steps on dataset version ${version.id}, rows up to ${request.hyperparameters.maxSeqLen} tokens)`);
   const train: LossPoint[] = [];
   const val: LossPoint[] = [];
   let final: JobStatus | undefined;
   let failure = "";
-  for await (const { event } of trainer.watchJob({ jobId: job!.id })) {
+  for await (const { event } of trainer.watchJob({ jobId: job.id })) {
     const e = event?.event;
     if (e?.case === "statusChanged") {
       out(`  status: ${JobStatus[e.value.status].toLowerCase()}`);
@@ -151,10 +197,10 @@ async function trainAdapter(stack: Stack): Promise<void> {
   out("\nLoss curve:");
   out(renderLossChart(train, val, { width: 60, height: 12 }).replace(/^/gm, "  "));
 
-  const adapterDir = join(DEMO_DIR, "adapter", job!.id);
+  const adapterDir = join(DEMO_DIR, "adapter", job.id);
   await mkdir(adapterDir, { recursive: true });
   const files = new Map<string, { handle: Awaited<ReturnType<typeof open>>; hash: ReturnType<typeof createHash>; size: bigint; sha256: string }>();
-  for await (const piece of trainer.downloadAdapter({ jobId: job!.id })) {
+  for await (const piece of trainer.downloadAdapter({ jobId: job.id })) {
     let f = files.get(piece.fileName);
     if (!f) {
       f = { handle: await open(join(adapterDir, piece.fileName), "w"), hash: createHash("sha256"), size: piece.totalSizeBytes, sha256: piece.sha256 };
@@ -199,7 +245,8 @@ try {
   out(`NATS JetStream at ${stack.natsUrl}\n`);
   await checkHealth(stack);
   await ingestSampleDocs(stack);
-  await trainAdapter(stack);
+  const version = await buildDatasetVersion(stack);
+  await trainAdapter(stack, version);
 } catch (err) {
   failed = true;
   if (!interrupted) {
