@@ -1,4 +1,6 @@
 import { readdir, readFile } from "node:fs/promises";
+import { create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { connectBus, type Bus } from "@ragtune/bus";
@@ -7,6 +9,7 @@ import {
   DatasetService,
   DatasetSplit,
   DatasetVersionBuiltSchema,
+  DatasetVersionSchema,
   DatasetVersionStatus,
   ExampleKind,
   IngestRunStatus,
@@ -22,6 +25,8 @@ import { startIngestService } from "../../ingest/src/server.js";
 import { datasetConfigSchema } from "../src/config.js";
 import { DEFAULT_REFUSAL } from "../src/negatives.js";
 import { startDatasetService } from "../src/server.js";
+import { resolveBuildSettings } from "../src/build-settings.js";
+import { openVersionStore } from "../src/version-store.js";
 import { SAMPLE_DOCS } from "./sample-chunks.js";
 
 let nats: NatsServerHandle;
@@ -126,6 +131,30 @@ describe("dataset service (real nats-server, the real ingest service)", () => {
     for (const r of rows) {
       expect(r.prompt.startsWith("[INST] ")).toBe(true);
       expect(r.completion.endsWith("</s>")).toBe(true);
+    }
+  });
+
+  it("finishes a build whose replica died: another replica takes it over once the dead one's lease lapses", async () => {
+    // A version claimed by a replica that then died (its lease still live for a moment).
+    const versions = await openVersionStore(bus, "dataset");
+    const id = "dsv-orphaned";
+    const { settings } = resolveBuildSettings(undefined);
+    await versions.create(id, create(DatasetVersionSchema, { id, collection: "docs", status: DatasetVersionStatus.QUEUED, settings, createdAt: timestampNow() }));
+    expect(await versions.claim(id, "dead-replica", { leaseMs: 1_500 })).not.toBeNull();
+    // A replica that scans often (its own lease is short) finds it once the lease lapsed.
+    const survivor = await startTestService({
+      definition: { name: "dataset", schema: datasetConfigSchema, start: startDatasetService },
+      nats,
+      env: { DATASET_INGEST_URL: ingest.url, DATASET_BUILD_LEASE: "2s" },
+    });
+    try {
+      await watchToEnd(id);
+      const done = await versions.get(id);
+      expect(done!.state.status).toBe(DatasetVersionStatus.READY);
+      expect(done!.owner).toBe("");
+      expect(done!.claimReason).toMatch(/the lease of dead-replica lapsed/);
+    } finally {
+      await survivor.stop();
     }
   });
 
