@@ -17,7 +17,7 @@ async function readStdin(): Promise<string> {
 
 const input = JSON.parse(await readStdin()) as BuildInput;
 const tokenizer = loadTokenizer(input.tokenizer);
-const build = buildDataset(input.chunks, input.settings, { tokenizer });
+const build = buildDataset(input.chunks, input.settings, { tokenizer }, input.examples);
 const output: BuildOutput = {
   contentHash: build.contentHash,
   counts: build.counts,

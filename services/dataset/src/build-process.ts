@@ -10,6 +10,8 @@ export interface BuildInput {
   chunks: SourceChunk[];
   settings: DatasetBuildSettings;
   tokenizer: TokenizerName;
+  /** Examples generated before the build (by the LLM generator): the build skips the extractive generator. */
+  examples?: DatasetExample[];
 }
 
 export interface BuildOutput {

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { GenerationSettingsSchema, QualityChecksSchema, SplitRatiosSchema, type GenerationSettings } from "@ragtune/proto";
 import { invalidArgument } from "@ragtune/rpc";
 import type { DatasetBuildSettings } from "./dataset-builder.js";
+import { llmPromptHash } from "./llm-generator.js";
 import { DEFAULT_REFUSAL } from "./negatives.js";
 
 const DEFAULTS = {
@@ -18,14 +19,19 @@ const DEFAULTS = {
  * The request's GenerationSettings with every default filled in (what the version records), and the build settings
  * the domain modules take. A bad value is InvalidArgument naming the field (settings.<field>).
  */
-export function resolveBuildSettings(requested: GenerationSettings | undefined): { settings: GenerationSettings; build: DatasetBuildSettings } {
+export function resolveBuildSettings(
+  requested: GenerationSettings | undefined,
+  options: { llmConfigured: boolean },
+): { settings: GenerationSettings; build: DatasetBuildSettings } {
   const s = requested ?? create(GenerationSettingsSchema);
-  if (s.model !== "") {
+  const model = s.model.trim();
+  if (model !== "" && !options.llmConfigured) {
     throw invalidArgument(
       "settings.model",
-      `"${s.model}" needs a generation model endpoint, which this dataset service does not have yet; leave it empty to build with the extractive generator (questions from headings and definitions, answers copied verbatim)`,
+      `"${model}" needs a generation model endpoint, but LLM_BASE_URL is not configured on the dataset service; set it (and LLM_API_KEY if the server wants one), or leave settings.model empty to build with the extractive generator (questions from headings and definitions, answers copied verbatim)`,
     );
   }
+  if (model.length > 256) throw invalidArgument("settings.model", `must be at most 256 characters, got ${model.length}`);
   const questionsPerChunk = s.questionsPerChunk ?? DEFAULTS.questionsPerChunk;
   if (!Number.isInteger(questionsPerChunk) || questionsPerChunk < 1 || questionsPerChunk > 20) {
     throw invalidArgument("settings.questions_per_chunk", `must be 1..20, got ${questionsPerChunk}`);
@@ -60,15 +66,21 @@ export function resolveBuildSettings(requested: GenerationSettings | undefined):
   if (quality.minAnswerWords > quality.maxAnswerWords) {
     throw invalidArgument("settings.quality_checks.min_answer_words", `must not exceed max_answer_words (${quality.maxAnswerWords})`);
   }
+  const maxConcurrency = s.maxConcurrency ?? DEFAULTS.maxConcurrency;
+  if (!Number.isInteger(maxConcurrency) || maxConcurrency < 1 || maxConcurrency > 1024) {
+    throw invalidArgument("settings.max_concurrency", `must be 1..1024, got ${maxConcurrency}`);
+  }
+  const temperature = s.temperature ?? DEFAULTS.temperature;
+  if (!(temperature >= 0 && temperature <= 2)) throw invalidArgument("settings.temperature", `must be 0..2, got ${temperature}`);
   const settings = create(GenerationSettingsSchema, {
-    model: "",
+    model,
     questionsPerChunk,
     negativeRatio,
     qualityChecks: quality,
     splitRatios: { train: ratios.train, val: ratios.val, test: ratios.test },
     seed,
-    temperature: s.temperature ?? DEFAULTS.temperature,
-    maxConcurrency: s.maxConcurrency ?? DEFAULTS.maxConcurrency,
+    temperature,
+    maxConcurrency,
     refusalText: refusal,
     contextChunks,
   });
@@ -77,6 +89,7 @@ export function resolveBuildSettings(requested: GenerationSettings | undefined):
     negatives: { ratio: negativeRatio, seed, refusal },
     quality: { ...quality, seed },
     splits: { ratios: { train: ratios.train, val: ratios.val, test: ratios.test }, seed },
+    ...(model === "" ? {} : { llm: { model, promptHash: llmPromptHash(questionsPerChunk), temperature, questionsPerChunk, seed } }),
   };
   return { settings, build };
 }

@@ -1,8 +1,25 @@
 import { baseServiceSchema, envDuration } from "@ragtune/config";
+import { llmConfigSchema } from "@ragtune/llm";
 import { z } from "zod";
 
-/** Environment of the dataset service. */
+/**
+ * Environment of the dataset service. The LLM_* variables (libs/llm) point at the generation model's endpoint; unlike
+ * other services, LLM_BASE_URL has no default here: unset, builds that name a `settings.model` are refused, and builds
+ * without one use the extractive generator.
+ */
 export const datasetConfigSchema = baseServiceSchema.extend({
+  ...llmConfigSchema.shape,
+  /** The generation model's OpenAI-compatible server (vLLM: http://<host>:8000/v1); unset: no LLM generation. */
+  LLM_BASE_URL: z
+    .string()
+    .refine((value) => {
+      try {
+        return ["http:", "https:"].includes(new URL(value).protocol);
+      } catch {
+        return false;
+      }
+    }, "expected an http(s) URL such as http://127.0.0.1:8000/v1")
+    .optional(),
   /** The ingest service the chunks of a collection are read from (its RPC URL). */
   DATASET_INGEST_URL: z.url({ protocol: /^https?$/, message: "must be the ingest service's http(s) URL, e.g. http://127.0.0.1:50051" }),
   /** Bearer token for the ingest service, when it requires one (its RPC_AUTH_TOKEN). */

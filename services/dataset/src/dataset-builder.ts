@@ -9,6 +9,8 @@ import { splitExamples, type SplitConfig, type SplitDrop, type SplitName, type S
 /** Everything that decides a version's content; its hash is part of the version's identity. */
 export interface DatasetBuildSettings {
   generation: ExtractiveOptions;
+  /** Set when a model writes the examples (settings.model): what it was asked, for the content hash (lineage). */
+  llm?: { model: string; promptHash: string; temperature: number; questionsPerChunk: number; seed: number };
   negatives: NegativeOptions;
   quality: Partial<QualityGateConfig>;
   splits: Partial<SplitConfig>;
@@ -40,11 +42,16 @@ export interface DatasetBuild {
 /**
  * The offline build of a dataset version from a collection's chunks: extractive questions with verbatim answers,
  * "not in context" negatives with the refusal target, the quality gate, then leak-free splits by chunk. Pure and
- * deterministic: the same chunks and settings give the same examples, splits and hash. (The LLM generator takes
- * the extractive generator's place when a model endpoint is configured; the rest is the same.)
+ * deterministic: the same chunks and settings give the same examples, splits and hash. `pregenerated` examples (the
+ * LLM generator's, written in the service process) take the extractive generator's place; the rest is the same.
  */
-export function buildDataset(chunks: readonly SourceChunk[], settings: DatasetBuildSettings, deps: DatasetBuildDeps): DatasetBuild {
-  const generated: DatasetExample[] = generateExtractiveDataset(chunks, settings.generation);
+export function buildDataset(
+  chunks: readonly SourceChunk[],
+  settings: DatasetBuildSettings,
+  deps: DatasetBuildDeps,
+  pregenerated?: readonly DatasetExample[],
+): DatasetBuild {
+  const generated: DatasetExample[] = pregenerated ? [...pregenerated] : generateExtractiveDataset(chunks, settings.generation);
   const negatives = generateNegatives(generated, chunks, settings.negatives);
   const gate = runQualityGate([...generated, ...negatives.negatives], deps, settings.quality);
   const split = splitExamples(gate.kept, settings.splits);

@@ -28,6 +28,8 @@ export interface DatasetServiceDeps {
   artifacts: ArtifactStore;
   builder: Pick<VersionBuilder, "submit">;
   logger: Logger;
+  /** Whether a generation model endpoint (LLM_BASE_URL) is configured: builds naming settings.model need one. */
+  llmConfigured: boolean;
 }
 
 const COLLECTION_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -77,7 +79,7 @@ export function createDatasetService(deps: DatasetServiceDeps): ServiceImpl<type
       if (req.baseVersionId !== "") {
         throw invalidArgument("base_version_id", "incremental builds are not supported yet; leave it empty to build from every chunk");
       }
-      const { settings } = resolveBuildSettings(req.settings);
+      const { settings } = resolveBuildSettings(req.settings, { llmConfigured: deps.llmConfigured });
       const id = newVersionId(collection, req.clientRequestId);
       const version = create(DatasetVersionSchema, {
         id,

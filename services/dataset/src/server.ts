@@ -1,5 +1,6 @@
 import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
 import { DatasetService, IngestService } from "@ragtune/proto";
+import { llmClientFromConfig } from "@ragtune/llm";
 import { createClient, type ServiceContext, type ServiceInstance } from "@ragtune/rpc";
 import type { DatasetConfig } from "./config.js";
 import { createDatasetService } from "./dataset-service.js";
@@ -30,6 +31,10 @@ export async function startDatasetService({ config, logger }: ServiceContext<Dat
       timeoutMs: 60_000,
       ...(config.DATASET_INGEST_AUTH_TOKEN ? { authToken: config.DATASET_INGEST_AUTH_TOKEN } : {}),
     });
+    const llm =
+      config.LLM_BASE_URL === undefined
+        ? undefined
+        : llmClientFromConfig({ ...config, LLM_BASE_URL: config.LLM_BASE_URL }, logger.child({ component: "llm" }));
     const builder = new VersionBuilder({
       versions,
       artifacts,
@@ -38,8 +43,9 @@ export async function startDatasetService({ config, logger }: ServiceContext<Dat
       logger: logger.child({ component: "version-builder" }),
       leaseMs: config.DATASET_BUILD_LEASE,
       buildTimeoutMs: config.DATASET_BUILD_TIMEOUT,
+      ...(llm === undefined ? {} : { llm }),
     });
-    const service = createDatasetService({ versions, artifacts, builder, logger });
+    const service = createDatasetService({ versions, artifacts, builder, logger, llmConfigured: llm !== undefined });
     return {
       builder,
       register: (router) => router.service(DatasetService, service),
@@ -48,6 +54,7 @@ export async function startDatasetService({ config, logger }: ServiceContext<Dat
       },
       async stop() {
         await builder.close();
+        llm?.close();
         await bus.close();
       },
     };

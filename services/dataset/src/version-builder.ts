@@ -23,8 +23,12 @@ import {
   TokenStatsSchema,
 } from "@ragtune/proto";
 import { tokenDistribution } from "@ragtune/text";
+import type { LlmClient } from "@ragtune/llm";
 import { BuildTimeoutError, runBuild, type BuildOutput } from "./build-process.js";
 import { resolveBuildSettings } from "./build-settings.js";
+import type { DatasetBuildSettings } from "./dataset-builder.js";
+import type { DatasetExample } from "./example.js";
+import { generateLlmDataset, LlmGenerationError, type ChunkFailure, type LlmGenerationResult } from "./llm-generator.js";
 import type { SourceChunk } from "./extractive-generator.js";
 import type { TokenizerName } from "@ragtune/text";
 import { SPLITS, type SplitName } from "./splits.js";
@@ -61,6 +65,8 @@ export interface VersionBuilderDeps {
   leaseMs: number;
   /** Longest a build may run (DATASET_BUILD_TIMEOUT). */
   buildTimeoutMs: number;
+  /** The generation model's client (LLM_BASE_URL); without it, versions naming settings.model fail. */
+  llm?: Pick<LlmClient, "json">;
 }
 
 /** The version was cancelled while it was being built. */
@@ -181,14 +187,32 @@ export class VersionBuilder {
     this.shutdown.signal.addEventListener("abort", onShutdown, { once: true });
     const lease = this.keepLease(id, fence, cancel, log);
     try {
-      const { build } = resolveBuildSettings(version.settings);
+      const model = version.settings?.model ?? "";
+      if (model !== "" && this.deps.llm === undefined) {
+        throw new UserFailure("LLM_NOT_CONFIGURED", `the version names the generation model "${model}", but LLM_BASE_URL is not configured on this dataset service replica`);
+      }
+      const { build } = resolveBuildSettings(version.settings, { llmConfigured: this.deps.llm !== undefined });
       const chunks = await this.readChunks(version.collection);
       if (chunks.length === 0) {
         throw new UserFailure("NO_CHUNKS", `collection "${version.collection}" has no ready documents to build a dataset from; ingest documents first`);
       }
       await this.progress(id, fence, chunks.length, 0, 0, 0);
-      log.info({ chunks: chunks.length }, "dataset build started");
-      const output = await runBuild({ chunks, settings: build, tokenizer: this.deps.tokenizer }, { timeoutMs: this.deps.buildTimeoutMs, signal: cancel.signal });
+      log.info({ chunks: chunks.length, generator: model || "extractive" }, "dataset build started");
+      let examples: DatasetExample[] | undefined;
+      let generation: LlmGenerationResult | undefined;
+      if (build.llm !== undefined) {
+        generation = await this.generateWithLlm(id, fence, chunks, build, version.settings!.maxConcurrency ?? 4, cancel.signal, log);
+        examples = generation.examples;
+      }
+      const output = await runBuild(
+        { chunks, settings: build, tokenizer: this.deps.tokenizer, ...(examples === undefined ? {} : { examples }) },
+        { timeoutMs: this.deps.buildTimeoutMs, signal: cancel.signal },
+      );
+      if (generation !== undefined) {
+        // Pairs the model was asked for and did not turn into examples, counted beside the quality gate's drops.
+        const lost = output.counts.droppedByReason as Record<string, number>;
+        for (const f of generation.failures) lost[`llm_${f.reason}`] = (lost[`llm_${f.reason}`] ?? 0) + f.pairsLost;
+      }
       if (output.counts.kept === 0) {
         throw new UserFailure("NO_EXAMPLES", `no example of collection "${version.collection}" passed the quality checks (${output.counts.generated} generated); see rejected_by_check`);
       }
@@ -208,7 +232,7 @@ export class VersionBuilder {
         },
         { fence },
       );
-      await this.finish(id, fence, version, chunks, output);
+      await this.finish(id, fence, version, chunks, output, model || "extractive");
       log.info({ examples: output.counts.kept }, "dataset version ready");
     } catch (err) {
       if (err instanceof OwnershipLostError || this.shutdown.signal.aborted) throw err;
@@ -229,6 +253,80 @@ export class VersionBuilder {
       lease.stop();
       this.shutdown.signal.removeEventListener("abort", onShutdown);
     }
+  }
+
+  /**
+   * The examples of every chunk written by the generation model, in this process (network-bound: the event loop
+   * waits on sockets). Progress events per batch of chunks, a warning per chunk that gave no or fewer examples; a
+   * failure of the endpoint itself (unreachable, key refused) fails the build.
+   */
+  private async generateWithLlm(
+    id: string,
+    fence: Fence,
+    chunks: SourceChunk[],
+    build: DatasetBuildSettings,
+    maxConcurrency: number,
+    signal: AbortSignal,
+    log: Logger,
+  ): Promise<LlmGenerationResult> {
+    const llm = build.llm!;
+    // Version writes happen one after another, in the order the generation reports them.
+    let writes: Promise<void> = Promise.resolve();
+    let writeError: unknown;
+    const write = (change: () => Promise<void>) => {
+      writes = writes.then(change).catch((err: unknown) => {
+        writeError ??= err;
+      });
+    };
+    const warn = (f: ChunkFailure) => {
+      log.warn({ chunkId: f.chunkId, reason: f.reason, pairsLost: f.pairsLost }, f.message);
+      write(() =>
+        this.deps.versions
+          .modify(
+            id,
+            (v) => ({
+              state: v,
+              events: [{ body: { case: "warning", value: { $typeName: "ragtune.dataset.v1.DatasetBuildWarning", message: `${f.reason}: ${f.message}`, chunkId: f.chunkId } } as VersionEventDetail }],
+            }),
+            { fence },
+          )
+          .then(() => {}),
+      );
+    };
+    log.info({ model: llm.model, promptHash: llm.promptHash, maxConcurrency }, "generating examples with the model");
+    let result: LlmGenerationResult;
+    try {
+      result = await generateLlmDataset(
+        chunks,
+        { model: llm.model, questionsPerChunk: llm.questionsPerChunk, temperature: llm.temperature, seed: llm.seed, maxConcurrency },
+        {
+          llm: this.deps.llm!,
+          signal,
+          onFailure: warn,
+          onProgress: (p) => write(() => this.progress(id, fence, p.chunksTotal, p.chunksDone, p.examplesGenerated, 0)),
+        },
+      );
+    } catch (err) {
+      await writes;
+      if (err instanceof LlmGenerationError) {
+        const userFault = err.llmError.kind === "unauthorized";
+        throw userFault
+          ? new UserFailure("GENERATION_MODEL_UNAUTHORIZED", `${err.message} (chunk ${err.chunkId})`)
+          : new Error(`${err.message} (chunk ${err.chunkId})`, { cause: err });
+      }
+      throw err;
+    }
+    await writes;
+    if (writeError !== undefined) throw writeError;
+    log.info({ model: llm.model, promptHash: llm.promptHash, ...result.counts }, "model generation done");
+    if (result.examples.length === 0) {
+      const first = result.failures[0];
+      throw new UserFailure(
+        "GENERATION_FAILED",
+        `the model "${llm.model}" wrote no usable example for any of ${chunks.length} chunks${first ? ` (chunk ${first.chunkId}: ${first.reason}: ${first.message})` : ""}`,
+      );
+    }
+    return result;
   }
 
   private progressEvent(total: number, done: number, generated: number, accepted: number): VersionEventDetail {
@@ -269,7 +367,7 @@ export class VersionBuilder {
     return out;
   }
 
-  private async finish(id: string, fence: Fence, version: DatasetVersion, chunks: SourceChunk[], output: BuildOutput): Promise<void> {
+  private async finish(id: string, fence: Fence, version: DatasetVersion, chunks: SourceChunk[], output: BuildOutput, generator: string): Promise<void> {
     const { artifacts } = this.deps;
     const ref = async (text: string) => {
       const info = await artifacts.put([Buffer.from(text, "utf8")], { contentType: "application/jsonl" });
@@ -312,7 +410,7 @@ export class VersionBuilder {
       v.stats = stats;
       v.exports = exports;
       v.shards = [shard];
-      v.generator = "extractive";
+      v.generator = generator;
       v.contentSha256 = output.contentHash;
       v.finishedAt = finishedAt;
       return {

@@ -167,7 +167,7 @@ describe("dataset service (real nats-server, the real ingest service)", () => {
       Code.InvalidArgument,
       /settings.split_ratios/,
     );
-    await expectCode(client.buildDatasetVersion({ collection: "docs", settings: { model: "mistral-7b" } }), Code.InvalidArgument, /settings.model/);
+    await expectCode(client.buildDatasetVersion({ collection: "docs", settings: { model: "mistral-7b" } }), Code.InvalidArgument, /settings.model.*LLM_BASE_URL is not configured/);
     await expectCode(client.getDatasetVersion({ datasetVersionId: "dsv-nope" }), Code.NotFound, /dsv-nope/);
     await expectCode(client.listExamples({ datasetVersionId: "dsv-nope" }), Code.NotFound);
 
