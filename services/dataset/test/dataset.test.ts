@@ -138,7 +138,7 @@ describe("dataset service (real nats-server, the real ingest service)", () => {
     // A version claimed by a replica that then died (its lease still live for a moment).
     const versions = await openVersionStore(bus, "dataset");
     const id = "dsv-orphaned";
-    const { settings } = resolveBuildSettings(undefined);
+    const { settings } = resolveBuildSettings(undefined, { llmConfigured: false });
     await versions.create(id, create(DatasetVersionSchema, { id, collection: "docs", status: DatasetVersionStatus.QUEUED, settings, createdAt: timestampNow() }));
     expect(await versions.claim(id, "dead-replica", { leaseMs: 1_500 })).not.toBeNull();
     // A replica that scans often (its own lease is short) finds it once the lease lapsed.
