@@ -3,8 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
-import { connectBus, type Bus } from "@ragtune/bus";
-import { createLogger } from "@ragtune/logger";
+import type { Bus } from "@ragtune/bus";
 import {
   DatasetService,
   DatasetSplit,
@@ -12,54 +11,30 @@ import {
   DatasetVersionSchema,
   DatasetVersionStatus,
   ExampleKind,
-  IngestRunStatus,
-  IngestService,
   PromptTemplate,
   type DatasetVersionEvent,
 } from "@ragtune/proto";
-import { startTestService, type TestService } from "@ragtune/rpc";
-import { expectCode, startNatsServer, type NatsServerHandle } from "@ragtune/testing";
+import { expectCode } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ingestConfigSchema } from "../../ingest/src/config.js";
-import { startIngestService } from "../../ingest/src/server.js";
-import { datasetConfigSchema } from "../src/config.js";
 import { DEFAULT_REFUSAL } from "../src/negatives.js";
-import { startDatasetService } from "../src/server.js";
 import { resolveBuildSettings } from "../src/build-settings.js";
 import { openVersionStore } from "../src/version-store.js";
 import { SAMPLE_DOCS } from "./sample-chunks.js";
+import { type DatasetTestbed, type DatasetTestService, startDatasetTestbed } from "./testbed.js";
 
-let nats: NatsServerHandle;
-let ingest: TestService<ReturnType<typeof ingestConfigSchema.parse>>;
-let dataset: TestService<ReturnType<typeof datasetConfigSchema.parse>>;
+let bed: DatasetTestbed;
 let bus: Bus;
+let ingest: DatasetTestbed["ingest"];
+let dataset: DatasetTestService;
 
 beforeAll(async () => {
-  nats = await startNatsServer();
-  bus = await connectBus({ servers: nats.url, name: "dataset-test", logger: createLogger({ svc: "dataset-test", level: "silent" }) });
-  // The real ingest service, then the dataset service reading chunks from it over gRPC.
-  ingest = await startTestService({ definition: { name: "ingest", schema: ingestConfigSchema, start: startIngestService }, nats });
-  dataset = await startTestService({
-    definition: { name: "dataset", schema: datasetConfigSchema, start: startDatasetService },
-    nats,
-    env: { DATASET_INGEST_URL: ingest.url },
-  });
-  const client = ingest.client(IngestService);
+  bed = await startDatasetTestbed();
+  ({ bus, ingest, dataset } = bed);
   const files = (await readdir(SAMPLE_DOCS)).sort();
-  const sources = await Promise.all(
-    files.map(async (f) => ({ source: { case: "inline" as const, value: { filename: f, mediaType: "", content: await readFile(join(SAMPLE_DOCS, f)) } } })),
-  );
-  const { run } = await client.ingestDocuments({ collection: "docs", sources });
-  for await (const res of client.watchIngestRun({ runId: run!.id })) void res;
-  expect((await client.getIngestRun({ runId: run!.id })).run!.status).toBe(IngestRunStatus.SUCCEEDED);
+  await bed.ingestDocuments("docs", await Promise.all(files.map(async (f) => [f, await readFile(join(SAMPLE_DOCS, f))] as [string, Uint8Array])));
 }, 120_000);
 
-afterAll(async () => {
-  await dataset?.stop();
-  await ingest?.stop();
-  await bus?.close();
-  await nats?.stop();
-});
+afterAll(() => bed?.close());
 
 async function watchToEnd(id: string): Promise<DatasetVersionEvent[]> {
   const events: DatasetVersionEvent[] = [];
@@ -142,11 +117,7 @@ describe("dataset service (real nats-server, the real ingest service)", () => {
     await versions.create(id, create(DatasetVersionSchema, { id, collection: "docs", status: DatasetVersionStatus.QUEUED, settings, createdAt: timestampNow() }));
     expect(await versions.claim(id, "dead-replica", { leaseMs: 1_500 })).not.toBeNull();
     // A replica that scans often (its own lease is short) finds it once the lease lapsed.
-    const survivor = await startTestService({
-      definition: { name: "dataset", schema: datasetConfigSchema, start: startDatasetService },
-      nats,
-      env: { DATASET_INGEST_URL: ingest.url, DATASET_BUILD_LEASE: "2s" },
-    });
+    const survivor = await bed.startDataset({ DATASET_BUILD_LEASE: "2s" });
     try {
       await watchToEnd(id);
       const done = await versions.get(id);

@@ -1,15 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { connectBus, type Bus } from "@ragtune/bus";
-import { createLogger } from "@ragtune/logger";
-import { DatasetService, DatasetVersionStatus, ExampleKind, IngestRunStatus, IngestService, type DatasetVersionEvent } from "@ragtune/proto";
-import { startTestService, type TestService } from "@ragtune/rpc";
-import { startNatsServer, type NatsServerHandle } from "@ragtune/testing";
+import { DatasetService, DatasetVersionStatus, ExampleKind, IngestService, type DatasetVersionEvent } from "@ragtune/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ingestConfigSchema } from "../../ingest/src/config.js";
-import { startIngestService } from "../../ingest/src/server.js";
-import { datasetConfigSchema } from "../src/config.js";
-import { startDatasetService } from "../src/server.js";
+import { type DatasetTestbed, type DatasetTestService, startDatasetTestbed } from "./testbed.js";
 
 const MODEL = "qa-writer-7b";
 const MALFORMED = "Quartermaster ledgers";
@@ -87,10 +80,9 @@ function fakeModelServer(captured: Captured[]): Server {
   });
 }
 
-let nats: NatsServerHandle;
-let bus: Bus;
-let ingest: TestService<ReturnType<typeof ingestConfigSchema.parse>>;
-let dataset: TestService<ReturnType<typeof datasetConfigSchema.parse>>;
+let bed: DatasetTestbed;
+let ingest: DatasetTestbed["ingest"];
+let dataset: DatasetTestService;
 let model: Server;
 const captured: Captured[] = [];
 
@@ -98,28 +90,13 @@ beforeAll(async () => {
   model = fakeModelServer(captured);
   await new Promise<void>((resolve) => model.listen(0, "127.0.0.1", resolve));
   const { port } = model.address() as AddressInfo;
-  nats = await startNatsServer();
-  bus = await connectBus({ servers: nats.url, name: "llm-generation-test", logger: createLogger({ svc: "llm-generation-test", level: "silent" }) });
-  ingest = await startTestService({ definition: { name: "ingest", schema: ingestConfigSchema, start: startIngestService }, nats });
-  dataset = await startTestService({
-    definition: { name: "dataset", schema: datasetConfigSchema, start: startDatasetService },
-    nats,
-    env: { DATASET_INGEST_URL: ingest.url, LLM_BASE_URL: `http://127.0.0.1:${port}/v1`, LLM_MAX_RETRIES: "2" },
-  });
-  const client = ingest.client(IngestService);
-  const sources = Object.entries(DOCS).map(([filename, text]) => ({
-    source: { case: "inline" as const, value: { filename, mediaType: "", content: Buffer.from(text, "utf8") } },
-  }));
-  const { run } = await client.ingestDocuments({ collection: "ledger", sources });
-  for await (const res of client.watchIngestRun({ runId: run!.id })) void res;
-  expect((await client.getIngestRun({ runId: run!.id })).run!.status).toBe(IngestRunStatus.SUCCEEDED);
+  bed = await startDatasetTestbed({ LLM_BASE_URL: `http://127.0.0.1:${port}/v1`, LLM_MAX_RETRIES: "2" });
+  ({ ingest, dataset } = bed);
+  await bed.ingestDocuments("ledger", Object.entries(DOCS).map(([filename, text]) => [filename, Buffer.from(text, "utf8")] as [string, Uint8Array]));
 }, 120_000);
 
 afterAll(async () => {
-  await dataset?.stop();
-  await ingest?.stop();
-  await bus?.close();
-  await nats?.stop();
+  await bed?.close();
   await new Promise((resolve) => model?.close(resolve));
 });
 
