@@ -25,6 +25,7 @@ import { createServer, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 import { createLlmClient, type LlmError } from "@ragtune/llm";
+import { seededRandom } from "@ragtune/testing";
 import { z } from "zod";
 
 const N = Number(process.env["N"] ?? 2000);
@@ -52,17 +53,8 @@ interface EndpointStats {
   withoutGuidedFields: number;
 }
 
-/** mulberry32: a small seeded PRNG, so a run's faults are reproducible. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded PRNG, so a run's faults are reproducible. */
+const prng = seededRandom;
 
 // ---------------------------------------------------------------------------------------------------------------
 // The endpoint (child process)

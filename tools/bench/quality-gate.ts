@@ -24,6 +24,7 @@
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { loadTokenizer } from "@ragtune/text";
+import { seededRandom } from "@ragtune/testing";
 import { fingerprintText, type DatasetExample, type QuestionKind } from "../../services/dataset/src/example.js";
 import { mistralRowTokens } from "../../services/dataset/src/exports.js";
 import { NearDuplicateIndex, jaccard, shingleSet } from "../../services/dataset/src/minhash.js";
@@ -35,15 +36,7 @@ const SUBSET = Number(process.env["SUBSET"] ?? 8000);
 const THRESHOLD = 0.8;
 const REFUSAL = "The provided context does not contain the answer to this question.";
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 interface Planted {
   examples: DatasetExample[];

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { seededRandom } from "@ragtune/testing";
 import {
   MinHasher,
   NearDuplicateIndex,
@@ -11,13 +12,7 @@ import {
 
 /** A seeded word generator (mulberry32) so the synthetic texts are the same on every run. */
 function words(seed: number, n: number): string[] {
-  let s = seed >>> 0;
-  const next = (): number => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = seededRandom(seed);
   return Array.from({ length: n }, () => `w${Math.floor(next() * 50_000)}`);
 }
 

@@ -1,18 +1,11 @@
 import { describe, expect, it } from "vitest";
+import { seededRandom } from "@ragtune/testing";
 import type { DatasetExample, QuestionKind } from "./example.js";
 import { shingleSet, jaccard } from "./minhash.js";
 import { SPLITS, groupKeyOf, resolveSplitConfig, splitExamples, type SplitName, type SplitResult } from "./splits.js";
 
-/** mulberry32: synthetic data that is the same on every run. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Synthetic data that is the same on every run. */
+const rng = seededRandom;
 
 function sentence(next: () => number, words: number): string {
   return Array.from({ length: words }, () => `w${Math.floor(next() * 100_000)}`).join(" ");
