@@ -26,6 +26,7 @@ import { tokenDistribution } from "@ragtune/text";
 import type { LlmClient } from "@ragtune/llm";
 import { BuildTimeoutError, runBuild, type BuildOutput } from "./build-process.js";
 import { resolveBuildSettings } from "./build-settings.js";
+import { DEFAULT_QUALITY_GATE } from "./quality-gate.js";
 import type { DatasetBuildSettings } from "./dataset-builder.js";
 import type { DatasetExample } from "./example.js";
 import { generateLlmDataset, LlmGenerationError, type ChunkFailure, type LlmGenerationResult } from "./llm-generator.js";
@@ -33,9 +34,6 @@ import type { SourceChunk } from "./extractive-generator.js";
 import type { TokenizerName } from "@ragtune/text";
 import { SPLITS, type SplitName } from "./splits.js";
 import { isFinished, type VersionEventDetail, type VersionStore } from "./version-store.js";
-
-/** The token budget of a training row the quality gate enforced (max_seq_len). */
-const resolveBuildSettingsBudget = 1024;
 
 /** Token counts of a split's training rows (prompt + completion + EOS) against the row budget. */
 function rowTokenStats(counts: readonly number[], budget: number) {
@@ -399,7 +397,7 @@ export class VersionBuilder {
           examples: examplesOf.length,
           answerable,
           unanswerable: examplesOf.length - answerable,
-          tokenStats: rowTokenStats(output.splits[split].tokens, resolveBuildSettingsBudget),
+          tokenStats: rowTokenStats(output.splits[split].tokens, DEFAULT_QUALITY_GATE.maxSeqLen),
         };
       }),
     });
