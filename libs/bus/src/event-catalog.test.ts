@@ -108,6 +108,7 @@ describe("event catalog", () => {
       ["DatasetVersionFailed", "ragtune.dataset.version.failed"],
       ["TrainerJobEvent", "ragtune.trainer.job.{kind}"],
       ["EvalRunCompleted", "ragtune.eval.run.completed"],
+      ["EvalGatePassed", "ragtune.eval.gate.passed"],
       ["AdapterPromoted", "ragtune.gateway.adapter.promoted"],
     ]);
     const trainer = eventCatalog().find((e) => e.typeName === TrainerJobEventSchema.typeName);

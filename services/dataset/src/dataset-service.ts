@@ -170,6 +170,9 @@ export function createDatasetService(deps: DatasetServiceDeps): ServiceImpl<type
             contextChunkIds: [e.chunkId],
             sourceChunkId: e.distractorSource?.chunkId ?? e.chunkId,
             sourceDocumentId: e.distractorSource?.documentId ?? e.documentId,
+            context: e.context,
+            headingPath: [...e.headingPath],
+            questionType: e.kind,
           }),
         );
       }

@@ -8,7 +8,8 @@
  *   answerable                 → kind (EXAMPLE_KIND_ANSWERABLE / EXAMPLE_KIND_UNANSWERABLE)
  *   chunkId                    → context_chunk_ids[0] (the context is one chunk)
  *   distractorSource ?? chunk  → source_chunk_id / source_document_id (the chunk the question was written from)
- * `kind` (the question kind), `headingPath`, `context` and `generator` have no proto field yet.
+ *   context, headingPath, kind → context, heading_path, question_type
+ * `generator` has no proto field yet.
  */
 
 /** The kinds of question a generator writes; `unanswerable` is a question the context does not answer. */

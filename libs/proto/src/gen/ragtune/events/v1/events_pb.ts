@@ -17,7 +17,7 @@ import type { ArtifactRef, Failure } from "../../common/v1/common_pb.js";
 import { file_ragtune_common_v1_common } from "../../common/v1/common_pb.js";
 import type { DatasetSplitExport, DatasetVersionStats } from "../../dataset/v1/dataset_pb.js";
 import { file_ragtune_dataset_v1_dataset } from "../../dataset/v1/dataset_pb.js";
-import type { EvalMetricComparison, EvalRunStatus } from "../../eval/v1/eval_pb.js";
+import type { EvalGateResult, EvalReport, EvalRunStatus } from "../../eval/v1/eval_pb.js";
 import { file_ragtune_eval_v1_eval } from "../../eval/v1/eval_pb.js";
 import { file_ragtune_events_v1_options } from "./options_pb.js";
 import type { PromotedAdapter } from "../../gateway/v1/gateway_pb.js";
@@ -32,7 +32,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ragtune/events/v1/events.proto.
  */
 export const file_ragtune_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch5yYWd0dW5lL2V2ZW50cy92MS9ldmVudHMucHJvdG8SEXJhZ3R1bmUuZXZlbnRzLnYxIpsDCg9Eb2N1bWVudENodW5rZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSEwoLZG9jdW1lbnRfaWQYBCABKAkSEwoLc291cmNlX25hbWUYBSABKAkSFgoOY29udGVudF9zaGEyNTYYBiABKAkSFwoPYWRkZWRfY2h1bmtfaWRzGAcgAygJEhYKDmtlcHRfY2h1bmtfaWRzGAggAygJEhkKEXJlbW92ZWRfY2h1bmtfaWRzGAkgAygJEjEKCWNodW5rX3NldBgKIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmEjQKCGNodW5raW5nGAsgASgLMiIucmFndHVuZS5pbmdlc3QudjEuQ2h1bmtpbmdPcHRpb25zEhUKDWluZ2VzdF9ydW5faWQYDCABKAk6I4q1GB9yYWd0dW5lLmluZ2VzdC5kb2N1bWVudC5jaHVua2VkIr0BCg9Eb2N1bWVudERlbGV0ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSEwoLZG9jdW1lbnRfaWQYBCABKAkSGQoRcmVtb3ZlZF9jaHVua19pZHMYBSADKAk6I4q1GB9yYWd0dW5lLmluZ2VzdC5kb2N1bWVudC5kZWxldGVkIq8BChFDb2xsZWN0aW9uRGVsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY29sbGVjdGlvbhgDIAEoCRIcChRyZW1vdmVkX2RvY3VtZW50X2lkcxgEIAMoCTolirUYIXJhZ3R1bmUuaW5nZXN0LmNvbGxlY3Rpb24uZGVsZXRlZCLBAgoSSW5nZXN0UnVuQ29tcGxldGVkEhAKCGV2ZW50X2lkGAEgASgJEi8KC29jY3VycmVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1pbmdlc3RfcnVuX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSMgoGc3RhdHVzGAUgASgOMiIucmFndHVuZS5pbmdlc3QudjEuSW5nZXN0UnVuU3RhdHVzEjoKCnN0YXRpc3RpY3MYBiABKAsyJi5yYWd0dW5lLmluZ2VzdC52MS5Jbmdlc3RSdW5TdGF0aXN0aWNzEisKB2ZhaWx1cmUYByABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlOiCKtRgccmFndHVuZS5pbmdlc3QucnVuLmNvbXBsZXRlZCLMAgoTRGF0YXNldFZlcnNpb25CdWlsdBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSNgoFc3RhdHMYBSABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cxIuCgZzaGFyZHMYBiADKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZhI3CgdleHBvcnRzGAcgAygLMiYucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRTcGxpdEV4cG9ydDohirUYHXJhZ3R1bmUuZGF0YXNldC52ZXJzaW9uLmJ1aWx0ItoBChREYXRhc2V0VmVyc2lvbkZhaWxlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSKwoHZmFpbHVyZRgFIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmU6Ioq1GB5yYWd0dW5lLmRhdGFzZXQudmVyc2lvbi5mYWlsZWQi/QMKD1RyYWluZXJKb2JFdmVudBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGam9iX2lkGAMgASgJEhAKCHNlcXVlbmNlGAQgASgNEjQKBGtpbmQYBSABKA4yJi5yYWd0dW5lLmV2ZW50cy52MS5UcmFpbmVySm9iRXZlbnRLaW5kEi0KBnN0YXR1cxgGIAEoDjIdLnJhZ3R1bmUudHJhaW5lci52MS5Kb2JTdGF0dXMSEgoKY29sbGVjdGlvbhgHIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYCCABKAkSMQoHbWV0cmljcxgJIAEoCzIeLnJhZ3R1bmUudHJhaW5lci52MS5Kb2JNZXRyaWNzSAASNAoKY2hlY2twb2ludBgKIAEoCzIeLnJhZ3R1bmUudHJhaW5lci52MS5DaGVja3BvaW50SAASLgoHYWRhcHRlchgLIAEoCzIbLnJhZ3R1bmUudHJhaW5lci52MS5BZGFwdGVySAASLQoHZmFpbHVyZRgMIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmVIADoeirUYGnJhZ3R1bmUudHJhaW5lci5qb2Iue2tpbmR9QggKBmRldGFpbCKjAwoQRXZhbFJ1bkNvbXBsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXZhbF9ydW5faWQYAyABKAkSEgoKY29sbGVjdGlvbhgEIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYBSABKAkSDgoGam9iX2lkGAYgASgJEhIKCmFkYXB0ZXJfaWQYByABKAkSLgoGc3RhdHVzGAggASgOMh4ucmFndHVuZS5ldmFsLnYxLkV2YWxSdW5TdGF0dXMSNgoHbWV0cmljcxgJIAMoCzIlLnJhZ3R1bmUuZXZhbC52MS5FdmFsTWV0cmljQ29tcGFyaXNvbhIrCgdmYWlsdXJlGAogASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZRIuCgZyZXBvcnQYCyABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZjoeirUYGnJhZ3R1bmUuZXZhbC5ydW4uY29tcGxldGVkIrABCg9BZGFwdGVyUHJvbW90ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKB2FkYXB0ZXIYAyABKAsyIy5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZWRBZGFwdGVyOiSKtRggcmFndHVuZS5nYXRld2F5LmFkYXB0ZXIucHJvbW90ZWQqvwIKE1RyYWluZXJKb2JFdmVudEtpbmQSJgoiVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEiEKHVRSQUlORVJfSk9CX0VWRU5UX0tJTkRfUVVFVUVEEAESIgoeVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9SVU5OSU5HEAISIwofVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9QUk9HUkVTUxADEiUKIVRSQUlORVJfSk9CX0VWRU5UX0tJTkRfQ0hFQ0tQT0lOVBAEEiQKIFRSQUlORVJfSk9CX0VWRU5UX0tJTkRfU1VDQ0VFREVEEAUSIQodVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9GQUlMRUQQBhIkCiBUUkFJTkVSX0pPQl9FVkVOVF9LSU5EX0NBTkNFTExFRBAHYgZwcm90bzM", [file_google_protobuf_timestamp, file_ragtune_common_v1_common, file_ragtune_dataset_v1_dataset, file_ragtune_eval_v1_eval, file_ragtune_events_v1_options, file_ragtune_gateway_v1_gateway, file_ragtune_ingest_v1_ingest, file_ragtune_trainer_v1_trainer]);
+  fileDesc("Ch5yYWd0dW5lL2V2ZW50cy92MS9ldmVudHMucHJvdG8SEXJhZ3R1bmUuZXZlbnRzLnYxIpsDCg9Eb2N1bWVudENodW5rZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSEwoLZG9jdW1lbnRfaWQYBCABKAkSEwoLc291cmNlX25hbWUYBSABKAkSFgoOY29udGVudF9zaGEyNTYYBiABKAkSFwoPYWRkZWRfY2h1bmtfaWRzGAcgAygJEhYKDmtlcHRfY2h1bmtfaWRzGAggAygJEhkKEXJlbW92ZWRfY2h1bmtfaWRzGAkgAygJEjEKCWNodW5rX3NldBgKIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmEjQKCGNodW5raW5nGAsgASgLMiIucmFndHVuZS5pbmdlc3QudjEuQ2h1bmtpbmdPcHRpb25zEhUKDWluZ2VzdF9ydW5faWQYDCABKAk6I4q1GB9yYWd0dW5lLmluZ2VzdC5kb2N1bWVudC5jaHVua2VkIr0BCg9Eb2N1bWVudERlbGV0ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbGxlY3Rpb24YAyABKAkSEwoLZG9jdW1lbnRfaWQYBCABKAkSGQoRcmVtb3ZlZF9jaHVua19pZHMYBSADKAk6I4q1GB9yYWd0dW5lLmluZ2VzdC5kb2N1bWVudC5kZWxldGVkIq8BChFDb2xsZWN0aW9uRGVsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY29sbGVjdGlvbhgDIAEoCRIcChRyZW1vdmVkX2RvY3VtZW50X2lkcxgEIAMoCTolirUYIXJhZ3R1bmUuaW5nZXN0LmNvbGxlY3Rpb24uZGVsZXRlZCLBAgoSSW5nZXN0UnVuQ29tcGxldGVkEhAKCGV2ZW50X2lkGAEgASgJEi8KC29jY3VycmVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1pbmdlc3RfcnVuX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSMgoGc3RhdHVzGAUgASgOMiIucmFndHVuZS5pbmdlc3QudjEuSW5nZXN0UnVuU3RhdHVzEjoKCnN0YXRpc3RpY3MYBiABKAsyJi5yYWd0dW5lLmluZ2VzdC52MS5Jbmdlc3RSdW5TdGF0aXN0aWNzEisKB2ZhaWx1cmUYByABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlOiCKtRgccmFndHVuZS5pbmdlc3QucnVuLmNvbXBsZXRlZCLMAgoTRGF0YXNldFZlcnNpb25CdWlsdBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSNgoFc3RhdHMYBSABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cxIuCgZzaGFyZHMYBiADKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZhI3CgdleHBvcnRzGAcgAygLMiYucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRTcGxpdEV4cG9ydDohirUYHXJhZ3R1bmUuZGF0YXNldC52ZXJzaW9uLmJ1aWx0ItoBChREYXRhc2V0VmVyc2lvbkZhaWxlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEhIKCmNvbGxlY3Rpb24YBCABKAkSKwoHZmFpbHVyZRgFIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmU6Ioq1GB5yYWd0dW5lLmRhdGFzZXQudmVyc2lvbi5mYWlsZWQi/QMKD1RyYWluZXJKb2JFdmVudBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGam9iX2lkGAMgASgJEhAKCHNlcXVlbmNlGAQgASgNEjQKBGtpbmQYBSABKA4yJi5yYWd0dW5lLmV2ZW50cy52MS5UcmFpbmVySm9iRXZlbnRLaW5kEi0KBnN0YXR1cxgGIAEoDjIdLnJhZ3R1bmUudHJhaW5lci52MS5Kb2JTdGF0dXMSEgoKY29sbGVjdGlvbhgHIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYCCABKAkSMQoHbWV0cmljcxgJIAEoCzIeLnJhZ3R1bmUudHJhaW5lci52MS5Kb2JNZXRyaWNzSAASNAoKY2hlY2twb2ludBgKIAEoCzIeLnJhZ3R1bmUudHJhaW5lci52MS5DaGVja3BvaW50SAASLgoHYWRhcHRlchgLIAEoCzIbLnJhZ3R1bmUudHJhaW5lci52MS5BZGFwdGVySAASLQoHZmFpbHVyZRgMIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmVIADoeirUYGnJhZ3R1bmUudHJhaW5lci5qb2Iue2tpbmR9QggKBmRldGFpbCLqAgoQRXZhbFJ1bkNvbXBsZXRlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXZhbF9ydW5faWQYAyABKAkSEgoKY29sbGVjdGlvbhgEIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYBSABKAkSEgoKYmFzZV9tb2RlbBgGIAEoCRIQCghhZGFwdGVycxgHIAMoCRIuCgZzdGF0dXMYCCABKA4yHi5yYWd0dW5lLmV2YWwudjEuRXZhbFJ1blN0YXR1cxIrCgZyZXBvcnQYCSABKAsyGy5yYWd0dW5lLmV2YWwudjEuRXZhbFJlcG9ydBIrCgdmYWlsdXJlGAogASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZToeirUYGnJhZ3R1bmUuZXZhbC5ydW4uY29tcGxldGVkIowCCg5FdmFsR2F0ZVBhc3NlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXZhbF9ydW5faWQYAyABKAkSEgoKY29sbGVjdGlvbhgEIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYBSABKAkSEgoKYmFzZV9tb2RlbBgGIAEoCRIQCghhZGFwdGVycxgHIAMoCRIuCgVnYXRlcxgIIAMoCzIfLnJhZ3R1bmUuZXZhbC52MS5FdmFsR2F0ZVJlc3VsdDocirUYGHJhZ3R1bmUuZXZhbC5nYXRlLnBhc3NlZCKwAQoPQWRhcHRlclByb21vdGVkEhAKCGV2ZW50X2lkGAEgASgJEi8KC29jY3VycmVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0CgdhZGFwdGVyGAMgASgLMiMucmFndHVuZS5nYXRld2F5LnYxLlByb21vdGVkQWRhcHRlcjokirUYIHJhZ3R1bmUuZ2F0ZXdheS5hZGFwdGVyLnByb21vdGVkKr8CChNUcmFpbmVySm9iRXZlbnRLaW5kEiYKIlRSQUlORVJfSk9CX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIhCh1UUkFJTkVSX0pPQl9FVkVOVF9LSU5EX1FVRVVFRBABEiIKHlRSQUlORVJfSk9CX0VWRU5UX0tJTkRfUlVOTklORxACEiMKH1RSQUlORVJfSk9CX0VWRU5UX0tJTkRfUFJPR1JFU1MQAxIlCiFUUkFJTkVSX0pPQl9FVkVOVF9LSU5EX0NIRUNLUE9JTlQQBBIkCiBUUkFJTkVSX0pPQl9FVkVOVF9LSU5EX1NVQ0NFRURFRBAFEiEKHVRSQUlORVJfSk9CX0VWRU5UX0tJTkRfRkFJTEVEEAYSJAogVFJBSU5FUl9KT0JfRVZFTlRfS0lORF9DQU5DRUxMRUQQB2IGcHJvdG8z", [file_google_protobuf_timestamp, file_ragtune_common_v1_common, file_ragtune_dataset_v1_dataset, file_ragtune_eval_v1_eval, file_ragtune_events_v1_options, file_ragtune_gateway_v1_gateway, file_ragtune_ingest_v1_ingest, file_ragtune_trainer_v1_trainer]);
 
 /**
  * A document was (re-)chunked.
@@ -480,16 +480,16 @@ export type EvalRunCompleted = Message<"ragtune.events.v1.EvalRunCompleted"> & {
   datasetVersionId: string;
 
   /**
-   * The trainer job whose adapter was evaluated.
-   *
-   * @generated from field: string job_id = 6;
+   * @generated from field: string base_model = 6;
    */
-  jobId: string;
+  baseModel: string;
 
   /**
-   * @generated from field: string adapter_id = 7;
+   * The adapter names evaluated against the base model.
+   *
+   * @generated from field: repeated string adapters = 7;
    */
-  adapterId: string;
+  adapters: string[];
 
   /**
    * SUCCEEDED, FAILED or CANCELLED.
@@ -499,23 +499,16 @@ export type EvalRunCompleted = Message<"ragtune.events.v1.EvalRunCompleted"> & {
   status: EvalRunStatus;
 
   /**
-   * Base vs adapter per metric; set when SUCCEEDED.
+   * Summary per model, differences, breakdowns and gates; set when SUCCEEDED.
    *
-   * @generated from field: repeated ragtune.eval.v1.EvalMetricComparison metrics = 9;
+   * @generated from field: ragtune.eval.v1.EvalReport report = 9;
    */
-  metrics: EvalMetricComparison[];
+  report?: EvalReport | undefined;
 
   /**
    * @generated from field: ragtune.common.v1.Failure failure = 10;
    */
   failure?: Failure | undefined;
-
-  /**
-   * The full report.
-   *
-   * @generated from field: ragtune.common.v1.ArtifactRef report = 11;
-   */
-  report?: ArtifactRef | undefined;
 };
 
 /**
@@ -524,6 +517,61 @@ export type EvalRunCompleted = Message<"ragtune.events.v1.EvalRunCompleted"> & {
  */
 export const EvalRunCompletedSchema: GenMessage<EvalRunCompleted> = /*@__PURE__*/
   messageDesc(file_ragtune_events_v1_events, 7);
+
+/**
+ * Every promotion gate passed for the adapters of a succeeded eval run.
+ * event_id: "<eval_run_id>:gate-passed".
+ *
+ * @generated from message ragtune.events.v1.EvalGatePassed
+ */
+export type EvalGatePassed = Message<"ragtune.events.v1.EvalGatePassed"> & {
+  /**
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp occurred_at = 2;
+   */
+  occurredAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string eval_run_id = 3;
+   */
+  evalRunId: string;
+
+  /**
+   * @generated from field: string collection = 4;
+   */
+  collection: string;
+
+  /**
+   * @generated from field: string dataset_version_id = 5;
+   */
+  datasetVersionId: string;
+
+  /**
+   * @generated from field: string base_model = 6;
+   */
+  baseModel: string;
+
+  /**
+   * @generated from field: repeated string adapters = 7;
+   */
+  adapters: string[];
+
+  /**
+   * @generated from field: repeated ragtune.eval.v1.EvalGateResult gates = 8;
+   */
+  gates: EvalGateResult[];
+};
+
+/**
+ * Describes the message ragtune.events.v1.EvalGatePassed.
+ * Use `create(EvalGatePassedSchema)` to create a new message.
+ */
+export const EvalGatePassedSchema: GenMessage<EvalGatePassed> = /*@__PURE__*/
+  messageDesc(file_ragtune_events_v1_events, 8);
 
 /**
  * An adapter was promoted to serve a collection.
@@ -553,7 +601,7 @@ export type AdapterPromoted = Message<"ragtune.events.v1.AdapterPromoted"> & {
  * Use `create(AdapterPromotedSchema)` to create a new message.
  */
 export const AdapterPromotedSchema: GenMessage<AdapterPromoted> = /*@__PURE__*/
-  messageDesc(file_ragtune_events_v1_events, 8);
+  messageDesc(file_ragtune_events_v1_events, 9);
 
 /**
  * Kind of a trainer job event; its lowercase name is the subject's verb.
