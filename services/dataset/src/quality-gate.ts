@@ -284,7 +284,8 @@ function contentOf(words: readonly string[]): string[] {
   return out;
 }
 
-function ngrams(words: readonly string[], n: number): Set<string> {
+/** The distinct n-grams (n ≥ 1) of a word list; a list shorter than n is one n-gram of all its words. */
+export function ngrams(words: readonly string[], n: number): Set<string> {
   const out = new Set<string>();
   if (words.length === 0) return out;
   if (words.length < n) {
