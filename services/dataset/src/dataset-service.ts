@@ -46,7 +46,7 @@ function statusName(status: DatasetVersionStatus): string {
 }
 
 /** The DatasetService RPC handlers. */
-export function createDatasetService(deps: DatasetServiceDeps): ServiceImpl<typeof DatasetService> {
+export function createDatasetService(deps: DatasetServiceDeps): Partial<ServiceImpl<typeof DatasetService>> {
   const { versions, artifacts } = deps;
 
   async function getVersion(id: string): Promise<DatasetVersion> {
@@ -173,6 +173,7 @@ export function createDatasetService(deps: DatasetServiceDeps): ServiceImpl<type
             context: e.context,
             headingPath: [...e.headingPath],
             questionType: e.kind,
+            generator: e.generator,
           }),
         );
       }

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ragtune/dataset/v1/dataset.proto.
  */
 export const file_ragtune_dataset_v1_dataset: GenFile = /*@__PURE__*/
-  fileDesc("CiByYWd0dW5lL2RhdGFzZXQvdjEvZGF0YXNldC5wcm90bxIScmFndHVuZS5kYXRhc2V0LnYxIssCCg1RdWFsaXR5Q2hlY2tzEhgKC2RlZHVwbGljYXRlGAEgASgISACIAQESJAoXcmVxdWlyZV9ncm91bmRlZF9hbnN3ZXIYAiABKAhIAYgBARIfChJtaW5fYW5zd2VyX3N1cHBvcnQYAyABKAFIAogBARIbCg5yZWplY3RfdHJpdmlhbBgEIAEoCEgDiAEBEh0KEG1pbl9hbnN3ZXJfd29yZHMYBSABKA1IBIgBARIdChBtYXhfYW5zd2VyX3dvcmRzGAYgASgNSAWIAQFCDgoMX2RlZHVwbGljYXRlQhoKGF9yZXF1aXJlX2dyb3VuZGVkX2Fuc3dlckIVChNfbWluX2Fuc3dlcl9zdXBwb3J0QhEKD19yZWplY3RfdHJpdmlhbEITChFfbWluX2Fuc3dlcl93b3Jkc0ITChFfbWF4X2Fuc3dlcl93b3JkcyI3CgtTcGxpdFJhdGlvcxINCgV0cmFpbhgBIAEoARILCgN2YWwYAiABKAESDAoEdGVzdBgDIAEoASK9AwoSR2VuZXJhdGlvblNldHRpbmdzEg0KBW1vZGVsGAEgASgJEiAKE3F1ZXN0aW9uc19wZXJfY2h1bmsYAiABKA1IAIgBARIbCg5uZWdhdGl2ZV9yYXRpbxgDIAEoAUgBiAEBEjkKDnF1YWxpdHlfY2hlY2tzGAQgASgLMiEucmFndHVuZS5kYXRhc2V0LnYxLlF1YWxpdHlDaGVja3MSNQoMc3BsaXRfcmF0aW9zGAUgASgLMh8ucmFndHVuZS5kYXRhc2V0LnYxLlNwbGl0UmF0aW9zEhEKBHNlZWQYBiABKA1IAogBARIYCgt0ZW1wZXJhdHVyZRgHIAEoAUgDiAEBEhwKD21heF9jb25jdXJyZW5jeRgIIAEoDUgEiAEBEhQKDHJlZnVzYWxfdGV4dBgJIAEoCRIbCg5jb250ZXh0X2NodW5rcxgKIAEoDUgFiAEBQhYKFF9xdWVzdGlvbnNfcGVyX2NodW5rQhEKD19uZWdhdGl2ZV9yYXRpb0IHCgVfc2VlZEIOCgxfdGVtcGVyYXR1cmVCEgoQX21heF9jb25jdXJyZW5jeUIRCg9fY29udGV4dF9jaHVua3MingEKGkJ1aWxkRGF0YXNldFZlcnNpb25SZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSOAoIc2V0dGluZ3MYAiABKAsyJi5yYWd0dW5lLmRhdGFzZXQudjEuR2VuZXJhdGlvblNldHRpbmdzEhcKD2Jhc2VfdmVyc2lvbl9pZBgDIAEoCRIZChFjbGllbnRfcmVxdWVzdF9pZBgEIAEoCSJSChtCdWlsZERhdGFzZXRWZXJzaW9uUmVzcG9uc2USMwoHdmVyc2lvbhgBIAEoCzIiLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbiK0AQoRRGF0YXNldFNwbGl0U3RhdHMSLwoFc3BsaXQYASABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0EhAKCGV4YW1wbGVzGAIgASgNEhIKCmFuc3dlcmFibGUYAyABKA0SFAoMdW5hbnN3ZXJhYmxlGAQgASgNEjIKC3Rva2VuX3N0YXRzGAUgASgLMh0ucmFndHVuZS5jb21tb24udjEuVG9rZW5TdGF0cyKdAgoTRGF0YXNldFZlcnNpb25TdGF0cxIUCgxjaHVua3NfdG90YWwYASABKA0SFQoNY2h1bmtzX3JldXNlZBgCIAEoDRIRCglnZW5lcmF0ZWQYAyABKA0SVwoRcmVqZWN0ZWRfYnlfY2hlY2sYBCADKAsyPC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cy5SZWplY3RlZEJ5Q2hlY2tFbnRyeRI1CgZzcGxpdHMYBSADKAsyJS5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0U3RhdHMaNgoUUmVqZWN0ZWRCeUNoZWNrRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ASLyBAoORGF0YXNldFZlcnNpb24SCgoCaWQYASABKAkSEgoKY29sbGVjdGlvbhgCIAEoCRI4CgZzdGF0dXMYAyABKA4yKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXMSOAoIc2V0dGluZ3MYBCABKAsyJi5yYWd0dW5lLmRhdGFzZXQudjEuR2VuZXJhdGlvblNldHRpbmdzEhcKD2Jhc2VfdmVyc2lvbl9pZBgFIAEoCRITCgtjaHVua3NfZG9uZRgGIAEoDRIUCgxjaHVua3NfdG90YWwYByABKA0SNgoFc3RhdHMYCCABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cxIuCgZzaGFyZHMYCSADKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZhIrCgdmYWlsdXJlGAogASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZRIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoHZXhwb3J0cxgOIAMoCzImLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0U3BsaXRFeHBvcnQSEQoJZ2VuZXJhdG9yGA8gASgJEhYKDmNvbnRlbnRfc2hhMjU2GBAgASgJIroBChJEYXRhc2V0U3BsaXRFeHBvcnQSLwoFc3BsaXQYASABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0EjMKCHRlbXBsYXRlGAIgASgOMiEucmFndHVuZS5jb21tb24udjEuUHJvbXB0VGVtcGxhdGUSMAoIYXJ0aWZhY3QYAyABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZhIMCgRyb3dzGAQgASgNIjYKGEdldERhdGFzZXRWZXJzaW9uUmVxdWVzdBIaChJkYXRhc2V0X3ZlcnNpb25faWQYASABKAkiUAoZR2V0RGF0YXNldFZlcnNpb25SZXNwb25zZRIzCgd2ZXJzaW9uGAEgASgLMiIucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRWZXJzaW9uIpgBChpMaXN0RGF0YXNldFZlcnNpb25zUmVxdWVzdBIsCgRwYWdlGAEgASgLMh4ucmFndHVuZS5jb21tb24udjEuUGFnZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgCIAEoCRI4CgZzdGF0dXMYAyABKA4yKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXMiggEKG0xpc3REYXRhc2V0VmVyc2lvbnNSZXNwb25zZRI0Cgh2ZXJzaW9ucxgBIAMoCzIiLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbhItCgRwYWdlGAIgASgLMh8ucmFndHVuZS5jb21tb24udjEuUGFnZVJlc3BvbnNlIk8KGldhdGNoRGF0YXNldFZlcnNpb25SZXF1ZXN0EhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgBIAEoCRIVCg1mcm9tX3NlcXVlbmNlGAIgASgNIlUKG1dhdGNoRGF0YXNldFZlcnNpb25SZXNwb25zZRI2CgVldmVudBgBIAEoCzInLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbkV2ZW50IrsBChpEYXRhc2V0VmVyc2lvblN0YXR1c0NoYW5nZRI4CgZzdGF0dXMYASABKA4yKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXMSKwoHZmFpbHVyZRgCIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmUSNgoFc3RhdHMYAyABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cyJ4ChREYXRhc2V0QnVpbGRQcm9ncmVzcxITCgtjaHVua3NfZG9uZRgBIAEoDRIUCgxjaHVua3NfdG90YWwYAiABKA0SGgoSZXhhbXBsZXNfZ2VuZXJhdGVkGAMgASgNEhkKEWV4YW1wbGVzX2FjY2VwdGVkGAQgASgNIjgKE0RhdGFzZXRCdWlsZFdhcm5pbmcSDwoHbWVzc2FnZRgBIAEoCRIQCghjaHVua19pZBgCIAEoCSK6AgoTRGF0YXNldFZlcnNpb25FdmVudBIQCghzZXF1ZW5jZRgBIAEoDRIaChJkYXRhc2V0X3ZlcnNpb25faWQYAiABKAkSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASSAoOc3RhdHVzX2NoYW5nZWQYBCABKAsyLi5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXNDaGFuZ2VIABI8Cghwcm9ncmVzcxgFIAEoCzIoLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0QnVpbGRQcm9ncmVzc0gAEjoKB3dhcm5pbmcYBiABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldEJ1aWxkV2FybmluZ0gAQgcKBWV2ZW50IjcKGUNhbmNlbERhdGFzZXRCdWlsZFJlcXVlc3QSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAEgASgJIlEKGkNhbmNlbERhdGFzZXRCdWlsZFJlc3BvbnNlEjMKB3ZlcnNpb24YASABKAsyIi5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb24iwQIKB0V4YW1wbGUSCgoCaWQYASABKAkSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAIgASgJEi8KBXNwbGl0GAMgASgOMiAucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRTcGxpdBItCgRraW5kGAQgASgOMh8ucmFndHVuZS5kYXRhc2V0LnYxLkV4YW1wbGVLaW5kEhAKCHF1ZXN0aW9uGAUgASgJEg4KBmFuc3dlchgGIAEoCRIZChFjb250ZXh0X2NodW5rX2lkcxgHIAMoCRIXCg9zb3VyY2VfY2h1bmtfaWQYCCABKAkSGgoSc291cmNlX2RvY3VtZW50X2lkGAkgASgJEg8KB2NvbnRleHQYCiABKAkSFAoMaGVhZGluZ19wYXRoGAsgAygJEhUKDXF1ZXN0aW9uX3R5cGUYDCABKAkivwEKE0xpc3RFeGFtcGxlc1JlcXVlc3QSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAEgASgJEiwKBHBhZ2UYAiABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVxdWVzdBIvCgVzcGxpdBgDIAEoDjIgLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0U3BsaXQSLQoEa2luZBgEIAEoDjIfLnJhZ3R1bmUuZGF0YXNldC52MS5FeGFtcGxlS2luZCJ0ChRMaXN0RXhhbXBsZXNSZXNwb25zZRItCghleGFtcGxlcxgBIAMoCzIbLnJhZ3R1bmUuZGF0YXNldC52MS5FeGFtcGxlEi0KBHBhZ2UYAiABKAsyHy5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVzcG9uc2UitgEKG0V4cG9ydERhdGFzZXRWZXJzaW9uUmVxdWVzdBIaChJkYXRhc2V0X3ZlcnNpb25faWQYASABKAkSLwoFc3BsaXQYAiABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0EjMKCHRlbXBsYXRlGAMgASgOMiEucmFndHVuZS5jb21tb24udjEuUHJvbXB0VGVtcGxhdGUSFQoNc3lzdGVtX3Byb21wdBgEIAEoCSJIChREYXRhc2V0RXhwb3J0U3VtbWFyeRIMCgRyb3dzGAEgASgNEg4KBnNoYTI1NhgCIAEoCRISCgpzaXplX2J5dGVzGAMgASgDInQKHEV4cG9ydERhdGFzZXRWZXJzaW9uUmVzcG9uc2USDwoFanNvbmwYASABKAxIABI7CgdzdW1tYXJ5GAIgASgLMigucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRFeHBvcnRTdW1tYXJ5SABCBgoEcGFydCqaAgoURGF0YXNldFZlcnNpb25TdGF0dXMSJgoiREFUQVNFVF9WRVJTSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEiEKHURBVEFTRVRfVkVSU0lPTl9TVEFUVVNfUVVFVUVEEAESJQohREFUQVNFVF9WRVJTSU9OX1NUQVRVU19HRU5FUkFUSU5HEAISJQohREFUQVNFVF9WRVJTSU9OX1NUQVRVU19GSU5BTElaSU5HEAMSIAocREFUQVNFVF9WRVJTSU9OX1NUQVRVU19SRUFEWRAEEiEKHURBVEFTRVRfVkVSU0lPTl9TVEFUVVNfRkFJTEVEEAUSJAogREFUQVNFVF9WRVJTSU9OX1NUQVRVU19DQU5DRUxMRUQQBip1CgxEYXRhc2V0U3BsaXQSHQoZREFUQVNFVF9TUExJVF9VTlNQRUNJRklFRBAAEhcKE0RBVEFTRVRfU1BMSVRfVFJBSU4QARIVChFEQVRBU0VUX1NQTElUX1ZBTBACEhYKEkRBVEFTRVRfU1BMSVRfVEVTVBADKmcKC0V4YW1wbGVLaW5kEhwKGEVYQU1QTEVfS0lORF9VTlNQRUNJRklFRBAAEhsKF0VYQU1QTEVfS0lORF9BTlNXRVJBQkxFEAESHQoZRVhBTVBMRV9LSU5EX1VOQU5TV0VSQUJMRRACMsEGCg5EYXRhc2V0U2VydmljZRJ2ChNCdWlsZERhdGFzZXRWZXJzaW9uEi4ucmFndHVuZS5kYXRhc2V0LnYxLkJ1aWxkRGF0YXNldFZlcnNpb25SZXF1ZXN0Gi8ucmFndHVuZS5kYXRhc2V0LnYxLkJ1aWxkRGF0YXNldFZlcnNpb25SZXNwb25zZRJwChFHZXREYXRhc2V0VmVyc2lvbhIsLnJhZ3R1bmUuZGF0YXNldC52MS5HZXREYXRhc2V0VmVyc2lvblJlcXVlc3QaLS5yYWd0dW5lLmRhdGFzZXQudjEuR2V0RGF0YXNldFZlcnNpb25SZXNwb25zZRJ2ChNMaXN0RGF0YXNldFZlcnNpb25zEi4ucmFndHVuZS5kYXRhc2V0LnYxLkxpc3REYXRhc2V0VmVyc2lvbnNSZXF1ZXN0Gi8ucmFndHVuZS5kYXRhc2V0LnYxLkxpc3REYXRhc2V0VmVyc2lvbnNSZXNwb25zZRJ4ChNXYXRjaERhdGFzZXRWZXJzaW9uEi4ucmFndHVuZS5kYXRhc2V0LnYxLldhdGNoRGF0YXNldFZlcnNpb25SZXF1ZXN0Gi8ucmFndHVuZS5kYXRhc2V0LnYxLldhdGNoRGF0YXNldFZlcnNpb25SZXNwb25zZTABEnMKEkNhbmNlbERhdGFzZXRCdWlsZBItLnJhZ3R1bmUuZGF0YXNldC52MS5DYW5jZWxEYXRhc2V0QnVpbGRSZXF1ZXN0Gi4ucmFndHVuZS5kYXRhc2V0LnYxLkNhbmNlbERhdGFzZXRCdWlsZFJlc3BvbnNlEmEKDExpc3RFeGFtcGxlcxInLnJhZ3R1bmUuZGF0YXNldC52MS5MaXN0RXhhbXBsZXNSZXF1ZXN0GigucmFndHVuZS5kYXRhc2V0LnYxLkxpc3RFeGFtcGxlc1Jlc3BvbnNlEnsKFEV4cG9ydERhdGFzZXRWZXJzaW9uEi8ucmFndHVuZS5kYXRhc2V0LnYxLkV4cG9ydERhdGFzZXRWZXJzaW9uUmVxdWVzdBowLnJhZ3R1bmUuZGF0YXNldC52MS5FeHBvcnREYXRhc2V0VmVyc2lvblJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_timestamp, file_ragtune_common_v1_common]);
+  fileDesc("CiByYWd0dW5lL2RhdGFzZXQvdjEvZGF0YXNldC5wcm90bxIScmFndHVuZS5kYXRhc2V0LnYxIssCCg1RdWFsaXR5Q2hlY2tzEhgKC2RlZHVwbGljYXRlGAEgASgISACIAQESJAoXcmVxdWlyZV9ncm91bmRlZF9hbnN3ZXIYAiABKAhIAYgBARIfChJtaW5fYW5zd2VyX3N1cHBvcnQYAyABKAFIAogBARIbCg5yZWplY3RfdHJpdmlhbBgEIAEoCEgDiAEBEh0KEG1pbl9hbnN3ZXJfd29yZHMYBSABKA1IBIgBARIdChBtYXhfYW5zd2VyX3dvcmRzGAYgASgNSAWIAQFCDgoMX2RlZHVwbGljYXRlQhoKGF9yZXF1aXJlX2dyb3VuZGVkX2Fuc3dlckIVChNfbWluX2Fuc3dlcl9zdXBwb3J0QhEKD19yZWplY3RfdHJpdmlhbEITChFfbWluX2Fuc3dlcl93b3Jkc0ITChFfbWF4X2Fuc3dlcl93b3JkcyI3CgtTcGxpdFJhdGlvcxINCgV0cmFpbhgBIAEoARILCgN2YWwYAiABKAESDAoEdGVzdBgDIAEoASK9AwoSR2VuZXJhdGlvblNldHRpbmdzEg0KBW1vZGVsGAEgASgJEiAKE3F1ZXN0aW9uc19wZXJfY2h1bmsYAiABKA1IAIgBARIbCg5uZWdhdGl2ZV9yYXRpbxgDIAEoAUgBiAEBEjkKDnF1YWxpdHlfY2hlY2tzGAQgASgLMiEucmFndHVuZS5kYXRhc2V0LnYxLlF1YWxpdHlDaGVja3MSNQoMc3BsaXRfcmF0aW9zGAUgASgLMh8ucmFndHVuZS5kYXRhc2V0LnYxLlNwbGl0UmF0aW9zEhEKBHNlZWQYBiABKA1IAogBARIYCgt0ZW1wZXJhdHVyZRgHIAEoAUgDiAEBEhwKD21heF9jb25jdXJyZW5jeRgIIAEoDUgEiAEBEhQKDHJlZnVzYWxfdGV4dBgJIAEoCRIbCg5jb250ZXh0X2NodW5rcxgKIAEoDUgFiAEBQhYKFF9xdWVzdGlvbnNfcGVyX2NodW5rQhEKD19uZWdhdGl2ZV9yYXRpb0IHCgVfc2VlZEIOCgxfdGVtcGVyYXR1cmVCEgoQX21heF9jb25jdXJyZW5jeUIRCg9fY29udGV4dF9jaHVua3MingEKGkJ1aWxkRGF0YXNldFZlcnNpb25SZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSOAoIc2V0dGluZ3MYAiABKAsyJi5yYWd0dW5lLmRhdGFzZXQudjEuR2VuZXJhdGlvblNldHRpbmdzEhcKD2Jhc2VfdmVyc2lvbl9pZBgDIAEoCRIZChFjbGllbnRfcmVxdWVzdF9pZBgEIAEoCSJSChtCdWlsZERhdGFzZXRWZXJzaW9uUmVzcG9uc2USMwoHdmVyc2lvbhgBIAEoCzIiLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbiK0AQoRRGF0YXNldFNwbGl0U3RhdHMSLwoFc3BsaXQYASABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0EhAKCGV4YW1wbGVzGAIgASgNEhIKCmFuc3dlcmFibGUYAyABKA0SFAoMdW5hbnN3ZXJhYmxlGAQgASgNEjIKC3Rva2VuX3N0YXRzGAUgASgLMh0ucmFndHVuZS5jb21tb24udjEuVG9rZW5TdGF0cyLfBAoTRGF0YXNldFZlcnNpb25TdGF0cxIUCgxjaHVua3NfdG90YWwYASABKA0SFQoNY2h1bmtzX3JldXNlZBgCIAEoDRIRCglnZW5lcmF0ZWQYAyABKA0SVwoRcmVqZWN0ZWRfYnlfY2hlY2sYBCADKAsyPC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cy5SZWplY3RlZEJ5Q2hlY2tFbnRyeRI1CgZzcGxpdHMYBSADKAsyJS5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0U3RhdHMSZgoZZXhhbXBsZXNfYnlfcXVlc3Rpb25fdHlwZRgGIAMoCzJDLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvblN0YXRzLkV4YW1wbGVzQnlRdWVzdGlvblR5cGVFbnRyeRI7Cglkb2N1bWVudHMYByADKAsyKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldERvY3VtZW50U3RhdHMSFQoNcHJvbXB0X3Rva2VucxgIIAEoBBIZChFjb21wbGV0aW9uX3Rva2VucxgJIAEoBBITCgtsbG1fcmV0cmllcxgKIAEoDRIVCg1jaHVua3NfZmFpbGVkGAsgASgNGjYKFFJlamVjdGVkQnlDaGVja0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEaPQobRXhhbXBsZXNCeVF1ZXN0aW9uVHlwZUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEinQEKFERhdGFzZXREb2N1bWVudFN0YXRzEhMKC2RvY3VtZW50X2lkGAEgASgJEhMKC3NvdXJjZV9uYW1lGAIgASgJEg4KBmNodW5rcxgDIAEoDRIQCghleGFtcGxlcxgEIAEoDRISCgphbnN3ZXJhYmxlGAUgASgNEhQKDHVuYW5zd2VyYWJsZRgGIAEoDRIPCgdkcm9wcGVkGAcgASgNIrgCCg5EYXRhc2V0TGluZWFnZRI8Cglkb2N1bWVudHMYASADKAsyKS5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNvdXJjZURvY3VtZW50Ei4KBmNodW5rcxgCIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmEhEKCWdlbmVyYXRvchgDIAEoCRIVCg1wcm9tcHRfc2hhMjU2GAQgASgJEhEKCXRva2VuaXplchgFIAEoCRIXCg9iYXNlX3ZlcnNpb25faWQYBiABKAkSMQoJZ2VuZXJhdGVkGAcgASgLMh4ucmFndHVuZS5jb21tb24udjEuQXJ0aWZhY3RSZWYSLwoHZHJvcHBlZBgIIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmImkKFURhdGFzZXRTb3VyY2VEb2N1bWVudBITCgtkb2N1bWVudF9pZBgBIAEoCRITCgtzb3VyY2VfbmFtZRgCIAEoCRIWCg5jb250ZW50X3NoYTI1NhgDIAEoCRIOCgZjaHVua3MYBCABKA0ipwUKDkRhdGFzZXRWZXJzaW9uEgoKAmlkGAEgASgJEhIKCmNvbGxlY3Rpb24YAiABKAkSOAoGc3RhdHVzGAMgASgOMigucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRWZXJzaW9uU3RhdHVzEjgKCHNldHRpbmdzGAQgASgLMiYucmFndHVuZS5kYXRhc2V0LnYxLkdlbmVyYXRpb25TZXR0aW5ncxIXCg9iYXNlX3ZlcnNpb25faWQYBSABKAkSEwoLY2h1bmtzX2RvbmUYBiABKA0SFAoMY2h1bmtzX3RvdGFsGAcgASgNEjYKBXN0YXRzGAggASgLMicucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRWZXJzaW9uU3RhdHMSLgoGc2hhcmRzGAkgAygLMh4ucmFndHVuZS5jb21tb24udjEuQXJ0aWZhY3RSZWYSKwoHZmFpbHVyZRgKIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmUSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKB2V4cG9ydHMYDiADKAsyJi5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0RXhwb3J0EhEKCWdlbmVyYXRvchgPIAEoCRIWCg5jb250ZW50X3NoYTI1NhgQIAEoCRIzCgdsaW5lYWdlGBEgASgLMiIucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRMaW5lYWdlIvMBChJEYXRhc2V0U3BsaXRFeHBvcnQSLwoFc3BsaXQYASABKA4yIC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFNwbGl0EjMKCHRlbXBsYXRlGAIgASgOMiEucmFndHVuZS5jb21tb24udjEuUHJvbXB0VGVtcGxhdGUSMAoIYXJ0aWZhY3QYAyABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZhIMCgRyb3dzGAQgASgNEjcKBmZvcm1hdBgFIAEoDjInLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0RXhwb3J0Rm9ybWF0IjYKGEdldERhdGFzZXRWZXJzaW9uUmVxdWVzdBIaChJkYXRhc2V0X3ZlcnNpb25faWQYASABKAkiUAoZR2V0RGF0YXNldFZlcnNpb25SZXNwb25zZRIzCgd2ZXJzaW9uGAEgASgLMiIucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRWZXJzaW9uIpgBChpMaXN0RGF0YXNldFZlcnNpb25zUmVxdWVzdBIsCgRwYWdlGAEgASgLMh4ucmFndHVuZS5jb21tb24udjEuUGFnZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgCIAEoCRI4CgZzdGF0dXMYAyABKA4yKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXMiggEKG0xpc3REYXRhc2V0VmVyc2lvbnNSZXNwb25zZRI0Cgh2ZXJzaW9ucxgBIAMoCzIiLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbhItCgRwYWdlGAIgASgLMh8ucmFndHVuZS5jb21tb24udjEuUGFnZVJlc3BvbnNlIk8KGldhdGNoRGF0YXNldFZlcnNpb25SZXF1ZXN0EhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgBIAEoCRIVCg1mcm9tX3NlcXVlbmNlGAIgASgNIlUKG1dhdGNoRGF0YXNldFZlcnNpb25SZXNwb25zZRI2CgVldmVudBgBIAEoCzInLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbkV2ZW50IrsBChpEYXRhc2V0VmVyc2lvblN0YXR1c0NoYW5nZRI4CgZzdGF0dXMYASABKA4yKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0dXMSKwoHZmFpbHVyZRgCIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmUSNgoFc3RhdHMYAyABKAsyJy5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldFZlcnNpb25TdGF0cyLtAQoURGF0YXNldEJ1aWxkUHJvZ3Jlc3MSEwoLY2h1bmtzX2RvbmUYASABKA0SFAoMY2h1bmtzX3RvdGFsGAIgASgNEhoKEmV4YW1wbGVzX2dlbmVyYXRlZBgDIAEoDRIZChFleGFtcGxlc19hY2NlcHRlZBgEIAEoDRIVCg1jaHVua3NfcmV1c2VkGAUgASgNEhUKDWNodW5rc19mYWlsZWQYBiABKA0SFQoNcHJvbXB0X3Rva2VucxgHIAEoBBIZChFjb21wbGV0aW9uX3Rva2VucxgIIAEoBBITCgtsbG1fcmV0cmllcxgJIAEoDSI4ChNEYXRhc2V0QnVpbGRXYXJuaW5nEg8KB21lc3NhZ2UYASABKAkSEAoIY2h1bmtfaWQYAiABKAkiugIKE0RhdGFzZXRWZXJzaW9uRXZlbnQSEAoIc2VxdWVuY2UYASABKA0SGgoSZGF0YXNldF92ZXJzaW9uX2lkGAIgASgJEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEkgKDnN0YXR1c19jaGFuZ2VkGAQgASgLMi4ucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRWZXJzaW9uU3RhdHVzQ2hhbmdlSAASPAoIcHJvZ3Jlc3MYBSABKAsyKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldEJ1aWxkUHJvZ3Jlc3NIABI6Cgd3YXJuaW5nGAYgASgLMicucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRCdWlsZFdhcm5pbmdIAEIHCgVldmVudCI3ChlDYW5jZWxEYXRhc2V0QnVpbGRSZXF1ZXN0EhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgBIAEoCSJRChpDYW5jZWxEYXRhc2V0QnVpbGRSZXNwb25zZRIzCgd2ZXJzaW9uGAEgASgLMiIucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRWZXJzaW9uItQCCgdFeGFtcGxlEgoKAmlkGAEgASgJEhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgCIAEoCRIvCgVzcGxpdBgDIAEoDjIgLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0U3BsaXQSLQoEa2luZBgEIAEoDjIfLnJhZ3R1bmUuZGF0YXNldC52MS5FeGFtcGxlS2luZBIQCghxdWVzdGlvbhgFIAEoCRIOCgZhbnN3ZXIYBiABKAkSGQoRY29udGV4dF9jaHVua19pZHMYByADKAkSFwoPc291cmNlX2NodW5rX2lkGAggASgJEhoKEnNvdXJjZV9kb2N1bWVudF9pZBgJIAEoCRIPCgdjb250ZXh0GAogASgJEhQKDGhlYWRpbmdfcGF0aBgLIAMoCRIVCg1xdWVzdGlvbl90eXBlGAwgASgJEhEKCWdlbmVyYXRvchgNIAEoCSK/AQoTTGlzdEV4YW1wbGVzUmVxdWVzdBIaChJkYXRhc2V0X3ZlcnNpb25faWQYASABKAkSLAoEcGFnZRgCIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLlBhZ2VSZXF1ZXN0Ei8KBXNwbGl0GAMgASgOMiAucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRTcGxpdBItCgRraW5kGAQgASgOMh8ucmFndHVuZS5kYXRhc2V0LnYxLkV4YW1wbGVLaW5kInQKFExpc3RFeGFtcGxlc1Jlc3BvbnNlEi0KCGV4YW1wbGVzGAEgAygLMhsucmFndHVuZS5kYXRhc2V0LnYxLkV4YW1wbGUSLQoEcGFnZRgCIAEoCzIfLnJhZ3R1bmUuY29tbW9uLnYxLlBhZ2VSZXNwb25zZSLvAQobRXhwb3J0RGF0YXNldFZlcnNpb25SZXF1ZXN0EhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgBIAEoCRIvCgVzcGxpdBgCIAEoDjIgLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0U3BsaXQSMwoIdGVtcGxhdGUYAyABKA4yIS5yYWd0dW5lLmNvbW1vbi52MS5Qcm9tcHRUZW1wbGF0ZRIVCg1zeXN0ZW1fcHJvbXB0GAQgASgJEjcKBmZvcm1hdBgFIAEoDjInLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0RXhwb3J0Rm9ybWF0IkgKFERhdGFzZXRFeHBvcnRTdW1tYXJ5EgwKBHJvd3MYASABKA0SDgoGc2hhMjU2GAIgASgJEhIKCnNpemVfYnl0ZXMYAyABKAMidAocRXhwb3J0RGF0YXNldFZlcnNpb25SZXNwb25zZRIPCgVqc29ubBgBIAEoDEgAEjsKB3N1bW1hcnkYAiABKAsyKC5yYWd0dW5lLmRhdGFzZXQudjEuRGF0YXNldEV4cG9ydFN1bW1hcnlIAEIGCgRwYXJ0InYKGkxpc3REcm9wcGVkRXhhbXBsZXNSZXF1ZXN0EhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgBIAEoCRIsCgRwYWdlGAIgASgLMh4ucmFndHVuZS5jb21tb24udjEuUGFnZVJlcXVlc3QSDgoGcmVhc29uGAMgASgJIl4KDkRyb3BwZWRFeGFtcGxlEiwKB2V4YW1wbGUYASABKAsyGy5yYWd0dW5lLmRhdGFzZXQudjEuRXhhbXBsZRIOCgZyZWFzb24YAiABKAkSDgoGZGV0YWlsGAMgASgJIoIBChtMaXN0RHJvcHBlZEV4YW1wbGVzUmVzcG9uc2USNAoIZXhhbXBsZXMYASADKAsyIi5yYWd0dW5lLmRhdGFzZXQudjEuRHJvcHBlZEV4YW1wbGUSLQoEcGFnZRgCIAEoCzIfLnJhZ3R1bmUuY29tbW9uLnYxLlBhZ2VSZXNwb25zZSKrAQoQQ29sbGVjdGlvbkNvbmZpZxISCgpjb2xsZWN0aW9uGAEgASgJEhkKEXJlYnVpbGRfb25faW5nZXN0GAIgASgIEjgKCHNldHRpbmdzGAMgASgLMiYucmFndHVuZS5kYXRhc2V0LnYxLkdlbmVyYXRpb25TZXR0aW5ncxIuCgp1cGRhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKFAQoaU2V0Q29sbGVjdGlvbkNvbmZpZ1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIZChFyZWJ1aWxkX29uX2luZ2VzdBgCIAEoCBI4CghzZXR0aW5ncxgDIAEoCzImLnJhZ3R1bmUuZGF0YXNldC52MS5HZW5lcmF0aW9uU2V0dGluZ3MiUwobU2V0Q29sbGVjdGlvbkNvbmZpZ1Jlc3BvbnNlEjQKBmNvbmZpZxgBIAEoCzIkLnJhZ3R1bmUuZGF0YXNldC52MS5Db2xsZWN0aW9uQ29uZmlnIjAKGkdldENvbGxlY3Rpb25Db25maWdSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkiUwobR2V0Q29sbGVjdGlvbkNvbmZpZ1Jlc3BvbnNlEjQKBmNvbmZpZxgBIAEoCzIkLnJhZ3R1bmUuZGF0YXNldC52MS5Db2xsZWN0aW9uQ29uZmlnIr4BCg9HZW5lcmF0aW9uQmF0Y2gSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAEgASgJEhEKCWJhdGNoX2tleRgCIAEoCRIUCgxjaHVua3NfanNvbmwYAyABKAwSDQoFbW9kZWwYBCABKAkSGwoTcXVlc3Rpb25zX3Blcl9jaHVuaxgFIAEoDRITCgt0ZW1wZXJhdHVyZRgGIAEoARIMCgRzZWVkGAcgASgNEhcKD21heF9jb25jdXJyZW5jeRgIIAEoDSL4AQoVR2VuZXJhdGlvbkJhdGNoUmVzdWx0EhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgBIAEoCRIRCgliYXRjaF9rZXkYAiABKAkSFgoOZXhhbXBsZXNfanNvbmwYAyABKAwSFgoOZmFpbHVyZXNfanNvbmwYBCABKAwSFQoNcHJvbXB0X3Rva2VucxgFIAEoBBIZChFjb21wbGV0aW9uX3Rva2VucxgGIAEoBBITCgtsbG1fcmV0cmllcxgHIAEoDRIpCgVmYXRhbBgIIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmUSDgoGd29ya2VyGAkgASgJKpoCChREYXRhc2V0VmVyc2lvblN0YXR1cxImCiJEQVRBU0VUX1ZFUlNJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASIQodREFUQVNFVF9WRVJTSU9OX1NUQVRVU19RVUVVRUQQARIlCiFEQVRBU0VUX1ZFUlNJT05fU1RBVFVTX0dFTkVSQVRJTkcQAhIlCiFEQVRBU0VUX1ZFUlNJT05fU1RBVFVTX0ZJTkFMSVpJTkcQAxIgChxEQVRBU0VUX1ZFUlNJT05fU1RBVFVTX1JFQURZEAQSIQodREFUQVNFVF9WRVJTSU9OX1NUQVRVU19GQUlMRUQQBRIkCiBEQVRBU0VUX1ZFUlNJT05fU1RBVFVTX0NBTkNFTExFRBAGKnUKDERhdGFzZXRTcGxpdBIdChlEQVRBU0VUX1NQTElUX1VOU1BFQ0lGSUVEEAASFwoTREFUQVNFVF9TUExJVF9UUkFJThABEhUKEURBVEFTRVRfU1BMSVRfVkFMEAISFgoSREFUQVNFVF9TUExJVF9URVNUEAMqZwoLRXhhbXBsZUtpbmQSHAoYRVhBTVBMRV9LSU5EX1VOU1BFQ0lGSUVEEAASGwoXRVhBTVBMRV9LSU5EX0FOU1dFUkFCTEUQARIdChlFWEFNUExFX0tJTkRfVU5BTlNXRVJBQkxFEAIq0gEKE0RhdGFzZXRFeHBvcnRGb3JtYXQSJQohREFUQVNFVF9FWFBPUlRfRk9STUFUX1VOU1BFQ0lGSUVEEAASIgoeREFUQVNFVF9FWFBPUlRfRk9STUFUX0lOU1RSVUNUEAESIwofREFUQVNFVF9FWFBPUlRfRk9STUFUX0lORkVSRU5DRRACEh4KGkRBVEFTRVRfRVhQT1JUX0ZPUk1BVF9DSEFUEAMSKwonREFUQVNFVF9FWFBPUlRfRk9STUFUX1BST01QVF9DT01QTEVUSU9OEAQyqQkKDkRhdGFzZXRTZXJ2aWNlEnYKE0J1aWxkRGF0YXNldFZlcnNpb24SLi5yYWd0dW5lLmRhdGFzZXQudjEuQnVpbGREYXRhc2V0VmVyc2lvblJlcXVlc3QaLy5yYWd0dW5lLmRhdGFzZXQudjEuQnVpbGREYXRhc2V0VmVyc2lvblJlc3BvbnNlEnAKEUdldERhdGFzZXRWZXJzaW9uEiwucmFndHVuZS5kYXRhc2V0LnYxLkdldERhdGFzZXRWZXJzaW9uUmVxdWVzdBotLnJhZ3R1bmUuZGF0YXNldC52MS5HZXREYXRhc2V0VmVyc2lvblJlc3BvbnNlEnYKE0xpc3REYXRhc2V0VmVyc2lvbnMSLi5yYWd0dW5lLmRhdGFzZXQudjEuTGlzdERhdGFzZXRWZXJzaW9uc1JlcXVlc3QaLy5yYWd0dW5lLmRhdGFzZXQudjEuTGlzdERhdGFzZXRWZXJzaW9uc1Jlc3BvbnNlEngKE1dhdGNoRGF0YXNldFZlcnNpb24SLi5yYWd0dW5lLmRhdGFzZXQudjEuV2F0Y2hEYXRhc2V0VmVyc2lvblJlcXVlc3QaLy5yYWd0dW5lLmRhdGFzZXQudjEuV2F0Y2hEYXRhc2V0VmVyc2lvblJlc3BvbnNlMAEScwoSQ2FuY2VsRGF0YXNldEJ1aWxkEi0ucmFndHVuZS5kYXRhc2V0LnYxLkNhbmNlbERhdGFzZXRCdWlsZFJlcXVlc3QaLi5yYWd0dW5lLmRhdGFzZXQudjEuQ2FuY2VsRGF0YXNldEJ1aWxkUmVzcG9uc2USYQoMTGlzdEV4YW1wbGVzEicucmFndHVuZS5kYXRhc2V0LnYxLkxpc3RFeGFtcGxlc1JlcXVlc3QaKC5yYWd0dW5lLmRhdGFzZXQudjEuTGlzdEV4YW1wbGVzUmVzcG9uc2USewoURXhwb3J0RGF0YXNldFZlcnNpb24SLy5yYWd0dW5lLmRhdGFzZXQudjEuRXhwb3J0RGF0YXNldFZlcnNpb25SZXF1ZXN0GjAucmFndHVuZS5kYXRhc2V0LnYxLkV4cG9ydERhdGFzZXRWZXJzaW9uUmVzcG9uc2UwARJ2ChNMaXN0RHJvcHBlZEV4YW1wbGVzEi4ucmFndHVuZS5kYXRhc2V0LnYxLkxpc3REcm9wcGVkRXhhbXBsZXNSZXF1ZXN0Gi8ucmFndHVuZS5kYXRhc2V0LnYxLkxpc3REcm9wcGVkRXhhbXBsZXNSZXNwb25zZRJ2ChNTZXRDb2xsZWN0aW9uQ29uZmlnEi4ucmFndHVuZS5kYXRhc2V0LnYxLlNldENvbGxlY3Rpb25Db25maWdSZXF1ZXN0Gi8ucmFndHVuZS5kYXRhc2V0LnYxLlNldENvbGxlY3Rpb25Db25maWdSZXNwb25zZRJ2ChNHZXRDb2xsZWN0aW9uQ29uZmlnEi4ucmFndHVuZS5kYXRhc2V0LnYxLkdldENvbGxlY3Rpb25Db25maWdSZXF1ZXN0Gi8ucmFndHVuZS5kYXRhc2V0LnYxLkdldENvbGxlY3Rpb25Db25maWdSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_ragtune_common_v1_common]);
 
 /**
  * Quality checks applied to generated examples. Unset fields take the defaults.
@@ -114,8 +114,9 @@ export const SplitRatiosSchema: GenMessage<SplitRatios> = /*@__PURE__*/
  */
 export type GenerationSettings = Message<"ragtune.dataset.v1.GenerationSettings"> & {
   /**
-   * Model name sent to the OpenAI-compatible endpoint that writes questions and answers.
-   * Empty: the service's configured generation model.
+   * Model name sent to the OpenAI-compatible endpoint (LLM_BASE_URL) that writes questions and
+   * answers. Empty: the embedded extractive generator (no model: questions from headings and
+   * definitional sentences, answers copied verbatim from the chunk).
    *
    * @generated from field: string model = 1;
    */
@@ -161,7 +162,8 @@ export type GenerationSettings = Message<"ragtune.dataset.v1.GenerationSettings"
   temperature?: number | undefined;
 
   /**
-   * Concurrent requests to the generation model. Default 4.
+   * Concurrent requests to the generation model for this build, across all dataset replicas
+   * (each replica's LLM_CONCURRENCY caps its own share). Default 4.
    *
    * @generated from field: optional uint32 max_concurrency = 8;
    */
@@ -207,8 +209,11 @@ export type BuildDatasetVersionRequest = Message<"ragtune.dataset.v1.BuildDatase
   settings?: GenerationSettings | undefined;
 
   /**
-   * A READY version of the same collection whose examples are reused for chunks that did not
-   * change since it was built (incremental build). Empty: generate everything.
+   * A READY version of the same collection, built by the same generator (model, questions per
+   * chunk, prompt, temperature, seed), whose generated examples are reused for the chunks that
+   * did not change since it was built; only new and changed chunks are generated (incremental
+   * build). Negatives, quality checks and splits run again over the whole set. Empty: generate
+   * everything.
    *
    * @generated from field: string base_version_id = 3;
    */
@@ -325,6 +330,46 @@ export type DatasetVersionStats = Message<"ragtune.dataset.v1.DatasetVersionStat
    * @generated from field: repeated ragtune.dataset.v1.DatasetSplitStats splits = 5;
    */
   splits: DatasetSplitStats[];
+
+  /**
+   * Kept examples per question type ("factual", "conceptual", "comparison", …, "unanswerable").
+   *
+   * @generated from field: map<string, uint32> examples_by_question_type = 6;
+   */
+  examplesByQuestionType: { [key: string]: number };
+
+  /**
+   * Kept and dropped examples per source document.
+   *
+   * @generated from field: repeated ragtune.dataset.v1.DatasetDocumentStats documents = 7;
+   */
+  documents: DatasetDocumentStats[];
+
+  /**
+   * Generation model usage (zero for the extractive generator).
+   *
+   * @generated from field: uint64 prompt_tokens = 8;
+   */
+  promptTokens: bigint;
+
+  /**
+   * @generated from field: uint64 completion_tokens = 9;
+   */
+  completionTokens: bigint;
+
+  /**
+   * Requests to the generation model that were retried (429/5xx/timeouts/malformed output).
+   *
+   * @generated from field: uint32 llm_retries = 10;
+   */
+  llmRetries: number;
+
+  /**
+   * Chunks that gave no example or fewer than asked (see the build's warnings).
+   *
+   * @generated from field: uint32 chunks_failed = 11;
+   */
+  chunksFailed: number;
 };
 
 /**
@@ -333,6 +378,167 @@ export type DatasetVersionStats = Message<"ragtune.dataset.v1.DatasetVersionStat
  */
 export const DatasetVersionStatsSchema: GenMessage<DatasetVersionStats> = /*@__PURE__*/
   messageDesc(file_ragtune_dataset_v1_dataset, 6);
+
+/**
+ * What one source document contributed to a version.
+ *
+ * @generated from message ragtune.dataset.v1.DatasetDocumentStats
+ */
+export type DatasetDocumentStats = Message<"ragtune.dataset.v1.DatasetDocumentStats"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * The document's source name (file name or path) in the ingest service.
+   *
+   * @generated from field: string source_name = 2;
+   */
+  sourceName: string;
+
+  /**
+   * @generated from field: uint32 chunks = 3;
+   */
+  chunks: number;
+
+  /**
+   * Kept examples whose context is from this document.
+   *
+   * @generated from field: uint32 examples = 4;
+   */
+  examples: number;
+
+  /**
+   * @generated from field: uint32 answerable = 5;
+   */
+  answerable: number;
+
+  /**
+   * @generated from field: uint32 unanswerable = 6;
+   */
+  unanswerable: number;
+
+  /**
+   * Generated examples of this document dropped by a check.
+   *
+   * @generated from field: uint32 dropped = 7;
+   */
+  dropped: number;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.DatasetDocumentStats.
+ * Use `create(DatasetDocumentStatsSchema)` to create a new message.
+ */
+export const DatasetDocumentStatsSchema: GenMessage<DatasetDocumentStats> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 7);
+
+/**
+ * Where a version's examples come from: enough to rebuild it or to tell what changed.
+ *
+ * @generated from message ragtune.dataset.v1.DatasetLineage
+ */
+export type DatasetLineage = Message<"ragtune.dataset.v1.DatasetLineage"> & {
+  /**
+   * The documents read, each at the version (content hash) its chunks were taken from.
+   *
+   * @generated from field: repeated ragtune.dataset.v1.DatasetSourceDocument documents = 1;
+   */
+  documents: DatasetSourceDocument[];
+
+  /**
+   * `{"chunkId", "documentId", "documentSha256", "reused"}` JSON lines, one per source chunk.
+   *
+   * @generated from field: ragtune.common.v1.ArtifactRef chunks = 2;
+   */
+  chunks?: ArtifactRef | undefined;
+
+  /**
+   * "extractive" or the generation model's name.
+   *
+   * @generated from field: string generator = 3;
+   */
+  generator: string;
+
+  /**
+   * SHA-256 of the generation prompt (system prompt, template, JSON schema); empty for extractive.
+   *
+   * @generated from field: string prompt_sha256 = 4;
+   */
+  promptSha256: string;
+
+  /**
+   * The tokenizer the token budget was counted with ("mistral", "llama3", "qwen3").
+   *
+   * @generated from field: string tokenizer = 5;
+   */
+  tokenizer: string;
+
+  /**
+   * The version whose generated examples were reused, if any.
+   *
+   * @generated from field: string base_version_id = 6;
+   */
+  baseVersionId: string;
+
+  /**
+   * Every generated example before checks (JSON lines): what an incremental build reuses.
+   *
+   * @generated from field: ragtune.common.v1.ArtifactRef generated = 7;
+   */
+  generated?: ArtifactRef | undefined;
+
+  /**
+   * Every dropped example with its reason (JSON lines): what ListDroppedExamples serves.
+   *
+   * @generated from field: ragtune.common.v1.ArtifactRef dropped = 8;
+   */
+  dropped?: ArtifactRef | undefined;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.DatasetLineage.
+ * Use `create(DatasetLineageSchema)` to create a new message.
+ */
+export const DatasetLineageSchema: GenMessage<DatasetLineage> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 8);
+
+/**
+ * A source document of a version.
+ *
+ * @generated from message ragtune.dataset.v1.DatasetSourceDocument
+ */
+export type DatasetSourceDocument = Message<"ragtune.dataset.v1.DatasetSourceDocument"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * @generated from field: string source_name = 2;
+   */
+  sourceName: string;
+
+  /**
+   * The document's content hash (ingest's Document.content_sha256) when its chunks were read.
+   *
+   * @generated from field: string content_sha256 = 3;
+   */
+  contentSha256: string;
+
+  /**
+   * @generated from field: uint32 chunks = 4;
+   */
+  chunks: number;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.DatasetSourceDocument.
+ * Use `create(DatasetSourceDocumentSchema)` to create a new message.
+ */
+export const DatasetSourceDocumentSchema: GenMessage<DatasetSourceDocument> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 9);
 
 /**
  * An immutable set of examples built from a collection.
@@ -437,6 +643,13 @@ export type DatasetVersion = Message<"ragtune.dataset.v1.DatasetVersion"> & {
    * @generated from field: string content_sha256 = 16;
    */
   contentSha256: string;
+
+  /**
+   * Set when READY.
+   *
+   * @generated from field: ragtune.dataset.v1.DatasetLineage lineage = 17;
+   */
+  lineage?: DatasetLineage | undefined;
 };
 
 /**
@@ -444,10 +657,10 @@ export type DatasetVersion = Message<"ragtune.dataset.v1.DatasetVersion"> & {
  * Use `create(DatasetVersionSchema)` to create a new message.
  */
 export const DatasetVersionSchema: GenMessage<DatasetVersion> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 7);
+  messageDesc(file_ragtune_dataset_v1_dataset, 10);
 
 /**
- * One split of a READY version, stored as JSON lines in a prompt template.
+ * One split of a READY version, stored as JSON lines in a prompt template and format.
  *
  * @generated from message ragtune.dataset.v1.DatasetSplitExport
  */
@@ -463,7 +676,7 @@ export type DatasetSplitExport = Message<"ragtune.dataset.v1.DatasetSplitExport"
   template: PromptTemplate;
 
   /**
-   * `{"id", "prompt", "completion"}` rows, the completion ending with the template's EOS text.
+   * The rows; see DatasetExportFormat.
    *
    * @generated from field: ragtune.common.v1.ArtifactRef artifact = 3;
    */
@@ -473,6 +686,13 @@ export type DatasetSplitExport = Message<"ragtune.dataset.v1.DatasetSplitExport"
    * @generated from field: uint32 rows = 4;
    */
   rows: number;
+
+  /**
+   * UNSPECIFIED and INSTRUCT: the training rows the trainer reads.
+   *
+   * @generated from field: ragtune.dataset.v1.DatasetExportFormat format = 5;
+   */
+  format: DatasetExportFormat;
 };
 
 /**
@@ -480,7 +700,7 @@ export type DatasetSplitExport = Message<"ragtune.dataset.v1.DatasetSplitExport"
  * Use `create(DatasetSplitExportSchema)` to create a new message.
  */
 export const DatasetSplitExportSchema: GenMessage<DatasetSplitExport> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 8);
+  messageDesc(file_ragtune_dataset_v1_dataset, 11);
 
 /**
  * @generated from message ragtune.dataset.v1.GetDatasetVersionRequest
@@ -497,7 +717,7 @@ export type GetDatasetVersionRequest = Message<"ragtune.dataset.v1.GetDatasetVer
  * Use `create(GetDatasetVersionRequestSchema)` to create a new message.
  */
 export const GetDatasetVersionRequestSchema: GenMessage<GetDatasetVersionRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 9);
+  messageDesc(file_ragtune_dataset_v1_dataset, 12);
 
 /**
  * @generated from message ragtune.dataset.v1.GetDatasetVersionResponse
@@ -514,7 +734,7 @@ export type GetDatasetVersionResponse = Message<"ragtune.dataset.v1.GetDatasetVe
  * Use `create(GetDatasetVersionResponseSchema)` to create a new message.
  */
 export const GetDatasetVersionResponseSchema: GenMessage<GetDatasetVersionResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 10);
+  messageDesc(file_ragtune_dataset_v1_dataset, 13);
 
 /**
  * @generated from message ragtune.dataset.v1.ListDatasetVersionsRequest
@@ -545,7 +765,7 @@ export type ListDatasetVersionsRequest = Message<"ragtune.dataset.v1.ListDataset
  * Use `create(ListDatasetVersionsRequestSchema)` to create a new message.
  */
 export const ListDatasetVersionsRequestSchema: GenMessage<ListDatasetVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 11);
+  messageDesc(file_ragtune_dataset_v1_dataset, 14);
 
 /**
  * @generated from message ragtune.dataset.v1.ListDatasetVersionsResponse
@@ -567,7 +787,7 @@ export type ListDatasetVersionsResponse = Message<"ragtune.dataset.v1.ListDatase
  * Use `create(ListDatasetVersionsResponseSchema)` to create a new message.
  */
 export const ListDatasetVersionsResponseSchema: GenMessage<ListDatasetVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 12);
+  messageDesc(file_ragtune_dataset_v1_dataset, 15);
 
 /**
  * @generated from message ragtune.dataset.v1.WatchDatasetVersionRequest
@@ -591,7 +811,7 @@ export type WatchDatasetVersionRequest = Message<"ragtune.dataset.v1.WatchDatase
  * Use `create(WatchDatasetVersionRequestSchema)` to create a new message.
  */
 export const WatchDatasetVersionRequestSchema: GenMessage<WatchDatasetVersionRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 13);
+  messageDesc(file_ragtune_dataset_v1_dataset, 16);
 
 /**
  * @generated from message ragtune.dataset.v1.WatchDatasetVersionResponse
@@ -608,7 +828,7 @@ export type WatchDatasetVersionResponse = Message<"ragtune.dataset.v1.WatchDatas
  * Use `create(WatchDatasetVersionResponseSchema)` to create a new message.
  */
 export const WatchDatasetVersionResponseSchema: GenMessage<WatchDatasetVersionResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 14);
+  messageDesc(file_ragtune_dataset_v1_dataset, 17);
 
 /**
  * The version moved to another status.
@@ -641,7 +861,7 @@ export type DatasetVersionStatusChange = Message<"ragtune.dataset.v1.DatasetVers
  * Use `create(DatasetVersionStatusChangeSchema)` to create a new message.
  */
 export const DatasetVersionStatusChangeSchema: GenMessage<DatasetVersionStatusChange> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 15);
+  messageDesc(file_ragtune_dataset_v1_dataset, 18);
 
 /**
  * Generation progress.
@@ -670,6 +890,37 @@ export type DatasetBuildProgress = Message<"ragtune.dataset.v1.DatasetBuildProgr
    * @generated from field: uint32 examples_accepted = 4;
    */
   examplesAccepted: number;
+
+  /**
+   * Chunks whose examples were taken from the base version (incremental build).
+   *
+   * @generated from field: uint32 chunks_reused = 5;
+   */
+  chunksReused: number;
+
+  /**
+   * Chunks that gave no example or fewer than asked so far.
+   *
+   * @generated from field: uint32 chunks_failed = 6;
+   */
+  chunksFailed: number;
+
+  /**
+   * Generation model usage and retried requests so far.
+   *
+   * @generated from field: uint64 prompt_tokens = 7;
+   */
+  promptTokens: bigint;
+
+  /**
+   * @generated from field: uint64 completion_tokens = 8;
+   */
+  completionTokens: bigint;
+
+  /**
+   * @generated from field: uint32 llm_retries = 9;
+   */
+  llmRetries: number;
 };
 
 /**
@@ -677,7 +928,7 @@ export type DatasetBuildProgress = Message<"ragtune.dataset.v1.DatasetBuildProgr
  * Use `create(DatasetBuildProgressSchema)` to create a new message.
  */
 export const DatasetBuildProgressSchema: GenMessage<DatasetBuildProgress> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 16);
+  messageDesc(file_ragtune_dataset_v1_dataset, 19);
 
 /**
  * A non-fatal problem (e.g. the model returned malformed JSON for a chunk, which was retried or
@@ -704,7 +955,7 @@ export type DatasetBuildWarning = Message<"ragtune.dataset.v1.DatasetBuildWarnin
  * Use `create(DatasetBuildWarningSchema)` to create a new message.
  */
 export const DatasetBuildWarningSchema: GenMessage<DatasetBuildWarning> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 17);
+  messageDesc(file_ragtune_dataset_v1_dataset, 20);
 
 /**
  * One event of a dataset build.
@@ -758,7 +1009,7 @@ export type DatasetVersionEvent = Message<"ragtune.dataset.v1.DatasetVersionEven
  * Use `create(DatasetVersionEventSchema)` to create a new message.
  */
 export const DatasetVersionEventSchema: GenMessage<DatasetVersionEvent> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 18);
+  messageDesc(file_ragtune_dataset_v1_dataset, 21);
 
 /**
  * @generated from message ragtune.dataset.v1.CancelDatasetBuildRequest
@@ -775,7 +1026,7 @@ export type CancelDatasetBuildRequest = Message<"ragtune.dataset.v1.CancelDatase
  * Use `create(CancelDatasetBuildRequestSchema)` to create a new message.
  */
 export const CancelDatasetBuildRequestSchema: GenMessage<CancelDatasetBuildRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 19);
+  messageDesc(file_ragtune_dataset_v1_dataset, 22);
 
 /**
  * @generated from message ragtune.dataset.v1.CancelDatasetBuildResponse
@@ -792,7 +1043,7 @@ export type CancelDatasetBuildResponse = Message<"ragtune.dataset.v1.CancelDatas
  * Use `create(CancelDatasetBuildResponseSchema)` to create a new message.
  */
 export const CancelDatasetBuildResponseSchema: GenMessage<CancelDatasetBuildResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 20);
+  messageDesc(file_ragtune_dataset_v1_dataset, 23);
 
 /**
  * A question with its context and reference answer.
@@ -873,6 +1124,13 @@ export type Example = Message<"ragtune.dataset.v1.Example"> & {
    * @generated from field: string question_type = 12;
    */
   questionType: string;
+
+  /**
+   * "llm" or "extractive".
+   *
+   * @generated from field: string generator = 13;
+   */
+  generator: string;
 };
 
 /**
@@ -880,7 +1138,7 @@ export type Example = Message<"ragtune.dataset.v1.Example"> & {
  * Use `create(ExampleSchema)` to create a new message.
  */
 export const ExampleSchema: GenMessage<Example> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 21);
+  messageDesc(file_ragtune_dataset_v1_dataset, 24);
 
 /**
  * @generated from message ragtune.dataset.v1.ListExamplesRequest
@@ -916,7 +1174,7 @@ export type ListExamplesRequest = Message<"ragtune.dataset.v1.ListExamplesReques
  * Use `create(ListExamplesRequestSchema)` to create a new message.
  */
 export const ListExamplesRequestSchema: GenMessage<ListExamplesRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 22);
+  messageDesc(file_ragtune_dataset_v1_dataset, 25);
 
 /**
  * @generated from message ragtune.dataset.v1.ListExamplesResponse
@@ -938,7 +1196,7 @@ export type ListExamplesResponse = Message<"ragtune.dataset.v1.ListExamplesRespo
  * Use `create(ListExamplesResponseSchema)` to create a new message.
  */
 export const ListExamplesResponseSchema: GenMessage<ListExamplesResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 23);
+  messageDesc(file_ragtune_dataset_v1_dataset, 26);
 
 /**
  * @generated from message ragtune.dataset.v1.ExportDatasetVersionRequest
@@ -964,11 +1222,20 @@ export type ExportDatasetVersionRequest = Message<"ragtune.dataset.v1.ExportData
   template: PromptTemplate;
 
   /**
-   * System prompt placed in the template; empty: the service's grounded-QA system prompt.
+   * System prompt placed before the user turn (Mistral) or as the system message (chat). Empty:
+   * none, as the version's stored exports are made (what the trainer trains on). With a system
+   * prompt the rows are rendered from the stored examples on request.
    *
    * @generated from field: string system_prompt = 4;
    */
   systemPrompt: string;
+
+  /**
+   * The row shape; UNSPECIFIED: the training rows.
+   *
+   * @generated from field: ragtune.dataset.v1.DatasetExportFormat format = 5;
+   */
+  format: DatasetExportFormat;
 };
 
 /**
@@ -976,7 +1243,7 @@ export type ExportDatasetVersionRequest = Message<"ragtune.dataset.v1.ExportData
  * Use `create(ExportDatasetVersionRequestSchema)` to create a new message.
  */
 export const ExportDatasetVersionRequestSchema: GenMessage<ExportDatasetVersionRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 24);
+  messageDesc(file_ragtune_dataset_v1_dataset, 27);
 
 /**
  * Summary sent as the last message of an export.
@@ -1007,7 +1274,7 @@ export type DatasetExportSummary = Message<"ragtune.dataset.v1.DatasetExportSumm
  * Use `create(DatasetExportSummarySchema)` to create a new message.
  */
 export const DatasetExportSummarySchema: GenMessage<DatasetExportSummary> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 25);
+  messageDesc(file_ragtune_dataset_v1_dataset, 28);
 
 /**
  * A piece of an export. Messages with jsonl come first; a summary message ends the stream.
@@ -1041,7 +1308,345 @@ export type ExportDatasetVersionResponse = Message<"ragtune.dataset.v1.ExportDat
  * Use `create(ExportDatasetVersionResponseSchema)` to create a new message.
  */
 export const ExportDatasetVersionResponseSchema: GenMessage<ExportDatasetVersionResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_dataset_v1_dataset, 26);
+  messageDesc(file_ragtune_dataset_v1_dataset, 29);
+
+/**
+ * @generated from message ragtune.dataset.v1.ListDroppedExamplesRequest
+ */
+export type ListDroppedExamplesRequest = Message<"ragtune.dataset.v1.ListDroppedExamplesRequest"> & {
+  /**
+   * @generated from field: string dataset_version_id = 1;
+   */
+  datasetVersionId: string;
+
+  /**
+   * @generated from field: ragtune.common.v1.PageRequest page = 2;
+   */
+  page?: PageRequest | undefined;
+
+  /**
+   * Only examples dropped for this reason (a key of DatasetVersionStats.rejected_by_check);
+   * empty: all.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.ListDroppedExamplesRequest.
+ * Use `create(ListDroppedExamplesRequestSchema)` to create a new message.
+ */
+export const ListDroppedExamplesRequestSchema: GenMessage<ListDroppedExamplesRequest> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 30);
+
+/**
+ * An example a build generated and did not keep.
+ *
+ * @generated from message ragtune.dataset.v1.DroppedExample
+ */
+export type DroppedExample = Message<"ragtune.dataset.v1.DroppedExample"> & {
+  /**
+   * The example as generated (split unset).
+   *
+   * @generated from field: ragtune.dataset.v1.Example example = 1;
+   */
+  example?: Example | undefined;
+
+  /**
+   * Why: the check's name, e.g. "duplicate", "near_duplicate", "ungrounded", "over_token_budget".
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * Details, e.g. the example it duplicates or the measured value against the threshold.
+   *
+   * @generated from field: string detail = 3;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.DroppedExample.
+ * Use `create(DroppedExampleSchema)` to create a new message.
+ */
+export const DroppedExampleSchema: GenMessage<DroppedExample> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 31);
+
+/**
+ * @generated from message ragtune.dataset.v1.ListDroppedExamplesResponse
+ */
+export type ListDroppedExamplesResponse = Message<"ragtune.dataset.v1.ListDroppedExamplesResponse"> & {
+  /**
+   * @generated from field: repeated ragtune.dataset.v1.DroppedExample examples = 1;
+   */
+  examples: DroppedExample[];
+
+  /**
+   * @generated from field: ragtune.common.v1.PageResponse page = 2;
+   */
+  page?: PageResponse | undefined;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.ListDroppedExamplesResponse.
+ * Use `create(ListDroppedExamplesResponseSchema)` to create a new message.
+ */
+export const ListDroppedExamplesResponseSchema: GenMessage<ListDroppedExamplesResponse> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 32);
+
+/**
+ * How a collection's dataset is kept up to date.
+ *
+ * @generated from message ragtune.dataset.v1.CollectionConfig
+ */
+export type CollectionConfig = Message<"ragtune.dataset.v1.CollectionConfig"> & {
+  /**
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * Rebuild (incrementally, from the newest READY version) after every ingest run of the
+   * collection that changed chunks. Default false.
+   *
+   * @generated from field: bool rebuild_on_ingest = 2;
+   */
+  rebuildOnIngest: boolean;
+
+  /**
+   * Settings of the automatic builds (defaults filled in).
+   *
+   * @generated from field: ragtune.dataset.v1.GenerationSettings settings = 3;
+   */
+  settings?: GenerationSettings | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp updated_at = 4;
+   */
+  updatedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.CollectionConfig.
+ * Use `create(CollectionConfigSchema)` to create a new message.
+ */
+export const CollectionConfigSchema: GenMessage<CollectionConfig> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 33);
+
+/**
+ * @generated from message ragtune.dataset.v1.SetCollectionConfigRequest
+ */
+export type SetCollectionConfigRequest = Message<"ragtune.dataset.v1.SetCollectionConfigRequest"> & {
+  /**
+   * Empty means `default`.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * @generated from field: bool rebuild_on_ingest = 2;
+   */
+  rebuildOnIngest: boolean;
+
+  /**
+   * @generated from field: ragtune.dataset.v1.GenerationSettings settings = 3;
+   */
+  settings?: GenerationSettings | undefined;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.SetCollectionConfigRequest.
+ * Use `create(SetCollectionConfigRequestSchema)` to create a new message.
+ */
+export const SetCollectionConfigRequestSchema: GenMessage<SetCollectionConfigRequest> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 34);
+
+/**
+ * @generated from message ragtune.dataset.v1.SetCollectionConfigResponse
+ */
+export type SetCollectionConfigResponse = Message<"ragtune.dataset.v1.SetCollectionConfigResponse"> & {
+  /**
+   * @generated from field: ragtune.dataset.v1.CollectionConfig config = 1;
+   */
+  config?: CollectionConfig | undefined;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.SetCollectionConfigResponse.
+ * Use `create(SetCollectionConfigResponseSchema)` to create a new message.
+ */
+export const SetCollectionConfigResponseSchema: GenMessage<SetCollectionConfigResponse> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 35);
+
+/**
+ * @generated from message ragtune.dataset.v1.GetCollectionConfigRequest
+ */
+export type GetCollectionConfigRequest = Message<"ragtune.dataset.v1.GetCollectionConfigRequest"> & {
+  /**
+   * Empty means `default`.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.GetCollectionConfigRequest.
+ * Use `create(GetCollectionConfigRequestSchema)` to create a new message.
+ */
+export const GetCollectionConfigRequestSchema: GenMessage<GetCollectionConfigRequest> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 36);
+
+/**
+ * @generated from message ragtune.dataset.v1.GetCollectionConfigResponse
+ */
+export type GetCollectionConfigResponse = Message<"ragtune.dataset.v1.GetCollectionConfigResponse"> & {
+  /**
+   * @generated from field: ragtune.dataset.v1.CollectionConfig config = 1;
+   */
+  config?: CollectionConfig | undefined;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.GetCollectionConfigResponse.
+ * Use `create(GetCollectionConfigResponseSchema)` to create a new message.
+ */
+export const GetCollectionConfigResponseSchema: GenMessage<GetCollectionConfigResponse> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 37);
+
+/**
+ * A batch of chunks whose examples a generation worker writes (the dataset service's internal
+ * work queue `work.dataset-generation`; any replica takes it).
+ *
+ * @generated from message ragtune.dataset.v1.GenerationBatch
+ */
+export type GenerationBatch = Message<"ragtune.dataset.v1.GenerationBatch"> & {
+  /**
+   * @generated from field: string dataset_version_id = 1;
+   */
+  datasetVersionId: string;
+
+  /**
+   * Content-addressed: SHA-256 prefix over the batch's chunk IDs; the result's KV key is
+   * "<dataset_version_id>.<batch_key>".
+   *
+   * @generated from field: string batch_key = 2;
+   */
+  batchKey: string;
+
+  /**
+   * The chunks, in order, as JSON lines of `{"id","documentId","headingPath","text"}`.
+   *
+   * @generated from field: bytes chunks_jsonl = 3;
+   */
+  chunksJsonl: Uint8Array;
+
+  /**
+   * @generated from field: string model = 4;
+   */
+  model: string;
+
+  /**
+   * @generated from field: uint32 questions_per_chunk = 5;
+   */
+  questionsPerChunk: number;
+
+  /**
+   * @generated from field: double temperature = 6;
+   */
+  temperature: number;
+
+  /**
+   * @generated from field: uint32 seed = 7;
+   */
+  seed: number;
+
+  /**
+   * Chunks of this batch in flight at once.
+   *
+   * @generated from field: uint32 max_concurrency = 8;
+   */
+  maxConcurrency: number;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.GenerationBatch.
+ * Use `create(GenerationBatchSchema)` to create a new message.
+ */
+export const GenerationBatchSchema: GenMessage<GenerationBatch> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 38);
+
+/**
+ * The outcome of a generation batch, stored before its queue message is acknowledged.
+ *
+ * @generated from message ragtune.dataset.v1.GenerationBatchResult
+ */
+export type GenerationBatchResult = Message<"ragtune.dataset.v1.GenerationBatchResult"> & {
+  /**
+   * @generated from field: string dataset_version_id = 1;
+   */
+  datasetVersionId: string;
+
+  /**
+   * @generated from field: string batch_key = 2;
+   */
+  batchKey: string;
+
+  /**
+   * Generated examples as JSON lines, without their context (it comes from the chunk).
+   *
+   * @generated from field: bytes examples_jsonl = 3;
+   */
+  examplesJsonl: Uint8Array;
+
+  /**
+   * Per-chunk failures as JSON lines (the LLM generator's ChunkFailure).
+   *
+   * @generated from field: bytes failures_jsonl = 4;
+   */
+  failuresJsonl: Uint8Array;
+
+  /**
+   * @generated from field: uint64 prompt_tokens = 5;
+   */
+  promptTokens: bigint;
+
+  /**
+   * @generated from field: uint64 completion_tokens = 6;
+   */
+  completionTokens: bigint;
+
+  /**
+   * @generated from field: uint32 llm_retries = 7;
+   */
+  llmRetries: number;
+
+  /**
+   * Set when the endpoint failed in a way that is not about one chunk (unreachable, key
+   * refused): the build fails with it.
+   *
+   * @generated from field: ragtune.common.v1.Failure fatal = 8;
+   */
+  fatal?: Failure | undefined;
+
+  /**
+   * The replica that wrote it.
+   *
+   * @generated from field: string worker = 9;
+   */
+  worker: string;
+};
+
+/**
+ * Describes the message ragtune.dataset.v1.GenerationBatchResult.
+ * Use `create(GenerationBatchResultSchema)` to create a new message.
+ */
+export const GenerationBatchResultSchema: GenMessage<GenerationBatchResult> = /*@__PURE__*/
+  messageDesc(file_ragtune_dataset_v1_dataset, 39);
 
 /**
  * Status of a dataset version.
@@ -1173,6 +1778,57 @@ export const ExampleKindSchema: GenEnum<ExampleKind> = /*@__PURE__*/
   enumDesc(file_ragtune_dataset_v1_dataset, 2);
 
 /**
+ * The row shape of an export.
+ *
+ * @generated from enum ragtune.dataset.v1.DatasetExportFormat
+ */
+export enum DatasetExportFormat {
+  /**
+   * The training format: `{"id", "prompt", "completion"}` in the template, the completion ending
+   * with the template's EOS text.
+   *
+   * @generated from enum value: DATASET_EXPORT_FORMAT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Same as UNSPECIFIED, named.
+   *
+   * @generated from enum value: DATASET_EXPORT_FORMAT_INSTRUCT = 1;
+   */
+  INSTRUCT = 1,
+
+  /**
+   * `{"id", "prompt", "reference", "answerable"}`: the template's prompt without the answer (for
+   * generation and eval) and the reference answer.
+   *
+   * @generated from enum value: DATASET_EXPORT_FORMAT_INFERENCE = 2;
+   */
+  INFERENCE = 2,
+
+  /**
+   * `{"id", "messages": [{"role", "content"}…]}`: system (when set), user, assistant messages for
+   * trainers that apply a chat template themselves.
+   *
+   * @generated from enum value: DATASET_EXPORT_FORMAT_CHAT = 3;
+   */
+  CHAT = 3,
+
+  /**
+   * `{"id", "prompt", "completion"}` without any template markup: the user turn and the answer.
+   *
+   * @generated from enum value: DATASET_EXPORT_FORMAT_PROMPT_COMPLETION = 4;
+   */
+  PROMPT_COMPLETION = 4,
+}
+
+/**
+ * Describes the enum ragtune.dataset.v1.DatasetExportFormat.
+ */
+export const DatasetExportFormatSchema: GenEnum<DatasetExportFormat> = /*@__PURE__*/
+  enumDesc(file_ragtune_dataset_v1_dataset, 3);
+
+/**
  * DatasetService builds and serves dataset versions. Building is long work:
  * BuildDatasetVersion returns the version QUEUED; GetDatasetVersion and WatchDatasetVersion
  * follow it to READY or FAILED. A READY version never changes.
@@ -1252,6 +1908,39 @@ export const DatasetService: GenService<{
     methodKind: "server_streaming";
     input: typeof ExportDatasetVersionRequestSchema;
     output: typeof ExportDatasetVersionResponseSchema;
+  },
+  /**
+   * Lists the examples a READY build generated and did not keep, each with the check that
+   * dropped it (nothing is dropped silently). Optionally of one reason.
+   *
+   * @generated from rpc ragtune.dataset.v1.DatasetService.ListDroppedExamples
+   */
+  listDroppedExamples: {
+    methodKind: "unary";
+    input: typeof ListDroppedExamplesRequestSchema;
+    output: typeof ListDroppedExamplesResponseSchema;
+  },
+  /**
+   * Sets how a collection's dataset is kept up to date: with rebuild_on_ingest, every ingest run
+   * of the collection that changes chunks starts an incremental build from the newest READY
+   * version with these settings. INVALID_ARGUMENT naming the field for bad settings.
+   *
+   * @generated from rpc ragtune.dataset.v1.DatasetService.SetCollectionConfig
+   */
+  setCollectionConfig: {
+    methodKind: "unary";
+    input: typeof SetCollectionConfigRequestSchema;
+    output: typeof SetCollectionConfigResponseSchema;
+  },
+  /**
+   * Returns a collection's dataset config (defaults when never set).
+   *
+   * @generated from rpc ragtune.dataset.v1.DatasetService.GetCollectionConfig
+   */
+  getCollectionConfig: {
+    methodKind: "unary";
+    input: typeof GetCollectionConfigRequestSchema;
+    output: typeof GetCollectionConfigResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ragtune_dataset_v1_dataset, 0);
