@@ -24,6 +24,8 @@ const BASE = join(K8S, "base");
 const OVERLAYS = ["dev", "prod-l4"] as const;
 /** The trainer's hyperparameter contract (services/trainer/src/hyperparameters.ts and the worker read it). */
 const HYPERPARAMETER_CONTRACT = "services/trainer/worker/ragtune_worker/hyperparameters.json";
+/** The one shared volume (one Filestore share in prod-l4): models/, models/adapters/ and datasets/ as subPaths. */
+const DATA_CLAIM = "ragtune-data";
 
 /** The largest LoRA rank the trainer accepts: vLLM must be started with exactly this --max-lora-rank. */
 /** Variables that deliberately read a secret key of another name: a client's token is the server's RPC token. */
@@ -310,12 +312,12 @@ function mountAt(facts: ServiceFacts, path: string | undefined): { mount: Obj; v
 function checkTrainer(facts: ServiceFacts, problems: string[]): void {
   const { env } = facts;
   const models = mountAt(facts, env.TRAINER_MODEL_ROOT);
-  if (!models || models.mount.readOnly !== true || get(models.volume, "persistentVolumeClaim", "claimName") !== "ragtune-models") {
-    problems.push(`trainer: TRAINER_MODEL_ROOT=${env.TRAINER_MODEL_ROOT} is not the read-only ragtune-models volume`);
+  if (!models || models.mount.readOnly !== true || get(models.volume, "persistentVolumeClaim", "claimName") !== DATA_CLAIM || models.mount.subPath !== "models") {
+    problems.push(`trainer: TRAINER_MODEL_ROOT=${env.TRAINER_MODEL_ROOT} is not the read-only models folder of the ${DATA_CLAIM} volume`);
   }
   const datasets = mountAt(facts, env.TRAINER_DATA_ROOT);
-  if (!datasets || get(datasets.volume, "persistentVolumeClaim", "claimName") !== "ragtune-datasets") {
-    problems.push(`trainer: TRAINER_DATA_ROOT=${env.TRAINER_DATA_ROOT} is not the ragtune-datasets volume`);
+  if (!datasets || get(datasets.volume, "persistentVolumeClaim", "claimName") !== DATA_CLAIM || datasets.mount.subPath !== "datasets") {
+    problems.push(`trainer: TRAINER_DATA_ROOT=${env.TRAINER_DATA_ROOT} is not the datasets folder of the ${DATA_CLAIM} volume`);
   }
   const work = mountAt(facts, env.TRAINER_WORK_DIR);
   if (!work || work.mount.readOnly === true || !("emptyDir" in work.volume || "ephemeral" in work.volume)) {
@@ -539,10 +541,11 @@ describe("deploy/k8s", () => {
     const mount = list(container.volumeMounts).find((m) => get(m, "mountPath") === "/models");
     expect(get(mount, "readOnly")).toBe(true);
     const volume = list(get(deployment, "spec", "template", "spec", "volumes")).find((v) => get(v, "name") === get(mount, "name"));
-    expect(get(volume, "persistentVolumeClaim", "claimName")).toBe("ragtune-models");
-    // Adapters for /v1/load_lora_adapter: the models volume's adapters/ folder, read-only.
+    expect(get(volume, "persistentVolumeClaim", "claimName")).toBe(DATA_CLAIM);
+    expect(get(mount, "subPath")).toBe("models");
+    // Adapters: the shared volume's models/adapters/ folder, read-only.
     const adapters = list(container.volumeMounts).find((m) => get(m, "mountPath") === "/adapters");
-    expect(adapters).toMatchObject({ name: get(mount, "name"), subPath: "adapters", readOnly: true });
+    expect(adapters).toMatchObject({ name: get(mount, "name"), subPath: "models/adapters", readOnly: true });
     expect(list(get(deployment, "spec", "template", "spec", "containers", 0, "env")).map((e) => get(e, "name"))).toContain("VLLM_ALLOW_RUNTIME_LORA_UPDATING");
     const port = list(container.ports).find((p) => get(p, "name") === "http");
     for (const probe of ["startupProbe", "readinessProbe", "livenessProbe"]) {
@@ -551,7 +554,7 @@ describe("deploy/k8s", () => {
     }
     const service = find(resources, "Service", "vllm");
     expect(get(service, "spec", "ports", 0, "targetPort")).toBe("http");
-    expect(get(find(resources, "PersistentVolumeClaim", "ragtune-models"), "spec", "accessModes")).toBeDefined();
+    expect(get(find(resources, "PersistentVolumeClaim", DATA_CLAIM), "spec", "accessModes")).toBeDefined();
   });
 
   it("vLLM starts as a non-root uid the image has no user for (USER, LOGNAME, a writable HOME) and requires an API key from a Secret", () => {
