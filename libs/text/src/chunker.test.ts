@@ -1,7 +1,9 @@
+import { seededRandom } from "@ragtune/testing";
+import { Tokenizer } from "tokenizers";
 import { beforeAll, describe, expect, it } from "vitest";
 import { chunkDocument, diffChunks, documentIdFor, type Chunk } from "./chunker.js";
 import { parseDocument } from "./parse.js";
-import { loadTokenizer, type TokenCounter } from "./tokenizer.js";
+import { loadTokenizer, tokenizerFile, type TokenCounter } from "./tokenizer.js";
 
 let mistral: TokenCounter;
 beforeAll(() => {
@@ -219,6 +221,36 @@ describe("chunkDocument with the previous version's chunks", () => {
       expect(seen).toContain(sectionText(GUIDE, "Ledger Guide > Setup"));
       for (const text of seen) expect(sectionText(GUIDE, "Ledger Guide > Setup").includes(text)).toBe(true);
     }
+  });
+});
+
+describe("chunkDocument on hostile input", () => {
+  it("splits a 300,000-character word into chunks within the budget whose counts equal the reference's", async () => {
+    const random = seededRandom(300);
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let word = "";
+    for (let i = 0; i < 300_000; i++) word += alphabet[Math.floor(random() * alphabet.length)];
+    const doc = parseDocument({ text: `# Inline image\n\n${word}\n`, filename: "blob.md" });
+    const chunks = chunkDocument(doc, { tokenizer: mistral, chunkSize: 512, documentId: "blob" });
+    const body = chunks.filter((c) => c.text !== "Inline image");
+    expect(body.map((c) => c.text).join("")).toBe(word);
+    const reference = Tokenizer.fromFile(tokenizerFile("mistral"));
+    const encodings = await reference.encodeBatch(chunks.map((c) => c.text), { addSpecialTokens: false });
+    expect(chunks.filter((c, i) => encodings[i]!.getIds().length !== c.tokenCount)).toEqual([]);
+    expect(Math.max(...chunks.map((c) => c.tokenCount))).toBeLessThanOrEqual(512);
+    // Cuts are the longest prefixes that fit: every chunk but the last is full up to a token or two.
+    expect(Math.min(...body.slice(0, -1).map((c) => c.tokenCount))).toBeGreaterThanOrEqual(505);
+  });
+
+  it("chunks a paragraph of 200,000 words on one line (no stack overflow), covering every word in order", () => {
+    const random = seededRandom(200);
+    const vocabulary = ["ledger", "replica", "bucket", "the", "of", "writes", "and", "node", "keys", "stores"];
+    const words = Array.from({ length: 200_000 }, () => vocabulary[Math.floor(random() * vocabulary.length)]!);
+    const doc = parseDocument({ text: `# Log\n\n${words.join(" ")}\n`, filename: "log.md" });
+    const chunks = chunkDocument(doc, { tokenizer: mistral, chunkSize: 512, documentId: "log" });
+    expect(chunks.length).toBeGreaterThan(100);
+    for (const c of chunks) expect(c.tokenCount).toBeLessThanOrEqual(512);
+    expect(chunks.flatMap((c) => c.text.split(/\s+/)).filter((w) => w !== "Log")).toEqual(words);
   });
 });
 

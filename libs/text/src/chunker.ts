@@ -298,7 +298,10 @@ function isSpace(c: number): boolean {
   return c === 32 || c === 10 || c === 9 || c === 13 || c === 12;
 }
 
-/** Recursive split into atoms that each fit `budget` by estimate. */
+/**
+ * Recursive split into atoms that each fit `budget` by estimate, appended to `out` (never spread into a call: a
+ * 200,000-word line yields 200,000 atoms, more than a call's arguments may hold).
+ */
 function atoms(
   text: string,
   sizer: RangeSizer,
@@ -307,44 +310,71 @@ function atoms(
   to: number,
   budget: number,
   level: number,
+  out: [number, number][] = [],
 ): [number, number][] {
   const [start, end] = trim(text, from, to);
-  if (start >= end) return [];
-  if (sizer.estimate(start, end) <= budget) return [[start, end]];
-  if (level >= SEPARATORS.length) return tokenSplit(text, counter, start, end, budget);
+  if (start >= end) return out;
+  if (sizer.estimate(start, end) <= budget) {
+    out.push([start, end]);
+    return out;
+  }
+  if (level >= SEPARATORS.length) {
+    for (const range of tokenSplit(text, counter, start, end, budget)) out.push(range);
+    return out;
+  }
   const separator = new RegExp(SEPARATORS[level]!.source, "g");
   separator.lastIndex = start;
-  const out: [number, number][] = [];
   let pieceStart = start;
   const slice = text.slice(0, end);
   for (let m = separator.exec(slice); m !== null; m = separator.exec(slice)) {
     if (m.index <= pieceStart) continue;
-    out.push(...atoms(text, sizer, counter, pieceStart, m.index, budget, level + 1));
+    atoms(text, sizer, counter, pieceStart, m.index, budget, level + 1, out);
     pieceStart = m.index + m[0].length;
   }
-  if (pieceStart === start) return atoms(text, sizer, counter, start, end, budget, level + 1);
-  out.push(...atoms(text, sizer, counter, pieceStart, end, budget, level + 1));
-  return out;
+  if (pieceStart === start) return atoms(text, sizer, counter, start, end, budget, level + 1, out);
+  return atoms(text, sizer, counter, pieceStart, end, budget, level + 1, out);
 }
 
-/** Last resort for a word longer than the budget: the longest prefixes that fit, by exact count. */
+/**
+ * Last resort for a word longer than the budget: the longest prefixes that fit, by exact count. Each cut starts from
+ * a guess the length of the previous cut and moves by interpolation (the characters per token of the last probe)
+ * towards the budget, then one character at a time across it; after a few probes without closing the bracket it
+ * bisects. A cut so takes a handful of counts of about its own length, and a 300,000-character word is split in time
+ * proportional to its length, not to its length squared.
+ */
 function tokenSplit(text: string, counter: TokenCounter, start: number, end: number, budget: number): [number, number][] {
   const out: [number, number][] = [];
+  let step = budget * 2;
   while (start < end) {
+    // low: the longest prefix end known to fit (one character always does); high: the shortest known not to.
     let low = start + 1;
-    let high = end;
-    while (low < high) {
-      const mid = (low + high + 1) >> 1;
-      if (counter.count(text.slice(start, mid)) <= budget) low = mid;
-      else high = mid - 1;
+    let high = end + 1;
+    let probe = Math.min(end, start + step);
+    for (let probes = 1; ; probes++) {
+      const tokens = counter.count(text.slice(start, probe));
+      if (tokens <= budget) low = probe;
+      else high = probe;
+      if (low >= end || high - low <= 1) break;
+      let next: number;
+      if (probes >= TOKEN_SPLIT_INTERPOLATIONS) next = high > end ? low + (low - start) : (low + high) >> 1;
+      else if (tokens === budget) next = probe + 1;
+      else {
+        const perToken = (probe - start) / Math.max(1, tokens);
+        next = tokens < budget ? probe + Math.max(1, Math.floor((budget - tokens) * perToken)) : probe - Math.max(1, Math.ceil((tokens - budget) * perToken));
+      }
+      probe = Math.min(high - 1, end, Math.max(low + 1, next));
     }
     // Never cut a surrogate pair.
     if (low < end && isLowSurrogate(text.charCodeAt(low)) && low - 1 > start) low--;
     out.push([start, low]);
+    step = Math.max(1, low - start);
     start = low;
   }
   return out;
 }
+
+/** Probes of one cut that may move by interpolation before tokenSplit bisects (or gallops) instead. */
+const TOKEN_SPLIT_INTERPOLATIONS = 8;
 
 function isLowSurrogate(c: number): boolean {
   return c >= 0xdc00 && c <= 0xdfff;
@@ -373,7 +403,7 @@ function pack(
     }
     // The estimate was low (a marker effect at a cut): split this range with a tighter budget.
     const tighter = Math.max(1, budget - (tokens - budget) - 1);
-    out.push(...pack(text, sizer, counter, budget, atoms(text, sizer, counter, start, end, tighter, 0)));
+    for (const range of pack(text, sizer, counter, budget, atoms(text, sizer, counter, start, end, tighter, 0))) out.push(range);
   }
   // A tiny trailing piece joins its neighbour when the two fit together.
   if (out.length >= 2) {

@@ -183,6 +183,13 @@ describe("parseDocument: bad input", () => {
     ["unknown media type", { text: "hello", filename: "slides.pptx" }, {}, "unsupported-media-type", /unsupported file extension/],
     ["unknown explicit media type", { text: "hello", filename: "a.md", mediaType: "application/pdf" }, {}, "unsupported-media-type", /media type "application\/pdf"/],
     ["front matter that is not a mapping", { text: "---\n- a\n- b\n---\n# T\n", filename: "fm.md" }, {}, "invalid-front-matter", /YAML mapping/],
+    [
+      "HTML nested 20,000 levels deep",
+      { text: `<html><body>${"<div>".repeat(20_000)}deep${"</div>".repeat(20_000)}</body></html>`, filename: "deep.html" },
+      {},
+      "too-deep",
+      /nests elements too deeply/,
+    ],
   ];
   for (const [label, input, options, code, message] of cases) {
     it(`rejects ${label} with code ${code}`, () => {

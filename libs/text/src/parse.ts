@@ -10,7 +10,9 @@ export type ParseErrorCode =
   | "empty"
   | "too-large"
   | "unsupported-media-type"
-  | "invalid-front-matter";
+  | "invalid-front-matter"
+  /** Markup nested more deeply than the parser can follow (thousands of levels). */
+  | "too-deep";
 
 /** A document that cannot be ingested; `code` says why, the message says what to do. */
 export class DocumentParseError extends Error {
@@ -114,7 +116,7 @@ export function parseDocument(input: ParseInput, options: ParseOptions = {}): Pa
     }
     if (typeof metadata["title"] === "string") declaredTitle = metadata["title"];
   } else if (mediaType === "text/html") {
-    const html = htmlToBlocks(source);
+    const html = readHtml(source, filename);
     blocks = html.blocks;
     metadata = html.metadata;
     declaredTitle = html.title;
@@ -128,6 +130,25 @@ export function parseDocument(input: ParseInput, options: ParseOptions = {}): Pa
   }
   const title = nonEmpty(declaredTitle) ?? firstHeading ?? stem(filename);
   return { filename, mediaType, title, metadata, text, sections };
+}
+
+/**
+ * HTML to blocks; markup nested thousands of levels deep (no real page is) exhausts the stack of the tree builder
+ * (hast-util-from-parse5 recurses per level), which becomes a clear per-document error instead of a system error.
+ */
+function readHtml(source: string, filename: string): ReturnType<typeof htmlToBlocks> {
+  try {
+    return htmlToBlocks(source);
+  } catch (error) {
+    if (error instanceof RangeError && /call stack/i.test(error.message)) {
+      throw new DocumentParseError(
+        "too-deep",
+        filename,
+        "the HTML nests elements too deeply to read (thousands of levels inside each other); flatten the markup or convert the page to Markdown",
+      );
+    }
+    throw error;
+  }
 }
 
 function decode(input: ParseInput, maxBytes: number): string {

@@ -1,3 +1,4 @@
+import { seededRandom } from "@ragtune/testing";
 import { Tokenizer } from "tokenizers";
 import { describe, expect, it } from "vitest";
 import { TOKENIZER_NAMES, loadTokenizer, tokenizerFile } from "./tokenizer.js";
@@ -42,6 +43,30 @@ describe("loadTokenizer", () => {
       expect(ends[ends.length - 1]).toBe(text.length);
       expect(ends).toEqual([...ends].sort((a, b) => a - b));
       expect(counts.reduce((a, b) => a + b, 0)).toBe(counter.count(text));
+    });
+  }
+
+  /** One enormous token-less "word": a base64 blob, as a minified script or an inline image holds. */
+  const base64Word = (length: number, seed: number): string => {
+    const random = seededRandom(seed);
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let out = "";
+    for (let i = 0; i < length; i++) out += alphabet[Math.floor(random() * alphabet.length)];
+    return out;
+  };
+  const LONG_WORDS = [
+    ["a 300,000-character base64 word", base64Word(300_000, 16)],
+    ["a 100,000-character run of one letter", "a".repeat(100_000)],
+    ["a 60,000-character run of a repeated pair with accents", "éa".repeat(30_000)],
+  ] as const;
+  for (const name of TOKENIZER_NAMES) {
+    it(`${name}: counts of single words of 100,000–300,000 characters equal the reference's`, async () => {
+      const reference = Tokenizer.fromFile(tokenizerFile(name));
+      const counter = counters.get(name) ?? loadTokenizer(name);
+      for (const [label, word] of LONG_WORDS) {
+        const expected = (await reference.encode(word, null, { addSpecialTokens: false })).getIds().length;
+        expect({ label, count: counter.count(word) }).toEqual({ label, count: expected });
+      }
     });
   }
 

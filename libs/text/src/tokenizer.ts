@@ -102,48 +102,154 @@ class Bpe {
   }
 
   /**
-   * Merges token ids in place the way the reference does (lowest rank first, leftmost on ties)
-   * and returns how many tokens remain. Ids of -1 (byte fallback) take part in no merge.
+   * Merges token ids the way the reference does (Hugging Face tokenizers' `Word::merge_all`) and returns how many
+   * tokens remain. Ids of -1 (byte fallback) take part in no merge.
+   *
+   * The symbols form a doubly linked list over their first positions, and every mergeable neighbour pair waits in a
+   * min-heap ordered by (merge rank, position): the lowest rank first, the leftmost on ties. A popped entry whose
+   * left symbol is gone, has no right neighbour, or whose pair no longer merges into the entry's token is stale and
+   * skipped (exactly the reference's test); a merge pushes the two pairs it creates. Each merge costs O(log n), so a
+   * word of n symbols costs O(n log n), where rescanning for the best pair after every merge cost O(n²).
    */
-  merge(ids: number[]): number {
+  merge(ids: readonly number[]): number {
+    const n = ids.length;
+    if (n < 2) return n;
+    const work = this.workspace(n);
+    const { symbols, next, prev, gone } = work;
     const pairs = this.pairs;
-    let length = ids.length;
-    if (length < 2) return length;
-    if (this.work.length < length) {
-      this.work = new Int32Array(length * 2);
-      this.ranks = new Int32Array(length * 2);
+    const heap = work.heap;
+    heap.clear();
+    for (let i = 0; i < n; i++) {
+      symbols[i] = ids[i]!;
+      next[i] = i + 1 < n ? i + 1 : -1;
+      prev[i] = i - 1;
+      gone[i] = 0;
     }
-    const work = this.work;
-    // ranks[i]: rank of merging work[i] with work[i + 1] (NONE when they do not merge).
-    const ranks = this.ranks;
-    for (let i = 0; i < length; i++) work[i] = ids[i]!;
-    for (let i = 0; i < length - 1; i++) ranks[i] = pairs.rank(work[i]!, work[i + 1]!);
-    for (;;) {
-      let best = NONE;
-      let at = -1;
-      for (let i = 0; i < length - 1; i++) {
-        if (ranks[i]! < best) {
-          best = ranks[i]!;
-          at = i;
-        }
-      }
-      if (at < 0) return length;
-      work[at] = pairs.merged(work[at]!, work[at + 1]!);
-      for (let i = at + 1; i < length - 1; i++) {
-        work[i] = work[i + 1]!;
-        ranks[i] = ranks[i + 1]!;
-      }
+    for (let i = 0; i + 1 < n; i++) {
+      const slot = pairs.find(symbols[i]!, symbols[i + 1]!);
+      if (slot >= 0) heap.push(pairs.rankAt(slot), i, pairs.mergedAt(slot));
+    }
+    let length = n;
+    while (heap.size > 0) {
+      const pos = heap.topPosition();
+      const mergedId = heap.topValue();
+      heap.pop();
+      if (gone[pos] === 1) continue;
+      const right = next[pos]!;
+      if (right < 0) continue;
+      const slot = pairs.find(symbols[pos]!, symbols[right]!);
+      if (slot < 0 || pairs.mergedAt(slot) !== mergedId) continue;
+      symbols[pos] = mergedId;
+      gone[right] = 1;
+      const after = next[right]!;
+      next[pos] = after;
+      if (after >= 0) prev[after] = pos;
       length--;
-      if (at > 0) ranks[at - 1] = pairs.rank(work[at - 1]!, work[at]!);
-      if (at < length - 1) ranks[at] = pairs.rank(work[at]!, work[at + 1]!);
+      const before = prev[pos]!;
+      if (before >= 0) {
+        const left = pairs.find(symbols[before]!, mergedId);
+        if (left >= 0) heap.push(pairs.rankAt(left), before, pairs.mergedAt(left));
+      }
+      if (after >= 0) {
+        const onRight = pairs.find(mergedId, symbols[after]!);
+        if (onRight >= 0) heap.push(pairs.rankAt(onRight), pos, pairs.mergedAt(onRight));
+      }
     }
+    return length;
   }
 
-  private work = new Int32Array(64);
-  private ranks = new Int32Array(64);
+  /** Arrays reused between calls (a counter is single-threaded), grown to the longest word seen. */
+  private workspace(n: number) {
+    if (this.work.symbols.length < n) {
+      const size = Math.max(n, this.work.symbols.length * 2);
+      this.work = {
+        symbols: new Int32Array(size),
+        next: new Int32Array(size),
+        prev: new Int32Array(size),
+        gone: new Uint8Array(size),
+        heap: this.work.heap,
+      };
+    }
+    return this.work;
+  }
+
+  private work = {
+    symbols: new Int32Array(64),
+    next: new Int32Array(64),
+    prev: new Int32Array(64),
+    gone: new Uint8Array(64),
+    heap: new MergeHeap(),
+  };
 }
 
-const NONE = 0x7fffffff;
+/**
+ * A binary min-heap of merge candidates keyed by (rank, position), each carrying the merged token id. Keys pack
+ * rank · 2³² + position into one double (exact: ranks stay far below 2²¹), so comparing two entries is one `<`.
+ */
+class MergeHeap {
+  private keys = new Float64Array(256);
+  private values = new Int32Array(256);
+  size = 0;
+
+  clear(): void {
+    this.size = 0;
+  }
+
+  push(rank: number, position: number, value: number): void {
+    if (this.size === this.keys.length) {
+      const keys = new Float64Array(this.size * 2);
+      keys.set(this.keys);
+      const values = new Int32Array(this.size * 2);
+      values.set(this.values);
+      this.keys = keys;
+      this.values = values;
+    }
+    const keys = this.keys;
+    const values = this.values;
+    const key = rank * POSITION_SPAN + position;
+    let i = this.size++;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (keys[parent]! <= key) break;
+      keys[i] = keys[parent]!;
+      values[i] = values[parent]!;
+      i = parent;
+    }
+    keys[i] = key;
+    values[i] = value;
+  }
+
+  topPosition(): number {
+    return this.keys[0]! % POSITION_SPAN;
+  }
+
+  topValue(): number {
+    return this.values[0]!;
+  }
+
+  pop(): void {
+    const keys = this.keys;
+    const values = this.values;
+    const last = --this.size;
+    if (last === 0) return;
+    const key = keys[last]!;
+    const value = values[last]!;
+    let i = 0;
+    for (;;) {
+      let child = 2 * i + 1;
+      if (child >= last) break;
+      if (child + 1 < last && keys[child + 1]! < keys[child]!) child++;
+      if (keys[child]! >= key) break;
+      keys[i] = keys[child]!;
+      values[i] = values[child]!;
+      i = child;
+    }
+    keys[i] = key;
+    values[i] = value;
+  }
+}
+
+const POSITION_SPAN = 2 ** 32;
 
 /** Open-addressing hash table (left id, right id) → (rank, merged id) on typed arrays. */
 class PairTable {
@@ -178,14 +284,19 @@ class PairTable {
     this.mergedIds[h] = merged;
   }
 
-  rank(a: number, b: number): number {
-    if (a < 0 || b < 0) return NONE;
+  /** The slot of the merge of (a, b), or -1 when the pair does not merge (byte-fallback ids never do). */
+  find(a: number, b: number): number {
+    if (a < 0 || b < 0) return -1;
     const h = this.slot(a, b);
-    return this.lefts[h] === -1 ? NONE : this.ranks[h]!;
+    return this.lefts[h] === -1 ? -1 : h;
   }
 
-  merged(a: number, b: number): number {
-    return this.mergedIds[this.slot(a, b)]!;
+  rankAt(slot: number): number {
+    return this.ranks[slot]!;
+  }
+
+  mergedAt(slot: number): number {
+    return this.mergedIds[slot]!;
   }
 }
 
@@ -197,8 +308,26 @@ function addedTokenPattern(tokens: TokenizerJson["added_tokens"]): RegExp | unde
   return new RegExp(contents.map((c) => c.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|"), "g");
 }
 
+/**
+ * Pieces longer than this are not memoized: a long piece (a minified line, a base64 blob) rarely repeats, and keeping
+ * it would hold megabytes for nothing (the reference's cache skips long words too).
+ */
+const MEMO_MAX_PIECE = 256;
+/** The memo starts over past this many pieces, so a long-lived counter's memory stays bounded. */
+const MEMO_MAX_ENTRIES = 1 << 20;
+
 abstract class PieceCounter implements TokenCounter {
-  protected readonly memo = new Map<string, number>();
+  private readonly memo = new Map<string, number>();
+
+  protected recall(piece: string): number | undefined {
+    return this.memo.get(piece);
+  }
+
+  protected remember(piece: string, count: number): void {
+    if (piece.length > MEMO_MAX_PIECE) return;
+    if (this.memo.size >= MEMO_MAX_ENTRIES) this.memo.clear();
+    this.memo.set(piece, count);
+  }
 
   constructor(
     readonly name: TokenizerName,
@@ -295,7 +424,7 @@ class MetaspaceCounter extends PieceCounter {
   }
 
   private countPiece(piece: string): number {
-    const hit = this.memo.get(piece);
+    const hit = this.recall(piece);
     if (hit !== undefined) return hit;
     const vocab = this.bpe.vocab;
     const ids: number[] = [];
@@ -310,7 +439,7 @@ class MetaspaceCounter extends PieceCounter {
       }
     }
     const n = this.bpe.merge(ids) + fallback;
-    this.memo.set(piece, n);
+    this.remember(piece, n);
     return n;
   }
 }
@@ -398,7 +527,7 @@ class ByteLevelCounter extends PieceCounter {
   }
 
   private countPiece(piece: string): number {
-    const hit = this.memo.get(piece);
+    const hit = this.recall(piece);
     if (hit !== undefined) return hit;
     const bytes = encoder.encode(piece);
     let mapped = "";
@@ -410,7 +539,7 @@ class ByteLevelCounter extends PieceCounter {
       for (const ch of mapped) ids.push(this.byteIds.get(ch)!);
       n = this.bpe.merge(ids);
     }
-    this.memo.set(piece, n);
+    this.remember(piece, n);
     return n;
   }
 }

@@ -91,6 +91,7 @@ const PARSE_REASONS: Record<ParseErrorCode, DocumentErrorReason> = {
   "too-large": DocumentErrorReason.TOO_LARGE,
   "unsupported-media-type": DocumentErrorReason.UNSUPPORTED_MEDIA_TYPE,
   "invalid-front-matter": DocumentErrorReason.PARSE_FAILED,
+  "too-deep": DocumentErrorReason.PARSE_FAILED,
 };
 
 const REASON_NAMES: Partial<Record<DocumentErrorReason, string>> = {
