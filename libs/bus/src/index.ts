@@ -26,7 +26,7 @@ export { defaultRetryDelayMs, ensureDurableConsumer } from "./consumers.js";
 export { openWorkQueue, workQueueNames } from "./work-queue.js";
 export type { Job, TakeOptions, WorkQueue, WorkQueueOptions } from "./work-queue.js";
 export { openKv, RevisionConflictError } from "./kv.js";
-export type { KvChange, KvOptions, KvStep, KvValue, KvWatch, TypedKv } from "./kv.js";
+export type { KvChange, KvOptions, KvPage, KvStep, KvValue, KvWatch, TypedKv } from "./kv.js";
 export { openArtifactStore } from "./object-store.js";
 export type { ArtifactInfo, ArtifactPutOptions, ArtifactSource, ArtifactStore, ArtifactStoreOptions } from "./object-store.js";
 export { isResourceId, isTransientBusError, OwnershipLostError, ResourceExistsError, ResourceStore, retryTransient, TERMINAL_HEADER } from "./resource.js";

@@ -1,5 +1,5 @@
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
-import { JetStreamApiCodes, JetStreamApiError, StorageType } from "@nats-io/jetstream";
+import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, StorageType } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import { nanos } from "@nats-io/nats-core";
 import type { BusContext } from "./bus.js";
@@ -43,6 +43,12 @@ export interface KvWatch<Desc extends DescMessage> extends AsyncIterable<KvChang
   stop(): void;
 }
 
+export interface KvPage<Desc extends DescMessage> {
+  entries: ({ key: string } & KvValue<Desc>)[];
+  /** The revision to pass as `fromRevision` for the next page; 0 when the listing is complete. */
+  nextRevision: number;
+}
+
 /** Thrown when `create` finds the key present or `update` finds another revision. */
 export class RevisionConflictError extends Error {
   constructor(
@@ -76,6 +82,12 @@ export interface TypedKv<Desc extends DescMessage> {
   keys(filter?: string): AsyncIterable<string>;
   /** Every present key with its value. */
   entries(filter?: string): AsyncIterable<{ key: string } & KvValue<Desc>>;
+  /**
+   * Up to `limit` present entries matching `filter`, in the order they were last written, from revision
+   * `fromRevision` on (1: from the start), and the revision to continue from (0 when none is left). A page reads only
+   * its own entries (one consumer from that revision), so its cost does not grow with the bucket.
+   */
+  page(filter: string, fromRevision: number, limit: number): Promise<KvPage<Desc>>;
   /**
    * Changes as they happen, after the current values unless `updatesOnly`. With `updatesOnly`, every change stored
    * after `watch()` was called is reported, even one made before it resolved. Each key's revisions are reported in
@@ -183,6 +195,39 @@ export async function openKv<Desc extends DescMessage>(
         const v = await api.get(key);
         if (v !== null) yield { key, ...v };
       }
+    },
+    async page(filter, fromRevision, limit) {
+      const prefix = `$KV.${bucket}.`;
+      const consumer = await ctx.js.consumers.get(stream, {
+        filter_subjects: `${prefix}${filter}`,
+        deliver_policy: DeliverPolicy.StartSequence,
+        opt_start_seq: Math.max(1, fromRevision),
+      });
+      const entries: ({ key: string } & KvValue<Desc>)[] = [];
+      let pending = (await consumer.info(true)).num_pending;
+      let next = 0;
+      // Deleted keys leave markers: read on until `limit` present entries are found or nothing is left.
+      while (pending > 0 && entries.length < limit) {
+        const batch = await consumer.fetch({ max_messages: Math.min(pending, limit - entries.length), expires: 5_000 });
+        let got = 0;
+        for await (const m of batch) {
+          got++;
+          pending = m.info.pending;
+          next = m.seq + 1;
+          const operation = m.headers?.get("KV-Operation") ?? "";
+          if (operation === "DEL" || operation === "PURGE") continue;
+          const key = m.subject.slice(prefix.length);
+          let value: MessageShape<Desc>;
+          try {
+            value = fromBinary(schema, m.data);
+          } catch (err) {
+            throw new Error(`KV ${bucket}/${key} (revision ${m.seq}) is not a valid ${schema.typeName}`, { cause: err });
+          }
+          entries.push({ key, value, revision: m.seq });
+        }
+        if (got === 0) break;
+      }
+      return { entries, nextRevision: pending > 0 ? next : 0 };
     },
     async watch(o = {}) {
       const key = o.key ?? ">";

@@ -51,6 +51,27 @@ describe("typed KV", () => {
     expect((await kv.get("job-2"))?.value.seconds).toBe(5n);
   });
 
+  it("page lists a filter's present entries in write order, a page at a time, skipping deleted keys", async () => {
+    const kv = await bus.kv("paged", TimestampSchema);
+    for (let i = 0; i < 7; i++) await kv.put(`a.k${i}`, { seconds: BigInt(i) });
+    await kv.put("b.other", { seconds: 99n });
+    await kv.delete("a.k2");
+    await kv.put("a.k0", { seconds: 10n }); // rewritten: moves to the end
+    const seen: [string, bigint][] = [];
+    let from = 1;
+    let pages = 0;
+    do {
+      const page = await kv.page("a.*", from, 3);
+      expect(page.entries.length).toBeLessThanOrEqual(3);
+      for (const e of page.entries) seen.push([e.key, e.value.seconds]);
+      from = page.nextRevision;
+      pages++;
+    } while (from !== 0);
+    expect(seen).toEqual([["a.k1", 1n], ["a.k3", 3n], ["a.k4", 4n], ["a.k5", 5n], ["a.k6", 6n], ["a.k0", 10n]]);
+    expect(pages).toBe(2);
+    expect(await kv.page("none.*", 1, 3)).toEqual({ entries: [], nextRevision: 0 });
+  });
+
   it("modify retries on conflict so concurrent increments all land", async () => {
     const kv = await bus.kv("counters", TimestampSchema);
     const other = await (await h.connect("kv-other")).kv("counters", TimestampSchema);
