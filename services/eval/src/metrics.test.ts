@@ -82,7 +82,9 @@ describe("format checks", () => {
     expect(isDegenerate("Backups run nightly.\nBackups run nightly.\nBackups run nightly.")).toBe(true);
     expect(isDegenerate("it is kept for it is kept for it is kept for a month")).toBe(true);
     expect(isDegenerate("Backups run every night at 02:00 and are kept for 30 days.\nRestores take an hour.")).toBe(false);
+    expect(isDegenerate("\n\n\n\n")).toBe(true);
     expect(isDegenerate("")).toBe(false);
+    expect(isDegenerate(" \n")).toBe(false);
   });
 });
 

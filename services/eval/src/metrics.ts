@@ -115,13 +115,14 @@ export function hasFollowUpQuestion(answer: string): boolean {
 }
 
 /**
- * Whether the output is degenerate: newline or whitespace garbage (mostly blank lines, or a third of the text
- * whitespace), a line repeated three or more times, a word 4-gram repeated three or more times, or (for 20+ words)
+ * Whether the output is degenerate: newline or whitespace garbage (three or more line breaks and nothing else, mostly
+ * blank lines, or a third of the text whitespace), a line repeated three or more times, a word 4-gram repeated three or more times, or (for 20+ words)
  * fewer than a third distinct words.
  */
 export function isDegenerate(answer: string): boolean {
   const trimmed = answer.trim();
-  if (trimmed === "") return false;
+  // Nothing but three or more line breaks is newline garbage; anything less is empty output.
+  if (trimmed === "") return (answer.match(/\n/g) ?? []).length >= 3;
   const lines = answer.split("\n");
   const blank = lines.filter((l) => l.trim() === "").length;
   if (lines.length >= 4 && blank / lines.length > 0.5) return true;
@@ -209,9 +210,9 @@ export interface AnswerScores {
 export function scoreAnswer(item: ScoredItem, answer: AnswerOutcome, rule: SuccessRule = DEFAULT_SUCCESS_RULE): AnswerScores {
   const text = answer.error === undefined ? answer.text : "";
   const refused = isRefusal(text);
-  const empty = text.trim() === "";
   const followUp = hasFollowUpQuestion(text);
   const degenerate = isDegenerate(text);
+  const empty = text.trim() === "" && !degenerate;
   const lengthCutoff = answer.error === undefined && answer.finishReason === "length";
   const f1 = tokenF1(text, item.reference);
   const rl = rougeL(text, item.reference);

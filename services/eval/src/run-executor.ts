@@ -1,0 +1,556 @@
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { create, toJsonString } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import type { Client } from "@connectrpc/connect";
+import { type ArtifactStore, type Fence, OwnershipLostError } from "@ragtune/bus";
+import { createLlmClient, isLlmError, type LlmClient, type LlmConfig, type ModelInfo } from "@ragtune/llm";
+import type { Logger } from "@ragtune/logger";
+import {
+  ArtifactRefSchema,
+  type DatasetService,
+  EvalGatePassedSchema,
+  EvalItemResultSchema,
+  EvalPromptFormat,
+  EvalReportSchema,
+  EvalRunCompletedSchema,
+  type EvalRun,
+  EvalRunStatus,
+  type Failure,
+  FailureKind,
+  FailureSchema,
+} from "@ragtune/proto";
+import { type EvalItem, EvalSourceError, loadDatasetTestSplit, parseEvalFile, sampleItems } from "./eval-items.js";
+import { judgeAnswer, type JudgeVerdict } from "./judge.js";
+import { describeSuccessRule, scoreAnswer, type AnswerOutcome, type SuccessRule } from "./metrics.js";
+import { buildReport, renderMarkdown, type GateConfig, type ScoredAnswer, type ScoredItem } from "./report.js";
+import { isFinished, progress, type RunEventDetail, type RunStore, statusChanged, warning } from "./run-store.js";
+
+export interface RunExecutorDeps {
+  runs: RunStore;
+  artifacts: ArtifactStore;
+  /** The dataset service's client; without it, runs over a dataset version fail. */
+  dataset?: Client<typeof DatasetService>;
+  /** Client settings for every endpoint a run names (key, timeout, retries, guided-JSON fields). */
+  llm: Pick<LlmConfig, "LLM_API_KEY" | "LLM_TIMEOUT" | "LLM_MAX_RETRIES" | "LLM_GUIDED_JSON_FIELDS">;
+  gates: GateConfig;
+  successRule: SuccessRule;
+  logger: Logger;
+  /** How long a claim on a run lasts without renewal (EVAL_RUN_LEASE). */
+  leaseMs: number;
+  /** Test hook: called after each answer is stored in memory (a test stops a replica mid-run with it). */
+  onAnswer?: (runId: string, done: number) => void | Promise<void>;
+}
+
+/** The run was cancelled while it ran. */
+class CancelledError extends Error {
+  constructor() {
+    super("the run was cancelled");
+  }
+}
+
+/** A failure a user can act on (bad input, endpoint or model), not a system fault. */
+class UserFailure extends Error {
+  constructor(
+    readonly reason: string,
+    message: string,
+    readonly field = "",
+  ) {
+    super(message);
+  }
+}
+
+/** Answers updated in the run state (and a progress event) at most this often. */
+const PROGRESS_EVERY_MS = 1_000;
+
+/** The stored JSON report: the report message and every item's results, as protobuf JSON. */
+export interface StoredReport {
+  report: unknown;
+  items: unknown[];
+}
+
+/**
+ * Runs eval runs in this process, one at a time: claims a run (a lease, renewed while it runs, so a run abandoned by
+ * a killed replica is taken over by another, which starts it again), loads the items, checks the endpoint and the
+ * models (GET /v1/models: an unreachable endpoint or an unknown model fails the run at once), answers every item with
+ * every model at the run's concurrency (a failed request is recorded on its item, and the run goes on), asks the judge
+ * when one is configured, scores, and stores the report (JSON + Markdown) with the run: SUCCEEDED, announced as
+ * ragtune.eval.run.completed, and ragtune.eval.gate.passed when every promotion gate passed.
+ */
+export class RunExecutor {
+  private readonly queue: string[] = [];
+  private readonly pending = new Set<string>();
+  private draining: Promise<void> | undefined;
+  private stopping = false;
+  private scanTimer: NodeJS.Timeout | undefined;
+  private readonly shutdown = new AbortController();
+  readonly owner = `${hostname()}-${process.pid}-${randomBytes(4).toString("hex")}`;
+
+  constructor(private readonly deps: RunExecutorDeps) {}
+
+  submit(id: string): void {
+    if (this.stopping || this.pending.has(id)) return;
+    this.pending.add(id);
+    this.queue.push(id);
+    this.draining ??= this.drain().finally(() => {
+      this.draining = undefined;
+    });
+  }
+
+  /** Queues every unfinished run nobody holds, now and then every half lease. Returns the IDs queued now. */
+  async resume(): Promise<string[]> {
+    const queued = await this.scan();
+    if (this.scanTimer === undefined && !this.stopping) {
+      this.scanTimer = setInterval(() => {
+        this.scan().catch((err: unknown) => this.deps.logger.warn({ err }, "cannot scan for unfinished eval runs"));
+      }, Math.max(500, Math.floor(this.deps.leaseMs / 2)));
+      this.scanTimer.unref();
+    }
+    return queued;
+  }
+
+  private async scan(): Promise<string[]> {
+    const now = Date.now();
+    const open = await this.deps.runs.list((r) => !isFinished(r.state.status) && (r.owner === "" || r.leaseExpiresAtMs <= now));
+    const ids = open.map((r) => r.id).filter((id) => !this.pending.has(id));
+    for (const id of ids) this.submit(id);
+    return ids;
+  }
+
+  /** Stops the running run (it starts again on the next start, here or on another replica) and waits for the loop. */
+  async close(): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.scanTimer);
+    this.queue.length = 0;
+    this.shutdown.abort(new Error("the eval service is stopping"));
+    await this.draining;
+  }
+
+  private async drain(): Promise<void> {
+    while (!this.stopping) {
+      const id = this.queue.shift();
+      if (id === undefined) return;
+      const log = this.deps.logger.child({ evalRunId: id });
+      try {
+        await this.execute(id, log);
+      } catch (err) {
+        if (err instanceof OwnershipLostError) log.warn("another replica took the run over; leaving it");
+        else if (this.stopping) log.warn({ err }, "run interrupted by shutdown; it starts again on the next start or another replica");
+        else log.error({ err }, "eval run failed with a system error");
+      } finally {
+        this.pending.delete(id);
+      }
+    }
+  }
+
+  private async execute(id: string, log: Logger): Promise<void> {
+    const { runs } = this.deps;
+    const claimed = await runs.claim(id, this.owner, {
+      leaseMs: this.deps.leaseMs,
+      change: (run, previous) => {
+        const events: { body: RunEventDetail }[] = [];
+        if (run.status === EvalRunStatus.QUEUED) {
+          run.status = EvalRunStatus.RUNNING;
+          run.startedAt = timestampNow();
+          events.push({ body: statusChanged(EvalRunStatus.RUNNING) });
+        } else if (previous.epoch > 0) {
+          events.push({ body: warning(`run restarted from the first item: ${previous.claimReason || "claimed again"}`) });
+        }
+        run.answersDone = 0;
+        run.answersFailed = 0;
+        return { state: run, events };
+      },
+    });
+    if (claimed === null) return;
+    const fence = claimed.fence;
+    let run = claimed.resource.state;
+    const cancel = new AbortController();
+    const onShutdown = () => cancel.abort(this.shutdown.signal.reason);
+    this.shutdown.signal.addEventListener("abort", onShutdown, { once: true });
+    const lease = this.keepLease(id, fence, cancel, log);
+    const clients: LlmClient[] = [];
+    try {
+      const items = await this.loadItems(run, cancel.signal);
+      const endpoint = this.client(run.endpointUrl, run.concurrency, cancel.signal);
+      clients.push(endpoint);
+      const baseModel = await this.checkModels(endpoint, run.endpointUrl, run.baseModel, run.adapters, "base_model");
+      let judge: LlmClient | undefined;
+      if (run.judge !== undefined && run.judge.model !== "") {
+        const url = run.judge.endpointUrl || run.endpointUrl;
+        judge = url === run.endpointUrl ? endpoint : this.client(url, run.concurrency, cancel.signal);
+        if (judge !== endpoint) clients.push(judge);
+        await this.checkModels(judge, url, run.judge.model, [], "judge.model");
+      }
+      const models = [baseModel, ...run.adapters];
+      run = (
+        await runs.modify(
+          id,
+          (r) => {
+            if (r.status === EvalRunStatus.CANCELLED) throw new CancelledError();
+            r.baseModel = baseModel;
+            r.items = items.length;
+            r.answersTotal = items.length * models.length;
+            return { state: r, events: [{ body: progress(0, r.answersTotal, 0) }] };
+          },
+          { fence },
+        )
+      ).state;
+      log.info({ items: items.length, models, concurrency: run.concurrency, endpoint: run.endpointUrl }, "eval run answering");
+      const scored = await this.answerAll(id, fence, run, items, models, endpoint, cancel.signal, log);
+      if (judge !== undefined) await this.judgeAll(id, fence, run.judge!.model, scored, judge, run.concurrency, cancel.signal, log);
+      await this.finish(id, fence, run, scored, baseModel);
+      log.info("eval run succeeded");
+    } catch (err) {
+      if (err instanceof OwnershipLostError || this.shutdown.signal.aborted) throw err;
+      if (err instanceof CancelledError || cancel.signal.reason instanceof CancelledError) {
+        await runs.release(id, fence).catch(() => {});
+        log.info("eval run cancelled");
+        return;
+      }
+      const failure =
+        err instanceof UserFailure
+          ? create(FailureSchema, { kind: FailureKind.USER_ERROR, reason: err.reason, message: err.message, field: err.field })
+          : err instanceof EvalSourceError
+            ? create(FailureSchema, { kind: FailureKind.USER_ERROR, reason: `SOURCE_${err.reason}`, message: err.message, field: err.field })
+            : create(FailureSchema, { kind: FailureKind.SYSTEM_ERROR, reason: "INTERNAL", message: `the run failed: ${(err as Error).message}` });
+      if (!(err instanceof UserFailure || err instanceof EvalSourceError)) log.error({ err }, "eval run failed");
+      else log.warn({ reason: failure.reason }, failure.message);
+      await this.fail(id, fence, run, failure);
+    } finally {
+      for (const c of clients) c.close();
+      lease.stop();
+      this.shutdown.signal.removeEventListener("abort", onShutdown);
+    }
+  }
+
+  private client(baseUrl: string, concurrency: number, signal: AbortSignal): LlmClient {
+    const { llm } = this.deps;
+    return createLlmClient({
+      baseUrl,
+      ...(llm.LLM_API_KEY === undefined ? {} : { apiKey: llm.LLM_API_KEY }),
+      concurrency,
+      timeoutMs: llm.LLM_TIMEOUT,
+      maxRetries: llm.LLM_MAX_RETRIES,
+      guidedJsonFields: llm.LLM_GUIDED_JSON_FIELDS,
+      logger: this.deps.logger,
+      signal,
+    });
+  }
+
+  private async loadItems(run: EvalRun, signal: AbortSignal): Promise<EvalItem[]> {
+    let items: EvalItem[];
+    if (run.datasetVersionId !== "") {
+      if (this.deps.dataset === undefined) {
+        throw new UserFailure("DATASET_SERVICE_NOT_CONFIGURED", "this eval service has no EVAL_DATASET_URL, so it cannot read dataset versions; upload an eval file instead", "dataset_version_id");
+      }
+      items = (await loadDatasetTestSplit(this.deps.dataset, run.datasetVersionId, signal)).items;
+    } else {
+      const ref = run.evalFile;
+      if (ref === undefined) throw new Error(`run ${run.id} has neither a dataset version nor an eval file`);
+      const stream = await this.deps.artifacts.get(ref.sha256);
+      if (stream === null) throw new Error(`the eval file of run ${run.id} is missing from the object store (${ref.bucket}/${ref.sha256})`);
+      const parts: Buffer[] = [];
+      for await (const part of stream) parts.push(part as Buffer);
+      items = parseEvalFile(Buffer.concat(parts));
+    }
+    return sampleItems(items, run.maxItems, run.seed);
+  }
+
+  /**
+   * GET /v1/models: the endpoint answers and serves every model the run names. Returns the base model (the one the
+   * run names, else the only base model listed). Fails fast with a message that says what to fix.
+   */
+  private async checkModels(client: LlmClient, url: string, base: string, adapters: readonly string[], field: string): Promise<string> {
+    let served: ModelInfo[];
+    try {
+      served = (await client.models({ maxRetries: 1 })).models;
+    } catch (err) {
+      if (!isLlmError(err) || err.kind === "cancelled") throw err;
+      const hint =
+        err.kind === "unauthorized"
+          ? "the endpoint refused the key: set LLM_API_KEY to its --api-key"
+          : err.kind === "connection" || err.kind === "timeout"
+            ? "check endpoint_url (…/v1 of a running vLLM or local model server)"
+            : "is it an OpenAI-compatible server (vLLM or the local model server)?";
+      throw new UserFailure(err.kind === "unauthorized" ? "ENDPOINT_UNAUTHORIZED" : "ENDPOINT_UNREACHABLE", `the endpoint ${url} did not list its models (${err.message}); ${hint}`, "endpoint_url");
+    }
+    const ids = served.map((m) => m.id);
+    let baseModel = base;
+    if (baseModel === "") {
+      const bases = served.filter((m) => m.parent === undefined || m.parent === "" || m.parent === null).map((m) => m.id);
+      if (bases.length !== 1) {
+        throw new UserFailure("BASE_MODEL_REQUIRED", `name base_model: the endpoint ${url} serves ${bases.length === 0 ? "no base model" : `several base models (${bases.join(", ")})`}`, field);
+      }
+      baseModel = bases[0]!;
+    }
+    for (const [name, what] of [[baseModel, field], ...adapters.map((a) => [a, "adapters"] as const)] as const) {
+      if (!ids.includes(name)) {
+        throw new UserFailure("UNKNOWN_MODEL", `the endpoint ${url} does not serve the model "${name}"; it serves: ${ids.join(", ") || "nothing"}`, what);
+      }
+    }
+    return baseModel;
+  }
+
+  private async answerAll(
+    id: string,
+    fence: Fence,
+    run: EvalRun,
+    items: readonly EvalItem[],
+    models: readonly string[],
+    endpoint: LlmClient,
+    signal: AbortSignal,
+    log: Logger,
+  ): Promise<ScoredItem[]> {
+    const scored: ScoredItem[] = items.map((item) => ({ item, answers: [] }));
+    const slots: ScoredAnswer[][] = items.map(() => new Array<ScoredAnswer>(models.length));
+    const total = items.length * models.length;
+    let done = 0;
+    let failed = 0;
+    const warnedKinds = new Set<string>();
+    let lastWrite = Date.now();
+    let writes: Promise<unknown> = Promise.resolve();
+    let writeError: unknown;
+    const write = (body: () => RunEventDetail[]) => {
+      const d = done;
+      const f = failed;
+      writes = writes
+        .then(() =>
+          this.deps.runs.modify(
+            id,
+            (r) => {
+              if (r.status === EvalRunStatus.CANCELLED) throw new CancelledError();
+              r.answersDone = d;
+              r.answersFailed = f;
+              return { state: r, events: body().map((b) => ({ body: b })) };
+            },
+            { fence },
+          ),
+        )
+        .catch((err: unknown) => {
+          writeError ??= err;
+        });
+    };
+    const chat = run.promptFormat === EvalPromptFormat.CHAT;
+    const sampling = { temperature: run.sampling?.temperature ?? 0, maxTokens: run.sampling?.maxTokens ?? 200 };
+    let next = 0;
+    const worker = async () => {
+      for (;;) {
+        if (signal.aborted) throw signal.reason;
+        if (writeError !== undefined) throw writeError;
+        const index = next++;
+        if (index >= total) return;
+        const item = items[Math.floor(index / models.length)]!;
+        const m = index % models.length;
+        const model = models[m]!;
+        const answer = await this.answer(endpoint, model, item, chat, sampling, signal);
+        slots[Math.floor(index / models.length)]![m] = answer;
+        done++;
+        if (answer.outcome.error !== undefined) {
+          failed++;
+          if (!warnedKinds.has(answer.outcome.error.kind)) {
+            warnedKinds.add(answer.outcome.error.kind);
+            const message = `item ${item.id}, model ${model}: ${answer.outcome.error.kind}: ${answer.outcome.error.message} (further ${answer.outcome.error.kind} failures are counted in the report)`;
+            log.warn(message);
+            write(() => [warning(message)]);
+          }
+        }
+        await this.deps.onAnswer?.(id, done);
+        if (Date.now() - lastWrite >= PROGRESS_EVERY_MS && done < total) {
+          lastWrite = Date.now();
+          const d = done;
+          const f = failed;
+          write(() => [progress(d, total, f)]);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(run.concurrency, total) }, worker));
+    await writes;
+    if (writeError !== undefined) throw writeError;
+    write(() => [progress(done, total, failed)]);
+    await writes;
+    if (writeError !== undefined) throw writeError;
+    for (const [i, s] of scored.entries()) s.answers = slots[i]!;
+    return scored;
+  }
+
+  private async answer(
+    endpoint: LlmClient,
+    model: string,
+    item: EvalItem,
+    chat: boolean,
+    sampling: { temperature: number; maxTokens: number },
+    signal: AbortSignal,
+  ): Promise<ScoredAnswer> {
+    const started = performance.now();
+    let outcome: AnswerOutcome;
+    let latencyMs: number;
+    let completionTokens = 0;
+    try {
+      const result = chat
+        ? await endpoint.chat({ model, messages: [{ role: "user", content: item.userTurn }], ...sampling }, { signal })
+        : await endpoint.complete({ model, prompt: item.prompt, ...sampling }, { signal });
+      outcome = { text: result.text, finishReason: result.finishReason ?? "" };
+      latencyMs = result.latency.totalMs - result.latency.queueMs;
+      completionTokens = result.usage.completionTokens;
+    } catch (err) {
+      if (signal.aborted || !isLlmError(err) || err.kind === "cancelled") throw signal.aborted ? signal.reason : err;
+      outcome = { text: "", finishReason: "", error: { kind: err.kind, message: err.message } };
+      latencyMs = performance.now() - started;
+    }
+    return { model, outcome, latencyMs, completionTokens, scores: scoreAnswer(item, outcome, this.deps.successRule) };
+  }
+
+  private async judgeAll(id: string, fence: Fence, model: string, scored: ScoredItem[], judge: LlmClient, concurrency: number, signal: AbortSignal, log: Logger): Promise<void> {
+    const tasks = scored.flatMap((s) => s.answers.filter((a) => a.outcome.error === undefined).map((a) => ({ item: s.item, answer: a })));
+    let next = 0;
+    let failures = 0;
+    let firstFailure = "";
+    const worker = async () => {
+      for (;;) {
+        if (signal.aborted) throw signal.reason;
+        const task = tasks[next++];
+        if (task === undefined) return;
+        let verdict: JudgeVerdict | undefined;
+        try {
+          verdict = await judgeAnswer(judge, model, { ...task.item, answer: task.answer.outcome.text }, signal);
+        } catch (err) {
+          if (signal.aborted || !isLlmError(err)) throw signal.aborted ? signal.reason : err;
+          failures++;
+          firstFailure ||= `${err.kind}: ${err.message}`;
+        }
+        if (verdict !== undefined) task.answer.judge = verdict;
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(concurrency, Math.max(1, tasks.length)) }, worker));
+    if (failures > 0) {
+      const message = `the judge ${model} graded ${tasks.length - failures} of ${tasks.length} answers; the first failure: ${firstFailure}`;
+      log.warn(message);
+      await this.deps.runs.modify(id, (r) => ({ state: r, events: [{ body: warning(message) }] }), { fence });
+    }
+  }
+
+  private async finish(id: string, fence: Fence, run: EvalRun, scored: ScoredItem[], baseModel: string): Promise<void> {
+    const { artifacts } = this.deps;
+    const { report, results } = buildReport({
+      runId: id,
+      baseModel,
+      adapters: run.adapters,
+      items: scored,
+      gates: this.deps.gates,
+      seed: run.seed,
+      successRule: describeSuccessRule(this.deps.successRule),
+    });
+    const source = run.datasetVersionId !== "" ? `test split of dataset version ${run.datasetVersionId}` : `eval file ${run.evalFileName || run.evalFile?.sha256 || ""}`;
+    const markdown = renderMarkdown(report, { endpointUrl: run.endpointUrl, source });
+    const json = `{"report":${toJsonString(EvalReportSchema, report)},"items":[${results.map((r) => toJsonString(EvalItemResultSchema, r)).join(",")}]}\n`;
+    const store = async (text: string, mediaType: string) => {
+      const info = await artifacts.put([Buffer.from(text, "utf8")], { contentType: mediaType });
+      return create(ArtifactRefSchema, { bucket: artifacts.bucket, objectName: info.hash, sha256: info.hash, sizeBytes: BigInt(info.size), mediaType });
+    };
+    report.json = await store(json, "application/json");
+    report.markdown = await store(markdown, "text/markdown");
+    const finishedAt = timestampNow();
+    await this.deps.runs.release(id, fence, (r) => {
+      if (isFinished(r.status)) return { state: r };
+      r.status = EvalRunStatus.SUCCEEDED;
+      r.report = report;
+      r.finishedAt = finishedAt;
+      const announce = [
+        {
+          schema: EvalRunCompletedSchema,
+          msgId: `${id}:completed`,
+          value: {
+            eventId: `${id}:completed`,
+            occurredAt: finishedAt,
+            evalRunId: id,
+            collection: r.collection,
+            datasetVersionId: r.datasetVersionId,
+            baseModel,
+            adapters: r.adapters,
+            status: EvalRunStatus.SUCCEEDED,
+            report,
+          },
+        },
+        ...(report.gatesPassed
+          ? [
+              {
+                schema: EvalGatePassedSchema,
+                msgId: `${id}:gate-passed`,
+                value: {
+                  eventId: `${id}:gate-passed`,
+                  occurredAt: finishedAt,
+                  evalRunId: id,
+                  collection: r.collection,
+                  datasetVersionId: r.datasetVersionId,
+                  baseModel,
+                  adapters: r.adapters,
+                  gates: report.gates,
+                },
+              },
+            ]
+          : []),
+      ];
+      return { state: r, events: [{ body: statusChanged(EvalRunStatus.SUCCEEDED), announce }] };
+    });
+  }
+
+  private async fail(id: string, fence: Fence, run: EvalRun, failure: Failure): Promise<void> {
+    const finishedAt = timestampNow();
+    await this.deps.runs.release(id, fence, (r) => {
+      if (isFinished(r.status)) return { state: r };
+      r.status = EvalRunStatus.FAILED;
+      r.failure = failure;
+      r.finishedAt = finishedAt;
+      return {
+        state: r,
+        events: [
+          {
+            body: statusChanged(EvalRunStatus.FAILED, failure),
+            announce: [completedEvent(r, EvalRunStatus.FAILED, finishedAt, { failure })],
+          },
+        ],
+      };
+    });
+    void run;
+  }
+
+  /** Renews the run's lease every third of its length; a lost claim or a cancel stops the run at once. */
+  private keepLease(id: string, fence: Fence, cancel: AbortController, log: Logger): { stop(): void } {
+    const timer = setInterval(() => {
+      this.deps.runs.renew(id, fence, this.deps.leaseMs).then(
+        (r) => {
+          if (r.state.status === EvalRunStatus.CANCELLED) cancel.abort(new CancelledError());
+        },
+        (err: unknown) => {
+          if (err instanceof OwnershipLostError) {
+            log.warn("another replica took the run over; stopping this one");
+            cancel.abort(err);
+          } else {
+            log.warn({ err }, "renewing the run's lease failed; retrying");
+          }
+        },
+      );
+    }, Math.max(100, Math.floor(this.deps.leaseMs / 3)));
+    timer.unref();
+    return { stop: () => clearInterval(timer) };
+  }
+}
+
+/** The ragtune.eval.run.completed announcement of a run that ended without a report (failed or cancelled). */
+export function completedEvent(run: EvalRun, status: EvalRunStatus, occurredAt: ReturnType<typeof timestampNow>, extra: { failure?: Failure } = {}) {
+  return {
+    schema: EvalRunCompletedSchema,
+    msgId: `${run.id}:completed`,
+    value: {
+      eventId: `${run.id}:completed`,
+      occurredAt,
+      evalRunId: run.id,
+      collection: run.collection,
+      datasetVersionId: run.datasetVersionId,
+      baseModel: run.baseModel,
+      adapters: run.adapters,
+      status,
+      ...extra,
+    },
+  };
+}

@@ -1,0 +1,195 @@
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import { connectBus, type Bus } from "@ragtune/bus";
+import { DEFAULT_REFUSAL } from "@ragtune/dataset-service/negatives";
+import { createLogger } from "@ragtune/logger";
+import {
+  type CreateEvalRunRequest,
+  CreateEvalRunRequestSchema,
+  EvalGatePassedSchema,
+  EvalPromptFormat,
+  type EvalRun,
+  EvalRunCompletedSchema,
+  type EvalRunEvent,
+  EvalRunStatus,
+  EvalService,
+} from "@ragtune/proto";
+import { startTestService, type TestService } from "@ragtune/rpc";
+import { expectCode, freePort, startNatsServer, type NatsServerHandle } from "@ragtune/testing";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { evalConfigSchema } from "../src/config.js";
+import { evalServiceStarter, type EvalInstance, type EvalServiceHooks } from "../src/server.js";
+import { type Behaviour, startLoopbackEndpoint, type LoopbackEndpoint } from "./loopback-endpoint.js";
+
+type EvalTestService = TestService<ReturnType<typeof evalConfigSchema.parse>, EvalInstance>;
+
+/** 10 items: 8 answerable (the answer is the context's first sentence), 2 unanswerable. */
+const ITEMS = [
+  ["backup-keep", "How long are backups kept?", "Backups are kept for thirty days in the archive bucket.", "Restores take about one hour per terabyte."],
+  ["backup-time", "When do backups run?", "Backups run every night at two o'clock.", "Each run writes a manifest file next to the data."],
+  ["restore-speed", "How fast is a restore?", "A restore takes about one hour per terabyte.", "Restores can be paused from the console."],
+  ["port", "Which port does the agent use?", "The agent listens on port 8443 for TLS traffic.", "The port can be changed in agent.yaml."],
+  ["tokens", "How long do API tokens live?", "API tokens expire after ninety days of inactivity.", "Expired tokens are removed by a nightly job."],
+  ["regions", "Which regions are supported?", "The service runs in Frankfurt, Dublin and Stockholm.", "New regions are announced in the release notes."],
+  ["limits", "What is the upload size limit?", "Uploads are limited to five gigabytes per file.", "Larger files must be split by the client."],
+  ["audit", "Where are audit logs stored?", "Audit logs are stored in a write-once bucket for one year.", "Only administrators can read audit logs."],
+  ["pricing", "How much does the premium plan cost?", DEFAULT_REFUSAL, "The premium plan adds priority support and SSO."],
+  ["ceo", "Who founded the company?", DEFAULT_REFUSAL, "The company publishes a yearly transparency report."],
+].map(([id, question, reference, rest], i) => {
+  const answerable = reference !== DEFAULT_REFUSAL;
+  return {
+    id,
+    question,
+    reference,
+    answerable,
+    context: answerable ? `${reference} ${rest}` : rest,
+    heading_path: ["Guide", i < 5 ? "Operations" : "Platform"],
+    question_type: answerable ? (i % 2 === 0 ? "factual" : "conceptual") : "unanswerable",
+    source_document: i < 5 ? "ops.md" : "platform.md",
+  };
+});
+const EVAL_FILE = new TextEncoder().encode(ITEMS.map((i) => JSON.stringify(i)).join("\n"));
+const BY_QUESTION = new Map(ITEMS.map((i) => [i.question, i]));
+
+/** The trained adapter: the reference for answerable items, the refusal otherwise. */
+const adapter: Behaviour = (q) => ({ text: BY_QUESTION.get(q)?.reference ?? "unknown question" });
+/** The base model the way the seed saw it fail: empty output, newline garbage, invented follow-ups, rambling. */
+const base: Behaviour = (q) => {
+  const item = BY_QUESTION.get(q)!;
+  const i = ITEMS.indexOf(item);
+  if (!item.answerable) return { text: "The premium plan costs 49 euros per month and was founded in 2009." };
+  if (i % 4 === 0) return { text: "" };
+  if (i % 4 === 1) return { text: "\n\n\n\n\n\n\n" };
+  if (i % 4 === 2) return { text: `${item.reference}\n\nQuestion: What else can I configure?` };
+  return { text: "Please refer to the documentation for details about this topic and many others besides it, which are described elsewhere.", finishReason: "length" };
+};
+/** A judge grading answers equal to the reference A, others C. */
+const judge: Behaviour = (_q, body) => {
+  const user = (body["messages"] as { content: string }[])[1]!.content;
+  const reference = /Reference answer: ([^\n]*)/.exec(user)![1]!;
+  const answer = /Answer to grade:\n([\s\S]*)$/.exec(user)![1]!;
+  const good = answer.trim() === reference.trim();
+  return { text: JSON.stringify({ grade: good ? "A" : "C", hallucination: !good && answer !== "(empty)" }) };
+};
+
+let nats: NatsServerHandle;
+let bus: Bus;
+let endpoint: LoopbackEndpoint;
+let service: EvalTestService;
+
+function startEval(env: Record<string, string> = {}, hooks: EvalServiceHooks = {}): Promise<EvalTestService> {
+  return startTestService({
+    definition: { name: "eval", schema: evalConfigSchema, start: evalServiceStarter(hooks) },
+    nats,
+    env: { LLM_BASE_URL: endpoint.url, LLM_MAX_RETRIES: "0", LLM_TIMEOUT: "2s", EVAL_RUN_LEASE: "1s", ...env },
+  });
+}
+
+function request(init: MessageInitShape<typeof CreateEvalRunRequestSchema>): CreateEvalRunRequest {
+  return create(CreateEvalRunRequestSchema, init);
+}
+
+async function finished(s: EvalTestService, id: string): Promise<{ run: EvalRun; events: EvalRunEvent[] }> {
+  const client = s.client(EvalService);
+  const events: EvalRunEvent[] = [];
+  for await (const res of client.watchEvalRun({ evalRunId: id })) events.push(res.event!);
+  return { run: (await client.getEvalRun({ evalRunId: id })).run!, events };
+}
+
+beforeAll(async () => {
+  nats = await startNatsServer();
+  bus = await connectBus({ servers: nats.url, name: "eval-test", logger: createLogger({ svc: "eval-test", level: "silent" }) });
+  await bus.ensureEventsStream();
+  endpoint = await startLoopbackEndpoint({
+    base,
+    "qa-adapter": adapter,
+    judge,
+    flaky: (q) => (q.includes("backups kept") ? { status: 500, message: "CUDA out of memory" } : q.includes("port") ? { status: 400, message: "prompt too long" } : q.includes("restore") ? { hang: true } : adapter(q, {})),
+  });
+  service = await startEval();
+});
+
+afterAll(async () => {
+  await service?.stop();
+  await endpoint?.close();
+  await bus?.close();
+  await nats?.stop();
+});
+
+describe("eval runs", () => {
+  it("compares base and adapter on an uploaded eval file: complete report, judge agreement, gates passed, events", async () => {
+    const client = service.client(EvalService);
+    const completed: unknown[] = [];
+    const gatePassed: unknown[] = [];
+    const { run: created } = await client.createEvalRun(
+      request({
+        source: { case: "evalFile", value: { name: "ops.jsonl", jsonl: EVAL_FILE } },
+        baseModel: "base",
+        adapters: ["qa-adapter"],
+        concurrency: 4,
+        judge: { model: "judge" },
+        collection: "docs",
+      }),
+    );
+    expect(created!.status).toBe(EvalRunStatus.QUEUED);
+    expect(created!.sampling).toMatchObject({ temperature: 0, maxTokens: 200 });
+    expect(created!.promptFormat).toBe(EvalPromptFormat.COMPLETION);
+    const { run, events } = await finished(service, created!.id);
+    expect(run.status, run.failure?.message).toBe(EvalRunStatus.SUCCEEDED);
+    expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
+    expect(events.at(-1)!.event.case).toBe("statusChanged");
+    expect(run.answersDone).toBe(20);
+    expect(run.answersFailed).toBe(0);
+
+    // The prompts are the training template's, temperature 0 and max_tokens 200.
+    const sent = endpoint.requests.find((r) => r.path === "/v1/completions")!.body;
+    expect(sent["prompt"]).toMatch(/^\[INST\] Guide > (Operations|Platform)\n\n[\s\S]+\n\nQuestion: .+ \[\/INST\]$/);
+    expect(sent).toMatchObject({ temperature: 0, max_tokens: 200 });
+
+    const report = run.report!;
+    const [b, a] = report.models;
+    expect(b).toMatchObject({ model: "base", isBase: true, items: 10, failed: 0 });
+    expect(a).toMatchObject({ model: "qa-adapter", isBase: false, items: 10, successRate: 1, tokenF1: 1, rougeL: 1, exactMatch: 1, grounding: 1, answerRate: 0.8, falseAnswerRate: 0, overRefusalRate: 0 });
+    // base: 2 empty (i 0, 4), 2 newline garbage (1, 5), 2 follow-ups (2, 6), 2 cut off (3, 7), 2 invented answers to unanswerable items.
+    expect(b).toMatchObject({ successRate: 0, falseAnswerRate: 1, emptyRate: 0.2, degenerateRate: 0.2, followUpRate: 0.2, lengthCutoffRate: 0.2 });
+    expect(b!.latencyP50).toBeGreaterThan(0);
+    expect(a!.tokensPerSecond).toBeGreaterThan(0);
+    // The judge agrees with the rule verdicts on every answer here.
+    expect(a!.judgeARate).toBe(1);
+    expect(b!.judgeARate).toBe(0);
+    expect([a!.judgeKappa, b!.judgeKappa]).toEqual([1, 1]);
+    expect(report.differences.find((d) => d.metric === "success_rate")).toMatchObject({ model: "qa-adapter", baseline: "base", delta: 1, items: 10 });
+    expect(report.breakdowns.filter((x) => x.dimension === "source_document").map((x) => `${x.value}/${x.model}`)).toEqual([
+      "ops.md/base",
+      "ops.md/qa-adapter",
+      "platform.md/base",
+      "platform.md/qa-adapter",
+    ]);
+    expect(report.gates.map((g) => [g.name, g.passed])).toEqual([
+      ["success_gain", true],
+      ["false_answer_rate", true],
+    ]);
+    expect(report.gatesPassed).toBe(true);
+
+    const { markdown } = await client.getEvalReport({ evalRunId: run.id });
+    expect(markdown).toContain("## Promotion gates: PASSED");
+    expect(markdown).toContain("| qa-adapter | success_rate | +100.0 |");
+    const items = await client.listEvalItemResults({ evalRunId: run.id, page: { pageSize: 3 } });
+    expect(items.results).toHaveLength(3);
+    expect(items.page!.totalSize).toBe(10);
+    expect(items.results[0]!.answers.map((x) => x.model)).toEqual(["base", "qa-adapter"]);
+
+    // The catalog events: completed and gate passed.
+    for (const [schema, into] of [
+      [EvalRunCompletedSchema, completed],
+      [EvalGatePassedSchema, gatePassed],
+    ] as const) {
+      const subject = schema === EvalRunCompletedSchema ? "ragtune.eval.run.completed" : "ragtune.eval.gate.passed";
+      const m = await bus.jsm.streams.getMessage("RAGTUNE", { last_by_subj: subject });
+      into.push(fromBinary(schema as typeof EvalRunCompletedSchema, m!.data));
+    }
+    expect(completed[0]).toMatchObject({ evalRunId: run.id, status: EvalRunStatus.SUCCEEDED, collection: "docs", adapters: ["qa-adapter"] });
+    expect(gatePassed[0]).toMatchObject({ evalRunId: run.id, baseModel: "base" });
+  });
+});
