@@ -30,6 +30,8 @@ same keys as for an ``nn.Linear`` base).
 
 from __future__ import annotations
 
+import ctypes
+import json
 import math
 import warnings
 from collections.abc import Iterable
@@ -493,26 +495,181 @@ def quantize_model(
 ) -> QuantizationStats:
     """Replace every ``nn.Linear`` of ``model`` (except modules named in ``skip_modules``) with ``NF4Linear``.
 
-    Works in place, one layer at a time (the full-precision weight of a layer is freed when it is replaced).
-    Embeddings are not ``nn.Linear`` and stay as they are.
+    Works in place, one layer at a time: only the names of the layers are collected up front, so the
+    full-precision weight of a layer is freed as soon as the layer is replaced (unless the caller holds it).
+    Embeddings are not ``nn.Linear`` and stay as they are. For a checkpoint on disk,
+    ``load_quantized_base`` streams instead, never holding the full-precision model.
     """
     skip = tuple(skip_modules)
-    targets = [
-        (name, module)
+    names = [
+        name
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and not _skipped(name, skip)
     ]
     layers = params = before = after = 0
-    for name, linear in targets:
+    for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, child)
         nf4 = NF4Linear.from_linear(linear, compute_dtype=compute_dtype)
-        setattr(parent, child, nf4)
         layers += 1
         params += linear.weight.numel()
         before += linear.weight.numel() * linear.weight.element_size()
         after += nf4.quantized_nbytes
+        setattr(parent, child, nf4)
+        del linear
     return QuantizationStats(layers=layers, params=params, bytes_before=before, bytes_after=after)
+
+
+# ------------------------------------------------------------------------------------------------
+# streaming a checkpoint into an NF4 model
+
+
+def safetensors_shards(model_dir: Path) -> list[Path]:
+    """The checkpoint's safetensors files in order (the index's shards, or the single file); [] if none."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        shards = list(dict.fromkeys(weight_map.values()))
+        missing = [name for name in shards if not (model_dir / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shards that are missing: {', '.join(missing[:3])}")
+        return [model_dir / name for name in shards]
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def _set_tensor(model: nn.Module, key: str, value: Tensor) -> bool:
+    """Put a checkpoint tensor in place of the (meta) parameter or buffer it names; False if there is none."""
+    module_name, _, attr = key.rpartition(".")
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        return False
+    if attr in module._parameters:
+        current = module._parameters[attr]
+        if current is not None and tuple(current.shape) != tuple(value.shape):
+            raise ValueError(
+                f"checkpoint tensor {key} has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(current.shape)}"
+            )
+        module._parameters[attr] = nn.Parameter(value, requires_grad=False)
+        return True
+    if attr in module._buffers:
+        module._buffers[attr] = value
+        return True
+    return False
+
+
+def _glibc_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def _return_freed_memory() -> None:
+    """Give the pages of freed tensors back to the OS (glibc keeps them in its heap otherwise).
+
+    The temporaries of one tensor's quantization are freed between shapes of long-lived NF4 buffers, so
+    the heap cannot shrink from its top and would grow by every tensor's temporaries; ``malloc_trim``
+    releases the free pages inside it, keeping the resident set at what is alive.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+_NF4_BUFFERS = frozenset({"packed", "absmax_codes", "absmax_scales_bits", "absmax_offset_bits"})
+
+
+def load_nf4_streaming(
+    model_dir: Path,
+    compute_dtype: torch.dtype,
+    *,
+    skip_modules: Iterable[str] = ("lm_head",),
+) -> nn.Module:
+    """Build the model without weights, then fill it from the safetensors shards one tensor at a time.
+
+    The model is created from ``config.json`` with its parameters on the meta device (no memory; buffers such
+    as rotary frequencies are computed as usual), and each ``nn.Linear`` to quantize is swapped for an
+    empty ``NF4Linear`` before any weight is read. Each checkpoint tensor is then read from its shard
+    (memory-mapped), cast to ``compute_dtype`` and either quantized straight into its ``NF4Linear`` or kept
+    as the parameter it names, and dropped: the host holds the NF4 weights, the unquantized parameters
+    (embeddings, norms, ``lm_head``) and one full-precision tensor at a time, never the full model.
+    """
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=compute_dtype)
+    skip = tuple(skip_modules)
+    nf4_layers: dict[str, NF4Linear] = {}
+    for name in [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(n, skip)]:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, child)
+        layer = NF4Linear(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            compute_dtype=compute_dtype,
+            device="meta",
+        )
+        setattr(parent, child, layer)
+        nf4_layers[name] = layer
+
+    layers = params = before = after = 0
+    quantized: set[str] = set()
+    for shard in safetensors_shards(model_dir):
+        with safe_open(str(shard), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point():
+                    tensor = tensor.to(compute_dtype)
+                module_name, _, attr = key.rpartition(".")
+                layer = nf4_layers.get(module_name)
+                if layer is not None and attr == "weight":
+                    if tuple(tensor.shape) != (layer.out_features, layer.in_features):
+                        raise ValueError(
+                            f"checkpoint tensor {key} has shape {tuple(tensor.shape)}, "
+                            f"the model expects {(layer.out_features, layer.in_features)}"
+                        )
+                    layer.load_quantized(quantize_nf4(tensor))
+                    quantized.add(module_name)
+                    layers += 1
+                    params += tensor.numel()
+                    before += tensor.numel() * tensor.element_size()
+                    after += layer.quantized_nbytes
+                else:
+                    # A copy: the tensor read may be a view of the memory-mapped shard, which a kept view
+                    # would hold mapped (and resident) for the model's lifetime. Keys the model lacks are
+                    # ignored, as transformers does.
+                    _set_tensor(model, key, tensor.clone())
+                del tensor
+                _return_freed_memory()
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    # Named as in the checkpoint: an NF4 layer's buffers come from its ".weight".
+    missing = [f"{name}.weight" for name in nf4_layers if name not in quantized]
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        owner, _, attr = name.rpartition(".")
+        if t.is_meta and not (owner in nf4_layers and attr in _NF4_BUFFERS):
+            missing.append(name)
+    if missing:
+        raise ValueError(
+            f"the checkpoint in {model_dir} lacks {len(missing)} weights the model needs, "
+            f"e.g. {', '.join(missing[:3])}"
+        )
+    model.config.name_or_path = str(model_dir)
+    model.nf4_stats = QuantizationStats(layers=layers, params=params, bytes_before=before, bytes_after=after)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -558,8 +715,9 @@ def load_quantized_base(
 ) -> nn.Module:
     """Load a local Hugging Face causal LM, quantized per ``backend``, all base parameters frozen.
 
-    * ``builtin``: loaded in ``compute_dtype``, every linear layer except ``lm_head`` replaced by
-      ``NF4Linear`` (wrap with peft using ``prepare_lora_config(LoraConfig(...))``).
+    * ``builtin``: every linear layer except ``lm_head`` an ``NF4Linear``, the rest in ``compute_dtype`` (wrap
+      with peft using ``prepare_lora_config(LoraConfig(...))``). A safetensors checkpoint is streamed into the
+      NF4 model tensor by tensor (``load_nf4_streaming``), so the host never holds the full-precision model.
     * ``bitsandbytes``: loaded with ``bitsandbytes_config(compute_dtype)`` on the GPU (CUDA only).
     * ``none``: loaded in ``compute_dtype`` as is (plain LoRA).
 
@@ -578,7 +736,10 @@ def load_quantized_base(
             device_map={"": torch.cuda.current_device()},
             local_files_only=True,
         )
+    elif backend == "builtin" and safetensors_shards(model_dir):
+        model = load_nf4_streaming(model_dir, compute_dtype)
     elif backend in ("builtin", "none"):
+        # "none", or pytorch_model*.bin files only (not memory-mappable): load whole, then quantize.
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute_dtype, local_files_only=True)
         if backend == "builtin":
             with warnings.catch_warnings():
