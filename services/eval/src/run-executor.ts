@@ -147,14 +147,14 @@ export class RunExecutor {
     const { runs } = this.deps;
     const claimed = await runs.claim(id, this.owner, {
       leaseMs: this.deps.leaseMs,
-      change: (run, previous) => {
+      change: (run, previous, reason) => {
         const events: { body: RunEventDetail }[] = [];
         if (run.status === EvalRunStatus.QUEUED) {
           run.status = EvalRunStatus.RUNNING;
           run.startedAt = timestampNow();
           events.push({ body: statusChanged(EvalRunStatus.RUNNING) });
         } else if (previous.epoch > 0) {
-          events.push({ body: warning(`run restarted from the first item: ${previous.claimReason || "claimed again"}`) });
+          events.push({ body: warning(`run restarted from the first item: ${reason}`) });
         }
         run.answersDone = 0;
         run.answersFailed = 0;
@@ -387,8 +387,8 @@ export class RunExecutor {
     let completionTokens = 0;
     try {
       const result = chat
-        ? await endpoint.chat({ model, messages: [{ role: "user", content: item.userTurn }], ...sampling }, { signal })
-        : await endpoint.complete({ model, prompt: item.prompt, ...sampling }, { signal });
+        ? await endpoint.chat({ model, messages: [{ role: "user", content: item.userTurn }], ...sampling })
+        : await endpoint.complete({ model, prompt: item.prompt, ...sampling });
       outcome = { text: result.text, finishReason: result.finishReason ?? "" };
       latencyMs = result.latency.totalMs - result.latency.queueMs;
       completionTokens = result.usage.completionTokens;
@@ -412,7 +412,7 @@ export class RunExecutor {
         if (task === undefined) return;
         let verdict: JudgeVerdict | undefined;
         try {
-          verdict = await judgeAnswer(judge, model, { ...task.item, answer: task.answer.outcome.text }, signal);
+          verdict = await judgeAnswer(judge, model, { ...task.item, answer: task.answer.outcome.text });
         } catch (err) {
           if (signal.aborted || !isLlmError(err)) throw signal.aborted ? signal.reason : err;
           failures++;

@@ -105,7 +105,14 @@ beforeAll(async () => {
     base,
     "qa-adapter": adapter,
     judge,
-    flaky: (q) => (q.includes("backups kept") ? { status: 500, message: "CUDA out of memory" } : q.includes("port") ? { status: 400, message: "prompt too long" } : q.includes("restore") ? { hang: true } : adapter(q, {})),
+    flaky: (q) =>
+      q === "How long are backups kept?"
+        ? { status: 500, message: "CUDA out of memory" }
+        : q === "Which port does the agent use?"
+          ? { status: 400, message: "prompt too long" }
+          : q === "How fast is a restore?"
+            ? { hang: true }
+            : adapter(q, {}),
   });
   service = await startEval();
 });
@@ -191,5 +198,145 @@ describe("eval runs", () => {
     }
     expect(completed[0]).toMatchObject({ evalRunId: run.id, status: EvalRunStatus.SUCCEEDED, collection: "docs", adapters: ["qa-adapter"] });
     expect(gatePassed[0]).toMatchObject({ evalRunId: run.id, baseModel: "base" });
+  });
+
+  it("records per-item request failures (5xx, 4xx, timeout) and completes with the counts; chat format sends the user turn", async () => {
+    const client = service.client(EvalService);
+    const { run: created } = await client.createEvalRun(
+      request({
+        source: { case: "evalFile", value: { name: "ops.jsonl", jsonl: EVAL_FILE } },
+        baseModel: "base",
+        adapters: ["flaky"],
+        promptFormat: EvalPromptFormat.CHAT,
+        sampling: { maxTokens: 50 },
+        concurrency: 8,
+      }),
+    );
+    const { run, events } = await finished(service, created!.id);
+    expect(run.status, run.failure?.message).toBe(EvalRunStatus.SUCCEEDED);
+    const flaky = run.report!.models.find((m) => m.model === "flaky")!;
+    // "How long are backups kept?" → 500, "Which port…" → 400, "How fast is a restore?" → no answer within LLM_TIMEOUT.
+    expect(flaky.failed).toBe(3);
+    expect(flaky.failuresByKind).toEqual({ server_error: 1, bad_request: 1, timeout: 1 });
+    expect(run.answersFailed).toBe(3);
+    expect(flaky.successRate).toBeCloseTo(0.7, 10);
+    const warnings = events.flatMap((e) => (e.event.case === "warning" ? [e.event.value.message] : []));
+    expect(warnings).toHaveLength(3);
+    expect(warnings.join("\n")).toMatch(/server_error: .*CUDA out of memory/);
+    const chat = endpoint.requests.filter((r) => r.path === "/v1/chat/completions" && r.body["model"] === "flaky").at(-1)!.body;
+    expect(chat["max_tokens"]).toBe(50);
+    expect((chat["messages"] as { role: string; content: string }[])[0]!.content).toMatch(/^Guide > \w+\n\n[\s\S]+\n\nQuestion: /);
+    const results = await client.listEvalItemResults({ evalRunId: run.id, page: { pageSize: 100 } });
+    const port = results.results.find((r) => r.itemId === "port")!.answers.find((x) => x.model === "flaky")!;
+    expect(port.error).toMatch(/^bad_request: .*400.*prompt too long/);
+  });
+
+  it("fails fast when the endpoint is down or does not serve a model, saying what to fix", async () => {
+    const client = service.client(EvalService);
+    const down = `http://127.0.0.1:${await freePort()}/v1`;
+    const { run: a } = await client.createEvalRun(request({ source: { case: "evalFile", value: { name: "f", jsonl: EVAL_FILE } }, endpointUrl: down, baseModel: "base" }));
+    const failedDown = (await finished(service, a!.id)).run;
+    expect(failedDown.status).toBe(EvalRunStatus.FAILED);
+    expect(failedDown.failure).toMatchObject({ reason: "ENDPOINT_UNREACHABLE", field: "endpoint_url" });
+    expect(failedDown.failure!.message).toContain(down);
+
+    const { run: b } = await client.createEvalRun(request({ source: { case: "evalFile", value: { name: "f", jsonl: EVAL_FILE } }, baseModel: "base", adapters: ["no-such-adapter"] }));
+    const unknown = (await finished(service, b!.id)).run;
+    expect(unknown.status).toBe(EvalRunStatus.FAILED);
+    expect(unknown.failure).toMatchObject({ reason: "UNKNOWN_MODEL", field: "adapters" });
+    expect(unknown.failure!.message).toMatch(/does not serve the model "no-such-adapter"; it serves: base, qa-adapter, judge, flaky/);
+    expect(endpoint.requests.some((r) => r.body["model"] === "no-such-adapter")).toBe(false);
+
+    // Without a base model named, the endpoint must list exactly one.
+    const { run: c } = await client.createEvalRun(request({ source: { case: "evalFile", value: { name: "f", jsonl: EVAL_FILE } }, adapters: ["qa-adapter"] }));
+    const noBase = (await finished(service, c!.id)).run;
+    expect(noBase.failure).toMatchObject({ reason: "BASE_MODEL_REQUIRED" });
+    expect(noBase.failure!.message).toContain("several base models (base, judge, flaky)");
+  });
+
+  it("refuses bad requests with the field and what to do", async () => {
+    const client = service.client(EvalService);
+    const file = (text: string) => ({ case: "evalFile" as const, value: { name: "f", jsonl: new TextEncoder().encode(text) } });
+    await expectCode(client.createEvalRun(request({})), Code.InvalidArgument, /source: set dataset_version_id .* or eval_file/);
+    await expectCode(client.createEvalRun(request({ source: file("") })), Code.InvalidArgument, /eval file is empty/);
+    await expectCode(client.createEvalRun(request({ source: file(`${JSON.stringify(ITEMS[0])}\n{not json`) })), Code.InvalidArgument, /eval_file line 2 is not JSON/);
+    await expectCode(client.createEvalRun(request({ source: file(JSON.stringify({ ...ITEMS[0], answerable: "yes" })) })), Code.InvalidArgument, /eval_file line 1: answerable: /);
+    await expectCode(client.createEvalRun(request({ source: file(new Array(2).fill(JSON.stringify(ITEMS[0])).join("\n")) })), Code.InvalidArgument, /line 2: id "backup-keep" appears twice/);
+    await expectCode(client.createEvalRun(request({ source: { case: "evalFile", value: { name: "f", jsonl: new Uint8Array([0xff, 0xfe, 0x00]) } } })), Code.InvalidArgument, /not UTF-8/);
+    const ok = { source: { case: "evalFile" as const, value: { name: "f", jsonl: EVAL_FILE } } };
+    await expectCode(client.createEvalRun(request({ ...ok, endpointUrl: "ftp://x/v1" })), Code.InvalidArgument, /endpoint_url: must be an http\(s\) URL/);
+    await expectCode(client.createEvalRun(request({ ...ok, concurrency: 0 })), Code.InvalidArgument, /concurrency: must be between 1 and 256/);
+    await expectCode(client.createEvalRun(request({ ...ok, sampling: { temperature: 5 } })), Code.InvalidArgument, /sampling.temperature/);
+    await expectCode(client.createEvalRun(request({ ...ok, baseModel: "base", adapters: ["a", "a"] })), Code.InvalidArgument, /adapters: "a" is named twice/);
+    await expectCode(client.createEvalRun(request({ source: { case: "datasetVersionId", value: "dsv-1" } })), Code.FailedPrecondition, /EVAL_DATASET_URL/);
+    await expectCode(client.getEvalRun({ evalRunId: "eval-nope" }), Code.NotFound, /eval-nope/);
+    await expectCode(client.getEvalReport({ evalRunId: "" }), Code.InvalidArgument, /eval_run_id/);
+  });
+
+  it("compares two runs item by item and cancels a running run", async () => {
+    const client = service.client(EvalService);
+    const ok = { source: { case: "evalFile" as const, value: { name: "f", jsonl: EVAL_FILE } }, baseModel: "base", adapters: ["qa-adapter"] };
+    const first = (await finished(service, (await client.createEvalRun(request(ok))).run!.id)).run;
+    const second = (await finished(service, (await client.createEvalRun(request({ ...ok, maxItems: 5, seed: 3 }))).run!.id)).run;
+    expect(second.items).toBe(5);
+    const compared = await client.compareEvalRuns({ baselineRunId: first.id, otherRunId: second.id });
+    expect(compared.sharedItems).toBe(5);
+    // Same models, same answers at temperature 0: no difference.
+    expect(compared.differences.filter((d) => d.metric === "success_rate").map((d) => [d.model, d.delta])).toEqual([
+      ["base", 0],
+      ["qa-adapter", 0],
+    ]);
+
+    // A run whose answers never come: cancel it while it runs.
+    const slow = await startLoopbackEndpoint({ base: () => ({ hang: true }) });
+    try {
+      const { run } = await client.createEvalRun(request({ source: ok.source, endpointUrl: slow.url, baseModel: "base" }));
+      const watch = client.watchEvalRun({ evalRunId: run!.id })[Symbol.asyncIterator]();
+      for (;;) {
+        const e = (await watch.next()).value!.event!;
+        if (e.event.case === "progress") break; // answering has started
+      }
+      const { run: cancelled } = await client.cancelEvalRun({ evalRunId: run!.id });
+      expect(cancelled!.status).toBe(EvalRunStatus.CANCELLED);
+      // The watch ends after the cancel.
+      const rest: EvalRunEvent[] = [];
+      for (let r = await watch.next(); r.done !== true; r = await watch.next()) rest.push(r.value.event!);
+      expect(rest.at(-1)!.event).toMatchObject({ case: "statusChanged", value: { status: EvalRunStatus.CANCELLED } });
+      await expectCode(client.cancelEvalRun({ evalRunId: run!.id }), Code.FailedPrecondition, /already finished \(cancelled\)/);
+      await expectCode(client.getEvalReport({ evalRunId: run!.id }), Code.FailedPrecondition, /has succeeded/);
+    } finally {
+      await slow.close();
+    }
+  });
+
+  it("finishes a run whose replica stopped mid-run on another replica once the lease lapses", async () => {
+    let pause!: () => void;
+    const paused = new Promise<void>((resolve) => (pause = resolve));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    // Replica A stops after its third answer (a paused step), without releasing its claim.
+    const a = await startEval({ EVAL_BUCKET_PREFIX: "takeover" }, {
+      onAnswer: async (_id, done) => {
+        if (done === 3) {
+          pause();
+          await gate;
+        }
+      },
+    });
+    const { run } = await a.client(EvalService).createEvalRun(request({ source: { case: "evalFile", value: { name: "f", jsonl: EVAL_FILE } }, baseModel: "base", adapters: ["qa-adapter"], concurrency: 1 }));
+    await paused;
+    const stopping = a.stop();
+    release();
+    await stopping;
+    const b = await startEval({ EVAL_BUCKET_PREFIX: "takeover" });
+    try {
+      const { run: done, events } = await finished(b, run!.id);
+      expect(done.status, done.failure?.message).toBe(EvalRunStatus.SUCCEEDED);
+      expect(done.answersDone).toBe(20);
+      const warnings = events.flatMap((e) => (e.event.case === "warning" ? [e.event.value.message] : []));
+      expect(warnings).toEqual([expect.stringMatching(/^run restarted from the first item: taken over by .*: the lease of .* lapsed/)]);
+    } finally {
+      await b.stop();
+    }
   });
 });
