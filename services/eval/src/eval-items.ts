@@ -8,7 +8,7 @@ import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import { contextBlock, mistralPrompt, questionTurn } from "@ragtune/dataset-service/exports";
 import { type DatasetService, DatasetSplit, DatasetVersionStatus, ExampleKind, PageRequestSchema } from "@ragtune/proto";
-import { seededRandom } from "@ragtune/testing";
+import { seededDraws } from "./seeded-draws.js";
 import { z } from "zod";
 
 export interface EvalItem {
@@ -152,7 +152,7 @@ export async function loadDatasetTestSplit(dataset: Client<typeof DatasetService
 /** At most `max` items, a seeded sample kept in input order; all of them when `max` is unset or not smaller. */
 export function sampleItems(items: readonly EvalItem[], max: number | undefined, seed: number): EvalItem[] {
   if (max === undefined || max >= items.length) return [...items];
-  const random = seededRandom(seed);
+  const random = seededDraws(seed);
   const order = items.map((_, i) => i);
   for (let i = order.length - 1; i > 0; i--) {
     const j = Math.floor(random() * (i + 1));

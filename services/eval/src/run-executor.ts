@@ -22,8 +22,9 @@ import {
 } from "@ragtune/proto";
 import { type EvalItem, EvalSourceError, loadDatasetTestSplit, parseEvalFile, sampleItems } from "./eval-items.js";
 import { judgeAnswer, type JudgeVerdict } from "./judge.js";
-import { describeSuccessRule, scoreAnswer, type AnswerOutcome, type SuccessRule } from "./metrics.js";
-import { buildReport, renderMarkdown, type GateConfig, type ScoredAnswer, type ScoredItem } from "./report.js";
+import { answerItems } from "./answering.js";
+import { describeSuccessRule, type SuccessRule } from "./metrics.js";
+import { buildReport, renderMarkdown, type GateConfig, type ScoredItem } from "./report.js";
 import { isFinished, progress, type RunEventDetail, type RunStore, statusChanged, warning } from "./run-store.js";
 
 export interface RunExecutorDeps {
@@ -215,7 +216,7 @@ export class RunExecutor {
             : create(FailureSchema, { kind: FailureKind.SYSTEM_ERROR, reason: "INTERNAL", message: `the run failed: ${(err as Error).message}` });
       if (!(err instanceof UserFailure || err instanceof EvalSourceError)) log.error({ err }, "eval run failed");
       else log.warn({ reason: failure.reason }, failure.message);
-      await this.fail(id, fence, run, failure);
+      await this.fail(id, fence, failure);
     } finally {
       for (const c of clients) c.close();
       lease.stop();
@@ -301,27 +302,22 @@ export class RunExecutor {
     signal: AbortSignal,
     log: Logger,
   ): Promise<ScoredItem[]> {
-    const scored: ScoredItem[] = items.map((item) => ({ item, answers: [] }));
-    const slots: ScoredAnswer[][] = items.map(() => new Array<ScoredAnswer>(models.length));
     const total = items.length * models.length;
-    let done = 0;
-    let failed = 0;
     const warnedKinds = new Set<string>();
     let lastWrite = Date.now();
+    // Run writes happen one after another, in the order the answers report them; a failed write stops the loop.
     let writes: Promise<unknown> = Promise.resolve();
     let writeError: unknown;
-    const write = (body: () => RunEventDetail[]) => {
-      const d = done;
-      const f = failed;
+    const write = (done: number, failed: number, events: RunEventDetail[]) => {
       writes = writes
         .then(() =>
           this.deps.runs.modify(
             id,
             (r) => {
               if (r.status === EvalRunStatus.CANCELLED) throw new CancelledError();
-              r.answersDone = d;
-              r.answersFailed = f;
-              return { state: r, events: body().map((b) => ({ body: b })) };
+              r.answersDone = done;
+              r.answersFailed = failed;
+              return { state: r, events: events.map((body) => ({ body })) };
             },
             { fence },
           ),
@@ -330,74 +326,36 @@ export class RunExecutor {
           writeError ??= err;
         });
     };
-    const chat = run.promptFormat === EvalPromptFormat.CHAT;
-    const sampling = { temperature: run.sampling?.temperature ?? 0, maxTokens: run.sampling?.maxTokens ?? 200 };
-    let next = 0;
-    const worker = async () => {
-      for (;;) {
-        if (signal.aborted) throw signal.reason;
+    const scored = await answerItems({
+      endpoint,
+      items,
+      models,
+      concurrency: run.concurrency,
+      chat: run.promptFormat === EvalPromptFormat.CHAT,
+      sampling: { temperature: run.sampling?.temperature ?? 0, maxTokens: run.sampling?.maxTokens ?? 200 },
+      successRule: this.deps.successRule,
+      signal,
+      onAnswer: async (answer, item, { done, failed }) => {
         if (writeError !== undefined) throw writeError;
-        const index = next++;
-        if (index >= total) return;
-        const item = items[Math.floor(index / models.length)]!;
-        const m = index % models.length;
-        const model = models[m]!;
-        const answer = await this.answer(endpoint, model, item, chat, sampling, signal);
-        slots[Math.floor(index / models.length)]![m] = answer;
-        done++;
-        if (answer.outcome.error !== undefined) {
-          failed++;
-          if (!warnedKinds.has(answer.outcome.error.kind)) {
-            warnedKinds.add(answer.outcome.error.kind);
-            const message = `item ${item.id}, model ${model}: ${answer.outcome.error.kind}: ${answer.outcome.error.message} (further ${answer.outcome.error.kind} failures are counted in the report)`;
-            log.warn(message);
-            write(() => [warning(message)]);
-          }
+        const error = answer.outcome.error;
+        if (error !== undefined && !warnedKinds.has(error.kind)) {
+          warnedKinds.add(error.kind);
+          const message = `item ${item.id}, model ${answer.model}: ${error.kind}: ${error.message} (further ${error.kind} failures are counted in the report)`;
+          log.warn(message);
+          write(done, failed, [warning(message)]);
         }
         await this.deps.onAnswer?.(id, done);
         if (Date.now() - lastWrite >= PROGRESS_EVERY_MS && done < total) {
           lastWrite = Date.now();
-          const d = done;
-          const f = failed;
-          write(() => [progress(d, total, f)]);
+          write(done, failed, [progress(done, total, failed)]);
         }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(run.concurrency, total) }, worker));
+      },
+    });
+    const failed = scored.reduce((n, s) => n + s.answers.filter((a) => a.outcome.error !== undefined).length, 0);
+    write(total, failed, [progress(total, total, failed)]);
     await writes;
     if (writeError !== undefined) throw writeError;
-    write(() => [progress(done, total, failed)]);
-    await writes;
-    if (writeError !== undefined) throw writeError;
-    for (const [i, s] of scored.entries()) s.answers = slots[i]!;
     return scored;
-  }
-
-  private async answer(
-    endpoint: LlmClient,
-    model: string,
-    item: EvalItem,
-    chat: boolean,
-    sampling: { temperature: number; maxTokens: number },
-    signal: AbortSignal,
-  ): Promise<ScoredAnswer> {
-    const started = performance.now();
-    let outcome: AnswerOutcome;
-    let latencyMs: number;
-    let completionTokens = 0;
-    try {
-      const result = chat
-        ? await endpoint.chat({ model, messages: [{ role: "user", content: item.userTurn }], ...sampling })
-        : await endpoint.complete({ model, prompt: item.prompt, ...sampling });
-      outcome = { text: result.text, finishReason: result.finishReason ?? "" };
-      latencyMs = result.latency.totalMs - result.latency.queueMs;
-      completionTokens = result.usage.completionTokens;
-    } catch (err) {
-      if (signal.aborted || !isLlmError(err) || err.kind === "cancelled") throw signal.aborted ? signal.reason : err;
-      outcome = { text: "", finishReason: "", error: { kind: err.kind, message: err.message } };
-      latencyMs = performance.now() - started;
-    }
-    return { model, outcome, latencyMs, completionTokens, scores: scoreAnswer(item, outcome, this.deps.successRule) };
   }
 
   private async judgeAll(id: string, fence: Fence, model: string, scored: ScoredItem[], judge: LlmClient, concurrency: number, signal: AbortSignal, log: Logger): Promise<void> {
@@ -494,7 +452,7 @@ export class RunExecutor {
     });
   }
 
-  private async fail(id: string, fence: Fence, run: EvalRun, failure: Failure): Promise<void> {
+  private async fail(id: string, fence: Fence, failure: Failure): Promise<void> {
     const finishedAt = timestampNow();
     await this.deps.runs.release(id, fence, (r) => {
       if (isFinished(r.status)) return { state: r };
@@ -511,7 +469,6 @@ export class RunExecutor {
         ],
       };
     });
-    void run;
   }
 
   /** Renews the run's lease every third of its length; a lost claim or a cancel stops the run at once. */

@@ -2,7 +2,7 @@
  * Aggregates over per-item scores: means, nearest-rank percentiles, paired bootstrap confidence intervals of a mean
  * difference (seeded, so a report is the same on every run), and Cohen's kappa between two raters.
  */
-import { seededRandom } from "@ragtune/testing";
+import { seededDraws } from "./seeded-draws.js";
 
 export function mean(values: readonly number[]): number {
   if (values.length === 0) return 0;
@@ -41,7 +41,7 @@ export function pairedBootstrap(a: readonly number[], b: readonly number[], opti
   const delta = mean(Array.from(diffs));
   const resamples = options.resamples ?? 1000;
   const level = options.level ?? 0.95;
-  const random = seededRandom(options.seed);
+  const random = seededDraws(options.seed);
   const means = new Float64Array(resamples);
   for (let r = 0; r < resamples; r++) {
     let sum = 0;
