@@ -27,9 +27,8 @@ const HYPERPARAMETER_CONTRACT = "services/trainer/worker/ragtune_worker/hyperpar
 /** The one shared volume (one Filestore share in prod-l4): models/, models/adapters/ and datasets/ as subPaths. */
 const DATA_CLAIM = "ragtune-data";
 
-/** The largest LoRA rank the trainer accepts: vLLM must be started with exactly this --max-lora-rank. */
 /** Variables that deliberately read a secret key of another name: a client's token is the server's RPC token. */
-const SECRET_KEY_OF: Readonly<Record<string, string>> = { DATASET_INGEST_AUTH_TOKEN: "RPC_AUTH_TOKEN" };
+const SECRET_KEY_OF: Readonly<Record<string, string>> = { DATASET_INGEST_AUTH_TOKEN: "RPC_AUTH_TOKEN", EVAL_DATASET_AUTH_TOKEN: "RPC_AUTH_TOKEN" };
 
 function contractMaxRank(): number {
   const contract = JSON.parse(readFileSync(join(ROOT, HYPERPARAMETER_CONTRACT), "utf8")) as unknown;
@@ -421,6 +420,89 @@ function checkNetworkPolicies(resources: Resource[], problems: string[]): void {
   }
 }
 
+
+/** Folders of the shared volume the pods mount (subPaths), all made and given to uid 1000 by the model loader. */
+const DATA_SUBPATHS = ["models", "models/adapters", "datasets"];
+/** Services that call the model server: their config schemas know libs/llm's LLM_* variables. */
+const MODEL_CLIENTS = SERVICE_NAMES.filter((name) => KNOWN_ENV[name].has("LLM_BASE_URL"));
+
+/** Seconds of a preStop hook: `sleep N` as an exec command or the native sleep action; undefined if none. */
+function preStopSeconds(container: Obj): number | undefined {
+  const seconds = get(container, "lifecycle", "preStop", "sleep", "seconds");
+  if (typeof seconds === "number") return seconds;
+  const command = list(get(container, "lifecycle", "preStop", "exec", "command")).map(String);
+  const m = /^(?:\/bin\/)?sleep (\d+)$/.exec(command.join(" "));
+  return m ? Number(m[1]) : undefined;
+}
+
+/**
+ * Durability and access, on the base as written and on each rendered overlay: no Namespace (kubectl delete -k must
+ * not delete the one NATS lives in), one shared volume mounted by subPath, a preStop delay the grace period covers,
+ * topology spread for ingest and dataset, vLLM's on-demand adapter loading, and every model client pointed at vLLM
+ * with the API key from the Secret vLLM requires.
+ */
+function checkDurability(resources: Resource[], configMaps: Map<string, Record<string, string>>, problems: string[]): void {
+  for (const r of resources) if (r.kind === "Namespace") problems.push(`Namespace/${r.metadata.name} is part of the kustomization`);
+  const claims = resources.filter((r) => r.kind === "PersistentVolumeClaim").map((r) => r.metadata.name);
+  if (JSON.stringify(claims) !== JSON.stringify([DATA_CLAIM])) problems.push(`volume claims ${JSON.stringify(claims)}, expected only ${DATA_CLAIM}`);
+  for (const d of resources.filter((r) => r.kind === "Deployment")) {
+    const podSpec = get(d, "spec", "template", "spec") as Obj;
+    const claimed = new Set(list(podSpec.volumes).filter((v) => get(v, "persistentVolumeClaim") !== undefined).map((v) => String(get(v, "name"))));
+    for (const v of list(podSpec.volumes)) {
+      const claim = get(v, "persistentVolumeClaim", "claimName");
+      if (claim !== undefined && claim !== DATA_CLAIM) problems.push(`${d.metadata.name}: volume of claim ${String(claim)}`);
+    }
+    for (const c of list(podSpec.containers)) {
+      for (const m of list(get(c, "volumeMounts")).filter((m) => claimed.has(String(get(m, "name"))))) {
+        if (!DATA_SUBPATHS.includes(String(get(m, "subPath")))) problems.push(`${d.metadata.name}: mounts the shared volume at ${String(get(m, "mountPath"))} with subPath ${String(get(m, "subPath"))}`);
+      }
+    }
+  }
+  for (const name of SERVICE_NAMES) {
+    const d = find(resources, "Deployment", name);
+    if (!d) continue;
+    const podSpec = get(d, "spec", "template", "spec") as Obj;
+    const container = list(podSpec.containers).find((c) => get(c, "name") === name) as Obj;
+    const preStop = preStopSeconds(container);
+    const env: Record<string, string> = {};
+    for (const from of list(container.envFrom)) Object.assign(env, configMaps.get(String(get(from, "configMapRef", "name"))) ?? {});
+    const shutdown = durationSeconds(env.SHUTDOWN_TIMEOUT ?? "30s");
+    const grace = Number(podSpec.terminationGracePeriodSeconds ?? 30);
+    if (preStop === undefined || preStop < 5) problems.push(`${name}: no preStop delay of at least 5 s before the listener closes`);
+    else if (!(grace >= preStop + shutdown + 10)) problems.push(`${name}: grace ${grace}s does not cover preStop ${preStop}s + SHUTDOWN_TIMEOUT ${shutdown}s + the NATS drain`);
+    if (name === "ingest" || name === "dataset") {
+      const labels = (get(d, "spec", "template", "metadata", "labels") ?? {}) as Record<string, string>;
+      const spread = list(podSpec.topologySpreadConstraints).find(
+        (t) => get(t, "topologyKey") === "kubernetes.io/hostname" && get(t, "maxSkew") === 1 && selects(get(t, "labelSelector"), labels),
+      );
+      if (!spread) problems.push(`${name}: no topology spread of its pods over nodes (kubernetes.io/hostname, maxSkew 1)`);
+    }
+    const envVars = new Map(list(container.env).map((e) => [String(get(e, "name")), e] as const));
+    if (MODEL_CLIENTS.includes(name)) {
+      if (env.LLM_BASE_URL !== undefined && !/^http:\/\/vllm(\.ragtune(\.svc)?)?:8000\/v1$/.test(env.LLM_BASE_URL)) problems.push(`${name}: LLM_BASE_URL=${env.LLM_BASE_URL} is not the vllm Service`);
+      if (env.LLM_BASE_URL === undefined) problems.push(`${name}: no LLM_BASE_URL`);
+      // The Secret vLLM reads its --api-key from (dev generates it: ragtune-llm-auth-<hash>).
+      const ref = get(envVars.get("LLM_API_KEY"), "valueFrom", "secretKeyRef");
+      if (get(ref, "key") !== "LLM_API_KEY" || !/^ragtune-llm-auth(-[a-z0-9]+)?$/.test(String(get(ref, "name")))) {
+        problems.push(`${name}: LLM_API_KEY is not read from the Secret ragtune-llm-auth`);
+      }
+    }
+  }
+  const vllm = find(resources, "Deployment", "vllm");
+  if (vllm) {
+    const container = list(get(vllm, "spec", "template", "spec", "containers"))[0] as Obj;
+    const env = new Map(list(container.env).map((e) => [String(get(e, "name")), String(get(e, "value"))] as const));
+    const adapters = list(container.volumeMounts).find((m) => get(m, "subPath") === "models/adapters");
+    if (!/^(true|1)$/i.test(env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING") ?? "")) problems.push("vllm: VLLM_ALLOW_RUNTIME_LORA_UPDATING is not on");
+    if (!(env.get("VLLM_PLUGINS") ?? "").split(",").includes("lora_filesystem_resolver")) problems.push("vllm: VLLM_PLUGINS does not load lora_filesystem_resolver");
+    if (!adapters || env.get("VLLM_LORA_RESOLVER_CACHE_DIR") !== get(adapters, "mountPath")) problems.push("vllm: VLLM_LORA_RESOLVER_CACHE_DIR is not the adapters folder of the shared volume");
+    // The resolver loads an adapter only if its base_model_name_or_path (the real path the trainer resolved) is the
+    // path vLLM serves: a folder under /models, not a symlink to one such as base-model.
+    const model = [...list(container.command), ...list(container.args)].map(String).find((a) => a.startsWith("/models/"));
+    if (!model || /\/base-model$/.test(model)) problems.push(`vllm: serves ${String(model)}; serve the model folder the training jobs name`);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 
 describe("deploy/k8s", () => {
@@ -578,6 +660,35 @@ describe("deploy/k8s", () => {
     expect(args.filter((a) => a.startsWith("--api-key"))).toHaveLength(1);
   });
 
+  it("durability: no Namespace, one shared volume by subPath, preStop before the listener closes, spread ingest and dataset, adapters on demand, model clients wired to vLLM", () => {
+    const { resources, configMaps } = loadBase();
+    const problems: string[] = [];
+    checkDurability(resources, configMaps, problems);
+    expect(problems).toEqual([]);
+    expect(MODEL_CLIENTS.sort()).toEqual(["dataset", "eval", "gateway"]);
+    // The namespace is applied on its own (README), with the Pod Security labels.
+    const [namespace] = asResources(loadYaml(join(K8S, "namespace.yaml")), "namespace.yaml");
+    expect(namespace).toMatchObject({ kind: "Namespace", metadata: { name: "ragtune" } });
+    expect(namespace!.metadata.labels?.["pod-security.kubernetes.io/enforce"]).toBe("baseline");
+    for (const dir of [BASE, ...OVERLAYS.map((o) => join(K8S, "overlays", o))]) expect(readKustomization(dir).resources).not.toContain("namespace.yaml");
+  });
+
+  it("the model loader makes every folder the pods mount and gives it to uid 1000 before it starts", () => {
+    const [pod] = asResources(loadYaml(join(K8S, "tools", "model-loader.yaml")), "model-loader.yaml");
+    const init = list(get(pod, "spec", "initContainers"))[0] as Obj;
+    const script = list(init.command).map(String).join(" ");
+    const root = String(get(list(init.volumeMounts)[0], "mountPath"));
+    expect(get(list(init.volumeMounts)[0], "subPath")).toBeUndefined();
+    for (const sub of DATA_SUBPATHS) {
+      expect(script).toMatch(new RegExp(`mkdir -p .*${root}/${sub}\\b`.replace("models\\b", "models[ /]")));
+      expect(script).toMatch(new RegExp(`chown 1000:1000 .*${root}/${sub}( |$)`));
+    }
+    expect(get(init, "securityContext", "capabilities")).toEqual({ drop: ["ALL"], add: ["CHOWN"] });
+    const loader = list(get(pod, "spec", "containers"))[0] as Obj;
+    expect(get(loader, "securityContext", "runAsUser")).toBe(1000);
+    expect(get(list(get(pod, "spec", "volumes"))[0], "persistentVolumeClaim", "claimName")).toBe(DATA_CLAIM);
+  });
+
   it("NetworkPolicies deny by default, select every pod, admit only the gateway from anywhere and only the model clients to vLLM", () => {
     const problems: string[] = [];
     checkNetworkPolicies(loadBase().resources, problems);
@@ -689,11 +800,16 @@ function trainerEnv(resources: Resource[]): Record<string, string | undefined> {
   return facts!.env;
 }
 
-describe.skipIf(!kubectl)("deploy/k8s overlays rendered by kubectl kustomize", () => {
+describe("deploy/k8s overlays rendered by kubectl kustomize", () => {
+  it("kubectl is installed (every machine image of this project has it)", () => {
+    expect(kubectl, "kubectl is not on PATH: install kubectl >= 1.27 (its built-in kustomize renders the overlays)").toBeDefined();
+  });
+
   it.each(OVERLAYS)("%s: every service passes the checks, in the ragtune namespace", (overlay) => {
     const resources = render(overlay);
     const configMaps = new Map(resources.filter((r) => r.kind === "ConfigMap").map((r) => [r.metadata.name, (r.data ?? {}) as Record<string, string>]));
     const problems: string[] = [];
+    checkDurability(resources, configMaps, problems);
     for (const name of SERVICE_NAMES) {
       const facts = checkService(resources, configMaps, name, problems);
       if (name === "trainer" && facts) checkTrainer(facts, problems);
