@@ -43,5 +43,5 @@ export type {
 } from "./service-main.js";
 export { startTestService } from "./test-service.js";
 export type { TestService, TestServiceOptions } from "./test-service.js";
-export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate } from "./paging.js";
+export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, decodePageToken, encodePageToken, paginate } from "./paging.js";
 export type { Page } from "./paging.js";

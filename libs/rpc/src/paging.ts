@@ -10,7 +10,7 @@ export interface Page<T> {
   totalSize: number;
 }
 
-interface TokenBody {
+export interface TokenBody {
   /** Offset of the next item. */
   o: number;
   /** The filter the token was issued for. */
@@ -33,11 +33,13 @@ export function paginate<T>(all: readonly T[], page: PageRequest | undefined, fi
   };
 }
 
-function encodePageToken(body: TokenBody): string {
+/** A page token for position `o` of a listing with filter `f` (listings that continue from a store position use it too). */
+export function encodePageToken(body: TokenBody): string {
   return Buffer.from(JSON.stringify(body), "utf8").toString("base64url");
 }
 
-function decodePageToken(token: string, filter: string): number {
+/** The position a page token carries; InvalidArgument for a foreign token or one issued for another filter. */
+export function decodePageToken(token: string, filter: string): number {
   let body: unknown;
   try {
     body = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
