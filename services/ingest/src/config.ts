@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { isAbsolute, resolve } from "node:path";
 import { baseServiceSchema, envDuration, envInt, loadConfig } from "@ragtune/config";
 import { z } from "zod";
@@ -27,6 +28,13 @@ export const ingestConfigSchema = baseServiceSchema
     INGEST_DEFAULT_CHUNK_SIZE: envInt({ min: MIN_CHUNK_SIZE, max: MAX_CHUNK_SIZE, default: 512 }),
     /** Chunk overlap in tokens for requests that do not set one. */
     INGEST_DEFAULT_CHUNK_OVERLAP: envInt({ min: 0, max: MAX_CHUNK_SIZE, default: 0 }),
+    /** Worker threads that parse and chunk documents (default: the cores this process may use). */
+    INGEST_WORKERS: envInt({ min: 1, max: 256, default: availableParallelism() }),
+    /**
+     * Longest a document's parsing and chunking may take; then it fails with reason TIMEOUT and its worker thread is
+     * replaced. Keep it below INGEST_RUN_LEASE.
+     */
+    INGEST_DOCUMENT_TIMEOUT: envDuration("2m"),
     /** Most documents one IngestDocuments batch may hold after directories are expanded. */
     INGEST_MAX_BATCH_DOCUMENTS: envInt({ min: 1, max: 100_000, default: 10_000 }),
     /**
@@ -42,6 +50,7 @@ export const ingestConfigSchema = baseServiceSchema
       .regex(/^[A-Za-z0-9_-]+$/, "use only letters, digits, '_' and '-'")
       .default("ingest"),
   })
+  .refine((c) => c.INGEST_DOCUMENT_TIMEOUT > 0, { message: "must be above 0", path: ["INGEST_DOCUMENT_TIMEOUT"] })
   .refine((c) => c.INGEST_DEFAULT_CHUNK_OVERLAP * 2 < c.INGEST_DEFAULT_CHUNK_SIZE, {
     message: "must be below half of INGEST_DEFAULT_CHUNK_SIZE",
     path: ["INGEST_DEFAULT_CHUNK_OVERLAP"],

@@ -1,10 +1,8 @@
-import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Logger } from "@ragtune/logger";
 import {
   ChunkChangeCountsSchema,
-  ChunkSchema,
   DocumentErrorReason,
   DocumentSchema,
   DocumentStatus,
@@ -13,25 +11,16 @@ import {
   IngestDocumentResultSchema,
   TokenStatsSchema,
   type ArtifactRef,
-  type Chunk,
   type ChunkingOptions,
   type Document,
   type IngestDocumentResult,
   type TokenStats,
 } from "@ragtune/proto";
-import {
-  chunkDocument,
-  diffChunks,
-  DocumentParseError,
-  documentIdFor,
-  parseDocument,
-  tokenDistribution,
-  type ParseErrorCode,
-  type ParsedDocument,
-  type Section,
-} from "@ragtune/text";
-import { tokenizerKind, type EffectiveChunking, type TokenizerCache } from "./chunking-options.js";
-import { encodeChunkSet, type DocumentStore } from "./document-store.js";
+import { documentIdFor, tokenDistribution, type ParseErrorCode } from "@ragtune/text";
+import type { EffectiveChunking } from "./chunking-options.js";
+import { DocumentTimeoutError, DocumentWorkerError } from "./document-pool.js";
+import type { DocumentStore } from "./document-store.js";
+import type { DocumentWork, DocumentWorkResult } from "./document-work.js";
 
 /** Publishes the `ragtune.ingest.document.chunked` event of a new document version. */
 export type PublishChunked = (event: {
@@ -59,7 +48,8 @@ export interface ProcessInput {
 
 export interface ProcessDeps {
   store: DocumentStore;
-  tokenizers: TokenizerCache;
+  /** Parses and chunks a document: a worker of the document pool (DocumentPool.run), or prepareDocument in tests. */
+  prepare: (work: DocumentWork) => Promise<DocumentWorkResult>;
   publishChunked: PublishChunked;
   maxDocumentBytes: number;
   logger: Logger;
@@ -122,33 +112,12 @@ export function failedResult(sourceName: string, documentId: string, reason: Doc
   });
 }
 
-function sha256(data: string): string {
-  return createHash("sha256").update(data).digest("hex");
-}
-
-function sectionAt(sections: readonly Section[], charStart: number): Section | undefined {
-  let lo = 0;
-  let hi = sections.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    const s = sections[mid]!;
-    if (charStart < s.charStart) hi = mid - 1;
-    else if (charStart >= s.charEnd) lo = mid + 1;
-    else return s;
-  }
-  return undefined;
-}
-
-function headingPathOf(parsed: ParsedDocument, charStart: number): string[] {
-  const path = sectionAt(parsed.sections, charStart)?.headingPath ?? [];
-  return path.length > 0 ? [...path] : [parsed.title];
-}
-
 /**
- * Parses, chunks and stores one document of a run, and reports its result. A document whose
- * chunk set is already stored unchanged writes nothing. A failure never touches the stored
- * version of the document. Write order (chunk set, chunks, event, record, then cleanup of the old
- * version) makes an interrupted document safe to process again.
+ * Parses, chunks and stores one document of a run, and reports its result. The parsing and chunking run through
+ * `deps.prepare` (a worker of the document pool in the service), the reads and writes here. A document whose chunk
+ * set is stored unchanged (and present, with its chunks indexed) writes nothing; one whose stored chunk set or chunks
+ * went missing is stored again. A failure never touches the stored version of the document. Write order (chunk set,
+ * chunks, event, record, then cleanup of the old version) makes an interrupted document safe to process again.
  */
 export async function processDocument(input: ProcessInput, deps: ProcessDeps): Promise<ProcessOutput> {
   const { collection, sourceName } = input;
@@ -166,65 +135,57 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     if (err instanceof SourceReadError) return fail(err.reason, err.message);
     throw err;
   }
-
-  let parsed: ParsedDocument;
-  try {
-    parsed = parseDocument(
-      { bytes, filename: sourceName, ...(input.mediaType !== "" ? { mediaType: input.mediaType } : {}) },
-      { maxBytes: deps.maxDocumentBytes },
-    );
-  } catch (err) {
-    if (err instanceof DocumentParseError) {
-      const failed = fail(PARSE_REASONS[err.code] ?? DocumentErrorReason.PARSE_FAILED, err.message, bytes.byteLength);
-      await recordFailure(deps.store, collection, documentId, sourceName, input, bytes.byteLength, failed.result);
-      return failed;
-    }
-    deps.logger.warn({ err, sourceName }, "parser failed on a document");
-    const failed = fail(DocumentErrorReason.PARSE_FAILED, `${sourceName}: the parser could not read the document; check that it is well-formed ${input.mediaType || "text"}`, bytes.byteLength);
+  const failAndRecord = async (reason: DocumentErrorReason, message: string): Promise<ProcessOutput> => {
+    const failed = fail(reason, message, bytes.byteLength);
     await recordFailure(deps.store, collection, documentId, sourceName, input, bytes.byteLength, failed.result);
     return failed;
-  }
+  };
 
   const previous = await deps.store.getDocument(collection, documentId);
   const previousReady = previous !== null && previous.status === DocumentStatus.READY ? previous : null;
-  // The stored chunks of the current version: unchanged sections take theirs instead of being
-  // tokenized again, and they are what the new chunks are diffed against.
-  const previousChunks = previousReady === null ? [] : await readPreviousChunks(deps, previousReady);
-
-  const tokenizer = deps.tokenizers.get(input.chunking.tokenizer);
-  const textChunks = chunkDocument(parsed, {
-    tokenizer,
-    chunkSize: input.chunking.chunkSize,
-    overlap: input.chunking.overlap,
-    documentId,
-    ...(previousChunks !== undefined ? { previous: previousChunks } : {}),
-  });
-  if (textChunks.length === 0) {
-    const failed = fail(DocumentErrorReason.EMPTY, `${sourceName}: the document holds only headings, no text to chunk`, bytes.byteLength);
-    await recordFailure(deps.store, collection, documentId, sourceName, input, bytes.byteLength, failed.result);
-    return failed;
+  // The stored chunk set of the current version: unchanged sections take their chunks instead of being tokenized
+  // again, and the new chunks are diffed against it. Missing (a lost artifact): everything is chunked and stored again.
+  let previousChunkSet: Uint8Array | null = null;
+  if (previousReady?.chunkSet !== undefined && previousReady.chunkSet.sha256 !== "") {
+    previousChunkSet = await deps.store.readChunkSetBytes(previousReady.chunkSet);
+    if (previousChunkSet === null) {
+      deps.logger.warn({ documentId, sourceName, chunkSet: previousReady.chunkSet.sha256 }, "stored chunk set is missing; storing the document again");
+    }
   }
-  const kind = tokenizerKind(input.chunking.tokenizer);
-  const chunks: Chunk[] = textChunks.map((c) =>
-    create(ChunkSchema, {
-      id: c.id,
-      documentId,
-      collection,
-      headingPath: headingPathOf(parsed, c.charStart),
-      text: c.text,
-      tokenCount: c.tokenCount,
-      charStart: c.charStart,
-      charEnd: c.charEnd,
-      ordinal: c.ordinal,
-      tokenizer: kind,
-    }),
-  );
-  const tokenCounts = chunks.map((c) => c.tokenCount);
-  const contentSha256 = sha256(parsed.text);
-  const encodedChunkSet = encodeChunkSet(chunks);
-  const chunkSetSha256 = createHash("sha256").update(encodedChunkSet).digest("hex");
 
-  if (previousReady !== null && previousReady.chunkSet?.sha256 === chunkSetSha256) {
+  let prepared: DocumentWorkResult;
+  try {
+    prepared = await deps.prepare({
+      collection,
+      sourceName,
+      mediaType: input.mediaType,
+      bytes,
+      maxDocumentBytes: deps.maxDocumentBytes,
+      chunking: input.chunking,
+      ...(previousChunkSet !== null ? { previousChunkSet } : {}),
+    });
+  } catch (err) {
+    if (err instanceof DocumentTimeoutError) {
+      return failAndRecord(
+        DocumentErrorReason.TIMEOUT,
+        `${sourceName}: parsing and chunking took longer than the limit of ${err.timeoutMs} ms (INGEST_DOCUMENT_TIMEOUT) and were stopped; split the document or raise the limit`,
+      );
+    }
+    if (err instanceof DocumentWorkerError) {
+      deps.logger.warn({ err, sourceName }, "parser failed on a document");
+      return failAndRecord(DocumentErrorReason.PARSE_FAILED, `${sourceName}: the parser could not read the document; check that it is well-formed ${input.mediaType || "text"}`);
+    }
+    throw err;
+  }
+  if (!prepared.ok) {
+    const reason = prepared.code === "headings-only" ? DocumentErrorReason.EMPTY : (PARSE_REASONS[prepared.code] ?? DocumentErrorReason.PARSE_FAILED);
+    return failAndRecord(reason, prepared.message);
+  }
+  const { chunks } = prepared;
+  const tokenCounts = chunks.map((c) => c.tokenCount);
+
+  const stored = previousReady !== null && previousChunkSet !== null && previousReady.chunkSet?.sha256 === prepared.chunkSetSha256;
+  if (stored && (await deps.store.hasIndexed(collection, documentId, [chunks[0]!.id, chunks[chunks.length - 1]!.id]))) {
     // Same chunks as stored: nothing to write, nothing to tell downstream.
     return {
       result: create(IngestDocumentResultSchema, {
@@ -240,16 +201,25 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     };
   }
 
-  const chunkSet = await deps.store.putChunkSet(encodedChunkSet);
-  const previousIds = (previousChunks ?? (await deps.store.readChunkSet(previousReady!.chunkSet))).map((c) => c.id);
-  const diff = diffChunks(previousIds, textChunks);
-  // Kept chunks are rewritten too: their ordinal and offsets move when an earlier section changes.
-  await deps.store.putChunks(chunks);
+  const chunkSet = await deps.store.putChunkSet(prepared.chunkSet);
+  // What the stored version holds: its chunk set's IDs, and whatever the chunk index has (all of it when the chunk
+  // set is lost), so chunks of a lost version are removed too.
+  const previousIds = new Set(prepared.previousIds);
+  if (previousReady !== null) for (const c of await deps.store.indexedChunks(collection, documentId)) previousIds.add(c.id);
+  const next = new Set(chunks.map((c) => c.id));
+  const diff = {
+    added: chunks.filter((c) => !previousIds.has(c.id)),
+    kept: chunks.filter((c) => previousIds.has(c.id)),
+    removed: [...previousIds].filter((id) => !next.has(id)),
+  };
+  // Kept chunks are rewritten when their ordinal or offsets moved (an earlier section changed), and all of them when
+  // the stored version was incomplete.
+  await deps.store.putChunks(stored || previousChunkSet === null ? chunks : prepared.changed.map((i) => chunks[i]!));
   await deps.publishChunked({
     collection,
     documentId,
     sourceName,
-    contentSha256,
+    contentSha256: prepared.contentSha256,
     added: diff.added.map((c) => c.id),
     kept: diff.kept.map((c) => c.id),
     removed: diff.removed,
@@ -258,25 +228,20 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
   });
 
   const now = timestampNow();
-  const metadata: Record<string, string> = {};
-  for (const [k, v] of Object.entries(parsed.metadata)) {
-    if (v === undefined || v === null) continue;
-    metadata[k] = typeof v === "string" ? v : JSON.stringify(v);
-  }
   const document: Document = create(DocumentSchema, {
     id: documentId,
     collection,
     sourceName,
-    mediaType: parsed.mediaType,
-    title: parsed.title,
-    contentSha256,
+    mediaType: prepared.mediaType,
+    title: prepared.title,
+    contentSha256: prepared.contentSha256,
     sizeBytes: BigInt(bytes.byteLength),
-    charCount: parsed.text.length,
+    charCount: prepared.charCount,
     status: DocumentStatus.READY,
     chunkCount: chunks.length,
     tokenStats: tokenStatsOf(tokenCounts, input.chunking.chunkSize),
     chunking: input.chunkingProto,
-    metadata,
+    metadata: prepared.metadata,
     chunkSet,
     lastIngestRunId: input.runId,
     createdAt: previous?.createdAt ?? now,
@@ -284,7 +249,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
   });
   await deps.store.putDocument(document);
   // Cleanup of the old version, after the new one is in place.
-  await deps.store.deleteChunks(diff.removed);
+  await deps.store.deleteChunks(collection, documentId, diff.removed);
   if (previousReady?.chunkSet !== undefined && previousReady.chunkSet.sha256 !== chunkSet.sha256) {
     await deps.store.deleteChunkSet(previousReady.chunkSet);
   }
@@ -301,19 +266,6 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     tokenCounts,
     bytes: bytes.byteLength,
   };
-}
-
-/**
- * The chunk set of a document's stored version, or undefined when it cannot be read: chunking
- * then starts from scratch, and a changed document reads it again for its diff (failing as before).
- */
-async function readPreviousChunks(deps: ProcessDeps, document: Document): Promise<Chunk[] | undefined> {
-  try {
-    return await deps.store.readChunkSet(document.chunkSet);
-  } catch (err) {
-    deps.logger.warn({ err, documentId: document.id }, "previous chunk set unreadable; re-chunking every section");
-    return undefined;
-  }
 }
 
 /**

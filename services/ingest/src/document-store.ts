@@ -20,6 +20,11 @@ export interface DocumentStoreDeps {
   documents: TypedKv<typeof DocumentSchema>;
   /** Key `<chunkId>`: every stored chunk, for GetChunk. */
   chunks: TypedKv<typeof ChunkSchema>;
+  /**
+   * Key `<collection>.<documentId>.<chunkId>`: the same chunks by collection and document, so a page of a
+   * collection's chunks reads only its own entries, and a document's chunks are known without its chunk set.
+   */
+  chunkIndex: TypedKv<typeof ChunkSchema>;
   /** Chunk sets (JSON array of chunks of one document version), content-addressed. */
   chunkSets: ArtifactStore;
 }
@@ -38,6 +43,21 @@ export function collectionNameProblem(name: string): string | undefined {
 export function encodeChunkSet(chunks: readonly Chunk[]): Uint8Array {
   return Buffer.from(JSON.stringify(chunks.map((c) => toJson(ChunkSchema, c))), "utf8");
 }
+
+/** The chunks of an encoded chunk set, in ordinal order. */
+export function decodeChunkSet(encoded: Uint8Array): Chunk[] {
+  const json = JSON.parse(Buffer.from(encoded.buffer, encoded.byteOffset, encoded.byteLength).toString("utf8")) as JsonValue[];
+  return json.map((c) => fromJson(ChunkSchema, c));
+}
+
+/** A page of a listing: the items and where the next page starts (0: none left). */
+export interface StorePage<T> {
+  items: T[];
+  next: number;
+}
+
+/** KV writes of one document in flight at once (each is a JetStream publish waiting for its ack). */
+const WRITE_WINDOW = 256;
 
 /**
  * Documents, their chunks and collections over JetStream KV (metadata) and the object store
@@ -109,11 +129,21 @@ export class DocumentStore {
     return null;
   }
 
-  /** The documents of a collection in source-name order. */
+  /** The documents of a collection in source-name order (read a page at a time; for whole-collection work). */
   async listDocuments(collection: string): Promise<Document[]> {
     const docs: Document[] = [];
-    for await (const e of this.deps.documents.entries(`${collection}.*`)) docs.push(e.value);
+    for (let from = 1; from !== 0; ) {
+      const page = await this.pageDocuments(collection, from, 1000);
+      docs.push(...page.items);
+      from = page.next;
+    }
     return docs.sort((a, b) => (a.sourceName < b.sourceName ? -1 : a.sourceName > b.sourceName ? 1 : 0));
+  }
+
+  /** Up to `limit` documents of a collection in the order they were last written, from position `from` (1: start). */
+  async pageDocuments(collection: string, from: number, limit: number): Promise<StorePage<Document>> {
+    const page = await this.deps.documents.page(`${collection}.*`, from, limit);
+    return { items: page.entries.map((e) => e.value), next: page.nextRevision };
   }
 
   async putDocument(document: Document): Promise<void> {
@@ -130,12 +160,44 @@ export class DocumentStore {
   /** The chunks of a stored document version, in ordinal order. */
   async readChunkSet(ref: ArtifactRef | undefined): Promise<Chunk[]> {
     if (ref === undefined || ref.sha256 === "") return [];
+    const encoded = await this.readChunkSetBytes(ref);
+    if (encoded === null) throw new Error(`chunk set ${ref.bucket}/${ref.sha256} is missing from the object store`);
+    return decodeChunkSet(encoded);
+  }
+
+  /** The encoded chunk set of a stored document version, or null when it is missing from the object store. */
+  async readChunkSetBytes(ref: ArtifactRef): Promise<Uint8Array | null> {
     const stream = await this.deps.chunkSets.get(ref.sha256);
-    if (stream === null) throw new Error(`chunk set ${ref.bucket}/${ref.sha256} is missing from the object store`);
+    if (stream === null) return null;
     const parts: Buffer[] = [];
     for await (const part of stream) parts.push(part as Buffer);
-    const json = JSON.parse(Buffer.concat(parts).toString("utf8")) as JsonValue[];
-    return json.map((c) => fromJson(ChunkSchema, c));
+    return Buffer.concat(parts);
+  }
+
+  /**
+   * The chunks of a document as the chunk index holds them (any order): what is stored even when the document's
+   * chunk set is gone.
+   */
+  async indexedChunks(collection: string, documentId: string): Promise<Chunk[]> {
+    const chunks: Chunk[] = [];
+    for (let from = 1; from !== 0; ) {
+      const page = await this.deps.chunkIndex.page(`${collection}.${documentId}.*`, from, 1000);
+      for (const e of page.entries) chunks.push(e.value);
+      from = page.nextRevision;
+    }
+    return chunks;
+  }
+
+  /** Whether the chunk index holds these chunks of a document (a cheap check that a stored version is complete). */
+  async hasIndexed(collection: string, documentId: string, chunkIds: readonly string[]): Promise<boolean> {
+    const found = await Promise.all(chunkIds.map((id) => this.deps.chunkIndex.get(indexKey(collection, documentId, id))));
+    return found.every((f) => f !== null);
+  }
+
+  /** Up to `limit` chunks of a collection in the order they were last written, from position `from` (1: start). */
+  async pageCollectionChunks(collection: string, from: number, limit: number): Promise<StorePage<Chunk>> {
+    const page = await this.deps.chunkIndex.page(`${collection}.>`, from, limit);
+    return { items: page.entries.map((e) => e.value), next: page.nextRevision };
   }
 
   /** Stores a chunk set (idempotent: content-addressed) and returns its reference. */
@@ -151,30 +213,41 @@ export class DocumentStore {
     });
   }
 
+  /** Writes chunks by ID and into the chunk index (all of one document). */
   async putChunks(chunks: readonly Chunk[]): Promise<void> {
-    await inBatches(chunks, 64, (c) => this.deps.chunks.put(c.id, c));
+    await inWindow(chunks, WRITE_WINDOW, (c) =>
+      Promise.all([this.deps.chunks.put(c.id, c), this.deps.chunkIndex.put(indexKey(c.collection, c.documentId, c.id), c)]),
+    );
   }
 
-  async deleteChunks(ids: readonly string[]): Promise<void> {
-    await inBatches(ids, 64, (id) => this.deps.chunks.delete(id));
+  /** Removes chunks of one document by ID and from the chunk index. */
+  async deleteChunks(collection: string, documentId: string, ids: readonly string[]): Promise<void> {
+    await inWindow(ids, WRITE_WINDOW, (id) =>
+      Promise.all([this.deps.chunks.delete(id), this.deps.chunkIndex.delete(indexKey(collection, documentId, id))]),
+    );
   }
 
+  /** Removes a chunk set; one already gone is fine. */
   async deleteChunkSet(ref: ArtifactRef | undefined): Promise<void> {
     if (ref === undefined || ref.sha256 === "") return;
     await this.deps.chunkSets.delete(ref.sha256);
   }
 
   /**
-   * Removes a document: its chunks, its chunk set and its record. Returns the removed chunk IDs.
-   * The record goes last, so an interrupted delete can be repeated.
+   * Removes a document: its chunks, its chunk set and its record. Returns the removed chunk IDs. The chunks are those
+   * of the chunk index and of the chunk set, so a document whose chunk set is lost is still removed completely. The
+   * record goes last, so an interrupted delete can be repeated.
    */
   async deleteDocument(document: Document): Promise<string[]> {
-    const chunks = document.status === DocumentStatus.READY ? await this.readChunkSet(document.chunkSet) : [];
-    const ids = chunks.map((c) => c.id);
-    await this.deleteChunks(ids);
+    const ids = new Set((await this.indexedChunks(document.collection, document.id)).map((c) => c.id));
+    if (document.status === DocumentStatus.READY && document.chunkSet !== undefined && document.chunkSet.sha256 !== "") {
+      const encoded = await this.readChunkSetBytes(document.chunkSet);
+      if (encoded !== null) for (const c of decodeChunkSet(encoded)) ids.add(c.id);
+    }
+    await this.deleteChunks(document.collection, document.id, [...ids]);
     await this.deleteChunkSet(document.chunkSet);
     await this.deps.documents.delete(docKey(document.collection, document.id));
-    return ids;
+    return [...ids];
   }
 }
 
@@ -182,8 +255,15 @@ function docKey(collection: string, documentId: string): string {
   return `${collection}.${documentId}`;
 }
 
-async function inBatches<T>(items: readonly T[], size: number, work: (item: T) => Promise<unknown>): Promise<void> {
-  for (let i = 0; i < items.length; i += size) {
-    await Promise.all(items.slice(i, i + size).map(work));
-  }
+function indexKey(collection: string, documentId: string, chunkId: string): string {
+  return `${collection}.${documentId}.${chunkId}`;
+}
+
+/** Runs `work` over `items` with at most `window` in flight. */
+async function inWindow<T>(items: readonly T[], window: number, work: (item: T) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < items.length) await work(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(window, items.length) }, lane));
 }

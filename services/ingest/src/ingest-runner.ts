@@ -24,7 +24,8 @@ import {
   type IngestRunRecord,
   type IngestRunStatistics,
 } from "@ragtune/proto";
-import { fromChunkingProto, type ChunkingDefaults, type TokenizerCache } from "./chunking-options.js";
+import { fromChunkingProto, type ChunkingDefaults } from "./chunking-options.js";
+import type { DocumentPool } from "./document-pool.js";
 import { failedResult, processDocument, SourceReadError, tokenStatsOf, type PublishChunked } from "./document-processor.js";
 import type { DocumentStore } from "./document-store.js";
 import type { KeyedLock } from "./keyed-lock.js";
@@ -37,7 +38,8 @@ export interface IngestRunnerDeps {
   /** Inline document content of runs, content-addressed. */
   sources: ArtifactStore;
   bus: Pick<Bus, "publish">;
-  tokenizers: TokenizerCache;
+  /** Parses and chunks documents in worker threads; a run keeps twice its size of documents in flight. */
+  pool: Pick<DocumentPool, "run" | "size">;
   locks: KeyedLock;
   logger: Logger;
   allowedRoot: string | undefined;
@@ -48,6 +50,37 @@ export interface IngestRunnerDeps {
   runLeaseMs: number;
   /** How often to look for unfinished runs nobody holds (0: only at `resume()`). */
   scanIntervalMs: number;
+}
+
+function isDone(result: IngestDocumentResult): boolean {
+  return result.status === DocumentStatus.READY || result.status === DocumentStatus.FAILED;
+}
+
+/**
+ * Serializes the saves of one run and coalesces them: a request while a save is in flight is served by one more
+ * save after it, shared by every request made meanwhile (each change is written by a save that starts after it).
+ */
+class CoalescingSave {
+  private inflight: Promise<void> | undefined;
+  private again: Promise<void> | undefined;
+
+  constructor(private readonly write: () => Promise<void>) {}
+
+  request(): Promise<void> {
+    if (this.inflight === undefined) {
+      this.inflight = this.write().finally(() => {
+        this.inflight = undefined;
+      });
+      return this.inflight;
+    }
+    this.again ??= this.inflight
+      .catch(() => {})
+      .then(() => {
+        this.again = undefined;
+        return this.request();
+      });
+    return this.again;
+  }
 }
 
 interface DocMeasure {
@@ -161,32 +194,43 @@ export class IngestRunner {
       run.status = IngestRunStatus.RUNNING;
       run.startedAt = timestampNow();
       this.deps.runs.appendEvent(record, { event: { case: "statusChanged", value: { status: IngestRunStatus.RUNNING } } });
+      // Documents that failed while the sources were listed are done from the start.
+      run.documents.forEach((result, index) => {
+        if (result.status === DocumentStatus.FAILED) this.progress(record, index);
+      });
       await this.save(record);
       log.info({ collection: run.collection, documents: run.documentsTotal }, "ingest run started");
     }
+    run.documentsDone = run.documents.filter(isDone).length;
 
-    for (let index = run.documentsDone; index < record.items.length; index++) {
-      if (this.stopping) {
-        await this.deps.runs.release(record);
-        return;
-      }
-      const item = record.items[index]!;
-      const preset = run.documents[index]!;
-      let result: IngestDocumentResult;
-      if (preset.status === DocumentStatus.FAILED) {
-        result = preset;
-      } else {
-        run.documents[index] = create(IngestDocumentResultSchema, { ...preset, status: DocumentStatus.PROCESSING });
+    // Documents not done yet (a resumed run also redoes those that were in progress), several at a time: the pool
+    // parses and chunks them on every core while finished ones are written. Every change is saved with its events;
+    // saves coalesce, so a burst of finished documents costs one write.
+    const todo = run.documents.flatMap((result, index) => (isDone(result) ? [] : [index]));
+    const saver = new CoalescingSave(() => this.save(record));
+    let cursor = 0;
+    const lane = async (): Promise<void> => {
+      while (cursor < todo.length && !this.stopping) {
+        const index = todo[cursor++]!;
+        const item = record.items[index]!;
+        run.documents[index] = create(IngestDocumentResultSchema, { ...run.documents[index]!, status: DocumentStatus.PROCESSING });
         this.progress(record, index);
-        await this.save(record);
-        const output = await this.deps.locks.run(run.collection, () => this.processItem(item, record, chunking, chunkingProto, log));
-        result = output.result;
+        void saver.request().catch(() => {}); // a failed save is reported by the next awaited one
+        const output = await this.deps.locks.shared(run.collection, () => this.processItem(item, record, chunking, chunkingProto, log));
         measures.set(index, { tokenCounts: output.tokenCounts, bytes: output.bytes });
+        run.documents[index] = output.result;
+        run.documentsDone++;
+        this.progress(record, index);
+        await saver.request();
       }
-      run.documents[index] = result;
-      run.documentsDone = index + 1;
-      this.progress(record, index);
-      await this.save(record);
+    };
+    const lanes = Array.from({ length: Math.min(todo.length, this.deps.pool.size * 2) }, lane);
+    const settled = await Promise.allSettled(lanes);
+    const failure = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failure !== undefined) throw failure.reason;
+    if (this.stopping) {
+      await this.deps.runs.release(record);
+      return;
     }
     await this.finish(record, measures, undefined);
     log.info({ status: IngestRunStatus[run.status], statistics: run.statistics?.documentsIngested }, "ingest run finished");
@@ -213,7 +257,7 @@ export class IngestRunner {
         },
         {
           store: this.deps.store,
-          tokenizers: this.deps.tokenizers,
+          prepare: (work) => this.deps.pool.run(work),
           publishChunked: this.publishChunked(run.id),
           maxDocumentBytes: this.deps.maxDocumentBytes,
           logger: log,

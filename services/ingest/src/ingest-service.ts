@@ -19,9 +19,9 @@ import {
   type Chunk,
   type IngestRunItem,
 } from "@ragtune/proto";
-import { invalidArgument, notFound, paginate } from "@ragtune/rpc";
+import { decodePageToken, DEFAULT_PAGE_SIZE, encodePageToken, invalidArgument, MAX_PAGE_SIZE, notFound, paginate } from "@ragtune/rpc";
 import { resolveChunking, toChunkingProto, type ChunkingDefaults } from "./chunking-options.js";
-import { collectionNameProblem, type DocumentStore } from "./document-store.js";
+import { collectionNameProblem, decodeChunkSet, type DocumentStore } from "./document-store.js";
 import type { IngestRunner } from "./ingest-runner.js";
 import type { KeyedLock } from "./keyed-lock.js";
 import type { RunStore } from "./run-store.js";
@@ -56,11 +56,18 @@ function runIdFor(collection: string, clientRequestId: string): string {
 export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof IngestService> {
   const { store, runs } = deps;
 
-  const requireCollection = async (name: string, field = "collection"): Promise<string> => {
+  const requireCollection = async (name: string, field = "collection") => {
     const collection = collectionOf(name, field);
-    if ((await store.getCollection(collection)) === null) throw notFound("collection", collection);
-    return collection;
+    const record = await store.getCollection(collection);
+    if (record === null) throw notFound("collection", collection);
+    return record;
   };
+
+  const pageSize = (size: number | undefined) => (size === undefined || size === 0 ? DEFAULT_PAGE_SIZE : Math.min(size, MAX_PAGE_SIZE));
+  // Listings that continue from a store position (a KV revision, from 1) rather than an offset: the page token
+  // carries that position and the filter it was issued for.
+  const decodeCursor = (token: string, filter: string) => (token === "" ? 1 : Math.max(1, decodePageToken(token, filter)));
+  const encodeCursor = (position: number, filter: string) => encodePageToken({ o: position, f: filter });
 
   const requireDocument = async (documentId: string) => {
     if (documentId === "") throw invalidArgument("document_id", "must not be empty; take the id of a document from ListDocuments");
@@ -172,11 +179,20 @@ export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof
     },
 
     async listDocuments(req) {
-      const collection = await requireCollection(req.collection);
-      let documents = await store.listDocuments(collection);
-      if (req.status !== DocumentStatus.UNSPECIFIED) documents = documents.filter((d) => d.status === req.status);
-      const page = paginate(documents, req.page, `documents:${collection}:${req.status}`);
-      return { documents: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
+      const { name: collection, documentCount } = await requireCollection(req.collection);
+      if (req.status !== DocumentStatus.UNSPECIFIED) {
+        const documents = (await store.listDocuments(collection)).filter((d) => d.status === req.status);
+        const page = paginate(documents, req.page, `documents:${collection}:${req.status}`);
+        return { documents: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
+      }
+      // Every document, in the order they were last written: a page reads only its own records.
+      const filter = `documents:${collection}`;
+      const from = decodeCursor(req.page?.pageToken ?? "", filter);
+      const page = await store.pageDocuments(collection, from, pageSize(req.page?.pageSize));
+      return {
+        documents: page.items,
+        page: create(PageResponseSchema, { nextPageToken: page.next === 0 ? "" : encodeCursor(page.next, filter), totalSize: documentCount }),
+      };
     },
 
     async getDocument(req) {
@@ -184,27 +200,29 @@ export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof
     },
 
     async listChunks(req) {
-      let chunks: Chunk[];
-      let filter: string;
       if (req.documentId !== "") {
         const document = await requireDocument(req.documentId);
-        chunks = document.status === DocumentStatus.READY ? await store.readChunkSet(document.chunkSet) : [];
-        filter = `chunks:doc:${document.id}:${document.chunkSet?.sha256 ?? ""}`;
-      } else if (req.collection !== "") {
-        const collection = await requireCollection(req.collection);
-        chunks = [];
-        const versions: string[] = [];
-        for (const document of await store.listDocuments(collection)) {
-          if (document.status !== DocumentStatus.READY) continue;
-          chunks.push(...(await store.readChunkSet(document.chunkSet)));
-          versions.push(document.chunkSet?.sha256 ?? "");
+        let chunks: Chunk[] = [];
+        if (document.status === DocumentStatus.READY) {
+          const encoded = document.chunkSet === undefined ? null : await store.readChunkSetBytes(document.chunkSet);
+          // A lost chunk set: the chunk index still holds the chunks (until a re-ingest stores the set again).
+          chunks = encoded !== null ? decodeChunkSet(encoded) : (await store.indexedChunks(document.collection, document.id)).sort((a, b) => a.ordinal - b.ordinal);
         }
-        filter = `chunks:col:${collection}:${createHash("sha256").update(versions.join(",")).digest("hex").slice(0, 16)}`;
-      } else {
-        throw invalidArgument("document_id", "set document_id (chunks of one document) or collection (chunks of a whole collection)");
+        const page = paginate(chunks, req.page, `chunks:doc:${document.id}:${document.chunkSet?.sha256 ?? ""}`);
+        return { chunks: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
       }
-      const page = paginate(chunks, req.page, filter);
-      return { chunks: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
+      if (req.collection !== "") {
+        // A collection's chunks in the order they were last written: a page reads only its own entries.
+        const { name: collection, chunkCount } = await requireCollection(req.collection);
+        const filter = `chunks:col:${collection}`;
+        const from = decodeCursor(req.page?.pageToken ?? "", filter);
+        const page = await store.pageCollectionChunks(collection, from, pageSize(req.page?.pageSize));
+        return {
+          chunks: page.items,
+          page: create(PageResponseSchema, { nextPageToken: page.next === 0 ? "" : encodeCursor(page.next, filter), totalSize: chunkCount }),
+        };
+      }
+      throw invalidArgument("document_id", "set document_id (chunks of one document) or collection (chunks of a whole collection)");
     },
 
     async getChunk(req) {
@@ -241,7 +259,7 @@ export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof
 
     async deleteCollection(req) {
       if (req.collection === "") throw invalidArgument("collection", "must not be empty; name the collection to delete");
-      const collection = await requireCollection(req.collection);
+      const { name: collection } = await requireCollection(req.collection);
       const result = await deps.locks.run(collection, async () => {
         const documents = await store.listDocuments(collection);
         let chunks = 0;

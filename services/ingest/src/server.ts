@@ -1,8 +1,8 @@
 import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
 import { ChunkSchema, CollectionSchema, DocumentSchema, IngestService } from "@ragtune/proto";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
-import { TokenizerCache } from "./chunking-options.js";
 import type { IngestConfig } from "./config.js";
+import { DocumentPool } from "./document-pool.js";
 import { DocumentStore } from "./document-store.js";
 import { IngestRunner } from "./ingest-runner.js";
 import { createIngestService } from "./ingest-service.js";
@@ -15,6 +15,7 @@ export function ingestResourceNames(prefix: string) {
     collections: `${prefix}-collections`,
     documents: `${prefix}-documents`,
     chunks: `${prefix}-chunks`,
+    chunkIndex: `${prefix}-chunk-index`,
     runs: `${prefix}-runs`,
     chunkSets: `${prefix}-chunk-sets`,
     sources: `${prefix}-sources`,
@@ -40,15 +41,21 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
   try {
     const names = ingestResourceNames(config.INGEST_BUCKET_PREFIX);
     await bus.ensureEventsStream();
-    const [collections, documents, chunks, runs, chunkSets, sources] = await Promise.all([
+    const [collections, documents, chunks, chunkIndex, runs, chunkSets, sources] = await Promise.all([
       bus.kv(names.collections, CollectionSchema),
       bus.kv(names.documents, DocumentSchema),
       bus.kv(names.chunks, ChunkSchema),
+      bus.kv(names.chunkIndex, ChunkSchema),
       RunStore.open(bus, { bucket: names.runs, stream: names.runEventsStream, subjectPrefix: names.runEventsSubjectPrefix }),
       bus.artifacts(names.chunkSets),
       bus.artifacts(names.sources),
     ]);
-    const store = new DocumentStore({ collections, documents, chunks, chunkSets });
+    const store = new DocumentStore({ collections, documents, chunks, chunkIndex, chunkSets });
+    const pool = new DocumentPool({
+      size: config.INGEST_WORKERS,
+      timeoutMs: config.INGEST_DOCUMENT_TIMEOUT,
+      logger: logger.child({ component: "document-pool" }),
+    });
     const locks = new KeyedLock();
     const chunkingDefaults = {
       tokenizer: config.INGEST_DEFAULT_TOKENIZER,
@@ -60,7 +67,7 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
       store,
       sources,
       bus,
-      tokenizers: new TokenizerCache(),
+      pool,
       locks,
       logger: logger.child({ component: "ingest-runner" }),
       allowedRoot: config.INGEST_ALLOWED_ROOT,
@@ -80,6 +87,7 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
       },
       async stop() {
         await runner.close();
+        await pool.close();
         await bus.close();
       },
     };

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenizerCache, toChunkingProto, type EffectiveChunking } from "../src/chunking-options.js";
 import { processDocument, type ProcessDeps } from "../src/document-processor.js";
 import { DocumentStore } from "../src/document-store.js";
+import { prepareDocument } from "../src/document-work.js";
 
 /** A tokenizer cache whose counters record every text they are asked to tokenize. */
 class RecordingTokenizers extends TokenizerCache {
@@ -33,18 +34,20 @@ let nats: NatsServerHandle;
 let bus: Bus;
 let store: DocumentStore;
 const tokenizers = new RecordingTokenizers();
+const published: Parameters<ProcessDeps["publishChunked"]>[0][] = [];
 
 beforeAll(async () => {
   nats = await startNatsServer();
   const logger = createLogger({ svc: "ingest-test", level: process.env.TEST_LOG_LEVEL ?? "silent" });
   bus = await connectBus({ servers: nats.url, name: "document-processor-test", logger });
-  const [collections, documents, chunks, chunkSets] = await Promise.all([
+  const [collections, documents, chunks, chunkIndex, chunkSets] = await Promise.all([
     bus.kv("proc_collections", CollectionSchema),
     bus.kv("proc_documents", DocumentSchema),
     bus.kv("proc_chunks", ChunkSchema),
+    bus.kv("proc_chunk_index", ChunkSchema),
     bus.artifacts("proc_chunk_sets"),
   ]);
-  store = new DocumentStore({ collections, documents, chunks, chunkSets });
+  store = new DocumentStore({ collections, documents, chunks, chunkIndex, chunkSets });
 });
 
 afterAll(async () => {
@@ -55,8 +58,9 @@ afterAll(async () => {
 function ingest(text: string) {
   const deps: ProcessDeps = {
     store,
-    tokenizers,
-    publishChunked: async () => {},
+    // In the service a worker thread of the pool runs this; here it runs in-process so the tokenizer is observed.
+    prepare: async (work) => prepareDocument(work, tokenizers),
+    publishChunked: async (event) => void published.push(event),
     maxDocumentBytes: 1 << 20,
     logger: createLogger({ svc: "ingest-test", level: "silent" }),
   };
@@ -107,13 +111,48 @@ describe("processDocument: re-ingest of a changed document", () => {
     );
   });
 
-  it("re-chunks every section when the stored chunk set cannot be read, and still finds the document unchanged", async () => {
+  it("stores a document again when its stored chunk set is missing, though its content is unchanged", async () => {
     const document = await store.getDocument("docs", documentId);
+    const before = await store.readChunkSet(document!.chunkSet);
     await store.deleteChunkSet(document!.chunkSet);
     tokenizers.seen.length = 0;
+    published.length = 0;
     const { result } = await ingest(EDITED);
-    expect(result.unchanged).toBe(true);
+    expect(result.status).toBe(DocumentStatus.READY);
+    expect(result.unchanged).toBe(false);
+    expect(result.changes).toMatchObject({ added: 0, kept: before.length, removed: 0 });
+    // Without the chunk set every section is chunked again …
     expect(tokenizers.seen).toContain(sectionText(EDITED, "Setup"));
     expect(tokenizers.seen).toContain(sectionText(EDITED, "Limits"));
+    // … the chunk set is back, with the same chunks, and downstream is told they are all kept.
+    const restored = await store.getDocument("docs", documentId);
+    expect((await store.readChunkSet(restored!.chunkSet)).map((c) => c.id)).toEqual(before.map((c) => c.id));
+    expect(published.map((e) => [e.added.length, e.kept.length, e.removed.length])).toEqual([[0, before.length, 0]]);
+    // Now it is unchanged again.
+    expect((await ingest(EDITED)).result.unchanged).toBe(true);
+  });
+
+  it("removes the chunks of a lost version when the changed document is stored, and deletes a document without its chunk set", async () => {
+    const document = await store.getDocument("docs", documentId);
+    const lost = await store.readChunkSet(document!.chunkSet);
+    await store.deleteChunkSet(document!.chunkSet);
+    const { result } = await ingest(GUIDE);
+    expect(result.status).toBe(DocumentStatus.READY);
+    const current = await store.readChunkSet((await store.getDocument("docs", documentId))!.chunkSet);
+    const currentIds = new Set(current.map((c) => c.id));
+    const gone = lost.filter((c) => !currentIds.has(c.id));
+    expect(gone.length).toBeGreaterThan(0);
+    expect(result.changes!.removed).toBe(gone.length);
+    for (const c of gone) expect(await store.getChunk(c.id)).toBeNull();
+    expect((await store.indexedChunks("docs", documentId)).map((c) => c.id).sort()).toEqual([...currentIds].sort());
+
+    // The chunk set goes missing again; deleting the document still removes every chunk and the record.
+    const again = await store.getDocument("docs", documentId);
+    await store.deleteChunkSet(again!.chunkSet);
+    const removed = await store.deleteDocument(again!);
+    expect(removed.sort()).toEqual([...currentIds].sort());
+    for (const c of current) expect(await store.getChunk(c.id)).toBeNull();
+    expect(await store.indexedChunks("docs", documentId)).toEqual([]);
+    expect(await store.getDocument("docs", documentId)).toBeNull();
   });
 });

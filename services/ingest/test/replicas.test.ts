@@ -13,12 +13,14 @@ const batch = (n: number): DocumentSource[] =>
     source: { case: "inline", value: { $typeName: "ragtune.ingest.v1.InlineDocument", filename: `rb/${String(i).padStart(3, "0")}.md`, mediaType: "", content: new TextEncoder().encode(doc(i)) } },
   }));
 
+/** The documents whose final event (ready or failed) the run holds, in index order (they finish in any order). */
 function finalIndices(events: IngestRunEvent[]): number[] {
   return events
     .filter((e) => e.event.case === "documentProgress")
     .map((e) => e.event.value as { index: number; result?: { status: DocumentStatus } })
     .filter((p) => p.result?.status === DocumentStatus.READY || p.result?.status === DocumentStatus.FAILED)
-    .map((p) => p.index);
+    .map((p) => p.index)
+    .sort((a, b) => a - b);
 }
 
 describe("two instances on one NATS", () => {
