@@ -9,7 +9,8 @@
 # without a worker environment, useful only to check the API). The build context's ignore file is
 # node-service.Dockerfile.dockerignore next to this file (BuildKit picks it up by name).
 
-ARG NODE_VERSION=20
+# Node 22 LTS (Node 20 is past its end of life; @connectrpc/connect-node 2.2 and @nats-io/nuid declare node >= 22).
+ARG NODE_VERSION=22
 ARG NODE_IMAGE=node:${NODE_VERSION}-bookworm-slim
 
 # ---- source: the repository, and its package manifests alone (so the npm layers stay cached until a
@@ -37,15 +38,29 @@ RUN --mount=type=cache,target=/root/.npm \
 COPY --from=source /src/ ./
 RUN npx nx run "@ragtune/${SERVICE}-service:build" --outputStyle=static \
  && mkdir /out \
- && for d in libs/*/dist "services/${SERVICE}/dist"; do cp -r --parents "$d" /out/; done
+ && node tools/scripts/production-workspaces.mjs "@ragtune/${SERVICE}-service" > /tmp/workspaces \
+ && while read -r name dir; do cp -r --parents "${dir}/dist" /out/; done < /tmp/workspaces
 
-# ---- prod-deps: only the production dependencies of the service (and of the libraries it links).
+# ---- prod-deps: only the production dependencies of the service (and of the libraries it links): --omit=dev
+# leaves out the root's tools and every devDependency, which is where the test-only packages are declared
+# (vitest, the reference tokenizer binding `tokenizers`; tools/test/deploy.test.ts checks that no workspace declares
+# one as a dependency). npm still links every workspace package reachable through devDependencies (@ragtune/testing),
+# so the links outside the service's production closure (tools/scripts/production-workspaces.mjs) are removed, as
+# the build stage copies only that closure's dist/. The build fails if a test-only package is left.
 FROM ${NODE_IMAGE} AS prod-deps
 ARG SERVICE
 WORKDIR /app
 COPY --from=source /manifests/ ./
+COPY --from=source /src/tools/scripts/production-workspaces.mjs /opt/ragtune/production-workspaces.mjs
 RUN --mount=type=cache,target=/root/.npm \
-    npm ci --no-audit --no-fund --omit=dev --workspace "@ragtune/${SERVICE}-service"
+    npm ci --no-audit --no-fund --omit=dev --workspace "@ragtune/${SERVICE}-service" \
+ && node /opt/ragtune/production-workspaces.mjs "@ragtune/${SERVICE}-service" | cut -d " " -f 1 > /tmp/needed \
+ && for link in node_modules/@ragtune/*; do \
+      grep -qx "@ragtune/$(basename "${link}")" /tmp/needed || rm -rf "${link}"; \
+    done \
+ && for pkg in @ragtune/testing vitest tokenizers; do \
+      if [ -e "node_modules/${pkg}" ]; then echo "test-only package ${pkg} in the production install" >&2; exit 1; fi; \
+    done
 
 # ---- runtime
 FROM ${NODE_IMAGE} AS runtime

@@ -1,5 +1,6 @@
-import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { baseServiceSchema } from "@ragtune/config";
@@ -26,6 +27,8 @@ const OVERLAYS = ["dev", "prod-l4"] as const;
 const HYPERPARAMETER_CONTRACT = "services/trainer/worker/ragtune_worker/hyperparameters.json";
 /** The one shared volume (one Filestore share in prod-l4): models/, models/adapters/ and datasets/ as subPaths. */
 const DATA_CLAIM = "ragtune-data";
+/** npm packages only tests and benchmarks use: never in a production image. */
+const TEST_ONLY_NPM = ["@ragtune/testing", "vitest", "tokenizers"];
 
 /** Variables that deliberately read a secret key of another name: a client's token is the server's RPC token. */
 const SECRET_KEY_OF: Readonly<Record<string, string>> = { DATASET_INGEST_AUTH_TOKEN: "RPC_AUTH_TOKEN", EVAL_DATASET_AUTH_TOKEN: "RPC_AUTH_TOKEN" };
@@ -982,6 +985,73 @@ describe("deploy/docker", () => {
     expect(dockerText).toContain("services/trainer/worker/requirements.txt");
   });
 
+  it("the images run Node 22 LTS and install only production dependencies of the service", () => {
+    for (const name of ["node-service", "trainer"]) {
+      const instructions = dockerInstructions(join(DEPLOY, "docker", `${name}.Dockerfile`));
+      expect(instructions, name).toContain("ARG NODE_VERSION=22");
+      const stage = instructions.slice(instructions.findIndex((i) => /^FROM\s.*\sAS\s+prod-deps$/i.test(i)));
+      const install = stage.find((i) => i.startsWith("RUN") && i.includes("npm ci"));
+      expect(install, `${name}: prod-deps installs with npm ci`).toMatch(/npm ci .*--omit=dev .*--workspace /);
+      for (const pkg of TEST_ONLY_NPM) expect(install, `${name}: fails on ${pkg}`).toContain(pkg);
+    }
+  });
+
+  it("no workspace package declares a test-only package as a production dependency (npm marks them dev, --omit=dev drops them)", () => {
+    // npm decides what --omit=dev leaves out from the whole lockfile: one workspace listing @ragtune/testing under
+    // "dependencies" puts it into every service image.
+    const manifests = ["package.json", ...filesUnder(join(ROOT, "libs"), /^package\.json$/), ...filesUnder(join(ROOT, "services"), /^package\.json$/), join(ROOT, "tools", "package.json")]
+      .map((f) => (f.startsWith("/") ? f : join(ROOT, f)))
+      .filter((f) => !f.includes("node_modules") && !f.includes(`${join("web", "")}`) && existsSync(f));
+    const offenders: string[] = [];
+    for (const file of manifests) {
+      const pkg = JSON.parse(readFileSync(file, "utf8")) as { dependencies?: Record<string, string> };
+      for (const dep of TEST_ONLY_NPM) if (pkg.dependencies?.[dep] !== undefined) offenders.push(`${relative(ROOT, file)}: ${dep}`);
+    }
+    expect(manifests.length).toBeGreaterThan(8);
+    expect(offenders).toEqual([]);
+    // Registry packages: marked dev in the lockfile, so `npm ci --omit=dev` leaves them out.
+    const lock = JSON.parse(readFileSync(join(ROOT, "package-lock.json"), "utf8")) as { packages: Record<string, { dev?: boolean; link?: boolean }> };
+    for (const dep of TEST_ONLY_NPM.filter((d) => !d.startsWith("@ragtune/"))) {
+      expect(lock.packages[`node_modules/${dep}`]?.dev, `package-lock.json: ${dep} not marked dev`).toBe(true);
+    }
+    // Workspace packages are never marked dev: the images keep only each service's production closure.
+    for (const name of SERVICE_NAMES) {
+      const out = execFileSync("node", [join(ROOT, "tools", "scripts", "production-workspaces.mjs"), `@ragtune/${name}-service`], { cwd: ROOT, encoding: "utf8" });
+      const closure = out.trim().split("\n").map((line) => line.split(" ")[0]);
+      expect(closure[0]).toBe(`@ragtune/${name}-service`);
+      expect(closure, name).toContain("@ragtune/rpc");
+      for (const dep of TEST_ONLY_NPM) expect(closure, name).not.toContain(dep);
+    }
+    for (const name of ["node-service", "trainer"]) {
+      const text = dockerInstructions(join(DEPLOY, "docker", `${name}.Dockerfile`)).join("\n");
+      expect(text, `${name}: dist/ of the production closure only`).toMatch(/production-workspaces\.mjs .*> \/tmp\/workspaces/);
+      expect(text, `${name}: workspace links outside the closure removed`).toMatch(/node_modules\/@ragtune\/\*.*rm -rf/);
+    }
+  });
+
+  it("the trainer image: CUDA torch from the index of the base image's CUDA version, checked in the build, no test tools", () => {
+    const text = dockerInstructions(join(DEPLOY, "docker", "trainer.Dockerfile")).join("\n");
+    const arg = (name: string) => new RegExp(`^ARG ${name}=(.*)$`, "m").exec(text)?.[1]?.replace(/^"|"$/g, "");
+    const base = arg("BASE_IMAGE");
+    const cuda = arg("TORCH_CUDA");
+    expect(base).toMatch(/^nvidia\/cuda:\d+\.\d+\.\d+-base-/); // the slim base: torch's wheels bring the CUDA libraries
+    expect(base!.split(":")[1]!.startsWith(`${cuda}.`), `${base} is CUDA ${cuda}`).toBe(true);
+    expect(arg("TORCH_INDEX_URL")).toBe(`https://download.pytorch.org/whl/cu${cuda!.replace(".", "")}`);
+    expect(text).toMatch(/torch\.version\.cuda/);
+    expect(text).toContain('"${TORCH_CUDA}"');
+    const testOnly = (arg("TEST_ONLY_PACKAGES") ?? "").split(/\s+/);
+    expect(testOnly).toEqual(expect.arrayContaining(["pytest", "ruff"]));
+    const requirements = readFileSync(join(ROOT, "services", "trainer", "worker", "requirements.txt"), "utf8");
+    for (const pkg of testOnly) expect(requirements, `requirements.txt pins ${pkg}`).toMatch(new RegExp(`^${pkg}==`, "im"));
+    // The GPU check installs the same CUDA torch and bitsandbytes as the image.
+    const gpuCheck = readFileSync(join(ROOT, "tools", "bench", "gpu-check.sh"), "utf8");
+    expect(gpuCheck).toContain(`TORCH_INDEX_URL:-${arg("TORCH_INDEX_URL")}}`);
+    expect(gpuCheck).toContain(`TORCH_CUDA:-${cuda}}`);
+    expect(gpuCheck).toContain(`BITSANDBYTES_VERSION=${arg("BITSANDBYTES_VERSION")}\n`);
+    // The README states the driver the image needs.
+    expect(readFileSync(join(DEPLOY, "README.md"), "utf8")).toMatch(/driver (version )?≥ ?570|driver >= 570/);
+  });
+
   it("the trainer image holds the hyperparameter contract where the service (dist/) and the worker read it", () => {
     // Both read it at the same repository-relative path: the worker from its package, the service from
     // services/trainer/dist/../worker/ragtune_worker. So a COPY must keep that relative path under WORKDIR /app.
@@ -1000,5 +1070,41 @@ describe("deploy/docker", () => {
     expect(holder!.dest).toBe(holder!.src);
     expect(dockerIgnore(join(DEPLOY, "docker", "trainer.Dockerfile.dockerignore"))(HYPERPARAMETER_CONTRACT)).toBe(false);
     expect(existsSync(join(ROOT, HYPERPARAMETER_CONTRACT))).toBe(true);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// The GPU check: on a machine without a usable GPU it stops before installing anything.
+
+describe("tools/bench/gpu-check.sh", () => {
+  const script = join(ROOT, "tools", "bench", "gpu-check.sh");
+  const run = (env: Record<string, string>) => {
+    const r = spawnSync("bash", [script], { env: { ...process.env, ...env }, encoding: "utf8", timeout: 60_000 });
+    return { status: r.status, stderr: r.stderr, stdout: r.stdout };
+  };
+  const fake = (body: string) => {
+    const dir = mkdtempSync(join(tmpdir(), "gpu-check-"));
+    const bin = join(dir, "nvidia-smi");
+    writeFileSync(bin, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+    return bin;
+  };
+
+  it("without nvidia-smi: exit 2, says no NVIDIA GPU and that nothing was installed", () => {
+    const r = run({ NVIDIA_SMI: "/nonexistent/nvidia-smi" });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/no NVIDIA GPU here.*nothing was installed/);
+    expect(r.stdout).not.toContain("installing");
+  });
+
+  it("with a driver that cannot talk to a GPU: exit 2 with the reason", () => {
+    const r = run({ NVIDIA_SMI: fake('echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver" >&2; exit 9') });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/no usable GPU.*nothing was installed/);
+  });
+
+  it("with a driver older than CUDA 12.8 needs: exit 2 naming the driver", () => {
+    const r = run({ NVIDIA_SMI: fake('echo "NVIDIA L4, 535.104.05, 23034 MiB"') });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/driver 535\.104\.05 is older than 570/);
   });
 });
