@@ -23,7 +23,23 @@ export interface Stack {
   nats: NatsServerHandle;
   natsUrl: string;
   services: Record<ServiceName, StackService>;
+  /** The local model server, when `modelServer` was given: its OpenAI-compatible `…/v1` URL. */
+  modelServer?: { baseUrl: string; process: ChildProcess };
   stop(): Promise<void>;
+}
+
+/** The local model server (libs/model-server) the stack starts before the services, as a child process. */
+export interface StackModelServer {
+  /** The base model's GGUF file (the tiny model's model.gguf). */
+  model: string;
+  /** The base model's name in requests (default "base"). */
+  servedModelName?: string;
+  /** LoRA adapters (GGUF) served from the start, by name. */
+  loraModules?: { name: string; path: string }[];
+  /** Generations at once (default the server's). */
+  concurrency?: number;
+  /** Tokens per sequence (default the server's). */
+  contextSize?: number;
 }
 
 export interface StackOptions {
@@ -34,9 +50,14 @@ export interface StackOptions {
   /** Extra environment for every service (e.g. LOG_LEVEL, TRAINER_* settings). */
   env?: Record<string, string>;
   /** Receives every log line of every service, already parsed (or raw text when not JSON). */
-  onLog?: (service: ServiceName, line: Record<string, unknown> | string) => void;
+  onLog?: (service: ServiceName | "model-server", line: Record<string, unknown> | string) => void;
   /** Which services to start; all five by default. */
   only?: readonly ServiceName[];
+  /**
+   * Start the local model server first (port `portBase - 1` with a port base, else a free one); the dataset, eval and
+   * gateway services get it as LLM_BASE_URL and its base model as LLM_MODEL.
+   */
+  modelServer?: StackModelServer;
 }
 
 /**
@@ -50,24 +71,37 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const nats = await startNatsServer({ storeDir: options.storeDir, detached: true });
   const started: StackService[] = [];
   const names = options.only ?? SERVICE_NAMES;
+  let modelServer: Stack["modelServer"];
   let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
       await Promise.all(started.map((s) => stopProcess(s.process)));
+      if (modelServer !== undefined) await stopProcess(modelServer.process);
       await nats.stop();
     })());
   // The children live in their own process groups; if this process ends without stop(), do not leave them behind.
   process.once("exit", () => {
-    for (const s of started) if (s.process.exitCode === null && s.process.signalCode === null) s.process.kill("SIGKILL");
+    for (const p of [...started.map((s) => s.process), ...(modelServer ? [modelServer.process] : [])]) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
   });
   try {
+    const llm: Record<string, string> = {};
+    if (options.modelServer !== undefined) {
+      const port = options.portBase ? options.portBase - 1 : await freePort();
+      modelServer = await startModelServerProcess(options.modelServer, port, options);
+      llm["LLM_BASE_URL"] = modelServer.baseUrl;
+      llm["LLM_MODEL"] = options.modelServer.servedModelName ?? "base";
+    }
     let index = 0;
     for (const name of names) {
       const port = options.portBase ? options.portBase + index : await freePort();
       index += 1;
       // Services that read another service's API get its URL (it started earlier: SERVICE_NAMES is in data-flow order).
       const urls = Object.fromEntries(started.map((x) => [x.name, x.url]));
-      const wiring: Record<string, string> = name === "dataset" && urls.ingest ? { DATASET_INGEST_URL: urls.ingest } : {};
+      const wiring: Record<string, string> = {
+        ...(name === "dataset" && urls.ingest ? { DATASET_INGEST_URL: urls.ingest } : {}),
+        ...(name === "eval" && urls.dataset ? { EVAL_DATASET_URL: urls.dataset } : {}),
+        ...(name === "dataset" || name === "eval" || name === "gateway" ? llm : {}),
+      };
       started.push(await startService(name, port, nats.url, { ...options, env: { ...options.env, ...wiring } }));
     }
   } catch (err) {
@@ -75,7 +109,24 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     throw err;
   }
   const services = Object.fromEntries(started.map((s) => [s.name, s])) as Record<ServiceName, StackService>;
-  return { nats, natsUrl: nats.url, services, stop };
+  return { nats, natsUrl: nats.url, services, ...(modelServer === undefined ? {} : { modelServer }), stop };
+}
+
+/** The model server from libs/model-server/src/main.ts with vLLM-style flags; ready at its "model server listening" line. */
+async function startModelServerProcess(config: StackModelServer, port: number, options: StackOptions): Promise<NonNullable<Stack["modelServer"]>> {
+  const main = join(repoRoot, "libs", "model-server", "src", "main.ts");
+  const args = ["--model", config.model, "--served-model-name", config.servedModelName ?? "base", "--host", "127.0.0.1", "--port", String(port)];
+  if (config.loraModules !== undefined && config.loraModules.length > 0) args.push("--lora-modules", ...config.loraModules.map((m) => `${m.name}=${m.path}`));
+  if (config.concurrency !== undefined) args.push("--concurrency", String(config.concurrency));
+  if (config.contextSize !== undefined) args.push("--context-size", String(config.contextSize));
+  const child = spawn(process.execPath, ["--conditions=@ragtune/source", "--import", "tsx", main, ...args], {
+    cwd: repoRoot,
+    env: { ...process.env, LOG_LEVEL: "info" },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  const url = await readyUrl("model-server", child, "model server listening", options);
+  return { baseUrl: `${url}/v1`, process: child };
 }
 
 async function startService(name: ServiceName, port: number, natsUrl: string, options: StackOptions): Promise<StackService> {
@@ -90,14 +141,20 @@ async function startService(name: ServiceName, port: number, natsUrl: string, op
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
   });
-  const url = await new Promise<string>((resolve, reject) => {
+  const url = await readyUrl(name, child, "rpc server listening", options);
+  return { name, url, process: child };
+}
+
+/** Passes the child's log lines to onLog and resolves with the `url` of its first `ready` line. */
+function readyUrl(name: ServiceName | "model-server", child: ChildProcess, ready: string, options: StackOptions): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
-      reject(new Error(`${name} service did not report "rpc server listening" within ${READY_TIMEOUT_MS / 1000} s`));
+      reject(new Error(`${name} did not report "${ready}" within ${READY_TIMEOUT_MS / 1000} s`));
     }, READY_TIMEOUT_MS);
     const onExit = (code: number | null) => {
       clearTimeout(timer);
-      reject(new Error(`${name} service exited with code ${code} before it was ready`));
+      reject(new Error(`${name} exited with code ${code} before it was ready`));
     };
     child.once("exit", onExit);
     for (const stream of [child.stdout!, child.stderr!]) {
@@ -109,7 +166,7 @@ async function startService(name: ServiceName, port: number, natsUrl: string, op
           // not a JSON log line: pass it on as text
         }
         options.onLog?.(name, line);
-        if (typeof line === "object" && line.msg === "rpc server listening" && typeof line.url === "string") {
+        if (typeof line === "object" && line.msg === ready && typeof line.url === "string") {
           child.off("exit", onExit);
           clearTimeout(timer);
           resolve(line.url);
@@ -117,7 +174,6 @@ async function startService(name: ServiceName, port: number, natsUrl: string, op
       });
     }
   });
-  return { name, url, process: child };
 }
 
 async function stopProcess(child: ChildProcess, timeoutMs = 20_000): Promise<void> {

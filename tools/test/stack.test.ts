@@ -1,5 +1,5 @@
 import http from "node:http";
-import { Health, HealthCheckResponse_ServingStatus } from "@ragtune/proto";
+import { EvalRunStatus, EvalService, Health, HealthCheckResponse_ServingStatus } from "@ragtune/proto";
 import { createClient } from "@ragtune/rpc";
 import { grpcJsUnary } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -54,6 +54,15 @@ describe("the dev stack", () => {
       });
       expect(res).toContain("grpc_server_handled_total");
     }
+  });
+
+  it("wires eval to the dataset service: a run over an unknown dataset version fails saying so", async () => {
+    const client = createClient(EvalService, { baseUrl: stack.services.eval.url, protocol: "grpc" });
+    const { run } = await client.createEvalRun({ source: { case: "datasetVersionId", value: "dsv-missing" }, baseModel: "base" });
+    for await (const res of client.watchEvalRun({ evalRunId: run!.id })) void res;
+    const done = (await client.getEvalRun({ evalRunId: run!.id })).run!;
+    expect(done.status).toBe(EvalRunStatus.FAILED);
+    expect(done.failure).toMatchObject({ reason: "SOURCE_NOT_FOUND", message: "dataset version dsv-missing does not exist" });
   });
 
   it("stops every service cleanly on SIGTERM (exit code 0)", async () => {

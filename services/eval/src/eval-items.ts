@@ -5,7 +5,7 @@
  * prompt, the chat message exactly its user turn.
  */
 import { create } from "@bufbuild/protobuf";
-import type { Client } from "@connectrpc/connect";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import { contextBlock, mistralPrompt, questionTurn } from "@ragtune/dataset-service/exports";
 import { type DatasetService, DatasetSplit, DatasetVersionStatus, ExampleKind, PageRequestSchema } from "@ragtune/proto";
 import { seededDraws } from "./seeded-draws.js";
@@ -120,7 +120,7 @@ export async function loadDatasetTestSplit(dataset: Client<typeof DatasetService
   try {
     version = (await dataset.getDatasetVersion({ datasetVersionId }, { signal })).version;
   } catch (err) {
-    if (/not.?found/i.test((err as Error).message)) throw new EvalSourceError("NOT_FOUND", `dataset version ${datasetVersionId} does not exist`, "dataset_version_id");
+    if (err instanceof ConnectError && err.code === Code.NotFound) throw new EvalSourceError("NOT_FOUND", `dataset version ${datasetVersionId} does not exist`, "dataset_version_id");
     throw err;
   }
   if (version === undefined || version.status !== DatasetVersionStatus.READY) {
