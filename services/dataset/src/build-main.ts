@@ -4,7 +4,7 @@
  * service's event loop.
  */
 import { loadTokenizer } from "@ragtune/text";
-import type { BuildInput, BuildOutput } from "./build-process.js";
+import { STORED_FORMATS, type BuildInput, type BuildOutput } from "./build-process.js";
 import { buildDataset, exportSplit } from "./dataset-builder.js";
 import { mistralRowTokens } from "./exports.js";
 import { SPLITS } from "./splits.js";
@@ -17,16 +17,18 @@ async function readStdin(): Promise<string> {
 
 const input = JSON.parse(await readStdin()) as BuildInput;
 const tokenizer = loadTokenizer(input.tokenizer);
-const build = buildDataset(input.chunks, input.settings, { tokenizer }, input.examples);
+const build = buildDataset(input.chunks, input.settings, { tokenizer }, input.examples, input.extractiveChunkIds);
 const output: BuildOutput = {
   contentHash: build.contentHash,
   counts: build.counts,
+  generated: build.generated,
+  dropped: [...build.dropped.gate, ...build.dropped.split].map((d) => ({ example: d.example, reason: d.reason, detail: d.detail })),
   splits: Object.fromEntries(
     SPLITS.map((split) => [
       split,
       {
         examples: build.splits[split],
-        export: exportSplit(build, split, "mistral-instruct"),
+        exports: Object.fromEntries(STORED_FORMATS.map((format) => [format, exportSplit(build, split, format)])) as BuildOutput["splits"][typeof split]["exports"],
         tokens: build.splits[split].map((e) => mistralRowTokens(e, tokenizer)),
       },
     ]),

@@ -3,22 +3,42 @@ import { fileURLToPath } from "node:url";
 import type { TokenizerName } from "@ragtune/text";
 import type { DatasetBuild, DatasetBuildSettings } from "./dataset-builder.js";
 import type { DatasetExample } from "./example.js";
+import type { ExportFormat } from "./exports.js";
 import type { SourceChunk } from "./extractive-generator.js";
 import type { SplitName } from "./splits.js";
+
+/** The export formats a version stores per split (ExportDatasetVersion serves them; the trainer reads mistral-instruct). */
+export const STORED_FORMATS = ["mistral-instruct", "mistral-inference", "chat", "prompt-completion"] as const satisfies readonly ExportFormat[];
+export type StoredFormat = (typeof STORED_FORMATS)[number];
 
 export interface BuildInput {
   chunks: SourceChunk[];
   settings: DatasetBuildSettings;
   tokenizer: TokenizerName;
-  /** Examples generated before the build (by the LLM generator): the build skips the extractive generator. */
+  /**
+   * Examples generated before the build (by the LLM generator, or reused from a base version): the extractive
+   * generator then writes only the chunks in `extractiveChunkIds`.
+   */
   examples?: DatasetExample[];
+  extractiveChunkIds?: string[];
+}
+
+/** An example the build generated and did not keep, with the check that dropped it. */
+export interface DroppedRow {
+  example: DatasetExample;
+  reason: string;
+  detail: string;
 }
 
 export interface BuildOutput {
   contentHash: string;
   counts: DatasetBuild["counts"];
-  /** Per split: its examples, its mistral-instruct export (JSON lines) and each row's token count. */
-  splits: Record<SplitName, { examples: DatasetExample[]; export: string; tokens: number[] }>;
+  /** Per split: its examples, its exports (JSON lines per stored format) and each training row's token count. */
+  splits: Record<SplitName, { examples: DatasetExample[]; exports: Record<StoredFormat, string>; tokens: number[] }>;
+  /** Every generated example before negatives and checks, in chunk order. */
+  generated: DatasetExample[];
+  /** Every example dropped by the quality gate or the split (leakage), in that order. */
+  dropped: DroppedRow[];
 }
 
 /** The build ran out of time (DATASET_BUILD_TIMEOUT) and was stopped. */

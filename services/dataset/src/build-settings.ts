@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { GenerationSettingsSchema, QualityChecksSchema, SplitRatiosSchema, type GenerationSettings } from "@ragtune/proto";
+import { DatasetVersionStatus, GenerationSettingsSchema, QualityChecksSchema, SplitRatiosSchema, type DatasetVersion, type GenerationSettings } from "@ragtune/proto";
 import { invalidArgument } from "@ragtune/rpc";
 import type { DatasetBuildSettings } from "./dataset-builder.js";
 import { llmPromptHash } from "./llm-generator.js";
@@ -92,4 +92,29 @@ export function resolveBuildSettings(
     ...(model === "" ? {} : { llm: { model, promptHash: llmPromptHash(questionsPerChunk), temperature, questionsPerChunk, seed } }),
   };
   return { settings, build };
+}
+
+/**
+ * Why `base` cannot be the base of an incremental build of `version` (same collection, READY with its generated
+ * examples stored, written by the same generator with the same settings), or undefined when it can.
+ */
+export function baseProblem(
+  base: Pick<DatasetVersion, "id" | "collection" | "status" | "settings" | "lineage">,
+  version: Pick<DatasetVersion, "collection" | "settings">,
+): string | undefined {
+  if (base.collection !== version.collection) return `dataset version ${base.id} is of collection "${base.collection}", not "${version.collection}"`;
+  if (base.status !== DatasetVersionStatus.READY) return `dataset version ${base.id} is ${DatasetVersionStatus[base.status]?.toLowerCase()}; only a ready version can be a base`;
+  if (base.lineage?.generated === undefined || base.lineage.chunks === undefined) return `dataset version ${base.id} was built before versions stored their generated examples; build from scratch once`;
+  const a = base.settings;
+  const b = version.settings;
+  const differs: string[] = [];
+  if ((a?.model ?? "") !== (b?.model ?? "")) differs.push(`model "${a?.model || "extractive"}" vs "${b?.model || "extractive"}"`);
+  if (a?.questionsPerChunk !== b?.questionsPerChunk) differs.push(`questions_per_chunk ${a?.questionsPerChunk} vs ${b?.questionsPerChunk}`);
+  if (a?.seed !== b?.seed) differs.push(`seed ${a?.seed} vs ${b?.seed}`);
+  if ((b?.model ?? "") !== "") {
+    if (a?.temperature !== b?.temperature) differs.push(`temperature ${a?.temperature} vs ${b?.temperature}`);
+    if (base.lineage.promptSha256 !== llmPromptHash(b?.questionsPerChunk ?? 3)) differs.push("the generation prompt changed since it was built");
+  }
+  if (differs.length > 0) return `dataset version ${base.id} was generated with other settings (${differs.join("; ")}); its examples can only be reused by a build with the same generator settings`;
+  return undefined;
 }

@@ -11,6 +11,8 @@ export interface DatasetBuildSettings {
   generation: ExtractiveOptions;
   /** Set when a model writes the examples (settings.model): what it was asked, for the content hash (lineage). */
   llm?: { model: string; promptHash: string; temperature: number; questionsPerChunk: number; seed: number };
+  /** The version whose generated examples were reused (incremental build); part of the content hash. */
+  baseVersionId?: string;
   negatives: NegativeOptions;
   quality: Partial<QualityGateConfig>;
   splits: Partial<SplitConfig>;
@@ -25,6 +27,8 @@ export interface DatasetBuildDeps {
 export interface DatasetBuild {
   /** SHA-256 over the chunk IDs (sorted) and the settings: the same input builds the same version. */
   contentHash: string;
+  /** Every generated example before negatives and checks, in chunk order (what an incremental build reuses). */
+  generated: DatasetExample[];
   splits: Pick<SplitResult, "train" | "val" | "test" | "stats">;
   /** Every example that was generated but not kept, with why: none is dropped silently. */
   dropped: { gate: DroppedExample[]; split: SplitDrop[]; negativesSkipped: NegativeSkip[] };
@@ -43,15 +47,25 @@ export interface DatasetBuild {
  * The offline build of a dataset version from a collection's chunks: extractive questions with verbatim answers,
  * "not in context" negatives with the refusal target, the quality gate, then leak-free splits by chunk. Pure and
  * deterministic: the same chunks and settings give the same examples, splits and hash. `pregenerated` examples (the
- * LLM generator's, written in the service process) take the extractive generator's place; the rest is the same.
+ * LLM generator's, written in the service process, and those reused from a base version) take the extractive
+ * generator's place; with them, the extractive generator writes only the chunks named in `extractiveChunkIds`.
  */
 export function buildDataset(
   chunks: readonly SourceChunk[],
   settings: DatasetBuildSettings,
   deps: DatasetBuildDeps,
   pregenerated?: readonly DatasetExample[],
+  extractiveChunkIds?: readonly string[],
 ): DatasetBuild {
-  const generated: DatasetExample[] = pregenerated ? [...pregenerated] : generateExtractiveDataset(chunks, settings.generation);
+  let generated: DatasetExample[];
+  if (pregenerated === undefined) generated = generateExtractiveDataset(chunks, settings.generation);
+  else {
+    const wanted = new Set(extractiveChunkIds ?? []);
+    const fresh = wanted.size === 0 ? [] : generateExtractiveDataset(chunks.filter((c) => wanted.has(c.id)), settings.generation);
+    // In chunk order, whichever way each chunk's examples were made.
+    const order = new Map(chunks.map((c, i) => [c.id, i]));
+    generated = [...pregenerated, ...fresh].sort((a, b) => (order.get(a.chunkId) ?? 0) - (order.get(b.chunkId) ?? 0));
+  }
   const negatives = generateNegatives(generated, chunks, settings.negatives);
   const gate = runQualityGate([...generated, ...negatives.negatives], deps, settings.quality);
   const split = splitExamples(gate.kept, settings.splits);
@@ -59,6 +73,7 @@ export function buildDataset(
   for (const d of split.dropped) droppedByReason[d.reason] = (droppedByReason[d.reason] ?? 0) + 1;
   return {
     contentHash: contentHash(chunks, settings),
+    generated,
     splits: { train: split.train, val: split.val, test: split.test, stats: split.stats },
     dropped: { gate: gate.dropped, split: split.dropped, negativesSkipped: negatives.skipped },
     counts: {

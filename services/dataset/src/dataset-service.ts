@@ -1,24 +1,31 @@
 import { createHash, randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
-import type { ServiceImpl } from "@connectrpc/connect";
-import type { ArtifactStore } from "@ragtune/bus";
+import { ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { ArtifactStore, TypedKv } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
+  type BuildDatasetVersionRequest,
+  CollectionConfigSchema,
   type DatasetService,
+  DatasetExportFormat,
   DatasetSplit,
   type DatasetVersion,
   DatasetVersionSchema,
   DatasetVersionStatus,
   type Example,
+  type IngestRunCompleted,
+  IngestRunStatus,
   ExampleKind,
   ExampleSchema,
   PageResponseSchema,
   PromptTemplate,
 } from "@ragtune/proto";
 import { failedPrecondition, invalidArgument, notFound, paginate } from "@ragtune/rpc";
-import { resolveBuildSettings } from "./build-settings.js";
+import type { DroppedRow } from "./build-process.js";
+import { baseProblem, resolveBuildSettings } from "./build-settings.js";
 import type { DatasetExample } from "./example.js";
+import { exportRow, type ExportFormat } from "./exports.js";
 import type { SplitName } from "./splits.js";
 import type { VersionBuilder } from "./version-builder.js";
 import { isFinished, type VersionStore } from "./version-store.js";
@@ -30,6 +37,59 @@ export interface DatasetServiceDeps {
   logger: Logger;
   /** Whether a generation model endpoint (LLM_BASE_URL) is configured: builds naming settings.model need one. */
   llmConfigured: boolean;
+  /** Collection configs (rebuild on ingest), keyed by collection. */
+  collections: TypedKv<typeof CollectionConfigSchema>;
+}
+
+const FORMAT_NAME: Record<DatasetExportFormat, ExportFormat> = {
+  [DatasetExportFormat.UNSPECIFIED]: "mistral-instruct",
+  [DatasetExportFormat.INSTRUCT]: "mistral-instruct",
+  [DatasetExportFormat.INFERENCE]: "mistral-inference",
+  [DatasetExportFormat.CHAT]: "chat",
+  [DatasetExportFormat.PROMPT_COMPLETION]: "prompt-completion",
+};
+
+/** The collection name of a request (empty: `default`), checked. */
+export function collectionOf(name: string): string {
+  const collection = name === "" ? "default" : name;
+  if (!COLLECTION_RE.test(collection)) throw invalidArgument("collection", "use 1–63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit");
+  return collection;
+}
+
+/**
+ * Creates a QUEUED version (or returns the one a retried request with the same client_request_id created) and hands
+ * it to the builder: the one way a build starts, for the RPC and for rebuilds after an ingest run.
+ */
+export async function queueBuild(deps: Pick<DatasetServiceDeps, "versions" | "builder" | "logger" | "llmConfigured">, req: Pick<BuildDatasetVersionRequest, "collection" | "settings" | "baseVersionId" | "clientRequestId">): Promise<DatasetVersion> {
+  const { versions } = deps;
+  const collection = collectionOf(req.collection);
+  const { settings } = resolveBuildSettings(req.settings, { llmConfigured: deps.llmConfigured });
+  if (req.baseVersionId !== "") {
+    const base = (await versions.get(req.baseVersionId))?.state;
+    if (base === undefined) throw notFound("dataset version", req.baseVersionId);
+    const problem = baseProblem(base, { collection, settings });
+    if (problem !== undefined) throw failedPrecondition(`base_version_id: ${problem}`);
+  }
+  const id = newVersionId(collection, req.clientRequestId);
+  const version = create(DatasetVersionSchema, {
+    id,
+    collection,
+    status: DatasetVersionStatus.QUEUED,
+    settings,
+    baseVersionId: req.baseVersionId,
+    createdAt: timestampNow(),
+  });
+  const queued = { case: "statusChanged" as const, value: { $typeName: "ragtune.dataset.v1.DatasetVersionStatusChange" as const, status: DatasetVersionStatus.QUEUED } };
+  let stored: DatasetVersion;
+  try {
+    stored = (await versions.create(id, version, [{ body: queued as never }])).state;
+  } catch (err) {
+    if ((err as Error).name !== "ResourceExistsError") throw err;
+    stored = (await versions.get(id))!.state; // a retried request with the same client_request_id
+  }
+  deps.builder.submit(id);
+  deps.logger.info({ datasetVersionId: id, collection, baseVersionId: req.baseVersionId || undefined }, "dataset build queued");
+  return stored;
 }
 
 const COLLECTION_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -45,8 +105,41 @@ function statusName(status: DatasetVersionStatus): string {
   return (DatasetVersionStatus[status] ?? String(status)).toLowerCase();
 }
 
+/**
+ * After an ingest run of a collection whose config says `rebuild_on_ingest`: when the run changed chunks, queues a build
+ * with the config's settings, incremental from the newest READY version built with the same generator settings (from
+ * scratch when there is none). Idempotent per run (the run ID is the build's client_request_id). Returns the version,
+ * or undefined when nothing is to be built.
+ */
+export async function rebuildAfterIngest(
+  deps: Pick<DatasetServiceDeps, "versions" | "builder" | "logger" | "llmConfigured" | "collections">,
+  run: Pick<IngestRunCompleted, "ingestRunId" | "collection" | "status" | "statistics">,
+): Promise<DatasetVersion | undefined> {
+  if (run.status !== IngestRunStatus.SUCCEEDED && run.status !== IngestRunStatus.PARTIALLY_SUCCEEDED) return undefined;
+  const changes = run.statistics?.chunkChanges;
+  if (changes === undefined || changes.added + changes.removed === 0) return undefined;
+  const config = (await deps.collections.get(run.collection))?.value;
+  if (config === undefined || !config.rebuildOnIngest) return undefined;
+  const collection = run.collection;
+  const settings = config.settings;
+  const ready = (await deps.versions.list((r) => r.state.collection === collection && r.state.status === DatasetVersionStatus.READY))
+    .map((r) => r.state)
+    .sort((a, b) => (b.createdAt ? timestampDate(b.createdAt).getTime() : 0) - (a.createdAt ? timestampDate(a.createdAt).getTime() : 0));
+  const base = ready.find((v) => baseProblem(v, { collection, settings }) === undefined);
+  try {
+    return await queueBuild(deps, { collection, settings, baseVersionId: base?.id ?? "", clientRequestId: `ingest-run:${run.ingestRunId}` });
+  } catch (err) {
+    // Settings that no longer resolve (e.g. a model while LLM_BASE_URL was removed): nothing to retry; say why.
+    if (err instanceof ConnectError) {
+      deps.logger.error({ err, collection, ingestRunId: run.ingestRunId }, "cannot rebuild the collection's dataset after its ingest run; fix its config (SetCollectionConfig)");
+      return undefined;
+    }
+    throw err;
+  }
+}
+
 /** The DatasetService RPC handlers. */
-export function createDatasetService(deps: DatasetServiceDeps): Partial<ServiceImpl<typeof DatasetService>> {
+export function createDatasetService(deps: DatasetServiceDeps): ServiceImpl<typeof DatasetService> {
   const { versions, artifacts } = deps;
 
   async function getVersion(id: string): Promise<DatasetVersion> {
@@ -64,6 +157,40 @@ export function createDatasetService(deps: DatasetServiceDeps): Partial<ServiceI
     return v;
   }
 
+  /** The JSON lines of a stored artifact, parsed. */
+  async function readRows<T>(hash: string, what: string): Promise<T[]> {
+    return (await readArtifact(hash, what))
+      .toString("utf8")
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => JSON.parse(l) as T);
+  }
+
+  /** The examples of a READY version in stored order, each with its split. */
+  async function storedExamples(v: DatasetVersion): Promise<(DatasetExample & { split: SplitName })[]> {
+    const shard = v.shards[0];
+    if (shard === undefined) throw failedPrecondition(`dataset version ${v.id} has no stored examples`);
+    return readRows(shard.sha256, `examples of ${v.id}`);
+  }
+
+  function toProto(v: DatasetVersion, e: DatasetExample, split: DatasetSplit) {
+    return create(ExampleSchema, {
+      id: e.id,
+      datasetVersionId: v.id,
+      split,
+      kind: e.answerable ? ExampleKind.ANSWERABLE : ExampleKind.UNANSWERABLE,
+      question: e.question,
+      answer: e.answer,
+      contextChunkIds: [e.chunkId],
+      sourceChunkId: e.distractorSource?.chunkId ?? e.chunkId,
+      sourceDocumentId: e.distractorSource?.documentId ?? e.documentId,
+      context: e.context,
+      headingPath: [...e.headingPath],
+      questionType: e.kind,
+      generator: e.generator,
+    });
+  }
+
   async function readArtifact(hash: string, what: string): Promise<Buffer> {
     const stream = await artifacts.get(hash);
     if (stream === null) throw failedPrecondition(`the ${what} is missing from the object store (${artifacts.bucket}/${hash})`);
@@ -74,31 +201,7 @@ export function createDatasetService(deps: DatasetServiceDeps): Partial<ServiceI
 
   return {
     async buildDatasetVersion(req) {
-      const collection = req.collection === "" ? "default" : req.collection;
-      if (!COLLECTION_RE.test(collection)) throw invalidArgument("collection", "use 1–63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit");
-      if (req.baseVersionId !== "") {
-        throw invalidArgument("base_version_id", "incremental builds are not supported yet; leave it empty to build from every chunk");
-      }
-      const { settings } = resolveBuildSettings(req.settings, { llmConfigured: deps.llmConfigured });
-      const id = newVersionId(collection, req.clientRequestId);
-      const version = create(DatasetVersionSchema, {
-        id,
-        collection,
-        status: DatasetVersionStatus.QUEUED,
-        settings,
-        createdAt: timestampNow(),
-      });
-      const queued = { case: "statusChanged" as const, value: { $typeName: "ragtune.dataset.v1.DatasetVersionStatusChange" as const, status: DatasetVersionStatus.QUEUED } };
-      let stored: DatasetVersion;
-      try {
-        stored = (await versions.create(id, version, [{ body: queued as never }])).state;
-      } catch (err) {
-        if ((err as Error).name !== "ResourceExistsError") throw err;
-        stored = (await getVersion(id)); // a retried request with the same client_request_id
-      }
-      deps.builder.submit(id);
-      deps.logger.info({ datasetVersionId: id, collection }, "dataset build queued");
-      return { version: stored };
+      return { version: await queueBuild(deps, req) };
     },
 
     async getDatasetVersion(req) {
@@ -149,33 +252,13 @@ export function createDatasetService(deps: DatasetServiceDeps): Partial<ServiceI
       const v = await readyVersion(req.datasetVersionId);
       if (req.split !== DatasetSplit.UNSPECIFIED && DatasetSplit[req.split] === undefined) throw invalidArgument("split", `unknown split ${req.split}`);
       if (req.kind !== ExampleKind.UNSPECIFIED && ExampleKind[req.kind] === undefined) throw invalidArgument("kind", `unknown example kind ${req.kind}`);
-      const shard = v.shards[0];
-      if (shard === undefined) throw failedPrecondition(`dataset version ${v.id} has no stored examples`);
-      const lines = (await readArtifact(shard.sha256, `examples of ${v.id}`)).toString("utf8").split("\n").filter((l) => l !== "");
       const examples: Example[] = [];
-      for (const line of lines) {
-        const e = JSON.parse(line) as DatasetExample & { split: SplitName };
+      for (const e of await storedExamples(v)) {
         const split = SPLIT_OF[e.split];
         const kind = e.answerable ? ExampleKind.ANSWERABLE : ExampleKind.UNANSWERABLE;
         if (req.split !== DatasetSplit.UNSPECIFIED && split !== req.split) continue;
         if (req.kind !== ExampleKind.UNSPECIFIED && kind !== req.kind) continue;
-        examples.push(
-          create(ExampleSchema, {
-            id: e.id,
-            datasetVersionId: v.id,
-            split,
-            kind,
-            question: e.question,
-            answer: e.answer,
-            contextChunkIds: [e.chunkId],
-            sourceChunkId: e.distractorSource?.chunkId ?? e.chunkId,
-            sourceDocumentId: e.distractorSource?.documentId ?? e.documentId,
-            context: e.context,
-            headingPath: [...e.headingPath],
-            questionType: e.kind,
-            generator: e.generator,
-          }),
-        );
+        examples.push(toProto(v, e, split));
       }
       const page = paginate(examples, req.page, `examples:${v.id}:${req.split}:${req.kind}`);
       return { examples: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
@@ -183,14 +266,38 @@ export function createDatasetService(deps: DatasetServiceDeps): Partial<ServiceI
 
     async *exportDatasetVersion(req) {
       if (req.split === DatasetSplit.UNSPECIFIED || DatasetSplit[req.split] === undefined) throw invalidArgument("split", "is required: train, val or test");
-      if (req.template !== PromptTemplate.MISTRAL_INSTRUCT) {
-        throw invalidArgument("template", "only PROMPT_TEMPLATE_MISTRAL_INSTRUCT exports are stored so far");
+      const format = FORMAT_NAME[req.format];
+      if (format === undefined) throw invalidArgument("format", `unknown export format ${req.format}`);
+      const templated = format === "mistral-instruct" || format === "mistral-inference";
+      if (templated && req.template !== PromptTemplate.MISTRAL_INSTRUCT) {
+        throw invalidArgument("template", "the instruct and inference formats are made in PROMPT_TEMPLATE_MISTRAL_INSTRUCT; chat and prompt/completion rows carry no template (leave it unspecified or set it to Mistral)");
       }
-      if (req.systemPrompt !== "") throw invalidArgument("system_prompt", "custom system prompts are not supported yet; leave it empty");
+      if (!templated && req.template !== PromptTemplate.UNSPECIFIED && req.template !== PromptTemplate.MISTRAL_INSTRUCT) {
+        throw invalidArgument("template", "chat and prompt/completion rows carry no template; leave it unspecified");
+      }
+      if (req.systemPrompt.length > 8_000) throw invalidArgument("system_prompt", `must be at most 8000 characters, got ${req.systemPrompt.length}`);
       const v = await readyVersion(req.datasetVersionId);
-      const stored = v.exports.find((x) => x.split === req.split && x.template === req.template);
-      if (stored?.artifact === undefined) throw failedPrecondition(`dataset version ${v.id} has no ${DatasetSplit[req.split]} export`);
-      const bytes = await readArtifact(stored.artifact.sha256, `${DatasetSplit[req.split]} export of ${v.id}`);
+      let bytes: Buffer;
+      let rows: number;
+      if (req.systemPrompt.trim() === "") {
+        const stored = v.exports.find((x) => x.split === req.split && FORMAT_NAME[x.format] === format);
+        if (stored?.artifact === undefined) throw failedPrecondition(`dataset version ${v.id} has no stored ${format} export of the ${DatasetSplit[req.split]} split; build a new version to get one`);
+        bytes = await readArtifact(stored.artifact.sha256, `${DatasetSplit[req.split]} export of ${v.id}`);
+        rows = stored.rows;
+      } else {
+        // A custom system prompt: rendered from the stored examples on request.
+        const splitName = (Object.keys(SPLIT_OF) as SplitName[]).find((k) => SPLIT_OF[k] === req.split)!;
+        const examples = (await storedExamples(v)).filter((e) => e.split === splitName);
+        let lines: string[];
+        try {
+          lines = examples.map((e) => exportRow(e, format, { systemPrompt: req.systemPrompt }));
+        } catch (err) {
+          throw invalidArgument("system_prompt", `cannot be used in the template: ${(err as Error).message.replace(/^example \S+: its text/, "it")}`);
+        }
+        bytes = Buffer.from(lines.join(""), "utf8");
+        rows = lines.length;
+      }
+      const sha256 = createHash("sha256").update(bytes).digest("hex");
       // Whole lines per message, at most EXPORT_PIECE_BYTES each (a longer line is sent alone).
       let start = 0;
       while (start < bytes.length) {
@@ -205,9 +312,42 @@ export function createDatasetService(deps: DatasetServiceDeps): Partial<ServiceI
       yield {
         part: {
           case: "summary",
-          value: { $typeName: "ragtune.dataset.v1.DatasetExportSummary", rows: stored.rows, sha256: stored.artifact.sha256, sizeBytes: BigInt(bytes.length) },
+          value: { $typeName: "ragtune.dataset.v1.DatasetExportSummary", rows, sha256, sizeBytes: BigInt(bytes.length) },
         },
       };
+    },
+
+    async listDroppedExamples(req) {
+      const v = await getVersion(req.datasetVersionId);
+      if (v.status !== DatasetVersionStatus.READY) {
+        throw failedPrecondition(`dataset version ${v.id} is ${statusName(v.status)}; its dropped examples are listed once it is ready`);
+      }
+      const ref = v.lineage?.dropped;
+      if (ref === undefined) throw failedPrecondition(`dataset version ${v.id} was built before versions stored their dropped examples; rebuild it to list them`);
+      const rows = (await readRows<DroppedRow>(ref.sha256, `dropped examples of ${v.id}`)).filter((r) => req.reason === "" || r.reason === req.reason);
+      if (rows.length === 0 && req.reason !== "" && !(req.reason in (v.stats?.rejectedByCheck ?? {}))) {
+        throw invalidArgument("reason", `no example of ${v.id} was dropped for "${req.reason}"; reasons of this version: ${Object.keys(v.stats?.rejectedByCheck ?? {}).join(", ") || "none"}`);
+      }
+      const page = paginate(rows, req.page, `dropped:${v.id}:${req.reason}`);
+      return {
+        examples: page.items.map((r) => ({ example: toProto(v, r.example, DatasetSplit.UNSPECIFIED), reason: r.reason, detail: r.detail })),
+        page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }),
+      };
+    },
+
+    async setCollectionConfig(req) {
+      const collection = collectionOf(req.collection);
+      const { settings } = resolveBuildSettings(req.settings, { llmConfigured: deps.llmConfigured });
+      const config = create(CollectionConfigSchema, { collection, rebuildOnIngest: req.rebuildOnIngest, settings, updatedAt: timestampNow() });
+      await deps.collections.put(collection, config);
+      deps.logger.info({ collection, rebuildOnIngest: req.rebuildOnIngest }, "collection config set");
+      return { config };
+    },
+
+    async getCollectionConfig(req) {
+      const collection = collectionOf(req.collection);
+      const stored = await deps.collections.get(collection);
+      return { config: stored?.value ?? create(CollectionConfigSchema, { collection, rebuildOnIngest: false, settings: resolveBuildSettings(undefined, { llmConfigured: deps.llmConfigured }).settings }) };
     },
   };
 }

@@ -172,6 +172,8 @@ export interface LlmGenerationResult {
     pairsLost: number;
     promptTokens: number;
     completionTokens: number;
+    /** Requests that were sent again (429/5xx/timeouts/malformed output). */
+    llmRetries: number;
   };
 }
 
@@ -204,6 +206,7 @@ interface ChunkOutcome {
   pairsLost: number;
   promptTokens: number;
   completionTokens: number;
+  retries: number;
 }
 
 async function generateForChunk(chunk: SourceChunk, options: LlmGenerationOptions, llm: Pick<LlmClient, "json">, signal: AbortSignal): Promise<ChunkOutcome> {
@@ -230,7 +233,8 @@ async function generateForChunk(chunk: SourceChunk, options: LlmGenerationOption
     if (!isLlmError(err)) throw err;
     const reason = chunkFailureOf(err);
     if (reason === undefined) throw err.kind === "cancelled" ? err : new LlmGenerationError(err, chunk.id);
-    return { examples: [], failure: { chunkId: chunk.id, reason, message: err.message, pairsLost: n }, pairsLost: n, promptTokens: 0, completionTokens: 0 };
+    const retries = Math.max(0, (err.attempts ?? 1) - 1);
+    return { examples: [], failure: { chunkId: chunk.id, reason, message: err.message, pairsLost: n }, pairsLost: n, promptTokens: 0, completionTokens: 0, retries };
   }
   const examples: DatasetExample[] = [];
   const refused: string[] = [];
@@ -264,6 +268,7 @@ async function generateForChunk(chunk: SourceChunk, options: LlmGenerationOption
     pairsLost: n - examples.length,
     promptTokens: result.usage.promptTokens,
     completionTokens: result.usage.completionTokens,
+    retries: Math.max(0, result.latency.attempts - 1),
   };
   if (refused.length > 0) {
     outcome.failure = {
@@ -337,6 +342,7 @@ export async function generateLlmDataset(
   let pairsLost = 0;
   let promptTokens = 0;
   let completionTokens = 0;
+  let llmRetries = 0;
   for (const o of outcomes) {
     if (o === undefined) continue;
     examples.push(...o.examples);
@@ -348,11 +354,12 @@ export async function generateLlmDataset(
     pairsLost += o.pairsLost;
     promptTokens += o.promptTokens;
     completionTokens += o.completionTokens;
+    llmRetries += o.retries;
   }
   return {
     examples,
     failures,
     promptHash: llmPromptHash(n),
-    counts: { chunks: chunks.length, chunksWithExamples, chunksFailed, examples: examples.length, pairsLost, promptTokens, completionTokens },
+    counts: { chunks: chunks.length, chunksWithExamples, chunksFailed, examples: examples.length, pairsLost, promptTokens, completionTokens, llmRetries },
   };
 }

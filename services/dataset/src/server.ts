@@ -1,11 +1,13 @@
+import { hostname } from "node:os";
 import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
-import { DatasetService, IngestService } from "@ragtune/proto";
+import { CollectionConfigSchema, DatasetService, IngestRunCompletedSchema, IngestService } from "@ragtune/proto";
 import { llmClientFromConfig } from "@ragtune/llm";
 import { createClient, type ServiceContext, type ServiceInstance } from "@ragtune/rpc";
 import type { DatasetConfig } from "./config.js";
-import { createDatasetService } from "./dataset-service.js";
+import { createDatasetService, rebuildAfterIngest } from "./dataset-service.js";
+import { GenerationQueue } from "./generation-queue.js";
 import { VersionBuilder } from "./version-builder.js";
-import { openVersionStore } from "./version-store.js";
+import { isFinished, openVersionStore } from "./version-store.js";
 
 /** Handles of a started dataset service (tests read them). */
 export interface DatasetInstance extends ServiceInstance {
@@ -35,6 +37,17 @@ export async function startDatasetService({ config, logger }: ServiceContext<Dat
       config.LLM_BASE_URL === undefined
         ? undefined
         : llmClientFromConfig({ ...config, LLM_BASE_URL: config.LLM_BASE_URL }, logger.child({ component: "llm" }));
+    // With a model endpoint, this replica also writes generation batches of any replica's builds.
+    const generation =
+      llm === undefined
+        ? undefined
+        : await GenerationQueue.open(bus, {
+            prefix,
+            logger: logger.child({ component: "generation" }),
+            worker: `${hostname()}-${process.pid}`,
+            batchChunks: config.DATASET_GENERATION_BATCH_CHUNKS,
+            ackWaitMs: config.DATASET_GENERATION_ACK_WAIT,
+          });
     const builder = new VersionBuilder({
       versions,
       artifacts,
@@ -43,9 +56,27 @@ export async function startDatasetService({ config, logger }: ServiceContext<Dat
       logger: logger.child({ component: "version-builder" }),
       leaseMs: config.DATASET_BUILD_LEASE,
       buildTimeoutMs: config.DATASET_BUILD_TIMEOUT,
-      ...(llm === undefined ? {} : { llm }),
+      ...(generation === undefined ? {} : { generation }),
     });
-    const service = createDatasetService({ versions, artifacts, builder, logger, llmConfigured: llm !== undefined });
+    if (generation !== undefined && llm !== undefined) {
+      const workers = config.DATASET_GENERATION_WORKERS || Math.max(1, Math.ceil(config.LLM_CONCURRENCY / config.DATASET_GENERATION_BATCH_CHUNKS));
+      generation.startWorkers(workers, llm, async (versionId) => {
+        const v = await versions.get(versionId);
+        return v !== null && !isFinished(v.state.status);
+      });
+    }
+    const collections = await bus.kv(`${prefix}-collections`, CollectionConfigSchema);
+    const serviceDeps = { versions, artifacts, builder, logger, llmConfigured: llm !== undefined, collections };
+    const service = createDatasetService(serviceDeps);
+    // Rebuilds after ingest runs of collections configured for it (one durable consumer shared by the replicas).
+    const ingestRuns = await bus.subscribe({
+      durable: `${prefix}-rebuild-on-ingest`,
+      schema: IngestRunCompletedSchema,
+      deliver: "new", // runs from before this service first started are not rebuilt
+      handler: async ({ event }) => {
+        await rebuildAfterIngest(serviceDeps, event);
+      },
+    });
     return {
       builder,
       register: (router) => router.service(DatasetService, service),
@@ -53,7 +84,9 @@ export async function startDatasetService({ config, logger }: ServiceContext<Dat
         await builder.resume();
       },
       async stop() {
+        await ingestRuns.stop();
         await builder.close();
+        await generation?.close();
         llm?.close();
         await bus.close();
       },

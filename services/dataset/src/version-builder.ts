@@ -10,6 +10,8 @@ import {
   DatasetSplit,
   type DatasetSplitExport,
   DatasetSplitExportSchema,
+  DatasetExportFormat,
+  DatasetLineageSchema,
   DatasetVersionBuiltSchema,
   DatasetVersionFailedSchema,
   DatasetVersionStatus,
@@ -23,13 +25,13 @@ import {
   TokenStatsSchema,
 } from "@ragtune/proto";
 import { tokenDistribution } from "@ragtune/text";
-import type { LlmClient } from "@ragtune/llm";
-import { BuildTimeoutError, runBuild, type BuildOutput } from "./build-process.js";
-import { resolveBuildSettings } from "./build-settings.js";
+import { BuildTimeoutError, runBuild, STORED_FORMATS, type BuildOutput, type StoredFormat } from "./build-process.js";
+import { baseProblem, resolveBuildSettings } from "./build-settings.js";
+import { GenerationFatalError, type GenerationQueue } from "./generation-queue.js";
 import { DEFAULT_QUALITY_GATE } from "./quality-gate.js";
 import type { DatasetBuildSettings } from "./dataset-builder.js";
 import type { DatasetExample } from "./example.js";
-import { generateLlmDataset, LlmGenerationError, type ChunkFailure, type LlmGenerationResult } from "./llm-generator.js";
+import type { ChunkFailure } from "./llm-generator.js";
 import type { SourceChunk } from "./extractive-generator.js";
 import type { TokenizerName } from "@ragtune/text";
 import { SPLITS, type SplitName } from "./splits.js";
@@ -63,8 +65,64 @@ export interface VersionBuilderDeps {
   leaseMs: number;
   /** Longest a build may run (DATASET_BUILD_TIMEOUT). */
   buildTimeoutMs: number;
-  /** The generation model's client (LLM_BASE_URL); without it, versions naming settings.model fail. */
-  llm?: Pick<LlmClient, "json">;
+  /** The shared generation queue (LLM_BASE_URL set); without it, versions naming settings.model fail. */
+  generation?: GenerationQueue;
+}
+
+interface ProgressCounts {
+  total: number;
+  done: number;
+  generated: number;
+  chunksReused: number;
+  chunksFailed: number;
+  promptTokens: number;
+  completionTokens: number;
+  llmRetries: number;
+}
+
+/** A generated example as the lineage stores it: without its context, which its (content-addressed) chunk holds. */
+type StoredGenerated = Omit<DatasetExample, "context" | "headingPath" | "answerable" | "distractorSource">;
+
+/** One source chunk in the lineage. */
+interface LineageChunk {
+  chunkId: string;
+  documentId: string;
+  documentSha256: string;
+  reused: boolean;
+}
+
+interface FinishedBuild {
+  chunks: SourceChunk[];
+  documents: Map<string, { sourceName: string; contentSha256: string }>;
+  reused: Set<string>;
+  output: BuildOutput;
+  generator: string;
+  promptSha256: string;
+  usage: Omit<ProgressCounts, "total" | "done" | "generated">;
+}
+
+const FORMAT_ENUM: Record<StoredFormat, DatasetExportFormat> = {
+  "mistral-instruct": DatasetExportFormat.INSTRUCT,
+  "mistral-inference": DatasetExportFormat.INFERENCE,
+  chat: DatasetExportFormat.CHAT,
+  "prompt-completion": DatasetExportFormat.PROMPT_COMPLETION,
+};
+const FORMAT_TEMPLATE: Record<StoredFormat, PromptTemplate> = {
+  "mistral-instruct": PromptTemplate.MISTRAL_INSTRUCT,
+  "mistral-inference": PromptTemplate.MISTRAL_INSTRUCT,
+  chat: PromptTemplate.UNSPECIFIED,
+  "prompt-completion": PromptTemplate.UNSPECIFIED,
+};
+
+function groupCount(keys: readonly string[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const k of keys) out.set(k, (out.get(k) ?? 0) + 1);
+  return out;
+}
+
+/** A reused example with its chunk's current context (the same text: chunk IDs are content-addressed). */
+function withChunk(e: StoredGenerated, chunk: SourceChunk): DatasetExample {
+  return { ...e, documentId: chunk.documentId, headingPath: [...chunk.headingPath], context: chunk.text, answerable: true };
 }
 
 /** The version was cancelled while it was being built. */
@@ -186,31 +244,51 @@ export class VersionBuilder {
     const lease = this.keepLease(id, fence, cancel, log);
     try {
       const model = version.settings?.model ?? "";
-      if (model !== "" && this.deps.llm === undefined) {
+      if (model !== "" && this.deps.generation === undefined) {
         throw new UserFailure("LLM_NOT_CONFIGURED", `the version names the generation model "${model}", but LLM_BASE_URL is not configured on this dataset service replica`);
       }
-      const { build } = resolveBuildSettings(version.settings, { llmConfigured: this.deps.llm !== undefined });
-      const chunks = await this.readChunks(version.collection);
+      const { build } = resolveBuildSettings(version.settings, { llmConfigured: this.deps.generation !== undefined });
+      const [chunks, documents] = await Promise.all([this.readChunks(version.collection), this.readDocuments(version.collection)]);
       if (chunks.length === 0) {
         throw new UserFailure("NO_CHUNKS", `collection "${version.collection}" has no ready documents to build a dataset from; ingest documents first`);
       }
-      await this.progress(id, fence, chunks.length, 0, 0, 0);
-      log.info({ chunks: chunks.length, generator: model || "extractive" }, "dataset build started");
-      let examples: DatasetExample[] | undefined;
-      let generation: LlmGenerationResult | undefined;
+      // Incremental build: the base version's examples of every chunk it already had (chunk IDs are content-addressed).
+      const chunkById = new Map(chunks.map((c) => [c.id, c]));
+      const base = version.baseVersionId === "" ? undefined : await this.readBase(version.baseVersionId, version);
+      const reused = new Set(base === undefined ? [] : chunks.filter((c) => base.chunkIds.has(c.id)).map((c) => c.id));
+      const reusedExamples = (base?.examples ?? []).filter((e) => reused.has(e.chunkId)).map((e) => withChunk(e, chunkById.get(e.chunkId)!));
+      const fresh = chunks.filter((c) => !reused.has(c.id));
+      const usage = { chunksReused: reused.size, chunksFailed: 0, promptTokens: 0, completionTokens: 0, llmRetries: 0 };
+      await this.progress(id, fence, { total: chunks.length, done: reused.size, generated: reusedExamples.length, ...usage });
+      log.info({ chunks: chunks.length, reused: reused.size, generator: model || "extractive" }, "dataset build started");
+      let examples: DatasetExample[] | undefined = base === undefined ? undefined : reusedExamples;
+      let failures: ChunkFailure[] = [];
       if (build.llm !== undefined) {
-        generation = await this.generateWithLlm(id, fence, chunks, build, version.settings!.maxConcurrency ?? 4, cancel.signal, log);
-        examples = generation.examples;
+        const generated = await this.generateWithLlm(id, fence, chunks.length, fresh, reused.size, reusedExamples.length, build, version.settings!.maxConcurrency ?? 4, cancel.signal, log);
+        examples = [...reusedExamples, ...generated.examples];
+        failures = generated.failures;
+        Object.assign(usage, { chunksFailed: generated.progress.chunksFailed, promptTokens: generated.progress.promptTokens, completionTokens: generated.progress.completionTokens, llmRetries: generated.progress.llmRetries });
+        if (examples.length === 0) {
+          const first = failures[0];
+          throw new UserFailure(
+            "GENERATION_FAILED",
+            `the model "${build.llm.model}" wrote no usable example for any of ${chunks.length} chunks${first ? ` (chunk ${first.chunkId}: ${first.reason}: ${first.message})` : ""}`,
+          );
+        }
       }
       const output = await runBuild(
-        { chunks, settings: build, tokenizer: this.deps.tokenizer, ...(examples === undefined ? {} : { examples }) },
+        {
+          chunks,
+          settings: { ...build, ...(base === undefined ? {} : { baseVersionId: version.baseVersionId }) },
+          tokenizer: this.deps.tokenizer,
+          ...(examples === undefined ? {} : { examples }),
+          ...(examples !== undefined && build.llm === undefined ? { extractiveChunkIds: fresh.map((c) => c.id) } : {}),
+        },
         { timeoutMs: this.deps.buildTimeoutMs, signal: cancel.signal },
       );
-      if (generation !== undefined) {
-        // Pairs the model was asked for and did not turn into examples, counted beside the quality gate's drops.
-        const lost = output.counts.droppedByReason as Record<string, number>;
-        for (const f of generation.failures) lost[`llm_${f.reason}`] = (lost[`llm_${f.reason}`] ?? 0) + f.pairsLost;
-      }
+      // Pairs the model was asked for and did not turn into examples, counted beside the quality gate's drops.
+      const lost = output.counts.droppedByReason as Record<string, number>;
+      for (const f of failures) lost[`llm_${f.reason}`] = (lost[`llm_${f.reason}`] ?? 0) + f.pairsLost;
       if (output.counts.kept === 0) {
         throw new UserFailure("NO_EXAMPLES", `no example of collection "${version.collection}" passed the quality checks (${output.counts.generated} generated); see rejected_by_check`);
       }
@@ -224,27 +302,30 @@ export class VersionBuilder {
             state: v,
             events: [
               { body: statusChanged(DatasetVersionStatus.FINALIZING) },
-              { body: this.progressEvent(chunks.length, chunks.length, output.counts.generated + output.counts.negatives, output.counts.kept) },
+              { body: this.progressEvent({ total: chunks.length, done: chunks.length, generated: output.counts.generated + output.counts.negatives, accepted: output.counts.kept, ...usage }) },
             ],
           };
         },
         { fence },
       );
-      await this.finish(id, fence, version, chunks, output, model || "extractive");
+      await this.finish(id, fence, version, { chunks, documents, reused, output, generator: model || "extractive", promptSha256: build.llm?.promptHash ?? "", usage });
       log.info({ examples: output.counts.kept }, "dataset version ready");
     } catch (err) {
       if (err instanceof OwnershipLostError || this.shutdown.signal.aborted) throw err;
       if (err instanceof CancelledError || cancel.signal.reason instanceof CancelledError) {
         await versions.release(id, fence).catch(() => {});
+        await this.deps.generation?.forget(id).catch(() => {});
         log.info("dataset build cancelled");
         return;
       }
       const failure =
         err instanceof UserFailure
           ? create(FailureSchema, { kind: FailureKind.USER_ERROR, reason: err.reason, message: err.message })
-          : err instanceof BuildTimeoutError
-            ? create(FailureSchema, { kind: FailureKind.SYSTEM_ERROR, reason: "TIMEOUT", message: err.message })
-            : create(FailureSchema, { kind: FailureKind.SYSTEM_ERROR, reason: "INTERNAL", message: `the build failed: ${(err as Error).message}` });
+          : err instanceof GenerationFatalError
+            ? create(FailureSchema, { kind: err.reason === "GENERATION_MODEL_UNAUTHORIZED" ? FailureKind.USER_ERROR : FailureKind.SYSTEM_ERROR, reason: err.reason, message: err.message })
+            : err instanceof BuildTimeoutError
+              ? create(FailureSchema, { kind: FailureKind.SYSTEM_ERROR, reason: "TIMEOUT", message: err.message })
+              : create(FailureSchema, { kind: FailureKind.SYSTEM_ERROR, reason: "INTERNAL", message: `the build failed: ${(err as Error).message}` });
       if (!(err instanceof UserFailure)) log.error({ err }, "dataset build failed");
       await this.fail(id, fence, version, failure);
     } finally {
@@ -254,19 +335,23 @@ export class VersionBuilder {
   }
 
   /**
-   * The examples of every chunk written by the generation model, in this process (network-bound: the event loop
-   * waits on sockets). Progress events per batch of chunks, a warning per chunk that gave no or fewer examples; a
-   * failure of the endpoint itself (unreachable, key refused) fails the build.
+   * The examples of the fresh chunks written by the generation model through the shared queue (every replica's
+   * workers take batches; finished batches of an earlier attempt are read back, not regenerated). Progress events per
+   * batch, a warning per chunk that gave no or fewer examples; a fatal batch (endpoint unreachable, key refused) fails
+   * the build.
    */
   private async generateWithLlm(
     id: string,
     fence: Fence,
-    chunks: SourceChunk[],
+    total: number,
+    fresh: SourceChunk[],
+    reusedChunks: number,
+    reusedExamples: number,
     build: DatasetBuildSettings,
     maxConcurrency: number,
     signal: AbortSignal,
     log: Logger,
-  ): Promise<LlmGenerationResult> {
+  ) {
     const llm = build.llm!;
     // Version writes happen one after another, in the order the generation reports them.
     let writes: Promise<void> = Promise.resolve();
@@ -291,56 +376,64 @@ export class VersionBuilder {
           .then(() => {}),
       );
     };
-    log.info({ model: llm.model, promptHash: llm.promptHash, maxConcurrency }, "generating examples with the model");
-    let result: LlmGenerationResult;
+    log.info({ model: llm.model, promptHash: llm.promptHash, maxConcurrency, chunks: fresh.length }, "generating examples with the model");
     try {
-      result = await generateLlmDataset(
-        chunks,
+      const result = await this.deps.generation!.generate(
+        id,
+        fresh,
         { model: llm.model, questionsPerChunk: llm.questionsPerChunk, temperature: llm.temperature, seed: llm.seed, maxConcurrency },
         {
-          llm: this.deps.llm!,
           signal,
           onFailure: warn,
-          onProgress: (p) => write(() => this.progress(id, fence, p.chunksTotal, p.chunksDone, p.examplesGenerated, 0)),
+          onProgress: (p) =>
+            write(() =>
+              this.progress(id, fence, {
+                total,
+                done: reusedChunks + p.chunksDone,
+                generated: reusedExamples + p.examplesGenerated,
+                chunksReused: reusedChunks,
+                chunksFailed: p.chunksFailed,
+                promptTokens: p.promptTokens,
+                completionTokens: p.completionTokens,
+                llmRetries: p.llmRetries,
+              }),
+            ),
         },
       );
-    } catch (err) {
       await writes;
-      if (err instanceof LlmGenerationError) {
-        const userFault = err.llmError.kind === "unauthorized";
-        throw userFault
-          ? new UserFailure("GENERATION_MODEL_UNAUTHORIZED", `${err.message} (chunk ${err.chunkId})`)
-          : new Error(`${err.message} (chunk ${err.chunkId})`, { cause: err });
-      }
-      throw err;
+      if (writeError !== undefined) throw writeError;
+      log.info({ model: llm.model, examples: result.examples.length, ...result.progress }, "model generation done");
+      return result;
+    } finally {
+      await writes;
     }
-    await writes;
-    if (writeError !== undefined) throw writeError;
-    log.info({ model: llm.model, promptHash: llm.promptHash, ...result.counts }, "model generation done");
-    if (result.examples.length === 0) {
-      const first = result.failures[0];
-      throw new UserFailure(
-        "GENERATION_FAILED",
-        `the model "${llm.model}" wrote no usable example for any of ${chunks.length} chunks${first ? ` (chunk ${first.chunkId}: ${first.reason}: ${first.message})` : ""}`,
-      );
-    }
-    return result;
   }
 
-  private progressEvent(total: number, done: number, generated: number, accepted: number): VersionEventDetail {
+  private progressEvent(p: ProgressCounts & { accepted?: number }): VersionEventDetail {
     return {
       case: "progress",
-      value: { $typeName: "ragtune.dataset.v1.DatasetBuildProgress", chunksTotal: total, chunksDone: done, examplesGenerated: generated, examplesAccepted: accepted },
+      value: {
+        $typeName: "ragtune.dataset.v1.DatasetBuildProgress",
+        chunksTotal: p.total,
+        chunksDone: p.done,
+        examplesGenerated: p.generated,
+        examplesAccepted: p.accepted ?? 0,
+        chunksReused: p.chunksReused,
+        chunksFailed: p.chunksFailed,
+        promptTokens: BigInt(p.promptTokens),
+        completionTokens: BigInt(p.completionTokens),
+        llmRetries: p.llmRetries,
+      },
     } as VersionEventDetail;
   }
 
-  private async progress(id: string, fence: Fence, total: number, done: number, generated: number, accepted: number): Promise<void> {
+  private async progress(id: string, fence: Fence, p: ProgressCounts): Promise<void> {
     await this.deps.versions.modify(
       id,
       (v) => {
-        v.chunksTotal = total;
-        v.chunksDone = done;
-        return { state: v, events: [{ body: this.progressEvent(total, done, generated, accepted) }] };
+        v.chunksTotal = p.total;
+        v.chunksDone = p.done;
+        return { state: v, events: [{ body: this.progressEvent(p) }] };
       },
       { fence },
     );
@@ -365,28 +458,92 @@ export class VersionBuilder {
     return out;
   }
 
-  private async finish(id: string, fence: Fence, version: DatasetVersion, chunks: SourceChunk[], output: BuildOutput, generator: string): Promise<void> {
+  /** The collection's documents (ID → source name and content hash), for the version's lineage and report. */
+  private async readDocuments(collection: string): Promise<Map<string, { sourceName: string; contentSha256: string }>> {
+    const out = new Map<string, { sourceName: string; contentSha256: string }>();
+    let pageToken = "";
+    do {
+      let res;
+      try {
+        res = await this.deps.ingest.listDocuments({ collection, page: { pageSize: 1000, pageToken } });
+      } catch (err) {
+        const message = (err as Error).message;
+        if (/not.?found/i.test(message)) throw new UserFailure("UNKNOWN_COLLECTION", `collection "${collection}" does not exist in the ingest service`);
+        throw new Error(`reading the documents of "${collection}" from the ingest service failed: ${message}`, { cause: err });
+      }
+      for (const d of res.documents) out.set(d.id, { sourceName: d.sourceName, contentSha256: d.contentSha256 });
+      pageToken = res.page?.nextPageToken ?? "";
+    } while (pageToken !== "");
+    return out;
+  }
+
+  /** The generated examples and source chunk IDs of a base version (incremental build). */
+  private async readBase(baseId: string, version: DatasetVersion): Promise<{ examples: StoredGenerated[]; chunkIds: Set<string> }> {
+    const base = (await this.deps.versions.get(baseId))?.state;
+    const problem = base === undefined ? `dataset version ${baseId} does not exist` : baseProblem(base, version);
+    if (problem !== undefined) throw new UserFailure("BASE_VERSION_UNUSABLE", `base_version_id: ${problem}`);
+    const lineage = base!.lineage!;
+    const read = async (hash: string, what: string) => {
+      const stream = await this.deps.artifacts.get(hash);
+      if (stream === null) throw new UserFailure("BASE_VERSION_UNUSABLE", `the ${what} of base version ${baseId} is missing from the object store (${this.deps.artifacts.bucket}/${hash})`);
+      const parts: Buffer[] = [];
+      for await (const part of stream) parts.push(part as Buffer);
+      return Buffer.concat(parts).toString("utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as unknown);
+    };
+    const examples = (await read(lineage.generated!.sha256, "generated examples")) as StoredGenerated[];
+    const chunkIds = new Set(((await read(lineage.chunks!.sha256, "source chunks")) as LineageChunk[]).map((c) => c.chunkId));
+    return { examples, chunkIds };
+  }
+
+  private async finish(id: string, fence: Fence, version: DatasetVersion, built: FinishedBuild): Promise<void> {
     const { artifacts } = this.deps;
+    const { chunks, documents, reused, output, generator, usage } = built;
     const ref = async (text: string) => {
       const info = await artifacts.put([Buffer.from(text, "utf8")], { contentType: "application/jsonl" });
       return create(ArtifactRefSchema, { bucket: artifacts.bucket, objectName: info.hash, sha256: info.hash, sizeBytes: BigInt(info.size), mediaType: "application/jsonl" });
     };
+    const jsonl = (rows: readonly unknown[]) => rows.map((r) => `${JSON.stringify(r)}\n`).join("");
     const exports: DatasetSplitExport[] = [];
     for (const split of SPLITS) {
-      exports.push(
-        create(DatasetSplitExportSchema, {
-          split: SPLIT_ENUM[split],
-          template: PromptTemplate.MISTRAL_INSTRUCT,
-          artifact: await ref(output.splits[split].export),
-          rows: output.splits[split].examples.length,
-        }),
-      );
+      for (const format of STORED_FORMATS) {
+        exports.push(
+          create(DatasetSplitExportSchema, {
+            split: SPLIT_ENUM[split],
+            template: FORMAT_TEMPLATE[format],
+            format: FORMAT_ENUM[format],
+            artifact: await ref(output.splits[split].exports[format]),
+            rows: output.splits[split].examples.length,
+          }),
+        );
+      }
     }
     const examples = SPLITS.flatMap((split) => output.splits[split].examples.map((e) => `${JSON.stringify({ ...e, split })}\n`)).join("");
     const shard = await ref(examples);
+    const documentOf = new Map(chunks.map((c) => [c.id, c.documentId]));
+    const lineageChunks: LineageChunk[] = chunks.map((c) => ({ chunkId: c.id, documentId: c.documentId, documentSha256: documents.get(c.documentId)?.contentSha256 ?? "", reused: reused.has(c.id) }));
+    const generatedRows: StoredGenerated[] = output.generated.map((e) => ({ id: e.id, chunkId: e.chunkId, documentId: e.documentId, question: e.question, answer: e.answer, kind: e.kind, generator: e.generator }));
+    const lineage = create(DatasetLineageSchema, {
+      documents: [...groupCount(chunks.map((c) => c.documentId))].map(([documentId, n]) => ({
+        documentId,
+        sourceName: documents.get(documentId)?.sourceName ?? "",
+        contentSha256: documents.get(documentId)?.contentSha256 ?? "",
+        chunks: n,
+      })),
+      chunks: await ref(jsonl(lineageChunks)),
+      generator,
+      promptSha256: built.promptSha256,
+      tokenizer: this.deps.tokenizer,
+      baseVersionId: version.baseVersionId,
+      generated: await ref(jsonl(generatedRows)),
+      dropped: await ref(jsonl(output.dropped)),
+    });
+    const kept = SPLITS.flatMap((split) => output.splits[split].examples);
+    const chunksOf = groupCount(chunks.map((c) => c.documentId));
+    const keptOf = (docId: string, answerable?: boolean) => kept.filter((e) => e.documentId === docId && (answerable === undefined || e.answerable === answerable)).length;
+    const droppedOf = groupCount(output.dropped.map((d) => d.example.documentId ?? documentOf.get(d.example.chunkId) ?? ""));
     const stats = create(DatasetVersionStatsSchema, {
       chunksTotal: chunks.length,
-      chunksReused: 0,
+      chunksReused: reused.size,
       generated: output.counts.generated + output.counts.negatives,
       rejectedByCheck: Object.fromEntries(Object.entries(output.counts.droppedByReason).filter(([, n]) => n > 0)),
       splits: SPLITS.map((split) => {
@@ -400,6 +557,20 @@ export class VersionBuilder {
           tokenStats: rowTokenStats(output.splits[split].tokens, DEFAULT_QUALITY_GATE.maxSeqLen),
         };
       }),
+      examplesByQuestionType: Object.fromEntries(groupCount(kept.map((e) => e.kind))),
+      documents: [...chunksOf].map(([documentId, n]) => ({
+        documentId,
+        sourceName: documents.get(documentId)?.sourceName ?? "",
+        chunks: n,
+        examples: keptOf(documentId),
+        answerable: keptOf(documentId, true),
+        unanswerable: keptOf(documentId, false),
+        dropped: droppedOf.get(documentId) ?? 0,
+      })),
+      promptTokens: BigInt(usage.promptTokens),
+      completionTokens: BigInt(usage.completionTokens),
+      llmRetries: usage.llmRetries,
+      chunksFailed: usage.chunksFailed,
     });
     const finishedAt = timestampNow();
     await this.deps.versions.release(id, fence, (v) => {
@@ -410,6 +581,7 @@ export class VersionBuilder {
       v.shards = [shard];
       v.generator = generator;
       v.contentSha256 = output.contentHash;
+      v.lineage = lineage;
       v.finishedAt = finishedAt;
       return {
         state: v,
@@ -427,6 +599,7 @@ export class VersionBuilder {
         ],
       };
     });
+    await this.deps.generation?.forget(id).catch((err: unknown) => this.deps.logger.warn({ err, datasetVersionId: id }, "cannot remove the build's generation outcomes"));
   }
 
   private async fail(id: string, fence: Fence, version: DatasetVersion, failure: Failure): Promise<void> {
@@ -452,6 +625,7 @@ export class VersionBuilder {
         ],
       };
     });
+    await this.deps.generation?.forget(id).catch((err: unknown) => this.deps.logger.warn({ err, datasetVersionId: id }, "cannot remove the build's generation outcomes"));
   }
 
   /** Renews the build's lease every third of its length; a lost claim cancels the build at once. */

@@ -5,18 +5,22 @@ import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import type { Bus } from "@ragtune/bus";
 import {
+  DatasetExportFormat,
   DatasetService,
   DatasetSplit,
   DatasetVersionBuiltSchema,
   DatasetVersionSchema,
   DatasetVersionStatus,
   ExampleKind,
+  IngestRunStatisticsSchema,
+  IngestRunStatus,
   PromptTemplate,
   type DatasetVersionEvent,
 } from "@ragtune/proto";
 import { expectCode } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_REFUSAL } from "../src/negatives.js";
+import { rebuildAfterIngest } from "../src/dataset-service.js";
 import { resolveBuildSettings } from "../src/build-settings.js";
 import { openVersionStore } from "../src/version-store.js";
 import { SAMPLE_DOCS } from "./sample-chunks.js";
@@ -70,11 +74,53 @@ describe("dataset service (real nats-server, the real ingest service)", () => {
     const splits = Object.fromEntries(ready.stats!.splits.map((s) => [DatasetSplit[s.split], s]));
     for (const name of ["TRAIN", "VAL", "TEST"]) expect(splits[name]!.examples).toBeGreaterThan(0);
     expect(splits.TRAIN!.unanswerable).toBeGreaterThan(0);
-    expect(ready.exports.map((x) => [DatasetSplit[x.split], PromptTemplate[x.template]])).toEqual([
-      ["TRAIN", "MISTRAL_INSTRUCT"],
-      ["VAL", "MISTRAL_INSTRUCT"],
-      ["TEST", "MISTRAL_INSTRUCT"],
-    ]);
+    expect(ready.exports.map((x) => `${DatasetSplit[x.split]} ${DatasetExportFormat[x.format]} ${PromptTemplate[x.template]}`)).toEqual(
+      ["TRAIN", "VAL", "TEST"].flatMap((split) => [
+        `${split} INSTRUCT MISTRAL_INSTRUCT`,
+        `${split} INFERENCE MISTRAL_INSTRUCT`,
+        `${split} CHAT UNSPECIFIED`,
+        `${split} PROMPT_COMPLETION UNSPECIFIED`,
+      ]),
+    );
+
+    // Report: per source document and per question type, summing to the kept examples; lineage names every document.
+    const kept = ready.stats!.splits.reduce((n, s) => n + s.examples, 0);
+    const files = (await readdir(SAMPLE_DOCS)).sort();
+    expect(ready.stats!.documents.map((d) => d.sourceName).sort()).toEqual(files);
+    expect(ready.stats!.documents.reduce((n, d) => n + d.examples, 0)).toBe(kept);
+    expect(ready.stats!.documents.reduce((n, d) => n + d.chunks, 0)).toBe(ready.stats!.chunksTotal);
+    for (const d of ready.stats!.documents) expect(d.answerable + d.unanswerable).toBe(d.examples);
+    expect(Object.values(ready.stats!.examplesByQuestionType).reduce((a, b) => a + b, 0)).toBe(kept);
+    expect(ready.stats!.examplesByQuestionType["unanswerable"]).toBe(splits.TRAIN!.unanswerable + splits.VAL!.unanswerable + splits.TEST!.unanswerable);
+    const lineage = ready.lineage!;
+    expect(lineage.generator).toBe("extractive");
+    expect(lineage.tokenizer).toBe("mistral");
+    expect(lineage.documents.map((d) => d.sourceName).sort()).toEqual(files);
+    for (const d of lineage.documents) expect(d.contentSha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(lineage.chunks!.sizeBytes).toBeGreaterThan(0n);
+    expect(lineage.generated!.sizeBytes).toBeGreaterThan(0n);
+
+    // Every dropped example is listed with its reason; the counts are the report's.
+    const dropped = [];
+    let droppedToken = "";
+    do {
+      const res = await client.listDroppedExamples({ datasetVersionId: version!.id, page: { pageSize: 200, pageToken: droppedToken } });
+      dropped.push(...res.examples);
+      droppedToken = res.page!.nextPageToken;
+    } while (droppedToken !== "");
+    const perReason: Record<string, number> = {};
+    for (const d of dropped) perReason[d.reason] = (perReason[d.reason] ?? 0) + 1;
+    expect(perReason).toEqual(ready.stats!.rejectedByCheck);
+    expect(dropped.length).toBeGreaterThan(0);
+    for (const d of dropped) {
+      expect(d.detail).not.toBe("");
+      expect(d.example!.question).not.toBe("");
+      expect(d.example!.context).not.toBe("");
+    }
+    const someReason = dropped[0]!.reason;
+    const ofReason = await client.listDroppedExamples({ datasetVersionId: version!.id, reason: someReason, page: { pageSize: 1000 } });
+    expect(ofReason.examples.length).toBe(perReason[someReason]);
+    await expectCode(client.listDroppedExamples({ datasetVersionId: version!.id, reason: "no_such_check" }), Code.InvalidArgument, /no_such_check.*reasons of this version/);
 
     // Examples: no source chunk in two splits; negatives carry the refusal.
     const all = [];
@@ -107,6 +153,38 @@ describe("dataset service (real nats-server, the real ingest service)", () => {
       expect(r.prompt.startsWith("[INST] ")).toBe(true);
       expect(r.completion.endsWith("</s>")).toBe(true);
     }
+
+    // Chat rows of the same split: the user turn and the example's answer; a custom system prompt renders on request.
+    const exportText = async (req: { split: DatasetSplit; format: DatasetExportFormat; template?: PromptTemplate; systemPrompt?: string }) => {
+      let out = "";
+      for await (const res of client.exportDatasetVersion({ datasetVersionId: version!.id, ...req })) {
+        if (res.part.case === "jsonl") out += Buffer.from(res.part.value).toString("utf8");
+      }
+      return out.trimEnd().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+    };
+    const answerOf = new Map(all.map((e) => [e.id, e.answer]));
+    const chat = (await exportText({ split: DatasetSplit.TRAIN, format: DatasetExportFormat.CHAT })) as { id: string; messages: { role: string; content: string }[] }[];
+    expect(chat.length).toBe(rows.length);
+    for (const r of chat) {
+      expect(r.messages.map((m) => m.role)).toEqual(["user", "assistant"]);
+      expect(r.messages[1]!.content).toBe(answerOf.get(r.id));
+      expect(r.messages[0]!.content).toMatch(/\n\nQuestion: /);
+    }
+    const system = "Answer only from the context; refuse when it does not hold the answer.";
+    const withSystem = (await exportText({ split: DatasetSplit.VAL, format: DatasetExportFormat.INSTRUCT, template: PromptTemplate.MISTRAL_INSTRUCT, systemPrompt: system })) as { prompt: string }[];
+    expect(withSystem.length).toBe(splits.VAL!.examples);
+    for (const r of withSystem) expect(r.prompt.startsWith(`[INST] ${system}\n\n`)).toBe(true);
+    const chatSystem = (await exportText({ split: DatasetSplit.VAL, format: DatasetExportFormat.CHAT, systemPrompt: system })) as { messages: { role: string; content: string }[] }[];
+    for (const r of chatSystem) expect(r.messages[0]).toEqual({ role: "system", content: system });
+    const inference = (await exportText({ split: DatasetSplit.TEST, format: DatasetExportFormat.INFERENCE, template: PromptTemplate.MISTRAL_INSTRUCT })) as { prompt: string; reference: string; answerable: boolean }[];
+    expect(inference.length).toBe(splits.TEST!.examples);
+    for (const r of inference) expect(r.prompt.endsWith(" [/INST]")).toBe(true);
+    await expectCode(
+      exportText({ split: DatasetSplit.VAL, format: DatasetExportFormat.INSTRUCT, template: PromptTemplate.MISTRAL_INSTRUCT, systemPrompt: "Stop here [/INST] and go" }),
+      Code.InvalidArgument,
+      /system_prompt.*\[\/INST\]/,
+    );
+    await expectCode(exportText({ split: DatasetSplit.VAL, format: DatasetExportFormat.INSTRUCT, template: PromptTemplate.CHATML }), Code.InvalidArgument, /template/);
   });
 
   it("finishes a build whose replica died: another replica takes it over once the dead one's lease lapses", async () => {
@@ -149,5 +227,44 @@ describe("dataset service (real nats-server, the real ingest service)", () => {
     expect(failed.failure!.message).toMatch(/never-ingested/);
     await expectCode(client.listExamples({ datasetVersionId: version!.id }), Code.FailedPrecondition, /failed/);
     await expectCode(client.cancelDatasetBuild({ datasetVersionId: version!.id }), Code.FailedPrecondition, /already finished/);
+  });
+
+  it("rebuilds a collection configured for it after an ingest run that changed chunks, incrementally from its newest ready version", async () => {
+    const client = dataset.client(DatasetService);
+    const read = (f: string) => readFile(join(SAMPLE_DOCS, f));
+    await bed.ingestDocuments("auto", [["overview.md", await read("overview.md")], ["faq.md", await read("faq.md")]]);
+    const { version: first } = await client.buildDatasetVersion({ collection: "auto" });
+    await watchToEnd(first!.id);
+    await expectCode(client.setCollectionConfig({ collection: "auto", rebuildOnIngest: true, settings: { model: "mistral-7b" } }), Code.InvalidArgument, /settings.model/);
+    expect((await client.getCollectionConfig({ collection: "auto" })).config!.rebuildOnIngest).toBe(false);
+    const { config } = await client.setCollectionConfig({ collection: "auto", rebuildOnIngest: true });
+    expect(config!.settings!.questionsPerChunk).toBe(3);
+    expect((await client.getCollectionConfig({ collection: "auto" })).config!.rebuildOnIngest).toBe(true);
+
+    const rebuilt = new Promise<string>((resolve) => {
+      void bus.subscribe({
+        durable: "dataset-test-auto-built",
+        schema: DatasetVersionBuiltSchema,
+        deliver: "new",
+        handler: ({ event }) => {
+          if (event.collection === "auto") resolve(event.datasetVersionId);
+        },
+      });
+    });
+    const faq = (await read("faq.md")).toString("utf8") + "\n## Support hours\n\nThe support desk answers tickets on weekdays between eight and six, and urgent tickets at any hour.\n";
+    await bed.ingestDocuments("auto", [["faq.md", Buffer.from(faq, "utf8")]]);
+    const id = await rebuilt;
+    const v = (await client.getDatasetVersion({ datasetVersionId: id })).version!;
+    expect(v.status).toBe(DatasetVersionStatus.READY);
+    expect(v.baseVersionId).toBe(first!.id);
+    expect(v.lineage!.baseVersionId).toBe(first!.id);
+    const overviewChunks = v.stats!.documents.find((d) => d.sourceName === "overview.md")!.chunks;
+    expect(v.stats!.chunksReused).toBeGreaterThanOrEqual(overviewChunks);
+    expect(v.stats!.chunksReused).toBeLessThan(v.stats!.chunksTotal);
+
+    // A run that changed no chunk, or a collection not configured for it, builds nothing.
+    const untouched = { versions: undefined as never, builder: undefined as never, logger: undefined as never, llmConfigured: false, collections: undefined as never };
+    const unchangedRun = { ingestRunId: "run_x", collection: "auto", status: IngestRunStatus.SUCCEEDED, statistics: create(IngestRunStatisticsSchema, { chunkChanges: { added: 0, kept: 5, removed: 0 } }) };
+    expect(await rebuildAfterIngest(untouched, unchangedRun)).toBeUndefined();
   });
 });

@@ -1,6 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { DatasetService, DatasetVersionStatus, ExampleKind, IngestService, type DatasetVersionEvent } from "@ragtune/proto";
+import { Code, type Client } from "@connectrpc/connect";
+import { expectCode } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type DatasetTestbed, type DatasetTestService, startDatasetTestbed } from "./testbed.js";
 
@@ -22,6 +24,14 @@ interface Captured {
   body: Record<string, unknown>;
   chunk: string;
 }
+
+/** Requests whose chunk holds HOLD are kept unanswered while `hold.on`; `hold.arrived` resolves with the first one. */
+const HOLD = "Held ledger";
+const hold: { on: boolean; arrived: Promise<void>; signal: () => void; pending: ServerResponse[] } = (() => {
+  let signal = () => {};
+  const arrived = new Promise<void>((resolve) => (signal = resolve));
+  return { on: true, arrived, signal, pending: [] };
+})();
 
 /** The chunk text the generator put between <<< and >>> in its prompt. */
 function chunkOf(body: Record<string, unknown>): string {
@@ -58,6 +68,11 @@ function fakeModelServer(captured: Captured[]): Server {
       const body = JSON.parse(Buffer.concat(parts).toString("utf8")) as Record<string, unknown>;
       const chunk = chunkOf(body);
       captured.push({ body, chunk });
+      if (chunk.includes(HOLD) && hold.on) {
+        hold.pending.push(res);
+        hold.signal();
+        return;
+      }
       const format = body["response_format"] as { json_schema: { schema: { properties: { pairs: { minItems: number } } } } };
       const n = format.json_schema.schema.properties.pairs.minItems;
       let content: string;
@@ -85,17 +100,31 @@ let ingest: DatasetTestbed["ingest"];
 let dataset: DatasetTestService;
 let model: Server;
 const captured: Captured[] = [];
+let llmEnv: Record<string, string>;
+
+async function build(client: Client<typeof DatasetService>, request: Parameters<Client<typeof DatasetService>["buildDatasetVersion"]>[0]) {
+  const { version } = await client.buildDatasetVersion(request);
+  const events: DatasetVersionEvent[] = [];
+  for await (const res of client.watchDatasetVersion({ datasetVersionId: version!.id })) events.push(res.event!);
+  return { version: (await client.getDatasetVersion({ datasetVersionId: version!.id })).version!, events };
+}
+
+function ingestInline(collection: string, docs: Record<string, string>) {
+  return bed.ingestDocuments(collection, Object.entries(docs).map(([f, t]) => [f, Buffer.from(t, "utf8")] as [string, Uint8Array]));
+}
 
 beforeAll(async () => {
   model = fakeModelServer(captured);
   await new Promise<void>((resolve) => model.listen(0, "127.0.0.1", resolve));
   const { port } = model.address() as AddressInfo;
-  bed = await startDatasetTestbed({ LLM_BASE_URL: `http://127.0.0.1:${port}/v1`, LLM_MAX_RETRIES: "2" });
+  llmEnv = { LLM_BASE_URL: `http://127.0.0.1:${port}/v1`, LLM_MAX_RETRIES: "2", DATASET_GENERATION_BATCH_CHUNKS: "2" };
+  bed = await startDatasetTestbed(llmEnv);
   ({ ingest, dataset } = bed);
   await bed.ingestDocuments("ledger", Object.entries(DOCS).map(([filename, text]) => [filename, Buffer.from(text, "utf8")] as [string, Uint8Array]));
 }, 120_000);
 
 afterAll(async () => {
+  for (const res of hold.pending) res.destroy();
   await bed?.close();
   await new Promise((resolve) => model?.close(resolve));
 });
@@ -183,5 +212,91 @@ describe("LLM generation (a loopback OpenAI-compatible server, real nats-server 
     expect(failed.status).toBe(DatasetVersionStatus.FAILED);
     expect(failed.failure!.reason).toBe("GENERATION_FAILED");
     expect(failed.failure!.message).toMatch(new RegExp(`"${MODEL}" wrote no usable example for any of 2 chunks`));
+  }, 120_000);
+
+  it("an incremental build asks the model only about new and changed chunks and reuses the base version's examples", async () => {
+    const client = dataset.client(DatasetService);
+    const docs = { "ledgers.md": DOCS["ledgers.md"]!, "invoices.md": DOCS["invoices.md"]!, "accounts.md": DOCS["accounts.md"]! };
+    await ingestInline("ledger-inc", docs);
+    const settings = { model: MODEL, maxConcurrency: 4 };
+    const first = await build(client, { collection: "ledger-inc", settings });
+    expect(first.version.status).toBe(DatasetVersionStatus.READY);
+
+    // invoices.md changes, payments.md is new; ledgers.md and accounts.md are unchanged.
+    const changed = DOCS["invoices.md"]!.replace("without gaps per calendar year", "without gaps per fiscal year and per branch office");
+    await ingestInline("ledger-inc", { "invoices.md": changed, "payments.md": DOCS["payments.md"]! });
+    const before = captured.length;
+    const second = await build(client, { collection: "ledger-inc", settings, baseVersionId: first.version.id });
+    expect(second.version.failure?.message ?? "").toBe("");
+    expect(second.version.status).toBe(DatasetVersionStatus.READY);
+    const asked = captured.slice(before).map((c) => c.chunk);
+    expect(asked.length).toBe(2);
+    expect(asked.some((c) => c.includes("fiscal year"))).toBe(true);
+    expect(asked.some((c) => c.includes("Payments leave the bank account"))).toBe(true);
+    expect(second.version.stats!.chunksReused).toBe(2);
+    expect(second.version.lineage!.baseVersionId).toBe(first.version.id);
+    const progress = second.events.flatMap((e) => (e.event.case === "progress" ? [e.event.value] : []));
+    expect(progress[0]!.chunksReused).toBe(2);
+
+    // The reused chunks' examples are the base version's, verbatim (same content-addressed IDs).
+    const idsOf = async (id: string) => {
+      const out = new Map<string, string[]>();
+      for (const e of (await client.listExamples({ datasetVersionId: id, kind: ExampleKind.ANSWERABLE, page: { pageSize: 1000 } })).examples) {
+        out.set(e.sourceChunkId, [...(out.get(e.sourceChunkId) ?? []), e.id].sort());
+      }
+      return out;
+    };
+    const [a, b] = [await idsOf(first.version.id), await idsOf(second.version.id)];
+    const chunks = (await ingest.client(IngestService).listChunks({ collection: "ledger-inc", page: { pageSize: 100 } })).chunks;
+    for (const c of chunks.filter((c) => !c.text.includes("fiscal year") && !c.text.includes("Payments leave"))) {
+      if (a.has(c.id) && b.has(c.id)) expect(b.get(c.id)).toEqual(a.get(c.id));
+    }
+
+    // A base built with other generator settings cannot be reused: the request says which differ.
+    await expectCode(
+      client.buildDatasetVersion({ collection: "ledger-inc", settings: { ...settings, seed: 7 }, baseVersionId: first.version.id }),
+      Code.FailedPrecondition,
+      /base_version_id: .*seed 42 vs 7/,
+    );
+    await expectCode(client.buildDatasetVersion({ collection: "ledger", settings, baseVersionId: first.version.id }), Code.FailedPrecondition, /collection "ledger-inc", not "ledger"/);
+    await expectCode(client.buildDatasetVersion({ collection: "ledger-inc", settings, baseVersionId: "dsv-nope" }), Code.NotFound, /dsv-nope/);
+  }, 120_000);
+
+  it("a build whose replica stops mid-generation is finished by another replica without asking the model again for finished batches", async () => {
+    // Replicas of their own (bucket prefix "resume"): one batch per chunk, one batch at a time, so the order is fixed.
+    const env = { ...llmEnv, DATASET_BUCKET_PREFIX: "resume", DATASET_GENERATION_BATCH_CHUNKS: "1", DATASET_BUILD_LEASE: "2s" };
+    const docs = {
+      "a-ledgers.md": DOCS["ledgers.md"]!,
+      "b-invoices.md": DOCS["invoices.md"]!,
+      "c-held.md": `# Held\n\n${HOLD} entries wait for the auditor before they are posted to the general ledger. The auditor signs each held entry with a date and a reason. Unsigned held entries expire after thirty days.\n`,
+      "d-accounts.md": DOCS["accounts.md"]!,
+    };
+    await ingestInline("resume", docs);
+    const first = await bed.startDataset(env);
+    const before = captured.length;
+    const { version } = await first.client(DatasetService).buildDatasetVersion({ collection: "resume", settings: { model: MODEL, maxConcurrency: 1 } });
+    await hold.arrived; // the held chunk's request is on the wire: the chunks before it are done and stored
+    const doneBefore = captured.slice(before).filter((c) => !c.chunk.includes(HOLD)).map((c) => c.chunk);
+    await first.stop(); // the replica goes away mid-build (its claim lapses after DATASET_BUILD_LEASE)
+    hold.on = false;
+    const second = await bed.startDataset(env);
+    try {
+      const client = second.client(DatasetService);
+      const events: DatasetVersionEvent[] = [];
+      for await (const res of client.watchDatasetVersion({ datasetVersionId: version!.id })) events.push(res.event!);
+      const ready = (await client.getDatasetVersion({ datasetVersionId: version!.id })).version!;
+      expect(ready.failure?.message ?? "").toBe("");
+      expect(ready.status).toBe(DatasetVersionStatus.READY);
+      expect(events.some((e) => e.event.case === "warning" && /build restarted/.test(e.event.value.message))).toBe(true);
+      // Every chunk finished before the stop was asked exactly once; only the held one was asked again.
+      const asked = captured.slice(before).map((c) => c.chunk);
+      expect(doneBefore.length).toBeGreaterThan(0);
+      for (const chunk of doneBefore) expect(asked.filter((c) => c === chunk).length).toBe(1);
+      expect(asked.filter((c) => c.includes(HOLD)).length).toBe(2);
+      expect(asked.length).toBe(Object.keys(docs).length + 1);
+      expect(new Set(ready.lineage!.documents.map((d) => d.sourceName))).toEqual(new Set(Object.keys(docs)));
+    } finally {
+      await second.stop();
+    }
   }, 120_000);
 });

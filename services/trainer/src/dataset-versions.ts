@@ -1,7 +1,12 @@
 import { join } from "node:path";
 import { type ArtifactStore, type Bus, type EventSubscription, type TypedKv, retryTransient } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
-import { DatasetSplit, type DatasetVersionBuilt, DatasetVersionBuiltSchema, PromptTemplate } from "@ragtune/proto";
+import { DatasetExportFormat, DatasetSplit, type DatasetSplitExport, type DatasetVersionBuilt, DatasetVersionBuiltSchema, PromptTemplate } from "@ragtune/proto";
+
+/** The export of training rows in the Mistral template (a version also stores inference, chat and prompt/completion rows). */
+function isTrainingRows(x: DatasetSplitExport): boolean {
+  return x.template === PromptTemplate.MISTRAL_INSTRUCT && (x.format === DatasetExportFormat.UNSPECIFIED || x.format === DatasetExportFormat.INSTRUCT);
+}
 
 /** Local copies of a version's training exports for one attempt. */
 export interface DatasetFiles {
@@ -45,7 +50,7 @@ export class DatasetVersionCatalog {
 
   /** Why a version cannot be trained on, or undefined when it can (a Mistral-instruct train export exists). */
   static unusable(version: DatasetVersionBuilt): string | undefined {
-    const train = version.exports.find((x) => x.split === DatasetSplit.TRAIN && x.template === PromptTemplate.MISTRAL_INSTRUCT);
+    const train = version.exports.find((x) => x.split === DatasetSplit.TRAIN && isTrainingRows(x));
     if (train?.artifact === undefined || train.rows === 0) return `dataset version ${version.datasetVersionId} has no Mistral-instruct training export`;
     return undefined;
   }
@@ -55,7 +60,7 @@ export class DatasetVersionCatalog {
     const version = await this.get(id);
     if (version === null) throw new Error(`dataset version ${id} is unknown to the trainer`);
     const fetch = async (split: DatasetSplit, name: string): Promise<string> => {
-      const ref = version.exports.find((x) => x.split === split && x.template === PromptTemplate.MISTRAL_INSTRUCT);
+      const ref = version.exports.find((x) => x.split === split && isTrainingRows(x));
       if (ref?.artifact === undefined || ref.rows === 0) return "";
       const store: ArtifactStore = await this.bus.artifacts(ref.artifact.bucket);
       const path = join(dir, name);
