@@ -94,6 +94,7 @@ const REASON_NAMES: Partial<Record<DocumentErrorReason, string>> = {
   [DocumentErrorReason.PATH_NOT_FOUND]: "PATH_NOT_FOUND",
   [DocumentErrorReason.PARSE_FAILED]: "PARSE_FAILED",
   [DocumentErrorReason.INTERNAL]: "INTERNAL",
+  [DocumentErrorReason.TIMEOUT]: "TIMEOUT",
 };
 
 /** The FAILED result of a document, with a reason and a message naming the problem. */
