@@ -83,5 +83,25 @@ function ensureWorkerVenv() {
   say("trainer worker environment ready.");
 }
 
+/**
+ * kubectl (>= 1.27: its built-in kustomize renders deploy/k8s for tools/test/deploy.test.ts). Installed from apt where a
+ * repository offers the `kubectl` package (the Kubernetes or Google Cloud SDK repositories); Debian's own
+ * kubernetes-client is too old to render the overlays. Without it the deploy test fails and says so.
+ */
+function ensureKubectl() {
+  if (run("kubectl", ["version", "--client"], { capture: true }).ok) return;
+  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+  const hasApt = run("sh", ["-c", "command -v apt-get"], { capture: true }).ok;
+  const candidate = hasApt ? run("apt-cache", ["policy", "kubectl"], { capture: true }).stdout : "";
+  if (isRoot && /Candidate: (?!\(none\))/.test(candidate)) {
+    say("installing kubectl (apt-get)…");
+    const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+    if (run("apt-get", ["install", "-y", "-qq", "kubectl"], { env }).ok) return;
+  }
+  say("WARNING: kubectl is not installed and no apt repository here offers it; tools/test/deploy.test.ts will fail. " +
+    "Install kubectl >= 1.27 (https://kubernetes.io/docs/tasks/tools/) and put it on PATH.");
+}
+
 ensureNatsServer();
 ensureWorkerVenv();
+ensureKubectl();
