@@ -1458,9 +1458,11 @@ export const EvalPromptFormatSchema: GenEnum<EvalPromptFormat> = /*@__PURE__*/
  */
 export const EvalService: GenService<{
   /**
-   * Starts an eval run. INVALID_ARGUMENT naming the field for bad settings or a malformed eval file;
-   * NOT_FOUND for an unknown dataset version. The endpoint is checked (GET /v1/models) when the run
-   * starts: an unreachable endpoint or a model it does not serve fails the run at once, saying which.
+   * Starts an eval run. INVALID_ARGUMENT naming the field for bad settings or the line of a malformed
+   * eval file; FAILED_PRECONDITION for a dataset version when no dataset service is configured. When the
+   * run starts, an unknown or unready dataset version (SOURCE_NOT_FOUND, SOURCE_NOT_READY), an unreachable
+   * endpoint (ENDPOINT_UNREACHABLE) or a model the endpoint does not serve (UNKNOWN_MODEL, checked with
+   * GET /v1/models) fails the run at once with a message saying what to fix.
    *
    * @generated from rpc ragtune.eval.v1.EvalService.CreateEvalRun
    */
