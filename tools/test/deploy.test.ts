@@ -49,6 +49,16 @@ const KNOWN_ENV: Record<ServiceName, Set<string>> = {
   gateway: new Set(Object.keys(gatewayConfigSchema.shape)),
 };
 const BASE_ENV = new Set(Object.keys(baseServiceSchema.shape));
+/** The schemas themselves: the environment a Deployment gives must load (required variables set, values valid). */
+const SCHEMAS: Record<ServiceName, { safeParse(env: unknown): { success: boolean; error?: { issues: { path: PropertyKey[]; message: string }[] } } }> = {
+  ingest: ingestConfigSchema,
+  dataset: datasetConfigSchema,
+  trainer: trainerConfigSchema,
+  eval: evalConfigSchema,
+  gateway: gatewayConfigSchema,
+};
+/** What a secretKeyRef or fieldRef stands for when the environment is parsed (a Secret's value is unknown here). */
+const FROM_CLUSTER = "value-from-the-cluster-0123456789";
 
 // ---------------------------------------------------------------------------------------------------------
 // Loading
@@ -249,6 +259,11 @@ function checkService(
   }
   for (const key of Object.keys(env)) {
     if (!KNOWN_ENV[name].has(key)) problems.push(`${name}: sets ${key}, which services/${name}/src/config.ts does not know`);
+  }
+  // The service starts with this environment: its schema accepts it (every required variable is set).
+  const parsed = SCHEMAS[name].safeParse(Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v ?? FROM_CLUSTER])));
+  if (!parsed.success) {
+    for (const issue of parsed.error?.issues ?? []) problems.push(`${name}: config does not load: ${issue.path.map(String).join(".")}: ${issue.message}`);
   }
   if (!("RPC_AUTH_TOKEN" in env)) problems.push(`${name}: no RPC_AUTH_TOKEN (from the ragtune-rpc-auth Secret)`);
 
