@@ -1,0 +1,63 @@
+/**
+ * A grounded answer: the retrieved chunks put into the adapter's training template (the dataset's own export code
+ * renders the prompt, so the served prompt is the trained one: with one chunk it is exactly a training row's prompt),
+ * the model called through libs/llm, the refusal recognised by the eval's detector, and the answer's citations: the
+ * context chunks that hold its content (the eval's grounding measure per chunk).
+ */
+import { contextBlock, findTemplateMarkup, mistralPrompt } from "@ragtune/dataset-service/exports";
+import { grounding, isRefusal } from "@ragtune/eval-service/metrics";
+import { isLlmError, type LlmError } from "@ragtune/llm";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { RetrievedHit } from "./retriever.js";
+
+/** The prompt for a question over retrieved chunks, in the Mistral instruct template the adapters are trained on. */
+export function renderPrompt(question: string, hits: readonly RetrievedHit[]): string {
+  const context = hits.map((h) => contextBlock({ headingPath: h.chunk.headingPath, context: h.chunk.text })).join("\n\n");
+  return mistralPrompt({ headingPath: [], context, question });
+}
+
+/** The template markup a question must not hold (it would fake turn boundaries), if any. */
+export function questionMarkup(question: string): string | undefined {
+  return findTemplateMarkup({ headingPath: [], context: "", question, answer: "" });
+}
+
+export interface CitedChunk {
+  hit: RetrievedHit;
+  support: number;
+}
+
+/** Context chunks that support the answer, most support first; none for a refusal or an empty answer. */
+export function citationsFor(answer: string, refused: boolean, hits: readonly RetrievedHit[]): CitedChunk[] {
+  if (refused || answer.trim() === "") return [];
+  return hits
+    .map((hit) => ({ hit, support: grounding(answer, contextBlock({ headingPath: hit.chunk.headingPath, context: hit.chunk.text })) }))
+    .filter((c) => c.support > 0)
+    .sort((a, b) => b.support - a.support);
+}
+
+export { isRefusal };
+
+/** A failed model call as the Connect error a client can act on. */
+export function modelCallError(err: unknown, model: string): ConnectError {
+  if (err instanceof ConnectError) return err;
+  if (!isLlmError(err)) throw err;
+  const e: LlmError = err;
+  const detail = e.serverMessage ?? e.message;
+  switch (e.kind) {
+    case "rate_limited":
+      return new ConnectError(`the model endpoint is busy (429) and did not take the request after retries; try again shortly`, Code.ResourceExhausted);
+    case "bad_request":
+      if (e.status === 404) {
+        return new ConnectError(`the model endpoint does not serve "${model}": ${detail}; promote an adapter again or ask with use_base_model`, Code.FailedPrecondition);
+      }
+      return new ConnectError(`the model endpoint refused the request for "${model}": ${detail}`, Code.FailedPrecondition);
+    case "unauthorized":
+      return new ConnectError("the gateway's key for the model endpoint was refused; an operator must check LLM_API_KEY", Code.Unavailable);
+    case "cancelled":
+      return new ConnectError("the call was cancelled", Code.Canceled);
+    case "timeout":
+      return new ConnectError(`the model endpoint did not answer in time: ${detail}`, Code.DeadlineExceeded);
+    default:
+      return new ConnectError(`the model endpoint failed: ${detail}`, Code.Unavailable);
+  }
+}
