@@ -1,8 +1,9 @@
-// `npm run demo`: runs every stage of ragtune that exists so far, end to end, on the shipped sample documents,
+// `npm run demo`: runs every stage of ragtune that exists so far (ingest → dataset → trainer → eval on the local model
+// server), end to end, on the shipped sample documents,
 // then stops cleanly. Stages grow with the system; each prints what a user would want to see.
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, open, readdir, readFile } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
   ComputeDtype,
@@ -12,6 +13,8 @@ import {
   ExampleKind,
   type DatasetVersion,
   DocumentStatus,
+  EvalRunStatus,
+  EvalService,
   JobStatus,
   TrainerService,
   Health,
@@ -20,6 +23,8 @@ import {
   IngestService,
   type IngestRunSummary,
 } from "@ragtune/proto";
+import { createLogger } from "@ragtune/logger";
+import { startModelServer } from "@ragtune/model-server";
 import { Code, ConnectError, createClient } from "@ragtune/rpc";
 import { renderLossChart, type LossPoint } from "./loss-chart.js";
 import { SERVICE_NAMES, repoRoot, startStack, type Stack } from "./stack.js";
@@ -132,7 +137,7 @@ async function buildDatasetVersion(stack: Stack): Promise<DatasetVersion> {
  * Stage 3 — trainer: a QLoRA job (builtin NF4 base + LoRA on q/k/v/o) on the tiny model through the trainer's API;
  * watch its events, print the loss curve as a text chart, download the adapter (PEFT files + GGUF) and verify it.
  */
-async function trainAdapter(stack: Stack, version: DatasetVersion): Promise<void> {
+async function trainAdapter(stack: Stack, version: DatasetVersion): Promise<{ jobId: string; adapterGguf: string }> {
   await ensureTinyModel();
   const trainer = createClient(TrainerService, { baseUrl: stack.services.trainer.url, protocol: "grpc" });
   // Rows as long as the longest one the version holds (the quality gate kept every row within 1024 tokens).
@@ -217,6 +222,69 @@ async function trainAdapter(stack: Stack, version: DatasetVersion): Promise<void
     if (!ok) throw new Error(`${name}: the downloaded bytes do not match the adapter's sha256`);
   }
   out("  (adapter_config.json + adapter_model.safetensors load in vLLM with --enable-lora; adapter.gguf in llama.cpp)");
+  return { jobId: job.id, adapterGguf: join(adapterDir, "adapter.gguf") };
+}
+
+const pct = (x: number) => `${(x * 100).toFixed(1)}%`.padStart(6);
+
+/**
+ * Stage 4 — eval: the local model server (node-llama-cpp) on the tiny model's GGUF with the job's adapter.gguf, and an
+ * eval run through the eval service's API on the dataset version's test split: base vs adapter, scored, gates checked.
+ */
+async function evaluate(stack: Stack, version: DatasetVersion, adapter: { jobId: string; adapterGguf: string }): Promise<void> {
+  const server = await startModelServer({
+    model: join(TINY_MODEL_DIR, "model.gguf"),
+    servedModelName: "tiny",
+    loraModules: [{ name: adapter.jobId, path: adapter.adapterGguf }],
+    port: 0,
+    concurrency: 2,
+    logger: createLogger({ svc: "model-server", level: "warn" }),
+  });
+  try {
+    out(`\nModel server: ${server.baseUrl} (node-llama-cpp, CPU) serving "tiny" and the adapter "${adapter.jobId}"`);
+    const evals = createClient(EvalService, { baseUrl: stack.services.eval.url, protocol: "grpc" });
+    const { run } = await evals.createEvalRun({
+      source: { case: "datasetVersionId", value: version.id },
+      endpointUrl: server.baseUrl,
+      baseModel: "tiny",
+      adapters: [adapter.jobId],
+      concurrency: 2,
+    });
+    out(`Eval: run ${run!.id} on the test split of ${version.id} (completions in the training template, temperature 0, max 200 tokens)`);
+    let lastShown = -1;
+    for await (const { event } of evals.watchEvalRun({ evalRunId: run!.id })) {
+      const e = event?.event;
+      if (e?.case === "statusChanged") out(`  status: ${EvalRunStatus[e.value.status].toLowerCase()}${e.value.failure ? ` — ${e.value.failure.message}` : ""}`);
+      if (e?.case === "progress" && e.value.answersTotal > 0) {
+        const tenth = Math.floor((10 * e.value.answersDone) / e.value.answersTotal);
+        if (tenth !== lastShown) {
+          lastShown = tenth;
+          out(`  ${e.value.answersDone}/${e.value.answersTotal} answers${e.value.answersFailed ? ` (${e.value.answersFailed} failed)` : ""}`);
+        }
+      }
+      if (e?.case === "warning") out(`  warning: ${e.value.message}`);
+    }
+    const done = (await evals.getEvalRun({ evalRunId: run!.id })).run!;
+    if (done.status !== EvalRunStatus.SUCCEEDED) throw new Error(`eval run ${done.id} ended ${EvalRunStatus[done.status]}: ${done.failure?.message ?? ""}`);
+    const { report, markdown } = await evals.getEvalReport({ evalRunId: done.id });
+    out(`\nEval report (${report!.items} items: ${report!.answerable} answerable, ${report!.unanswerable} unanswerable):`);
+    out("  model                      success  tok F1  ROUGE-L  ground.  answer  false ans  empty  follow-up  degen.   p50 s   tok/s");
+    for (const m of report!.models) {
+      out(
+        `  ${`${m.model}${m.isBase ? " (base)" : ""}`.padEnd(26)} ${pct(m.successRate)}  ${m.tokenF1.toFixed(3)}   ${m.rougeL.toFixed(3)}   ${m.grounding.toFixed(3)}  ${pct(m.answerRate)}    ${pct(m.falseAnswerRate)} ${pct(m.emptyRate)}     ${pct(m.followUpRate)} ${pct(m.degenerateRate)}  ${m.latencyP50.toFixed(2).padStart(6)}  ${m.tokensPerSecond.toFixed(0).padStart(6)}`,
+      );
+    }
+    for (const d of report!.differences.filter((x) => x.metric === "success_rate" || x.metric === "token_f1")) {
+      out(`  ${d.model} − ${d.baseline}: ${d.metric} ${(d.delta * 100).toFixed(1)} points, 95% CI [${(d.ciLow * 100).toFixed(1)}, ${(d.ciHigh * 100).toFixed(1)}]`);
+    }
+    out(`  promotion gates: ${report!.gatesPassed ? "PASSED" : "not passed"}`);
+    for (const g of report!.gates) out(`    ${g.passed ? "pass" : "FAIL"}  ${g.name}: ${g.rule} (value ${g.value.toFixed(3)})`);
+    const file = join(DEMO_DIR, `${done.id}.md`);
+    await writeFile(file, markdown);
+    out(`  full report (Markdown) written to ${file}; the tiny model has random weights, so the scores show the mechanism, not quality`);
+  } finally {
+    await server.close();
+  }
 }
 
 const logs: string[] = [];
@@ -246,7 +314,8 @@ try {
   await checkHealth(stack);
   await ingestSampleDocs(stack);
   const version = await buildDatasetVersion(stack);
-  await trainAdapter(stack, version);
+  const adapter = await trainAdapter(stack, version);
+  await evaluate(stack, version, adapter);
 } catch (err) {
   failed = true;
   if (!interrupted) {
