@@ -443,6 +443,28 @@ export class LlmClient {
     return { models: value, latency };
   }
 
+  /**
+   * POST /v1/load_lora_adapter (vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING, and the local model server): serve the
+   * adapter at `path` (a PEFT folder for vLLM, a GGUF LoRA file for the local server) under `name`. A name already in
+   * use fails with the server's 400 (kind bad_request).
+   */
+  async loadLoraAdapter(name: string, path: string, call: CallOptions = {}): Promise<void> {
+    await this.#loraCall(PATHS.loadLora, { lora_name: name, lora_path: path }, call);
+  }
+
+  /** POST /v1/unload_lora_adapter: stop serving the adapter `name` (an unknown name fails with the server's 404). */
+  async unloadLoraAdapter(name: string, call: CallOptions = {}): Promise<void> {
+    await this.#loraCall(PATHS.unloadLora, { lora_name: name }, call);
+  }
+
+  async #loraCall(path: string, body: Record<string, string>, call: CallOptions): Promise<void> {
+    await this.#run(path, call, (context) =>
+      this.#request("POST", path, body, context, async (response) => {
+        await readBody(response, MAX_ERROR_BODY, path); // vLLM answers a line of plain text
+      }),
+    );
+  }
+
   stats(): LlmStats {
     return { ...this.#stats, inFlight: this.#limiter.active, queued: this.#limiter.waiting };
   }

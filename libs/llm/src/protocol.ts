@@ -85,6 +85,8 @@ export const PATHS = {
   chat: "/v1/chat/completions",
   completion: "/v1/completions",
   models: "/v1/models",
+  loadLora: "/v1/load_lora_adapter",
+  unloadLora: "/v1/unload_lora_adapter",
 } as const;
 
 export interface BodyDefaults {
