@@ -38,7 +38,7 @@ export interface IngestRunnerDeps {
   /** Inline document content of runs, content-addressed. */
   sources: ArtifactStore;
   bus: Pick<Bus, "publish">;
-  /** Parses and chunks documents in worker threads; a run keeps twice its size of documents in flight. */
+  /** Parses and chunks documents in worker threads; a run keeps LANES_PER_WORKER documents per worker in flight. */
   pool: Pick<DocumentPool, "run" | "size">;
   locks: KeyedLock;
   logger: Logger;
@@ -51,6 +51,12 @@ export interface IngestRunnerDeps {
   /** How often to look for unfinished runs nobody holds (0: only at `resume()`). */
   scanIntervalMs: number;
 }
+
+/**
+ * Documents of a run in flight per worker thread: a document spends longer on its reads and writes (a few JetStream
+ * round trips, its chunk set's upload) than in its worker, so several per worker keep every worker busy.
+ */
+const LANES_PER_WORKER = 4;
 
 function isDone(result: IngestDocumentResult): boolean {
   return result.status === DocumentStatus.READY || result.status === DocumentStatus.FAILED;
@@ -224,7 +230,7 @@ export class IngestRunner {
         await saver.request();
       }
     };
-    const lanes = Array.from({ length: Math.min(todo.length, this.deps.pool.size * 2) }, lane);
+    const lanes = Array.from({ length: Math.min(todo.length, this.deps.pool.size * LANES_PER_WORKER) }, lane);
     const settled = await Promise.allSettled(lanes);
     const failure = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failure !== undefined) throw failure.reason;
