@@ -20,6 +20,7 @@ import {
   LlamaText,
   resolveChatWrapper,
   type Token,
+  TokenBias,
 } from "node-llama-cpp";
 import { ModelServerError } from "./errors.js";
 import { grammarSchema } from "./json-schema-grammar.js";
@@ -66,6 +67,8 @@ export interface GenerationParams {
   seed?: number;
   /** Strings that end the generation; the text stops before them (vLLM's default). */
   stop: string[];
+  /** Generate past the end-of-sequence token (vLLM's ignore_eos): exactly maxTokens tokens unless a stop string comes. */
+  ignoreEos?: boolean;
   grammar?: LlamaGrammar;
   signal?: AbortSignal;
   /** Text as it is generated (held back while it might be the start of a stop string). */
@@ -257,6 +260,7 @@ export class InferenceEngine {
         topP: params.topP,
         ...(params.seed === undefined ? {} : { seed: params.seed }),
         ...(params.grammar === undefined ? {} : { grammar: params.grammar }),
+        ...(params.ignoreEos ? { tokenBias: noEndOfSequenceBias(this.model) } : {}),
         ...(prompt.templateStops.length === 0 ? {} : { customStopTriggers: prompt.templateStops }),
         disableContextShift: true,
         signal,
@@ -295,6 +299,19 @@ export class InferenceEngine {
       ...(loraPath === undefined ? {} : { lora: { adapters: [{ filePath: loraPath, scale: 1 }] } }),
     });
   }
+}
+
+/**
+ * A token bias under which the model never ends the sequence (vLLM's ignore_eos). TokenBias.set() skips
+ * end-of-generation tokens on purpose, so the bias goes into its map directly (node-llama-cpp 3.21 hands that map to
+ * the native sampler as it is); the ignore_eos test catches a version where this stops working.
+ */
+export function noEndOfSequenceBias(model: LlamaModel): TokenBias {
+  const bias = new TokenBias(model.tokenizer);
+  const biases = (bias as unknown as { _biases: Map<Token, number> })._biases;
+  if (!(biases instanceof Map)) throw new Error("this node-llama-cpp version has no TokenBias._biases map: ignore_eos cannot be served");
+  for (const token of [model.tokens.eos, model.tokens.eot]) if (token !== null) biases.set(token, Number.NEGATIVE_INFINITY);
+  return bias;
 }
 
 export function unknownModel(id: string): ModelServerError {

@@ -14,6 +14,6 @@ export {
   serverOptions,
   type ModelServerConfig,
 } from "./config.js";
-export type { ServedModel } from "./engine.js";
+export { noEndOfSequenceBias, type ServedModel } from "./engine.js";
 export { ModelServerError } from "./errors.js";
 export { ModelServerMetrics } from "./metrics.js";

@@ -346,6 +346,7 @@ function sampling(request: SamplingRequest, maxTokens: number, grammar: LlamaGra
     topP: request.topP,
     ...(request.seed === undefined ? {} : { seed: request.seed }),
     stop: request.stop,
+    ignoreEos: request.ignoreEos,
     ...(grammar === undefined ? {} : { grammar }),
     signal,
   };

@@ -51,6 +51,8 @@ const sampling = {
   top_p: z.number().gt(0, "must be greater than 0").max(1).nullish(),
   seed: z.number().int().nullish(),
   stop,
+  /** vLLM's: keep generating past the end-of-sequence token, up to max_tokens. */
+  ignore_eos: z.boolean().nullish(),
   n: z.literal(1, "the local model server generates one choice per request (n = 1)").nullish(),
   stream: z.boolean().nullish(),
   stream_options: z.object({ include_usage: z.boolean().nullish() }).nullish(),
@@ -103,6 +105,7 @@ export interface SamplingRequest {
   topP: number;
   seed: number | undefined;
   stop: string[];
+  ignoreEos: boolean;
   stream: boolean;
   includeUsage: boolean;
   guided: Guided;
@@ -150,6 +153,7 @@ function samplingOf(body: Sampling, maxTokens: number | null | undefined): Sampl
     topP: body.top_p ?? 1,
     seed: body.seed ?? undefined,
     stop: body.stop,
+    ignoreEos: body.ignore_eos ?? false,
     stream: body.stream ?? false,
     includeUsage: body.stream_options?.include_usage ?? false,
     guided: guidedOf(body),

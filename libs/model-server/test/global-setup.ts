@@ -2,7 +2,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestProject } from "vitest/node";
-import { makeTinyModels, type TinyModels } from "./tiny-models.js";
+import { makeTinyModels, type TinyModels } from "../src/tiny-models.js";
 
 declare module "vitest" {
   export interface ProvidedContext {

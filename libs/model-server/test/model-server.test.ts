@@ -76,6 +76,10 @@ describe("model server on the tiny model (real node-llama-cpp, real HTTP on 127.
     expect(base).toMatchObject({ finishReason: "length" });
     expect(base.usage.completionTokens).toBe(24);
     expect(tuned.finishReason).toBe("stop");
+    // vLLM's ignore_eos: the adapter keeps going to max_tokens.
+    const long = await llm.complete({ ...request, model: "job", extraBody: { ignore_eos: true } });
+    expect(long).toMatchObject({ finishReason: "length", usage: { completionTokens: 24 } });
+    expect(long.text.startsWith(tuned.text)).toBe(true);
   });
 
   it("defaults max_tokens to 16 on /v1/completions and to the rest of the context on chat", async () => {
