@@ -1576,7 +1576,8 @@ export const IngestService: GenService<{
     output: typeof ListCollectionsResponseSchema;
   },
   /**
-   * Lists the documents of a collection in source-name order.
+   * Lists the documents of a collection in the order they were last written (a page costs the
+   * same however large the collection); with a status filter, in source-name order.
    *
    * @generated from rpc ragtune.ingest.v1.IngestService.ListDocuments
    */
@@ -1596,8 +1597,9 @@ export const IngestService: GenService<{
     output: typeof GetDocumentResponseSchema;
   },
   /**
-   * Lists chunks of a document (in ordinal order) or of a whole collection (by document, then
-   * ordinal).
+   * Lists chunks of a document (in ordinal order) or of a whole collection (in the order they
+   * were last written: a page reads only its own chunks, so it costs the same at 100k chunks as
+   * at 1k; total_size is the collection's chunk count as of its last finished run or delete).
    *
    * @generated from rpc ragtune.ingest.v1.IngestService.ListChunks
    */
