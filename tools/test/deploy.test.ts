@@ -31,7 +31,7 @@ const DATA_CLAIM = "ragtune-data";
 const TEST_ONLY_NPM = ["@ragtune/testing", "vitest", "tokenizers"];
 
 /** Variables that deliberately read a secret key of another name: a client's token is the server's RPC token. */
-const SECRET_KEY_OF: Readonly<Record<string, string>> = { DATASET_INGEST_AUTH_TOKEN: "RPC_AUTH_TOKEN", EVAL_DATASET_AUTH_TOKEN: "RPC_AUTH_TOKEN" };
+const SECRET_KEY_OF: Readonly<Record<string, string>> = { DATASET_INGEST_AUTH_TOKEN: "RPC_AUTH_TOKEN", EVAL_DATASET_AUTH_TOKEN: "RPC_AUTH_TOKEN", GATEWAY_UPSTREAM_AUTH_TOKEN: "RPC_AUTH_TOKEN" };
 
 function contractMaxRank(): number {
   const contract = JSON.parse(readFileSync(join(ROOT, HYPERPARAMETER_CONTRACT), "utf8")) as unknown;
