@@ -24,12 +24,19 @@ beforeAll(async () => {
   const ready = (await datasets.getDatasetVersion({ datasetVersionId: version!.id })).version!;
   expect(ready.status, ready.failure?.message).toBe(DatasetVersionStatus.READY);
   versionId = ready.id;
-  const { examples } = await datasets.listExamples({ datasetVersionId: versionId, split: DatasetSplit.TEST, page: { pageSize: 1000 } });
-  for (const e of examples) references.set(e.question, e.answer);
-  // The adapter answers with the reference; the base model with nothing useful.
+  // The test export's rows: prompt → the trained completion (the reference and the EOS).
+  let text = "";
+  for await (const res of datasets.exportDatasetVersion({ datasetVersionId: versionId, split: DatasetSplit.TEST, template: PromptTemplate.MISTRAL_INSTRUCT })) {
+    if (res.part.case === "jsonl") text += new TextDecoder().decode(res.part.value);
+  }
+  for (const line of text.split("\n").filter(Boolean)) {
+    const row = JSON.parse(line) as { prompt: string; completion: string };
+    references.set(row.prompt, row.completion.replace(/<\/s>$/, ""));
+  }
+  // The adapter answers each prompt with its reference; the base model with newline garbage.
   endpoint = await startLoopbackEndpoint({
     "tiny-base": () => ({ text: "\n\n\n\n" }),
-    "docs-adapter": (q) => ({ text: references.get(q) ?? "" }),
+    "docs-adapter": (_q, body) => ({ text: references.get(String(body["prompt"])) ?? "" }),
   });
 }, 180_000);
 
@@ -57,16 +64,10 @@ describe("eval over a dataset version", () => {
       expect(run.items).toBe(examples.length);
       expect(run.report!.unanswerable).toBe(examples.filter((e) => e.kind === ExampleKind.UNANSWERABLE).length);
 
-      // Every completion prompt is exactly the prompt of the version's test export (the training template).
-      const exported = new Set<string>();
-      let text = "";
-      for await (const res of datasets.exportDatasetVersion({ datasetVersionId: versionId, split: DatasetSplit.TEST, template: PromptTemplate.MISTRAL_INSTRUCT })) {
-        if (res.part.case === "jsonl") text += new TextDecoder().decode(res.part.value);
-      }
-      for (const line of text.split("\n").filter(Boolean)) exported.add((JSON.parse(line) as { prompt: string }).prompt);
+      // Every completion prompt is exactly a prompt of the version's test export (the training template).
       const sent = endpoint.requests.filter((r) => r.body["model"] === "docs-adapter").map((r) => r.body["prompt"] as string);
       expect(sent).toHaveLength(examples.length);
-      for (const prompt of sent) expect(exported.has(prompt), prompt.slice(0, 80)).toBe(true);
+      for (const prompt of sent) expect(references.has(prompt), prompt.slice(0, 80)).toBe(true);
 
       const adapter = run.report!.models.find((m) => m.model === "docs-adapter")!;
       expect(adapter.successRate).toBe(1);
