@@ -6,12 +6,8 @@
  *   theoretical throughput = concurrency / latency (every slot always busy with a call that succeeds first time)
  *   share                  = successful calls per second of wall time (first call to last settle) / theoretical
  *
- * Faults (a seeded draw per request, rate FAULT_RATE, the four kinds equally likely):
- *   500             after the full latency (the server worked, then failed)
- *   429             at once (a rate limiter rejects before any work), with `retry-after-ms: 100` and `retry-after: 1`
- *   malformed JSON  after the full latency: a 200 whose content is cut mid-string (not JSON)
- *   dropped         after the full latency: headers and half the body, then the socket is destroyed
- * A faulty attempt that takes the full latency holds a slot as long as a good one, so that mix caps the share at
+ * Faults: a seeded draw per request at FAULT_RATE, 500 / 429 / malformed JSON / dropped connection equally likely
+ * (tools/bench/loopback-endpoint.ts). A faulty attempt that takes the full latency holds a slot as long as a good one, so that mix caps the share at
  * N / (N + such attempts), about 95.7% at 5%. A third condition sends every fault at once (same seed, same draws),
  * which leaves only what the client itself spends on retries: backoff, queueing again, the tail.
  * Every answer names the call it belongs to ({"id": i, "answer": "answer i"}); the bench checks each result against
@@ -20,13 +16,9 @@
  * Run: node --conditions=@ragtune/source --import tsx tools/bench/llm-client.ts
  *      (N=2000 CONCURRENCY=32 LATENCY_MS=200 FAULT_RATE=0.05 RUNS=3 to override)
  */
-import { fork, type ChildProcess } from "node:child_process";
-import { createServer, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
-import { fileURLToPath } from "node:url";
 import { createLlmClient, type LlmError } from "@ragtune/llm";
-import { seededRandom } from "@ragtune/testing";
 import { z } from "zod";
+import { type EndpointConfig, type EndpointStats, startEndpoint, statsSince } from "./loopback-endpoint.js";
 
 const N = Number(process.env["N"] ?? 2000);
 const CONCURRENCY = Number(process.env["CONCURRENCY"] ?? 32);
@@ -34,107 +26,6 @@ const LATENCY_MS = Number(process.env["LATENCY_MS"] ?? 200);
 const FAULT_RATE = Number(process.env["FAULT_RATE"] ?? 0.05);
 const RUNS = Number(process.env["RUNS"] ?? 3);
 const WARMUP = 2 * CONCURRENCY;
-
-type Fault = "500" | "429" | "malformed" | "dropped";
-const FAULTS: Fault[] = ["500", "429", "malformed", "dropped"];
-
-interface EndpointConfig {
-  latencyMs: number;
-  faultRate: number;
-  /** "latency": faults other than 429 come after the full latency; "immediate": every fault at once. */
-  faultAt: "latency" | "immediate";
-  seed: number;
-}
-
-interface EndpointStats {
-  requests: number;
-  faults: Record<Fault, number>;
-  maxInFlight: number;
-  withoutGuidedFields: number;
-}
-
-/** A seeded PRNG, so a run's faults are reproducible. */
-const prng = seededRandom;
-
-// ---------------------------------------------------------------------------------------------------------------
-// The endpoint (child process)
-
-function serve(config: EndpointConfig): void {
-  const random = prng(config.seed);
-  const stats: EndpointStats = { requests: 0, faults: { "500": 0, "429": 0, malformed: 0, dropped: 0 }, maxInFlight: 0, withoutGuidedFields: 0 };
-  let inFlight = 0;
-  const json = (res: ServerResponse, status: number, body: string, headers: Record<string, string> = {}) => {
-    res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), ...headers });
-    res.end(body);
-  };
-  const completion = (content: string) =>
-    JSON.stringify({
-      id: "chatcmpl-bench",
-      object: "chat.completion",
-      created: 0,
-      model: "bench",
-      choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: "stop" }],
-      usage: { prompt_tokens: 24, completion_tokens: 12, total_tokens: 36 },
-    });
-
-  const server = createServer((req, res) => {
-    inFlight++;
-    stats.maxInFlight = Math.max(stats.maxInFlight, inFlight);
-    res.on("close", () => inFlight--);
-    const chunks: Buffer[] = [];
-    req.on("data", (c: Buffer) => chunks.push(c));
-    req.on("end", () => {
-      stats.requests++;
-      const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as {
-        messages: { content: string }[];
-        response_format?: { json_schema?: { schema?: unknown } };
-        guided_json?: unknown;
-      };
-      if (!body.response_format?.json_schema?.schema || !body.guided_json) stats.withoutGuidedFields++;
-      const id = Number(/question (\d+)/.exec(body.messages.at(-1)!.content)![1]);
-      const fault = random() < config.faultRate ? FAULTS[Math.floor(random() * FAULTS.length)]! : undefined;
-      if (fault) stats.faults[fault]++;
-      if (fault === "429") {
-        json(res, 429, JSON.stringify({ error: { message: "rate limited (injected)" } }), { "retry-after-ms": "100", "retry-after": "1" });
-        return;
-      }
-      setTimeout(() => {
-        if (fault === "500") json(res, 500, JSON.stringify({ error: { message: "engine error (injected)" } }));
-        else if (fault === "malformed") json(res, 200, completion(`{"id": ${id}, "answer": "answer ${id}`));
-        else if (fault === "dropped") {
-          const full = completion(JSON.stringify({ id, answer: `answer ${id}` }));
-          res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(full) });
-          res.write(full.slice(0, full.length >> 1), () => res.socket?.destroy());
-        } else json(res, 200, completion(JSON.stringify({ id, answer: `answer ${id}` })));
-      }, fault && config.faultAt === "immediate" ? 0 : config.latencyMs);
-    });
-  });
-  server.keepAliveTimeout = 60_000;
-  server.listen(0, "127.0.0.1", () => process.send!({ port: (server.address() as AddressInfo).port }));
-  process.on("message", (message) => {
-    if (message === "stats") process.send!({ stats });
-  });
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// The bench (parent process)
-
-async function startEndpoint(config: EndpointConfig): Promise<{ child: ChildProcess; url: string; stats: () => Promise<EndpointStats> }> {
-  const child = fork(fileURLToPath(import.meta.url), ["--serve", JSON.stringify(config)], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
-  const port = await new Promise<number>((resolve, reject) => {
-    child.once("message", (m) => resolve((m as { port: number }).port));
-    child.once("exit", (code) => reject(new Error(`endpoint exited with ${code}`)));
-  });
-  return {
-    child,
-    url: `http://127.0.0.1:${port}/v1`,
-    stats: () =>
-      new Promise((resolve) => {
-        child.once("message", (m) => resolve((m as { stats: EndpointStats }).stats));
-        child.send("stats");
-      }),
-  };
-}
 
 const answerSchema = z.object({ id: z.number().int(), answer: z.string() });
 
@@ -167,7 +58,7 @@ const CONDITIONS: Condition[] = [
 ];
 
 async function run({ label, faultRate, faultAt }: Condition, seed: number): Promise<RunResult> {
-  const endpoint = await startEndpoint({ latencyMs: LATENCY_MS, faultRate, faultAt, seed });
+  const endpoint = await startEndpoint({ latencyMs: LATENCY_MS, faultRate, faultAt, seed, answer: "id" });
   try {
     const client = createLlmClient({ baseUrl: endpoint.url, concurrency: CONCURRENCY, timeoutMs: 10_000 });
     const call = (i: number) =>
@@ -204,7 +95,7 @@ async function run({ label, faultRate, faultAt }: Condition, seed: number): Prom
       latencies: [],
       queueMs: [],
       cpuUsPerCall: (used.user + used.system) / N,
-      endpoint: since(await endpoint.stats(), warmEndpoint),
+      endpoint: statsSince(await endpoint.stats(), warmEndpoint),
     };
     settled.forEach((outcome, i) => {
       if (outcome.status === "rejected") {
@@ -224,18 +115,6 @@ async function run({ label, faultRate, faultAt }: Condition, seed: number): Prom
   } finally {
     endpoint.child.kill();
   }
-}
-
-/** Endpoint counts of the measured calls only (the warm-up's taken off; the maximum in flight covers both). */
-function since(after: EndpointStats, before: EndpointStats): EndpointStats {
-  const faults = { ...after.faults };
-  for (const f of FAULTS) faults[f] -= before.faults[f];
-  return {
-    requests: after.requests - before.requests,
-    faults,
-    maxInFlight: after.maxInFlight,
-    withoutGuidedFields: after.withoutGuidedFields,
-  };
 }
 
 /** Attempts that held a slot for the whole endpoint latency: every good answer, and the slow faults. */
@@ -306,5 +185,4 @@ async function main(): Promise<void> {
   if (!allCorrect || !guidedOk || !limitOk) process.exitCode = 1;
 }
 
-if (process.argv[2] === "--serve") serve(JSON.parse(process.argv[3]!) as EndpointConfig);
-else await main();
+await main();

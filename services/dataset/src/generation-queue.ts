@@ -12,6 +12,7 @@
  * read back, never regenerated; a batch whose worker died is delivered again by the server after the ack wait.
  */
 import { createHash } from "node:crypto";
+import { setMaxListeners } from "node:events";
 import { create } from "@bufbuild/protobuf";
 import type { Bus, Job, TypedKv, WorkQueue } from "@ragtune/bus";
 import { type LlmClient } from "@ragtune/llm";
@@ -109,7 +110,10 @@ export class GenerationQueue {
     private readonly queue: WorkQueue<typeof GenerationBatchSchema>,
     private readonly results: TypedKv<typeof GenerationBatchResultSchema>,
     private readonly options: GenerationQueueOptions,
-  ) {}
+  ) {
+    // Every batch in flight listens for the stop (LLM_CONCURRENCY / batch size of them, and more when configured so).
+    setMaxListeners(0, this.stopping.signal);
+  }
 
   static async open(bus: Bus, options: GenerationQueueOptions): Promise<GenerationQueue> {
     const queue = await bus.workQueue({

@@ -59,7 +59,9 @@ export async function startDatasetService({ config, logger }: ServiceContext<Dat
       ...(generation === undefined ? {} : { generation }),
     });
     if (generation !== undefined && llm !== undefined) {
-      const workers = config.DATASET_GENERATION_WORKERS || Math.max(1, Math.ceil(config.LLM_CONCURRENCY / config.DATASET_GENERATION_BATCH_CHUNKS));
+      // Auto: enough batches to fill LLM_CONCURRENCY, plus one whose requests wait in the client's FIFO limiter, so a
+      // slot freed by a batch's last slow chunk is taken at once instead of idling until the next batch is pulled.
+      const workers = config.DATASET_GENERATION_WORKERS || Math.ceil(config.LLM_CONCURRENCY / config.DATASET_GENERATION_BATCH_CHUNKS) + 1;
       generation.startWorkers(workers, llm, async (versionId) => {
         const v = await versions.get(versionId);
         return v !== null && !isFinished(v.state.status);

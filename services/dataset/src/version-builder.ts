@@ -1,9 +1,7 @@
-import { randomBytes } from "node:crypto";
-import { hostname } from "node:os";
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
-import { type ArtifactStore, type Fence, OwnershipLostError } from "@ragtune/bus";
+import { type ArtifactStore, type Fence, type LeasedWork, LeasedWorkRunner, OwnershipLostError, WorkCancelledError } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
   ArtifactRefSchema,
@@ -13,6 +11,8 @@ import {
   DatasetExportFormat,
   DatasetLineageSchema,
   DatasetVersionBuiltSchema,
+  type DatasetVersionEventSchema,
+  type DatasetVersionSchema,
   DatasetVersionFailedSchema,
   DatasetVersionStatus,
   DatasetVersionStatsSchema,
@@ -125,13 +125,6 @@ function withChunk(e: StoredGenerated, chunk: SourceChunk): DatasetExample {
   return { ...e, documentId: chunk.documentId, headingPath: [...chunk.headingPath], context: chunk.text, answerable: true };
 }
 
-/** The version was cancelled while it was being built. */
-class CancelledError extends Error {
-  constructor() {
-    super("the build was cancelled");
-  }
-}
-
 /** A failure a user can act on (bad input, not a system fault). */
 class UserFailure extends Error {
   constructor(
@@ -154,76 +147,18 @@ function statusChanged(status: DatasetVersionStatus, extra: { failure?: Failure;
  * ragtune.dataset.version.built, or FAILED with the reason, announced as ragtune.dataset.version.failed.
  */
 export class VersionBuilder {
-  private readonly queue: string[] = [];
-  private readonly pending = new Set<string>();
-  private draining: Promise<void> | undefined;
-  private stopping = false;
-  private scanTimer: NodeJS.Timeout | undefined;
-  private readonly shutdown = new AbortController();
-  readonly owner = `${hostname()}-${process.pid}-${randomBytes(4).toString("hex")}`;
+  private readonly runner: LeasedWorkRunner<typeof DatasetVersionSchema, typeof DatasetVersionEventSchema, VersionEventDetail>;
 
-  constructor(private readonly deps: VersionBuilderDeps) {}
-
-  submit(id: string): void {
-    if (this.stopping || this.pending.has(id)) return;
-    this.pending.add(id);
-    this.queue.push(id);
-    this.draining ??= this.drain().finally(() => {
-      this.draining = undefined;
-    });
-  }
-
-  /** Queues every unfinished version nobody holds, now and then every half lease. Returns the IDs queued now. */
-  async resume(): Promise<string[]> {
-    const queued = await this.scan();
-    if (this.scanTimer === undefined && !this.stopping) {
-      this.scanTimer = setInterval(() => {
-        this.scan().catch((err: unknown) => this.deps.logger.warn({ err }, "cannot scan for unfinished dataset builds"));
-      }, Math.max(1_000, Math.floor(this.deps.leaseMs / 2)));
-      this.scanTimer.unref();
-    }
-    return queued;
-  }
-
-  private async scan(): Promise<string[]> {
-    const now = Date.now();
-    const open = await this.deps.versions.list((r) => !isFinished(r.state.status) && (r.owner === "" || r.leaseExpiresAtMs <= now));
-    const ids = open.map((r) => r.id).filter((id) => !this.pending.has(id));
-    for (const id of ids) this.submit(id);
-    return ids;
-  }
-
-  /** Stops the running build (it resumes on the next start, here or on another replica) and waits for the loop. */
-  async close(): Promise<void> {
-    this.stopping = true;
-    clearInterval(this.scanTimer);
-    this.queue.length = 0;
-    this.shutdown.abort(new Error("the dataset service is stopping"));
-    await this.draining;
-  }
-
-  private async drain(): Promise<void> {
-    while (!this.stopping) {
-      const id = this.queue.shift();
-      if (id === undefined) return;
-      const log = this.deps.logger.child({ datasetVersionId: id });
-      try {
-        await this.build(id, log);
-      } catch (err) {
-        if (err instanceof OwnershipLostError) log.warn("another replica took the build over; leaving it");
-        else if (this.stopping) log.warn({ err }, "build interrupted by shutdown; it resumes on the next start");
-        else log.error({ err }, "dataset build failed with a system error");
-      } finally {
-        this.pending.delete(id);
-      }
-    }
-  }
-
-  private async build(id: string, log: Logger): Promise<void> {
-    const { versions } = this.deps;
-    const claimed = await versions.claim(id, this.owner, {
-      leaseMs: this.deps.leaseMs,
-      change: (v, previous) => {
+  constructor(private readonly deps: VersionBuilderDeps) {
+    this.runner = new LeasedWorkRunner({
+      store: deps.versions,
+      what: "dataset build",
+      idField: "datasetVersionId",
+      logger: deps.logger,
+      leaseMs: deps.leaseMs,
+      isOpen: (v) => !isFinished(v.status),
+      isCancelled: (v) => v.status === DatasetVersionStatus.CANCELLED,
+      claimChange: (v, previous) => {
         const events: { body: VersionEventDetail }[] = [];
         if (v.status === DatasetVersionStatus.QUEUED) {
           v.status = DatasetVersionStatus.GENERATING;
@@ -234,14 +169,31 @@ export class VersionBuilder {
         }
         return { state: v, events };
       },
+      work: (claimed) => this.build(claimed),
     });
-    if (claimed === null) return; // finished, gone, or another replica holds it
-    const fence = claimed.fence;
-    const version = claimed.resource.state;
-    const cancel = new AbortController();
-    const onShutdown = () => cancel.abort(this.shutdown.signal.reason);
-    this.shutdown.signal.addEventListener("abort", onShutdown, { once: true });
-    const lease = this.keepLease(id, fence, cancel, log);
+  }
+
+  get owner(): string {
+    return this.runner.owner;
+  }
+
+  submit(id: string): void {
+    this.runner.submit(id);
+  }
+
+  /** Queues every unfinished version nobody holds, now and then every half lease. Returns the IDs queued now. */
+  resume(): Promise<string[]> {
+    return this.runner.resume();
+  }
+
+  /** Stops the running build (it resumes on the next start, here or on another replica) and waits for the loop. */
+  close(): Promise<void> {
+    return this.runner.close();
+  }
+
+  private async build({ id, resource, fence, signal, log }: LeasedWork<typeof DatasetVersionSchema>): Promise<void> {
+    const { versions } = this.deps;
+    const version = resource.state;
     try {
       const model = version.settings?.model ?? "";
       if (model !== "" && this.deps.generation === undefined) {
@@ -264,7 +216,7 @@ export class VersionBuilder {
       let examples: DatasetExample[] | undefined = base === undefined ? undefined : reusedExamples;
       let failures: ChunkFailure[] = [];
       if (build.llm !== undefined) {
-        const generated = await this.generateWithLlm(id, fence, chunks.length, fresh, reused.size, reusedExamples.length, build, version.settings!.maxConcurrency ?? 4, cancel.signal, log);
+        const generated = await this.generateWithLlm(id, fence, chunks.length, fresh, reused.size, reusedExamples.length, build, version.settings!.maxConcurrency ?? 4, signal, log);
         examples = [...reusedExamples, ...generated.examples];
         failures = generated.failures;
         Object.assign(usage, { chunksFailed: generated.progress.chunksFailed, promptTokens: generated.progress.promptTokens, completionTokens: generated.progress.completionTokens, llmRetries: generated.progress.llmRetries });
@@ -284,7 +236,7 @@ export class VersionBuilder {
           ...(examples === undefined ? {} : { examples }),
           ...(examples !== undefined && build.llm === undefined ? { extractiveChunkIds: fresh.map((c) => c.id) } : {}),
         },
-        { timeoutMs: this.deps.buildTimeoutMs, signal: cancel.signal },
+        { timeoutMs: this.deps.buildTimeoutMs, signal },
       );
       // Pairs the model was asked for and did not turn into examples, counted beside the quality gate's drops.
       const lost = output.counts.droppedByReason as Record<string, number>;
@@ -295,7 +247,7 @@ export class VersionBuilder {
       await versions.modify(
         id,
         (v) => {
-          if (v.status === DatasetVersionStatus.CANCELLED) throw new CancelledError();
+          if (v.status === DatasetVersionStatus.CANCELLED) throw new WorkCancelledError();
           v.status = DatasetVersionStatus.FINALIZING;
           v.chunksDone = chunks.length;
           return {
@@ -311,8 +263,8 @@ export class VersionBuilder {
       await this.finish(id, fence, version, { chunks, documents, reused, output, generator: model || "extractive", promptSha256: build.llm?.promptHash ?? "", usage });
       log.info({ examples: output.counts.kept }, "dataset version ready");
     } catch (err) {
-      if (err instanceof OwnershipLostError || this.shutdown.signal.aborted) throw err;
-      if (err instanceof CancelledError || cancel.signal.reason instanceof CancelledError) {
+      if (err instanceof OwnershipLostError || this.runner.stopped) throw err;
+      if (err instanceof WorkCancelledError || signal.reason instanceof WorkCancelledError) {
         await versions.release(id, fence).catch(() => {});
         await this.deps.generation?.forget(id).catch(() => {});
         log.info("dataset build cancelled");
@@ -328,9 +280,6 @@ export class VersionBuilder {
               : create(FailureSchema, { kind: FailureKind.SYSTEM_ERROR, reason: "INTERNAL", message: `the build failed: ${(err as Error).message}` });
       if (!(err instanceof UserFailure)) log.error({ err }, "dataset build failed");
       await this.fail(id, fence, version, failure);
-    } finally {
-      lease.stop();
-      this.shutdown.signal.removeEventListener("abort", onShutdown);
     }
   }
 
@@ -626,23 +575,5 @@ export class VersionBuilder {
       };
     });
     await this.deps.generation?.forget(id).catch((err: unknown) => this.deps.logger.warn({ err, datasetVersionId: id }, "cannot remove the build's generation outcomes"));
-  }
-
-  /** Renews the build's lease every third of its length; a lost claim cancels the build at once. */
-  private keepLease(id: string, fence: Fence, cancel: AbortController, log: Logger): { stop(): void } {
-    const timer = setInterval(() => {
-      this.deps.versions.renew(id, fence, this.deps.leaseMs).then((r) => {
-        if (r.state.status === DatasetVersionStatus.CANCELLED) cancel.abort(new CancelledError());
-      }, (err: unknown) => {
-        if (err instanceof OwnershipLostError) {
-          log.warn("another replica took the build over; stopping this one");
-          cancel.abort(err);
-        } else {
-          log.warn({ err }, "renewing the build's lease failed; retrying");
-        }
-      });
-    }, Math.max(100, Math.floor(this.deps.leaseMs / 3)));
-    timer.unref();
-    return { stop: () => clearInterval(timer) };
   }
 }
