@@ -64,12 +64,12 @@ const base: Behaviour = (q) => {
   if (i % 4 === 2) return { text: `${item.reference}\n\nQuestion: What else can I configure?` };
   return { text: "Please refer to the documentation for details about this topic and many others besides it, which are described elsewhere.", finishReason: "length" };
 };
-/** A judge grading answers equal to the reference A, others C. */
+/** A judge grading answers that start with the reference A (so it accepts the base's answers with a follow-up question, which the rule fails), others C. */
 const judge: Behaviour = (_q, body) => {
   const user = (body["messages"] as { content: string }[])[1]!.content;
   const reference = /Reference answer: ([^\n]*)/.exec(user)![1]!;
   const answer = /Answer to grade:\n([\s\S]*)$/.exec(user)![1]!;
-  const good = answer.trim() === reference.trim();
+  const good = answer.trim().startsWith(reference.trim());
   return { text: JSON.stringify({ grade: good ? "A" : "C", hallucination: !good && answer !== "(empty)" }) };
 };
 
@@ -162,10 +162,12 @@ describe("eval runs", () => {
     expect(b).toMatchObject({ successRate: 0, falseAnswerRate: 1, emptyRate: 0.2, degenerateRate: 0.2, followUpRate: 0.2, lengthCutoffRate: 0.2 });
     expect(b!.latencyP50).toBeGreaterThan(0);
     expect(a!.tokensPerSecond).toBeGreaterThan(0);
-    // The judge agrees with the rule verdicts on every answer here.
+    // The judge agrees with every rule verdict of the adapter (κ 1); on the base it grades the 2 follow-up answers A
+    // that the rule fails: agreement 0.8, chance agreement 0.2·0 + 0.8·1 = 0.8, so κ = 0.
     expect(a!.judgeARate).toBe(1);
-    expect(b!.judgeARate).toBe(0);
-    expect([a!.judgeKappa, b!.judgeKappa]).toEqual([1, 1]);
+    expect(b!.judgeARate).toBe(0.2);
+    expect(a!.judgeKappa).toBe(1);
+    expect(b!.judgeKappa).toBeCloseTo(0, 10);
     expect(report.differences.find((d) => d.metric === "success_rate")).toMatchObject({ model: "qa-adapter", baseline: "base", delta: 1, items: 10 });
     expect(report.breakdowns.filter((x) => x.dimension === "source_document").map((x) => `${x.value}/${x.model}`)).toEqual([
       "ops.md/base",
