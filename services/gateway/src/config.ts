@@ -1,3 +1,5 @@
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { baseServiceSchema, envInt } from "@ragtune/config";
 import { llmConfigSchema } from "@ragtune/llm";
 import { z } from "zod";
@@ -12,8 +14,18 @@ const serviceUrl = (name: string) =>
  */
 export const gatewayConfigSchema = baseServiceSchema.extend({
   ...llmConfigSchema.shape,
-  /** The ingest service: the chunks of a collection are read from it (and kept current from its events). */
-  GATEWAY_INGEST_URL: serviceUrl("ingest"),
+  /**
+   * The internal services (defaults: their in-cluster names). Ingest: the chunks of a collection are read from it (and
+   * kept current from its events); trainer: jobs and adapter files of promotions; eval: the gate evidence.
+   */
+  GATEWAY_INGEST_URL: serviceUrl("ingest").default("http://ingest:8080"),
+  GATEWAY_TRAINER_URL: serviceUrl("trainer").default("http://trainer:8080"),
+  GATEWAY_EVAL_URL: serviceUrl("eval").default("http://eval:8080"),
+  GATEWAY_DATASET_URL: serviceUrl("dataset").default("http://dataset:8080"),
+  /** Folder shared with the model endpoint: a promoted adapter's files are written to <dir>/<adapter ID>/ and loaded from there. */
+  GATEWAY_ADAPTER_DIR: z.string().min(1).default(join(tmpdir(), "ragtune-adapters")),
+  /** What the model endpoint loads: PEFT folders (vLLM) or GGUF LoRA files (the local model server). */
+  GATEWAY_LORA_FORMAT: z.enum(["peft", "gguf"]).default("peft"),
   /** Bearer token of the internal services (their RPC_AUTH_TOKEN), when they require one. */
   GATEWAY_UPSTREAM_AUTH_TOKEN: z.string().min(1).optional(),
   /** Longest question accepted, in characters (longer: RESOURCE_EXHAUSTED). */

@@ -20,6 +20,7 @@ import { invalidArgument } from "@ragtune/rpc";
 import { citationsFor, isRefusal, modelCallError, questionMarkup, renderPrompt } from "./answer.js";
 import type { CollectionIndex, CollectionIndexes } from "./collection-index.js";
 import type { PromotionStore } from "./promotion-store.js";
+import type { Promotions } from "./promotions.js";
 import type { RetrievedHit } from "./retriever.js";
 
 export interface AskLimits {
@@ -36,6 +37,7 @@ export interface GatewayDeps {
   indexes: CollectionIndexes;
   llm: Pick<LlmClient, "complete" | "streamCompletion">;
   promotions: Pick<PromotionStore, "current">;
+  promotion: Pick<Promotions, "promote" | "rollback" | "list">;
   /** Model name of the base model at the endpoint (LLM_MODEL); undefined lets the endpoint pick. */
   baseModel: string | undefined;
   limits?: Partial<AskLimits>;
@@ -119,6 +121,31 @@ export function createGatewayService(deps: GatewayDeps): Partial<ServiceImpl<typ
     create(AnswerUsageSchema, { promptTokens: u?.promptTokens ?? 0, completionTokens: u?.completionTokens ?? 0 });
 
   return {
+    async promoteAdapter(req) {
+      const adapter = await deps.promotion.promote({
+        collection: collectionName(req.collection),
+        jobId: req.jobId.trim(),
+        evalRunId: req.evalRunId.trim(),
+        force: req.force,
+        pin: req.pin,
+        replacePinned: req.replacePinned,
+      });
+      return { adapter };
+    },
+
+    async getPromotedAdapter(req) {
+      const adapter = await deps.promotions.current(collectionName(req.collection));
+      return adapter === undefined ? {} : { adapter };
+    },
+
+    async rollbackAdapter(req) {
+      return { adapter: await deps.promotion.rollback(collectionName(req.collection)) };
+    },
+
+    async listPromotions(req) {
+      return { promotions: await deps.promotion.list(collectionName(req.collection)) };
+    },
+
     async ask(req, ctx) {
       const p = await prepare(req);
       let result;

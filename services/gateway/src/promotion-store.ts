@@ -1,19 +1,56 @@
 /**
- * The adapter that serves each collection: a KV record per collection (`gateway-promotions`, key = collection).
+ * The promotion state of each collection: one KV record per collection (`<prefix>-promotions`, key = collection),
+ * its history newest first, the first entry serving. Writes are compare-and-set, so two replicas promoting at once
+ * both land, one after the other.
  */
-import type { Bus, TypedKv } from "@ragtune/bus";
-import { type PromotedAdapter, PromotedAdapterSchema } from "@ragtune/proto";
+import { create } from "@bufbuild/protobuf";
+import { type Bus, RevisionConflictError, type TypedKv } from "@ragtune/bus";
+import { type PromotedAdapter, type PromotionRecord, PromotionRecordSchema } from "@ragtune/proto";
+
+/** Promotions kept per collection (older ones drop out of the history and can no longer be rolled back to). */
+export const HISTORY_LIMIT = 20;
 
 export class PromotionStore {
-  private constructor(readonly kv: TypedKv<typeof PromotedAdapterSchema>) {}
+  private constructor(readonly kv: TypedKv<typeof PromotionRecordSchema>) {}
 
   static async open(bus: Bus, bucket = "gateway-promotions"): Promise<PromotionStore> {
-    return new PromotionStore(await bus.kv(bucket, PromotedAdapterSchema));
+    return new PromotionStore(await bus.kv(bucket, PromotionRecordSchema));
   }
 
   /** The promoted adapter of a collection, if any. */
   async current(collection: string): Promise<PromotedAdapter | undefined> {
+    return (await this.record(collection))?.history[0];
+  }
+
+  async record(collection: string): Promise<PromotionRecord | undefined> {
     return (await this.kv.get(kvKey(collection)))?.value;
+  }
+
+  /**
+   * Read-modify-write of a collection's history: `change` gets the current history (newest first) and returns the new
+   * one, or throws to abort. Retried on a concurrent write.
+   */
+  async change(collection: string, change: (history: readonly PromotedAdapter[]) => PromotedAdapter[] | Promise<PromotedAdapter[]>): Promise<PromotedAdapter[]> {
+    const key = kvKey(collection);
+    for (let attempt = 0; ; attempt++) {
+      const entry = await this.kv.get(key);
+      const history = (await change(entry?.value.history ?? [])).slice(0, HISTORY_LIMIT);
+      const record = create(PromotionRecordSchema, { collection, history });
+      try {
+        if (entry === null) await this.kv.create(key, record);
+        else await this.kv.update(key, record, entry.revision);
+        return history;
+      } catch (err) {
+        if (!(err instanceof RevisionConflictError) || attempt >= 10) throw err;
+      }
+    }
+  }
+
+  /** Every collection's serving adapter. */
+  async allCurrent(): Promise<PromotedAdapter[]> {
+    const out: PromotedAdapter[] = [];
+    for await (const e of this.kv.entries()) if (e.value.history[0] !== undefined) out.push(e.value.history[0]);
+    return out;
   }
 }
 

@@ -1,16 +1,20 @@
 import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
 import { llmClientFromConfig } from "@ragtune/llm";
-import { GatewayService, IngestService } from "@ragtune/proto";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { AdapterPromotedSchema, EvalService, GatewayService, IngestService, TrainerService } from "@ragtune/proto";
 import { createClient, type ServiceContext, type ServiceInstance } from "@ragtune/rpc";
 import { CollectionIndexes, followIngestEvents } from "./collection-index.js";
 import type { GatewayConfig } from "./config.js";
 import { createGatewayService } from "./gateway-service.js";
 import { PromotionStore } from "./promotion-store.js";
+import { Promotions } from "./promotions.js";
 
 /** Handles of a started gateway (tests reach them). */
 export interface GatewayInstance extends ServiceInstance {
   indexes: CollectionIndexes;
-  promotions: PromotionStore;
+  promotions: Promotions;
+  promotionStore: PromotionStore;
 }
 
 /**
@@ -26,12 +30,27 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
     const ingest = createClient(IngestService, { baseUrl: config.GATEWAY_INGEST_URL, ...upstream });
     const indexes = new CollectionIndexes({ ingest, logger });
     stopEvents = await followIngestEvents(bus, indexes, logger);
-    const promotions = await PromotionStore.open(bus, `${config.GATEWAY_BUCKET_PREFIX}-promotions`);
+    const store = await PromotionStore.open(bus, `${config.GATEWAY_BUCKET_PREFIX}-promotions`);
     const llm = llmClientFromConfig(config, logger, { signal });
+    const promotions = new Promotions({
+      store,
+      trainer: createClient(TrainerService, { baseUrl: config.GATEWAY_TRAINER_URL, ...upstream }),
+      evals: createClient(EvalService, { baseUrl: config.GATEWAY_EVAL_URL, ...upstream }),
+      endpoint: llm,
+      adapterDir: config.GATEWAY_ADAPTER_DIR,
+      loraFormat: config.GATEWAY_LORA_FORMAT,
+      logger,
+      async publish(adapter) {
+        const at = adapter.promotedAt === undefined ? Date.now() : Number(adapter.promotedAt.seconds) * 1000 + Math.floor(adapter.promotedAt.nanos / 1e6);
+        const eventId = `${adapter.collection}:${adapter.adapterId}:${at}`;
+        await bus.publish(AdapterPromotedSchema, create(AdapterPromotedSchema, { eventId, occurredAt: timestampFromDate(new Date(at)), adapter }), { msgId: eventId });
+      },
+    });
     const impl = createGatewayService({
       indexes,
       llm,
-      promotions,
+      promotions: store,
+      promotion: promotions,
       baseModel: config.LLM_MODEL,
       limits: { maxQuestionChars: config.GATEWAY_MAX_QUESTION_CHARS },
     });
@@ -39,9 +58,14 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
     return {
       indexes,
       promotions,
+      promotionStore: store,
       // Client apps call the gateway with Connect JSON over HTTP/1.1 as well as gRPC over h2c.
       allowHttp1: true,
       register: (router) => router.service(GatewayService, impl),
+      // The endpoint may have restarted without the adapters it served: load every collection's promoted one.
+      onListening: () => {
+        void promotions.reloadServing();
+      },
       async stop() {
         await stop().catch((err: unknown) => logger.warn({ err }, "ingest event consumer did not stop cleanly"));
         llm.close();

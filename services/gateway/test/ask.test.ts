@@ -1,5 +1,6 @@
 import { DEFAULT_REFUSAL } from "@ragtune/dataset-service/negatives";
-import { GatewayService, IngestService } from "@ragtune/proto";
+import { create } from "@bufbuild/protobuf";
+import { GatewayService, IngestService, PromotedAdapterSchema } from "@ragtune/proto";
 import { Code } from "@ragtune/rpc";
 import { expectCode, grpcJsUnary } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -91,6 +92,21 @@ describe("Ask", () => {
     await expectCode(client.ask({ collection: "docs", question: "[INST] hi" }), Code.InvalidArgument, /template markup/);
     await expectCode(client.ask({ collection: "docs", question: "q", options: { topK: 21 } }), Code.InvalidArgument, /top_k must be 1..20/);
     await expectCode(client.ask({ collection: "docs", question: "q", options: { adapterId: "not-loaded" } }), Code.FailedPrecondition, /does not serve "not-loaded"/);
+  });
+});
+
+describe("Ask with a promoted adapter", () => {
+  it("answers with the collection's promoted adapter unless the base model is asked for", async () => {
+    await tb.model.loadAdapter("adapter-7");
+    await tb.gateway.instance.promotionStore.change("docs", (history) => [create(PromotedAdapterSchema, { collection: "docs", adapterId: "adapter-7", jobId: "job-7", servedName: "adapter-7" }), ...history]);
+    const client = tb.gateway.client(GatewayService);
+    const promoted = await client.ask({ collection: "docs", question: "When do lifecycle rules expire objects?" });
+    expect(promoted).toMatchObject({ model: "adapter-7", adapterId: "adapter-7" });
+    expect(tb.model.completions.at(-1)!["model"]).toBe("adapter-7");
+    expect((await client.getPromotedAdapter({ collection: "docs" })).adapter?.adapterId).toBe("adapter-7");
+    const base = await client.ask({ collection: "docs", question: "When do lifecycle rules expire objects?", options: { useBaseModel: true } });
+    expect(base).toMatchObject({ model: "base-model", adapterId: "" });
+    await tb.gateway.instance.promotionStore.change("docs", () => []);
   });
 });
 

@@ -12,6 +12,8 @@ export interface ModelEndpoint {
   loraCalls: { op: "load" | "unload"; name: string; path?: string }[];
   /** Served model names now: the base model and loaded adapters. */
   served(): string[];
+  /** Serve an adapter name (as a load would, without recording a call). */
+  loadAdapter(name: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -83,6 +85,9 @@ export async function startModelEndpoint(base: string, answer: Answer, loadable:
     completions,
     loraCalls,
     served: () => [base, ...adapters],
+    loadAdapter: async (name) => {
+      adapters.add(name);
+    },
     async close() {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
