@@ -24,7 +24,8 @@ import { type EvalItem, EvalSourceError, loadDatasetTestSplit, parseEvalFile, sa
 import { judgeAnswer, type JudgeVerdict } from "./judge.js";
 import { answerItems } from "./answering.js";
 import { describeSuccessRule, type SuccessRule } from "./metrics.js";
-import { buildReport, renderMarkdown, type GateConfig, type ScoredItem } from "./report.js";
+import { renderMarkdown, type GateConfig, type ScoredItem } from "./report.js";
+import { buildReportOffThread } from "./report-thread.js";
 import { isFinished, progress, type RunEventDetail, type RunStore, statusChanged, warning } from "./run-store.js";
 
 export interface RunExecutorDeps {
@@ -389,7 +390,7 @@ export class RunExecutor {
 
   private async finish(id: string, fence: Fence, run: EvalRun, scored: ScoredItem[], baseModel: string): Promise<void> {
     const { artifacts } = this.deps;
-    const { report, results } = buildReport({
+    const { report, results } = await buildReportOffThread({
       runId: id,
       baseModel,
       adapters: run.adapters,
