@@ -284,6 +284,7 @@ export class GenerationQueue {
     const watch = await this.results.watch({ key: `${versionId}.*` });
     const onAbort = () => watch.stop();
     hooks.signal.addEventListener("abort", onAbort, { once: true });
+    if (hooks.signal.aborted) watch.stop();
     try {
       const topUp = async () => {
         while (outstanding.size < window && next < batches.length) {
