@@ -78,6 +78,11 @@ interface Result {
   recorded?: number[][];
   /** given[d]: the text document d's chunks must tile (undefined for the floor). */
   given?: string[];
+  /**
+   * headings[d]: lines of document d that may stand outside every chunk — ragtune's headings with no text of their
+   * own, which live on in the heading path of the sections below them.
+   */
+  headings?: Set<string>[];
 }
 interface Contestant {
   name: string;
@@ -128,19 +133,28 @@ const ragtune = (name: string, docs: () => ParsedDocument[]): Contestant => ({
     const tokenizer = loadTokenizer("mistral");
     const input = docs();
     const chunked = input.map((doc) => chunkDocument(doc, { tokenizer, documentId: documentIdFor("bench", doc.filename) }));
-    return { chunks: chunked.map((cs) => cs.map((c) => c.text)), recorded: chunked.map((cs) => cs.map((c) => c.tokenCount)), given: input.map((d) => d.text) };
+    return {
+      chunks: chunked.map((cs) => cs.map((c) => c.text)),
+      recorded: chunked.map((cs) => cs.map((c) => c.tokenCount)),
+      given: input.map((d) => d.text),
+      headings: input.map((d) => new Set(d.sections.map((x) => d.text.slice(x.charStart, x.charEnd)).filter((t) => !t.includes("\n")))),
+    };
   },
 });
 
-/** Whether the chunks tile `text` in order: each found after the previous one with only whitespace between. */
-function tiles(text: string, chunks: string[]): boolean {
+/**
+ * Whether the chunks tile `text` in order: each found after the previous one with nothing between but whitespace
+ * (and lines of `headings`, headings kept as a heading path instead of as text).
+ */
+function tiles(text: string, chunks: string[], headings: Set<string> = new Set()): boolean {
+  const gapOk = (gap: string) => gap.split("\n").every((line) => line.trim() === "" || headings.has(line.trim()));
   let at = 0;
   for (const chunk of chunks) {
     const found = text.indexOf(chunk, at);
-    if (found < 0 || text.slice(at, found).trim() !== "") return false;
+    if (found < 0 || !gapOk(text.slice(at, found))) return false;
     at = found + chunk.length;
   }
-  return text.slice(at).trim() === "";
+  return gapOk(text.slice(at));
 }
 
 async function table(title: string, contestants: Contestant[]): Promise<void> {
@@ -172,7 +186,7 @@ async function table(title: string, contestants: Contestant[]): Promise<void> {
     const over = counts.filter((n) => n > CHUNK_SIZE).length;
     const recorded = result.recorded?.flat();
     const exact = recorded === undefined ? "–" : counts.every((n, i) => n === recorded[i]) ? "yes" : "NO";
-    const tiled = result.given === undefined ? "–" : result.chunks.every((cs, d) => tiles(result.given![d]!, cs)) ? "yes" : "NO";
+    const tiled = result.given === undefined ? "–" : result.chunks.every((cs, d) => tiles(result.given![d]!, cs, result.headings?.[d])) ? "yes" : "NO";
     if (exact === "NO" || tiled === "NO" || (c.floorInput === undefined && over > 0 && recorded !== undefined)) failed = true;
     const share = (pred: (n: number) => boolean) => (counts.length === 0 ? "–" : `${((100 * counts.filter(pred).length) / counts.length).toFixed(0)}%`);
     out(
