@@ -60,10 +60,30 @@ def write_checkpoint(out: Path, seq: int) -> Path:
     return out
 
 
-def run_variant(variant: str, steps: int, seq: int, model_dir: Path) -> dict[str, float]:
+def lora_training(model):
+    """The frozen base wrapped for training as the budget assumes: gradient checkpointing, LoRA r=8 on
+    q/k/v/o (NF4 layers included), AdamW on the LoRA parameters."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from ragtune_worker.nf4 import NF4Linear, load_quantized_base, prepare_lora_config
+    from ragtune_worker.nf4 import prepare_lora_config
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    peft_model = get_peft_model(model, prepare_lora_config(lora))
+    peft_model.train()
+    opt = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.01
+    )
+    return peft_model, opt
+
+
+def run_variant(variant: str, steps: int, seq: int, model_dir: Path) -> dict[str, float]:
+    import torch
+    from ragtune_worker.nf4 import NF4Linear, load_quantized_base
     from torch import nn
     from transformers import AutoModelForCausalLM
 
@@ -79,17 +99,7 @@ def run_variant(variant: str, steps: int, seq: int, model_dir: Path) -> dict[str
             if isinstance(m, nn.Linear) and not n.endswith("lm_head")
         )
     load_peak = _status_bytes("VmHWM") - start
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
-    peft_model = get_peft_model(model, prepare_lora_config(lora))
-    peft_model.train()
-    opt = torch.optim.AdamW(
-        [p for p in peft_model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.01
-    )
+    peft_model, opt = lora_training(model)
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randint(3, SHAPE["vocab"], (1, seq), generator=gen) for _ in range(steps + 1)]
     times = []
@@ -125,8 +135,7 @@ def run_mistral_gpu(steps: int, seq: int, batch: int) -> dict[str, float]:
     """
     import torch
     from accelerate import init_empty_weights
-    from peft import LoraConfig, get_peft_model
-    from ragtune_worker.nf4 import NF4Linear, prepare_lora_config, quantize_nf4
+    from ragtune_worker.nf4 import NF4Linear, quantize_nf4
     from torch import nn
     from transformers import AutoModelForCausalLM, MistralConfig
 
@@ -173,15 +182,7 @@ def run_mistral_gpu(steps: int, seq: int, batch: int) -> dict[str, float]:
                 module._parameters[key] = nn.Parameter(value, requires_grad=False)
     model.to(device)
     build_s = time.perf_counter() - t0
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
-    peft_model = get_peft_model(model, prepare_lora_config(lora))
-    peft_model.train()
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=2e-4)
+    peft_model, opt = lora_training(model)
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randint(3, 32000, (batch, seq), generator=gen).to(device) for _ in range(steps + 1)]
     torch.cuda.synchronize()
