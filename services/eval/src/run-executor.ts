@@ -172,7 +172,7 @@ export class RunExecutor {
     const lease = this.keepLease(id, fence, cancel, log);
     const clients: LlmClient[] = [];
     try {
-      const items = await this.loadItems(run, cancel.signal);
+      const { items, collection } = await this.loadItems(run, cancel.signal);
       const endpoint = this.client(run.endpointUrl, run.concurrency, cancel.signal);
       clients.push(endpoint);
       const baseModel = await this.checkModels(endpoint, run.endpointUrl, run.baseModel, run.adapters, "base_model");
@@ -190,6 +190,7 @@ export class RunExecutor {
           (r) => {
             if (r.status === EvalRunStatus.CANCELLED) throw new CancelledError();
             r.baseModel = baseModel;
+            if (r.collection === "") r.collection = collection;
             r.items = items.length;
             r.answersTotal = items.length * models.length;
             return { state: r, events: [{ body: progress(0, r.answersTotal, 0) }] };
@@ -239,13 +240,15 @@ export class RunExecutor {
     });
   }
 
-  private async loadItems(run: EvalRun, signal: AbortSignal): Promise<EvalItem[]> {
+  /** The run's items (sampled) and the collection they come from (a dataset version's; else the run's own). */
+  private async loadItems(run: EvalRun, signal: AbortSignal): Promise<{ items: EvalItem[]; collection: string }> {
     let items: EvalItem[];
+    let collection = run.collection;
     if (run.datasetVersionId !== "") {
       if (this.deps.dataset === undefined) {
         throw new UserFailure("DATASET_SERVICE_NOT_CONFIGURED", "this eval service has no EVAL_DATASET_URL, so it cannot read dataset versions; upload an eval file instead", "dataset_version_id");
       }
-      items = (await loadDatasetTestSplit(this.deps.dataset, run.datasetVersionId, signal)).items;
+      ({ items, collection } = await loadDatasetTestSplit(this.deps.dataset, run.datasetVersionId, signal));
     } else {
       const ref = run.evalFile;
       if (ref === undefined) throw new Error(`run ${run.id} has neither a dataset version nor an eval file`);
@@ -255,7 +258,7 @@ export class RunExecutor {
       for await (const part of stream) parts.push(part as Buffer);
       items = parseEvalFile(Buffer.concat(parts));
     }
-    return sampleItems(items, run.maxItems, run.seed);
+    return { items: sampleItems(items, run.maxItems, run.seed), collection };
   }
 
   /**

@@ -62,6 +62,8 @@ describe("eval over a dataset version", () => {
       const datasets = bed.dataset.client(DatasetService);
       const { examples } = await datasets.listExamples({ datasetVersionId: versionId, split: DatasetSplit.TEST, page: { pageSize: 1000 } });
       expect(run.items).toBe(examples.length);
+      expect(run.collection).toBe("docs");
+      expect((await client.listEvalRuns({ collection: "docs" })).runs.map((r) => r.id)).toEqual([run.id]);
       expect(run.report!.unanswerable).toBe(examples.filter((e) => e.kind === ExampleKind.UNANSWERABLE).length);
 
       // Every completion prompt is exactly a prompt of the version's test export (the training template).
