@@ -12,6 +12,9 @@ export interface MarkdownBlocks {
 /** Thrown for front matter that is not a YAML mapping; the caller maps it to a parse error. */
 export class FrontMatterError extends Error {}
 
+/** Thrown for block quotes or lists nested past markdown-it's limit, past which it drops the rest of the document. */
+export class NestingError extends Error {}
+
 /**
  * CommonMark with GFM tables and strikethrough, raw HTML recognized (and reduced to its text).
  * Linkify and typographer stay off: a bare URL is kept as written, quotes are not curled.
@@ -38,7 +41,13 @@ export function markdownToBlocks(source: string): MarkdownBlocks {
     if (front[1] === "---") metadata = readFrontMatter(front[2] ?? "");
     body = source.slice(front[0].length);
   }
-  const walker = new TokenWalker(markdown.parse(body, {}));
+  const tokens = markdown.parse(body, {});
+  // At its nesting limit markdown-it stops reading and skips the rest of the document: refuse rather than lose text.
+  const limit = (markdown.options as { maxNesting?: number }).maxNesting ?? 100;
+  if (tokens.some((t) => t.nesting === 1 && t.level >= limit - 1)) {
+    throw new NestingError(`the Markdown nests block quotes or lists ${limit} levels deep or more, past which the parser cannot read; flatten it`);
+  }
+  const walker = new TokenWalker(tokens);
   const blocks: Block[] = [];
   walker.flow(blocks, undefined);
   return { blocks, metadata };

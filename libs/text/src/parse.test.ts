@@ -155,6 +155,11 @@ describe("parseDocument: HTML", () => {
 });
 
 describe("parseDocument: plain text and media types", () => {
+  it("reads block quotes and lists nested deeply but within the parser's limit", () => {
+    const doc = parseDocument({ text: `${"> ".repeat(90)}still read\n`, filename: "quotes.md" });
+    expect(doc.text).toBe("still read");
+  });
+
   it("parses plain text into paragraphs with one section", () => {
     const doc = parseDocument({ bytes: new TextEncoder().encode("First para\nline.\r\n\r\n\r\nSecond."), filename: "notes.txt" });
     expect(doc.text).toBe("First para\nline.\n\nSecond.");
@@ -190,6 +195,7 @@ describe("parseDocument: bad input", () => {
       "too-deep",
       /nests elements too deeply/,
     ],
+    ["Markdown block quotes nested 20,000 deep", { text: `${"> ".repeat(20_000)}deep`, filename: "quotes.md" }, {}, "too-deep", /nests block quotes or lists 100 levels deep/],
   ];
   for (const [label, input, options, code, message] of cases) {
     it(`rejects ${label} with code ${code}`, () => {

@@ -1,6 +1,6 @@
 import { assembleBlocks, type Block, type Section } from "./blocks.js";
 import { htmlToBlocks } from "./html.js";
-import { FrontMatterError, markdownToBlocks } from "./markdown.js";
+import { FrontMatterError, markdownToBlocks, NestingError } from "./markdown.js";
 
 export type MediaType = "text/markdown" | "text/html" | "text/plain";
 
@@ -11,7 +11,7 @@ export type ParseErrorCode =
   | "too-large"
   | "unsupported-media-type"
   | "invalid-front-matter"
-  /** Markup nested more deeply than the parser can follow (thousands of levels). */
+  /** Markup nested more deeply than the parser can follow (HTML thousands of levels, Markdown 100). */
   | "too-deep";
 
 /** A document that cannot be ingested; `code` says why, the message says what to do. */
@@ -112,6 +112,7 @@ export function parseDocument(input: ParseInput, options: ParseOptions = {}): Pa
       ({ blocks, metadata } = markdownToBlocks(source));
     } catch (error) {
       if (error instanceof FrontMatterError) throw new DocumentParseError("invalid-front-matter", filename, error.message);
+      if (error instanceof NestingError) throw new DocumentParseError("too-deep", filename, error.message);
       throw error;
     }
     if (typeof metadata["title"] === "string") declaredTitle = metadata["title"];
