@@ -514,6 +514,18 @@ function checkDurability(resources: Resource[], configMaps: Map<string, Record<s
     if (!/^(true|1)$/i.test(env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING") ?? "")) problems.push("vllm: VLLM_ALLOW_RUNTIME_LORA_UPDATING is not on");
     if (!(env.get("VLLM_PLUGINS") ?? "").split(",").includes("lora_filesystem_resolver")) problems.push("vllm: VLLM_PLUGINS does not load lora_filesystem_resolver");
     if (!adapters || env.get("VLLM_LORA_RESOLVER_CACHE_DIR") !== get(adapters, "mountPath")) problems.push("vllm: VLLM_LORA_RESOLVER_CACHE_DIR is not the adapters folder of the shared volume");
+    // Promoted adapters: the gateway writes them where vLLM reads them, at the path it asks vLLM to load.
+    const gateway = find(resources, "Deployment", "gateway");
+    const gatewayPod = get(gateway, "spec", "template", "spec") as Obj;
+    const gatewayContainer = list(gatewayPod?.containers).find((c) => get(c, "name") === "gateway") as Obj | undefined;
+    const gatewayEnv: Record<string, string> = {};
+    for (const from of list(gatewayContainer?.envFrom)) Object.assign(gatewayEnv, configMaps.get(String(get(from, "configMapRef", "name"))) ?? {});
+    const written = list(gatewayContainer?.volumeMounts).find((m) => get(m, "mountPath") === gatewayEnv.GATEWAY_ADAPTER_DIR);
+    if (!written || get(written, "subPath") !== "models/adapters" || get(written, "readOnly") === true) {
+      problems.push(`gateway: GATEWAY_ADAPTER_DIR=${gatewayEnv.GATEWAY_ADAPTER_DIR} is not the writable adapters folder of the shared volume`);
+    }
+    if (get(adapters, "mountPath") !== gatewayEnv.GATEWAY_ADAPTER_DIR) problems.push("vllm: reads adapters at another path than the gateway writes and loads them");
+    if ((gatewayEnv.GATEWAY_LORA_FORMAT ?? "peft") !== "peft") problems.push("gateway: GATEWAY_LORA_FORMAT must be peft for vLLM");
     // The resolver loads an adapter only if its base_model_name_or_path (the real path the trainer resolved) is the
     // path vLLM serves: a folder under /models, not a symlink to one such as base-model.
     const model = [...list(container.command), ...list(container.args)].map(String).find((a) => a.startsWith("/models/"));
