@@ -1,9 +1,7 @@
-import { randomBytes } from "node:crypto";
-import { hostname } from "node:os";
 import { create, toJsonString } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
-import { type ArtifactStore, type Fence, OwnershipLostError } from "@ragtune/bus";
+import { type ArtifactStore, type Fence, type LeasedWork, LeasedWorkRunner, OwnershipLostError, WorkCancelledError } from "@ragtune/bus";
 import { createLlmClient, isLlmError, type LlmClient, type LlmConfig, type ModelInfo } from "@ragtune/llm";
 import type { Logger } from "@ragtune/logger";
 import {
@@ -15,6 +13,8 @@ import {
   EvalReportSchema,
   EvalRunCompletedSchema,
   type EvalRun,
+  type EvalRunEventSchema,
+  type EvalRunSchema,
   EvalRunStatus,
   type Failure,
   FailureKind,
@@ -42,13 +42,6 @@ export interface RunExecutorDeps {
   leaseMs: number;
   /** Test hook: called after each answer is stored in memory (a test stops a replica mid-run with it). */
   onAnswer?: (runId: string, done: number) => void | Promise<void>;
-}
-
-/** The run was cancelled while it ran. */
-class CancelledError extends Error {
-  constructor() {
-    super("the run was cancelled");
-  }
 }
 
 /** A failure a user can act on (bad input, endpoint or model), not a system fault. */
@@ -80,76 +73,18 @@ export interface StoredReport {
  * ragtune.eval.run.completed, and ragtune.eval.gate.passed when every promotion gate passed.
  */
 export class RunExecutor {
-  private readonly queue: string[] = [];
-  private readonly pending = new Set<string>();
-  private draining: Promise<void> | undefined;
-  private stopping = false;
-  private scanTimer: NodeJS.Timeout | undefined;
-  private readonly shutdown = new AbortController();
-  readonly owner = `${hostname()}-${process.pid}-${randomBytes(4).toString("hex")}`;
+  private readonly runner: LeasedWorkRunner<typeof EvalRunSchema, typeof EvalRunEventSchema, RunEventDetail>;
 
-  constructor(private readonly deps: RunExecutorDeps) {}
-
-  submit(id: string): void {
-    if (this.stopping || this.pending.has(id)) return;
-    this.pending.add(id);
-    this.queue.push(id);
-    this.draining ??= this.drain().finally(() => {
-      this.draining = undefined;
-    });
-  }
-
-  /** Queues every unfinished run nobody holds, now and then every half lease. Returns the IDs queued now. */
-  async resume(): Promise<string[]> {
-    const queued = await this.scan();
-    if (this.scanTimer === undefined && !this.stopping) {
-      this.scanTimer = setInterval(() => {
-        this.scan().catch((err: unknown) => this.deps.logger.warn({ err }, "cannot scan for unfinished eval runs"));
-      }, Math.max(500, Math.floor(this.deps.leaseMs / 2)));
-      this.scanTimer.unref();
-    }
-    return queued;
-  }
-
-  private async scan(): Promise<string[]> {
-    const now = Date.now();
-    const open = await this.deps.runs.list((r) => !isFinished(r.state.status) && (r.owner === "" || r.leaseExpiresAtMs <= now));
-    const ids = open.map((r) => r.id).filter((id) => !this.pending.has(id));
-    for (const id of ids) this.submit(id);
-    return ids;
-  }
-
-  /** Stops the running run (it starts again on the next start, here or on another replica) and waits for the loop. */
-  async close(): Promise<void> {
-    this.stopping = true;
-    clearInterval(this.scanTimer);
-    this.queue.length = 0;
-    this.shutdown.abort(new Error("the eval service is stopping"));
-    await this.draining;
-  }
-
-  private async drain(): Promise<void> {
-    while (!this.stopping) {
-      const id = this.queue.shift();
-      if (id === undefined) return;
-      const log = this.deps.logger.child({ evalRunId: id });
-      try {
-        await this.execute(id, log);
-      } catch (err) {
-        if (err instanceof OwnershipLostError) log.warn("another replica took the run over; leaving it");
-        else if (this.stopping) log.warn({ err }, "run interrupted by shutdown; it starts again on the next start or another replica");
-        else log.error({ err }, "eval run failed with a system error");
-      } finally {
-        this.pending.delete(id);
-      }
-    }
-  }
-
-  private async execute(id: string, log: Logger): Promise<void> {
-    const { runs } = this.deps;
-    const claimed = await runs.claim(id, this.owner, {
-      leaseMs: this.deps.leaseMs,
-      change: (run, previous, reason) => {
+  constructor(private readonly deps: RunExecutorDeps) {
+    this.runner = new LeasedWorkRunner({
+      store: deps.runs,
+      what: "eval run",
+      idField: "evalRunId",
+      logger: deps.logger,
+      leaseMs: deps.leaseMs,
+      isOpen: (run) => !isFinished(run.status),
+      isCancelled: (run) => run.status === EvalRunStatus.CANCELLED,
+      claimChange: (run, previous, reason) => {
         const events: { body: RunEventDetail }[] = [];
         if (run.status === EvalRunStatus.QUEUED) {
           run.status = EvalRunStatus.RUNNING;
@@ -162,24 +97,42 @@ export class RunExecutor {
         run.answersFailed = 0;
         return { state: run, events };
       },
+      work: (claimed) => this.execute(claimed),
     });
-    if (claimed === null) return;
-    const fence = claimed.fence;
-    let run = claimed.resource.state;
-    const cancel = new AbortController();
-    const onShutdown = () => cancel.abort(this.shutdown.signal.reason);
-    this.shutdown.signal.addEventListener("abort", onShutdown, { once: true });
-    const lease = this.keepLease(id, fence, cancel, log);
+  }
+
+  /** This replica's name in claims. */
+  get owner(): string {
+    return this.runner.owner;
+  }
+
+  submit(id: string): void {
+    this.runner.submit(id);
+  }
+
+  /** Queues every unfinished run nobody holds, now and then every half lease. Returns the IDs queued now. */
+  resume(): Promise<string[]> {
+    return this.runner.resume();
+  }
+
+  /** Stops the running run (it starts again on the next start, here or on another replica) and waits for the loop. */
+  close(): Promise<void> {
+    return this.runner.close();
+  }
+
+  private async execute({ id, resource, fence, signal, log }: LeasedWork<typeof EvalRunSchema>): Promise<void> {
+    const { runs } = this.deps;
+    let run = resource.state;
     const clients: LlmClient[] = [];
     try {
-      const { items, collection } = await this.loadItems(run, cancel.signal);
-      const endpoint = this.client(run.endpointUrl, run.concurrency, cancel.signal);
+      const { items, collection } = await this.loadItems(run, signal);
+      const endpoint = this.client(run.endpointUrl, run.concurrency, signal);
       clients.push(endpoint);
       const baseModel = await this.checkModels(endpoint, run.endpointUrl, run.baseModel, run.adapters, "base_model");
       let judge: LlmClient | undefined;
       if (run.judge !== undefined && run.judge.model !== "") {
         const url = run.judge.endpointUrl || run.endpointUrl;
-        judge = url === run.endpointUrl ? endpoint : this.client(url, run.concurrency, cancel.signal);
+        judge = url === run.endpointUrl ? endpoint : this.client(url, run.concurrency, signal);
         if (judge !== endpoint) clients.push(judge);
         await this.checkModels(judge, url, run.judge.model, [], "judge.model");
       }
@@ -188,7 +141,7 @@ export class RunExecutor {
         await runs.modify(
           id,
           (r) => {
-            if (r.status === EvalRunStatus.CANCELLED) throw new CancelledError();
+            if (r.status === EvalRunStatus.CANCELLED) throw new WorkCancelledError();
             r.baseModel = baseModel;
             if (r.collection === "") r.collection = collection;
             r.items = items.length;
@@ -199,13 +152,13 @@ export class RunExecutor {
         )
       ).state;
       log.info({ items: items.length, models, concurrency: run.concurrency, endpoint: run.endpointUrl }, "eval run answering");
-      const scored = await this.answerAll(id, fence, run, items, models, endpoint, cancel.signal, log);
-      if (judge !== undefined) await this.judgeAll(id, fence, run.judge!.model, scored, judge, run.concurrency, cancel.signal, log);
+      const scored = await this.answerAll(id, fence, run, items, models, endpoint, signal, log);
+      if (judge !== undefined) await this.judgeAll(id, fence, run.judge!.model, scored, judge, run.concurrency, signal, log);
       await this.finish(id, fence, run, scored, baseModel);
       log.info("eval run succeeded");
     } catch (err) {
-      if (err instanceof OwnershipLostError || this.shutdown.signal.aborted) throw err;
-      if (err instanceof CancelledError || cancel.signal.reason instanceof CancelledError) {
+      if (err instanceof OwnershipLostError || this.runner.stopped) throw err;
+      if (err instanceof WorkCancelledError || signal.reason instanceof WorkCancelledError) {
         await runs.release(id, fence).catch(() => {});
         log.info("eval run cancelled");
         return;
@@ -221,8 +174,6 @@ export class RunExecutor {
       await this.fail(id, fence, failure);
     } finally {
       for (const c of clients) c.close();
-      lease.stop();
-      this.shutdown.signal.removeEventListener("abort", onShutdown);
     }
   }
 
@@ -318,7 +269,7 @@ export class RunExecutor {
           this.deps.runs.modify(
             id,
             (r) => {
-              if (r.status === EvalRunStatus.CANCELLED) throw new CancelledError();
+              if (r.status === EvalRunStatus.CANCELLED) throw new WorkCancelledError();
               r.answersDone = done;
               r.answersFailed = failed;
               return { state: r, events: events.map((body) => ({ body })) };
@@ -473,27 +424,6 @@ export class RunExecutor {
         ],
       };
     });
-  }
-
-  /** Renews the run's lease every third of its length; a lost claim or a cancel stops the run at once. */
-  private keepLease(id: string, fence: Fence, cancel: AbortController, log: Logger): { stop(): void } {
-    const timer = setInterval(() => {
-      this.deps.runs.renew(id, fence, this.deps.leaseMs).then(
-        (r) => {
-          if (r.state.status === EvalRunStatus.CANCELLED) cancel.abort(new CancelledError());
-        },
-        (err: unknown) => {
-          if (err instanceof OwnershipLostError) {
-            log.warn("another replica took the run over; stopping this one");
-            cancel.abort(err);
-          } else {
-            log.warn({ err }, "renewing the run's lease failed; retrying");
-          }
-        },
-      );
-    }, Math.max(100, Math.floor(this.deps.leaseMs / 3)));
-    timer.unref();
-    return { stop: () => clearInterval(timer) };
   }
 }
 
