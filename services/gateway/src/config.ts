@@ -30,6 +30,15 @@ export const gatewayConfigSchema = baseServiceSchema.extend({
   GATEWAY_UPSTREAM_AUTH_TOKEN: z.string().min(1).optional(),
   /** Longest question accepted, in characters (longer: RESOURCE_EXHAUSTED). */
   GATEWAY_MAX_QUESTION_CHARS: envInt({ min: 1, max: 1_000_000, default: 4000 }),
+  /**
+   * api-keys (default): every call needs a gateway API key (created with `npm run -w @ragtune/gateway-service keys`),
+   * and a key reaches only its tenant's collections. none: no keys, every collection open (local development only).
+   */
+  GATEWAY_AUTH: z.enum(["api-keys", "none"]).default("api-keys"),
+  /** Requests per minute each API key may make (sustained, per gateway replica)... */
+  GATEWAY_RATE_LIMIT: envInt({ min: 1, max: 60_000_000, default: 1200 }),
+  /** ...and at once after a quiet spell. */
+  GATEWAY_RATE_BURST: envInt({ min: 1, max: 1_000_000, default: 40 }),
   /** Prefix of the gateway's NATS buckets (tests isolate with their own). */
   GATEWAY_BUCKET_PREFIX: z.string().regex(/^[a-z0-9][a-z0-9-]{0,30}$/, "use lowercase letters, digits and '-'").default("gateway"),
 });

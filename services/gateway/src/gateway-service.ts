@@ -3,7 +3,7 @@
  * template, the promoted adapter through libs/llm, citations and the refusal flag).
  */
 import { create } from "@bufbuild/protobuf";
-import type { ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { LlmClient } from "@ragtune/llm";
 import {
@@ -21,6 +21,7 @@ import { citationsFor, isRefusal, modelCallError, questionMarkup, renderPrompt }
 import type { CollectionIndex, CollectionIndexes } from "./collection-index.js";
 import type { PromotionStore } from "./promotion-store.js";
 import type { Promotions } from "./promotions.js";
+import { type AccessControl, requireCollection } from "./access.js";
 import type { RetrievedHit } from "./retriever.js";
 
 export interface AskLimits {
@@ -34,6 +35,8 @@ export interface AskLimits {
 export const DEFAULT_ASK_LIMITS: AskLimits = { maxQuestionChars: 4000, defaultTopK: 4, maxTopK: 20, defaultMaxTokens: 256, maxMaxTokens: 2048 };
 
 export interface GatewayDeps {
+  /** API keys, tenants and rate limits; undefined: access control is off (GATEWAY_AUTH=none). */
+  access?: AccessControl | undefined;
   indexes: CollectionIndexes;
   llm: Pick<LlmClient, "complete" | "streamCompletion">;
   promotions: Pick<PromotionStore, "current">;
@@ -60,7 +63,13 @@ export function collectionName(collection: string): string {
 export function createGatewayService(deps: GatewayDeps): Partial<ServiceImpl<typeof GatewayService>> {
   const limits = { ...DEFAULT_ASK_LIMITS, ...deps.limits };
 
-  const prepare = async (req: { collection: string; question: string; options?: AskOptions | undefined }): Promise<Prepared> => {
+  const collectionOf = async (ctx: HandlerContext, name: string): Promise<string> => {
+    const collection = collectionName(name);
+    await requireCollection(deps.access, ctx, collection);
+    return collection;
+  };
+
+  const prepare = async (req: { collection: string; question: string; options?: AskOptions | undefined }, ctx: HandlerContext): Promise<Prepared> => {
     const question = req.question.trim();
     if (question === "") throw invalidArgument("question", "question is empty; send the question to answer");
     if (question.length > limits.maxQuestionChars) {
@@ -77,7 +86,7 @@ export function createGatewayService(deps: GatewayDeps): Partial<ServiceImpl<typ
     if (!(temperature >= 0 && temperature <= 2)) throw invalidArgument("options.temperature", `temperature must be 0..2, got ${temperature}`);
     if (o?.useBaseModel === true && o.adapterId !== "") throw invalidArgument("options", "set either use_base_model or adapter_id, not both");
 
-    const collection = collectionName(req.collection);
+    const collection = await collectionOf(ctx, req.collection);
     let index: CollectionIndex;
     try {
       index = await deps.indexes.get(collection);
@@ -121,9 +130,9 @@ export function createGatewayService(deps: GatewayDeps): Partial<ServiceImpl<typ
     create(AnswerUsageSchema, { promptTokens: u?.promptTokens ?? 0, completionTokens: u?.completionTokens ?? 0 });
 
   return {
-    async promoteAdapter(req) {
+    async promoteAdapter(req, ctx) {
       const adapter = await deps.promotion.promote({
-        collection: collectionName(req.collection),
+        collection: await collectionOf(ctx, req.collection),
         jobId: req.jobId.trim(),
         evalRunId: req.evalRunId.trim(),
         force: req.force,
@@ -133,21 +142,21 @@ export function createGatewayService(deps: GatewayDeps): Partial<ServiceImpl<typ
       return { adapter };
     },
 
-    async getPromotedAdapter(req) {
-      const adapter = await deps.promotions.current(collectionName(req.collection));
+    async getPromotedAdapter(req, ctx) {
+      const adapter = await deps.promotions.current(await collectionOf(ctx, req.collection));
       return adapter === undefined ? {} : { adapter };
     },
 
-    async rollbackAdapter(req) {
-      return { adapter: await deps.promotion.rollback(collectionName(req.collection)) };
+    async rollbackAdapter(req, ctx) {
+      return { adapter: await deps.promotion.rollback(await collectionOf(ctx, req.collection)) };
     },
 
-    async listPromotions(req) {
-      return { promotions: await deps.promotion.list(collectionName(req.collection)) };
+    async listPromotions(req, ctx) {
+      return { promotions: await deps.promotion.list(await collectionOf(ctx, req.collection)) };
     },
 
     async ask(req, ctx) {
-      const p = await prepare(req);
+      const p = await prepare(req, ctx);
       let result;
       try {
         result = await deps.llm.complete(
@@ -171,7 +180,7 @@ export function createGatewayService(deps: GatewayDeps): Partial<ServiceImpl<typ
     },
 
     async *askStream(req, ctx) {
-      const p = await prepare(req);
+      const p = await prepare(req, ctx);
       yield { part: { case: "context", value: { chunks: context(p), model: p.model ?? "", adapterId: p.adapterId } } };
       const stream = deps.llm.streamCompletion(
         { prompt: p.prompt, temperature: p.temperature, maxTokens: p.maxTokens, ...(p.model !== undefined ? { model: p.model } : {}) },

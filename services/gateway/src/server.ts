@@ -4,6 +4,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { AdapterPromotedSchema, EvalService, GatewayService, IngestService, TrainerService } from "@ragtune/proto";
 import { createClient, type ServiceContext, type ServiceInstance } from "@ragtune/rpc";
+import { type AccessControl, ApiKeys, guardService, RateLimiter, Tenancy } from "./access.js";
 import { CollectionIndexes, followIngestEvents } from "./collection-index.js";
 import type { GatewayConfig } from "./config.js";
 import { createGatewayService } from "./gateway-service.js";
@@ -15,6 +16,7 @@ export interface GatewayInstance extends ServiceInstance {
   indexes: CollectionIndexes;
   promotions: Promotions;
   promotionStore: PromotionStore;
+  access: AccessControl | undefined;
 }
 
 /**
@@ -46,7 +48,18 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
         await bus.publish(AdapterPromotedSchema, create(AdapterPromotedSchema, { eventId, occurredAt: timestampFromDate(new Date(at)), adapter }), { msgId: eventId });
       },
     });
-    const impl = createGatewayService({
+    const access: AccessControl | undefined =
+      config.GATEWAY_AUTH === "none"
+        ? undefined
+        : {
+            keys: await ApiKeys.open(bus, `${config.GATEWAY_BUCKET_PREFIX}-api-keys`),
+            tenancy: await Tenancy.open(bus, `${config.GATEWAY_BUCKET_PREFIX}-tenancy`),
+            limiter: new RateLimiter(config.GATEWAY_RATE_LIMIT, config.GATEWAY_RATE_BURST),
+            logger,
+          };
+    if (access === undefined) logger.warn("GATEWAY_AUTH=none: no API keys, every collection open to every caller");
+    const handlers = createGatewayService({
+      access,
       indexes,
       llm,
       promotions: store,
@@ -54,11 +67,13 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
       baseModel: config.LLM_MODEL,
       limits: { maxQuestionChars: config.GATEWAY_MAX_QUESTION_CHARS },
     });
+    const impl = access === undefined ? handlers : guardService(GatewayService, handlers, access);
     const stop = stopEvents;
     return {
       indexes,
       promotions,
       promotionStore: store,
+      access,
       // Client apps call the gateway with Connect JSON over HTTP/1.1 as well as gRPC over h2c.
       allowHttp1: true,
       register: (router) => router.service(GatewayService, impl),

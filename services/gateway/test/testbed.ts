@@ -42,7 +42,7 @@ export async function startGatewayTestbed(answer: Answer, env: Record<string, st
     startTestService({
       definition: GATEWAY,
       nats,
-      env: { GATEWAY_INGEST_URL: ingest.url, LLM_BASE_URL: model.url, LLM_MODEL: BASE_MODEL, LLM_MAX_RETRIES: "0", ...env, ...extra },
+      env: { GATEWAY_AUTH: "none", GATEWAY_INGEST_URL: ingest.url, LLM_BASE_URL: model.url, LLM_MODEL: BASE_MODEL, LLM_MAX_RETRIES: "0", ...env, ...extra },
     });
   const gateway = await startGateway();
   return {
