@@ -7,19 +7,21 @@
 // concurrency, 1 thread, no context shift), get the same prompts in the same order at temperature 0 with the same
 // max_tokens, with end-of-sequence disabled (vLLM's ignore_eos) so every answer is max_tokens long, and keep the
 // same number of requests in flight. The direct contestant runs LlamaCompletion on a
-// context sequence; the server contestant streams each request through HTTP + SSE with the project's client
-// (libs/llm streamCompletion). Checked: every answer is max_tokens long, and at concurrency 1 the server's text equals
+// context sequence; the server contestant is the server's CLI in a process of its own, and each request streams
+// through HTTP + SSE with the project's client (libs/llm streamCompletion) in the bench process. Checked: every answer is max_tokens long, and at concurrency 1 the server's text equals
 // the direct text for the same prompt.
 // Figures per contestant: generated tokens / wall time (tokens counted from each contestant's own usage), and time
 // to first token (request start to first streamed text) p50/p99. Rounds alternate contestants; the median round
 // is reported. Overhead = 1 - server tokens/s ÷ direct tokens/s (target ≤ 10%).
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { createLlmClient } from "@ragtune/llm";
-import { createLogger } from "@ragtune/logger";
-import { noEndOfSequenceBias, startModelServer } from "@ragtune/model-server";
+import { noEndOfSequenceBias } from "@ragtune/model-server";
 import { makeTinyModels } from "@ragtune/model-server/tiny-models";
 import { getLlama, LlamaCompletion, type LlamaContext, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
 
@@ -133,25 +135,43 @@ function summary(result: RoundResult) {
 
 const median = (values: number[]) => percentile(values, 50);
 
+const SERVER_MAIN = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "libs", "model-server", "src", "main.ts");
+
+/** The server as users start it: its CLI in a process of its own (the client's work stays out of its event loop). */
+async function startServerProcess(modelPath: string, adapterPath: string, concurrency: number) {
+  const child = spawn(
+    process.execPath,
+    ["--conditions=@ragtune/source", "--import", "tsx", SERVER_MAIN, "--model", modelPath, "--served-model-name", "tiny", "--lora-modules", `adapter=${adapterPath}`,
+      "--port", "0", "--concurrency", String(concurrency), "--context-size", String(CONTEXT_SIZE), "--threads", String(THREADS)],
+    { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, LOG_LEVEL: "info" } },
+  );
+  let out = "";
+  const url = await new Promise<string>((ok, fail) => {
+    child.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+      const m = /"url":"(http:[^"]+)"[^\n]*"msg":"model server listening"/.exec(out);
+      if (m) ok(m[1]!);
+    });
+    child.once("exit", (code) => fail(new Error(`the model server exited (${code}): ${out}`)));
+  });
+  return {
+    baseUrl: `${url}/v1`,
+    async close() {
+      child.kill("SIGTERM");
+      if (child.exitCode === null) await once(child, "exit");
+    },
+  };
+}
+
 const root = await mkdtemp(join(tmpdir(), "bench-model-server-"));
 try {
   process.stderr.write("making the tiny model and training an adapter with the trainer worker…\n");
   const models = await makeTinyModels(root);
   const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
   const model = await llama.loadModel({ modelPath: models.model });
-  const logger = createLogger({ svc: "bench", level: "warn" });
   const rows: string[] = [];
   for (const concurrency of [1, 8]) {
-    const server = await startModelServer({
-      model: models.model,
-      servedModelName: "tiny",
-      loraModules: [{ name: "adapter", path: models.adapter }],
-      port: 0,
-      concurrency,
-      contextSize: CONTEXT_SIZE,
-      threads: THREADS,
-      logger,
-    });
+    const server = await startServerProcess(models.model, models.adapter, concurrency);
     for (const variant of ["tiny", "adapter"] as const) {
       const context = await model.createContext({
         contextSize: CONTEXT_SIZE,

@@ -13,6 +13,7 @@ import {
   type ChatWrapper,
   type Llama,
   type LlamaContext,
+  type LlamaContextSequence,
   LlamaCompletion,
   type LlamaGrammar,
   LlamaLogLevel,
@@ -52,6 +53,9 @@ export interface ServedModel {
 
 interface Variant extends ServedModel {
   context: LlamaContext;
+  /** Sequences not in use. They are made once with the context and reused: a disposed sequence's slot comes back
+   * to the context only later (asynchronously), so getSequence() right after a dispose can find none left. */
+  free: LlamaContextSequence[];
   /** Generations running on this variant's context. */
   active: number;
   /** Unloaded: no new generation; the context is freed when the last running one ends. */
@@ -114,7 +118,8 @@ export class InferenceEngine {
   static async load(options: EngineOptions): Promise<InferenceEngine> {
     const modelPath = resolve(options.modelPath);
     await expectFile(modelPath, "the model");
-    const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
+    // "auto": the CPU build unless a GPU build was opted into (root package.json overrides) and its GPU is present.
+    const llama = await getLlama({ gpu: "auto", build: "never", logLevel: LlamaLogLevel.error });
     let model: LlamaModel;
     try {
       model = await llama.loadModel({ modelPath });
@@ -125,7 +130,7 @@ export class InferenceEngine {
     const engine = new InferenceEngine(llama, model, options.servedModelName ?? options.modelPath, options);
     try {
       const context = await engine.#createContext(undefined);
-      engine.#variants.set(engine.baseId, { id: engine.baseId, created: unixNow(), context, active: 0, retired: false });
+      engine.#variants.set(engine.baseId, { id: engine.baseId, created: unixNow(), context, free: engine.#sequences(context), active: 0, retired: false });
     } catch (error) {
       await engine.close();
       throw error;
@@ -172,7 +177,7 @@ export class InferenceEngine {
           { param: "lora_path", cause: error },
         );
       });
-      const variant: Variant = { id: name, loraPath, created: unixNow(), context, active: 0, retired: false };
+      const variant: Variant = { id: name, loraPath, created: unixNow(), context, free: this.#sequences(context), active: 0, retired: false };
       this.#variants.set(name, variant);
       this.options.logger.info({ adapter: name, path: loraPath }, "lora adapter loaded");
       return { id: name, loraPath, created: variant.created };
@@ -244,8 +249,9 @@ export class InferenceEngine {
         { param: "max_tokens" },
       );
     }
+    const sequence = variant.free.pop();
+    if (sequence === undefined) throw new Error(`no free sequence for ${modelId}: more generations than concurrency`);
     variant.active++;
-    const sequence = variant.context.getSequence();
     // Stop strings are matched on the text, anywhere (also inside a token), as vLLM matches them; the filter holds
     // back text that may be the start of one and ends the generation when one appears.
     const stopped = new AbortController();
@@ -272,7 +278,9 @@ export class InferenceEngine {
       const finishReason: FinishReason = filter.stopString === null && metadata.stopReason === "maxTokens" ? "length" : "stop";
       return { text, finishReason, stopReason: filter.stopString, promptTokens, completionTokens };
     } finally {
-      sequence.dispose();
+      // Greedy answers must not depend on what ran before on this sequence.
+      await sequence.clearHistory().catch(() => undefined);
+      variant.free.push(sequence);
       variant.active--;
       if (variant.retired && variant.active === 0) await variant.context.dispose();
     }
@@ -289,6 +297,10 @@ export class InferenceEngine {
 
   #assertOpen(): void {
     if (this.#closed) throw new ModelServerError(503, "the model server is shutting down");
+  }
+
+  #sequences(context: LlamaContext): LlamaContextSequence[] {
+    return Array.from({ length: this.options.sequences }, () => context.getSequence());
   }
 
   async #createContext(loraPath: string | undefined): Promise<LlamaContext> {

@@ -128,6 +128,13 @@ describe("model server on the tiny model (real node-llama-cpp, real HTTP on 127.
     expect(events.some((e) => e.includes('"usage"'))).toBe(false);
   });
 
+  it("serves more requests than sequences back to back (each waits for a sequence, none fails)", async () => {
+    const request = { prompt: PROMPT, maxTokens: 6, temperature: 0 };
+    const answers = await Promise.all(Array.from({ length: 7 }, (_, i) => llm.complete({ ...request, model: i % 2 ? "job" : "tiny" })));
+    expect(new Set(answers.filter((_, i) => i % 2 === 0).map((a) => a.text)).size).toBe(1);
+    expect(new Set(answers.filter((_, i) => i % 2 === 1).map((a) => a.text)).size).toBe(1);
+  });
+
   it("stops at a stop string, leaves it out of the text and names it in stop_reason", async () => {
     const free = await post(server, "/v1/completions", { model: "tiny", prompt: PROMPT, max_tokens: 24, temperature: 0 });
     const text: string = free.json.choices[0].text;
