@@ -206,26 +206,31 @@ export async function openKv<Desc extends DescMessage>(
       const entries: ({ key: string } & KvValue<Desc>)[] = [];
       let pending = (await consumer.info(true)).num_pending;
       let next = 0;
-      // Deleted keys leave markers: read on until `limit` present entries are found or nothing is left.
-      while (pending > 0 && entries.length < limit) {
-        const batch = await consumer.fetch({ max_messages: Math.min(pending, limit - entries.length), expires: 5_000 });
-        let got = 0;
-        for await (const m of batch) {
-          got++;
-          pending = m.info.pending;
-          next = m.seq + 1;
-          const operation = m.headers?.get("KV-Operation") ?? "";
-          if (operation === "DEL" || operation === "PURGE") continue;
-          const key = m.subject.slice(prefix.length);
-          let value: MessageShape<Desc>;
-          try {
-            value = fromBinary(schema, m.data);
-          } catch (err) {
-            throw new Error(`KV ${bucket}/${key} (revision ${m.seq}) is not a valid ${schema.typeName}`, { cause: err });
+      try {
+        // Deleted keys leave markers: read on until `limit` present entries are found or nothing is left.
+        while (pending > 0 && entries.length < limit) {
+          const batch = await consumer.fetch({ max_messages: Math.min(pending, limit - entries.length), expires: 5_000 });
+          let got = 0;
+          for await (const m of batch) {
+            got++;
+            pending = m.info.pending;
+            next = m.seq + 1;
+            const operation = m.headers?.get("KV-Operation") ?? "";
+            if (operation === "DEL" || operation === "PURGE") continue;
+            const key = m.subject.slice(prefix.length);
+            let value: MessageShape<Desc>;
+            try {
+              value = fromBinary(schema, m.data);
+            } catch (err) {
+              throw new Error(`KV ${bucket}/${key} (revision ${m.seq}) is not a valid ${schema.typeName}`, { cause: err });
+            }
+            entries.push({ key, value, revision: m.seq });
           }
-          entries.push({ key, value, revision: m.seq });
+          if (got === 0) break;
         }
-        if (got === 0) break;
+      } finally {
+        // An ordered consumer would otherwise stay on the server for minutes after its last use.
+        await consumer.delete().catch(() => {});
       }
       return { entries, nextRevision: pending > 0 ? next : 0 };
     },

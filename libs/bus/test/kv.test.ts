@@ -70,6 +70,8 @@ describe("typed KV", () => {
     expect(seen).toEqual([["a.k1", 1n], ["a.k3", 3n], ["a.k4", 4n], ["a.k5", 5n], ["a.k6", 6n], ["a.k0", 10n]]);
     expect(pages).toBe(2);
     expect(await kv.page("none.*", 1, 3)).toEqual({ entries: [], nextRevision: 0 });
+    // Every page's consumer is gone from the server.
+    expect((await bus.jsm.streams.info("KV_paged")).state.consumer_count).toBe(0);
   });
 
   it("modify retries on conflict so concurrent increments all land", async () => {
