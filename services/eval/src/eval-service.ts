@@ -5,7 +5,6 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import type { ArtifactStore } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
-  ArtifactRefSchema,
   type EvalItemResult,
   EvalItemResultSchema,
   EvalPromptFormat,
@@ -16,6 +15,7 @@ import {
   PageResponseSchema,
 } from "@ragtune/proto";
 import { failedPrecondition, invalidArgument, notFound, paginate } from "@ragtune/rpc";
+import { readArtifact, storeArtifact } from "./artifact-io.js";
 import { EvalSourceError, MAX_EVAL_FILE_BYTES, parseEvalFile } from "./eval-items.js";
 import { differences, type ScoredAnswer } from "./report.js";
 import type { RunExecutor } from "./run-executor.js";
@@ -78,17 +78,9 @@ export function createEvalService(deps: EvalServiceDeps): ServiceImpl<typeof Eva
     return run;
   }
 
-  async function readArtifact(hash: string, what: string): Promise<Buffer> {
-    const stream = await artifacts.get(hash);
-    if (stream === null) throw failedPrecondition(`the ${what} is missing from the object store (${artifacts.bucket}/${hash})`);
-    const parts: Buffer[] = [];
-    for await (const part of stream) parts.push(part as Buffer);
-    return Buffer.concat(parts);
-  }
-
   async function itemResults(run: EvalRun): Promise<EvalItemResult[]> {
     const ref = run.report!.json!;
-    const stored = JSON.parse((await readArtifact(ref.sha256, `report of ${run.id}`)).toString("utf8")) as StoredReportJson;
+    const stored = JSON.parse((await readArtifact(artifacts, ref.sha256, `report of ${run.id}`)).toString("utf8")) as StoredReportJson;
     return stored.items.map((i) => fromJson(EvalItemResultSchema, i));
   }
 
@@ -113,8 +105,7 @@ export function createEvalService(deps: EvalServiceDeps): ServiceImpl<typeof Eva
           if (err instanceof EvalSourceError) throw invalidArgument(err.field || "eval_file", err.message);
           throw err;
         }
-        const info = await artifacts.put([Buffer.from(file.jsonl)], { contentType: "application/jsonl" });
-        evalFile = create(ArtifactRefSchema, { bucket: artifacts.bucket, objectName: info.hash, sha256: info.hash, sizeBytes: BigInt(info.size), mediaType: "application/jsonl" });
+        evalFile = await storeArtifact(artifacts, file.jsonl, "application/jsonl");
         evalFileName = file.name;
       }
       if (collection !== "" && !COLLECTION_RE.test(collection)) throw invalidArgument("collection", "use 1–63 characters of a-z, 0-9, '_' and '-'");
@@ -216,7 +207,7 @@ export function createEvalService(deps: EvalServiceDeps): ServiceImpl<typeof Eva
 
     async getEvalReport(req) {
       const run = await succeededRun(req.evalRunId);
-      const markdown = (await readArtifact(run.report!.markdown!.sha256, `Markdown report of ${run.id}`)).toString("utf8");
+      const markdown = (await readArtifact(artifacts, run.report!.markdown!.sha256, `Markdown report of ${run.id}`)).toString("utf8");
       return { report: run.report!, markdown };
     },
 

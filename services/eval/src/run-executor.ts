@@ -5,11 +5,11 @@ import { type ArtifactStore, type Fence, type LeasedWork, LeasedWorkRunner, Owne
 import { createLlmClient, isLlmError, type LlmClient, type LlmConfig, type ModelInfo } from "@ragtune/llm";
 import type { Logger } from "@ragtune/logger";
 import {
-  ArtifactRefSchema,
   type DatasetService,
   EvalGatePassedSchema,
   EvalItemResultSchema,
   EvalPromptFormat,
+  type EvalReport,
   EvalReportSchema,
   EvalRunCompletedSchema,
   type EvalRun,
@@ -23,6 +23,7 @@ import {
 import { type EvalItem, EvalSourceError, loadDatasetTestSplit, parseEvalFile, sampleItems } from "./eval-items.js";
 import { judgeAnswer, type JudgeVerdict } from "./judge.js";
 import { answerItems } from "./answering.js";
+import { readArtifact, storeArtifact } from "./artifact-io.js";
 import { describeSuccessRule, type SuccessRule } from "./metrics.js";
 import { renderMarkdown, type GateConfig, type ScoredItem } from "./report.js";
 import { buildReportOffThread } from "./report-thread.js";
@@ -203,11 +204,7 @@ export class RunExecutor {
     } else {
       const ref = run.evalFile;
       if (ref === undefined) throw new Error(`run ${run.id} has neither a dataset version nor an eval file`);
-      const stream = await this.deps.artifacts.get(ref.sha256);
-      if (stream === null) throw new Error(`the eval file of run ${run.id} is missing from the object store (${ref.bucket}/${ref.sha256})`);
-      const parts: Buffer[] = [];
-      for await (const part of stream) parts.push(part as Buffer);
-      items = parseEvalFile(Buffer.concat(parts));
+      items = parseEvalFile(await readArtifact(this.deps.artifacts, ref.sha256, `eval file of run ${run.id}`));
     }
     return { items: sampleItems(items, run.maxItems, run.seed), collection };
   }
@@ -356,12 +353,8 @@ export class RunExecutor {
     const source = run.datasetVersionId !== "" ? `test split of dataset version ${run.datasetVersionId}` : `eval file ${run.evalFileName || run.evalFile?.sha256 || ""}`;
     const markdown = renderMarkdown(report, { endpointUrl: run.endpointUrl, source });
     const json = `{"report":${toJsonString(EvalReportSchema, report)},"items":[${results.map((r) => toJsonString(EvalItemResultSchema, r)).join(",")}]}\n`;
-    const store = async (text: string, mediaType: string) => {
-      const info = await artifacts.put([Buffer.from(text, "utf8")], { contentType: mediaType });
-      return create(ArtifactRefSchema, { bucket: artifacts.bucket, objectName: info.hash, sha256: info.hash, sizeBytes: BigInt(info.size), mediaType });
-    };
-    report.json = await store(json, "application/json");
-    report.markdown = await store(markdown, "text/markdown");
+    report.json = await storeArtifact(artifacts, json, "application/json");
+    report.markdown = await storeArtifact(artifacts, markdown, "text/markdown");
     const finishedAt = timestampNow();
     await this.deps.runs.release(id, fence, (r) => {
       if (isFinished(r.status)) return { state: r };
@@ -369,21 +362,7 @@ export class RunExecutor {
       r.report = report;
       r.finishedAt = finishedAt;
       const announce = [
-        {
-          schema: EvalRunCompletedSchema,
-          msgId: `${id}:completed`,
-          value: {
-            eventId: `${id}:completed`,
-            occurredAt: finishedAt,
-            evalRunId: id,
-            collection: r.collection,
-            datasetVersionId: r.datasetVersionId,
-            baseModel,
-            adapters: r.adapters,
-            status: EvalRunStatus.SUCCEEDED,
-            report,
-          },
-        },
+        completedEvent(r, EvalRunStatus.SUCCEEDED, finishedAt, { report }),
         ...(report.gatesPassed
           ? [
               {
@@ -427,8 +406,8 @@ export class RunExecutor {
   }
 }
 
-/** The ragtune.eval.run.completed announcement of a run that ended without a report (failed or cancelled). */
-export function completedEvent(run: EvalRun, status: EvalRunStatus, occurredAt: ReturnType<typeof timestampNow>, extra: { failure?: Failure } = {}) {
+/** The ragtune.eval.run.completed announcement of a run that ended: with its report, or its failure, or cancelled. */
+export function completedEvent(run: EvalRun, status: EvalRunStatus, occurredAt: ReturnType<typeof timestampNow>, extra: { failure?: Failure; report?: EvalReport } = {}) {
   return {
     schema: EvalRunCompletedSchema,
     msgId: `${run.id}:completed`,
