@@ -5,6 +5,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const main = join(dirname(fileURLToPath(import.meta.url)), "..", "src", "main.ts");
-const child = spawn(process.execPath, ["--conditions=@ragtune/source", "--import", "tsx", main, ...process.argv.slice(2)], { stdio: "inherit" });
+// tsx resolved from here, so the command works from any working directory.
+const tsx = import.meta.resolve("tsx");
+const child = spawn(process.execPath, ["--conditions=@ragtune/source", "--import", tsx, main, ...process.argv.slice(2)], { stdio: "inherit" });
 for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => child.kill(signal));
 child.on("exit", (code, signal) => (process.exitCode = code ?? (signal ? 1 : 0)));

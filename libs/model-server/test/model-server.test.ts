@@ -2,7 +2,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createLlmClient, isLlmError, type LlmClient } from "@ragtune/llm";
 import { createLogger } from "@ragtune/logger";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it, vi } from "vitest";
 import { z } from "zod";
 import { type ModelServer, startModelServer } from "../src/index.js";
 
@@ -264,6 +264,25 @@ describe("model server on the tiny model (real node-llama-cpp, real HTTP on 127.
     expect(after).toMatch(/^vllm:generation_tokens_total\{model_name="tiny"\} \d+/m);
     expect(after).toMatch(/^vllm:request_success_total\{model_name="job",finished_reason="stop"\} \d+/m);
     expect(after).toMatch(/^vllm:time_to_first_token_seconds_count\{model_name="tiny"\} \d+/m);
+  });
+});
+
+describe("a client that goes away", () => {
+  it("cancels its generation: the sequence is free again and nothing is counted as finished", async () => {
+    const server = await startModelServer({ model, servedModelName: "tiny", port: 0, concurrency: 1, contextSize: 512, logger });
+    const llm = client(server);
+    try {
+      const stream = llm.streamCompletion({ model: "tiny", prompt: PROMPT, maxTokens: 480, temperature: 0, extraBody: { ignore_eos: true } });
+      for await (const delta of stream) if (delta.text !== "") break; // leaving the loop closes the connection
+      await vi.waitFor(() => expect(server.stats().running).toBe(0), { timeout: 20_000, interval: 20 });
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      expect(metrics).not.toMatch(/^vllm:request_success_total\{/m);
+      // and the server goes on answering
+      expect((await llm.complete({ model: "tiny", prompt: "hi", maxTokens: 2, temperature: 0 })).usage.completionTokens).toBe(2);
+    } finally {
+      llm.close();
+      await server.close();
+    }
   });
 });
 
