@@ -16,7 +16,8 @@
 import { createHash } from "node:crypto";
 import type { DatasetExample } from "./example.js";
 import { segmentChunk, splitSentences, type SourceChunk, type TextSpan } from "./extractive-generator.js";
-import { Bm25Index, contentTermSet, contentTerms, normalizeForContainment } from "./text-similarity.js";
+import { Bm25Retriever, type IndexedChunk } from "@ragtune/retrieval";
+import { contentTermSet, contentTerms, normalizeForContainment } from "./text-similarity.js";
 
 export const DEFAULT_REFUSAL = "The provided context does not contain sufficient information to answer this question.";
 
@@ -286,27 +287,35 @@ function removeAnswer(example: DatasetExample, chunk: SourceChunk | undefined, o
 }
 
 class DistractorFinder {
-  readonly #index: Bm25Index;
-  readonly #terms: (Set<string> | undefined)[];
-  constructor(readonly chunks: readonly SourceChunk[]) {
-    this.#index = new Bm25Index(chunks.map((c) => c.text));
-    this.#terms = new Array<Set<string> | undefined>(chunks.length);
+  /** The retriever the gateway answers with (libs/retrieval), so distractors are what serving would retrieve. */
+  readonly #retriever = new Bm25Retriever();
+  readonly #byId = new Map<string, SourceChunk>();
+  readonly #terms = new Map<string, Set<string>>();
+  constructor(chunks: readonly SourceChunk[]) {
+    const byDocument = new Map<string, IndexedChunk[]>();
+    chunks.forEach((c, ordinal) => {
+      this.#byId.set(c.id, c);
+      const list = byDocument.get(c.documentId) ?? [];
+      list.push({ chunkId: c.id, documentId: c.documentId, headingPath: c.headingPath, text: c.text, ordinal });
+      byDocument.set(c.documentId, list);
+    });
+    for (const [documentId, list] of byDocument) this.#retriever.putDocument(documentId, list);
   }
 
   find(example: DatasetExample, o: Required<NegativeOptions>): Attempt {
     const leaf = example.headingPath.at(-1)?.trim().toLowerCase();
-    const eligible = (i: number): boolean => {
-      const c = this.chunks[i]!;
-      if (c.id === example.chunkId || samePath(c.headingPath, example.headingPath)) return false;
+    const eligible = (c: IndexedChunk): boolean => {
+      if (c.chunkId === example.chunkId || samePath(c.headingPath, example.headingPath)) return false;
       // A section of the same name elsewhere ("Breaking changes" of another release) answers a question about "the
       // section 'Breaking changes'" as well as the original would.
       return leaf === undefined || c.headingPath.at(-1)?.trim().toLowerCase() !== leaf;
     };
-    const hits = this.#index.search(example.question, { accept: eligible, limit: o.candidates });
+    const hits = this.#retriever.search(example.question, o.candidates, eligible);
     if (hits.length === 0) return { ok: false, reason: "distractor-chunk: no chunk of another section shares a word with the question" };
     for (const hit of hits) {
-      const chunk = this.chunks[hit.index]!;
-      const terms = (this.#terms[hit.index] ??= contentTermSet(chunk.text));
+      const chunk = this.#byId.get(hit.chunk.chunkId)!;
+      let terms = this.#terms.get(chunk.id);
+      if (terms === undefined) this.#terms.set(chunk.id, (terms = contentTermSet(chunk.text)));
       const check = holdsAnswer(chunk.text, example.answer, o.maxAnswerCoverage, terms);
       if (!check.holds) return { ok: true, context: chunk.text, chunk, coverage: check.coverage, similarity: hit.score };
     }

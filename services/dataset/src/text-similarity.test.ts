@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { answerCoverage, Bm25Index, contentTerms, normalizeForContainment, stem, wordTokens } from "./text-similarity.js";
+import { answerCoverage, contentTerms, normalizeForContainment, stem, wordTokens } from "./text-similarity.js";
 
 describe("wordTokens", () => {
   it("keeps numbers, versions and snake_case whole and splits on punctuation and Markdown", () => {
@@ -41,44 +41,5 @@ describe("answerCoverage", () => {
 describe("normalizeForContainment", () => {
   it("ignores case and line wrapping", () => {
     expect(normalizeForContainment("Tokens  expire\nafter 15 MINUTES.")).toBe("tokens expire after 15 minutes.");
-  });
-});
-
-describe("Bm25Index", () => {
-  const docs = [
-    "Tokens expire after 15 minutes. A request with an expired token gets status 401.",
-    "A book holds at most 200 bindings. Bindings grant scopes on a book.",
-    "The server reloads the TLS certificate on SIGHUP.",
-    "Page tokens stay valid for 24 hours.",
-    "Tokens expire after 15 minutes. A request with an expired token gets status 401.",
-  ];
-  const index = new Bm25Index(docs);
-
-  it("ranks the document sharing the query's rare words first and leaves out documents sharing none", () => {
-    const hits = index.search("How many bindings can a book hold?");
-    expect(hits[0]!.index).toBe(1);
-    expect(hits.map((h) => h.index)).not.toContain(2);
-  });
-
-  it("orders equal scores by position, so the result is the same on every run", () => {
-    const hits = index.search("When do tokens expire?");
-    expect(hits.slice(0, 2).map((h) => h.index)).toEqual([0, 4]);
-    expect(hits[0]!.score).toBe(hits[1]!.score);
-    expect(index.search("When do tokens expire?")).toEqual(hits);
-  });
-
-  it("gives a rare term more weight than a common one", () => {
-    expect(index.idf("sighup")).toBeGreaterThan(index.idf("token"));
-    expect(index.idf("absent")).toBe(0);
-  });
-
-  it("filters with accept before the limit applies", () => {
-    const hits = index.search("tokens expire", { accept: (i) => i !== 0, limit: 1 });
-    expect(hits.map((h) => h.index)).toEqual([4]);
-  });
-
-  it("answers an empty query and an empty collection with no hits", () => {
-    expect(index.search("the of and")).toEqual([]);
-    expect(new Bm25Index([]).search("tokens")).toEqual([]);
   });
 });

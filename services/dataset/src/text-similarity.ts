@@ -1,6 +1,6 @@
 /**
- * Lexical similarity for dataset generation: content-word tokens, a small in-memory BM25 index over a collection's
- * chunks (hard-negative retrieval) and answer coverage (how much of an answer's content a text still holds).
+ * Lexical similarity for dataset generation: content-word tokens and answer coverage (how much of an answer's content
+ * a text still holds). Retrieval (hard-negative distractors) is libs/retrieval's, the gateway's own.
  * Pure and deterministic; no dependency beyond the standard library.
  */
 
@@ -85,89 +85,4 @@ export function answerCoverage(answer: string, text: string | ReadonlySet<string
 /** Whitespace-collapsed, lowercased text, for "does A contain B verbatim" checks that ignore line wrapping and case. */
 export function normalizeForContainment(text: string): string {
   return text.replace(/\s+/g, " ").trim().toLowerCase();
-}
-
-export interface Bm25Options {
-  /** Term-frequency saturation (default 1.2). */
-  k1?: number;
-  /** Length normalization, 0..1 (default 0.75). */
-  b?: number;
-}
-
-export interface Bm25Hit {
-  /** Position of the document in the array the index was built from. */
-  index: number;
-  score: number;
-}
-
-/**
- * Okapi BM25 over a fixed set of texts, with an inverted index so a query touches only the postings of its own terms.
- * Scores use the Lucene IDF, ln(1 + (N − df + 0.5) / (df + 0.5)), which stays positive for common terms.
- * Results are ordered by score, then by index, so equal scores come out in a stable order.
- */
-export class Bm25Index {
-  readonly size: number;
-  readonly #k1: number;
-  readonly #b: number;
-  readonly #lengths: Float64Array;
-  readonly #averageLength: number;
-  readonly #postings = new Map<string, { docs: number[]; freqs: number[] }>();
-
-  constructor(texts: readonly string[], options: Bm25Options = {}) {
-    this.#k1 = options.k1 ?? 1.2;
-    this.#b = options.b ?? 0.75;
-    this.size = texts.length;
-    this.#lengths = new Float64Array(texts.length);
-    let total = 0;
-    texts.forEach((text, doc) => {
-      const counts = new Map<string, number>();
-      const terms = contentTerms(text);
-      for (const term of terms) counts.set(term, (counts.get(term) ?? 0) + 1);
-      this.#lengths[doc] = terms.length;
-      total += terms.length;
-      for (const [term, freq] of counts) {
-        let posting = this.#postings.get(term);
-        if (posting === undefined) {
-          posting = { docs: [], freqs: [] };
-          this.#postings.set(term, posting);
-        }
-        posting.docs.push(doc);
-        posting.freqs.push(freq);
-      }
-    });
-    this.#averageLength = texts.length > 0 && total > 0 ? total / texts.length : 1;
-  }
-
-  /** Inverse document frequency of a stemmed term; 0 for a term no document holds. */
-  idf(term: string): number {
-    const df = this.#postings.get(term)?.docs.length ?? 0;
-    if (df === 0) return 0;
-    return Math.log(1 + (this.size - df + 0.5) / (df + 0.5));
-  }
-
-  /**
-   * The documents that share at least one content word with the query, best first. `accept` filters documents before
-   * they count toward `limit` (default: all matches).
-   */
-  search(query: string, options: { limit?: number; accept?: (index: number) => boolean } = {}): Bm25Hit[] {
-    const scores = new Map<number, number>();
-    const queryTerms = new Set(contentTerms(query));
-    for (const term of queryTerms) {
-      const posting = this.#postings.get(term);
-      if (posting === undefined) continue;
-      const idf = this.idf(term);
-      for (let i = 0; i < posting.docs.length; i++) {
-        const doc = posting.docs[i]!;
-        const freq = posting.freqs[i]!;
-        const norm = this.#k1 * (1 - this.#b + (this.#b * this.#lengths[doc]!) / this.#averageLength);
-        scores.set(doc, (scores.get(doc) ?? 0) + (idf * (freq * (this.#k1 + 1))) / (freq + norm));
-      }
-    }
-    const hits: Bm25Hit[] = [];
-    for (const [index, score] of scores) {
-      if (options.accept === undefined || options.accept(index)) hits.push({ index, score });
-    }
-    hits.sort((x, y) => y.score - x.score || x.index - y.index);
-    return options.limit === undefined ? hits : hits.slice(0, options.limit);
-  }
 }

@@ -1,0 +1,51 @@
+import { describe, expect, it } from "vitest";
+import { Bm25Retriever, type IndexedChunk } from "./retriever.js";
+
+const chunk = (chunkId: string, documentId: string, text: string, headingPath: string[] = []): IndexedChunk => ({ chunkId, documentId, text, headingPath, ordinal: 0 });
+
+describe("Bm25Retriever", () => {
+  it("ranks the chunk that holds the question's terms first", () => {
+    const r = new Bm25Retriever();
+    r.putDocument("d1", [chunk("c1", "d1", "Buckets store objects. Versioning keeps every version of an object."), chunk("c2", "d1", "Lifecycle rules expire objects after a number of days.")]);
+    r.putDocument("d2", [chunk("c3", "d2", "EC2 instances run in a VPC subnet.", ["Compute", "Networking"])]);
+    expect(r.search("How long until lifecycle rules expire objects?", 2)[0]?.chunk.chunkId).toBe("c2");
+    expect(r.search("which subnet do instances use", 1)[0]?.chunk.chunkId).toBe("c3");
+    expect(r.search("networking", 1)[0]?.chunk.chunkId).toBe("c3"); // heading path is searched
+    expect(r.size).toBe(3);
+  });
+
+  it("replaces a document's chunks and removes a document", () => {
+    const r = new Bm25Retriever();
+    r.putDocument("d1", [chunk("c1", "d1", "old text about glaciers")]);
+    r.putDocument("d1", [chunk("c2", "d1", "new text about deserts")]);
+    expect(r.search("glaciers", 3)).toEqual([]);
+    expect(r.search("deserts", 3).map((h) => h.chunk.chunkId)).toEqual(["c2"]);
+    r.removeDocument("d1");
+    expect(r.size).toBe(0);
+    expect(r.search("deserts", 3)).toEqual([]);
+  });
+
+  it("answers empty for no match, top_k 0 or an empty index", () => {
+    const r = new Bm25Retriever();
+    expect(r.search("anything", 4)).toEqual([]);
+    r.putDocument("d1", [chunk("c1", "d1", "alpha beta")]);
+    expect(r.search("gamma", 4)).toEqual([]);
+    expect(r.search("alpha", 0)).toEqual([]);
+  });
+});
+
+describe("Bm25Retriever.search with accept", () => {
+  it("filters before topK applies and keeps the order of the rest", () => {
+    const r = new Bm25Retriever();
+    const chunk = (chunkId: string, text: string, ordinal: number) => ({ chunkId, documentId: "d", headingPath: [], text, ordinal });
+    r.putDocument("d", [
+      chunk("a", "Tokens expire after 15 minutes.", 0),
+      chunk("b", "Page tokens stay valid for 24 hours.", 1),
+      chunk("c", "The server reloads the TLS certificate on SIGHUP.", 2),
+    ]);
+    const all = r.search("when do tokens expire", 3).map((h) => h.chunk.chunkId);
+    expect(all[0]).toBe("a");
+    expect(r.search("when do tokens expire", 1, (c) => c.chunkId !== "a").map((h) => h.chunk.chunkId)).toEqual(["b"]);
+    expect(r.search("when do tokens expire", 3, () => false)).toEqual([]);
+  });
+});
