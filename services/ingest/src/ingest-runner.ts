@@ -210,30 +210,40 @@ export class IngestRunner {
     run.documentsDone = run.documents.filter(isDone).length;
 
     // Documents not done yet (a resumed run also redoes those that were in progress), several at a time: the pool
-    // parses and chunks them on every core while finished ones are written. Every change is saved with its events;
-    // saves coalesce, so a burst of finished documents costs one write.
+    // parses and chunks them on every core while finished ones are written. Every change is saved with its events
+    // in the background, never waited for by the next document: saves coalesce (one in flight, the next carrying
+    // every change made meanwhile), so a run of n documents costs far fewer than n writes of its growing record.
+    // A failed save (another instance took the run over) stops the run.
     const todo = run.documents.flatMap((result, index) => (isDone(result) ? [] : [index]));
     const saver = new CoalescingSave(() => this.save(record));
+    let saveFailure: unknown;
+    const saveSoon = () => {
+      saver.request().catch((err: unknown) => {
+        saveFailure ??= err;
+      });
+    };
     let cursor = 0;
     const lane = async (): Promise<void> => {
-      while (cursor < todo.length && !this.stopping) {
+      while (cursor < todo.length && !this.stopping && saveFailure === undefined) {
         const index = todo[cursor++]!;
         const item = record.items[index]!;
         run.documents[index] = create(IngestDocumentResultSchema, { ...run.documents[index]!, status: DocumentStatus.PROCESSING });
         this.progress(record, index);
-        void saver.request().catch(() => {}); // a failed save is reported by the next awaited one
+        saveSoon();
         const output = await this.deps.locks.shared(run.collection, () => this.processItem(item, record, chunking, chunkingProto, log));
         measures.set(index, { tokenCounts: output.tokenCounts, bytes: output.bytes });
         run.documents[index] = output.result;
         run.documentsDone++;
         this.progress(record, index);
-        await saver.request();
+        saveSoon();
       }
     };
     const lanes = Array.from({ length: Math.min(todo.length, this.deps.pool.size * LANES_PER_WORKER) }, lane);
     const settled = await Promise.allSettled(lanes);
     const failure = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failure !== undefined) throw failure.reason;
+    if (saveFailure === undefined) await saver.request().catch((err: unknown) => (saveFailure ??= err));
+    if (saveFailure !== undefined) throw saveFailure;
     if (this.stopping) {
       await this.deps.runs.release(record);
       return;

@@ -113,10 +113,13 @@ export class RunStore {
   async save(record: IngestRunRecord, leaseMs: number): Promise<void> {
     const runId = record.run!.id;
     const held = this.hold(runId);
+    // The record and its queued events are taken together, before any await: changes made while this save is in
+    // flight (documents finishing meanwhile) go out with their events in the next one.
     const events = held.pending;
     held.pending = [];
+    const state = clone(IngestRunRecordSchema, record);
     try {
-      const stored = await this.resources.modify(runId, () => ({ state: clone(IngestRunRecordSchema, record), events }), { fence: held.fence, renewLeaseMs: leaseMs });
+      const stored = await this.resources.modify(runId, () => ({ state, events }), { fence: held.fence, renewLeaseMs: leaseMs });
       record.lastEventSequence = stored.state.lastEventSequence;
     } catch (err) {
       if (err instanceof OwnershipLostError) {
