@@ -22,7 +22,7 @@ const output: BuildOutput = {
   contentHash: build.contentHash,
   counts: build.counts,
   generated: build.generated,
-  dropped: [...build.dropped.gate, ...build.dropped.split].map((d) => ({ example: d.example, reason: d.reason, detail: d.detail })),
+  dropped: [...build.dropped.gate, ...build.dropped.split, ...build.dropped.served].map((d) => ({ example: d.example, reason: d.reason, detail: d.detail })),
   splits: Object.fromEntries(
     SPLITS.map((split) => [
       split,

@@ -12,6 +12,7 @@ const DEFAULTS = {
   temperature: 0.7,
   maxConcurrency: 4,
   contextChunks: 1,
+  goldShare: 0.8,
   ratios: { train: 0.6, val: 0.2, test: 0.2 },
 };
 
@@ -39,7 +40,9 @@ export function resolveBuildSettings(
   const negativeRatio = s.negativeRatio ?? DEFAULTS.negativeRatio;
   if (!(negativeRatio >= 0 && negativeRatio <= 1)) throw invalidArgument("settings.negative_ratio", `must be 0..1, got ${negativeRatio}`);
   const contextChunks = s.contextChunks ?? DEFAULTS.contextChunks;
-  if (contextChunks !== 1) throw invalidArgument("settings.context_chunks", `only 1 chunk per context is supported, got ${contextChunks}`);
+  if (!Number.isInteger(contextChunks) || contextChunks < 1 || contextChunks > 20) throw invalidArgument("settings.context_chunks", `must be 1..20, got ${contextChunks}`);
+  const goldShare = s.goldShare ?? DEFAULTS.goldShare;
+  if (!(goldShare >= 0 && goldShare <= 1)) throw invalidArgument("settings.gold_share", `must be 0..1, got ${goldShare}`);
   const seed = s.seed ?? DEFAULTS.seed;
   const refusal = s.refusalText.trim() === "" ? DEFAULT_REFUSAL : s.refusalText.trim();
   const ratios = s.splitRatios ?? create(SplitRatiosSchema, DEFAULTS.ratios);
@@ -83,6 +86,7 @@ export function resolveBuildSettings(
     maxConcurrency,
     refusalText: refusal,
     contextChunks,
+    ...(contextChunks > 1 ? { goldShare } : {}),
   });
   const build: DatasetBuildSettings = {
     generation: { questionsPerChunk, seed },
@@ -90,6 +94,7 @@ export function resolveBuildSettings(
     quality: { ...quality, seed },
     splits: { ratios: { train: ratios.train, val: ratios.val, test: ratios.test }, seed },
     ...(model === "" ? {} : { llm: { model, promptHash: llmPromptHash(questionsPerChunk), temperature, questionsPerChunk, seed } }),
+    ...(contextChunks > 1 ? { served: { topK: contextChunks, goldShare } } : {}),
   };
   return { settings, build };
 }

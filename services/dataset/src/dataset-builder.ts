@@ -2,8 +2,9 @@ import { createHash } from "node:crypto";
 import type { DatasetExample } from "./example.js";
 import { generateExtractiveDataset, type ExtractiveOptions, type SourceChunk } from "./extractive-generator.js";
 import { exportRow, type ExportFormat } from "./exports.js";
-import { generateNegatives, type NegativeOptions, type NegativeSkip } from "./negatives.js";
-import { runQualityGate, type DroppedExample, type DropReason, type QualityGateConfig } from "./quality-gate.js";
+import { DEFAULT_REFUSAL, generateNegatives, NEGATIVE_DEFAULTS, type NegativeExample, type NegativeOptions, type NegativeSkip } from "./negatives.js";
+import { DEFAULT_QUALITY_GATE, runQualityGate, type DroppedExample, type DropReason, type QualityGateConfig } from "./quality-gate.js";
+import { withServedContexts, type ServedContextResult, type ServedDrop } from "./served-contexts.js";
 import { splitExamples, type SplitConfig, type SplitDrop, type SplitName, type SplitResult } from "./splits.js";
 
 /** Everything that decides a version's content; its hash is part of the version's identity. */
@@ -13,6 +14,8 @@ export interface DatasetBuildSettings {
   llm?: { model: string; promptHash: string; temperature: number; questionsPerChunk: number; seed: number };
   /** The version whose generated examples were reused (incremental build); part of the content hash. */
   baseVersionId?: string;
+  /** Set for retrieved ("as served") contexts: `context_chunks` chunks per context, the gold chunk in `goldShare` of them. */
+  served?: { topK: number; goldShare: number };
   negatives: NegativeOptions;
   quality: Partial<QualityGateConfig>;
   splits: Partial<SplitConfig>;
@@ -31,7 +34,7 @@ export interface DatasetBuild {
   generated: DatasetExample[];
   splits: Pick<SplitResult, "train" | "val" | "test" | "stats">;
   /** Every example that was generated but not kept, with why: none is dropped silently. */
-  dropped: { gate: DroppedExample[]; split: SplitDrop[]; negativesSkipped: NegativeSkip[] };
+  dropped: { gate: DroppedExample[]; split: SplitDrop[]; served: ServedDrop[]; negativesSkipped: NegativeSkip[] };
   counts: {
     chunks: number;
     chunksWithExamples: number;
@@ -39,7 +42,9 @@ export interface DatasetBuild {
     negatives: number;
     negativeTarget: number;
     kept: number;
-    droppedByReason: Record<DropReason | SplitDrop["reason"], number>;
+    droppedByReason: Record<DropReason | SplitDrop["reason"] | ServedDrop["reason"], number>;
+    /** Retrieved contexts: how many held their gold chunk, and the targets the contexts changed. */
+    served?: ServedContextResult["counts"];
   };
 }
 
@@ -69,13 +74,36 @@ export function buildDataset(
   const negatives = generateNegatives(generated, chunks, settings.negatives);
   const gate = runQualityGate([...generated, ...negatives.negatives], deps, settings.quality);
   const split = splitExamples(gate.kept, settings.splits);
-  const droppedByReason = { ...gate.counts } as Record<DropReason | SplitDrop["reason"], number>;
+  const droppedByReason = { ...gate.counts } as DatasetBuild["counts"]["droppedByReason"];
   for (const d of split.dropped) droppedByReason[d.reason] = (droppedByReason[d.reason] ?? 0) + 1;
+  // Retrieved contexts, per split (each example stays in the split of its source chunk).
+  const served: ServedDrop[] = [];
+  let servedCounts: ServedContextResult["counts"] | undefined;
+  if (settings.served !== undefined && settings.served.topK > 1) {
+    const answers = new Map(generated.map((e) => [e.id, e.answer]));
+    const options = {
+      topK: settings.served.topK,
+      goldShare: settings.served.goldShare,
+      seed: settings.splits.seed ?? 42,
+      refusal: settings.negatives.refusal ?? DEFAULT_REFUSAL,
+      maxSeqLen: settings.quality.maxSeqLen ?? DEFAULT_QUALITY_GATE.maxSeqLen,
+      maxAnswerCoverage: settings.negatives.maxAnswerCoverage ?? NEGATIVE_DEFAULTS.maxAnswerCoverage,
+    };
+    const sourceAnswerOf = (e: DatasetExample) => answers.get((e as Partial<NegativeExample>).sourceExampleId ?? "");
+    for (const name of ["train", "val", "test"] as const) {
+      const result = withServedContexts(split[name], chunks, options, { tokenizer: deps.tokenizer, sourceAnswerOf });
+      split[name] = result.examples;
+      served.push(...result.dropped);
+      for (const d of result.dropped) droppedByReason[d.reason] = (droppedByReason[d.reason] ?? 0) + 1;
+      if (servedCounts === undefined) servedCounts = { ...result.counts };
+      else for (const k of Object.keys(servedCounts) as (keyof typeof servedCounts)[]) servedCounts[k] += result.counts[k];
+    }
+  }
   return {
     contentHash: contentHash(chunks, settings),
     generated,
     splits: { train: split.train, val: split.val, test: split.test, stats: split.stats },
-    dropped: { gate: gate.dropped, split: split.dropped, negativesSkipped: negatives.skipped },
+    dropped: { gate: gate.dropped, split: split.dropped, served, negativesSkipped: negatives.skipped },
     counts: {
       chunks: chunks.length,
       chunksWithExamples: new Set(generated.map((e) => e.chunkId)).size,
@@ -84,6 +112,7 @@ export function buildDataset(
       negativeTarget: negatives.target,
       kept: split.train.length + split.val.length + split.test.length,
       droppedByReason,
+      ...(servedCounts === undefined ? {} : { served: servedCounts }),
     },
   };
 }

@@ -25,7 +25,7 @@ import { failedPrecondition, invalidArgument, notFound, paginate } from "@ragtun
 import type { DroppedRow } from "./build-process.js";
 import { baseProblem, resolveBuildSettings } from "./build-settings.js";
 import type { DatasetExample } from "./example.js";
-import { exportRow, type ExportFormat } from "./exports.js";
+import { contextBlock, exportRow, type ExportFormat } from "./exports.js";
 import type { SplitName } from "./splits.js";
 import type { VersionBuilder } from "./version-builder.js";
 import { isFinished, type VersionStore } from "./version-store.js";
@@ -181,11 +181,13 @@ export function createDatasetService(deps: DatasetServiceDeps): ServiceImpl<type
       kind: e.answerable ? ExampleKind.ANSWERABLE : ExampleKind.UNANSWERABLE,
       question: e.question,
       answer: e.answer,
-      contextChunkIds: [e.chunkId],
+      // A retrieved context: its chunks, and the whole numbered context block as the context (no heading path of its
+      // own), so a prompt rendered from these fields is the one the version trains on.
+      contextChunkIds: e.contextChunks?.length ? e.contextChunks.map((c) => c.chunkId) : [e.chunkId],
       sourceChunkId: e.distractorSource?.chunkId ?? e.chunkId,
       sourceDocumentId: e.distractorSource?.documentId ?? e.documentId,
-      context: e.context,
-      headingPath: [...e.headingPath],
+      context: e.contextChunks?.length ? contextBlock(e) : e.context,
+      headingPath: e.contextChunks?.length ? [] : [...e.headingPath],
       questionType: e.kind,
       generator: e.generator,
     });

@@ -29,6 +29,14 @@ export interface DistractorSource {
   documentId: string;
 }
 
+/** One chunk of a served (retrieved) context, in prompt order. */
+export interface ContextChunk {
+  chunkId: string;
+  documentId: string;
+  headingPath: readonly string[];
+  text: string;
+}
+
 export interface DatasetExample {
   /** Content-addressed ID, unique within a dataset version. */
   id: string;
@@ -49,6 +57,12 @@ export interface DatasetExample {
   generator: ExampleGenerator;
   /** Set for unanswerable examples whose question was taken from another chunk. */
   distractorSource?: DistractorSource;
+  /**
+   * Set in versions built with retrieved contexts (`context_chunks` > 1, served-contexts.ts): the chunks the prompt
+   * shows, in order, instead of `context` under `headingPath` (which still describe the chunk the question was written
+   * from, or the negative's distractor).
+   */
+  contextChunks?: readonly ContextChunk[];
 }
 
 /**

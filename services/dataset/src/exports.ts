@@ -40,13 +40,24 @@ export const MISTRAL_TEMPLATE = { bos: "<s>", eos: "</s>", open: "[INST]", close
  */
 export const TEMPLATE_MARKUP: readonly string[] = ["<s>", "</s>", "<unk>", "[INST]", "[/INST]"];
 
-type ExampleText = Pick<DatasetExample, "headingPath" | "context" | "question">;
+type ExampleText = Pick<DatasetExample, "headingPath" | "context" | "question" | "contextChunks">;
 
-/** The context as it enters the prompt: "Guide > Section > Subsection\n\n{context}", or the context alone. */
-export function contextBlock(example: Pick<DatasetExample, "headingPath" | "context">): string {
-  const headings = example.headingPath.map((h) => h.trim()).filter((h) => h.length > 0);
-  const context = example.context.trim();
+/** One chunk under its heading path: "Guide > Section > Subsection\n\n{text}", or the text alone. */
+function chunkBlock(headingPath: readonly string[], text: string): string {
+  const headings = headingPath.map((h) => h.trim()).filter((h) => h.length > 0);
+  const context = text.trim();
   return headings.length === 0 ? context : `${headings.join(" > ")}\n\n${context}`;
+}
+
+/**
+ * The context as it enters the prompt: one chunk as "Guide > Section > Subsection\n\n{context}" (or the context
+ * alone); several (a retrieved context, what the gateway sends) as numbered blocks "[1] Guide > Section\n\n{text}",
+ * "[2] …", separated by blank lines.
+ */
+export function contextBlock(example: Pick<DatasetExample, "headingPath" | "context" | "contextChunks">): string {
+  const chunks = example.contextChunks;
+  if (chunks === undefined || chunks.length === 0) return chunkBlock(example.headingPath, example.context);
+  return chunks.map((c, i) => `[${i + 1}] ${chunkBlock(c.headingPath, c.text)}`).join("\n\n");
 }
 
 /** The user turn without the system prompt: "{context block}\n\nQuestion: {question}". */
@@ -81,8 +92,9 @@ export function mistralRowTokens(example: ExampleText & Pick<DatasetExample, "an
 }
 
 /** The first template markup string found in the example's text or the system prompt, if any. */
-export function findTemplateMarkup(example: Pick<DatasetExample, "headingPath" | "context" | "question" | "answer">, options: PromptOptions = {}): string | undefined {
+export function findTemplateMarkup(example: Pick<DatasetExample, "headingPath" | "context" | "question" | "answer" | "contextChunks">, options: PromptOptions = {}): string | undefined {
   const texts = [example.context, example.question, example.answer, options.systemPrompt ?? "", ...example.headingPath];
+  for (const c of example.contextChunks ?? []) texts.push(c.text, ...c.headingPath);
   for (const markup of TEMPLATE_MARKUP) if (texts.some((t) => t.includes(markup))) return markup;
   return undefined;
 }
