@@ -22,7 +22,7 @@
  * instance per run (its load is timed).
  *
  * Run: npm run bench:chunking -w @ragtune/tools
- *   (RUNS=5 CORPUS=/path/to/aws-docs PARTS=1,2,3,4 COPIES=10 E2E_RUNS=3 LIST_SIZES=1000,10000,100000 to override)
+ *   (RUNS=5 CORPUS=/path/to/aws-docs PARTS=1,2,3,4 COPIES=10 E2E_RUNS=3 LIST_SIZES=1000,10000,100000 or none to override)
  */
 import { cp, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { readFileSync } from "node:fs";
@@ -44,7 +44,7 @@ const TOKENIZER_JSON = tokenizerFile("mistral");
 const PARTS = new Set((process.env["PARTS"] ?? "1,2,3,4").split(",").map((p) => p.trim()));
 const COPIES = Number(process.env["COPIES"] ?? 10);
 const E2E_RUNS = Number(process.env["E2E_RUNS"] ?? 3);
-const LIST_SIZES = (process.env["LIST_SIZES"] ?? "1000,10000,100000").split(",").map(Number);
+const LIST_SIZES = (process.env["LIST_SIZES"] ?? "1000,10000,100000").split(",").map(Number).filter((n) => n > 0);
 
 
 const files = corpusMarkdownFiles(CORPUS);
@@ -330,66 +330,68 @@ if (PARTS.has("4")) {
     out();
 
     // Listings: collections of LIST_SIZES chunks (chunk size 64 and as many corpus copies as it takes), first page of
-    // 10 and a full scan in pages of 1000, each read RUNS times.
-    const stack = await startStack({ only: ["ingest"], env: { INGEST_ALLOWED_ROOT: root, LOG_LEVEL: "warn" } });
-    try {
-      const client = createClient(IngestService, { baseUrl: stack.services.ingest.url, protocol: "grpc" });
-      out(`ListChunks by collection: one collection grown a corpus copy at a time (chunk size 64) until it holds at least ${LIST_SIZES.map(fmt).join(", ")} chunks; the first page of 10 and a full scan in pages of 1000, median of ${RUNS} reads; the anchor is the smallest collection.`);
-      out();
-      out("| chunks in the collection | first page of 10, ms | × anchor | full scan, s | chunks/s | × anchor per chunk | checked |");
-      out("|---:|---:|---:|---:|---:|---:|:---:|");
-      let firstAnchor = 0;
-      let perChunkAnchor = 0;
-      let copiesIngested = 0;
-      let total = 0;
-      for (const [k, size] of LIST_SIZES.entries()) {
-        // Grow one collection copy by copy until it holds at least `size` chunks.
-        while (total < size) {
-          const dir = `list-${copiesIngested}`;
-          await cp(CORPUS, join(root, dir), { recursive: true, filter: (src) => !src.endsWith("SOURCE.md") });
-          const { run } = await client.ingestDocuments({
-            collection: "listing",
-            chunking: { chunkSizeTokens: 64 },
-            sources: [{ source: { case: "serverPath", value: { path: dir } } }],
-          });
-          for await (const _ of client.watchIngestRun({ runId: run!.id })) void _;
-          copiesIngested++;
-          total = (await client.listCollections({})).collections.find((c) => c.name === "listing")?.chunkCount ?? 0;
+    // 10 and a full scan in pages of 1000, each read RUNS times. LIST_SIZES=none skips them.
+    if (LIST_SIZES.length > 0) {
+      const stack = await startStack({ only: ["ingest"], env: { INGEST_ALLOWED_ROOT: root, LOG_LEVEL: "warn" } });
+      try {
+        const client = createClient(IngestService, { baseUrl: stack.services.ingest.url, protocol: "grpc" });
+        out(`ListChunks by collection: one collection grown a corpus copy at a time (chunk size 64) until it holds at least ${LIST_SIZES.map(fmt).join(", ")} chunks; the first page of 10 and a full scan in pages of 1000, median of ${RUNS} reads; the anchor is the smallest collection.`);
+        out();
+        out("| chunks in the collection | first page of 10, ms | × anchor | full scan, s | chunks/s | × anchor per chunk | checked |");
+        out("|---:|---:|---:|---:|---:|---:|:---:|");
+        let firstAnchor = 0;
+        let perChunkAnchor = 0;
+        let copiesIngested = 0;
+        let total = 0;
+        for (const [k, size] of LIST_SIZES.entries()) {
+          // Grow one collection copy by copy until it holds at least `size` chunks.
+          while (total < size) {
+            const dir = `list-${copiesIngested}`;
+            await cp(CORPUS, join(root, dir), { recursive: true, filter: (src) => !src.endsWith("SOURCE.md") });
+            const { run } = await client.ingestDocuments({
+              collection: "listing",
+              chunking: { chunkSizeTokens: 64 },
+              sources: [{ source: { case: "serverPath", value: { path: dir } } }],
+            });
+            for await (const _ of client.watchIngestRun({ runId: run!.id })) void _;
+            copiesIngested++;
+            total = (await client.listCollections({})).collections.find((c) => c.name === "listing")?.chunkCount ?? 0;
+          }
+          const firstTimes: number[] = [];
+          const scanTimes: number[] = [];
+          let seen = 0;
+          let unique = 0;
+          for (let i = 0; i < RUNS; i++) {
+            let start = performance.now();
+            await client.listChunks({ collection: "listing", page: { pageSize: 10 } });
+            firstTimes.push(performance.now() - start);
+            start = performance.now();
+            const ids = new Set<string>();
+            let pageToken = "";
+            seen = 0;
+            do {
+              const res = await client.listChunks({ collection: "listing", page: { pageSize: 1000, pageToken } });
+              for (const c of res.chunks) ids.add(c.id);
+              seen += res.chunks.length;
+              pageToken = res.page?.nextPageToken ?? "";
+            } while (pageToken !== "");
+            scanTimes.push((performance.now() - start) / 1000);
+            unique = ids.size;
+          }
+          const first = median(firstTimes);
+          const scan = median(scanTimes);
+          if (k === 0) {
+            firstAnchor = first;
+            perChunkAnchor = scan / seen;
+          }
+          const ok = seen === total && unique === total;
+          out(`| ${fmt(total)} | ${first.toFixed(1)} | ${(first / firstAnchor).toFixed(2)}× | ${scan.toFixed(2)} | ${fmt(seen / scan)} | ${(scan / seen / perChunkAnchor).toFixed(2)}× | ${ok ? "every chunk once" : "MISSING OR REPEATED"} |`);
+          if (!ok) throw new Error(`part 4: the scan of ${total} chunks returned ${seen} (${unique} distinct)`);
         }
-        const firstTimes: number[] = [];
-        const scanTimes: number[] = [];
-        let seen = 0;
-        let unique = 0;
-        for (let i = 0; i < RUNS; i++) {
-          let start = performance.now();
-          await client.listChunks({ collection: "listing", page: { pageSize: 10 } });
-          firstTimes.push(performance.now() - start);
-          start = performance.now();
-          const ids = new Set<string>();
-          let pageToken = "";
-          seen = 0;
-          do {
-            const res = await client.listChunks({ collection: "listing", page: { pageSize: 1000, pageToken } });
-            for (const c of res.chunks) ids.add(c.id);
-            seen += res.chunks.length;
-            pageToken = res.page?.nextPageToken ?? "";
-          } while (pageToken !== "");
-          scanTimes.push((performance.now() - start) / 1000);
-          unique = ids.size;
-        }
-        const first = median(firstTimes);
-        const scan = median(scanTimes);
-        if (k === 0) {
-          firstAnchor = first;
-          perChunkAnchor = scan / seen;
-        }
-        const ok = seen === total && unique === total;
-        out(`| ${fmt(total)} | ${first.toFixed(1)} | ${(first / firstAnchor).toFixed(2)}× | ${scan.toFixed(2)} | ${fmt(seen / scan)} | ${(scan / seen / perChunkAnchor).toFixed(2)}× | ${ok ? "every chunk once" : "MISSING OR REPEATED"} |`);
-        if (!ok) throw new Error(`part 4: the scan of ${total} chunks returned ${seen} (${unique} distinct)`);
+        out();
+      } finally {
+        await stack.stop();
       }
-      out();
-    } finally {
-      await stack.stop();
     }
   } finally {
     await rm(root, { recursive: true, force: true });
