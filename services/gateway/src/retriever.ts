@@ -45,7 +45,8 @@ export class Bm25Retriever implements Retriever {
     fields: ["text", "headings"],
     tokenize: (text) => technicalTerms(text),
     processTerm: (term) => term,
-    searchOptions: { boost: { headings: 1.5 }, combineWith: "OR" },
+    // A question's terms once each: MiniSearch searches every query term separately, and the tokenizer repeats terms.
+    searchOptions: { boost: { headings: 1.5 }, combineWith: "OR", tokenize: (text) => [...new Set(technicalTerms(text))] },
   });
   readonly #chunks = new Map<string, IndexedChunk>();
   readonly #byDocument = new Map<string, string[]>();

@@ -2,13 +2,14 @@ import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
 import { llmClientFromConfig } from "@ragtune/llm";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { AdapterPromotedSchema, EvalService, GatewayService, IngestService, TrainerService } from "@ragtune/proto";
+import { AdapterPromotedSchema, DatasetService, EvalService, GatewayService, IngestService, TrainerService } from "@ragtune/proto";
 import { createClient, type ServiceContext, type ServiceInstance } from "@ragtune/rpc";
 import { type AccessControl, ApiKeys, guardService, RateLimiter, Tenancy } from "./access.js";
 import { CollectionIndexes, followIngestEvents } from "./collection-index.js";
 import type { GatewayConfig } from "./config.js";
 import { createGatewayService } from "./gateway-service.js";
 import { PromotionStore } from "./promotion-store.js";
+import { createReadApis } from "./read-apis.js";
 import { Promotions } from "./promotions.js";
 
 /** Handles of a started gateway (tests reach them). */
@@ -34,10 +35,13 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
     stopEvents = await followIngestEvents(bus, indexes, logger);
     const store = await PromotionStore.open(bus, `${config.GATEWAY_BUCKET_PREFIX}-promotions`);
     const llm = llmClientFromConfig(config, logger, { signal });
+    const trainer = createClient(TrainerService, { baseUrl: config.GATEWAY_TRAINER_URL, ...upstream });
+    const evals = createClient(EvalService, { baseUrl: config.GATEWAY_EVAL_URL, ...upstream });
+    const dataset = createClient(DatasetService, { baseUrl: config.GATEWAY_DATASET_URL, ...upstream });
     const promotions = new Promotions({
       store,
-      trainer: createClient(TrainerService, { baseUrl: config.GATEWAY_TRAINER_URL, ...upstream }),
-      evals: createClient(EvalService, { baseUrl: config.GATEWAY_EVAL_URL, ...upstream }),
+      trainer,
+      evals,
       endpoint: llm,
       adapterDir: config.GATEWAY_ADAPTER_DIR,
       loraFormat: config.GATEWAY_LORA_FORMAT,
@@ -58,7 +62,9 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
             logger,
           };
     if (access === undefined) logger.warn("GATEWAY_AUTH=none: no API keys, every collection open to every caller");
-    const handlers = createGatewayService({
+    const handlers = {
+      ...createReadApis({ access, ingest, dataset, trainer, evals, promotions: store }),
+      ...createGatewayService({
       access,
       indexes,
       llm,
@@ -66,7 +72,8 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
       promotion: promotions,
       baseModel: config.LLM_MODEL,
       limits: { maxQuestionChars: config.GATEWAY_MAX_QUESTION_CHARS },
-    });
+      }),
+    };
     const impl = access === undefined ? handlers : guardService(GatewayService, handlers, access);
     const stop = stopEvents;
     return {

@@ -20,11 +20,12 @@ const client = (key?: string, protocol: "grpc" | "connect" = "grpc") =>
 
 let acme: string;
 let globex: string;
+let globexDoc: string;
 
 beforeAll(async () => {
   tb = await startGatewayTestbed(() => " An answer.", { GATEWAY_AUTH: "api-keys", GATEWAY_RATE_LIMIT: "1", GATEWAY_RATE_BURST: "1000", RPC_READ_MAX_BYTES: "65536" });
   await tb.ingestDocuments("acme-docs", { "a.md": "# Acme\n\nAcme rockets launch from the desert pad.\n" });
-  await tb.ingestDocuments("globex-docs", { "g.md": "# Globex\n\nGlobex reactors cool with heavy water.\n" });
+  globexDoc = (await tb.ingestDocuments("globex-docs", { "g.md": "# Globex\n\nGlobex reactors cool with heavy water.\n" })).get("g.md")!;
   acme = (await keys("create", "--tenant", "acme", "--name", "tests")).out[0]!;
   globex = (await keys("create", "--tenant", "globex")).out[0]!;
   expect((await keys("grant", "--tenant", "acme", "--collection", "acme-docs")).code).toBe(0);
@@ -96,6 +97,18 @@ describe("tenants", () => {
     await expectCode(a.rollbackAdapter({ collection: "globex-docs" }), Code.PermissionDenied, /not one of tenant "acme"'s/);
     await expectCode(a.promoteAdapter({ collection: "globex-docs", jobId: "j", force: true }), Code.PermissionDenied, /not one of tenant "acme"'s/);
     expect((await client(globex).ask({ collection: "globex-docs", question: "reactors" })).context[0]!.text).toMatch(/heavy water/);
+  });
+
+  it("read only their own collections, documents, datasets, jobs and lineage", async () => {
+    const a = client(acme);
+    expect((await a.listTenantCollections({})).collections.map((c) => c.name)).toEqual(["acme-docs"]);
+    expect((await client(globex).listTenantCollections({})).collections.map((c) => c.name)).toEqual(["globex-docs"]);
+    expect((await a.listCollectionDocuments({ collection: "acme-docs" })).documents.map((d) => d.sourceName)).toEqual(["a.md"]);
+    const denied = /collection "globex-docs" is not one of tenant "acme"'s collections/;
+    await expectCode(a.listCollectionDocuments({ collection: "globex-docs" }), Code.PermissionDenied, denied);
+    await expectCode(a.listCollectionDatasetVersions({ collection: "globex-docs" }), Code.PermissionDenied, denied);
+    await expectCode(a.listCollectionJobs({ collection: "globex-docs" }), Code.PermissionDenied, denied);
+    await expectCode(a.getDocumentLineage({ documentId: globexDoc }), Code.PermissionDenied, denied);
   });
 
   it("cannot take another tenant's collection", async () => {

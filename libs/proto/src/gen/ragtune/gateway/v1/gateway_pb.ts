@@ -12,11 +12,13 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Failure, PageRequest, PageResponse } from "../../common/v1/common_pb.js";
 import { file_ragtune_common_v1_common } from "../../common/v1/common_pb.js";
-import type { GenerationSettings } from "../../dataset/v1/dataset_pb.js";
+import type { DatasetSourceDocument, DatasetVersion, GenerationSettings } from "../../dataset/v1/dataset_pb.js";
 import { file_ragtune_dataset_v1_dataset } from "../../dataset/v1/dataset_pb.js";
-import type { ChunkingOptions, DocumentSource } from "../../ingest/v1/ingest_pb.js";
+import type { EvalRun } from "../../eval/v1/eval_pb.js";
+import { file_ragtune_eval_v1_eval } from "../../eval/v1/eval_pb.js";
+import type { ChunkingOptions, Collection, Document, DocumentSource } from "../../ingest/v1/ingest_pb.js";
 import { file_ragtune_ingest_v1_ingest } from "../../ingest/v1/ingest_pb.js";
-import type { Hyperparameters } from "../../trainer/v1/trainer_pb.js";
+import type { Hyperparameters, Job } from "../../trainer/v1/trainer_pb.js";
 import { file_ragtune_trainer_v1_trainer } from "../../trainer/v1/trainer_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -24,7 +26,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ragtune/gateway/v1/gateway.proto.
  */
 export const file_ragtune_gateway_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("CiByYWd0dW5lL2dhdGV3YXkvdjEvZ2F0ZXdheS5wcm90bxIScmFndHVuZS5nYXRld2F5LnYxIqgBCgpBc2tPcHRpb25zEhIKBXRvcF9rGAEgASgNSACIAQESGAoLdGVtcGVyYXR1cmUYAiABKAFIAYgBARIXCgptYXhfdG9rZW5zGAMgASgNSAKIAQESFgoOdXNlX2Jhc2VfbW9kZWwYBCABKAgSEgoKYWRhcHRlcl9pZBgFIAEoCUIICgZfdG9wX2tCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zImoKDlJldHJpZXZlZENodW5rEhAKCGNodW5rX2lkGAEgASgJEhMKC2RvY3VtZW50X2lkGAIgASgJEhQKDGhlYWRpbmdfcGF0aBgDIAMoCRIMCgR0ZXh0GAQgASgJEg0KBXNjb3JlGAUgASgBInAKCENpdGF0aW9uEhAKCGNodW5rX2lkGAEgASgJEhMKC2RvY3VtZW50X2lkGAIgASgJEhYKDmRvY3VtZW50X3RpdGxlGAMgASgJEhQKDGhlYWRpbmdfcGF0aBgEIAMoCRIPCgdzdXBwb3J0GAUgASgBIj8KC0Fuc3dlclVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYAiABKA0iYwoKQXNrUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhAKCHF1ZXN0aW9uGAIgASgJEi8KB29wdGlvbnMYAyABKAsyHi5yYWd0dW5lLmdhdGV3YXkudjEuQXNrT3B0aW9ucyLnAQoLQXNrUmVzcG9uc2USDgoGYW5zd2VyGAEgASgJEg8KB3JlZnVzZWQYAiABKAgSLwoJY2l0YXRpb25zGAMgAygLMhwucmFndHVuZS5nYXRld2F5LnYxLkNpdGF0aW9uEjMKB2NvbnRleHQYBCADKAsyIi5yYWd0dW5lLmdhdGV3YXkudjEuUmV0cmlldmVkQ2h1bmsSDQoFbW9kZWwYBSABKAkSEgoKYWRhcHRlcl9pZBgGIAEoCRIuCgV1c2FnZRgHIAEoCzIfLnJhZ3R1bmUuZ2F0ZXdheS52MS5BbnN3ZXJVc2FnZSJpChBBc2tTdHJlYW1SZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSEAoIcXVlc3Rpb24YAiABKAkSLwoHb3B0aW9ucxgDIAEoCzIeLnJhZ3R1bmUuZ2F0ZXdheS52MS5Bc2tPcHRpb25zImkKEEFza1N0cmVhbUNvbnRleHQSMgoGY2h1bmtzGAEgAygLMiIucmFndHVuZS5nYXRld2F5LnYxLlJldHJpZXZlZENodW5rEg0KBW1vZGVsGAIgASgJEhIKCmFkYXB0ZXJfaWQYAyABKAkiqAEKDUFza1N0cmVhbURvbmUSDgoGYW5zd2VyGAEgASgJEg8KB3JlZnVzZWQYAiABKAgSLwoJY2l0YXRpb25zGAMgAygLMhwucmFndHVuZS5nYXRld2F5LnYxLkNpdGF0aW9uEi4KBXVzYWdlGAQgASgLMh8ucmFndHVuZS5nYXRld2F5LnYxLkFuc3dlclVzYWdlEhUKDWZpbmlzaF9yZWFzb24YBSABKAkinQEKEUFza1N0cmVhbVJlc3BvbnNlEjcKB2NvbnRleHQYASABKAsyJC5yYWd0dW5lLmdhdGV3YXkudjEuQXNrU3RyZWFtQ29udGV4dEgAEhQKCnRleHRfZGVsdGEYAiABKAlIABIxCgRkb25lGAMgASgLMiEucmFndHVuZS5nYXRld2F5LnYxLkFza1N0cmVhbURvbmVIAEIGCgRwYXJ0Iq8BCg9Qcm9tb3Rpb25Qb2xpY3kSGQoMYXV0b19wcm9tb3RlGAEgASgISACIAQESHgoRbWluX3Rva2VuX2YxX2dhaW4YAiABKAFIAYgBARIhChRtaW5fcmVmdXNhbF9hY2N1cmFjeRgDIAEoAUgCiAEBQg8KDV9hdXRvX3Byb21vdGVCFAoSX21pbl90b2tlbl9mMV9nYWluQhcKFV9taW5fcmVmdXNhbF9hY2N1cmFjeSLWAgoMUGlwZWxpbmVTcGVjEjIKB3NvdXJjZXMYASADKAsyIS5yYWd0dW5lLmluZ2VzdC52MS5Eb2N1bWVudFNvdXJjZRI0CghjaHVua2luZxgCIAEoCzIiLnJhZ3R1bmUuaW5nZXN0LnYxLkNodW5raW5nT3B0aW9ucxI3CgdkYXRhc2V0GAMgASgLMiYucmFndHVuZS5kYXRhc2V0LnYxLkdlbmVyYXRpb25TZXR0aW5ncxISCgpiYXNlX21vZGVsGAQgASgJEhkKEXNlcnZlZF9iYXNlX21vZGVsGAUgASgJEjwKD2h5cGVycGFyYW1ldGVycxgGIAEoCzIjLnJhZ3R1bmUudHJhaW5lci52MS5IeXBlcnBhcmFtZXRlcnMSNgoJcHJvbW90aW9uGAcgASgLMiMucmFndHVuZS5nYXRld2F5LnYxLlByb21vdGlvblBvbGljeSKyAgoSUGlwZWxpbmVTdGFnZVN0YXRlEjAKBXN0YWdlGAEgASgOMiEucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lU3RhZ2USNwoGc3RhdHVzGAIgASgOMicucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lU3RhZ2VTdGF0dXMSEwoLcmVzb3VyY2VfaWQYAyABKAkSDgoGZGV0YWlsGAQgASgJEisKB2ZhaWx1cmUYBSABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlEi4KCnN0YXJ0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLEAwoLUGlwZWxpbmVSdW4SCgoCaWQYASABKAkSEgoKY29sbGVjdGlvbhgCIAEoCRI1CgZzdGF0dXMYAyABKA4yJS5yYWd0dW5lLmdhdGV3YXkudjEuUGlwZWxpbmVSdW5TdGF0dXMSOAoNY3VycmVudF9zdGFnZRgEIAEoDjIhLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVN0YWdlEjYKBnN0YWdlcxgFIAMoCzImLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVN0YWdlU3RhdGUSLgoEc3BlYxgGIAEoCzIgLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVNwZWMSKwoHZmFpbHVyZRgHIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmUSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIngKF1N0YXJ0UGlwZWxpbmVSdW5SZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSLgoEc3BlYxgCIAEoCzIgLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVNwZWMSGQoRY2xpZW50X3JlcXVlc3RfaWQYAyABKAkiSAoYU3RhcnRQaXBlbGluZVJ1blJlc3BvbnNlEiwKA3J1bhgBIAEoCzIfLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVJ1biIwChVHZXRQaXBlbGluZVJ1blJlcXVlc3QSFwoPcGlwZWxpbmVfcnVuX2lkGAEgASgJIkYKFkdldFBpcGVsaW5lUnVuUmVzcG9uc2USLAoDcnVuGAEgASgLMh8ucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lUnVuIlsKF0xpc3RQaXBlbGluZVJ1bnNSZXF1ZXN0EiwKBHBhZ2UYASABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVxdWVzdBISCgpjb2xsZWN0aW9uGAIgASgJIngKGExpc3RQaXBlbGluZVJ1bnNSZXNwb25zZRItCgRydW5zGAEgAygLMh8ucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lUnVuEi0KBHBhZ2UYAiABKAsyHy5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVzcG9uc2UiSQoXV2F0Y2hQaXBlbGluZVJ1blJlcXVlc3QSFwoPcGlwZWxpbmVfcnVuX2lkGAEgASgJEhUKDWZyb21fc2VxdWVuY2UYAiABKA0iTwoYV2F0Y2hQaXBlbGluZVJ1blJlc3BvbnNlEjMKBWV2ZW50GAEgASgLMiQucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lUnVuRXZlbnQifQoXUGlwZWxpbmVSdW5TdGF0dXNDaGFuZ2USNQoGc3RhdHVzGAEgASgOMiUucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lUnVuU3RhdHVzEisKB2ZhaWx1cmUYAiABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlIvgBChBQaXBlbGluZVJ1bkV2ZW50EhAKCHNlcXVlbmNlGAEgASgNEhcKD3BpcGVsaW5lX3J1bl9pZBgCIAEoCRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJFCg5zdGF0dXNfY2hhbmdlZBgEIAEoCzIrLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVJ1blN0YXR1c0NoYW5nZUgAEj8KDXN0YWdlX2NoYW5nZWQYBSABKAsyJi5yYWd0dW5lLmdhdGV3YXkudjEuUGlwZWxpbmVTdGFnZVN0YXRlSABCBwoFZXZlbnQiMwoYQ2FuY2VsUGlwZWxpbmVSdW5SZXF1ZXN0EhcKD3BpcGVsaW5lX3J1bl9pZBgBIAEoCSJJChlDYW5jZWxQaXBlbGluZVJ1blJlc3BvbnNlEiwKA3J1bhgBIAEoCzIfLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVJ1biL1AQoPUHJvbW90ZWRBZGFwdGVyEhIKCmNvbGxlY3Rpb24YASABKAkSEgoKYWRhcHRlcl9pZBgCIAEoCRIOCgZqb2JfaWQYAyABKAkSEgoKYmFzZV9tb2RlbBgEIAEoCRITCgtldmFsX3J1bl9pZBgFIAEoCRIbChNwcmV2aW91c19hZGFwdGVyX2lkGAYgASgJEi8KC3Byb21vdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZwaW5uZWQYCCABKAgSDgoGZm9yY2VkGAkgASgIEhMKC3NlcnZlZF9uYW1lGAogASgJIlsKD1Byb21vdGlvblJlY29yZBISCgpjb2xsZWN0aW9uGAEgASgJEjQKB2hpc3RvcnkYAiADKAsyIy5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZWRBZGFwdGVyIoQBChVQcm9tb3RlQWRhcHRlclJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIOCgZqb2JfaWQYAiABKAkSEwoLZXZhbF9ydW5faWQYAyABKAkSDQoFZm9yY2UYBCABKAgSCwoDcGluGAUgASgIEhYKDnJlcGxhY2VfcGlubmVkGAYgASgIIk4KFlByb21vdGVBZGFwdGVyUmVzcG9uc2USNAoHYWRhcHRlchgBIAEoCzIjLnJhZ3R1bmUuZ2F0ZXdheS52MS5Qcm9tb3RlZEFkYXB0ZXIiLwoZR2V0UHJvbW90ZWRBZGFwdGVyUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJIlIKGkdldFByb21vdGVkQWRhcHRlclJlc3BvbnNlEjQKB2FkYXB0ZXIYASABKAsyIy5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZWRBZGFwdGVyIiwKFlJvbGxiYWNrQWRhcHRlclJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCSJPChdSb2xsYmFja0FkYXB0ZXJSZXNwb25zZRI0CgdhZGFwdGVyGAEgASgLMiMucmFndHVuZS5nYXRld2F5LnYxLlByb21vdGVkQWRhcHRlciIrChVMaXN0UHJvbW90aW9uc1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCSJRChZMaXN0UHJvbW90aW9uc1Jlc3BvbnNlEjcKCnByb21vdGlvbnMYASADKAsyIy5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZWRBZGFwdGVyIq8BCgxBcGlLZXlSZWNvcmQSCgoCaWQYASABKAkSDgoGdGVuYW50GAIgASgJEgwKBG5hbWUYAyABKAkSFQoNc2VjcmV0X3NoYTI1NhgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmChBDb2xsZWN0aW9uVGVuYW50EhIKCmNvbGxlY3Rpb24YASABKAkSDgoGdGVuYW50GAIgASgJEi4KCmdyYW50ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKrUBCg1QaXBlbGluZVN0YWdlEh4KGlBJUEVMSU5FX1NUQUdFX1VOU1BFQ0lGSUVEEAASGQoVUElQRUxJTkVfU1RBR0VfSU5HRVNUEAESGgoWUElQRUxJTkVfU1RBR0VfREFUQVNFVBACEhgKFFBJUEVMSU5FX1NUQUdFX1RSQUlOEAMSFwoTUElQRUxJTkVfU1RBR0VfRVZBTBAEEhoKFlBJUEVMSU5FX1NUQUdFX1BST01PVEUQBSrfAQoRUGlwZWxpbmVSdW5TdGF0dXMSIwofUElQRUxJTkVfUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEh4KGlBJUEVMSU5FX1JVTl9TVEFUVVNfUVVFVUVEEAESHwobUElQRUxJTkVfUlVOX1NUQVRVU19SVU5OSU5HEAISIQodUElQRUxJTkVfUlVOX1NUQVRVU19TVUNDRUVERUQQAxIeChpQSVBFTElORV9SVU5fU1RBVFVTX0ZBSUxFRBAEEiEKHVBJUEVMSU5FX1JVTl9TVEFUVVNfQ0FOQ0VMTEVEEAUqkQIKE1BpcGVsaW5lU3RhZ2VTdGF0dXMSJQohUElQRUxJTkVfU1RBR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASIQodUElQRUxJTkVfU1RBR0VfU1RBVFVTX1BFTkRJTkcQARIhCh1QSVBFTElORV9TVEFHRV9TVEFUVVNfUlVOTklORxACEiMKH1BJUEVMSU5FX1NUQUdFX1NUQVRVU19TVUNDRUVERUQQAxIgChxQSVBFTElORV9TVEFHRV9TVEFUVVNfRkFJTEVEEAQSIQodUElQRUxJTkVfU1RBR0VfU1RBVFVTX1NLSVBQRUQQBRIjCh9QSVBFTElORV9TVEFHRV9TVEFUVVNfQ0FOQ0VMTEVEEAYykQkKDkdhdGV3YXlTZXJ2aWNlEkYKA0FzaxIeLnJhZ3R1bmUuZ2F0ZXdheS52MS5Bc2tSZXF1ZXN0Gh8ucmFndHVuZS5nYXRld2F5LnYxLkFza1Jlc3BvbnNlEloKCUFza1N0cmVhbRIkLnJhZ3R1bmUuZ2F0ZXdheS52MS5Bc2tTdHJlYW1SZXF1ZXN0GiUucmFndHVuZS5nYXRld2F5LnYxLkFza1N0cmVhbVJlc3BvbnNlMAESbQoQU3RhcnRQaXBlbGluZVJ1bhIrLnJhZ3R1bmUuZ2F0ZXdheS52MS5TdGFydFBpcGVsaW5lUnVuUmVxdWVzdBosLnJhZ3R1bmUuZ2F0ZXdheS52MS5TdGFydFBpcGVsaW5lUnVuUmVzcG9uc2USZwoOR2V0UGlwZWxpbmVSdW4SKS5yYWd0dW5lLmdhdGV3YXkudjEuR2V0UGlwZWxpbmVSdW5SZXF1ZXN0GioucmFndHVuZS5nYXRld2F5LnYxLkdldFBpcGVsaW5lUnVuUmVzcG9uc2USbQoQTGlzdFBpcGVsaW5lUnVucxIrLnJhZ3R1bmUuZ2F0ZXdheS52MS5MaXN0UGlwZWxpbmVSdW5zUmVxdWVzdBosLnJhZ3R1bmUuZ2F0ZXdheS52MS5MaXN0UGlwZWxpbmVSdW5zUmVzcG9uc2USbwoQV2F0Y2hQaXBlbGluZVJ1bhIrLnJhZ3R1bmUuZ2F0ZXdheS52MS5XYXRjaFBpcGVsaW5lUnVuUmVxdWVzdBosLnJhZ3R1bmUuZ2F0ZXdheS52MS5XYXRjaFBpcGVsaW5lUnVuUmVzcG9uc2UwARJwChFDYW5jZWxQaXBlbGluZVJ1bhIsLnJhZ3R1bmUuZ2F0ZXdheS52MS5DYW5jZWxQaXBlbGluZVJ1blJlcXVlc3QaLS5yYWd0dW5lLmdhdGV3YXkudjEuQ2FuY2VsUGlwZWxpbmVSdW5SZXNwb25zZRJnCg5Qcm9tb3RlQWRhcHRlchIpLnJhZ3R1bmUuZ2F0ZXdheS52MS5Qcm9tb3RlQWRhcHRlclJlcXVlc3QaKi5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZUFkYXB0ZXJSZXNwb25zZRJzChJHZXRQcm9tb3RlZEFkYXB0ZXISLS5yYWd0dW5lLmdhdGV3YXkudjEuR2V0UHJvbW90ZWRBZGFwdGVyUmVxdWVzdBouLnJhZ3R1bmUuZ2F0ZXdheS52MS5HZXRQcm9tb3RlZEFkYXB0ZXJSZXNwb25zZRJqCg9Sb2xsYmFja0FkYXB0ZXISKi5yYWd0dW5lLmdhdGV3YXkudjEuUm9sbGJhY2tBZGFwdGVyUmVxdWVzdBorLnJhZ3R1bmUuZ2F0ZXdheS52MS5Sb2xsYmFja0FkYXB0ZXJSZXNwb25zZRJnCg5MaXN0UHJvbW90aW9ucxIpLnJhZ3R1bmUuZ2F0ZXdheS52MS5MaXN0UHJvbW90aW9uc1JlcXVlc3QaKi5yYWd0dW5lLmdhdGV3YXkudjEuTGlzdFByb21vdGlvbnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_ragtune_common_v1_common, file_ragtune_dataset_v1_dataset, file_ragtune_ingest_v1_ingest, file_ragtune_trainer_v1_trainer]);
+  fileDesc("CiByYWd0dW5lL2dhdGV3YXkvdjEvZ2F0ZXdheS5wcm90bxIScmFndHVuZS5nYXRld2F5LnYxIqgBCgpBc2tPcHRpb25zEhIKBXRvcF9rGAEgASgNSACIAQESGAoLdGVtcGVyYXR1cmUYAiABKAFIAYgBARIXCgptYXhfdG9rZW5zGAMgASgNSAKIAQESFgoOdXNlX2Jhc2VfbW9kZWwYBCABKAgSEgoKYWRhcHRlcl9pZBgFIAEoCUIICgZfdG9wX2tCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zImoKDlJldHJpZXZlZENodW5rEhAKCGNodW5rX2lkGAEgASgJEhMKC2RvY3VtZW50X2lkGAIgASgJEhQKDGhlYWRpbmdfcGF0aBgDIAMoCRIMCgR0ZXh0GAQgASgJEg0KBXNjb3JlGAUgASgBInAKCENpdGF0aW9uEhAKCGNodW5rX2lkGAEgASgJEhMKC2RvY3VtZW50X2lkGAIgASgJEhYKDmRvY3VtZW50X3RpdGxlGAMgASgJEhQKDGhlYWRpbmdfcGF0aBgEIAMoCRIPCgdzdXBwb3J0GAUgASgBIj8KC0Fuc3dlclVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYAiABKA0iYwoKQXNrUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhAKCHF1ZXN0aW9uGAIgASgJEi8KB29wdGlvbnMYAyABKAsyHi5yYWd0dW5lLmdhdGV3YXkudjEuQXNrT3B0aW9ucyLnAQoLQXNrUmVzcG9uc2USDgoGYW5zd2VyGAEgASgJEg8KB3JlZnVzZWQYAiABKAgSLwoJY2l0YXRpb25zGAMgAygLMhwucmFndHVuZS5nYXRld2F5LnYxLkNpdGF0aW9uEjMKB2NvbnRleHQYBCADKAsyIi5yYWd0dW5lLmdhdGV3YXkudjEuUmV0cmlldmVkQ2h1bmsSDQoFbW9kZWwYBSABKAkSEgoKYWRhcHRlcl9pZBgGIAEoCRIuCgV1c2FnZRgHIAEoCzIfLnJhZ3R1bmUuZ2F0ZXdheS52MS5BbnN3ZXJVc2FnZSJpChBBc2tTdHJlYW1SZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSEAoIcXVlc3Rpb24YAiABKAkSLwoHb3B0aW9ucxgDIAEoCzIeLnJhZ3R1bmUuZ2F0ZXdheS52MS5Bc2tPcHRpb25zImkKEEFza1N0cmVhbUNvbnRleHQSMgoGY2h1bmtzGAEgAygLMiIucmFndHVuZS5nYXRld2F5LnYxLlJldHJpZXZlZENodW5rEg0KBW1vZGVsGAIgASgJEhIKCmFkYXB0ZXJfaWQYAyABKAkiqAEKDUFza1N0cmVhbURvbmUSDgoGYW5zd2VyGAEgASgJEg8KB3JlZnVzZWQYAiABKAgSLwoJY2l0YXRpb25zGAMgAygLMhwucmFndHVuZS5nYXRld2F5LnYxLkNpdGF0aW9uEi4KBXVzYWdlGAQgASgLMh8ucmFndHVuZS5nYXRld2F5LnYxLkFuc3dlclVzYWdlEhUKDWZpbmlzaF9yZWFzb24YBSABKAkinQEKEUFza1N0cmVhbVJlc3BvbnNlEjcKB2NvbnRleHQYASABKAsyJC5yYWd0dW5lLmdhdGV3YXkudjEuQXNrU3RyZWFtQ29udGV4dEgAEhQKCnRleHRfZGVsdGEYAiABKAlIABIxCgRkb25lGAMgASgLMiEucmFndHVuZS5nYXRld2F5LnYxLkFza1N0cmVhbURvbmVIAEIGCgRwYXJ0Iq8BCg9Qcm9tb3Rpb25Qb2xpY3kSGQoMYXV0b19wcm9tb3RlGAEgASgISACIAQESHgoRbWluX3Rva2VuX2YxX2dhaW4YAiABKAFIAYgBARIhChRtaW5fcmVmdXNhbF9hY2N1cmFjeRgDIAEoAUgCiAEBQg8KDV9hdXRvX3Byb21vdGVCFAoSX21pbl90b2tlbl9mMV9nYWluQhcKFV9taW5fcmVmdXNhbF9hY2N1cmFjeSLWAgoMUGlwZWxpbmVTcGVjEjIKB3NvdXJjZXMYASADKAsyIS5yYWd0dW5lLmluZ2VzdC52MS5Eb2N1bWVudFNvdXJjZRI0CghjaHVua2luZxgCIAEoCzIiLnJhZ3R1bmUuaW5nZXN0LnYxLkNodW5raW5nT3B0aW9ucxI3CgdkYXRhc2V0GAMgASgLMiYucmFndHVuZS5kYXRhc2V0LnYxLkdlbmVyYXRpb25TZXR0aW5ncxISCgpiYXNlX21vZGVsGAQgASgJEhkKEXNlcnZlZF9iYXNlX21vZGVsGAUgASgJEjwKD2h5cGVycGFyYW1ldGVycxgGIAEoCzIjLnJhZ3R1bmUudHJhaW5lci52MS5IeXBlcnBhcmFtZXRlcnMSNgoJcHJvbW90aW9uGAcgASgLMiMucmFndHVuZS5nYXRld2F5LnYxLlByb21vdGlvblBvbGljeSKyAgoSUGlwZWxpbmVTdGFnZVN0YXRlEjAKBXN0YWdlGAEgASgOMiEucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lU3RhZ2USNwoGc3RhdHVzGAIgASgOMicucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lU3RhZ2VTdGF0dXMSEwoLcmVzb3VyY2VfaWQYAyABKAkSDgoGZGV0YWlsGAQgASgJEisKB2ZhaWx1cmUYBSABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlEi4KCnN0YXJ0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLEAwoLUGlwZWxpbmVSdW4SCgoCaWQYASABKAkSEgoKY29sbGVjdGlvbhgCIAEoCRI1CgZzdGF0dXMYAyABKA4yJS5yYWd0dW5lLmdhdGV3YXkudjEuUGlwZWxpbmVSdW5TdGF0dXMSOAoNY3VycmVudF9zdGFnZRgEIAEoDjIhLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVN0YWdlEjYKBnN0YWdlcxgFIAMoCzImLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVN0YWdlU3RhdGUSLgoEc3BlYxgGIAEoCzIgLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVNwZWMSKwoHZmFpbHVyZRgHIAEoCzIaLnJhZ3R1bmUuY29tbW9uLnYxLkZhaWx1cmUSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIngKF1N0YXJ0UGlwZWxpbmVSdW5SZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSLgoEc3BlYxgCIAEoCzIgLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVNwZWMSGQoRY2xpZW50X3JlcXVlc3RfaWQYAyABKAkiSAoYU3RhcnRQaXBlbGluZVJ1blJlc3BvbnNlEiwKA3J1bhgBIAEoCzIfLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVJ1biIwChVHZXRQaXBlbGluZVJ1blJlcXVlc3QSFwoPcGlwZWxpbmVfcnVuX2lkGAEgASgJIkYKFkdldFBpcGVsaW5lUnVuUmVzcG9uc2USLAoDcnVuGAEgASgLMh8ucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lUnVuIlsKF0xpc3RQaXBlbGluZVJ1bnNSZXF1ZXN0EiwKBHBhZ2UYASABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVxdWVzdBISCgpjb2xsZWN0aW9uGAIgASgJIngKGExpc3RQaXBlbGluZVJ1bnNSZXNwb25zZRItCgRydW5zGAEgAygLMh8ucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lUnVuEi0KBHBhZ2UYAiABKAsyHy5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVzcG9uc2UiSQoXV2F0Y2hQaXBlbGluZVJ1blJlcXVlc3QSFwoPcGlwZWxpbmVfcnVuX2lkGAEgASgJEhUKDWZyb21fc2VxdWVuY2UYAiABKA0iTwoYV2F0Y2hQaXBlbGluZVJ1blJlc3BvbnNlEjMKBWV2ZW50GAEgASgLMiQucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lUnVuRXZlbnQifQoXUGlwZWxpbmVSdW5TdGF0dXNDaGFuZ2USNQoGc3RhdHVzGAEgASgOMiUucmFndHVuZS5nYXRld2F5LnYxLlBpcGVsaW5lUnVuU3RhdHVzEisKB2ZhaWx1cmUYAiABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlIvgBChBQaXBlbGluZVJ1bkV2ZW50EhAKCHNlcXVlbmNlGAEgASgNEhcKD3BpcGVsaW5lX3J1bl9pZBgCIAEoCRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJFCg5zdGF0dXNfY2hhbmdlZBgEIAEoCzIrLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVJ1blN0YXR1c0NoYW5nZUgAEj8KDXN0YWdlX2NoYW5nZWQYBSABKAsyJi5yYWd0dW5lLmdhdGV3YXkudjEuUGlwZWxpbmVTdGFnZVN0YXRlSABCBwoFZXZlbnQiMwoYQ2FuY2VsUGlwZWxpbmVSdW5SZXF1ZXN0EhcKD3BpcGVsaW5lX3J1bl9pZBgBIAEoCSJJChlDYW5jZWxQaXBlbGluZVJ1blJlc3BvbnNlEiwKA3J1bhgBIAEoCzIfLnJhZ3R1bmUuZ2F0ZXdheS52MS5QaXBlbGluZVJ1biL1AQoPUHJvbW90ZWRBZGFwdGVyEhIKCmNvbGxlY3Rpb24YASABKAkSEgoKYWRhcHRlcl9pZBgCIAEoCRIOCgZqb2JfaWQYAyABKAkSEgoKYmFzZV9tb2RlbBgEIAEoCRITCgtldmFsX3J1bl9pZBgFIAEoCRIbChNwcmV2aW91c19hZGFwdGVyX2lkGAYgASgJEi8KC3Byb21vdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZwaW5uZWQYCCABKAgSDgoGZm9yY2VkGAkgASgIEhMKC3NlcnZlZF9uYW1lGAogASgJIlsKD1Byb21vdGlvblJlY29yZBISCgpjb2xsZWN0aW9uGAEgASgJEjQKB2hpc3RvcnkYAiADKAsyIy5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZWRBZGFwdGVyIoQBChVQcm9tb3RlQWRhcHRlclJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIOCgZqb2JfaWQYAiABKAkSEwoLZXZhbF9ydW5faWQYAyABKAkSDQoFZm9yY2UYBCABKAgSCwoDcGluGAUgASgIEhYKDnJlcGxhY2VfcGlubmVkGAYgASgIIk4KFlByb21vdGVBZGFwdGVyUmVzcG9uc2USNAoHYWRhcHRlchgBIAEoCzIjLnJhZ3R1bmUuZ2F0ZXdheS52MS5Qcm9tb3RlZEFkYXB0ZXIiLwoZR2V0UHJvbW90ZWRBZGFwdGVyUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJIlIKGkdldFByb21vdGVkQWRhcHRlclJlc3BvbnNlEjQKB2FkYXB0ZXIYASABKAsyIy5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZWRBZGFwdGVyIiwKFlJvbGxiYWNrQWRhcHRlclJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCSJPChdSb2xsYmFja0FkYXB0ZXJSZXNwb25zZRI0CgdhZGFwdGVyGAEgASgLMiMucmFndHVuZS5nYXRld2F5LnYxLlByb21vdGVkQWRhcHRlciIrChVMaXN0UHJvbW90aW9uc1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCSJRChZMaXN0UHJvbW90aW9uc1Jlc3BvbnNlEjcKCnByb21vdGlvbnMYASADKAsyIy5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZWRBZGFwdGVyIq8BCgxBcGlLZXlSZWNvcmQSCgoCaWQYASABKAkSDgoGdGVuYW50GAIgASgJEgwKBG5hbWUYAyABKAkSFQoNc2VjcmV0X3NoYTI1NhgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmChBDb2xsZWN0aW9uVGVuYW50EhIKCmNvbGxlY3Rpb24YASABKAkSDgoGdGVuYW50GAIgASgJEi4KCmdyYW50ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh4KHExpc3RUZW5hbnRDb2xsZWN0aW9uc1JlcXVlc3QiUwodTGlzdFRlbmFudENvbGxlY3Rpb25zUmVzcG9uc2USMgoLY29sbGVjdGlvbnMYASADKAsyHS5yYWd0dW5lLmluZ2VzdC52MS5Db2xsZWN0aW9uImIKHkxpc3RDb2xsZWN0aW9uRG9jdW1lbnRzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEiwKBHBhZ2UYAiABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVxdWVzdCKAAQofTGlzdENvbGxlY3Rpb25Eb2N1bWVudHNSZXNwb25zZRIuCglkb2N1bWVudHMYASADKAsyGy5yYWd0dW5lLmluZ2VzdC52MS5Eb2N1bWVudBItCgRwYWdlGAIgASgLMh8ucmFndHVuZS5jb21tb24udjEuUGFnZVJlc3BvbnNlImgKJExpc3RDb2xsZWN0aW9uRGF0YXNldFZlcnNpb25zUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEiwKBHBhZ2UYAiABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVxdWVzdCKMAQolTGlzdENvbGxlY3Rpb25EYXRhc2V0VmVyc2lvbnNSZXNwb25zZRI0Cgh2ZXJzaW9ucxgBIAMoCzIiLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0VmVyc2lvbhItCgRwYWdlGAIgASgLMh8ucmFndHVuZS5jb21tb24udjEuUGFnZVJlc3BvbnNlIi8KGUxpc3RDb2xsZWN0aW9uSm9ic1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCSJDChpMaXN0Q29sbGVjdGlvbkpvYnNSZXNwb25zZRIlCgRqb2JzGAEgAygLMhcucmFndHVuZS50cmFpbmVyLnYxLkpvYiIuChdHZXRFdmFsUnVuUmVwb3J0UmVxdWVzdBITCgtldmFsX3J1bl9pZBgBIAEoCSJTChhHZXRFdmFsUnVuUmVwb3J0UmVzcG9uc2USJQoDcnVuGAEgASgLMhgucmFndHVuZS5ldmFsLnYxLkV2YWxSdW4SEAoIbWFya2Rvd24YAiABKAkiKgoYR2V0QWRhcHRlckxpbmVhZ2VSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSK2AgoZR2V0QWRhcHRlckxpbmVhZ2VSZXNwb25zZRISCgpjb2xsZWN0aW9uGAEgASgJEiQKA2pvYhgCIAEoCzIXLnJhZ3R1bmUudHJhaW5lci52MS5Kb2ISOwoPZGF0YXNldF92ZXJzaW9uGAMgASgLMiIucmFndHVuZS5kYXRhc2V0LnYxLkRhdGFzZXRWZXJzaW9uEjwKCWRvY3VtZW50cxgEIAMoCzIpLnJhZ3R1bmUuZGF0YXNldC52MS5EYXRhc2V0U291cmNlRG9jdW1lbnQSKwoJZXZhbF9ydW5zGAUgAygLMhgucmFndHVuZS5ldmFsLnYxLkV2YWxSdW4SNwoKcHJvbW90aW9ucxgGIAMoCzIjLnJhZ3R1bmUuZ2F0ZXdheS52MS5Qcm9tb3RlZEFkYXB0ZXIiMAoZR2V0RG9jdW1lbnRMaW5lYWdlUmVxdWVzdBITCgtkb2N1bWVudF9pZBgBIAEoCSJiCg9Eb2N1bWVudEFkYXB0ZXISDgoGam9iX2lkGAEgASgJEhIKCmFkYXB0ZXJfaWQYAiABKAkSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEg8KB3NlcnZpbmcYBCABKAgiyAEKGkdldERvY3VtZW50TGluZWFnZVJlc3BvbnNlEi0KCGRvY3VtZW50GAEgASgLMhsucmFndHVuZS5pbmdlc3QudjEuRG9jdW1lbnQSRAoQZGF0YXNldF92ZXJzaW9ucxgCIAMoCzIqLnJhZ3R1bmUuZ2F0ZXdheS52MS5Eb2N1bWVudERhdGFzZXRWZXJzaW9uEjUKCGFkYXB0ZXJzGAMgAygLMiMucmFndHVuZS5nYXRld2F5LnYxLkRvY3VtZW50QWRhcHRlciJMChZEb2N1bWVudERhdGFzZXRWZXJzaW9uEhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgBIAEoCRIWCg5jb250ZW50X3NoYTI1NhgCIAEoCSq1AQoNUGlwZWxpbmVTdGFnZRIeChpQSVBFTElORV9TVEFHRV9VTlNQRUNJRklFRBAAEhkKFVBJUEVMSU5FX1NUQUdFX0lOR0VTVBABEhoKFlBJUEVMSU5FX1NUQUdFX0RBVEFTRVQQAhIYChRQSVBFTElORV9TVEFHRV9UUkFJThADEhcKE1BJUEVMSU5FX1NUQUdFX0VWQUwQBBIaChZQSVBFTElORV9TVEFHRV9QUk9NT1RFEAUq3wEKEVBpcGVsaW5lUnVuU3RhdHVzEiMKH1BJUEVMSU5FX1JVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIeChpQSVBFTElORV9SVU5fU1RBVFVTX1FVRVVFRBABEh8KG1BJUEVMSU5FX1JVTl9TVEFUVVNfUlVOTklORxACEiEKHVBJUEVMSU5FX1JVTl9TVEFUVVNfU1VDQ0VFREVEEAMSHgoaUElQRUxJTkVfUlVOX1NUQVRVU19GQUlMRUQQBBIhCh1QSVBFTElORV9SVU5fU1RBVFVTX0NBTkNFTExFRBAFKpECChNQaXBlbGluZVN0YWdlU3RhdHVzEiUKIVBJUEVMSU5FX1NUQUdFX1NUQVRVU19VTlNQRUNJRklFRBAAEiEKHVBJUEVMSU5FX1NUQUdFX1NUQVRVU19QRU5ESU5HEAESIQodUElQRUxJTkVfU1RBR0VfU1RBVFVTX1JVTk5JTkcQAhIjCh9QSVBFTElORV9TVEFHRV9TVEFUVVNfU1VDQ0VFREVEEAMSIAocUElQRUxJTkVfU1RBR0VfU1RBVFVTX0ZBSUxFRBAEEiEKHVBJUEVMSU5FX1NUQUdFX1NUQVRVU19TS0lQUEVEEAUSIwofUElQRUxJTkVfU1RBR0VfU1RBVFVTX0NBTkNFTExFRBAGMvYPCg5HYXRld2F5U2VydmljZRJGCgNBc2sSHi5yYWd0dW5lLmdhdGV3YXkudjEuQXNrUmVxdWVzdBofLnJhZ3R1bmUuZ2F0ZXdheS52MS5Bc2tSZXNwb25zZRJaCglBc2tTdHJlYW0SJC5yYWd0dW5lLmdhdGV3YXkudjEuQXNrU3RyZWFtUmVxdWVzdBolLnJhZ3R1bmUuZ2F0ZXdheS52MS5Bc2tTdHJlYW1SZXNwb25zZTABEm0KEFN0YXJ0UGlwZWxpbmVSdW4SKy5yYWd0dW5lLmdhdGV3YXkudjEuU3RhcnRQaXBlbGluZVJ1blJlcXVlc3QaLC5yYWd0dW5lLmdhdGV3YXkudjEuU3RhcnRQaXBlbGluZVJ1blJlc3BvbnNlEmcKDkdldFBpcGVsaW5lUnVuEikucmFndHVuZS5nYXRld2F5LnYxLkdldFBpcGVsaW5lUnVuUmVxdWVzdBoqLnJhZ3R1bmUuZ2F0ZXdheS52MS5HZXRQaXBlbGluZVJ1blJlc3BvbnNlEm0KEExpc3RQaXBlbGluZVJ1bnMSKy5yYWd0dW5lLmdhdGV3YXkudjEuTGlzdFBpcGVsaW5lUnVuc1JlcXVlc3QaLC5yYWd0dW5lLmdhdGV3YXkudjEuTGlzdFBpcGVsaW5lUnVuc1Jlc3BvbnNlEm8KEFdhdGNoUGlwZWxpbmVSdW4SKy5yYWd0dW5lLmdhdGV3YXkudjEuV2F0Y2hQaXBlbGluZVJ1blJlcXVlc3QaLC5yYWd0dW5lLmdhdGV3YXkudjEuV2F0Y2hQaXBlbGluZVJ1blJlc3BvbnNlMAEScAoRQ2FuY2VsUGlwZWxpbmVSdW4SLC5yYWd0dW5lLmdhdGV3YXkudjEuQ2FuY2VsUGlwZWxpbmVSdW5SZXF1ZXN0Gi0ucmFndHVuZS5nYXRld2F5LnYxLkNhbmNlbFBpcGVsaW5lUnVuUmVzcG9uc2USZwoOUHJvbW90ZUFkYXB0ZXISKS5yYWd0dW5lLmdhdGV3YXkudjEuUHJvbW90ZUFkYXB0ZXJSZXF1ZXN0GioucmFndHVuZS5nYXRld2F5LnYxLlByb21vdGVBZGFwdGVyUmVzcG9uc2UScwoSR2V0UHJvbW90ZWRBZGFwdGVyEi0ucmFndHVuZS5nYXRld2F5LnYxLkdldFByb21vdGVkQWRhcHRlclJlcXVlc3QaLi5yYWd0dW5lLmdhdGV3YXkudjEuR2V0UHJvbW90ZWRBZGFwdGVyUmVzcG9uc2USagoPUm9sbGJhY2tBZGFwdGVyEioucmFndHVuZS5nYXRld2F5LnYxLlJvbGxiYWNrQWRhcHRlclJlcXVlc3QaKy5yYWd0dW5lLmdhdGV3YXkudjEuUm9sbGJhY2tBZGFwdGVyUmVzcG9uc2USZwoOTGlzdFByb21vdGlvbnMSKS5yYWd0dW5lLmdhdGV3YXkudjEuTGlzdFByb21vdGlvbnNSZXF1ZXN0GioucmFndHVuZS5nYXRld2F5LnYxLkxpc3RQcm9tb3Rpb25zUmVzcG9uc2USfAoVTGlzdFRlbmFudENvbGxlY3Rpb25zEjAucmFndHVuZS5nYXRld2F5LnYxLkxpc3RUZW5hbnRDb2xsZWN0aW9uc1JlcXVlc3QaMS5yYWd0dW5lLmdhdGV3YXkudjEuTGlzdFRlbmFudENvbGxlY3Rpb25zUmVzcG9uc2USggEKF0xpc3RDb2xsZWN0aW9uRG9jdW1lbnRzEjIucmFndHVuZS5nYXRld2F5LnYxLkxpc3RDb2xsZWN0aW9uRG9jdW1lbnRzUmVxdWVzdBozLnJhZ3R1bmUuZ2F0ZXdheS52MS5MaXN0Q29sbGVjdGlvbkRvY3VtZW50c1Jlc3BvbnNlEpQBCh1MaXN0Q29sbGVjdGlvbkRhdGFzZXRWZXJzaW9ucxI4LnJhZ3R1bmUuZ2F0ZXdheS52MS5MaXN0Q29sbGVjdGlvbkRhdGFzZXRWZXJzaW9uc1JlcXVlc3QaOS5yYWd0dW5lLmdhdGV3YXkudjEuTGlzdENvbGxlY3Rpb25EYXRhc2V0VmVyc2lvbnNSZXNwb25zZRJzChJMaXN0Q29sbGVjdGlvbkpvYnMSLS5yYWd0dW5lLmdhdGV3YXkudjEuTGlzdENvbGxlY3Rpb25Kb2JzUmVxdWVzdBouLnJhZ3R1bmUuZ2F0ZXdheS52MS5MaXN0Q29sbGVjdGlvbkpvYnNSZXNwb25zZRJtChBHZXRFdmFsUnVuUmVwb3J0EisucmFndHVuZS5nYXRld2F5LnYxLkdldEV2YWxSdW5SZXBvcnRSZXF1ZXN0GiwucmFndHVuZS5nYXRld2F5LnYxLkdldEV2YWxSdW5SZXBvcnRSZXNwb25zZRJwChFHZXRBZGFwdGVyTGluZWFnZRIsLnJhZ3R1bmUuZ2F0ZXdheS52MS5HZXRBZGFwdGVyTGluZWFnZVJlcXVlc3QaLS5yYWd0dW5lLmdhdGV3YXkudjEuR2V0QWRhcHRlckxpbmVhZ2VSZXNwb25zZRJzChJHZXREb2N1bWVudExpbmVhZ2USLS5yYWd0dW5lLmdhdGV3YXkudjEuR2V0RG9jdW1lbnRMaW5lYWdlUmVxdWVzdBouLnJhZ3R1bmUuZ2F0ZXdheS52MS5HZXREb2N1bWVudExpbmVhZ2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_ragtune_common_v1_common, file_ragtune_dataset_v1_dataset, file_ragtune_eval_v1_eval, file_ragtune_ingest_v1_ingest, file_ragtune_trainer_v1_trainer]);
 
 /**
  * Answer generation settings. Unset fields take the defaults.
@@ -1276,6 +1278,385 @@ export const CollectionTenantSchema: GenMessage<CollectionTenant> = /*@__PURE__*
   messageDesc(file_ragtune_gateway_v1_gateway, 37);
 
 /**
+ * @generated from message ragtune.gateway.v1.ListTenantCollectionsRequest
+ */
+export type ListTenantCollectionsRequest = Message<"ragtune.gateway.v1.ListTenantCollectionsRequest"> & {
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.ListTenantCollectionsRequest.
+ * Use `create(ListTenantCollectionsRequestSchema)` to create a new message.
+ */
+export const ListTenantCollectionsRequestSchema: GenMessage<ListTenantCollectionsRequest> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 38);
+
+/**
+ * @generated from message ragtune.gateway.v1.ListTenantCollectionsResponse
+ */
+export type ListTenantCollectionsResponse = Message<"ragtune.gateway.v1.ListTenantCollectionsResponse"> & {
+  /**
+   * @generated from field: repeated ragtune.ingest.v1.Collection collections = 1;
+   */
+  collections: Collection[];
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.ListTenantCollectionsResponse.
+ * Use `create(ListTenantCollectionsResponseSchema)` to create a new message.
+ */
+export const ListTenantCollectionsResponseSchema: GenMessage<ListTenantCollectionsResponse> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 39);
+
+/**
+ * @generated from message ragtune.gateway.v1.ListCollectionDocumentsRequest
+ */
+export type ListCollectionDocumentsRequest = Message<"ragtune.gateway.v1.ListCollectionDocumentsRequest"> & {
+  /**
+   * Empty means `default`.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * @generated from field: ragtune.common.v1.PageRequest page = 2;
+   */
+  page?: PageRequest | undefined;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.ListCollectionDocumentsRequest.
+ * Use `create(ListCollectionDocumentsRequestSchema)` to create a new message.
+ */
+export const ListCollectionDocumentsRequestSchema: GenMessage<ListCollectionDocumentsRequest> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 40);
+
+/**
+ * @generated from message ragtune.gateway.v1.ListCollectionDocumentsResponse
+ */
+export type ListCollectionDocumentsResponse = Message<"ragtune.gateway.v1.ListCollectionDocumentsResponse"> & {
+  /**
+   * @generated from field: repeated ragtune.ingest.v1.Document documents = 1;
+   */
+  documents: Document[];
+
+  /**
+   * @generated from field: ragtune.common.v1.PageResponse page = 2;
+   */
+  page?: PageResponse | undefined;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.ListCollectionDocumentsResponse.
+ * Use `create(ListCollectionDocumentsResponseSchema)` to create a new message.
+ */
+export const ListCollectionDocumentsResponseSchema: GenMessage<ListCollectionDocumentsResponse> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 41);
+
+/**
+ * @generated from message ragtune.gateway.v1.ListCollectionDatasetVersionsRequest
+ */
+export type ListCollectionDatasetVersionsRequest = Message<"ragtune.gateway.v1.ListCollectionDatasetVersionsRequest"> & {
+  /**
+   * Empty means `default`.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * @generated from field: ragtune.common.v1.PageRequest page = 2;
+   */
+  page?: PageRequest | undefined;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.ListCollectionDatasetVersionsRequest.
+ * Use `create(ListCollectionDatasetVersionsRequestSchema)` to create a new message.
+ */
+export const ListCollectionDatasetVersionsRequestSchema: GenMessage<ListCollectionDatasetVersionsRequest> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 42);
+
+/**
+ * @generated from message ragtune.gateway.v1.ListCollectionDatasetVersionsResponse
+ */
+export type ListCollectionDatasetVersionsResponse = Message<"ragtune.gateway.v1.ListCollectionDatasetVersionsResponse"> & {
+  /**
+   * @generated from field: repeated ragtune.dataset.v1.DatasetVersion versions = 1;
+   */
+  versions: DatasetVersion[];
+
+  /**
+   * @generated from field: ragtune.common.v1.PageResponse page = 2;
+   */
+  page?: PageResponse | undefined;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.ListCollectionDatasetVersionsResponse.
+ * Use `create(ListCollectionDatasetVersionsResponseSchema)` to create a new message.
+ */
+export const ListCollectionDatasetVersionsResponseSchema: GenMessage<ListCollectionDatasetVersionsResponse> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 43);
+
+/**
+ * @generated from message ragtune.gateway.v1.ListCollectionJobsRequest
+ */
+export type ListCollectionJobsRequest = Message<"ragtune.gateway.v1.ListCollectionJobsRequest"> & {
+  /**
+   * Empty means `default`.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.ListCollectionJobsRequest.
+ * Use `create(ListCollectionJobsRequestSchema)` to create a new message.
+ */
+export const ListCollectionJobsRequestSchema: GenMessage<ListCollectionJobsRequest> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 44);
+
+/**
+ * @generated from message ragtune.gateway.v1.ListCollectionJobsResponse
+ */
+export type ListCollectionJobsResponse = Message<"ragtune.gateway.v1.ListCollectionJobsResponse"> & {
+  /**
+   * @generated from field: repeated ragtune.trainer.v1.Job jobs = 1;
+   */
+  jobs: Job[];
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.ListCollectionJobsResponse.
+ * Use `create(ListCollectionJobsResponseSchema)` to create a new message.
+ */
+export const ListCollectionJobsResponseSchema: GenMessage<ListCollectionJobsResponse> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 45);
+
+/**
+ * @generated from message ragtune.gateway.v1.GetEvalRunReportRequest
+ */
+export type GetEvalRunReportRequest = Message<"ragtune.gateway.v1.GetEvalRunReportRequest"> & {
+  /**
+   * @generated from field: string eval_run_id = 1;
+   */
+  evalRunId: string;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.GetEvalRunReportRequest.
+ * Use `create(GetEvalRunReportRequestSchema)` to create a new message.
+ */
+export const GetEvalRunReportRequestSchema: GenMessage<GetEvalRunReportRequest> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 46);
+
+/**
+ * @generated from message ragtune.gateway.v1.GetEvalRunReportResponse
+ */
+export type GetEvalRunReportResponse = Message<"ragtune.gateway.v1.GetEvalRunReportResponse"> & {
+  /**
+   * The run; its report is set once it SUCCEEDED.
+   *
+   * @generated from field: ragtune.eval.v1.EvalRun run = 1;
+   */
+  run?: EvalRun | undefined;
+
+  /**
+   * The report as Markdown; empty until the run SUCCEEDED.
+   *
+   * @generated from field: string markdown = 2;
+   */
+  markdown: string;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.GetEvalRunReportResponse.
+ * Use `create(GetEvalRunReportResponseSchema)` to create a new message.
+ */
+export const GetEvalRunReportResponseSchema: GenMessage<GetEvalRunReportResponse> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 47);
+
+/**
+ * @generated from message ragtune.gateway.v1.GetAdapterLineageRequest
+ */
+export type GetAdapterLineageRequest = Message<"ragtune.gateway.v1.GetAdapterLineageRequest"> & {
+  /**
+   * The trainer job that produced the adapter.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.GetAdapterLineageRequest.
+ * Use `create(GetAdapterLineageRequestSchema)` to create a new message.
+ */
+export const GetAdapterLineageRequestSchema: GenMessage<GetAdapterLineageRequest> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 48);
+
+/**
+ * @generated from message ragtune.gateway.v1.GetAdapterLineageResponse
+ */
+export type GetAdapterLineageResponse = Message<"ragtune.gateway.v1.GetAdapterLineageResponse"> & {
+  /**
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * @generated from field: ragtune.trainer.v1.Job job = 2;
+   */
+  job?: Job | undefined;
+
+  /**
+   * The dataset version the job trained on; unset for a job trained on uploaded files.
+   *
+   * @generated from field: ragtune.dataset.v1.DatasetVersion dataset_version = 3;
+   */
+  datasetVersion?: DatasetVersion | undefined;
+
+  /**
+   * The documents (at their content hash) the dataset version's examples come from.
+   *
+   * @generated from field: repeated ragtune.dataset.v1.DatasetSourceDocument documents = 4;
+   */
+  documents: DatasetSourceDocument[];
+
+  /**
+   * Succeeded and failed eval runs of the collection that evaluated the adapter, newest first.
+   *
+   * @generated from field: repeated ragtune.eval.v1.EvalRun eval_runs = 5;
+   */
+  evalRuns: EvalRun[];
+
+  /**
+   * Promotions of the adapter for its collection, newest first.
+   *
+   * @generated from field: repeated ragtune.gateway.v1.PromotedAdapter promotions = 6;
+   */
+  promotions: PromotedAdapter[];
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.GetAdapterLineageResponse.
+ * Use `create(GetAdapterLineageResponseSchema)` to create a new message.
+ */
+export const GetAdapterLineageResponseSchema: GenMessage<GetAdapterLineageResponse> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 49);
+
+/**
+ * @generated from message ragtune.gateway.v1.GetDocumentLineageRequest
+ */
+export type GetDocumentLineageRequest = Message<"ragtune.gateway.v1.GetDocumentLineageRequest"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.GetDocumentLineageRequest.
+ * Use `create(GetDocumentLineageRequestSchema)` to create a new message.
+ */
+export const GetDocumentLineageRequestSchema: GenMessage<GetDocumentLineageRequest> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 50);
+
+/**
+ * An adapter trained on data from a document.
+ *
+ * @generated from message ragtune.gateway.v1.DocumentAdapter
+ */
+export type DocumentAdapter = Message<"ragtune.gateway.v1.DocumentAdapter"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: string adapter_id = 2;
+   */
+  adapterId: string;
+
+  /**
+   * @generated from field: string dataset_version_id = 3;
+   */
+  datasetVersionId: string;
+
+  /**
+   * Whether it serves the collection now.
+   *
+   * @generated from field: bool serving = 4;
+   */
+  serving: boolean;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.DocumentAdapter.
+ * Use `create(DocumentAdapterSchema)` to create a new message.
+ */
+export const DocumentAdapterSchema: GenMessage<DocumentAdapter> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 51);
+
+/**
+ * @generated from message ragtune.gateway.v1.GetDocumentLineageResponse
+ */
+export type GetDocumentLineageResponse = Message<"ragtune.gateway.v1.GetDocumentLineageResponse"> & {
+  /**
+   * @generated from field: ragtune.ingest.v1.Document document = 1;
+   */
+  document?: Document | undefined;
+
+  /**
+   * Dataset versions whose examples come (partly) from the document, with the content hash read.
+   *
+   * @generated from field: repeated ragtune.gateway.v1.DocumentDatasetVersion dataset_versions = 2;
+   */
+  datasetVersions: DocumentDatasetVersion[];
+
+  /**
+   * @generated from field: repeated ragtune.gateway.v1.DocumentAdapter adapters = 3;
+   */
+  adapters: DocumentAdapter[];
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.GetDocumentLineageResponse.
+ * Use `create(GetDocumentLineageResponseSchema)` to create a new message.
+ */
+export const GetDocumentLineageResponseSchema: GenMessage<GetDocumentLineageResponse> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 52);
+
+/**
+ * A dataset version built from a document.
+ *
+ * @generated from message ragtune.gateway.v1.DocumentDatasetVersion
+ */
+export type DocumentDatasetVersion = Message<"ragtune.gateway.v1.DocumentDatasetVersion"> & {
+  /**
+   * @generated from field: string dataset_version_id = 1;
+   */
+  datasetVersionId: string;
+
+  /**
+   * The document's content hash when the version read it (differs from the document's current
+   * one when the document changed since).
+   *
+   * @generated from field: string content_sha256 = 2;
+   */
+  contentSha256: string;
+};
+
+/**
+ * Describes the message ragtune.gateway.v1.DocumentDatasetVersion.
+ * Use `create(DocumentDatasetVersionSchema)` to create a new message.
+ */
+export const DocumentDatasetVersionSchema: GenMessage<DocumentDatasetVersion> = /*@__PURE__*/
+  messageDesc(file_ragtune_gateway_v1_gateway, 53);
+
+/**
  * Stage of a pipeline run, in execution order.
  *
  * @generated from enum ragtune.gateway.v1.PipelineStage
@@ -1540,6 +1921,77 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof ListPromotionsRequestSchema;
     output: typeof ListPromotionsResponseSchema;
+  },
+  /**
+   * The caller's collections with their document and chunk counts.
+   *
+   * @generated from rpc ragtune.gateway.v1.GatewayService.ListTenantCollections
+   */
+  listTenantCollections: {
+    methodKind: "unary";
+    input: typeof ListTenantCollectionsRequestSchema;
+    output: typeof ListTenantCollectionsResponseSchema;
+  },
+  /**
+   * Documents of a collection (ingest).
+   *
+   * @generated from rpc ragtune.gateway.v1.GatewayService.ListCollectionDocuments
+   */
+  listCollectionDocuments: {
+    methodKind: "unary";
+    input: typeof ListCollectionDocumentsRequestSchema;
+    output: typeof ListCollectionDocumentsResponseSchema;
+  },
+  /**
+   * Dataset versions of a collection, with their stats, splits and reports (dataset).
+   *
+   * @generated from rpc ragtune.gateway.v1.GatewayService.ListCollectionDatasetVersions
+   */
+  listCollectionDatasetVersions: {
+    methodKind: "unary";
+    input: typeof ListCollectionDatasetVersionsRequestSchema;
+    output: typeof ListCollectionDatasetVersionsResponseSchema;
+  },
+  /**
+   * Trainer jobs of a collection, newest first (trainer).
+   *
+   * @generated from rpc ragtune.gateway.v1.GatewayService.ListCollectionJobs
+   */
+  listCollectionJobs: {
+    methodKind: "unary";
+    input: typeof ListCollectionJobsRequestSchema;
+    output: typeof ListCollectionJobsResponseSchema;
+  },
+  /**
+   * An eval run with its report and the report's Markdown (eval).
+   *
+   * @generated from rpc ragtune.gateway.v1.GatewayService.GetEvalRunReport
+   */
+  getEvalRunReport: {
+    methodKind: "unary";
+    input: typeof GetEvalRunReportRequestSchema;
+    output: typeof GetEvalRunReportResponseSchema;
+  },
+  /**
+   * Where an adapter comes from: its job, dataset version, source documents, eval runs and
+   * promotions.
+   *
+   * @generated from rpc ragtune.gateway.v1.GatewayService.GetAdapterLineage
+   */
+  getAdapterLineage: {
+    methodKind: "unary";
+    input: typeof GetAdapterLineageRequestSchema;
+    output: typeof GetAdapterLineageResponseSchema;
+  },
+  /**
+   * Which dataset versions and adapters a document went into.
+   *
+   * @generated from rpc ragtune.gateway.v1.GatewayService.GetDocumentLineage
+   */
+  getDocumentLineage: {
+    methodKind: "unary";
+    input: typeof GetDocumentLineageRequestSchema;
+    output: typeof GetDocumentLineageResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ragtune_gateway_v1_gateway, 0);

@@ -1,0 +1,142 @@
+/**
+ * The gateway's read APIs over the internal services, each limited to the caller's tenant's collections, and lineage:
+ * adapter → job → dataset version → documents, eval runs, promotions; document → dataset versions → adapters.
+ */
+import { create } from "@bufbuild/protobuf";
+import { type Client, Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  type DatasetService,
+  DocumentAdapterSchema,
+  type EvalRun,
+  type EvalService,
+  type GatewayService,
+  type IngestService,
+  type Job,
+  JobStatus,
+  PageRequestSchema,
+  type TrainerService,
+} from "@ragtune/proto";
+import { type AccessControl, callerOf, requireCollection } from "./access.js";
+import type { PromotionStore } from "./promotion-store.js";
+
+export interface ReadApiDeps {
+  access?: AccessControl | undefined;
+  ingest: Pick<Client<typeof IngestService>, "listCollections" | "listDocuments" | "getDocument">;
+  dataset: Pick<Client<typeof DatasetService>, "listDatasetVersions" | "getDatasetVersion">;
+  trainer: Pick<Client<typeof TrainerService>, "getJob" | "listJobs">;
+  evals: Pick<Client<typeof EvalService>, "getEvalRun" | "getEvalReport" | "listEvalRuns">;
+  promotions: Pick<PromotionStore, "record">;
+}
+
+/** Jobs read per page while filtering by collection (the trainer lists all jobs). */
+const PAGE = 500;
+
+export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof GatewayService>> {
+  const allow = async (ctx: HandlerContext, collection: string): Promise<string> => {
+    const name = collection.trim() === "" ? "default" : collection.trim();
+    await requireCollection(deps.access, ctx, name);
+    return name;
+  };
+
+  const jobsOf = async (collection: string): Promise<Job[]> => {
+    const out: Job[] = [];
+    let token = "";
+    do {
+      const res = await deps.trainer.listJobs({ page: create(PageRequestSchema, { pageSize: PAGE, pageToken: token }) });
+      out.push(...res.jobs.filter((j) => j.collection === collection));
+      token = res.page?.nextPageToken ?? "";
+    } while (token !== "");
+    return out;
+  };
+
+  const evalRunsOf = async (collection: string, adapterId: string): Promise<EvalRun[]> => {
+    const out: EvalRun[] = [];
+    let token = "";
+    do {
+      const res = await deps.evals.listEvalRuns({ collection, page: create(PageRequestSchema, { pageSize: 100, pageToken: token }) });
+      out.push(...res.runs.filter((r) => r.adapters.includes(adapterId)));
+      token = res.page?.nextPageToken ?? "";
+    } while (token !== "");
+    return out;
+  };
+
+  return {
+    async listTenantCollections(_req, ctx) {
+      const caller = callerOf(ctx);
+      const mine = caller === undefined || deps.access === undefined ? undefined : new Set(await deps.access.tenancy.collections(caller.tenant));
+      const collections = [];
+      let token = "";
+      do {
+        const res = await deps.ingest.listCollections({ page: create(PageRequestSchema, { pageSize: 1000, pageToken: token }) });
+        collections.push(...res.collections.filter((c) => mine === undefined || mine.has(c.name)));
+        token = res.page?.nextPageToken ?? "";
+      } while (token !== "");
+      return { collections };
+    },
+
+    async listCollectionDocuments(req, ctx) {
+      const collection = await allow(ctx, req.collection);
+      const res = await deps.ingest.listDocuments({ collection, ...(req.page ? { page: req.page } : {}) });
+      return { documents: res.documents, ...(res.page ? { page: res.page } : {}) };
+    },
+
+    async listCollectionDatasetVersions(req, ctx) {
+      const collection = await allow(ctx, req.collection);
+      const res = await deps.dataset.listDatasetVersions({ collection, ...(req.page ? { page: req.page } : {}) });
+      return { versions: res.versions, ...(res.page ? { page: res.page } : {}) };
+    },
+
+    async listCollectionJobs(req, ctx) {
+      return { jobs: await jobsOf(await allow(ctx, req.collection)) };
+    },
+
+    async getEvalRunReport(req, ctx) {
+      const run = (await deps.evals.getEvalRun({ evalRunId: req.evalRunId })).run;
+      if (run === undefined) throw new ConnectError(`eval run ${req.evalRunId} not found`, Code.NotFound);
+      await allow(ctx, run.collection);
+      let markdown = "";
+      if (run.report !== undefined) markdown = (await deps.evals.getEvalReport({ evalRunId: run.id })).markdown;
+      return { run, markdown };
+    },
+
+    async getAdapterLineage(req, ctx) {
+      const job = (await deps.trainer.getJob({ jobId: req.jobId })).job;
+      if (job === undefined) throw new ConnectError(`trainer job ${req.jobId} not found`, Code.NotFound);
+      const collection = await allow(ctx, job.collection);
+      const versionId = job.dataset.case === "datasetVersionId" ? job.dataset.value : "";
+      const version = versionId === "" ? undefined : (await deps.dataset.getDatasetVersion({ datasetVersionId: versionId })).version;
+      const adapterId = job.adapter?.id ?? "";
+      const promotions = ((await deps.promotions.record(collection))?.history ?? []).filter((p) => p.jobId === job.id);
+      return {
+        collection,
+        job,
+        ...(version !== undefined ? { datasetVersion: version } : {}),
+        documents: version?.lineage?.documents ?? [],
+        evalRuns: adapterId === "" ? [] : await evalRunsOf(collection, adapterId),
+        promotions,
+      };
+    },
+
+    async getDocumentLineage(req, ctx) {
+      const document = (await deps.ingest.getDocument({ documentId: req.documentId })).document;
+      if (document === undefined) throw new ConnectError(`document ${req.documentId} not found`, Code.NotFound);
+      const collection = await allow(ctx, document.collection);
+      const datasetVersions = [];
+      let token = "";
+      do {
+        const res = await deps.dataset.listDatasetVersions({ collection, page: create(PageRequestSchema, { pageSize: 100, pageToken: token }) });
+        for (const v of res.versions) {
+          const source = v.lineage?.documents.find((d) => d.documentId === document.id);
+          if (source !== undefined) datasetVersions.push({ datasetVersionId: v.id, contentSha256: source.contentSha256 });
+        }
+        token = res.page?.nextPageToken ?? "";
+      } while (token !== "");
+      const versions = new Set(datasetVersions.map((v) => v.datasetVersionId));
+      const serving = (await deps.promotions.record(collection))?.history[0]?.jobId;
+      const adapters = (await jobsOf(collection))
+        .filter((j) => j.status === JobStatus.SUCCEEDED && j.dataset.case === "datasetVersionId" && versions.has(j.dataset.value))
+        .map((j) => create(DocumentAdapterSchema, { jobId: j.id, adapterId: j.adapter?.id ?? "", datasetVersionId: j.dataset.value as string, serving: j.id === serving }));
+      return { document, datasetVersions, adapters };
+    },
+  };
+}
