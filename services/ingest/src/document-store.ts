@@ -21,10 +21,12 @@ export interface DocumentStoreDeps {
   /** Key `<chunkId>`: every stored chunk, for GetChunk. */
   chunks: TypedKv<typeof ChunkSchema>;
   /**
-   * Key `<collection>.<documentId>.<chunkId>`: the same chunks by collection and document, so a page of a
-   * collection's chunks reads only its own entries, and a document's chunks are known without its chunk set.
+   * The chunk index of a collection (a KV bucket of its own, opened or created on first use), key
+   * `<documentId>.<chunkId>`: the same chunks by document, so a page of a collection's chunks reads only its own
+   * entries (a bucket of its own: the page's consumer needs no filter, which costs the server a pass over every
+   * key), and a document's chunks are known without its chunk set.
    */
-  chunkIndex: TypedKv<typeof ChunkSchema>;
+  chunkIndex: (collection: string) => Promise<TypedKv<typeof ChunkSchema>>;
   /** Chunk sets (JSON array of chunks of one document version), content-addressed. */
   chunkSets: ArtifactStore;
 }
@@ -181,7 +183,7 @@ export class DocumentStore {
   async indexedChunks(collection: string, documentId: string): Promise<Chunk[]> {
     const chunks: Chunk[] = [];
     for (let from = 1; from !== 0; ) {
-      const page = await this.deps.chunkIndex.page(`${collection}.${documentId}.*`, from, 1000);
+      const page = await (await this.deps.chunkIndex(collection)).page(`${documentId}.*`, from, 1000);
       for (const e of page.entries) chunks.push(e.value);
       from = page.nextRevision;
     }
@@ -190,13 +192,14 @@ export class DocumentStore {
 
   /** Whether the chunk index holds these chunks of a document (a cheap check that a stored version is complete). */
   async hasIndexed(collection: string, documentId: string, chunkIds: readonly string[]): Promise<boolean> {
-    const found = await Promise.all(chunkIds.map((id) => this.deps.chunkIndex.get(indexKey(collection, documentId, id))));
+    const index = await this.deps.chunkIndex(collection);
+    const found = await Promise.all(chunkIds.map((id) => index.get(indexKey(documentId, id))));
     return found.every((f) => f !== null);
   }
 
   /** Up to `limit` chunks of a collection in the order they were last written, from position `from` (1: start). */
   async pageCollectionChunks(collection: string, from: number, limit: number): Promise<StorePage<Chunk>> {
-    const page = await this.deps.chunkIndex.page(`${collection}.>`, from, limit);
+    const page = await (await this.deps.chunkIndex(collection)).page(">", from, limit);
     return { items: page.entries.map((e) => e.value), next: page.nextRevision };
   }
 
@@ -215,16 +218,16 @@ export class DocumentStore {
 
   /** Writes chunks by ID and into the chunk index (all of one document). */
   async putChunks(chunks: readonly Chunk[]): Promise<void> {
-    await inWindow(chunks, WRITE_WINDOW, (c) =>
-      Promise.all([this.deps.chunks.put(c.id, c), this.deps.chunkIndex.put(indexKey(c.collection, c.documentId, c.id), c)]),
-    );
+    if (chunks.length === 0) return;
+    const index = await this.deps.chunkIndex(chunks[0]!.collection);
+    await inWindow(chunks, WRITE_WINDOW, (c) => Promise.all([this.deps.chunks.put(c.id, c), index.put(indexKey(c.documentId, c.id), c)]));
   }
 
   /** Removes chunks of one document by ID and from the chunk index. */
   async deleteChunks(collection: string, documentId: string, ids: readonly string[]): Promise<void> {
-    await inWindow(ids, WRITE_WINDOW, (id) =>
-      Promise.all([this.deps.chunks.delete(id), this.deps.chunkIndex.delete(indexKey(collection, documentId, id))]),
-    );
+    if (ids.length === 0) return;
+    const index = await this.deps.chunkIndex(collection);
+    await inWindow(ids, WRITE_WINDOW, (id) => Promise.all([this.deps.chunks.delete(id), index.delete(indexKey(documentId, id))]));
   }
 
   /** Removes a chunk set; one already gone is fine. */
@@ -255,8 +258,8 @@ function docKey(collection: string, documentId: string): string {
   return `${collection}.${documentId}`;
 }
 
-function indexKey(collection: string, documentId: string, chunkId: string): string {
-  return `${collection}.${documentId}.${chunkId}`;
+function indexKey(documentId: string, chunkId: string): string {
+  return `${documentId}.${chunkId}`;
 }
 
 /** Runs `work` over `items` with at most `window` in flight. */

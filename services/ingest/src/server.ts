@@ -15,7 +15,8 @@ export function ingestResourceNames(prefix: string) {
     collections: `${prefix}-collections`,
     documents: `${prefix}-documents`,
     chunks: `${prefix}-chunks`,
-    chunkIndex: `${prefix}-chunk-index`,
+    /** The chunk index of a collection: one KV bucket per collection. */
+    chunkIndex: (collection: string) => `${prefix}-chunk-index-${collection}`,
     runs: `${prefix}-runs`,
     chunkSets: `${prefix}-chunk-sets`,
     sources: `${prefix}-sources`,
@@ -41,15 +42,24 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
   try {
     const names = ingestResourceNames(config.INGEST_BUCKET_PREFIX);
     await bus.ensureEventsStream();
-    const [collections, documents, chunks, chunkIndex, runs, chunkSets, sources] = await Promise.all([
+    const [collections, documents, chunks, runs, chunkSets, sources] = await Promise.all([
       bus.kv(names.collections, CollectionSchema),
       bus.kv(names.documents, DocumentSchema),
       bus.kv(names.chunks, ChunkSchema),
-      bus.kv(names.chunkIndex, ChunkSchema),
       RunStore.open(bus, { bucket: names.runs, stream: names.runEventsStream, subjectPrefix: names.runEventsSubjectPrefix }),
       bus.artifacts(names.chunkSets),
       bus.artifacts(names.sources),
     ]);
+    const chunkIndexes = new Map<string, ReturnType<typeof bus.kv<typeof ChunkSchema>>>();
+    const chunkIndex = (collection: string) => {
+      let index = chunkIndexes.get(collection);
+      if (index === undefined) {
+        index = bus.kv(names.chunkIndex(collection), ChunkSchema);
+        index.catch(() => chunkIndexes.delete(collection));
+        chunkIndexes.set(collection, index);
+      }
+      return index;
+    };
     const store = new DocumentStore({ collections, documents, chunks, chunkIndex, chunkSets });
     const pool = new DocumentPool({
       size: config.INGEST_WORKERS,
