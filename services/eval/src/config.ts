@@ -50,6 +50,8 @@ export const evalConfigSchema = baseServiceSchema.extend({
   EVAL_GATE_MAX_FALSE_ANSWER_RATE: envGate("0.05"),
   /** Promotion gate: adapter success rate ≥ this ("off": not checked). */
   EVAL_GATE_MIN_SUCCESS_RATE: envGate("off"),
+  /** Promotion gate: adapter truthfulness (−1..1) ≥ base truthfulness + this ("off": not checked). */
+  EVAL_GATE_MIN_TRUTHFULNESS_GAIN: envGate("off"),
   /** Success rule: an answerable item needs max(token F1, ROUGE-L) ≥ this. */
   EVAL_SUCCESS_MIN_CORRECTNESS: envShare(0.5),
   /** Success rule: an answerable item needs grounding ≥ this (0: not checked). */
@@ -65,6 +67,7 @@ export function gatesFromConfig(config: EvalConfig): GateConfig {
     ...(config.EVAL_GATE_MIN_SUCCESS_GAIN === undefined ? {} : { minSuccessGain: config.EVAL_GATE_MIN_SUCCESS_GAIN }),
     ...(config.EVAL_GATE_MAX_FALSE_ANSWER_RATE === undefined ? {} : { maxFalseAnswerRate: config.EVAL_GATE_MAX_FALSE_ANSWER_RATE }),
     ...(config.EVAL_GATE_MIN_SUCCESS_RATE === undefined ? {} : { minSuccessRate: config.EVAL_GATE_MIN_SUCCESS_RATE }),
+    ...(config.EVAL_GATE_MIN_TRUTHFULNESS_GAIN === undefined ? {} : { minTruthfulnessGain: config.EVAL_GATE_MIN_TRUTHFULNESS_GAIN }),
   };
 }
 

@@ -18,6 +18,7 @@ import { failedPrecondition, invalidArgument, notFound, paginate } from "@ragtun
 import { readArtifact, storeArtifact } from "./artifact-io.js";
 import { EvalSourceError, MAX_EVAL_FILE_BYTES, parseEvalFile } from "./eval-items.js";
 import { differences, type ScoredAnswer } from "./report.js";
+import { truthfulnessOf } from "./metrics.js";
 import type { RunExecutor } from "./run-executor.js";
 import { completedEvent } from "./run-executor.js";
 import { isFinished, type RunStore, statusChanged, statusName } from "./run-store.js";
@@ -246,6 +247,7 @@ export function createEvalService(deps: EvalServiceDeps): ServiceImpl<typeof Eva
             lengthCutoff: x.finishReason === "length",
             words: 0,
             success: x.success,
+            truthfulness: truthfulnessOf({ success: x.success, failed: x.error !== "", answerable: i.answerable, refused: x.refused, empty: x.empty }),
           },
         };
       };

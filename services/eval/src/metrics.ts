@@ -204,6 +204,19 @@ export interface AnswerScores {
   lengthCutoff: boolean;
   words: number;
   success: boolean;
+  /** CRAG-style: +1 correct, 0 abstained (answerable item refused or empty, or a failed request), −1 wrong. */
+  truthfulness: 1 | 0 | -1;
+}
+
+/**
+ * CRAG-style truthfulness of one answer: +1 a success (answerable: a correct answer; unanswerable: a refusal), 0 an
+ * abstention (a failed request, an empty answer, or a refusal of an answerable item), −1 anything else (a wrong answer,
+ * or an answer to an unanswerable item).
+ */
+export function truthfulnessOf(a: { success: boolean; failed: boolean; answerable: boolean; refused: boolean; empty: boolean }): 1 | 0 | -1 {
+  if (a.success) return 1;
+  if (a.failed || a.empty || (a.answerable && a.refused)) return 0;
+  return -1;
 }
 
 /** Every per-answer score and the success verdict. A failed request scores as empty and unsuccessful. */
@@ -233,5 +246,6 @@ export function scoreAnswer(item: ScoredItem, answer: AnswerOutcome, rule: Succe
     lengthCutoff,
     words: wordCount(text),
     success,
+    truthfulness: truthfulnessOf({ success, failed: answer.error !== undefined, answerable: item.answerable, refused, empty }),
   };
 }

@@ -52,6 +52,35 @@ describe("report", () => {
     ]);
   });
 
+  it("calibrates refusals: CRAG truthfulness (+1 correct, 0 abstained, −1 wrong) and the abstention rates, with intervals", () => {
+    const [b, a] = report.models.map((m) => m.calibration!);
+    // base: 3 right, 5 empty, one unanswerable item answered, one refused → (3 + 1 − 1) / 10
+    expect(b!.truthfulness!.value).toBeCloseTo(0.3, 10);
+    expect([b!.correct, b!.abstained, b!.wrong]).toEqual([4, 5, 1]);
+    expect(b!.answerRateAnswerable!.value).toBeCloseTo(3 / 8, 10);
+    expect(b!.falseAnswerRate!.value).toBeCloseTo(0.5, 10);
+    // adapter: 7 right, one answerable refused (0, not a success and not a missing value), both unanswerable refused
+    expect(a!.truthfulness!.value).toBeCloseTo(0.9, 10);
+    expect([a!.correct, a!.abstained, a!.wrong]).toEqual([9, 1, 0]);
+    expect(a!.overRefusalRate!.value).toBeCloseTo(1 / 8, 10);
+    for (const c of [a!, b!]) {
+      for (const e of [c.truthfulness!, c.answerRateAnswerable!, c.falseAnswerRate!, c.overRefusalRate!]) {
+        expect(e.ciLow).toBeLessThanOrEqual(e.value + 1e-12);
+        expect(e.ciHigh).toBeGreaterThanOrEqual(e.value - 1e-12);
+      }
+    }
+    expect(b!.truthfulness!.ciLow).toBeGreaterThanOrEqual(-1);
+    expect(a!.truthfulness!.ciHigh).toBeLessThanOrEqual(1);
+    const diff = report.differences.find((d) => d.metric === "truthfulness")!;
+    expect(diff.delta).toBeCloseTo(0.6, 10);
+    expect(diff.ciLow).toBeGreaterThan(0); // the adapter is better beyond the interval on these fixtures
+    expect(report.differences.find((d) => d.metric === "answer_rate_answerable")).toMatchObject({ items: 8 });
+    const gated = checkGates(report.models, { minTruthfulnessGain: 0.5 });
+    expect(gated).toEqual([expect.objectContaining({ name: "truthfulness_gain", model: "adapter", passed: true })]);
+    expect(checkGates(report.models, { minTruthfulnessGain: 0.7 })[0]!.passed).toBe(false);
+    expect(renderMarkdown(report, { endpointUrl: "http://x", source: "file" })).toMatch(/## Refusal calibration[\s\S]*\| adapter \| 0\.900 \[/);
+  });
+
   it("gives the differences with intervals that hold them, and the gates", () => {
     const success = report.differences.find((d) => d.metric === "success_rate")!;
     expect(success.delta).toBeCloseTo(0.5, 10);

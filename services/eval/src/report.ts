@@ -6,6 +6,10 @@
 import { create } from "@bufbuild/protobuf";
 import {
   type EvalBreakdown,
+  type EvalCalibration,
+  EvalCalibrationSchema,
+  type EvalEstimate,
+  EvalEstimateSchema,
   EvalBreakdownSchema,
   type EvalDifference,
   EvalDifferenceSchema,
@@ -21,7 +25,7 @@ import {
 import type { EvalItem } from "./eval-items.js";
 import type { JudgeVerdict } from "./judge.js";
 import type { AnswerOutcome, AnswerScores } from "./metrics.js";
-import { cohensKappa, mean, pairedBootstrap, percentile } from "./statistics.js";
+import { bootstrapMean, cohensKappa, mean, pairedBootstrap, percentile } from "./statistics.js";
 
 /** One model's scored answer to one item. */
 export interface ScoredAnswer {
@@ -47,6 +51,8 @@ export interface GateConfig {
   maxFalseAnswerRate?: number;
   /** Adapter success rate ≥ this. */
   minSuccessRate?: number;
+  /** Adapter truthfulness (−1..1) ≥ base truthfulness + this. */
+  minTruthfulnessGain?: number;
 }
 
 export interface ReportInput {
@@ -71,7 +77,27 @@ function answersOf(items: readonly ScoredItem[], model: string): { item: EvalIte
   });
 }
 
-export function summarize(items: readonly ScoredItem[], model: string, isBase: boolean): EvalModelSummary {
+/** Refusal calibration of one model: truthfulness and the abstention rates, each with a bootstrap interval. */
+export function calibrate(rows: readonly { item: Pick<EvalItem, "answerable">; answer: ScoredAnswer }[], seed: number): EvalCalibration {
+  const estimate = (values: number[], offset: number) => {
+    const ci = bootstrapMean(values, { seed: seed + offset });
+    return create(EvalEstimateSchema, { value: ci.delta, ciLow: ci.low, ciHigh: ci.high, items: ci.n });
+  };
+  const answerable = rows.filter((r) => r.item.answerable).map((r) => r.answer);
+  const unanswerable = rows.filter((r) => !r.item.answerable).map((r) => r.answer);
+  const scores = rows.map((r) => r.answer.scores.truthfulness);
+  return create(EvalCalibrationSchema, {
+    truthfulness: estimate(scores, 0),
+    answerRateAnswerable: estimate(answerable.map((a) => num(answered(a))), 1),
+    falseAnswerRate: estimate(unanswerable.map((a) => num(answered(a))), 2),
+    overRefusalRate: estimate(answerable.map((a) => num(a.outcome.error === undefined && a.scores.refused)), 3),
+    correct: scores.filter((t) => t === 1).length,
+    abstained: scores.filter((t) => t === 0).length,
+    wrong: scores.filter((t) => t === -1).length,
+  });
+}
+
+export function summarize(items: readonly ScoredItem[], model: string, isBase: boolean, seed = 0): EvalModelSummary {
   const rows = answersOf(items, model);
   const all = rows.map((r) => r.answer);
   const ok = all.filter((a) => a.outcome.error === undefined);
@@ -106,6 +132,7 @@ export function summarize(items: readonly ScoredItem[], model: string, isBase: b
     latencyP95: percentile(latencies, 95),
     latencyP99: percentile(latencies, 99),
     tokensPerSecond: seconds > 0 ? tokens / seconds : 0,
+    calibration: calibrate(rows, seed),
     ...(judged.length === 0
       ? {}
       : {
@@ -122,6 +149,8 @@ export function summarize(items: readonly ScoredItem[], model: string, isBase: b
 /** Per-item values of the compared metrics, and which items each is computed over. */
 const DIFFERENCE_METRICS: { metric: string; over: (item: Pick<EvalItem, "answerable">) => boolean; value: (a: ScoredAnswer) => number }[] = [
   { metric: "success_rate", over: () => true, value: (a) => num(a.scores.success) },
+  { metric: "truthfulness", over: () => true, value: (a) => a.scores.truthfulness },
+  { metric: "answer_rate_answerable", over: (i) => i.answerable, value: (a) => num(answered(a)) },
   { metric: "token_f1", over: (i) => i.answerable, value: (a) => a.scores.tokenF1 },
   { metric: "rouge_l", over: (i) => i.answerable, value: (a) => a.scores.rougeL },
   { metric: "grounding", over: (i) => i.answerable, value: (a) => (answered(a) ? a.scores.grounding : 0) },
@@ -198,6 +227,10 @@ export function checkGates(summaries: readonly EvalModelSummary[], gates: GateCo
     if (gates.maxFalseAnswerRate !== undefined) {
       out.push(create(EvalGateResultSchema, { name: "false_answer_rate", model: s.model, rule: `false_answer_rate ≤ ${gates.maxFalseAnswerRate}`, value: s.falseAnswerRate, threshold: gates.maxFalseAnswerRate, passed: s.falseAnswerRate <= gates.maxFalseAnswerRate + 1e-12 }));
     }
+    if (gates.minTruthfulnessGain !== undefined && base !== undefined) {
+      const value = (s.calibration?.truthfulness?.value ?? 0) - (base.calibration?.truthfulness?.value ?? 0);
+      out.push(create(EvalGateResultSchema, { name: "truthfulness_gain", model: s.model, rule: `truthfulness ≥ base (${fmt(base.calibration?.truthfulness?.value ?? 0)}) + ${gates.minTruthfulnessGain}`, value, threshold: gates.minTruthfulnessGain, passed: value >= gates.minTruthfulnessGain - 1e-12 }));
+    }
     if (gates.minSuccessRate !== undefined) {
       out.push(create(EvalGateResultSchema, { name: "success_rate", model: s.model, rule: `success_rate ≥ ${gates.minSuccessRate}`, value: s.successRate, threshold: gates.minSuccessRate, passed: s.successRate >= gates.minSuccessRate - 1e-12 }));
     }
@@ -208,7 +241,7 @@ export function checkGates(summaries: readonly EvalModelSummary[], gates: GateCo
 /** The report (without its stored artifacts) and the per-item results. */
 export function buildReport(input: ReportInput): { report: EvalReport; results: EvalItemResult[] } {
   const models = [input.baseModel, ...input.adapters];
-  const summaries = models.map((m) => summarize(input.items, m, m === input.baseModel));
+  const summaries = models.map((m) => summarize(input.items, m, m === input.baseModel, input.seed));
   const diffs = input.adapters.flatMap((adapter) =>
     differences(
       input.items.map((s) => ({ item: s.item, baseline: s.answers.find((a) => a.model === input.baseModel)!, other: s.answers.find((a) => a.model === adapter)! })),
@@ -282,6 +315,20 @@ export function renderMarkdown(report: EvalReport, run: { endpointUrl: string; s
     lines.push(
       `| ${m.model}${m.isBase ? " (base)" : ""} | ${pct(m.successRate)} | ${fmt(m.tokenF1)} | ${fmt(m.rougeL)} | ${fmt(m.exactMatch)} | ${fmt(m.grounding)} | ${pct(m.answerRate)} | ${pct(m.falseAnswerRate)} | ${pct(m.overRefusalRate)} | ${pct(m.emptyRate)} | ${pct(m.lengthCutoffRate)} | ${pct(m.followUpRate)} | ${pct(m.degenerateRate)} | ${fmt(m.meanAnswerWords, 1)} | ${fmt(m.latencyP50)} | ${fmt(m.latencyP95)} | ${fmt(m.latencyP99)} | ${fmt(m.tokensPerSecond, 1)} | ${failed} |`,
     );
+  }
+  lines.push(
+    "",
+    "## Refusal calibration (95% bootstrap intervals)",
+    "",
+    "Truthfulness: +1 correct (answerable answered successfully, unanswerable refused), 0 abstained (answerable refused or empty, failed request), −1 wrong (wrong answer, or an answer to an unanswerable item).",
+    "",
+    "| model | truthfulness | answer rate (answerable) | false answer (unanswerable) | over-refusal (answerable) | correct / abstained / wrong |",
+    "|---|---|---|---|---|---|",
+  );
+  const est = (e: EvalEstimate | undefined, asPct: boolean) => (e === undefined ? "–" : asPct ? `${pct(e.value)} [${pct(e.ciLow)}, ${pct(e.ciHigh)}]` : `${fmt(e.value)} [${fmt(e.ciLow)}, ${fmt(e.ciHigh)}]`);
+  for (const m of report.models) {
+    const c = m.calibration;
+    lines.push(`| ${m.model}${m.isBase ? " (base)" : ""} | ${est(c?.truthfulness, false)} | ${est(c?.answerRateAnswerable, true)} | ${est(c?.falseAnswerRate, true)} | ${est(c?.overRefusalRate, true)} | ${c?.correct ?? 0} / ${c?.abstained ?? 0} / ${c?.wrong ?? 0} |`);
   }
   const judged = report.models.filter((m) => m.judgeARate !== undefined);
   if (judged.length > 0) {

@@ -54,6 +54,11 @@ export function pairedBootstrap(a: readonly number[], b: readonly number[], opti
   return { delta, low: at(tail), high: at(1 - tail), n };
 }
 
+/** The mean of the values with a percentile bootstrap interval (a paired bootstrap against zeros). */
+export function bootstrapMean(values: readonly number[], options: { seed: number; resamples?: number; level?: number }): Interval {
+  return pairedBootstrap(new Array<number>(values.length).fill(0), values, options);
+}
+
 /**
  * Cohen's kappa of two raters' labels over the same items: (observed agreement − chance agreement) / (1 − chance).
  * 1 when both agree on everything and chance agreement is already 1 (a single label); undefined for no items.

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ragtune/eval/v1/eval.proto.
  */
 export const file_ragtune_eval_v1_eval: GenFile = /*@__PURE__*/
-  fileDesc("ChpyYWd0dW5lL2V2YWwvdjEvZXZhbC5wcm90bxIPcmFndHVuZS5ldmFsLnYxImAKDEV2YWxTYW1wbGluZxIYCgt0ZW1wZXJhdHVyZRgBIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYAiABKA1IAYgBAUIOCgxfdGVtcGVyYXR1cmVCDQoLX21heF90b2tlbnMiMAoJRXZhbEp1ZGdlEhQKDGVuZHBvaW50X3VybBgBIAEoCRINCgVtb2RlbBgCIAEoCSInCghFdmFsRmlsZRIMCgRuYW1lGAEgASgJEg0KBWpzb25sGAIgASgMItsDChRDcmVhdGVFdmFsUnVuUmVxdWVzdBIcChJkYXRhc2V0X3ZlcnNpb25faWQYASABKAlIABIuCglldmFsX2ZpbGUYAiABKAsyGS5yYWd0dW5lLmV2YWwudjEuRXZhbEZpbGVIABIUCgxlbmRwb2ludF91cmwYAyABKAkSEgoKYmFzZV9tb2RlbBgEIAEoCRIQCghhZGFwdGVycxgFIAMoCRI4Cg1wcm9tcHRfZm9ybWF0GAYgASgOMiEucmFndHVuZS5ldmFsLnYxLkV2YWxQcm9tcHRGb3JtYXQSLwoIc2FtcGxpbmcYByABKAsyHS5yYWd0dW5lLmV2YWwudjEuRXZhbFNhbXBsaW5nEhgKC2NvbmN1cnJlbmN5GAggASgNSAGIAQESFgoJbWF4X2l0ZW1zGAkgASgNSAKIAQESEQoEc2VlZBgKIAEoDUgDiAEBEikKBWp1ZGdlGAsgASgLMhoucmFndHVuZS5ldmFsLnYxLkV2YWxKdWRnZRISCgpjb2xsZWN0aW9uGAwgASgJEhkKEWNsaWVudF9yZXF1ZXN0X2lkGA0gASgJQggKBnNvdXJjZUIOCgxfY29uY3VycmVuY3lCDAoKX21heF9pdGVtc0IHCgVfc2VlZCI+ChVDcmVhdGVFdmFsUnVuUmVzcG9uc2USJQoDcnVuGAEgASgLMhgucmFndHVuZS5ldmFsLnYxLkV2YWxSdW4i9QUKEEV2YWxNb2RlbFN1bW1hcnkSDQoFbW9kZWwYASABKAkSDwoHaXNfYmFzZRgCIAEoCBINCgVpdGVtcxgDIAEoDRIOCgZmYWlsZWQYBCABKA0STwoQZmFpbHVyZXNfYnlfa2luZBgFIAMoCzI1LnJhZ3R1bmUuZXZhbC52MS5FdmFsTW9kZWxTdW1tYXJ5LkZhaWx1cmVzQnlLaW5kRW50cnkSFAoMc3VjY2Vzc19yYXRlGAYgASgBEhAKCHRva2VuX2YxGAcgASgBEg8KB3JvdWdlX2wYCCABKAESEwoLZXhhY3RfbWF0Y2gYCSABKAESEQoJZ3JvdW5kaW5nGAogASgBEhMKC2Fuc3dlcl9yYXRlGAsgASgBEhkKEWZhbHNlX2Fuc3dlcl9yYXRlGAwgASgBEhkKEW92ZXJfcmVmdXNhbF9yYXRlGA0gASgBEhIKCmVtcHR5X3JhdGUYDiABKAESGgoSbGVuZ3RoX2N1dG9mZl9yYXRlGA8gASgBEhYKDmZvbGxvd191cF9yYXRlGBAgASgBEhcKD2RlZ2VuZXJhdGVfcmF0ZRgRIAEoARIZChFtZWFuX2Fuc3dlcl93b3JkcxgSIAEoARITCgtsYXRlbmN5X3A1MBgTIAEoARITCgtsYXRlbmN5X3A5NRgUIAEoARITCgtsYXRlbmN5X3A5ORgVIAEoARIZChF0b2tlbnNfcGVyX3NlY29uZBgWIAEoARIZCgxqdWRnZV9hX3JhdGUYFyABKAFIAIgBARIlChhqdWRnZV9oYWxsdWNpbmF0aW9uX3JhdGUYGCABKAFIAYgBARIYCgtqdWRnZV9rYXBwYRgZIAEoAUgCiAEBGjUKE0ZhaWx1cmVzQnlLaW5kRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4AUIPCg1fanVkZ2VfYV9yYXRlQhsKGV9qdWRnZV9oYWxsdWNpbmF0aW9uX3JhdGVCDgoMX2p1ZGdlX2thcHBhIoABCg5FdmFsRGlmZmVyZW5jZRINCgVtb2RlbBgBIAEoCRIQCghiYXNlbGluZRgCIAEoCRIOCgZtZXRyaWMYAyABKAkSDQoFZGVsdGEYBCABKAESDgoGY2lfbG93GAUgASgBEg8KB2NpX2hpZ2gYBiABKAESDQoFaXRlbXMYByABKA0ilAIKDUV2YWxCcmVha2Rvd24SEQoJZGltZW5zaW9uGAEgASgJEg0KBXZhbHVlGAIgASgJEg0KBW1vZGVsGAMgASgJEg0KBWl0ZW1zGAQgASgNEhQKDHN1Y2Nlc3NfcmF0ZRgFIAEoARIQCgh0b2tlbl9mMRgGIAEoARITCgthbnN3ZXJfcmF0ZRgHIAEoARIaCg1kZWx0YV9zdWNjZXNzGAggASgBSACIAQESGQoMZGVsdGFfY2lfbG93GAkgASgBSAGIAQESGgoNZGVsdGFfY2lfaGlnaBgKIAEoAUgCiAEBQhAKDl9kZWx0YV9zdWNjZXNzQg8KDV9kZWx0YV9jaV9sb3dCEAoOX2RlbHRhX2NpX2hpZ2gibQoORXZhbEdhdGVSZXN1bHQSDAoEbmFtZRgBIAEoCRINCgVtb2RlbBgCIAEoCRIMCgRydWxlGAMgASgJEg0KBXZhbHVlGAQgASgBEhEKCXRocmVzaG9sZBgFIAEoARIOCgZwYXNzZWQYBiABKAgiswMKCkV2YWxSZXBvcnQSEwoLZXZhbF9ydW5faWQYASABKAkSMQoGbW9kZWxzGAIgAygLMiEucmFndHVuZS5ldmFsLnYxLkV2YWxNb2RlbFN1bW1hcnkSNAoLZGlmZmVyZW5jZXMYAyADKAsyHy5yYWd0dW5lLmV2YWwudjEuRXZhbERpZmZlcmVuY2USMgoKYnJlYWtkb3ducxgEIAMoCzIeLnJhZ3R1bmUuZXZhbC52MS5FdmFsQnJlYWtkb3duEi4KBWdhdGVzGAUgAygLMh8ucmFndHVuZS5ldmFsLnYxLkV2YWxHYXRlUmVzdWx0EhQKDGdhdGVzX3Bhc3NlZBgGIAEoCBINCgVpdGVtcxgHIAEoDRISCgphbnN3ZXJhYmxlGAggASgNEhQKDHVuYW5zd2VyYWJsZRgJIAEoDRIUCgxzdWNjZXNzX3J1bGUYCiABKAkSLAoEanNvbhgLIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLkFydGlmYWN0UmVmEjAKCG1hcmtkb3duGAwgASgLMh4ucmFndHVuZS5jb21tb24udjEuQXJ0aWZhY3RSZWYimgYKB0V2YWxSdW4SCgoCaWQYASABKAkSLgoGc3RhdHVzGAIgASgOMh4ucmFndHVuZS5ldmFsLnYxLkV2YWxSdW5TdGF0dXMSEgoKY29sbGVjdGlvbhgDIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYBCABKAkSFgoOZXZhbF9maWxlX25hbWUYBSABKAkSMQoJZXZhbF9maWxlGAYgASgLMh4ucmFndHVuZS5jb21tb24udjEuQXJ0aWZhY3RSZWYSFAoMZW5kcG9pbnRfdXJsGAcgASgJEhIKCmJhc2VfbW9kZWwYCCABKAkSEAoIYWRhcHRlcnMYCSADKAkSOAoNcHJvbXB0X2Zvcm1hdBgKIAEoDjIhLnJhZ3R1bmUuZXZhbC52MS5FdmFsUHJvbXB0Rm9ybWF0Ei8KCHNhbXBsaW5nGAsgASgLMh0ucmFndHVuZS5ldmFsLnYxLkV2YWxTYW1wbGluZxITCgtjb25jdXJyZW5jeRgMIAEoDRIWCgltYXhfaXRlbXMYDSABKA1IAIgBARIMCgRzZWVkGA4gASgNEikKBWp1ZGdlGA8gASgLMhoucmFndHVuZS5ldmFsLnYxLkV2YWxKdWRnZRINCgVpdGVtcxgQIAEoDRIUCgxhbnN3ZXJzX2RvbmUYESABKA0SFQoNYW5zd2Vyc190b3RhbBgSIAEoDRIWCg5hbnN3ZXJzX2ZhaWxlZBgTIAEoDRIrCgZyZXBvcnQYFCABKAsyGy5yYWd0dW5lLmV2YWwudjEuRXZhbFJlcG9ydBIrCgdmYWlsdXJlGBUgASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZRIuCgpjcmVhdGVkX2F0GBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GBcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgYIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDAoKX21heF9pdGVtcyIoChFHZXRFdmFsUnVuUmVxdWVzdBITCgtldmFsX3J1bl9pZBgBIAEoCSI7ChJHZXRFdmFsUnVuUmVzcG9uc2USJQoDcnVuGAEgASgLMhgucmFndHVuZS5ldmFsLnYxLkV2YWxSdW4iowEKE0xpc3RFdmFsUnVuc1JlcXVlc3QSLAoEcGFnZRgBIAEoCzIeLnJhZ3R1bmUuY29tbW9uLnYxLlBhZ2VSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YAiABKAkSGgoSZGF0YXNldF92ZXJzaW9uX2lkGAMgASgJEi4KBnN0YXR1cxgEIAEoDjIeLnJhZ3R1bmUuZXZhbC52MS5FdmFsUnVuU3RhdHVzIm0KFExpc3RFdmFsUnVuc1Jlc3BvbnNlEiYKBHJ1bnMYASADKAsyGC5yYWd0dW5lLmV2YWwudjEuRXZhbFJ1bhItCgRwYWdlGAIgASgLMh8ucmFndHVuZS5jb21tb24udjEuUGFnZVJlc3BvbnNlIkEKE1dhdGNoRXZhbFJ1blJlcXVlc3QSEwoLZXZhbF9ydW5faWQYASABKAkSFQoNZnJvbV9zZXF1ZW5jZRgCIAEoDSJEChRXYXRjaEV2YWxSdW5SZXNwb25zZRIsCgVldmVudBgBIAEoCzIdLnJhZ3R1bmUuZXZhbC52MS5FdmFsUnVuRXZlbnQicgoTRXZhbFJ1blN0YXR1c0NoYW5nZRIuCgZzdGF0dXMYASABKA4yHi5yYWd0dW5lLmV2YWwudjEuRXZhbFJ1blN0YXR1cxIrCgdmYWlsdXJlGAIgASgLMhoucmFndHVuZS5jb21tb24udjEuRmFpbHVyZSJWCg9FdmFsUnVuUHJvZ3Jlc3MSFAoMYW5zd2Vyc19kb25lGAEgASgNEhUKDWFuc3dlcnNfdG90YWwYAiABKA0SFgoOYW5zd2Vyc19mYWlsZWQYAyABKA0iIQoORXZhbFJ1bldhcm5pbmcSDwoHbWVzc2FnZRgBIAEoCSKSAgoMRXZhbFJ1bkV2ZW50EhAKCHNlcXVlbmNlGAEgASgNEhMKC2V2YWxfcnVuX2lkGAIgASgJEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEj4KDnN0YXR1c19jaGFuZ2VkGAQgASgLMiQucmFndHVuZS5ldmFsLnYxLkV2YWxSdW5TdGF0dXNDaGFuZ2VIABI0Cghwcm9ncmVzcxgFIAEoCzIgLnJhZ3R1bmUuZXZhbC52MS5FdmFsUnVuUHJvZ3Jlc3NIABIyCgd3YXJuaW5nGAYgASgLMh8ucmFndHVuZS5ldmFsLnYxLkV2YWxSdW5XYXJuaW5nSABCBwoFZXZlbnQiKwoUQ2FuY2VsRXZhbFJ1blJlcXVlc3QSEwoLZXZhbF9ydW5faWQYASABKAkiPgoVQ2FuY2VsRXZhbFJ1blJlc3BvbnNlEiUKA3J1bhgBIAEoCzIYLnJhZ3R1bmUuZXZhbC52MS5FdmFsUnVuIisKFEdldEV2YWxSZXBvcnRSZXF1ZXN0EhMKC2V2YWxfcnVuX2lkGAEgASgJIlYKFUdldEV2YWxSZXBvcnRSZXNwb25zZRIrCgZyZXBvcnQYASABKAsyGy5yYWd0dW5lLmV2YWwudjEuRXZhbFJlcG9ydBIQCghtYXJrZG93bhgCIAEoCSLYAgoKRXZhbEFuc3dlchINCgVtb2RlbBgBIAEoCRIMCgR0ZXh0GAIgASgJEhUKDWZpbmlzaF9yZWFzb24YAyABKAkSDQoFZXJyb3IYBCABKAkSFwoPbGF0ZW5jeV9zZWNvbmRzGAUgASgBEhkKEWNvbXBsZXRpb25fdG9rZW5zGAYgASgNEhAKCHRva2VuX2YxGAcgASgBEg8KB3JvdWdlX2wYCCABKAESEwoLZXhhY3RfbWF0Y2gYCSABKAgSEQoJZ3JvdW5kaW5nGAogASgBEg8KB3JlZnVzZWQYCyABKAgSDQoFZW1wdHkYDCABKAgSEQoJZm9sbG93X3VwGA0gASgIEhIKCmRlZ2VuZXJhdGUYDiABKAgSDwoHc3VjY2VzcxgPIAEoCBITCgtqdWRnZV9ncmFkZRgQIAEoCRIbChNqdWRnZV9oYWxsdWNpbmF0aW9uGBEgASgIIrgBCg5FdmFsSXRlbVJlc3VsdBIPCgdpdGVtX2lkGAEgASgJEhAKCHF1ZXN0aW9uGAIgASgJEhEKCXJlZmVyZW5jZRgDIAEoCRISCgphbnN3ZXJhYmxlGAQgASgIEhUKDXF1ZXN0aW9uX3R5cGUYBSABKAkSFwoPc291cmNlX2RvY3VtZW50GAYgASgJEiwKB2Fuc3dlcnMYByADKAsyGy5yYWd0dW5lLmV2YWwudjEuRXZhbEFuc3dlciJfChpMaXN0RXZhbEl0ZW1SZXN1bHRzUmVxdWVzdBITCgtldmFsX3J1bl9pZBgBIAEoCRIsCgRwYWdlGAIgASgLMh4ucmFndHVuZS5jb21tb24udjEuUGFnZVJlcXVlc3QifgobTGlzdEV2YWxJdGVtUmVzdWx0c1Jlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy5yYWd0dW5lLmV2YWwudjEuRXZhbEl0ZW1SZXN1bHQSLQoEcGFnZRgCIAEoCzIfLnJhZ3R1bmUuY29tbW9uLnYxLlBhZ2VSZXNwb25zZSJHChZDb21wYXJlRXZhbFJ1bnNSZXF1ZXN0EhcKD2Jhc2VsaW5lX3J1bl9pZBgBIAEoCRIUCgxvdGhlcl9ydW5faWQYAiABKAkiZQoXQ29tcGFyZUV2YWxSdW5zUmVzcG9uc2USFAoMc2hhcmVkX2l0ZW1zGAEgASgNEjQKC2RpZmZlcmVuY2VzGAIgAygLMh8ucmFndHVuZS5ldmFsLnYxLkV2YWxEaWZmZXJlbmNlKsMBCg1FdmFsUnVuU3RhdHVzEh8KG0VWQUxfUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhoKFkVWQUxfUlVOX1NUQVRVU19RVUVVRUQQARIbChdFVkFMX1JVTl9TVEFUVVNfUlVOTklORxACEh0KGUVWQUxfUlVOX1NUQVRVU19TVUNDRUVERUQQAxIaChZFVkFMX1JVTl9TVEFUVVNfRkFJTEVEEAQSHQoZRVZBTF9SVU5fU1RBVFVTX0NBTkNFTExFRBAFKnYKEEV2YWxQcm9tcHRGb3JtYXQSIgoeRVZBTF9QUk9NUFRfRk9STUFUX1VOU1BFQ0lGSUVEEAASIQodRVZBTF9QUk9NUFRfRk9STUFUX0NPTVBMRVRJT04QARIbChdFVkFMX1BST01QVF9GT1JNQVRfQ0hBVBACMpgGCgtFdmFsU2VydmljZRJeCg1DcmVhdGVFdmFsUnVuEiUucmFndHVuZS5ldmFsLnYxLkNyZWF0ZUV2YWxSdW5SZXF1ZXN0GiYucmFndHVuZS5ldmFsLnYxLkNyZWF0ZUV2YWxSdW5SZXNwb25zZRJVCgpHZXRFdmFsUnVuEiIucmFndHVuZS5ldmFsLnYxLkdldEV2YWxSdW5SZXF1ZXN0GiMucmFndHVuZS5ldmFsLnYxLkdldEV2YWxSdW5SZXNwb25zZRJbCgxMaXN0RXZhbFJ1bnMSJC5yYWd0dW5lLmV2YWwudjEuTGlzdEV2YWxSdW5zUmVxdWVzdBolLnJhZ3R1bmUuZXZhbC52MS5MaXN0RXZhbFJ1bnNSZXNwb25zZRJdCgxXYXRjaEV2YWxSdW4SJC5yYWd0dW5lLmV2YWwudjEuV2F0Y2hFdmFsUnVuUmVxdWVzdBolLnJhZ3R1bmUuZXZhbC52MS5XYXRjaEV2YWxSdW5SZXNwb25zZTABEl4KDUNhbmNlbEV2YWxSdW4SJS5yYWd0dW5lLmV2YWwudjEuQ2FuY2VsRXZhbFJ1blJlcXVlc3QaJi5yYWd0dW5lLmV2YWwudjEuQ2FuY2VsRXZhbFJ1blJlc3BvbnNlEl4KDUdldEV2YWxSZXBvcnQSJS5yYWd0dW5lLmV2YWwudjEuR2V0RXZhbFJlcG9ydFJlcXVlc3QaJi5yYWd0dW5lLmV2YWwudjEuR2V0RXZhbFJlcG9ydFJlc3BvbnNlEnAKE0xpc3RFdmFsSXRlbVJlc3VsdHMSKy5yYWd0dW5lLmV2YWwudjEuTGlzdEV2YWxJdGVtUmVzdWx0c1JlcXVlc3QaLC5yYWd0dW5lLmV2YWwudjEuTGlzdEV2YWxJdGVtUmVzdWx0c1Jlc3BvbnNlEmQKD0NvbXBhcmVFdmFsUnVucxInLnJhZ3R1bmUuZXZhbC52MS5Db21wYXJlRXZhbFJ1bnNSZXF1ZXN0GigucmFndHVuZS5ldmFsLnYxLkNvbXBhcmVFdmFsUnVuc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_ragtune_common_v1_common]);
+  fileDesc("ChpyYWd0dW5lL2V2YWwvdjEvZXZhbC5wcm90bxIPcmFndHVuZS5ldmFsLnYxImAKDEV2YWxTYW1wbGluZxIYCgt0ZW1wZXJhdHVyZRgBIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYAiABKA1IAYgBAUIOCgxfdGVtcGVyYXR1cmVCDQoLX21heF90b2tlbnMiMAoJRXZhbEp1ZGdlEhQKDGVuZHBvaW50X3VybBgBIAEoCRINCgVtb2RlbBgCIAEoCSInCghFdmFsRmlsZRIMCgRuYW1lGAEgASgJEg0KBWpzb25sGAIgASgMItsDChRDcmVhdGVFdmFsUnVuUmVxdWVzdBIcChJkYXRhc2V0X3ZlcnNpb25faWQYASABKAlIABIuCglldmFsX2ZpbGUYAiABKAsyGS5yYWd0dW5lLmV2YWwudjEuRXZhbEZpbGVIABIUCgxlbmRwb2ludF91cmwYAyABKAkSEgoKYmFzZV9tb2RlbBgEIAEoCRIQCghhZGFwdGVycxgFIAMoCRI4Cg1wcm9tcHRfZm9ybWF0GAYgASgOMiEucmFndHVuZS5ldmFsLnYxLkV2YWxQcm9tcHRGb3JtYXQSLwoIc2FtcGxpbmcYByABKAsyHS5yYWd0dW5lLmV2YWwudjEuRXZhbFNhbXBsaW5nEhgKC2NvbmN1cnJlbmN5GAggASgNSAGIAQESFgoJbWF4X2l0ZW1zGAkgASgNSAKIAQESEQoEc2VlZBgKIAEoDUgDiAEBEikKBWp1ZGdlGAsgASgLMhoucmFndHVuZS5ldmFsLnYxLkV2YWxKdWRnZRISCgpjb2xsZWN0aW9uGAwgASgJEhkKEWNsaWVudF9yZXF1ZXN0X2lkGA0gASgJQggKBnNvdXJjZUIOCgxfY29uY3VycmVuY3lCDAoKX21heF9pdGVtc0IHCgVfc2VlZCI+ChVDcmVhdGVFdmFsUnVuUmVzcG9uc2USJQoDcnVuGAEgASgLMhgucmFndHVuZS5ldmFsLnYxLkV2YWxSdW4irAYKEEV2YWxNb2RlbFN1bW1hcnkSDQoFbW9kZWwYASABKAkSDwoHaXNfYmFzZRgCIAEoCBINCgVpdGVtcxgDIAEoDRIOCgZmYWlsZWQYBCABKA0STwoQZmFpbHVyZXNfYnlfa2luZBgFIAMoCzI1LnJhZ3R1bmUuZXZhbC52MS5FdmFsTW9kZWxTdW1tYXJ5LkZhaWx1cmVzQnlLaW5kRW50cnkSFAoMc3VjY2Vzc19yYXRlGAYgASgBEhAKCHRva2VuX2YxGAcgASgBEg8KB3JvdWdlX2wYCCABKAESEwoLZXhhY3RfbWF0Y2gYCSABKAESEQoJZ3JvdW5kaW5nGAogASgBEhMKC2Fuc3dlcl9yYXRlGAsgASgBEhkKEWZhbHNlX2Fuc3dlcl9yYXRlGAwgASgBEhkKEW92ZXJfcmVmdXNhbF9yYXRlGA0gASgBEhIKCmVtcHR5X3JhdGUYDiABKAESGgoSbGVuZ3RoX2N1dG9mZl9yYXRlGA8gASgBEhYKDmZvbGxvd191cF9yYXRlGBAgASgBEhcKD2RlZ2VuZXJhdGVfcmF0ZRgRIAEoARIZChFtZWFuX2Fuc3dlcl93b3JkcxgSIAEoARITCgtsYXRlbmN5X3A1MBgTIAEoARITCgtsYXRlbmN5X3A5NRgUIAEoARITCgtsYXRlbmN5X3A5ORgVIAEoARIZChF0b2tlbnNfcGVyX3NlY29uZBgWIAEoARIZCgxqdWRnZV9hX3JhdGUYFyABKAFIAIgBARIlChhqdWRnZV9oYWxsdWNpbmF0aW9uX3JhdGUYGCABKAFIAYgBARIYCgtqdWRnZV9rYXBwYRgZIAEoAUgCiAEBEjUKC2NhbGlicmF0aW9uGBogASgLMiAucmFndHVuZS5ldmFsLnYxLkV2YWxDYWxpYnJhdGlvbho1ChNGYWlsdXJlc0J5S2luZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAFCDwoNX2p1ZGdlX2FfcmF0ZUIbChlfanVkZ2VfaGFsbHVjaW5hdGlvbl9yYXRlQg4KDF9qdWRnZV9rYXBwYSKsAgoPRXZhbENhbGlicmF0aW9uEjMKDHRydXRoZnVsbmVzcxgBIAEoCzIdLnJhZ3R1bmUuZXZhbC52MS5FdmFsRXN0aW1hdGUSPQoWYW5zd2VyX3JhdGVfYW5zd2VyYWJsZRgCIAEoCzIdLnJhZ3R1bmUuZXZhbC52MS5FdmFsRXN0aW1hdGUSOAoRZmFsc2VfYW5zd2VyX3JhdGUYAyABKAsyHS5yYWd0dW5lLmV2YWwudjEuRXZhbEVzdGltYXRlEjgKEW92ZXJfcmVmdXNhbF9yYXRlGAQgASgLMh0ucmFndHVuZS5ldmFsLnYxLkV2YWxFc3RpbWF0ZRIPCgdjb3JyZWN0GAUgASgNEhEKCWFic3RhaW5lZBgGIAEoDRINCgV3cm9uZxgHIAEoDSJNCgxFdmFsRXN0aW1hdGUSDQoFdmFsdWUYASABKAESDgoGY2lfbG93GAIgASgBEg8KB2NpX2hpZ2gYAyABKAESDQoFaXRlbXMYBCABKA0igAEKDkV2YWxEaWZmZXJlbmNlEg0KBW1vZGVsGAEgASgJEhAKCGJhc2VsaW5lGAIgASgJEg4KBm1ldHJpYxgDIAEoCRINCgVkZWx0YRgEIAEoARIOCgZjaV9sb3cYBSABKAESDwoHY2lfaGlnaBgGIAEoARINCgVpdGVtcxgHIAEoDSKUAgoNRXZhbEJyZWFrZG93bhIRCglkaW1lbnNpb24YASABKAkSDQoFdmFsdWUYAiABKAkSDQoFbW9kZWwYAyABKAkSDQoFaXRlbXMYBCABKA0SFAoMc3VjY2Vzc19yYXRlGAUgASgBEhAKCHRva2VuX2YxGAYgASgBEhMKC2Fuc3dlcl9yYXRlGAcgASgBEhoKDWRlbHRhX3N1Y2Nlc3MYCCABKAFIAIgBARIZCgxkZWx0YV9jaV9sb3cYCSABKAFIAYgBARIaCg1kZWx0YV9jaV9oaWdoGAogASgBSAKIAQFCEAoOX2RlbHRhX3N1Y2Nlc3NCDwoNX2RlbHRhX2NpX2xvd0IQCg5fZGVsdGFfY2lfaGlnaCJtCg5FdmFsR2F0ZVJlc3VsdBIMCgRuYW1lGAEgASgJEg0KBW1vZGVsGAIgASgJEgwKBHJ1bGUYAyABKAkSDQoFdmFsdWUYBCABKAESEQoJdGhyZXNob2xkGAUgASgBEg4KBnBhc3NlZBgGIAEoCCKzAwoKRXZhbFJlcG9ydBITCgtldmFsX3J1bl9pZBgBIAEoCRIxCgZtb2RlbHMYAiADKAsyIS5yYWd0dW5lLmV2YWwudjEuRXZhbE1vZGVsU3VtbWFyeRI0CgtkaWZmZXJlbmNlcxgDIAMoCzIfLnJhZ3R1bmUuZXZhbC52MS5FdmFsRGlmZmVyZW5jZRIyCgpicmVha2Rvd25zGAQgAygLMh4ucmFndHVuZS5ldmFsLnYxLkV2YWxCcmVha2Rvd24SLgoFZ2F0ZXMYBSADKAsyHy5yYWd0dW5lLmV2YWwudjEuRXZhbEdhdGVSZXN1bHQSFAoMZ2F0ZXNfcGFzc2VkGAYgASgIEg0KBWl0ZW1zGAcgASgNEhIKCmFuc3dlcmFibGUYCCABKA0SFAoMdW5hbnN3ZXJhYmxlGAkgASgNEhQKDHN1Y2Nlc3NfcnVsZRgKIAEoCRIsCgRqc29uGAsgASgLMh4ucmFndHVuZS5jb21tb24udjEuQXJ0aWZhY3RSZWYSMAoIbWFya2Rvd24YDCABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZiKaBgoHRXZhbFJ1bhIKCgJpZBgBIAEoCRIuCgZzdGF0dXMYAiABKA4yHi5yYWd0dW5lLmV2YWwudjEuRXZhbFJ1blN0YXR1cxISCgpjb2xsZWN0aW9uGAMgASgJEhoKEmRhdGFzZXRfdmVyc2lvbl9pZBgEIAEoCRIWCg5ldmFsX2ZpbGVfbmFtZRgFIAEoCRIxCglldmFsX2ZpbGUYBiABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5BcnRpZmFjdFJlZhIUCgxlbmRwb2ludF91cmwYByABKAkSEgoKYmFzZV9tb2RlbBgIIAEoCRIQCghhZGFwdGVycxgJIAMoCRI4Cg1wcm9tcHRfZm9ybWF0GAogASgOMiEucmFndHVuZS5ldmFsLnYxLkV2YWxQcm9tcHRGb3JtYXQSLwoIc2FtcGxpbmcYCyABKAsyHS5yYWd0dW5lLmV2YWwudjEuRXZhbFNhbXBsaW5nEhMKC2NvbmN1cnJlbmN5GAwgASgNEhYKCW1heF9pdGVtcxgNIAEoDUgAiAEBEgwKBHNlZWQYDiABKA0SKQoFanVkZ2UYDyABKAsyGi5yYWd0dW5lLmV2YWwudjEuRXZhbEp1ZGdlEg0KBWl0ZW1zGBAgASgNEhQKDGFuc3dlcnNfZG9uZRgRIAEoDRIVCg1hbnN3ZXJzX3RvdGFsGBIgASgNEhYKDmFuc3dlcnNfZmFpbGVkGBMgASgNEisKBnJlcG9ydBgUIAEoCzIbLnJhZ3R1bmUuZXZhbC52MS5FdmFsUmVwb3J0EisKB2ZhaWx1cmUYFSABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlEi4KCmNyZWF0ZWRfYXQYFiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYFyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GBggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIMCgpfbWF4X2l0ZW1zIigKEUdldEV2YWxSdW5SZXF1ZXN0EhMKC2V2YWxfcnVuX2lkGAEgASgJIjsKEkdldEV2YWxSdW5SZXNwb25zZRIlCgNydW4YASABKAsyGC5yYWd0dW5lLmV2YWwudjEuRXZhbFJ1biKjAQoTTGlzdEV2YWxSdW5zUmVxdWVzdBIsCgRwYWdlGAEgASgLMh4ucmFndHVuZS5jb21tb24udjEuUGFnZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgCIAEoCRIaChJkYXRhc2V0X3ZlcnNpb25faWQYAyABKAkSLgoGc3RhdHVzGAQgASgOMh4ucmFndHVuZS5ldmFsLnYxLkV2YWxSdW5TdGF0dXMibQoUTGlzdEV2YWxSdW5zUmVzcG9uc2USJgoEcnVucxgBIAMoCzIYLnJhZ3R1bmUuZXZhbC52MS5FdmFsUnVuEi0KBHBhZ2UYAiABKAsyHy5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVzcG9uc2UiQQoTV2F0Y2hFdmFsUnVuUmVxdWVzdBITCgtldmFsX3J1bl9pZBgBIAEoCRIVCg1mcm9tX3NlcXVlbmNlGAIgASgNIkQKFFdhdGNoRXZhbFJ1blJlc3BvbnNlEiwKBWV2ZW50GAEgASgLMh0ucmFndHVuZS5ldmFsLnYxLkV2YWxSdW5FdmVudCJyChNFdmFsUnVuU3RhdHVzQ2hhbmdlEi4KBnN0YXR1cxgBIAEoDjIeLnJhZ3R1bmUuZXZhbC52MS5FdmFsUnVuU3RhdHVzEisKB2ZhaWx1cmUYAiABKAsyGi5yYWd0dW5lLmNvbW1vbi52MS5GYWlsdXJlIlYKD0V2YWxSdW5Qcm9ncmVzcxIUCgxhbnN3ZXJzX2RvbmUYASABKA0SFQoNYW5zd2Vyc190b3RhbBgCIAEoDRIWCg5hbnN3ZXJzX2ZhaWxlZBgDIAEoDSIhCg5FdmFsUnVuV2FybmluZxIPCgdtZXNzYWdlGAEgASgJIpICCgxFdmFsUnVuRXZlbnQSEAoIc2VxdWVuY2UYASABKA0SEwoLZXZhbF9ydW5faWQYAiABKAkSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPgoOc3RhdHVzX2NoYW5nZWQYBCABKAsyJC5yYWd0dW5lLmV2YWwudjEuRXZhbFJ1blN0YXR1c0NoYW5nZUgAEjQKCHByb2dyZXNzGAUgASgLMiAucmFndHVuZS5ldmFsLnYxLkV2YWxSdW5Qcm9ncmVzc0gAEjIKB3dhcm5pbmcYBiABKAsyHy5yYWd0dW5lLmV2YWwudjEuRXZhbFJ1bldhcm5pbmdIAEIHCgVldmVudCIrChRDYW5jZWxFdmFsUnVuUmVxdWVzdBITCgtldmFsX3J1bl9pZBgBIAEoCSI+ChVDYW5jZWxFdmFsUnVuUmVzcG9uc2USJQoDcnVuGAEgASgLMhgucmFndHVuZS5ldmFsLnYxLkV2YWxSdW4iKwoUR2V0RXZhbFJlcG9ydFJlcXVlc3QSEwoLZXZhbF9ydW5faWQYASABKAkiVgoVR2V0RXZhbFJlcG9ydFJlc3BvbnNlEisKBnJlcG9ydBgBIAEoCzIbLnJhZ3R1bmUuZXZhbC52MS5FdmFsUmVwb3J0EhAKCG1hcmtkb3duGAIgASgJItgCCgpFdmFsQW5zd2VyEg0KBW1vZGVsGAEgASgJEgwKBHRleHQYAiABKAkSFQoNZmluaXNoX3JlYXNvbhgDIAEoCRINCgVlcnJvchgEIAEoCRIXCg9sYXRlbmN5X3NlY29uZHMYBSABKAESGQoRY29tcGxldGlvbl90b2tlbnMYBiABKA0SEAoIdG9rZW5fZjEYByABKAESDwoHcm91Z2VfbBgIIAEoARITCgtleGFjdF9tYXRjaBgJIAEoCBIRCglncm91bmRpbmcYCiABKAESDwoHcmVmdXNlZBgLIAEoCBINCgVlbXB0eRgMIAEoCBIRCglmb2xsb3dfdXAYDSABKAgSEgoKZGVnZW5lcmF0ZRgOIAEoCBIPCgdzdWNjZXNzGA8gASgIEhMKC2p1ZGdlX2dyYWRlGBAgASgJEhsKE2p1ZGdlX2hhbGx1Y2luYXRpb24YESABKAgiuAEKDkV2YWxJdGVtUmVzdWx0Eg8KB2l0ZW1faWQYASABKAkSEAoIcXVlc3Rpb24YAiABKAkSEQoJcmVmZXJlbmNlGAMgASgJEhIKCmFuc3dlcmFibGUYBCABKAgSFQoNcXVlc3Rpb25fdHlwZRgFIAEoCRIXCg9zb3VyY2VfZG9jdW1lbnQYBiABKAkSLAoHYW5zd2VycxgHIAMoCzIbLnJhZ3R1bmUuZXZhbC52MS5FdmFsQW5zd2VyIl8KGkxpc3RFdmFsSXRlbVJlc3VsdHNSZXF1ZXN0EhMKC2V2YWxfcnVuX2lkGAEgASgJEiwKBHBhZ2UYAiABKAsyHi5yYWd0dW5lLmNvbW1vbi52MS5QYWdlUmVxdWVzdCJ+ChtMaXN0RXZhbEl0ZW1SZXN1bHRzUmVzcG9uc2USMAoHcmVzdWx0cxgBIAMoCzIfLnJhZ3R1bmUuZXZhbC52MS5FdmFsSXRlbVJlc3VsdBItCgRwYWdlGAIgASgLMh8ucmFndHVuZS5jb21tb24udjEuUGFnZVJlc3BvbnNlIkcKFkNvbXBhcmVFdmFsUnVuc1JlcXVlc3QSFwoPYmFzZWxpbmVfcnVuX2lkGAEgASgJEhQKDG90aGVyX3J1bl9pZBgCIAEoCSJlChdDb21wYXJlRXZhbFJ1bnNSZXNwb25zZRIUCgxzaGFyZWRfaXRlbXMYASABKA0SNAoLZGlmZmVyZW5jZXMYAiADKAsyHy5yYWd0dW5lLmV2YWwudjEuRXZhbERpZmZlcmVuY2UqwwEKDUV2YWxSdW5TdGF0dXMSHwobRVZBTF9SVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASGgoWRVZBTF9SVU5fU1RBVFVTX1FVRVVFRBABEhsKF0VWQUxfUlVOX1NUQVRVU19SVU5OSU5HEAISHQoZRVZBTF9SVU5fU1RBVFVTX1NVQ0NFRURFRBADEhoKFkVWQUxfUlVOX1NUQVRVU19GQUlMRUQQBBIdChlFVkFMX1JVTl9TVEFUVVNfQ0FOQ0VMTEVEEAUqdgoQRXZhbFByb21wdEZvcm1hdBIiCh5FVkFMX1BST01QVF9GT1JNQVRfVU5TUEVDSUZJRUQQABIhCh1FVkFMX1BST01QVF9GT1JNQVRfQ09NUExFVElPThABEhsKF0VWQUxfUFJPTVBUX0ZPUk1BVF9DSEFUEAIymAYKC0V2YWxTZXJ2aWNlEl4KDUNyZWF0ZUV2YWxSdW4SJS5yYWd0dW5lLmV2YWwudjEuQ3JlYXRlRXZhbFJ1blJlcXVlc3QaJi5yYWd0dW5lLmV2YWwudjEuQ3JlYXRlRXZhbFJ1blJlc3BvbnNlElUKCkdldEV2YWxSdW4SIi5yYWd0dW5lLmV2YWwudjEuR2V0RXZhbFJ1blJlcXVlc3QaIy5yYWd0dW5lLmV2YWwudjEuR2V0RXZhbFJ1blJlc3BvbnNlElsKDExpc3RFdmFsUnVucxIkLnJhZ3R1bmUuZXZhbC52MS5MaXN0RXZhbFJ1bnNSZXF1ZXN0GiUucmFndHVuZS5ldmFsLnYxLkxpc3RFdmFsUnVuc1Jlc3BvbnNlEl0KDFdhdGNoRXZhbFJ1bhIkLnJhZ3R1bmUuZXZhbC52MS5XYXRjaEV2YWxSdW5SZXF1ZXN0GiUucmFndHVuZS5ldmFsLnYxLldhdGNoRXZhbFJ1blJlc3BvbnNlMAESXgoNQ2FuY2VsRXZhbFJ1bhIlLnJhZ3R1bmUuZXZhbC52MS5DYW5jZWxFdmFsUnVuUmVxdWVzdBomLnJhZ3R1bmUuZXZhbC52MS5DYW5jZWxFdmFsUnVuUmVzcG9uc2USXgoNR2V0RXZhbFJlcG9ydBIlLnJhZ3R1bmUuZXZhbC52MS5HZXRFdmFsUmVwb3J0UmVxdWVzdBomLnJhZ3R1bmUuZXZhbC52MS5HZXRFdmFsUmVwb3J0UmVzcG9uc2UScAoTTGlzdEV2YWxJdGVtUmVzdWx0cxIrLnJhZ3R1bmUuZXZhbC52MS5MaXN0RXZhbEl0ZW1SZXN1bHRzUmVxdWVzdBosLnJhZ3R1bmUuZXZhbC52MS5MaXN0RXZhbEl0ZW1SZXN1bHRzUmVzcG9uc2USZAoPQ29tcGFyZUV2YWxSdW5zEicucmFndHVuZS5ldmFsLnYxLkNvbXBhcmVFdmFsUnVuc1JlcXVlc3QaKC5yYWd0dW5lLmV2YWwudjEuQ29tcGFyZUV2YWxSdW5zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_ragtune_common_v1_common]);
 
 /**
  * Sampling of the answers. Unset fields take the defaults.
@@ -381,6 +381,14 @@ export type EvalModelSummary = Message<"ragtune.eval.v1.EvalModelSummary"> & {
    * @generated from field: optional double judge_kappa = 25;
    */
   judgeKappa?: number | undefined;
+
+  /**
+   * Refusal calibration on the labelled mix of answerable and unanswerable items, with 95%
+   * bootstrap intervals (seeded).
+   *
+   * @generated from field: ragtune.eval.v1.EvalCalibration calibration = 26;
+   */
+  calibration?: EvalCalibration | undefined;
 };
 
 /**
@@ -389,6 +397,99 @@ export type EvalModelSummary = Message<"ragtune.eval.v1.EvalModelSummary"> & {
  */
 export const EvalModelSummarySchema: GenMessage<EvalModelSummary> = /*@__PURE__*/
   messageDesc(file_ragtune_eval_v1_eval, 5);
+
+/**
+ * How well a model knows when to answer. Truthfulness scores each item as in the CRAG benchmark:
+ * +1 correct (an answerable item answered successfully, an unanswerable one refused), 0 abstained
+ * (an answerable item refused or left empty, or a failed request), −1 wrong (a wrong answer, or
+ * any answer to an unanswerable item). A refusal is scored as a refusal: never as a correct
+ * answer to an answerable item, never as a missing value.
+ *
+ * @generated from message ragtune.eval.v1.EvalCalibration
+ */
+export type EvalCalibration = Message<"ragtune.eval.v1.EvalCalibration"> & {
+  /**
+   * @generated from field: ragtune.eval.v1.EvalEstimate truthfulness = 1;
+   */
+  truthfulness?: EvalEstimate | undefined;
+
+  /**
+   * Answered among answerable items.
+   *
+   * @generated from field: ragtune.eval.v1.EvalEstimate answer_rate_answerable = 2;
+   */
+  answerRateAnswerable?: EvalEstimate | undefined;
+
+  /**
+   * Answered among unanswerable items.
+   *
+   * @generated from field: ragtune.eval.v1.EvalEstimate false_answer_rate = 3;
+   */
+  falseAnswerRate?: EvalEstimate | undefined;
+
+  /**
+   * Refused among answerable items.
+   *
+   * @generated from field: ragtune.eval.v1.EvalEstimate over_refusal_rate = 4;
+   */
+  overRefusalRate?: EvalEstimate | undefined;
+
+  /**
+   * @generated from field: uint32 correct = 5;
+   */
+  correct: number;
+
+  /**
+   * @generated from field: uint32 abstained = 6;
+   */
+  abstained: number;
+
+  /**
+   * @generated from field: uint32 wrong = 7;
+   */
+  wrong: number;
+};
+
+/**
+ * Describes the message ragtune.eval.v1.EvalCalibration.
+ * Use `create(EvalCalibrationSchema)` to create a new message.
+ */
+export const EvalCalibrationSchema: GenMessage<EvalCalibration> = /*@__PURE__*/
+  messageDesc(file_ragtune_eval_v1_eval, 6);
+
+/**
+ * A mean over items with its 95% bootstrap interval.
+ *
+ * @generated from message ragtune.eval.v1.EvalEstimate
+ */
+export type EvalEstimate = Message<"ragtune.eval.v1.EvalEstimate"> & {
+  /**
+   * @generated from field: double value = 1;
+   */
+  value: number;
+
+  /**
+   * @generated from field: double ci_low = 2;
+   */
+  ciLow: number;
+
+  /**
+   * @generated from field: double ci_high = 3;
+   */
+  ciHigh: number;
+
+  /**
+   * @generated from field: uint32 items = 4;
+   */
+  items: number;
+};
+
+/**
+ * Describes the message ragtune.eval.v1.EvalEstimate.
+ * Use `create(EvalEstimateSchema)` to create a new message.
+ */
+export const EvalEstimateSchema: GenMessage<EvalEstimate> = /*@__PURE__*/
+  messageDesc(file_ragtune_eval_v1_eval, 7);
 
 /**
  * A model's difference to the base model on one metric, with a 95% paired bootstrap interval (seeded).
@@ -407,7 +508,8 @@ export type EvalDifference = Message<"ragtune.eval.v1.EvalDifference"> & {
   baseline: string;
 
   /**
-   * Metric name: success_rate, token_f1, rouge_l, grounding, false_answer_rate, over_refusal_rate.
+   * Metric name: success_rate, truthfulness, answer_rate_answerable, token_f1, rouge_l, grounding,
+   * false_answer_rate, over_refusal_rate.
    *
    * @generated from field: string metric = 3;
    */
@@ -441,7 +543,7 @@ export type EvalDifference = Message<"ragtune.eval.v1.EvalDifference"> & {
  * Use `create(EvalDifferenceSchema)` to create a new message.
  */
 export const EvalDifferenceSchema: GenMessage<EvalDifference> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 6);
+  messageDesc(file_ragtune_eval_v1_eval, 8);
 
 /**
  * One slice of the items (a question type, a source document, answerable or unanswerable) for one model.
@@ -509,7 +611,7 @@ export type EvalBreakdown = Message<"ragtune.eval.v1.EvalBreakdown"> & {
  * Use `create(EvalBreakdownSchema)` to create a new message.
  */
 export const EvalBreakdownSchema: GenMessage<EvalBreakdown> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 7);
+  messageDesc(file_ragtune_eval_v1_eval, 9);
 
 /**
  * A promotion gate from the service's configuration, checked on each adapter.
@@ -557,7 +659,7 @@ export type EvalGateResult = Message<"ragtune.eval.v1.EvalGateResult"> & {
  * Use `create(EvalGateResultSchema)` to create a new message.
  */
 export const EvalGateResultSchema: GenMessage<EvalGateResult> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 8);
+  messageDesc(file_ragtune_eval_v1_eval, 10);
 
 /**
  * Results of an eval run.
@@ -637,7 +739,7 @@ export type EvalReport = Message<"ragtune.eval.v1.EvalReport"> & {
  * Use `create(EvalReportSchema)` to create a new message.
  */
 export const EvalReportSchema: GenMessage<EvalReport> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 9);
+  messageDesc(file_ragtune_eval_v1_eval, 11);
 
 /**
  * An eval run.
@@ -781,7 +883,7 @@ export type EvalRun = Message<"ragtune.eval.v1.EvalRun"> & {
  * Use `create(EvalRunSchema)` to create a new message.
  */
 export const EvalRunSchema: GenMessage<EvalRun> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 10);
+  messageDesc(file_ragtune_eval_v1_eval, 12);
 
 /**
  * @generated from message ragtune.eval.v1.GetEvalRunRequest
@@ -798,7 +900,7 @@ export type GetEvalRunRequest = Message<"ragtune.eval.v1.GetEvalRunRequest"> & {
  * Use `create(GetEvalRunRequestSchema)` to create a new message.
  */
 export const GetEvalRunRequestSchema: GenMessage<GetEvalRunRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 11);
+  messageDesc(file_ragtune_eval_v1_eval, 13);
 
 /**
  * @generated from message ragtune.eval.v1.GetEvalRunResponse
@@ -815,7 +917,7 @@ export type GetEvalRunResponse = Message<"ragtune.eval.v1.GetEvalRunResponse"> &
  * Use `create(GetEvalRunResponseSchema)` to create a new message.
  */
 export const GetEvalRunResponseSchema: GenMessage<GetEvalRunResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 12);
+  messageDesc(file_ragtune_eval_v1_eval, 14);
 
 /**
  * @generated from message ragtune.eval.v1.ListEvalRunsRequest
@@ -849,7 +951,7 @@ export type ListEvalRunsRequest = Message<"ragtune.eval.v1.ListEvalRunsRequest">
  * Use `create(ListEvalRunsRequestSchema)` to create a new message.
  */
 export const ListEvalRunsRequestSchema: GenMessage<ListEvalRunsRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 13);
+  messageDesc(file_ragtune_eval_v1_eval, 15);
 
 /**
  * @generated from message ragtune.eval.v1.ListEvalRunsResponse
@@ -871,7 +973,7 @@ export type ListEvalRunsResponse = Message<"ragtune.eval.v1.ListEvalRunsResponse
  * Use `create(ListEvalRunsResponseSchema)` to create a new message.
  */
 export const ListEvalRunsResponseSchema: GenMessage<ListEvalRunsResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 14);
+  messageDesc(file_ragtune_eval_v1_eval, 16);
 
 /**
  * @generated from message ragtune.eval.v1.WatchEvalRunRequest
@@ -895,7 +997,7 @@ export type WatchEvalRunRequest = Message<"ragtune.eval.v1.WatchEvalRunRequest">
  * Use `create(WatchEvalRunRequestSchema)` to create a new message.
  */
 export const WatchEvalRunRequestSchema: GenMessage<WatchEvalRunRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 15);
+  messageDesc(file_ragtune_eval_v1_eval, 17);
 
 /**
  * @generated from message ragtune.eval.v1.WatchEvalRunResponse
@@ -912,7 +1014,7 @@ export type WatchEvalRunResponse = Message<"ragtune.eval.v1.WatchEvalRunResponse
  * Use `create(WatchEvalRunResponseSchema)` to create a new message.
  */
 export const WatchEvalRunResponseSchema: GenMessage<WatchEvalRunResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 16);
+  messageDesc(file_ragtune_eval_v1_eval, 18);
 
 /**
  * The run moved to another status.
@@ -938,7 +1040,7 @@ export type EvalRunStatusChange = Message<"ragtune.eval.v1.EvalRunStatusChange">
  * Use `create(EvalRunStatusChangeSchema)` to create a new message.
  */
 export const EvalRunStatusChangeSchema: GenMessage<EvalRunStatusChange> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 17);
+  messageDesc(file_ragtune_eval_v1_eval, 19);
 
 /**
  * Answering progress.
@@ -967,7 +1069,7 @@ export type EvalRunProgress = Message<"ragtune.eval.v1.EvalRunProgress"> & {
  * Use `create(EvalRunProgressSchema)` to create a new message.
  */
 export const EvalRunProgressSchema: GenMessage<EvalRunProgress> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 18);
+  messageDesc(file_ragtune_eval_v1_eval, 20);
 
 /**
  * Something the user should know that does not stop the run (a restart, the first failures of a kind).
@@ -986,7 +1088,7 @@ export type EvalRunWarning = Message<"ragtune.eval.v1.EvalRunWarning"> & {
  * Use `create(EvalRunWarningSchema)` to create a new message.
  */
 export const EvalRunWarningSchema: GenMessage<EvalRunWarning> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 19);
+  messageDesc(file_ragtune_eval_v1_eval, 21);
 
 /**
  * One event of an eval run.
@@ -1040,7 +1142,7 @@ export type EvalRunEvent = Message<"ragtune.eval.v1.EvalRunEvent"> & {
  * Use `create(EvalRunEventSchema)` to create a new message.
  */
 export const EvalRunEventSchema: GenMessage<EvalRunEvent> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 20);
+  messageDesc(file_ragtune_eval_v1_eval, 22);
 
 /**
  * @generated from message ragtune.eval.v1.CancelEvalRunRequest
@@ -1057,7 +1159,7 @@ export type CancelEvalRunRequest = Message<"ragtune.eval.v1.CancelEvalRunRequest
  * Use `create(CancelEvalRunRequestSchema)` to create a new message.
  */
 export const CancelEvalRunRequestSchema: GenMessage<CancelEvalRunRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 21);
+  messageDesc(file_ragtune_eval_v1_eval, 23);
 
 /**
  * @generated from message ragtune.eval.v1.CancelEvalRunResponse
@@ -1074,7 +1176,7 @@ export type CancelEvalRunResponse = Message<"ragtune.eval.v1.CancelEvalRunRespon
  * Use `create(CancelEvalRunResponseSchema)` to create a new message.
  */
 export const CancelEvalRunResponseSchema: GenMessage<CancelEvalRunResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 22);
+  messageDesc(file_ragtune_eval_v1_eval, 24);
 
 /**
  * @generated from message ragtune.eval.v1.GetEvalReportRequest
@@ -1091,7 +1193,7 @@ export type GetEvalReportRequest = Message<"ragtune.eval.v1.GetEvalReportRequest
  * Use `create(GetEvalReportRequestSchema)` to create a new message.
  */
 export const GetEvalReportRequestSchema: GenMessage<GetEvalReportRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 23);
+  messageDesc(file_ragtune_eval_v1_eval, 25);
 
 /**
  * @generated from message ragtune.eval.v1.GetEvalReportResponse
@@ -1115,7 +1217,7 @@ export type GetEvalReportResponse = Message<"ragtune.eval.v1.GetEvalReportRespon
  * Use `create(GetEvalReportResponseSchema)` to create a new message.
  */
 export const GetEvalReportResponseSchema: GenMessage<GetEvalReportResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 24);
+  messageDesc(file_ragtune_eval_v1_eval, 26);
 
 /**
  * One model's answer to one item, with its scores.
@@ -1220,7 +1322,7 @@ export type EvalAnswer = Message<"ragtune.eval.v1.EvalAnswer"> & {
  * Use `create(EvalAnswerSchema)` to create a new message.
  */
 export const EvalAnswerSchema: GenMessage<EvalAnswer> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 25);
+  messageDesc(file_ragtune_eval_v1_eval, 27);
 
 /**
  * Every model's answer to one item.
@@ -1269,7 +1371,7 @@ export type EvalItemResult = Message<"ragtune.eval.v1.EvalItemResult"> & {
  * Use `create(EvalItemResultSchema)` to create a new message.
  */
 export const EvalItemResultSchema: GenMessage<EvalItemResult> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 26);
+  messageDesc(file_ragtune_eval_v1_eval, 28);
 
 /**
  * @generated from message ragtune.eval.v1.ListEvalItemResultsRequest
@@ -1291,7 +1393,7 @@ export type ListEvalItemResultsRequest = Message<"ragtune.eval.v1.ListEvalItemRe
  * Use `create(ListEvalItemResultsRequestSchema)` to create a new message.
  */
 export const ListEvalItemResultsRequestSchema: GenMessage<ListEvalItemResultsRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 27);
+  messageDesc(file_ragtune_eval_v1_eval, 29);
 
 /**
  * @generated from message ragtune.eval.v1.ListEvalItemResultsResponse
@@ -1313,7 +1415,7 @@ export type ListEvalItemResultsResponse = Message<"ragtune.eval.v1.ListEvalItemR
  * Use `create(ListEvalItemResultsResponseSchema)` to create a new message.
  */
 export const ListEvalItemResultsResponseSchema: GenMessage<ListEvalItemResultsResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 28);
+  messageDesc(file_ragtune_eval_v1_eval, 30);
 
 /**
  * @generated from message ragtune.eval.v1.CompareEvalRunsRequest
@@ -1337,7 +1439,7 @@ export type CompareEvalRunsRequest = Message<"ragtune.eval.v1.CompareEvalRunsReq
  * Use `create(CompareEvalRunsRequestSchema)` to create a new message.
  */
 export const CompareEvalRunsRequestSchema: GenMessage<CompareEvalRunsRequest> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 29);
+  messageDesc(file_ragtune_eval_v1_eval, 31);
 
 /**
  * @generated from message ragtune.eval.v1.CompareEvalRunsResponse
@@ -1363,7 +1465,7 @@ export type CompareEvalRunsResponse = Message<"ragtune.eval.v1.CompareEvalRunsRe
  * Use `create(CompareEvalRunsResponseSchema)` to create a new message.
  */
 export const CompareEvalRunsResponseSchema: GenMessage<CompareEvalRunsResponse> = /*@__PURE__*/
-  messageDesc(file_ragtune_eval_v1_eval, 30);
+  messageDesc(file_ragtune_eval_v1_eval, 32);
 
 /**
  * Status of an eval run.
