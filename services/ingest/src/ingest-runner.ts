@@ -63,22 +63,40 @@ function isDone(result: IngestDocumentResult): boolean {
 }
 
 /**
- * Serializes the saves of one run and coalesces them: a request while a save is in flight is served by one more
- * save after it, shared by every request made meanwhile (each change is written by a save that starts after it).
+ * Serializes the saves of one run and coalesces them: a request while a save waits to start joins it; one while a
+ * save is being written is served by one more save after it, shared by every request made meanwhile (each change is
+ * written by a save that starts after it). Saves start at most every SAVE_SHARE⁻¹ × the last save's duration (and
+ * SAVE_MIN_INTERVAL_MS): the run record grows with the batch, so saving after every document would make a run's
+ * writes quadratic in its documents and leave the event loop no time for them.
  */
 class CoalescingSave {
   private inflight: Promise<void> | undefined;
+  private started = false;
   private again: Promise<void> | undefined;
+  private nextStart = 0;
 
   constructor(private readonly write: () => Promise<void>) {}
 
   request(): Promise<void> {
     if (this.inflight === undefined) {
-      this.inflight = this.write().finally(() => {
-        this.inflight = undefined;
-      });
+      this.started = false;
+      const wait = Math.max(0, this.nextStart - Date.now());
+      this.inflight = (wait > 0 ? new Promise<void>((resolve) => setTimeout(resolve, wait)) : Promise.resolve())
+        .then(async () => {
+          this.started = true;
+          const start = Date.now();
+          try {
+            await this.write();
+          } finally {
+            this.nextStart = start + Math.max(SAVE_MIN_INTERVAL_MS, (Date.now() - start) / SAVE_SHARE);
+          }
+        })
+        .finally(() => {
+          this.inflight = undefined;
+        });
       return this.inflight;
     }
+    if (!this.started) return this.inflight;
     this.again ??= this.inflight
       .catch(() => {})
       .then(() => {
@@ -88,6 +106,11 @@ class CoalescingSave {
     return this.again;
   }
 }
+
+/** Shortest time between the starts of two saves of a run. */
+const SAVE_MIN_INTERVAL_MS = 100;
+/** Most of a run's time its saves may take. */
+const SAVE_SHARE = 0.2;
 
 interface DocMeasure {
   tokenCounts: number[];
