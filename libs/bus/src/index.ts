@@ -27,7 +27,7 @@ export { openWorkQueue, workQueueNames } from "./work-queue.js";
 export type { Job, TakeOptions, WorkQueue, WorkQueueOptions } from "./work-queue.js";
 export { openKv, RevisionConflictError } from "./kv.js";
 export type { KvChange, KvOptions, KvPage, KvStep, KvValue, KvWatch, TypedKv } from "./kv.js";
-export { openArtifactStore } from "./object-store.js";
+export { openArtifactStore, readArtifactContent, storeArtifactContent } from "./object-store.js";
 export type { ArtifactInfo, ArtifactPutOptions, ArtifactSource, ArtifactStore, ArtifactStoreOptions } from "./object-store.js";
 export { isResourceId, isTransientBusError, OwnershipLostError, ResourceExistsError, ResourceStore, retryTransient, TERMINAL_HEADER } from "./resource.js";
 export { LeasedWorkRunner, WorkCancelledError, type LeasedWork, type LeasedWorkOptions } from "./leased-work.js";

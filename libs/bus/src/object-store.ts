@@ -1,4 +1,6 @@
 import { createHash } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { type ArtifactRef, ArtifactRefSchema } from "@ragtune/proto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { rename, rm } from "node:fs/promises";
 import { Readable } from "node:stream";
@@ -276,4 +278,19 @@ export async function openArtifactStore(ctx: BusContext, bucket: string, options
     },
   };
   return store;
+}
+
+/** Stores bytes (or UTF-8 text) whole and returns the reference a resource records (named by its SHA-256). */
+export async function storeArtifactContent(artifacts: ArtifactStore, content: Uint8Array | string, mediaType: string): Promise<ArtifactRef> {
+  const info = await artifacts.put([typeof content === "string" ? Buffer.from(content, "utf8") : Buffer.from(content)], { contentType: mediaType });
+  return create(ArtifactRefSchema, { bucket: artifacts.bucket, objectName: info.hash, sha256: info.hash, sizeBytes: BigInt(info.size), mediaType });
+}
+
+/** The whole content of a stored artifact (verified against its hash), or null when it is gone. */
+export async function readArtifactContent(artifacts: ArtifactStore, hash: string): Promise<Buffer | null> {
+  const stream = await artifacts.get(hash);
+  if (stream === null) return null;
+  const parts: Buffer[] = [];
+  for await (const part of stream) parts.push(part as Buffer);
+  return Buffer.concat(parts);
 }

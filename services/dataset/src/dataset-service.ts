@@ -2,7 +2,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import { ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import type { ArtifactStore, TypedKv } from "@ragtune/bus";
+import { type ArtifactStore, readArtifactContent, type TypedKv } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
   type BuildDatasetVersionRequest,
@@ -194,11 +194,9 @@ export function createDatasetService(deps: DatasetServiceDeps): ServiceImpl<type
   }
 
   async function readArtifact(hash: string, what: string): Promise<Buffer> {
-    const stream = await artifacts.get(hash);
-    if (stream === null) throw failedPrecondition(`the ${what} is missing from the object store (${artifacts.bucket}/${hash})`);
-    const parts: Buffer[] = [];
-    for await (const part of stream) parts.push(part as Buffer);
-    return Buffer.concat(parts);
+    const content = await readArtifactContent(artifacts, hash);
+    if (content === null) throw failedPrecondition(`the ${what} is missing from the object store (${artifacts.bucket}/${hash})`);
+    return content;
   }
 
   return {

@@ -1,10 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
-import { type ArtifactStore, type Fence, type LeasedWork, LeasedWorkRunner, OwnershipLostError, WorkCancelledError } from "@ragtune/bus";
+import { type ArtifactStore, type Fence, type LeasedWork, LeasedWorkRunner, OwnershipLostError, readArtifactContent, storeArtifactContent, WorkCancelledError } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
-  ArtifactRefSchema,
   DatasetSplit,
   type DatasetSplitExport,
   DatasetSplitExportSchema,
@@ -433,11 +432,9 @@ export class VersionBuilder {
     if (problem !== undefined) throw new UserFailure("BASE_VERSION_UNUSABLE", `base_version_id: ${problem}`);
     const lineage = base!.lineage!;
     const read = async (hash: string, what: string) => {
-      const stream = await this.deps.artifacts.get(hash);
-      if (stream === null) throw new UserFailure("BASE_VERSION_UNUSABLE", `the ${what} of base version ${baseId} is missing from the object store (${this.deps.artifacts.bucket}/${hash})`);
-      const parts: Buffer[] = [];
-      for await (const part of stream) parts.push(part as Buffer);
-      return Buffer.concat(parts).toString("utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as unknown);
+      const content = await readArtifactContent(this.deps.artifacts, hash);
+      if (content === null) throw new UserFailure("BASE_VERSION_UNUSABLE", `the ${what} of base version ${baseId} is missing from the object store (${this.deps.artifacts.bucket}/${hash})`);
+      return content.toString("utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as unknown);
     };
     const examples = (await read(lineage.generated!.sha256, "generated examples")) as StoredGenerated[];
     const chunkIds = new Set(((await read(lineage.chunks!.sha256, "source chunks")) as LineageChunk[]).map((c) => c.chunkId));
@@ -447,10 +444,7 @@ export class VersionBuilder {
   private async finish(id: string, fence: Fence, version: DatasetVersion, built: FinishedBuild): Promise<void> {
     const { artifacts } = this.deps;
     const { chunks, documents, reused, output, generator, usage } = built;
-    const ref = async (text: string) => {
-      const info = await artifacts.put([Buffer.from(text, "utf8")], { contentType: "application/jsonl" });
-      return create(ArtifactRefSchema, { bucket: artifacts.bucket, objectName: info.hash, sha256: info.hash, sizeBytes: BigInt(info.size), mediaType: "application/jsonl" });
-    };
+    const ref = (text: string) => storeArtifactContent(artifacts, text, "application/jsonl");
     const jsonl = (rows: readonly unknown[]) => rows.map((r) => `${JSON.stringify(r)}\n`).join("");
     const exports: DatasetSplitExport[] = [];
     for (const split of SPLITS) {
