@@ -1,0 +1,281 @@
+/**
+ * Gateway benchmark (issue 19): Ask's overhead, retrieval latency and retrieval quality, on ../shared/corpus/aws-docs.
+ *
+ * Contestants: ragtune (the gateway's own BM25 index), MiniSearch with the same tokenizer, fields, boosts and Okapi
+ *   parameters (the library the gateway used first), and the anchor below.
+ * Part 1, retrieval quality: the corpus parsed and chunked (128-token chunks, mistral tokenizer), questions written by
+ *   the dataset's extractive generator from each chunk (question → its source chunk); recall@5 and MRR@10 of the
+ *   gateway's retriever (MiniSearch BM25+, technical tokenizer, heading path weighted) beside the anchor, a plain
+ *   LangChain-style in-memory BM25 (Okapi k1 1.2, b 0.75; lowercase \w+ tokens; text only) on the same chunks.
+ * Part 2, retrieval latency alone: both retrievers over the corpus chunks copied to 10k and 100k chunks (each copy its
+ *   own chunk and document IDs), one search per question in turn (top 5); p50/p99 per search.
+ * Part 3, Ask overhead: the ingest service and the gateway as child processes (as the dev stack starts them) on a
+ *   real nats-server, ≥ 10k chunks ingested, the model endpoint a loopback HTTP server in this process that answers
+ *   every completion instantly. Open loop at RATE requests/s for DURATION s: Ask as Connect JSON over HTTP/1.1 to the
+ *   gateway, and, as the anchor, the same completion request straight to the endpoint at the same rate. Overhead =
+ *   the gateway's latency percentile minus the anchor's. Every answer is checked (text and context present).
+ *
+ * Run: npm run bench:gateway -w @ragtune/tools    (RATE=500 DURATION=10 QUERIES=300 CORPUS=/path/to/aws-docs to override)
+ */
+import { readFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { relative } from "node:path";
+import { Agent, request } from "node:http";
+import { generateExtractiveDataset, type SourceChunk } from "../../services/dataset/src/extractive-generator.js";
+import { Bm25Retriever, type IndexedChunk } from "@ragtune/gateway-service/retriever";
+import { technicalTerms } from "@ragtune/gateway-service/technical-tokenizer";
+import MiniSearch from "minisearch";
+import { IngestRunStatus, IngestService } from "@ragtune/proto";
+import { createClient } from "@ragtune/rpc";
+import { chunkDocument, documentIdFor, loadTokenizer, parseDocument } from "@ragtune/text";
+import { AWS_CORPUS_DIR, corpusMarkdownFiles, freePort } from "@ragtune/testing";
+import { startStack } from "../src/stack.js";
+
+const CORPUS = process.env.CORPUS ?? AWS_CORPUS_DIR;
+const RATE = Number(process.env.RATE ?? 500);
+const DURATION = Number(process.env.DURATION ?? 10);
+const CHUNK_SIZE = 128;
+/** Questions timed per retriever and size in part 2. */
+const QUERIES = Number(process.env.QUERIES ?? 300);
+
+const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+const fmt = (ms: number) => ms.toFixed(3);
+
+/** The anchor: a plain in-memory Okapi BM25 as LangChain's BM25Retriever does it (lowercase \w+ terms, text only). */
+class PlainBm25 {
+  readonly #postings = new Map<string, { doc: number; tf: number }[]>();
+  readonly #lengths: number[] = [];
+  readonly #ids: string[] = [];
+  #total = 0;
+  add(id: string, text: string): void {
+    const terms = text.toLowerCase().match(/\w+/g) ?? [];
+    const doc = this.#ids.length;
+    this.#ids.push(id);
+    this.#lengths.push(terms.length);
+    this.#total += terms.length;
+    const tf = new Map<string, number>();
+    for (const t of terms) tf.set(t, (tf.get(t) ?? 0) + 1);
+    for (const [t, n] of tf) {
+      let list = this.#postings.get(t);
+      if (list === undefined) this.#postings.set(t, (list = []));
+      list.push({ doc, tf: n });
+    }
+  }
+  search(query: string, k: number): string[] {
+    const n = this.#ids.length;
+    const avg = this.#total / n;
+    const scores = new Map<number, number>();
+    for (const t of new Set(query.toLowerCase().match(/\w+/g) ?? [])) {
+      const list = this.#postings.get(t);
+      if (list === undefined) continue;
+      const idf = Math.log(1 + (n - list.length + 0.5) / (list.length + 0.5));
+      for (const { doc, tf } of list) {
+        const s = (idf * tf * 2.2) / (tf + 1.2 * (0.25 + (0.75 * this.#lengths[doc]!) / avg));
+        scores.set(doc, (scores.get(doc) ?? 0) + s);
+      }
+    }
+    return [...scores].sort((a, b) => b[1] - a[1]).slice(0, k).map(([doc]) => this.#ids[doc]!);
+  }
+}
+
+/** MiniSearch configured as the gateway's retriever scores (same tokenizer, fields, boosts, Okapi k1 1.2, b 0.75). */
+function miniSearchOf(docs: Iterable<IndexedChunk[]>): MiniSearch {
+  const ms = new MiniSearch({
+    fields: ["text", "headings"],
+    tokenize: (t) => technicalTerms(t),
+    processTerm: (t) => t,
+    searchOptions: { boost: { headings: 0.5 }, bm25: { k: 1.2, b: 0.75, d: 0 }, tokenize: (t) => [...new Set(technicalTerms(t))] },
+  });
+  for (const list of docs) ms.addAll(list.map((c) => ({ id: c.chunkId, text: c.text, headings: c.headingPath.join(" ") })));
+  return ms;
+}
+
+function corpusChunks(): IndexedChunk[] {
+  const tokenizer = loadTokenizer("mistral");
+  const out: IndexedChunk[] = [];
+  for (const file of corpusMarkdownFiles(CORPUS)) {
+    const name = relative(CORPUS, file);
+    const doc = parseDocument({ filename: name, bytes: readFileSync(file) });
+    const documentId = documentIdFor("bench", name);
+    for (const c of chunkDocument(doc, { tokenizer, chunkSize: CHUNK_SIZE, documentId })) {
+      out.push({ chunkId: c.id, documentId, headingPath: c.headingPath === "" ? [] : c.headingPath.split(" > "), text: c.text, ordinal: c.ordinal });
+    }
+  }
+  return out;
+}
+
+function copies(chunks: readonly IndexedChunk[], target: number): Map<string, IndexedChunk[]> {
+  const byDoc = new Map<string, IndexedChunk[]>();
+  for (let copy = 0, n = 0; n < target; copy++) {
+    for (const c of chunks) {
+      if (n >= target) break;
+      const documentId = `${c.documentId}-${copy}`;
+      let list = byDoc.get(documentId);
+      if (list === undefined) byDoc.set(documentId, (list = []));
+      list.push({ ...c, chunkId: `${c.chunkId}-${copy}`, documentId });
+      n++;
+    }
+  }
+  return byDoc;
+}
+
+function time(fn: () => void): number {
+  const t = performance.now();
+  fn();
+  return performance.now() - t;
+}
+
+async function main(): Promise<void> {
+  const chunks = corpusChunks();
+  const questions = generateExtractiveDataset(chunks.map((c): SourceChunk => ({ id: c.chunkId, documentId: c.documentId, headingPath: c.headingPath, text: c.text }))).map((e) => ({ question: e.question, chunkId: e.chunkId }));
+  console.log(`corpus: ${chunks.length} chunks of ≤ ${CHUNK_SIZE} tokens; ${questions.length} questions from the dataset's extractive generator\n`);
+
+  // Part 1
+  const ours = new Bm25Retriever();
+  const byDoc = new Map<string, IndexedChunk[]>();
+  for (const c of chunks) byDoc.set(c.documentId, [...(byDoc.get(c.documentId) ?? []), c]);
+  for (const [d, list] of byDoc) ours.putDocument(d, list);
+  const anchor = new PlainBm25();
+  for (const c of chunks) anchor.add(c.chunkId, c.text);
+  const quality = (search: (q: string) => string[]) => {
+    let hit5 = 0;
+    let rr = 0;
+    for (const q of questions) {
+      const ranked = search(q.question);
+      const rank = ranked.indexOf(q.chunkId);
+      if (rank >= 0 && rank < 5) hit5++;
+      if (rank >= 0) rr += 1 / (rank + 1);
+    }
+    return { recall5: hit5 / questions.length, mrr: rr / questions.length };
+  };
+  const qOurs = quality((q) => ours.search(q, 10).map((h) => h.chunk.chunkId));
+  const mini = miniSearchOf(byDoc.values());
+  const qMini = quality((q) => mini.search(q).slice(0, 10).map((r) => r.id as string));
+  const qAnchor = quality((q) => anchor.search(q, 10));
+  console.log("Part 1 — retrieval quality (question → its source chunk)");
+  console.log(`  ragtune BM25 (own index, technical tokenizer): recall@5 ${qOurs.recall5.toFixed(3)}  MRR@10 ${qOurs.mrr.toFixed(3)}`);
+  console.log(`  MiniSearch, same tokenizer and scoring:        recall@5 ${qMini.recall5.toFixed(3)}  MRR@10 ${qMini.mrr.toFixed(3)}`);
+  console.log(`  anchor plain BM25 (LangChain-style):           recall@5 ${qAnchor.recall5.toFixed(3)}  MRR@10 ${qAnchor.mrr.toFixed(3)}\n`);
+
+  // Part 2
+  console.log("Part 2 — retrieval latency alone (top 5, one search per question)");
+  for (const size of [10_000, 100_000]) {
+    const docs = copies(chunks, size);
+    const r = new Bm25Retriever();
+    const a = new PlainBm25();
+    const buildOurs = time(() => {
+      for (const [d, list] of docs) r.putDocument(d, list);
+    });
+    const buildAnchor = time(() => {
+      for (const list of docs.values()) for (const c of list) a.add(c.chunkId, c.text);
+    });
+    let m: MiniSearch | undefined;
+    const buildMini = time(() => {
+      m = miniSearchOf(docs.values());
+    });
+    const tOurs: number[] = [];
+    const tMini: number[] = [];
+    const tAnchor: number[] = [];
+    for (let i = 0; i < 50; i++) r.search(questions[i % questions.length]!.question, 5); // warm-up
+    for (const q of questions.slice(0, QUERIES)) {
+      tOurs.push(time(() => r.search(q.question, 5)));
+      tMini.push(time(() => m!.search(q.question).slice(0, 5)));
+      tAnchor.push(time(() => a.search(q.question, 5)));
+    }
+    for (const t of [tOurs, tMini, tAnchor]) t.sort((x, y) => x - y);
+    console.log(`  ${size} chunks (built in: ragtune ${buildOurs.toFixed(0)} ms, MiniSearch ${buildMini.toFixed(0)} ms, anchor ${buildAnchor.toFixed(0)} ms)`);
+    for (const [label, t] of [["ragtune", tOurs], ["MiniSearch", tMini], ["anchor", tAnchor]] as const) {
+      console.log(`    ${label.padEnd(10)} p50 ${fmt(pct(t, 50))} ms  p99 ${fmt(pct(t, 99))} ms  p99 / anchor ${(pct(t, 99) / pct(tAnchor, 99)).toFixed(2)}`);
+    }
+  }
+  console.log("");
+
+  // Part 3
+  const endpoint = createServer((req, res) => {
+    const parts: Buffer[] = [];
+    req.on("data", (d: Buffer) => parts.push(d));
+    req.on("end", () => {
+      const body = JSON.parse(Buffer.concat(parts).toString("utf8")) as { model?: string };
+      res.writeHead(200, { "content-type": "application/json" }).end(
+        JSON.stringify({ id: "c", object: "text_completion", model: body.model ?? "base", choices: [{ index: 0, text: " The answer.", finish_reason: "stop" }], usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } }),
+      );
+    });
+  });
+  await new Promise<void>((resolve) => endpoint.listen(0, "127.0.0.1", resolve));
+  const endpointUrl = `http://127.0.0.1:${(endpoint.address() as AddressInfo).port}`;
+  const portBase = await freePort();
+  const stack = await startStack({
+    only: ["ingest", "gateway"],
+    portBase,
+    env: {
+      LOG_LEVEL: "warn",
+      GATEWAY_AUTH: "none",
+      GATEWAY_INGEST_URL: `http://127.0.0.1:${portBase}`,
+      LLM_BASE_URL: `${endpointUrl}/v1`,
+      LLM_MODEL: "base",
+      LLM_CONCURRENCY: "1024",
+    },
+  });
+  try {
+    const ingest = createClient(IngestService, { baseUrl: stack.services.ingest.url, protocol: "grpc" });
+    const files = corpusMarkdownFiles(CORPUS);
+    let total = 0;
+    for (let copy = 0; total < 10_000; copy++) {
+      const sources = files.map((f) => ({ source: { case: "inline" as const, value: { filename: `copy${copy}/${relative(CORPUS, f)}`, mediaType: "", content: readFileSync(f) } } }));
+      const { run } = await ingest.ingestDocuments({ collection: "bench", sources, chunking: { chunkSizeTokens: CHUNK_SIZE } });
+      for await (const _ of ingest.watchIngestRun({ runId: run!.id })) void _;
+      const done = (await ingest.getIngestRun({ runId: run!.id })).run!;
+      if (done.status !== IngestRunStatus.SUCCEEDED) throw new Error(`ingest ended ${IngestRunStatus[done.status]}`);
+      total = (await ingest.listCollections({})).collections.find((c) => c.name === "bench")!.chunkCount;
+    }
+    console.log(`Part 3 — Ask overhead: ${total} chunks ingested; open loop at ${RATE} requests/s for ${DURATION} s each`);
+    const agent = new Agent({ keepAlive: true, maxSockets: 256 });
+    const post = (url: string, body: string, check: (json: Record<string, unknown>) => boolean): Promise<number> =>
+      new Promise((resolve, reject) => {
+        const start = performance.now();
+        const req = request(url, { method: "POST", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
+          const parts: Buffer[] = [];
+          res.on("data", (d: Buffer) => parts.push(d));
+          res.on("end", () => {
+            const ms = performance.now() - start;
+            const json = JSON.parse(Buffer.concat(parts).toString("utf8")) as Record<string, unknown>;
+            if (res.statusCode !== 200 || !check(json)) reject(new Error(`bad answer ${res.statusCode}: ${JSON.stringify(json).slice(0, 300)}`));
+            else resolve(ms);
+          });
+        });
+        req.on("error", reject);
+        req.end(body);
+      });
+    const openLoop = async (send: (i: number) => Promise<number>): Promise<number[]> => {
+      const n = RATE * DURATION;
+      const started = performance.now();
+      const pending: Promise<number>[] = [];
+      for (let i = 0; i < n; i++) {
+        const due = started + (i * 1000) / RATE;
+        const wait = due - performance.now();
+        if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+        pending.push(send(i));
+      }
+      return (await Promise.all(pending)).sort((a, b) => a - b);
+    };
+    const askUrl = `${stack.services.gateway.url}/ragtune.gateway.v1.GatewayService/Ask`;
+    const askBody = (i: number) => JSON.stringify({ collection: "bench", question: questions[i % questions.length]!.question });
+    // Warm-up: loads the collection's index and the connections.
+    for (let i = 0; i < 200; i++) await post(askUrl, askBody(i), (j) => j["answer"] === "The answer.");
+    const prompt = "[INST] " + chunks.slice(0, 4).map((c) => c.text).join("\n\n") + "\n\nQuestion: q [/INST]";
+    const completionBody = JSON.stringify({ model: "base", prompt, temperature: 0, max_tokens: 256 });
+    const direct = await openLoop(() => post(`${endpointUrl}/v1/completions`, completionBody, (j) => Array.isArray(j["choices"])));
+    const gateway = await openLoop((i) => post(askUrl, askBody(i), (j) => j["answer"] === "The answer." && Array.isArray(j["context"]) && (j["context"] as unknown[]).length > 0));
+    for (const p of [50, 99]) {
+      console.log(`  p${p}: gateway Ask ${fmt(pct(gateway, p))} ms, anchor (endpoint direct) ${fmt(pct(direct, p))} ms → overhead ${fmt(pct(gateway, p) - pct(direct, p))} ms`);
+    }
+    agent.destroy();
+  } finally {
+    await stack.stop();
+    endpoint.closeAllConnections();
+    endpoint.close();
+  }
+}
+
+await main();
