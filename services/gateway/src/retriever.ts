@@ -1,12 +1,14 @@
 /**
- * Retrieval over one collection's chunks. `Retriever` is what the gateway asks; `Bm25Retriever` answers it with Okapi
+ * Retrieval over one collection's chunks, one implementation for every place that retrieves: the gateway answering
+ * questions, and the dataset service building what a retriever would return (distractor contexts of unanswerable
+ * examples, retrieved training contexts), so training sees the contexts serving will. `Retriever` is what they ask; `Bm25Retriever` answers it with Okapi
  * BM25 (k1 1.2, b 0.75) over the chunk text and its heading path (headings weigh 0.5×: the chunk text repeats its own
  * heading), tokenized by the technical tokenizer. An embedding retriever (or a hybrid) can take its place behind the
  * same interface.
  *
  * The index is this module's own inverted index (postings in flat arrays, scores accumulated in one typed array, the
- * top k selected without sorting every hit). MiniSearch was the first choice; tools/bench/gateway.ts measured it at
- * 2.5–6× this index's p99 on the same chunks with the same scores, so the gateway keeps its own.
+ * top k selected without sorting every hit). MiniSearch was the first choice; tools/bench/gateway.ts measured it many times
+ * slower than this index on the same chunks with the same scores, so ragtune keeps its own.
  */
 import { technicalTerms } from "./technical-tokenizer.js";
 
@@ -30,8 +32,8 @@ export interface Retriever {
   /** Replaces every chunk of a document by `chunks` (an empty list removes the document). */
   putDocument(documentId: string, chunks: readonly IndexedChunk[]): void;
   removeDocument(documentId: string): void;
-  /** The `topK` best chunks for a question, best first; empty when no term matches. */
-  search(question: string, topK: number): RetrievedHit[];
+  /** The `topK` best chunks for a question (of those `accept` allows), best first; empty when no term matches. */
+  search(question: string, topK: number, accept?: (chunk: IndexedChunk) => boolean): RetrievedHit[];
   /** Chunks indexed. */
   readonly size: number;
 }
@@ -144,7 +146,7 @@ export class Bm25Retriever implements Retriever {
     for (const [documentId, ids] of documents) this.putDocument(documentId, ids.map((id) => byId.get(id)!));
   }
 
-  search(question: string, topK: number): RetrievedHit[] {
+  search(question: string, topK: number, accept?: (chunk: IndexedChunk) => boolean): RetrievedHit[] {
     if (topK <= 0 || this.#live === 0) return [];
     const n = this.#slots.length;
     if (this.#scores.length < n) {
@@ -187,6 +189,7 @@ export class Bm25Retriever implements Retriever {
     for (const slot of touched) {
       const s = scores[slot]!;
       if (best.length === topK && s <= scores[best[topK - 1]!]!) continue;
+      if (accept !== undefined && !accept(this.#slots[slot]!)) continue;
       let i = best.length === topK ? topK - 1 : best.length;
       while (i > 0 && scores[best[i - 1]!]! < s) {
         best[i] = best[i - 1]!;
