@@ -55,6 +55,18 @@ function userPrompt(chunk: SourceChunk, kinds: readonly AnswerableKind[]): strin
   ].join("\n");
 }
 
+/** Longest question and answer the schema allows (characters; a guided-JSON server enforces them). */
+const MAX_QUESTION_CHARS = 300;
+const MAX_ANSWER_CHARS = 1000;
+
+/**
+ * Tokens that always hold N pairs at the schema's longest: a token is at least one character, so a model that fills
+ * every string to its limit (a random one does) still closes its JSON before max_tokens.
+ */
+export function pairsMaxTokens(n: number): number {
+  return 64 + n * (MAX_QUESTION_CHARS + MAX_ANSWER_CHARS + 64);
+}
+
 /** The guided-JSON schema for N pairs (exactly N: the JSON Schema has minItems = maxItems = N). */
 export function pairsSchema(n: number) {
   return z.object({
@@ -62,8 +74,8 @@ export function pairsSchema(n: number) {
       .array(
         z.object({
           kind: z.enum(LLM_QUESTION_KINDS),
-          question: z.string().min(1).max(1000),
-          answer: z.string().min(1).max(3000),
+          question: z.string().min(1).max(MAX_QUESTION_CHARS),
+          answer: z.string().min(1).max(MAX_ANSWER_CHARS),
         }),
       )
       .length(n),
@@ -120,7 +132,7 @@ export interface LlmGenerationOptions {
   seed: number;
   /** Chunks in flight at once for this build; the client's own limit (LLM_CONCURRENCY) applies as well. */
   maxConcurrency: number;
-  /** Most tokens per answer (default 1024 + 256 per pair). */
+  /** Most tokens per answer (default: enough for every pair at the schema's longest, pairsMaxTokens). */
   maxTokens?: number;
 }
 
@@ -225,7 +237,7 @@ async function generateForChunk(chunk: SourceChunk, options: LlmGenerationOption
         schemaName: "qa_pairs",
         temperature: options.temperature,
         seed: chunkSeed(options.seed, chunk.id),
-        maxTokens: options.maxTokens ?? 1024 + 256 * n,
+        maxTokens: options.maxTokens ?? pairsMaxTokens(n),
       },
       { signal },
     );

@@ -241,7 +241,12 @@ export class VersionBuilder {
       const lost = output.counts.droppedByReason as Record<string, number>;
       for (const f of failures) lost[`llm_${f.reason}`] = (lost[`llm_${f.reason}`] ?? 0) + f.pairsLost;
       if (output.counts.kept === 0) {
-        throw new UserFailure("NO_EXAMPLES", `no example of collection "${version.collection}" passed the quality checks (${output.counts.generated} generated); see rejected_by_check`);
+        const why = Object.entries(lost)
+          .filter(([, n]) => n > 0)
+          .sort((a, b) => b[1] - a[1])
+          .map(([reason, n]) => `${reason} ${n}`)
+          .join(", ");
+        throw new UserFailure("NO_EXAMPLES", `no example of collection "${version.collection}" passed the quality checks (${output.counts.generated} generated; dropped: ${why || "none"})`);
       }
       await versions.modify(
         id,
