@@ -81,5 +81,7 @@ describe("buildDataset on the sample docs (offline: extractive questions, negati
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
-  });
+    // A Python interpreter importing transformers and loading the tokenizer: seconds of CPU on a quiet machine, and a
+    // shared 2-core machine may run several suites at once.
+  }, 120_000);
 });
