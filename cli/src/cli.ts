@@ -29,9 +29,6 @@ import {
   ListTenantCollectionsResponseSchema,
   PromoteAdapterResponseSchema,
   RollbackAdapterResponseSchema,
-  DatasetVersionStatus,
-  EvalRunStatus,
-  JobStatus,
 } from "@ragtune/proto";
 import { createClient } from "@ragtune/rpc";
 
@@ -175,18 +172,18 @@ export async function run(argv: string[], env: Record<string, string | undefined
       }
       case "datasets": {
         const res = await gateway.listCollectionDatasetVersions({ collection });
-        print(ListCollectionDatasetVersionsResponseSchema, res, () => table([["VERSION", "STATUS", "CREATED"], ...res.versions.map((v) => [v.id, DatasetVersionStatus[v.status] ?? "", when(v.createdAt)])]));
+        print(ListCollectionDatasetVersionsResponseSchema, res, () => table([["VERSION", "STATUS", "CREATED"], ...res.versions.map((v) => [v.datasetVersionId, v.status.replace("DATASET_VERSION_STATUS_", ""), when(v.createdAt)])]));
         return 0;
       }
       case "jobs": {
         const res = await gateway.listCollectionJobs({ collection });
-        print(ListCollectionJobsResponseSchema, res, () => table([["JOB", "STATUS", "ADAPTER", "BASE MODEL"], ...res.jobs.map((j) => [j.id, JobStatus[j.status] ?? "", j.adapter?.id ?? "", j.baseModel])]));
+        print(ListCollectionJobsResponseSchema, res, () => table([["JOB", "STATUS", "ADAPTER", "BASE MODEL"], ...res.jobs.map((j) => [j.jobId, j.status.replace("JOB_STATUS_", ""), j.adapterId, j.baseModel])]));
         return 0;
       }
       case "eval-report": {
         if (args[0] === undefined) throw new UsageError("eval-report needs the eval run ID");
         const res = await gateway.getEvalRunReport({ evalRunId: args[0] });
-        print(GetEvalRunReportResponseSchema, res, () => res.markdown || `eval run ${res.run?.id} is ${EvalRunStatus[res.run?.status ?? 0]}; no report yet`);
+        print(GetEvalRunReportResponseSchema, res, () => res.markdown || `eval run ${res.evalRunId} is ${res.status.replace("EVAL_RUN_STATUS_", "")}; no report yet`);
         return 0;
       }
       case "lineage": {
@@ -195,10 +192,10 @@ export async function run(argv: string[], env: Record<string, string | undefined
           const res = await gateway.getAdapterLineage({ jobId: id });
           print(GetAdapterLineageResponseSchema, res, () =>
             [
-              `adapter ${res.job?.adapter?.id ?? "(none)"} of job ${res.job?.id} (${JobStatus[res.job?.status ?? 0]}), collection ${res.collection}`,
-              `dataset version: ${res.datasetVersion?.id ?? "(uploaded files)"}`,
+              `adapter ${res.job?.adapterId || "(none)"} of job ${res.job?.jobId} (${res.job?.status.replace("JOB_STATUS_", "")}), collection ${res.collection}`,
+              `dataset version: ${res.datasetVersion?.datasetVersionId ?? "(uploaded files)"}`,
               table([["DOCUMENT", "SOURCE", "SHA-256", "CHUNKS"], ...res.documents.map((d) => [d.documentId, d.sourceName, d.contentSha256.slice(0, 12), String(d.chunks)])]),
-              table([["EVAL RUN", "STATUS", "GATES PASSED"], ...res.evalRuns.map((r) => [r.id, EvalRunStatus[r.status] ?? "", String(r.report?.gatesPassed ?? false)])]),
+              table([["EVAL RUN", "STATUS", "GATES PASSED"], ...res.evalRuns.map((r) => [r.evalRunId, r.status.replace("EVAL_RUN_STATUS_", ""), String(r.gatesPassed)])]),
               table([["PROMOTED", "COLLECTION", "FORCED", "PINNED"], ...res.promotions.map((p) => [when(p.promotedAt), p.collection, String(p.forced), String(p.pinned)])]),
             ].join("\n\n"),
           );

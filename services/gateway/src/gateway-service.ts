@@ -13,10 +13,11 @@ import {
   type Citation,
   CitationSchema,
   GatewayService,
+  PageResponseSchema,
   type RetrievedChunk,
   RetrievedChunkSchema,
 } from "@ragtune/proto";
-import { invalidArgument } from "@ragtune/rpc";
+import { invalidArgument, paginate } from "@ragtune/rpc";
 import { citationsFor, isRefusal, modelCallError, questionMarkup, renderPrompt } from "./answer.js";
 import type { CollectionIndex, CollectionIndexes } from "./collection-index.js";
 import type { PromotionStore } from "./promotion-store.js";
@@ -152,7 +153,9 @@ export function createGatewayService(deps: GatewayDeps): Partial<ServiceImpl<typ
     },
 
     async listPromotions(req, ctx) {
-      return { promotions: await deps.promotion.list(await collectionOf(ctx, req.collection)) };
+      const collection = await collectionOf(ctx, req.collection);
+      const page = paginate(await deps.promotion.list(collection), req.page, `promotions:${collection}`);
+      return { promotions: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
     },
 
     async ask(req, ctx) {

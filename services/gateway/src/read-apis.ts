@@ -5,10 +5,19 @@
 import { create } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
+  AdapterEvalRunSchema,
   type DatasetService,
+  type DatasetVersion,
+  DatasetVersionStatus,
+  type DatasetVersionView,
+  DatasetVersionViewSchema,
   DocumentAdapterSchema,
   type EvalRun,
+  EvalRunStatus,
   type EvalService,
+  type JobView,
+  JobViewSchema,
+  PageResponseSchema,
   type GatewayService,
   type IngestService,
   type Job,
@@ -16,6 +25,7 @@ import {
   PageRequestSchema,
   type TrainerService,
 } from "@ragtune/proto";
+import { paginate } from "@ragtune/rpc";
 import { type AccessControl, callerOf, requireCollection } from "./access.js";
 import type { PromotionStore } from "./promotion-store.js";
 
@@ -30,6 +40,27 @@ export interface ReadApiDeps {
 
 /** Jobs read per page while filtering by collection (the trainer lists all jobs). */
 const PAGE = 500;
+
+export function jobView(j: Job): JobView {
+  return create(JobViewSchema, {
+    jobId: j.id,
+    status: JobStatus[j.status] === undefined ? String(j.status) : `JOB_STATUS_${JobStatus[j.status]}`,
+    adapterId: j.adapter?.id ?? "",
+    baseModel: j.baseModel,
+    datasetVersionId: j.dataset.case === "datasetVersionId" ? j.dataset.value : "",
+  });
+}
+
+export function versionView(v: DatasetVersion): DatasetVersionView {
+  return create(DatasetVersionViewSchema, {
+    datasetVersionId: v.id,
+    status: `DATASET_VERSION_STATUS_${DatasetVersionStatus[v.status] ?? v.status}`,
+    ...(v.stats !== undefined ? { stats: v.stats } : {}),
+    ...(v.createdAt !== undefined ? { createdAt: v.createdAt } : {}),
+  });
+}
+
+const runStatus = (r: EvalRun) => `EVAL_RUN_STATUS_${EvalRunStatus[r.status] ?? r.status}`;
 
 export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof GatewayService>> {
   const allow = async (ctx: HandlerContext, collection: string): Promise<string> => {
@@ -61,7 +92,7 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
   };
 
   return {
-    async listTenantCollections(_req, ctx) {
+    async listTenantCollections(req, ctx) {
       const caller = callerOf(ctx);
       const mine = caller === undefined || deps.access === undefined ? undefined : new Set(await deps.access.tenancy.collections(caller.tenant));
       const collections = [];
@@ -71,7 +102,8 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
         collections.push(...res.collections.filter((c) => mine === undefined || mine.has(c.name)));
         token = res.page?.nextPageToken ?? "";
       } while (token !== "");
-      return { collections };
+      const page = paginate(collections, req.page, `collections:${caller?.tenant ?? ""}`);
+      return { collections: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
     },
 
     async listCollectionDocuments(req, ctx) {
@@ -83,11 +115,13 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
     async listCollectionDatasetVersions(req, ctx) {
       const collection = await allow(ctx, req.collection);
       const res = await deps.dataset.listDatasetVersions({ collection, ...(req.page ? { page: req.page } : {}) });
-      return { versions: res.versions, ...(res.page ? { page: res.page } : {}) };
+      return { versions: res.versions.map(versionView), ...(res.page ? { page: res.page } : {}) };
     },
 
     async listCollectionJobs(req, ctx) {
-      return { jobs: await jobsOf(await allow(ctx, req.collection)) };
+      const collection = await allow(ctx, req.collection);
+      const page = paginate(await jobsOf(collection), req.page, `jobs:${collection}`);
+      return { jobs: page.items.map(jobView), page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
     },
 
     async getEvalRunReport(req, ctx) {
@@ -96,7 +130,7 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
       await allow(ctx, run.collection);
       let markdown = "";
       if (run.report !== undefined) markdown = (await deps.evals.getEvalReport({ evalRunId: run.id })).markdown;
-      return { run, markdown };
+      return { evalRunId: run.id, collection: run.collection, status: runStatus(run), ...(run.report !== undefined ? { report: run.report } : {}), markdown };
     },
 
     async getAdapterLineage(req, ctx) {
@@ -107,12 +141,19 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
       const version = versionId === "" ? undefined : (await deps.dataset.getDatasetVersion({ datasetVersionId: versionId })).version;
       const adapterId = job.adapter?.id ?? "";
       const promotions = ((await deps.promotions.record(collection))?.history ?? []).filter((p) => p.jobId === job.id);
+      const runs = adapterId === "" ? [] : await evalRunsOf(collection, adapterId);
       return {
         collection,
-        job,
-        ...(version !== undefined ? { datasetVersion: version } : {}),
+        job: jobView(job),
+        ...(version !== undefined ? { datasetVersion: versionView(version) } : {}),
         documents: version?.lineage?.documents ?? [],
-        evalRuns: adapterId === "" ? [] : await evalRunsOf(collection, adapterId),
+        evalRuns: runs.map((r) =>
+          create(AdapterEvalRunSchema, {
+            evalRunId: r.id,
+            status: runStatus(r),
+            gatesPassed: r.report !== undefined && r.report.gates.some((g) => g.model === adapterId) && r.report.gates.filter((g) => g.model === adapterId).every((g) => g.passed),
+          }),
+        ),
         promotions,
       };
     },
