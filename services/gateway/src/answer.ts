@@ -10,10 +10,14 @@ import { isLlmError, type LlmError } from "@ragtune/llm";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { RetrievedHit } from "./retriever.js";
 
-/** The prompt for a question over retrieved chunks, in the Mistral instruct template the adapters are trained on. */
+/**
+ * The prompt for a question over retrieved chunks, in the Mistral instruct template the adapters are trained on: the
+ * dataset's own rendering of a retrieved context (numbered blocks "[1] Guide > Section\n\n{text}"), exactly what its
+ * train-as-served exports hold.
+ */
 export function renderPrompt(question: string, hits: readonly RetrievedHit[]): string {
-  const context = hits.map((h) => contextBlock({ headingPath: h.chunk.headingPath, context: h.chunk.text })).join("\n\n");
-  return mistralPrompt({ headingPath: [], context, question });
+  const contextChunks = hits.map((h) => ({ chunkId: h.chunk.chunkId, documentId: h.chunk.documentId, headingPath: h.chunk.headingPath, text: h.chunk.text }));
+  return mistralPrompt({ headingPath: [], context: "", question, contextChunks });
 }
 
 /** The template markup a question must not hold (it would fake turn boundaries), if any. */

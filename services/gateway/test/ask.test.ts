@@ -52,9 +52,9 @@ describe("Ask", () => {
     const sent = tb.model.completions.at(-1)!;
     expect(sent["model"]).toBe("base-model");
     const prompt = String(sent["prompt"]);
-    const blocks = res.context.map((c) => `${c.headingPath.join(" > ")}\n\n${c.text}`).join("\n\n");
+    const blocks = res.context.map((c, i) => `[${i + 1}] ${c.headingPath.join(" > ")}\n\n${c.text}`).join("\n\n");
     expect(prompt).toBe(`[INST] ${blocks}\n\nQuestion: When do lifecycle rules expire objects? [/INST]`);
-    expect(prompt.startsWith(`[INST] Storage > Lifecycle rules\n\n`)).toBe(true);
+    expect(prompt.startsWith(`[INST] [1] Storage > Lifecycle rules\n\n`)).toBe(true);
   });
 
   it("flags the refusal sentence and cites nothing", async () => {
