@@ -45,3 +45,4 @@ export { startTestService } from "./test-service.js";
 export type { TestService, TestServiceOptions } from "./test-service.js";
 export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, decodePageToken, encodePageToken, paginate } from "./paging.js";
 export type { Page } from "./paging.js";
+export { siblingEntry, startWorkerThread } from "./worker-thread.js";

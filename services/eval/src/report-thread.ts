@@ -4,25 +4,14 @@
  * and health checks. Compiled JavaScript runs the worker as it is; from TypeScript sources (dev, tests) the worker
  * loads tsx first, with the @ragtune/source condition so workspace packages resolve to their sources.
  */
-import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 import { fromBinary } from "@bufbuild/protobuf";
+import { siblingEntry, startWorkerThread } from "@ragtune/rpc";
 import { type EvalItemResult, EvalItemResultSchema, type EvalReport, EvalReportSchema } from "@ragtune/proto";
 import type { ReportInput } from "./report.js";
 
 function startWorker(): Worker {
-  const here = import.meta.url;
-  if (!here.endsWith(".ts")) return new Worker(new URL("./report-worker.js", here));
-  const entry = new URL("./report-worker.ts", here).href;
-  // tsx's ESM API module, named by its package exports (its CommonJS build cannot register hooks in a worker).
-  const manifest = createRequire(fileURLToPath(here)).resolve("tsx/package.json");
-  const exports = (JSON.parse(readFileSync(manifest, "utf8")) as { exports: Record<string, { import: { default: string } }> }).exports;
-  const tsx = pathToFileURL(join(dirname(manifest), exports["./esm/api"]!.import.default)).href;
-  const bootstrap = `import(${JSON.stringify(tsx)}).then((m) => { (m.register ?? m.default.register)(); return import(${JSON.stringify(entry)}); })`;
-  return new Worker(bootstrap, { eval: true, execArgv: ["--conditions=@ragtune/source"] });
+  return startWorkerThread(siblingEntry(import.meta.url, "report-worker"));
 }
 
 /** buildReport in a worker thread of its own (ended when done); `signal` ends it early. */

@@ -1,10 +1,7 @@
 import { availableParallelism } from "node:os";
-import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 import type { Logger } from "@ragtune/logger";
+import { siblingEntry, startWorkerThread } from "@ragtune/rpc";
 import type { DocumentWork, DocumentWorkResult } from "./document-work.js";
 
 /** A message to a worker: one document. */
@@ -115,7 +112,7 @@ export class DocumentPool {
   }
 
   private spawn(): PoolWorker {
-    const worker: PoolWorker = { thread: startWorker(this.entry), task: undefined, timer: undefined };
+    const worker: PoolWorker = { thread: startWorkerThread(this.entry), task: undefined, timer: undefined };
     this.workers.add(worker);
     worker.thread.unref();
     worker.thread.on("message", (reply: WorkerReply) => this.onReply(worker, reply));
@@ -168,24 +165,5 @@ export class DocumentPool {
 }
 
 function defaultEntry(): URL {
-  const here = import.meta.url;
-  return new URL(here.endsWith(".ts") ? "./document-worker.ts" : "./document-worker.js", here);
-}
-
-/**
- * Starts a worker on `entry`. Compiled JavaScript runs as it is; a TypeScript entry (dev, tests) is loaded through
- * tsx inside the worker, with the @ragtune/source condition so workspace libraries resolve to their sources too.
- */
-function startWorker(entry: URL): Worker {
-  if (!entry.pathname.endsWith(".ts")) return new Worker(entry);
-  const tsx = tsxEsmApi();
-  const bootstrap = `import(${JSON.stringify(tsx)}).then((m) => { (m.register ?? m.default.register)(); return import(${JSON.stringify(entry.href)}); })`;
-  return new Worker(bootstrap, { eval: true, execArgv: ["--conditions=@ragtune/source"] });
-}
-
-/** URL of tsx's ESM API module (its package exports name it; its CommonJS build cannot register hooks in a worker). */
-function tsxEsmApi(): string {
-  const manifest = createRequire(fileURLToPath(import.meta.url)).resolve("tsx/package.json");
-  const exports = (JSON.parse(readFileSync(manifest, "utf8")) as { exports: Record<string, { import: { default: string } }> }).exports;
-  return pathToFileURL(join(dirname(manifest), exports["./esm/api"]!.import.default)).href;
+  return siblingEntry(import.meta.url, "document-worker");
 }
