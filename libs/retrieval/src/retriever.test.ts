@@ -32,6 +32,27 @@ describe("Bm25Retriever", () => {
     expect(r.search("gamma", 4)).toEqual([]);
     expect(r.search("alpha", 0)).toEqual([]);
   });
+
+  it("stays correct after many documents are replaced (postings compacted)", () => {
+    const r = new Bm25Retriever();
+    for (let round = 0; round < 5; round++) {
+      for (let d = 0; d < 40; d++) r.putDocument(`d${d}`, [chunk(`c${d}-${round}`, `d${d}`, `round ${round} topic${d} shared words`)]);
+    }
+    expect(r.size).toBe(40);
+    const hits = r.search("topic7", 3);
+    expect(hits[0]?.chunk.chunkId).toBe("c7-4");
+    expect(hits.every((h) => h.chunk.chunkId.endsWith("-4"))).toBe(true); // nothing of a replaced round
+    expect(r.search("round 3", 5)).toHaveLength(5);
+    expect(r.search("round 4 topic9", 1)[0]?.chunk.chunkId).toBe("c9-4");
+  });
+
+  it("returns the top k best first", () => {
+    const r = new Bm25Retriever();
+    r.putDocument("d", [chunk("a", "d", "alpha"), chunk("b", "d", "alpha alpha beta"), chunk("c", "d", "alpha beta gamma"), chunk("e", "d", "zeta")]);
+    const hits = r.search("alpha beta gamma", 2);
+    expect(hits.map((h) => h.chunk.chunkId)).toEqual(["c", "b"]);
+    expect(hits[0]!.score).toBeGreaterThan(hits[1]!.score);
+  });
 });
 
 describe("Bm25Retriever.search with accept", () => {

@@ -355,6 +355,11 @@ export function generateNegatives(
     if (negatives.length >= target) break;
     const questionKey = e.question.toLowerCase().replace(/\s+/g, " ").trim();
     if (usedQuestions.has(questionKey)) continue;
+    if (e.answer.trim() === "") {
+      // Nothing to keep out of the context: no context could be shown not to hold the answer.
+      skipped.push({ exampleId: e.id, reason: "the example has no answer to keep out of a context" });
+      continue;
+    }
     const removedFirst = hashUnit(o.seed, "negative-strategy", e.id) < o.answerRemovedShare;
     const strategies: NegativeStrategy[] = removedFirst ? ["answer-removed", "distractor-chunk"] : ["distractor-chunk", "answer-removed"];
     const reasons: string[] = [];

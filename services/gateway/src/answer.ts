@@ -8,7 +8,7 @@ import { contextBlock, findTemplateMarkup, mistralPrompt } from "@ragtune/datase
 import { grounding, isRefusal } from "@ragtune/eval-service/metrics";
 import { isLlmError, type LlmError } from "@ragtune/llm";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { RetrievedHit } from "./retriever.js";
+import type { RetrievedHit } from "@ragtune/retrieval";
 
 /**
  * The prompt for a question over retrieved chunks, in the Mistral instruct template the adapters are trained on: the

@@ -23,7 +23,7 @@ import {
   type IngestService,
   PageRequestSchema,
 } from "@ragtune/proto";
-import { Bm25Retriever, type IndexedChunk, type Retriever } from "./retriever.js";
+import { Bm25Retriever, type IndexedChunk, type Retriever } from "@ragtune/retrieval";
 
 export type IngestClient = Pick<Client<typeof IngestService>, "listChunks" | "listDocuments" | "getDocument">;
 

@@ -23,7 +23,7 @@ import type { CollectionIndex, CollectionIndexes } from "./collection-index.js";
 import type { PromotionStore } from "./promotion-store.js";
 import type { Promotions } from "./promotions.js";
 import { type AccessControl, requireCollection } from "./access.js";
-import type { RetrievedHit } from "./retriever.js";
+import type { RetrievedHit } from "@ragtune/retrieval";
 
 export interface AskLimits {
   maxQuestionChars: number;
