@@ -135,7 +135,7 @@ function summary(result: RoundResult) {
 
 const median = (values: number[]) => percentile(values, 50);
 
-const SERVER_MAIN = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "libs", "model-server", "src", "main.ts");
+const SERVER_MAIN = join(dirname(fileURLToPath(import.meta.url)), "..", "model-server", "src", "main.ts");
 
 /** The server as users start it: its CLI in a process of its own (the client's work stays out of its event loop). */
 async function startServerProcess(modelPath: string, adapterPath: string, concurrency: number) {

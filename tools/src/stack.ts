@@ -28,7 +28,7 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
-/** The local model server (libs/model-server) the stack starts before the services, as a child process. */
+/** The local model server (tools/model-server) the stack starts before the services, as a child process. */
 export interface StackModelServer {
   /** The base model's GGUF file (the tiny model's model.gguf). */
   model: string;
@@ -112,9 +112,9 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   return { nats, natsUrl: nats.url, services, ...(modelServer === undefined ? {} : { modelServer }), stop };
 }
 
-/** The model server from libs/model-server/src/main.ts with vLLM-style flags; ready at its "model server listening" line. */
+/** The model server from tools/model-server/src/main.ts with vLLM-style flags; ready at its "model server listening" line. */
 async function startModelServerProcess(config: StackModelServer, port: number, options: StackOptions): Promise<NonNullable<Stack["modelServer"]>> {
-  const main = join(repoRoot, "libs", "model-server", "src", "main.ts");
+  const main = join(repoRoot, "tools", "model-server", "src", "main.ts");
   const args = ["--model", config.model, "--served-model-name", config.servedModelName ?? "base", "--host", "127.0.0.1", "--port", String(port)];
   if (config.loraModules !== undefined && config.loraModules.length > 0) args.push("--lora-modules", ...config.loraModules.map((m) => `${m.name}=${m.path}`));
   if (config.concurrency !== undefined) args.push("--concurrency", String(config.concurrency));

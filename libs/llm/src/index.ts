@@ -15,7 +15,7 @@ export {
   type StreamLatency,
   type StreamResult,
 } from "./client.js";
-// The FIFO slot limiter is shared with the local model server (libs/model-server), which admits requests with it.
+// The FIFO slot limiter is shared with the local model server (tools/model-server), which admits requests with it.
 export { ConcurrencyLimiter, type Release } from "./concurrency-limiter.js";
 export { llmClientFromConfig, llmConfigSchema, type LlmConfig } from "./config.js";
 export { isLlmError, LlmError, type LlmErrorKind } from "./errors.js";

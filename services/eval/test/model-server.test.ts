@@ -7,7 +7,7 @@ import { type ModelServer, startModelServer } from "@ragtune/model-server";
 import { startTestService } from "@ragtune/rpc";
 import { startNatsServer, type NatsServerHandle } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { makeTinyModels } from "../../../libs/model-server/src/tiny-models.js";
+import { makeTinyModels } from "../../../tools/model-server/src/tiny-models.js";
 import { evalConfigSchema } from "../src/config.js";
 import { startEvalService } from "../src/server.js";
 

@@ -3,7 +3,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { tempDir } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startGatewayTestbed, type GatewayTestbed } from "../../services/gateway/test/testbed.js";
+import { startGatewayTestbed, type GatewayTestbed } from "../../../services/gateway/test/testbed.js";
 import { run } from "../src/cli.js";
 
 let tb: GatewayTestbed;

@@ -1,4 +1,4 @@
-// `node --conditions=@ragtune/source --import tsx libs/model-server/src/main.ts --model path.gguf
+// `node --conditions=@ragtune/source --import tsx tools/model-server/src/main.ts --model path.gguf
 //   [--lora-modules name=path ...] [--port 8000] [--concurrency 4] ...` (or the MODEL_SERVER_* variables):
 // serves until SIGINT/SIGTERM, then closes the server and frees the model.
 import { ConfigError } from "@ragtune/config";
