@@ -128,7 +128,10 @@ export async function ensureStream(
     try {
       return await jsm.streams.add(wantedConfig);
     } catch (err) {
-      throw streamError("create", wantedConfig, err, label);
+      // Another process (a second replica starting at the same moment) may have created it meanwhile: the server
+      // then refuses this add (name in use, or "subjects overlap" with the stream it is creating). Use theirs.
+      existing = await jsm.streams.info(config.name).catch(() => undefined);
+      if (existing === undefined) throw streamError("create", wantedConfig, err, label);
     }
   }
   for (const key of ["retention", "storage"] as const) {
