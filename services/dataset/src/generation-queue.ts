@@ -128,10 +128,12 @@ export class GenerationQueue {
   }
 
   /**
-   * Starts writing batches with `llm`, up to `workers` at once. `isActive(versionId)` tells whether the batch's build
-   * still wants it (a cancelled or finished build's batches are dropped unread). One pull at a time, and only when a
-   * slot is free: a replica never holds batches it is not working on (another replica could), and a stopping replica
-   * hands back at most the one batch a pull brought in as it stopped.
+   * Starts writing batches with `llm`: `workers` batches' worth of chunks at once (`workers` × batch size), counted by
+   * chunk, so the slots a batch's finished chunks free are refilled from the next batch while its slowest chunk (a
+   * retry) is still out. `isActive(versionId)` tells whether the batch's build still wants it (a cancelled or finished
+   * build's batches are dropped unread). One pull at a time, and only when a whole batch fits: a replica never holds
+   * batches it is not working on (another replica could), and a stopping replica hands back at most the one batch a
+   * pull brought in as it stopped.
    */
   startWorkers(workers: number, llm: Pick<LlmClient, "json">, isActive: (versionId: string) => Promise<boolean>): void {
     this.running.push(
@@ -147,13 +149,24 @@ export class GenerationQueue {
     this.running = [];
   }
 
+  /** Chunks of taken batches not written yet, and a wake-up for the pull loop when one is. */
+  private pendingChunks = 0;
+  private wake: (() => void) | undefined;
+
+  private chunksDone(n: number): void {
+    this.pendingChunks -= n;
+    this.wake?.();
+  }
+
   private async pullLoop(workers: number, llm: Pick<LlmClient, "json">, isActive: (versionId: string) => Promise<boolean>): Promise<void> {
     const log = this.options.logger;
     const inFlight = new Set<Promise<void>>();
+    const capacity = workers * this.options.batchChunks;
     try {
       while (!this.stopping.signal.aborted) {
-        if (inFlight.size >= workers) {
-          await Promise.race(inFlight);
+        if (this.pendingChunks + this.options.batchChunks > capacity && inFlight.size > 0) {
+          await Promise.race([...inFlight, new Promise<void>((resolve) => (this.wake = resolve))]);
+          this.wake = undefined;
           continue;
         }
         let job: Job<typeof GenerationBatchSchema> | null;
@@ -171,7 +184,9 @@ export class GenerationQueue {
           return;
         }
         const taken = job;
-        const running = this.work(taken, llm, isActive)
+        const chunks = parseJsonl<SourceChunk>(taken.value.chunksJsonl);
+        this.pendingChunks += chunks.length;
+        const running = this.work(taken, chunks, llm, isActive)
           .catch((err: unknown) => {
             if (this.stopping.signal.aborted) {
               taken.nak(0);
@@ -188,17 +203,37 @@ export class GenerationQueue {
     }
   }
 
-  private async work(job: Job<typeof GenerationBatchSchema>, llm: Pick<LlmClient, "json">, isActive: (versionId: string) => Promise<boolean>): Promise<void> {
-    const batch = job.value;
+  /** Writes one taken batch; its chunks were counted as pending when it was taken and are released as they are done. */
+  private async work(job: Job<typeof GenerationBatchSchema>, chunks: SourceChunk[], llm: Pick<LlmClient, "json">, isActive: (versionId: string) => Promise<boolean>): Promise<void> {
+    let counted = 0;
+    const chunkDone = () => {
+      counted++;
+      this.chunksDone(1);
+    };
+    try {
+      const batch = job.value;
+      const key = `${batch.datasetVersionId}.${batch.batchKey}`;
+      if ((await this.results.get(key)) !== null || !(await isActive(batch.datasetVersionId))) {
+        await job.ack(); // done before (a takeover queued it again), or nobody wants it any more
+        return;
+      }
+      await this.options.faults?.("batch-taken", { versionId: batch.datasetVersionId, batchKey: batch.batchKey });
+      job.startHeartbeat();
+      await this.storeBatch(job, batch, chunks, llm, chunkDone);
+    } finally {
+      this.chunksDone(chunks.length - counted);
+    }
+  }
+
+  private async storeBatch(
+    job: Job<typeof GenerationBatchSchema>,
+    batch: Job<typeof GenerationBatchSchema>["value"],
+    chunks: SourceChunk[],
+    llm: Pick<LlmClient, "json">,
+    chunkDone: () => void,
+  ): Promise<void> {
     const where = { versionId: batch.datasetVersionId, batchKey: batch.batchKey };
     const key = `${batch.datasetVersionId}.${batch.batchKey}`;
-    if ((await this.results.get(key)) !== null || !(await isActive(batch.datasetVersionId))) {
-      await job.ack(); // done before (a takeover queued it again), or nobody wants it any more
-      return;
-    }
-    await this.options.faults?.("batch-taken", where);
-    job.startHeartbeat();
-    const chunks = parseJsonl<SourceChunk>(batch.chunksJsonl);
     const maxDeliver = this.options.maxDeliver ?? 20;
     let result: GenerationBatchResult;
     if (job.deliveryCount > maxDeliver) {
@@ -213,7 +248,7 @@ export class GenerationQueue {
         }),
       });
     } else {
-      result = await this.writeBatch(batch.datasetVersionId, batch.batchKey, chunks, batch, llm);
+      result = await this.writeBatch(batch.datasetVersionId, batch.batchKey, chunks, batch, llm, chunkDone);
     }
     await this.results.put(key, result);
     await this.options.faults?.("batch-stored", where);
@@ -226,6 +261,7 @@ export class GenerationQueue {
     chunks: SourceChunk[],
     batch: { model: string; questionsPerChunk: number; temperature: number; seed: number; maxConcurrency: number },
     llm: Pick<LlmClient, "json">,
+    chunkDone: () => void,
   ): Promise<GenerationBatchResult> {
     const base = { datasetVersionId: versionId, batchKey: key, worker: this.options.worker };
     let out: LlmGenerationResult;
@@ -233,7 +269,7 @@ export class GenerationQueue {
       out = await generateLlmDataset(
         chunks,
         { model: batch.model, questionsPerChunk: batch.questionsPerChunk, temperature: batch.temperature, seed: batch.seed, maxConcurrency: Math.max(1, batch.maxConcurrency) },
-        { llm, signal: this.stopping.signal },
+        { llm, signal: this.stopping.signal, onProgress: chunkDone, progressEvery: 1 },
       );
     } catch (err) {
       if (!(err instanceof LlmGenerationError)) throw err;
