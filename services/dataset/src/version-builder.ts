@@ -199,7 +199,14 @@ export class VersionBuilder {
         throw new UserFailure("LLM_NOT_CONFIGURED", `the version names the generation model "${model}", but LLM_BASE_URL is not configured on this dataset service replica`);
       }
       const { build } = resolveBuildSettings(version.settings, { llmConfigured: this.deps.generation !== undefined });
-      const [chunks, documents] = await Promise.all([this.readChunks(version.collection), this.readDocuments(version.collection)]);
+      const [listed, documents] = await Promise.all([this.readChunks(version.collection), this.readDocuments(version.collection)]);
+      // A fixed order (documents by source name, chunks by position), whatever order ingest lists them in (it lists in
+      // write order): generation batches are cut from it, so a build taken over by another replica forms the same
+      // batches and reads the finished ones back.
+      const nameOf = (c: { documentId: string }) => documents.get(c.documentId)?.sourceName ?? c.documentId;
+      const chunks = listed
+        .sort((a, b) => (nameOf(a) < nameOf(b) ? -1 : nameOf(a) > nameOf(b) ? 1 : a.ordinal - b.ordinal || (a.chunk.id < b.chunk.id ? -1 : 1)))
+        .map((x) => x.chunk);
       if (chunks.length === 0) {
         throw new UserFailure("NO_CHUNKS", `collection "${version.collection}" has no ready documents to build a dataset from; ingest documents first`);
       }
@@ -393,8 +400,8 @@ export class VersionBuilder {
   }
 
   /** Every ready chunk of the collection, through the ingest API (paged). */
-  private async readChunks(collection: string): Promise<SourceChunk[]> {
-    const out: SourceChunk[] = [];
+  private async readChunks(collection: string): Promise<{ chunk: SourceChunk; documentId: string; ordinal: number }[]> {
+    const out: { chunk: SourceChunk; documentId: string; ordinal: number }[] = [];
     let pageToken = "";
     do {
       let res;
@@ -405,7 +412,7 @@ export class VersionBuilder {
         if (/not.?found/i.test(message)) throw new UserFailure("UNKNOWN_COLLECTION", `collection "${collection}" does not exist in the ingest service`);
         throw new Error(`reading the chunks of "${collection}" from the ingest service failed: ${message}`, { cause: err });
       }
-      for (const c of res.chunks) out.push({ id: c.id, documentId: c.documentId, headingPath: [...c.headingPath], text: c.text });
+      for (const c of res.chunks) out.push({ chunk: { id: c.id, documentId: c.documentId, headingPath: [...c.headingPath], text: c.text }, documentId: c.documentId, ordinal: c.ordinal });
       pageToken = res.page?.nextPageToken ?? "";
     } while (pageToken !== "");
     return out;
