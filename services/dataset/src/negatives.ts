@@ -286,20 +286,30 @@ function removeAnswer(example: DatasetExample, chunk: SourceChunk | undefined, o
   return { ok: true, context, chunk, coverage: check.coverage, similarity: 0 };
 }
 
-class DistractorFinder {
-  /** The retriever the gateway answers with (libs/retrieval), so distractors are what serving would retrieve. */
-  readonly #retriever = new Bm25Retriever();
-  readonly #byId = new Map<string, SourceChunk>();
-  readonly #terms = new Map<string, Set<string>>();
-  constructor(chunks: readonly SourceChunk[]) {
-    const byDocument = new Map<string, IndexedChunk[]>();
-    chunks.forEach((c, ordinal) => {
-      this.#byId.set(c.id, c);
+/** A retriever over the collection's chunks, one document at a time (as the gateway indexes them). */
+export function retrieverOver(chunks: readonly SourceChunk[]): Bm25Retriever {
+  const retriever = new Bm25Retriever();
+  const byDocument = new Map<string, IndexedChunk[]>();
+  // A fixed order, so retrieval ties do not depend on how the chunks were passed.
+  [...chunks]
+    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    .forEach((c, ordinal) => {
       const list = byDocument.get(c.documentId) ?? [];
       list.push({ chunkId: c.id, documentId: c.documentId, headingPath: c.headingPath, text: c.text, ordinal });
       byDocument.set(c.documentId, list);
     });
-    for (const [documentId, list] of byDocument) this.#retriever.putDocument(documentId, list);
+  for (const [documentId, list] of byDocument) retriever.putDocument(documentId, list);
+  return retriever;
+}
+
+class DistractorFinder {
+  /** The retriever the gateway answers with (libs/retrieval), so distractors are what serving would retrieve. */
+  readonly #retriever: Bm25Retriever;
+  readonly #byId = new Map<string, SourceChunk>();
+  readonly #terms = new Map<string, Set<string>>();
+  constructor(chunks: readonly SourceChunk[]) {
+    for (const c of chunks) this.#byId.set(c.id, c);
+    this.#retriever = retrieverOver(chunks);
   }
 
   find(example: DatasetExample, o: Required<NegativeOptions>): Attempt {

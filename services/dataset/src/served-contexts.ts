@@ -18,11 +18,11 @@
  * Splits were made before (by source chunk), so contexts never move an example between splits. Pure and deterministic.
  */
 import { createHash } from "node:crypto";
-import { Bm25Retriever, type IndexedChunk } from "@ragtune/retrieval";
+import type { IndexedChunk } from "@ragtune/retrieval";
 import type { ContextChunk, DatasetExample } from "./example.js";
 import { mistralRowTokens } from "./exports.js";
 import type { SourceChunk } from "./extractive-generator.js";
-import { holdsAnswer } from "./negatives.js";
+import { holdsAnswer, retrieverOver } from "./negatives.js";
 
 export interface ServedContextOptions {
   /** Chunks per context (the gateway's top_k). */
@@ -58,22 +58,6 @@ function toContextChunk(c: IndexedChunk | SourceChunk): ContextChunk {
   return "chunkId" in c
     ? { chunkId: c.chunkId, documentId: c.documentId, headingPath: [...c.headingPath], text: c.text }
     : { chunkId: c.id, documentId: c.documentId, headingPath: [...c.headingPath], text: c.text };
-}
-
-/** A retriever over the collection's chunks, one document at a time (as the gateway indexes them). */
-export function retrieverOver(chunks: readonly SourceChunk[]): Bm25Retriever {
-  const retriever = new Bm25Retriever();
-  const byDocument = new Map<string, IndexedChunk[]>();
-  // A fixed order, so retrieval ties do not depend on how the chunks were passed.
-  [...chunks]
-    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-    .forEach((c, ordinal) => {
-      const list = byDocument.get(c.documentId) ?? [];
-      list.push({ chunkId: c.id, documentId: c.documentId, headingPath: c.headingPath, text: c.text, ordinal });
-      byDocument.set(c.documentId, list);
-    });
-  for (const [documentId, list] of byDocument) retriever.putDocument(documentId, list);
-  return retriever;
 }
 
 /**
