@@ -47,6 +47,11 @@ export interface RpcServerOptions {
   registry?: Registry;
   /** Also serve RPCs (Connect JSON/binary, gRPC-Web) over HTTP/1.1 on the same port. */
   allowHttp1?: boolean;
+  /**
+   * Answers requests that are not RPCs (no RPC at their path; GET /metrics excepted), e.g. the gateway's dashboard
+   * files: returns true when it answered, false to leave the request to the server's 404.
+   */
+  httpHandler?: (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => boolean;
   /** Extra interceptors, run innermost (closest to the handler), in order. */
   interceptors?: Interceptor[];
   /** When set, every RPC except grpc.health.v1.Health needs `authorization: Bearer <authToken>`. */
@@ -143,6 +148,7 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     }
     const handler = handlers.get(path);
     if (handler === undefined) {
+      if (options.httpHandler?.(req, res) === true) return;
       sendPlain(res, 404, `no RPC at ${path}\n`);
       return;
     }

@@ -2,7 +2,7 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import { ConfigError, loadConfig, type BaseServiceConfig } from "@ragtune/config";
 import { createLogger, type Logger, type LoggerOptions } from "@ragtune/logger";
 import type { z } from "zod";
-import { startRpcServer, type RpcServer } from "./server.js";
+import { startRpcServer, type RpcServer, type RpcServerOptions } from "./server.js";
 
 /** What a service's start function gets: its parsed config, its root logger and the shutdown signal. */
 export interface ServiceContext<C extends BaseServiceConfig> {
@@ -18,6 +18,8 @@ export interface ServiceInstance {
   register(router: ConnectRouter): void;
   /** Serve HTTP/1.1 (Connect JSON) on the same port as h2c; the gateway does. */
   allowHttp1?: boolean;
+  /** Answers requests that are not RPCs (see RpcServerOptions.httpHandler), e.g. the gateway's dashboard files. */
+  httpHandler?: RpcServerOptions["httpHandler"];
   /** Runs once the RPC server listens (start consumers, resume work). */
   onListening?(server: RpcServer): Promise<void> | void;
   /** Runs after the RPC server has closed: stop background work, drain the bus. */
@@ -122,6 +124,7 @@ export async function startService<S extends z.ZodType<BaseServiceConfig>, I ext
       defaultTimeoutMs: config.RPC_DEADLINE,
       shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT,
       allowHttp1: instance.allowHttp1,
+      ...(instance.httpHandler !== undefined ? { httpHandler: instance.httpHandler } : {}),
     });
     // startRpcServer has logged "rpc server listening" with the URL (the dev stack waits for that line).
     await instance.onListening?.(server);

@@ -12,6 +12,7 @@ import {
   type DatasetVersionView,
   DatasetVersionViewSchema,
   DocumentAdapterSchema,
+  type EvalItemResult,
   type EvalRun,
   EvalRunStatus,
   type EvalService,
@@ -31,10 +32,10 @@ import type { PromotionStore } from "./promotion-store.js";
 
 export interface ReadApiDeps {
   access?: AccessControl | undefined;
-  ingest: Pick<Client<typeof IngestService>, "listCollections" | "listDocuments" | "getDocument">;
-  dataset: Pick<Client<typeof DatasetService>, "listDatasetVersions" | "getDatasetVersion">;
-  trainer: Pick<Client<typeof TrainerService>, "getJob" | "listJobs">;
-  evals: Pick<Client<typeof EvalService>, "getEvalRun" | "getEvalReport" | "listEvalRuns">;
+  ingest: Pick<Client<typeof IngestService>, "listCollections" | "listDocuments" | "getDocument" | "listChunks" | "getIngestRun" | "watchIngestRun">;
+  dataset: Pick<Client<typeof DatasetService>, "listDatasetVersions" | "getDatasetVersion" | "listExamples" | "listDroppedExamples">;
+  trainer: Pick<Client<typeof TrainerService>, "getJob" | "listJobs" | "watchJob" | "listCheckpoints" | "cancelJob">;
+  evals: Pick<Client<typeof EvalService>, "getEvalRun" | "getEvalReport" | "listEvalRuns" | "listEvalItemResults">;
   promotions: Pick<PromotionStore, "record">;
 }
 
@@ -78,6 +79,21 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
       token = res.page?.nextPageToken ?? "";
     } while (token !== "");
     return out;
+  };
+
+  /** The job, once the caller may see its collection (NOT_FOUND / PERMISSION_DENIED otherwise). */
+  const allowedJob = async (ctx: HandlerContext, jobId: string): Promise<Job> => {
+    const job = (await deps.trainer.getJob({ jobId })).job;
+    if (job === undefined) throw new ConnectError(`trainer job ${jobId} not found`, Code.NotFound);
+    await allow(ctx, job.collection);
+    return job;
+  };
+
+  const allowedVersion = async (ctx: HandlerContext, datasetVersionId: string): Promise<DatasetVersion> => {
+    const version = (await deps.dataset.getDatasetVersion({ datasetVersionId })).version;
+    if (version === undefined) throw new ConnectError(`dataset version ${datasetVersionId} not found`, Code.NotFound);
+    await allow(ctx, version.collection);
+    return version;
   };
 
   const evalRunsOf = async (collection: string, adapterId: string): Promise<EvalRun[]> => {
@@ -156,6 +172,90 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
         ),
         promotions,
       };
+    },
+
+    async listDocumentChunks(req, ctx) {
+      const document = (await deps.ingest.getDocument({ documentId: req.documentId })).document;
+      if (document === undefined) throw new ConnectError(`document ${req.documentId} not found`, Code.NotFound);
+      await allow(ctx, document.collection);
+      const res = await deps.ingest.listChunks({ documentId: document.id, ...(req.page ? { page: req.page } : {}) });
+      return { chunks: res.chunks, ...(res.page ? { page: res.page } : {}) };
+    },
+
+    async *watchCollectionIngestRun(req, ctx) {
+      const run = (await deps.ingest.getIngestRun({ runId: req.runId })).run;
+      if (run === undefined) throw new ConnectError(`ingest run ${req.runId} not found`, Code.NotFound);
+      await allow(ctx, run.collection);
+      for await (const res of deps.ingest.watchIngestRun({ runId: run.id, fromSequence: req.fromSequence }, { signal: ctx.signal })) {
+        yield res.event === undefined ? {} : { event: res.event };
+      }
+    },
+
+    async getCollectionDatasetVersion(req, ctx) {
+      return { version: await allowedVersion(ctx, req.datasetVersionId) };
+    },
+
+    async listDatasetExamples(req, ctx) {
+      const version = await allowedVersion(ctx, req.datasetVersionId);
+      const res = await deps.dataset.listExamples({ datasetVersionId: version.id, split: req.split, kind: req.kind, ...(req.page ? { page: req.page } : {}) });
+      return { examples: res.examples, ...(res.page ? { page: res.page } : {}) };
+    },
+
+    async listDatasetDroppedExamples(req, ctx) {
+      const version = await allowedVersion(ctx, req.datasetVersionId);
+      const res = await deps.dataset.listDroppedExamples({ datasetVersionId: version.id, reason: req.reason, ...(req.page ? { page: req.page } : {}) });
+      return { examples: res.examples, ...(res.page ? { page: res.page } : {}) };
+    },
+
+    async getCollectionJob(req, ctx) {
+      const job = await allowedJob(ctx, req.jobId);
+      const checkpoints = [];
+      let token = "";
+      do {
+        const res = await deps.trainer.listCheckpoints({ jobId: job.id, page: create(PageRequestSchema, { pageSize: 1000, pageToken: token }) });
+        checkpoints.push(...res.checkpoints);
+        token = res.page?.nextPageToken ?? "";
+      } while (token !== "");
+      return { job, checkpoints };
+    },
+
+    async *watchCollectionJob(req, ctx) {
+      const job = await allowedJob(ctx, req.jobId);
+      for await (const res of deps.trainer.watchJob({ jobId: job.id, fromSequence: req.fromSequence }, { signal: ctx.signal })) {
+        yield res.event === undefined ? {} : { event: res.event };
+      }
+    },
+
+    async cancelCollectionJob(req, ctx) {
+      const job = await allowedJob(ctx, req.jobId);
+      const res = await deps.trainer.cancelJob({ jobId: job.id });
+      return res.job === undefined ? {} : { job: res.job };
+    },
+
+    async listCollectionEvalRuns(req, ctx) {
+      const collection = await allow(ctx, req.collection);
+      const res = await deps.evals.listEvalRuns({ collection, ...(req.page ? { page: req.page } : {}) });
+      return { runs: res.runs, ...(res.page ? { page: res.page } : {}) };
+    },
+
+    async listEvalRunItems(req, ctx) {
+      const run = (await deps.evals.getEvalRun({ evalRunId: req.evalRunId })).run;
+      if (run === undefined) throw new ConnectError(`eval run ${req.evalRunId} not found`, Code.NotFound);
+      await allow(ctx, run.collection);
+      if (!req.failuresOnly) {
+        const res = await deps.evals.listEvalItemResults({ evalRunId: run.id, ...(req.page ? { page: req.page } : {}) });
+        return { results: res.results, ...(res.page ? { page: res.page } : {}) };
+      }
+      // The eval service has no failure filter: read the run's items (bounded by its test split) and page the failed ones.
+      const failed: EvalItemResult[] = [];
+      let token = "";
+      do {
+        const res = await deps.evals.listEvalItemResults({ evalRunId: run.id, page: create(PageRequestSchema, { pageSize: 1000, pageToken: token }) });
+        failed.push(...res.results.filter((r) => r.answers.some((a) => !a.success)));
+        token = res.page?.nextPageToken ?? "";
+      } while (token !== "");
+      const page = paginate(failed, req.page, `failed-items:${run.id}`);
+      return { results: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
     },
 
     async getDocumentLineage(req, ctx) {
