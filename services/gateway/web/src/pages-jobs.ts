@@ -1,0 +1,101 @@
+import { toJson } from "@bufbuild/protobuf";
+import { HyperparametersSchema, JobStatus } from "@ragtune/proto";
+import { errorText, gateway, isAborted, when } from "./api.js";
+import { LiveChart } from "./charts.js";
+import { badge, fill, h, link, num, section, table } from "./dom.js";
+import type { PageContext } from "./main.js";
+
+const TERMINAL = new Set([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]);
+const statusName = (s: JobStatus) => `JOB_STATUS_${JobStatus[s] ?? s}`;
+
+/** A training job: hyperparameters, live loss and learning-rate curves from the job's event stream, checkpoints. */
+export async function jobPage({ root, signal }: PageContext, jobId: string): Promise<void> {
+  const { job, checkpoints } = await gateway.getCollectionJob({ jobId });
+  if (job === undefined) throw new Error(`job ${jobId} not found`);
+  const status = h("span", { id: "job-status" }, badge(statusName(job.status)));
+  const progress = h("span", { id: "job-progress" });
+  const live = h("span", { id: "stream-state", "data-state": "connecting" }, "connecting…");
+  const loss = new LiveChart("Loss", "step", [{ label: "train loss", stroke: "#d0492a" }, { label: "val loss", stroke: "#3b6fb6", points: true }], { id: "loss-chart" });
+  const lr = new LiveChart("Learning rate", "step", [{ label: "learning rate", stroke: "#2a8f4e" }], { id: "lr-chart" });
+  const checkpointRows = h("tbody", {}, checkpoints.map((c) => checkpointRow(c.step, c.id, when(c.createdAt))));
+  const logList = h("ul", { id: "job-log" });
+  const actions = h("p", { id: "job-actions" });
+  const hp = job.hyperparameters === undefined ? {} : (toJson(HyperparametersSchema, job.hyperparameters) as Record<string, unknown>);
+
+  const cancel = h(
+    "button",
+    {
+      id: "cancel-job",
+      onclick: async () => {
+        try {
+          await gateway.cancelCollectionJob({ jobId });
+          actions.append(h("span", { class: "note" }, " cancel requested"));
+        } catch (err) {
+          actions.append(h("span", { class: "error" }, ` ${errorText(err)}`));
+        }
+      },
+    },
+    "Cancel job",
+  );
+  if (!TERMINAL.has(job.status)) actions.append(cancel);
+
+  root.append(
+    h("h1", {}, `Job ${job.id}`),
+    h(
+      "p",
+      {},
+      "Status ",
+      status,
+      " ",
+      progress,
+      " · collection ",
+      link(`#/c/${encodeURIComponent(job.collection)}`, job.collection),
+      " · ",
+      link(`#/lineage/${job.id}`, "lineage"),
+      job.dataset.case === "datasetVersionId" ? h("span", {}, " · dataset ", link(`#/dataset/${job.dataset.value}`, job.dataset.value)) : null,
+    ),
+    h("p", {}, `Base model ${job.baseModel} · created ${when(job.createdAt)} · attempt ${job.attempt}`, job.adapter ? ` · adapter ${job.adapter.id}` : ""),
+    actions,
+    h("p", {}, "Live: ", live),
+    h("div", { class: "charts" }, loss.element, lr.element),
+    section("Hyperparameters", table(["name", "value"], Object.entries(hp).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]), { id: "hyperparameters" })),
+    section("Checkpoints", h("table", { id: "checkpoints" }, h("thead", {}, h("tr", {}, h("th", {}, "step"), h("th", {}, "checkpoint"), h("th", {}, "saved"))), checkpointRows)),
+    section("Log", logList),
+    job.failure ? h("p", { class: "error" }, `Failed: ${job.failure.message}`) : "",
+  );
+
+  // The job's whole history, then live events, over one Connect-Web server stream (the stream ends after the terminal status).
+  try {
+    for await (const { event } of gateway.watchCollectionJob({ jobId }, { signal })) {
+      fill(live, "streaming");
+      live.dataset.state = "streaming";
+      const e = event?.event;
+      if (e === undefined) continue;
+      if (e.case === "metrics") {
+        const m = e.value;
+        loss.push(m.step, [m.trainLoss, m.valLoss ?? null]);
+        lr.push(m.step, [m.learningRate]);
+        fill(progress, `step ${m.step}/${m.totalSteps} · train loss ${num(m.trainLoss, 4)}${m.valLoss !== undefined ? ` · val loss ${num(m.valLoss, 4)}` : ""} · ${m.tokensPerSecond.toFixed(0)} tok/s`);
+      } else if (e.case === "statusChanged") {
+        fill(status, badge(statusName(e.value.status)));
+        if (TERMINAL.has(e.value.status)) cancel.remove();
+        if (e.value.failure) logList.append(h("li", { class: "error" }, e.value.failure.message));
+      } else if (e.case === "checkpointSaved" && e.value.checkpoint) {
+        const c = e.value.checkpoint;
+        if (!checkpoints.some((x) => x.id === c.id)) checkpointRows.append(checkpointRow(c.step, c.id, when(c.createdAt)));
+      } else if (e.case === "log") {
+        logList.append(h("li", {}, e.value.message));
+      }
+    }
+    fill(live, "ended (the job finished)");
+    live.dataset.state = "ended";
+  } catch (err) {
+    if (signal.aborted || isAborted(err)) return;
+    fill(live, `stream failed — ${errorText(err)}`);
+    live.dataset.state = "failed";
+  }
+}
+
+function checkpointRow(step: number, id: string, at: string): HTMLTableRowElement {
+  return h("tr", {}, h("td", {}, step), h("td", {}, id), h("td", {}, at));
+}
