@@ -199,7 +199,9 @@ export async function openKv<Desc extends DescMessage>(
     async page(filter, fromRevision, limit) {
       const prefix = `$KV.${bucket}.`;
       const consumer = await ctx.js.consumers.get(stream, {
-        filter_subjects: `${prefix}${filter}`,
+        // The whole bucket: no filter, which nats-server 2.9 would treat as filtered (its consumer's creation costs
+        // a pass over every key) even when it is the stream's own subject.
+        ...(filter === ">" ? {} : { filter_subjects: `${prefix}${filter}` }),
         deliver_policy: DeliverPolicy.StartSequence,
         opt_start_seq: Math.max(1, fromRevision),
       });
