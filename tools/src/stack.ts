@@ -25,6 +25,11 @@ export interface Stack {
   services: Record<ServiceName, StackService>;
   /** The local model server, when `modelServer` was given: its OpenAI-compatible `…/v1` URL. */
   modelServer?: { baseUrl: string; process: ChildProcess };
+  /**
+   * Starts another instance of a service on a free port, wired like the first (e.g. a gateway replacing one killed
+   * with SIGKILL); it becomes `services[name]` and stops with the stack.
+   */
+  startAnother(name: ServiceName, env?: Record<string, string>): Promise<StackService>;
   stop(): Promise<void>;
 }
 
@@ -83,8 +88,27 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   process.once("exit", () => {
     for (const p of [...started.map((s) => s.process), ...(modelServer ? [modelServer.process] : [])]) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
   });
+  const llm: Record<string, string> = {};
+  // Services that read another service's API get its URL (it started earlier: SERVICE_NAMES is in data-flow order).
+  const wiringOf = (name: ServiceName): Record<string, string> => {
+    const urls = Object.fromEntries(started.map((x) => [x.name, x.url]));
+    return {
+      ...(name === "dataset" && urls.ingest ? { DATASET_INGEST_URL: urls.ingest } : {}),
+      ...(name === "eval" && urls.dataset ? { EVAL_DATASET_URL: urls.dataset } : {}),
+      ...(name === "gateway"
+        ? {
+            ...(urls.ingest ? { GATEWAY_INGEST_URL: urls.ingest } : {}),
+            ...(urls.dataset ? { GATEWAY_DATASET_URL: urls.dataset } : {}),
+            ...(urls.trainer ? { GATEWAY_TRAINER_URL: urls.trainer } : {}),
+            ...(urls.eval ? { GATEWAY_EVAL_URL: urls.eval } : {}),
+            // The local model server loads LoRA adapters as GGUF files.
+            ...(modelServer !== undefined ? { GATEWAY_LORA_FORMAT: "gguf" } : {}),
+          }
+        : {}),
+      ...(name === "dataset" || name === "eval" || name === "gateway" ? llm : {}),
+    };
+  };
   try {
-    const llm: Record<string, string> = {};
     if (options.modelServer !== undefined) {
       const port = options.portBase ? options.portBase - 1 : await freePort();
       modelServer = await startModelServerProcess(options.modelServer, port, options);
@@ -95,21 +119,20 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     for (const name of names) {
       const port = options.portBase ? options.portBase + index : await freePort();
       index += 1;
-      // Services that read another service's API get its URL (it started earlier: SERVICE_NAMES is in data-flow order).
-      const urls = Object.fromEntries(started.map((x) => [x.name, x.url]));
-      const wiring: Record<string, string> = {
-        ...(name === "dataset" && urls.ingest ? { DATASET_INGEST_URL: urls.ingest } : {}),
-        ...(name === "eval" && urls.dataset ? { EVAL_DATASET_URL: urls.dataset } : {}),
-        ...(name === "dataset" || name === "eval" || name === "gateway" ? llm : {}),
-      };
-      started.push(await startService(name, port, nats.url, { ...options, env: { ...options.env, ...wiring } }));
+      started.push(await startService(name, port, nats.url, { ...options, env: { ...options.env, ...wiringOf(name) } }));
     }
   } catch (err) {
     await stop();
     throw err;
   }
   const services = Object.fromEntries(started.map((s) => [s.name, s])) as Record<ServiceName, StackService>;
-  return { nats, natsUrl: nats.url, services, ...(modelServer === undefined ? {} : { modelServer }), stop };
+  const startAnother = async (name: ServiceName, env: Record<string, string> = {}): Promise<StackService> => {
+    const service = await startService(name, await freePort(), nats.url, { ...options, env: { ...options.env, ...wiringOf(name), ...env } });
+    started.push(service);
+    services[name] = service;
+    return service;
+  };
+  return { nats, natsUrl: nats.url, services, ...(modelServer === undefined ? {} : { modelServer }), startAnother, stop };
 }
 
 /** The model server from tools/model-server/src/main.ts with vLLM-style flags; ready at its "model server listening" line. */

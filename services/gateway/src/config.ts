@@ -1,6 +1,6 @@
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { baseServiceSchema, envInt } from "@ragtune/config";
+import { baseServiceSchema, envDuration, envInt } from "@ragtune/config";
 import { llmConfigSchema } from "@ragtune/llm";
 import { z } from "zod";
 
@@ -39,6 +39,19 @@ export const gatewayConfigSchema = baseServiceSchema.extend({
   GATEWAY_RATE_LIMIT: envInt({ min: 1, max: 60_000_000, default: 1200 }),
   /** ...and at once after a quiet spell. */
   GATEWAY_RATE_BURST: envInt({ min: 1, max: 1_000_000, default: 40 }),
+  /** Base model folder (on the trainer's machine) a pipeline run trains when its spec names none. */
+  GATEWAY_PIPELINE_BASE_MODEL: z.string().min(1).optional(),
+  /** How long a gateway replica's hold on a pipeline run lasts without renewal: a killed replica's runs resume elsewhere after it. */
+  GATEWAY_PIPELINE_LEASE: envDuration("30s"),
+  /**
+   * Crash tests only: a pipeline step (e.g. `started:train`, the upstream job created but not yet recorded) where the
+   * gateway stops its pipeline work and waits, so a test can kill it exactly there.
+   */
+  GATEWAY_TEST_HALT_AT: z
+    .string()
+    .regex(/^((started|recorded|finished):[a-z]+)?$/, "use <started|recorded|finished>:<stage>, e.g. started:train")
+    .optional()
+    .transform((v) => (v === "" ? undefined : v)),
   /** Prefix of the gateway's NATS buckets (tests isolate with their own). */
   GATEWAY_BUCKET_PREFIX: z.string().regex(/^[a-z0-9][a-z0-9-]{0,30}$/, "use lowercase letters, digits and '-'").default("gateway"),
 });

@@ -82,6 +82,19 @@ export class Promotions {
     return [...((await this.#o.store.record(collection))?.history ?? [])];
   }
 
+  /**
+   * Loads a SUCCEEDED job's adapter on the model endpoint without promoting it (the pipeline's eval stage evaluates it
+   * there under its adapter ID). FAILED_PRECONDITION when the job has no adapter or the endpoint cannot load it.
+   */
+  async stageAdapter(jobId: string): Promise<string> {
+    const job = await this.#job(jobId);
+    if (job.status !== JobStatus.SUCCEEDED || job.adapter === undefined) {
+      throw failed(`trainer job ${job.id} is ${JobStatus[job.status]} and has no adapter to evaluate`);
+    }
+    await this.#load(job.adapter.id, await this.#materialize(job));
+    return job.adapter.id;
+  }
+
   /** Loads every collection's serving adapter on the endpoint (after a restart of the endpoint or the gateway). */
   async reloadServing(): Promise<void> {
     const seen = new Set<string>();

@@ -10,7 +10,9 @@ import type { GatewayConfig } from "./config.js";
 import { createGatewayService } from "./gateway-service.js";
 import { PromotionStore } from "./promotion-store.js";
 import { createReadApis } from "./read-apis.js";
+import { dashboardFiles } from "./dashboard-files.js";
 import { Promotions } from "./promotions.js";
+import { createPipelineApis, Pipelines } from "./pipeline.js";
 
 /** Handles of a started gateway (tests reach them). */
 export interface GatewayInstance extends ServiceInstance {
@@ -18,6 +20,7 @@ export interface GatewayInstance extends ServiceInstance {
   promotions: Promotions;
   promotionStore: PromotionStore;
   access: AccessControl | undefined;
+  pipelines: Pipelines;
 }
 
 /**
@@ -27,6 +30,7 @@ export interface GatewayInstance extends ServiceInstance {
 export async function startGatewayService({ config, logger, signal }: ServiceContext<GatewayConfig>): Promise<GatewayInstance> {
   const bus = await connectBus(busOptionsFromConfig(config, "gateway", logger));
   let stopEvents: (() => Promise<void>) | undefined;
+  let pipelines: Pipelines | undefined;
   try {
     await bus.ensureEventsStream();
     const upstream = { protocol: "grpc" as const, timeoutMs: 60_000, ...(config.GATEWAY_UPSTREAM_AUTH_TOKEN ? { authToken: config.GATEWAY_UPSTREAM_AUTH_TOKEN } : {}) };
@@ -61,9 +65,35 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
             limiter: new RateLimiter(config.GATEWAY_RATE_LIMIT, config.GATEWAY_RATE_BURST),
             logger,
           };
+    const halt = config.GATEWAY_TEST_HALT_AT;
+    const onPipelineStep =
+      halt === undefined
+        ? undefined
+        : async (pipelineRunId: string, step: string) => {
+            if (step !== halt) return;
+            logger.warn({ pipelineRunId, step }, "pipeline halted here for a crash test (GATEWAY_TEST_HALT_AT)");
+            await new Promise<never>(() => undefined);
+          };
+    pipelines = await Pipelines.open({
+      bus,
+      prefix: config.GATEWAY_BUCKET_PREFIX,
+      ingest,
+      dataset,
+      trainer,
+      evals,
+      promotion: promotions,
+      promotions: store,
+      endpointUrl: config.LLM_BASE_URL,
+      servedBaseModel: config.LLM_MODEL,
+      baseModel: config.GATEWAY_PIPELINE_BASE_MODEL,
+      logger,
+      leaseMs: config.GATEWAY_PIPELINE_LEASE,
+      ...(onPipelineStep === undefined ? {} : { onStep: onPipelineStep }),
+    });
     if (access === undefined) logger.warn("GATEWAY_AUTH=none: no API keys, every collection open to every caller");
     const handlers = {
       ...createReadApis({ access, ingest, dataset, trainer, evals, promotions: store }),
+      ...createPipelineApis(access, pipelines),
       ...createGatewayService({
       access,
       indexes,
@@ -76,25 +106,31 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
     };
     const impl = access === undefined ? handlers : guardService(GatewayService, handlers, access);
     const stop = stopEvents;
+    const runs = pipelines;
     return {
       indexes,
       promotions,
       promotionStore: store,
       access,
+      pipelines: runs,
       // Client apps call the gateway with Connect JSON over HTTP/1.1 as well as gRPC over h2c.
       allowHttp1: true,
+      httpHandler: dashboardFiles({ logger }),
       register: (router) => router.service(GatewayService, impl),
       // The endpoint may have restarted without the adapters it served: load every collection's promoted one.
       onListening: () => {
         void promotions.reloadServing();
+        runs.resume().catch((err: unknown) => logger.error({ err }, "cannot resume the unfinished pipeline runs"));
       },
       async stop() {
+        await runs.close();
         await stop().catch((err: unknown) => logger.warn({ err }, "ingest event consumer did not stop cleanly"));
         llm.close();
         await bus.close();
       },
     };
   } catch (err) {
+    await pipelines?.close().catch(() => undefined);
     await stopEvents?.().catch(() => undefined);
     await bus.close().catch(() => undefined);
     throw err;
