@@ -9,8 +9,9 @@
  * service behind it is unavailable or timed out; 1 anything else.
  */
 import { readFileSync } from "node:fs";
+import { readdir, readFile, stat } from "node:fs/promises";
 import { homedir } from "node:os";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { parseArgs } from "node:util";
 import { type DescMessage, type MessageShape, toJsonString } from "@bufbuild/protobuf";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
@@ -26,16 +27,33 @@ import {
   ListCollectionDocumentsResponseSchema,
   ListCollectionJobsResponseSchema,
   ListPromotionsResponseSchema,
+  ListPipelineRunsResponseSchema,
   ListTenantCollectionsResponseSchema,
+  type PipelineRun,
+  PipelineRunSchema,
+  PipelineRunStatus,
+  PipelineStage,
+  PipelineStageStatus,
   PromoteAdapterResponseSchema,
   RollbackAdapterResponseSchema,
 } from "@ragtune/proto";
 import { createClient } from "@ragtune/rpc";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { PipelineSpecSchema } from "@ragtune/proto";
 
 export const USAGE = `ragtune — the command line of a ragtune gateway
 
 usage: ragtune <command> [options]
 
+  ingest <dir|file>...      ingest Markdown/HTML documents into a collection (--collection)
+  dataset build             build a dataset version of a collection (--collection, --questions N, --negative-ratio R,
+                            --model <generation model at the gateway's LLM endpoint; default: extractive>)
+  train                     train an adapter (--dataset-version <ID>, --base-model <folder>, --steps N | --epochs N)
+  eval                      evaluate a job's adapter against the base model on its test split (--job <ID>, --max-items N)
+  pipeline run [<dir>]      ingest → dataset → train → eval → promote in one run (--base-model, --steps, --max-items,
+                            --no-promote, --force-promote)
+  pipeline list|get <ID>|watch <ID>|cancel <ID>
+                            pipeline runs (ingest, dataset build, train and eval are pipeline runs too)
   ask <question>            answer from a collection (--collection, --top-k, --max-tokens, --base, --adapter, --stream)
   collections               the collections your key reaches
   documents                 documents of a collection (--collection)
@@ -50,8 +68,9 @@ usage: ragtune <command> [options]
   keys <create|revoke|list|grant> ...   API keys and tenants (operators: runs against NATS with the gateway's environment)
 
 options: --url <gateway URL>  --key <API key>  --json  --collection <name> (default: default)
+         --detach (start a run and print its ID instead of following it)
 exit codes: 0 ok, 1 error, 2 usage, 3 unauthenticated/permission denied, 4 not found, 5 failed precondition,
-            6 limit hit, 7 unavailable`;
+            6 limit hit, 7 unavailable, 8 the run failed, 9 the run was cancelled`;
 
 export interface Io {
   out(text: string): void;
@@ -86,6 +105,18 @@ const OPTIONS = {
   tenant: { type: "string" },
   name: { type: "string" },
   help: { type: "boolean", short: "h" },
+  detach: { type: "boolean" },
+  questions: { type: "string" },
+  "negative-ratio": { type: "string" },
+  model: { type: "string" },
+  "dataset-version": { type: "string" },
+  "base-model": { type: "string" },
+  steps: { type: "string" },
+  epochs: { type: "string" },
+  job: { type: "string" },
+  "max-items": { type: "string" },
+  "no-promote": { type: "boolean" },
+  "force-promote": { type: "boolean" },
 } as const;
 
 class UsageError extends Error {}
@@ -118,6 +149,56 @@ function intFlag(value: string | undefined, name: string): number | undefined {
   return n;
 }
 
+const DOCUMENT_RE = /\.(md|markdown|html?)$/i;
+
+/** The documents under the given files and folders (Markdown and HTML, folders recursively), named by relative path. */
+async function documentSources(paths: string[]) {
+  if (paths.length === 0) throw new UsageError("name the documents to ingest: a folder or files (Markdown, HTML)");
+  const found: { name: string; path: string }[] = [];
+  const walk = async (path: string, base: string): Promise<void> => {
+    let info;
+    try {
+      info = await stat(path);
+    } catch {
+      throw new UsageError(`${path} does not exist`);
+    }
+    if (info.isDirectory()) {
+      for (const entry of (await readdir(path)).sort()) if (!entry.startsWith(".")) await walk(join(path, entry), base);
+    } else if (DOCUMENT_RE.test(path) || path === base) {
+      found.push({ name: path === base ? relative(join(base, ".."), path) : relative(base, path), path });
+    }
+  };
+  for (const p of paths) await walk(p, p);
+  if (found.length === 0) throw new UsageError(`no Markdown or HTML documents in ${paths.join(", ")}`);
+  return Promise.all(found.map(async (d) => ({ source: { case: "inline" as const, value: { filename: d.name, content: await readFile(d.path) } } })));
+}
+
+const stageLabel = (s: PipelineStage) => (PipelineStage[s] ?? String(s)).toLowerCase();
+const stageStatus = (s: PipelineStageStatus) => (PipelineStageStatus[s] ?? String(s)).toLowerCase();
+const runStatus = (s: PipelineRunStatus) => (PipelineRunStatus[s] ?? String(s)).toLowerCase();
+
+/** One line per stage: a bar for the running one, its status and detail otherwise. */
+export function progressLine(st: PipelineRun["stages"][number]): string {
+  const name = stageLabel(st.stage).padEnd(8);
+  if (st.status === PipelineStageStatus.RUNNING && st.progressTotal > 0n) {
+    const share = Math.min(1, Number(st.progressDone) / Number(st.progressTotal));
+    const filled = Math.round(share * 24);
+    return `${name} [${"#".repeat(filled)}${"-".repeat(24 - filled)}] ${String(Math.round(share * 100)).padStart(3)}%  ${st.detail}`;
+  }
+  return `${name} ${stageStatus(st.status).padEnd(9)} ${st.detail}${st.failure ? ` — ${st.failure.message}` : ""}`;
+}
+
+function runTable(run: PipelineRun): string {
+  return [
+    `pipeline run ${run.id} of collection ${run.collection}: ${runStatus(run.status)}${run.failure ? ` — ${run.failure.message}` : ""}`,
+    table([["STAGE", "STATUS", "RESOURCE", "DETAIL"], ...run.stages.map((s) => [stageLabel(s.stage), stageStatus(s.status), s.resourceId, s.detail])]),
+  ].join("\n");
+}
+
+function runExit(run: PipelineRun): number {
+  return run.status === PipelineRunStatus.SUCCEEDED ? 0 : run.status === PipelineRunStatus.CANCELLED ? 9 : 8;
+}
+
 /** Runs one command line; returns the exit code. */
 export async function run(argv: string[], env: Record<string, string | undefined>, io: Io): Promise<number> {
   if (argv[0] === "keys") return runKeysCommand(argv.slice(1), env, io.out, io.err);
@@ -139,7 +220,88 @@ export async function run(argv: string[], env: Record<string, string | undefined
     const gateway = createClient(GatewayService, { baseUrl: url, protocol: "connect", ...(key === undefined ? {} : { authToken: key }) });
     const collection = f.collection ?? "";
     const print = <D extends DescMessage>(schema: D, message: MessageShape<D>, text: () => string) => io.out(f.json === true ? toJsonString(schema, message, { prettySpaces: 2 }) : text());
+    /** Follows a run to its end: progress lines on stderr as stages move, the final table (or JSON) on stdout. */
+    const follow = async (id: string): Promise<number> => {
+      const shown = new Map<PipelineStage, string>();
+      for await (const { event } of gateway.watchPipelineRun({ pipelineRunId: id }, { timeoutMs: 24 * 3600_000 })) {
+        const e = event?.event;
+        if (e?.case !== "stageChanged" || f.json === true) continue;
+        const line = progressLine(e.value);
+        if (shown.get(e.value.stage) === line) continue;
+        shown.set(e.value.stage, line);
+        io.err(line);
+      }
+      const done = (await gateway.getPipelineRun({ pipelineRunId: id })).run!;
+      print(PipelineRunSchema, done, () => runTable(done));
+      return runExit(done);
+    };
+    const startRun = async (stages: PipelineStage[], spec: MessageInitShape<typeof PipelineSpecSchema>): Promise<number> => {
+      const { run: started } = await gateway.startPipelineRun({ collection, spec: { ...spec, stages } });
+      if (f.detach === true) {
+        print(PipelineRunSchema, started!, () => started!.id);
+        return 0;
+      }
+      if (f.json !== true) io.err(`pipeline run ${started!.id}: ${stages.map(stageLabel).join(" → ")} on collection ${started!.collection} (ragtune pipeline watch ${started!.id})`);
+      return follow(started!.id);
+    };
+    const trainSpec = () => {
+      const steps = intFlag(f.steps, "steps");
+      const epochs = intFlag(f.epochs, "epochs");
+      if (steps !== undefined && epochs !== undefined) throw new UsageError("give --steps or --epochs, not both");
+      const duration = steps !== undefined ? { case: "maxSteps" as const, value: steps } : epochs !== undefined ? { case: "epochs" as const, value: epochs } : undefined;
+      return { baseModel: f["base-model"] ?? "", ...(duration === undefined ? {} : { hyperparameters: { duration } }) };
+    };
+    const datasetSpec = () => {
+      const questions = intFlag(f.questions, "questions");
+      const ratio = f["negative-ratio"] === undefined ? undefined : Number(f["negative-ratio"]);
+      if (ratio !== undefined && !(ratio >= 0 && ratio <= 1)) throw new UsageError(`--negative-ratio must be 0..1, got "${f["negative-ratio"]}"`);
+      return { dataset: { model: f.model ?? "", ...(questions === undefined ? {} : { questionsPerChunk: questions }), ...(ratio === undefined ? {} : { negativeRatio: ratio }) } };
+    };
+    const evalSpec = () => {
+      const maxItems = intFlag(f["max-items"], "max-items");
+      return maxItems === undefined ? {} : { evalMaxItems: maxItems };
+    };
     switch (command) {
+      case "ingest":
+        return startRun([PipelineStage.INGEST], { sources: await documentSources(args) });
+      case "dataset": {
+        if (args[0] !== "build") throw new UsageError("dataset needs a subcommand: ragtune dataset build [--collection C]");
+        return startRun([PipelineStage.DATASET], datasetSpec());
+      }
+      case "train": {
+        if (f["dataset-version"] === undefined) throw new UsageError("train needs --dataset-version <ID> (ragtune datasets lists them)");
+        return startRun([PipelineStage.TRAIN], { datasetVersionId: f["dataset-version"], ...trainSpec() });
+      }
+      case "eval": {
+        if (f.job === undefined) throw new UsageError("eval needs --job <trainer job ID> (ragtune jobs lists them)");
+        return startRun([PipelineStage.EVAL], { jobId: f.job, ...evalSpec() });
+      }
+      case "pipeline": {
+        const [sub, id] = args;
+        if (sub === "run") {
+          const stages = [PipelineStage.INGEST, PipelineStage.DATASET, PipelineStage.TRAIN, PipelineStage.EVAL, PipelineStage.PROMOTE];
+          const sources = args.length > 1 ? await documentSources(args.slice(1)) : [];
+          return startRun(stages, {
+            sources,
+            ...datasetSpec(),
+            ...trainSpec(),
+            ...evalSpec(),
+            promotion: { autoPromote: f["no-promote"] !== true, force: f["force-promote"] === true, pin: f.pin === true },
+          });
+        }
+        if (sub === "list") {
+          const res = await gateway.listPipelineRuns({ collection });
+          print(ListPipelineRunsResponseSchema, res, () =>
+            table([["RUN", "COLLECTION", "STATUS", "STAGE", "CREATED"], ...res.runs.map((r) => [r.id, r.collection, runStatus(r.status), stageLabel(r.currentStage), when(r.createdAt)])]),
+          );
+          return 0;
+        }
+        if (id === undefined || !["get", "watch", "cancel"].includes(sub ?? "")) throw new UsageError("pipeline needs run [<dir>], list, get <ID>, watch <ID> or cancel <ID>");
+        if (sub === "watch") return follow(id);
+        const res = sub === "get" ? await gateway.getPipelineRun({ pipelineRunId: id }) : await gateway.cancelPipelineRun({ pipelineRunId: id });
+        print(PipelineRunSchema, res.run!, () => runTable(res.run!));
+        return 0;
+      }
       case "ask": {
         const question = args.join(" ");
         if (question.trim() === "") throw new UsageError("ask needs the question: ragtune ask \"How do I …?\"");

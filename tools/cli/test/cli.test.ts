@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { tempDir } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -79,6 +79,48 @@ describe("ragtune", () => {
     expect((await cli("ask", "--collection", "theirs", "q")).code).toBe(3);
     expect((await cli("rollback", "--collection", "docs")).code).toBe(5);
     expect((await cli("collections", "--url", "http://127.0.0.1:1")).code).toBe(7);
+  });
+
+  it("ingests a folder as a pipeline run, following it with progress, and shows the run", async () => {
+    const dir = await tempDir("ragtune-cli-docs");
+    await mkdir(join(dir, "guide"));
+    await writeFile(join(dir, "guide", "backup.md"), "# Backup\n\n## Snapshots\n\nSnapshots are taken every night at 02:00.\n");
+    await writeFile(join(dir, "notes.txt"), "not a document");
+    const r = await cli("ingest", "--collection", "docs", dir);
+    expect(r.code, r.err).toBe(0);
+    expect(r.err).toMatch(/pipeline run (pipe-\S+): ingest on collection docs/);
+    expect(r.out).toMatch(/: succeeded\nSTAGE\s+STATUS\s+RESOURCE\s+DETAIL\ningest\s+succeeded\s+\S+\s+1 documents/);
+    expect(r.out).toMatch(/dataset\s+skipped\s+not one of this run's stages/);
+    expect((await cli("documents", "--collection", "docs")).out).toContain("guide/backup.md");
+    const id = /pipeline run (pipe-[0-9a-f]+)/.exec(r.err)![1]!;
+    const listed = await cli("pipeline", "list", "--collection", "docs");
+    expect(listed.out).toMatch(new RegExp(`${id}\\s+docs\\s+succeeded`));
+    const got = JSON.parse((await cli("pipeline", "get", id, "--json")).out) as { status: string; stages: { stage: string; status: string }[] };
+    expect(got.status).toBe("PIPELINE_RUN_STATUS_SUCCEEDED");
+    expect((await cli("pipeline", "watch", id)).code).toBe(0);
+    const cancel = await cli("pipeline", "cancel", id);
+    expect(cancel.code).toBe(5);
+    expect(cancel.err).toMatch(/already finished/);
+  });
+
+  it("starts a run without following it with --detach, and refuses incomplete commands with usage errors", async () => {
+    const dir = await tempDir("ragtune-cli-one");
+    await writeFile(join(dir, "faq.md"), "# FAQ\n\n## Quotas\n\nEach account may hold 100 buckets.\n");
+    const detached = await cli("ingest", "--collection", "docs", "--detach", join(dir, "faq.md"));
+    expect(detached.code).toBe(0);
+    const id = detached.out.trim();
+    expect(id).toMatch(/^pipe-/);
+    expect((await cli("pipeline", "watch", id)).code).toBe(0);
+    expect((await cli("train")).code).toBe(2);
+    expect((await cli("eval")).code).toBe(2);
+    expect((await cli("dataset")).code).toBe(2);
+    expect((await cli("ingest", join(dir, "missing"))).err).toMatch(/does not exist/);
+    const noDocs = await cli("ingest", "--collection", "docs", await tempDir("ragtune-cli-empty"));
+    expect(noDocs.code).toBe(2);
+    expect(noDocs.err).toMatch(/no Markdown or HTML documents/);
+    // The gateway refuses a run another tenant's collection would get.
+    expect((await cli("ingest", "--collection", "theirs", join(dir, "faq.md"))).code).toBe(0); // unowned: now acme's
+    expect((await cli("pipeline", "get", "pipe-unknown")).code).toBe(4);
   });
 
   it("runs as the `ragtune` binary", async () => {
