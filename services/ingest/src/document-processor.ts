@@ -202,20 +202,28 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     };
   }
 
-  const chunkSet = await deps.store.putChunkSet(prepared.chunkSet);
+  // The new version's chunk set and chunks are written at once (each is content-addressed or keyed by its own ID,
+  // so either may land without the other); the event and the document record, which point at them, only after both.
+  // A crash in between leaves the stored version as it was, and the redo writes the same keys again.
+  const chunkSetWrite = deps.store.putChunkSet(prepared.chunkSet);
   // What the stored version holds: its chunk set's IDs, and whatever the chunk index has (all of it when the chunk
-  // set is lost), so chunks of a lost version are removed too.
+  // set is lost), so chunks of a lost version are removed too — read before this version's chunks are indexed.
+  // Kept chunks are rewritten when their ordinal or offsets moved (an earlier section changed), and all of them when
+  // the stored version was incomplete.
+  const toWrite = stored || previousChunkSet === null ? chunks : prepared.changed.map((i) => chunks[i]!);
+  const chunksWrite = (previousReady !== null ? deps.store.indexedChunks(collection, documentId) : Promise.resolve([])).then(async (indexed) => {
+    await deps.store.putChunks(toWrite);
+    return indexed;
+  });
+  const [chunkSet, previouslyIndexed] = await Promise.all([chunkSetWrite, chunksWrite]);
   const previousIds = new Set(prepared.previousIds);
-  if (previousReady !== null) for (const c of await deps.store.indexedChunks(collection, documentId)) previousIds.add(c.id);
+  for (const c of previouslyIndexed) previousIds.add(c.id);
   const next = new Set(chunks.map((c) => c.id));
   const diff = {
     added: chunks.filter((c) => !previousIds.has(c.id)),
     kept: chunks.filter((c) => previousIds.has(c.id)),
     removed: [...previousIds].filter((id) => !next.has(id)),
   };
-  // Kept chunks are rewritten when their ordinal or offsets moved (an earlier section changed), and all of them when
-  // the stored version was incomplete.
-  await deps.store.putChunks(stored || previousChunkSet === null ? chunks : prepared.changed.map((i) => chunks[i]!));
   await deps.publishChunked({
     collection,
     documentId,

@@ -16,8 +16,14 @@ import {
 /** Where the ingest service keeps documents, chunks and collections. */
 export interface DocumentStoreDeps {
   collections: TypedKv<typeof CollectionSchema>;
-  /** Key `<collection>.<documentId>`. */
+  /** Key `<collection>.<documentId>`: every document, for GetDocument and the by-ID lookups. */
   documents: TypedKv<typeof DocumentSchema>;
+  /**
+   * The document index of a collection (a KV bucket of its own, opened or created on first use), key `<documentId>`:
+   * the same records, so a page of a collection's documents reads only its own entries (a filter on the shared
+   * bucket would cost the server a pass over every document of every collection when the page's consumer is made).
+   */
+  documentIndex: (collection: string) => Promise<TypedKv<typeof DocumentSchema>>;
   /** Key `<chunkId>`: every stored chunk, for GetChunk. */
   chunks: TypedKv<typeof ChunkSchema>;
   /**
@@ -144,11 +150,16 @@ export class DocumentStore {
 
   /** Up to `limit` documents of a collection in the order they were last written, from position `from` (1: start). */
   async pageDocuments(collection: string, from: number, limit: number): Promise<StorePage<Document>> {
-    const page = await this.deps.documents.page(`${collection}.*`, from, limit);
+    const page = await (await this.deps.documentIndex(collection)).page(">", from, limit);
     return { items: page.entries.map((e) => e.value), next: page.nextRevision };
   }
 
+  /**
+   * Stores a document record: in its collection's document index, then by collection and ID. The second write is
+   * the one that counts (a re-ingest compares against it), so a crash between the two is repaired by the redo.
+   */
   async putDocument(document: Document): Promise<void> {
+    await (await this.deps.documentIndex(document.collection)).put(document.id, document);
     await this.deps.documents.put(docKey(document.collection, document.id), document);
   }
 
@@ -249,6 +260,7 @@ export class DocumentStore {
     }
     await this.deleteChunks(document.collection, document.id, [...ids]);
     await this.deleteChunkSet(document.chunkSet);
+    await (await this.deps.documentIndex(document.collection)).delete(document.id);
     await this.deps.documents.delete(docKey(document.collection, document.id));
     return [...ids];
   }

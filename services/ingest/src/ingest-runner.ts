@@ -53,10 +53,12 @@ export interface IngestRunnerDeps {
 }
 
 /**
- * Documents of a run in flight per worker thread: a document spends longer on its reads and writes (a few JetStream
- * round trips, its chunk set's upload) than in its worker, so several per worker keep every worker busy.
+ * Documents of a run in flight per worker thread: a document spends far longer on its reads and writes (a dozen
+ * JetStream round trips: its record, its chunk set's upload, its chunks, its event) than in its worker, so many per
+ * worker keep the workers busy and the writes of many documents in flight together (4 per worker left the service
+ * waiting on round trips; see the ingest benchmark).
  */
-const LANES_PER_WORKER = 4;
+const LANES_PER_WORKER = 16;
 
 function isDone(result: IngestDocumentResult): boolean {
   return result.status === DocumentStatus.READY || result.status === DocumentStatus.FAILED;

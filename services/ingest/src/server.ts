@@ -15,9 +15,13 @@ export function ingestResourceNames(prefix: string) {
     collections: `${prefix}-collections`,
     documents: `${prefix}-documents`,
     chunks: `${prefix}-chunks`,
+    /** The document index of a collection: one KV bucket per collection. */
+    documentIndex: (collection: string) => `${prefix}-document-index-${collection}`,
     /** The chunk index of a collection: one KV bucket per collection. */
     chunkIndex: (collection: string) => `${prefix}-chunk-index-${collection}`,
     runs: `${prefix}-runs`,
+    /** The per-document lists of the runs (requested sources, items, results), a page per entry. */
+    runPages: `${prefix}-run-pages`,
     chunkSets: `${prefix}-chunk-sets`,
     sources: `${prefix}-sources`,
     runEventsStream: `${prefix.toUpperCase().replace(/-/g, "_")}_RUN_EVENTS`,
@@ -46,21 +50,26 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
       bus.kv(names.collections, CollectionSchema),
       bus.kv(names.documents, DocumentSchema),
       bus.kv(names.chunks, ChunkSchema),
-      RunStore.open(bus, { bucket: names.runs, stream: names.runEventsStream, subjectPrefix: names.runEventsSubjectPrefix }),
+      RunStore.open(bus, { bucket: names.runs, stream: names.runEventsStream, subjectPrefix: names.runEventsSubjectPrefix, pagesBucket: names.runPages }),
       bus.artifacts(names.chunkSets),
       bus.artifacts(names.sources),
     ]);
-    const chunkIndexes = new Map<string, ReturnType<typeof bus.kv<typeof ChunkSchema>>>();
-    const chunkIndex = (collection: string) => {
-      let index = chunkIndexes.get(collection);
-      if (index === undefined) {
-        index = bus.kv(names.chunkIndex(collection), ChunkSchema);
-        index.catch(() => chunkIndexes.delete(collection));
-        chunkIndexes.set(collection, index);
-      }
-      return index;
+    // Per-collection buckets, opened (or created) once on first use.
+    const perCollection = <Desc extends typeof ChunkSchema | typeof DocumentSchema>(name: (collection: string) => string, schema: Desc) => {
+      const opened = new Map<string, ReturnType<typeof bus.kv<Desc>>>();
+      return (collection: string) => {
+        let bucket = opened.get(collection);
+        if (bucket === undefined) {
+          bucket = bus.kv(name(collection), schema);
+          bucket.catch(() => opened.delete(collection));
+          opened.set(collection, bucket);
+        }
+        return bucket;
+      };
     };
-    const store = new DocumentStore({ collections, documents, chunks, chunkIndex, chunkSets });
+    const chunkIndex = perCollection(names.chunkIndex, ChunkSchema);
+    const documentIndex = perCollection(names.documentIndex, DocumentSchema);
+    const store = new DocumentStore({ collections, documents, documentIndex, chunks, chunkIndex, chunkSets });
     const pool = new DocumentPool({
       size: config.INGEST_WORKERS,
       timeoutMs: config.INGEST_DOCUMENT_TIMEOUT,

@@ -40,9 +40,10 @@ beforeAll(async () => {
   nats = await startNatsServer();
   const logger = createLogger({ svc: "ingest-test", level: process.env.TEST_LOG_LEVEL ?? "silent" });
   bus = await connectBus({ servers: nats.url, name: "document-processor-test", logger });
-  const [collections, documents, chunks, docsIndex, chunkSets] = await Promise.all([
+  const [collections, documents, docsDocumentIndex, chunks, docsIndex, chunkSets] = await Promise.all([
     bus.kv("proc_collections", CollectionSchema),
     bus.kv("proc_documents", DocumentSchema),
+    bus.kv("proc_document_index_docs", DocumentSchema),
     bus.kv("proc_chunks", ChunkSchema),
     bus.kv("proc_chunk_index_docs", ChunkSchema),
     bus.artifacts("proc_chunk_sets"),
@@ -51,7 +52,11 @@ beforeAll(async () => {
     if (collection !== "docs") throw new Error(`unexpected collection ${collection}`);
     return docsIndex;
   };
-  store = new DocumentStore({ collections, documents, chunks, chunkIndex, chunkSets });
+  const documentIndex = async (collection: string) => {
+    if (collection !== "docs") throw new Error(`unexpected collection ${collection}`);
+    return docsDocumentIndex;
+  };
+  store = new DocumentStore({ collections, documents, documentIndex, chunks, chunkIndex, chunkSets });
 });
 
 afterAll(async () => {

@@ -51,7 +51,7 @@ describe("two instances on one NATS", () => {
     await h.server.stop(); // stops after the current document and releases the run
     // Pretend the holder crashed instead: it claimed the run and its lease is still live for a moment.
     const names = ingestResourceNames(h.config.INGEST_BUCKET_PREFIX);
-    const runs = await RunStore.open(h.bus, { bucket: names.runs, stream: names.runEventsStream, subjectPrefix: names.runEventsSubjectPrefix });
+    const runs = await RunStore.open(h.bus, { bucket: names.runs, stream: names.runEventsStream, subjectPrefix: names.runEventsSubjectPrefix, pagesBucket: names.runPages });
     const record = await runs.claim(started!.id, "crashed-instance", 1_500);
     expect(record?.run?.status).not.toBe(IngestRunStatus.SUCCEEDED);
 
