@@ -26,7 +26,7 @@ import {
 import { tokenDistribution } from "@ragtune/text";
 import { BuildTimeoutError, runBuild, STORED_FORMATS, type BuildOutput, type StoredFormat } from "./build-process.js";
 import { baseProblem, resolveBuildSettings } from "./build-settings.js";
-import { GenerationFatalError, type GenerationQueue } from "./generation-queue.js";
+import { GenerationFatalError, type GenerationProgress, type GenerationQueue } from "./generation-queue.js";
 import { DEFAULT_QUALITY_GATE } from "./quality-gate.js";
 import type { DatasetBuildSettings } from "./dataset-builder.js";
 import type { DatasetExample } from "./example.js";
@@ -313,13 +313,40 @@ export class VersionBuilder {
     log: Logger,
   ) {
     const llm = build.llm!;
-    // Version writes happen one after another, in the order the generation reports them.
+    // Version writes happen one after another, in the order the generation reports them. A progress report that finds
+    // the previous one still waiting behind other writes, with nothing queued after it, replaces it (the counts are
+    // cumulative): the history gets fewer progress events when the store lags, never a stale one, and the last
+    // report (every chunk done) is written one write after it arrives instead of after a backlog.
     let writes: Promise<void> = Promise.resolve();
     let writeError: unknown;
+    let waitingProgress: { p: GenerationProgress } | undefined;
     const write = (change: () => Promise<void>) => {
+      waitingProgress = undefined;
       writes = writes.then(change).catch((err: unknown) => {
         writeError ??= err;
       });
+    };
+    const reportProgress = (p: GenerationProgress) => {
+      if (waitingProgress !== undefined) {
+        waitingProgress.p = p;
+        return;
+      }
+      const slot = { p };
+      write(() => {
+        if (waitingProgress === slot) waitingProgress = undefined;
+        const latest = slot.p;
+        return this.progress(id, fence, {
+          total,
+          done: reusedChunks + latest.chunksDone,
+          generated: reusedExamples + latest.examplesGenerated,
+          chunksReused: reusedChunks,
+          chunksFailed: latest.chunksFailed,
+          promptTokens: latest.promptTokens,
+          completionTokens: latest.completionTokens,
+          llmRetries: latest.llmRetries,
+        });
+      });
+      waitingProgress = slot;
     };
     const warn = (f: ChunkFailure) => {
       log.warn({ chunkId: f.chunkId, reason: f.reason, pairsLost: f.pairsLost }, f.message);
@@ -345,19 +372,7 @@ export class VersionBuilder {
         {
           signal,
           onFailure: warn,
-          onProgress: (p) =>
-            write(() =>
-              this.progress(id, fence, {
-                total,
-                done: reusedChunks + p.chunksDone,
-                generated: reusedExamples + p.examplesGenerated,
-                chunksReused: reusedChunks,
-                chunksFailed: p.chunksFailed,
-                promptTokens: p.promptTokens,
-                completionTokens: p.completionTokens,
-                llmRetries: p.llmRetries,
-              }),
-            ),
+          onProgress: reportProgress,
         },
       );
       await writes;
