@@ -201,6 +201,10 @@ export async function connectBus(options: ConnectBusOptions): Promise<Bus> {
       reconnectJitter: options.reconnectJitterMs ?? 500,
       waitOnFirstConnect: options.waitForServer ?? false,
       timeout: options.requestTimeoutMs ?? 10_000,
+      // Without it every request captures an Error for its stack up front (two per JetStream publish), which doubled
+      // the client's CPU per KV put (64 → 31 µs, 20,000 puts, 64 in flight) and was 13% of the ingest service's main
+      // thread; errors keep their types and messages, only the caller's async frames are not appended to their stacks.
+      noAsyncTraces: true,
       ...authOptions(options.credentials),
     });
   } catch (err) {
