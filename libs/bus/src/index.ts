@@ -23,6 +23,8 @@ export {
 } from "./events.js";
 export type { EventCatalogEntry, EventContext, EventSubscription, EventVerb, PublishEvent, PublishOptions, PublishResult, SubscribeOptions } from "./events.js";
 export { defaultRetryDelayMs, ensureDurableConsumer } from "./consumers.js";
+export { coveringFilter, followEvents, onEvent, subjectMatches } from "./follow.js";
+export type { EventFollower, FollowedEvent, FollowedKind, FollowOptions, OnEventOptions } from "./follow.js";
 export { openWorkQueue, workQueueNames } from "./work-queue.js";
 export type { Job, TakeOptions, WorkQueue, WorkQueueOptions } from "./work-queue.js";
 export { openKv, RevisionConflictError } from "./kv.js";

@@ -3,8 +3,8 @@
  * current from ingest events without a restart.
  *
  * A collection is loaded on its first question (ListChunks by collection, a page at a time, plus document titles).
- * Every gateway replica reads the ingest events itself, through an ordered (ephemeral) JetStream consumer that
- * starts with the replica: DocumentChunked refreshes that document's chunks (GetDocument + ListChunks by document),
+ * Every gateway replica reads the ingest events itself, from its start on (libs/bus's followEvents: an ordered,
+ * ephemeral JetStream consumer of its own): DocumentChunked refreshes that document's chunks (GetDocument + ListChunks by document),
  * DocumentDeleted removes them, CollectionDeleted drops the collection's index. Work on one collection runs in
  * order (load first, then each change in arrival order), so a change that lands while the collection is loading is
  * applied after the load; a refresh reads the document's current state, so a repeated or late event is harmless.
@@ -12,8 +12,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
-import { DeliverPolicy } from "@nats-io/jetstream";
-import { type BusContext, decodeMessage, EVENTS_STREAM, eventFilterSubject } from "@ragtune/bus";
+import { type BusContext, followEvents, onEvent } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
   CollectionDeletedSchema,
@@ -195,35 +194,18 @@ export class CollectionIndexes {
 }
 
 /**
- * Follows the ingest events with an ordered consumer of this replica's own (ephemeral: the server removes it when the
- * replica goes away), from the events published after the start. Returns the stop function.
+ * Follows the ingest events (every replica all of them, from the events published after the start: libs/bus's
+ * followEvents, an ordered consumer of this replica's own). Returns the stop function.
  */
 export async function followIngestEvents(bus: BusContext, indexes: CollectionIndexes, logger: Logger): Promise<() => Promise<void>> {
-  const subjects = [eventFilterSubject(DocumentChunkedSchema), eventFilterSubject(DocumentDeletedSchema), eventFilterSubject(CollectionDeletedSchema)];
-  // One filter for the ingest area (nats-server before 2.10 takes one subject per consumer); routed by subject below.
-  const consumer = await bus.js.consumers.get(EVENTS_STREAM, { filter_subjects: "ragtune.ingest.>", deliver_policy: DeliverPolicy.New });
-  const messages = await consumer.consume();
-  const log = logger.child({ subsystem: "ingest-events" });
-  const done = (async () => {
-    for await (const m of messages) {
-      try {
-        if (m.subject === subjects[0]) {
-          const e = decodeMessage(DocumentChunkedSchema, m);
-          await indexes.documentChanged(e.collection, e.documentId);
-        } else if (m.subject === subjects[1]) {
-          const e = decodeMessage(DocumentDeletedSchema, m);
-          await indexes.documentDeleted(e.collection, e.documentId);
-        } else if (m.subject === subjects[2]) {
-          const e = decodeMessage(CollectionDeletedSchema, m);
-          await indexes.collectionDeleted(e.collection);
-        }
-      } catch (err) {
-        log.warn({ err, subject: m.subject, seq: m.seq }, "ingest event not applied");
-      }
-    }
-  })();
-  return async () => {
-    await messages.close();
-    await done;
-  };
+  const follower = await followEvents(bus, {
+    name: "gateway-collection-index",
+    logger: logger.child({ subsystem: "ingest-events" }),
+    events: [
+      onEvent(DocumentChunkedSchema, (e) => indexes.documentChanged(e.event.collection, e.event.documentId)),
+      onEvent(DocumentDeletedSchema, (e) => indexes.documentDeleted(e.event.collection, e.event.documentId)),
+      onEvent(CollectionDeletedSchema, (e) => indexes.collectionDeleted(e.event.collection)),
+    ],
+  });
+  return () => follower.stop();
 }
