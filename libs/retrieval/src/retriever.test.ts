@@ -55,6 +55,28 @@ describe("Bm25Retriever", () => {
   });
 });
 
+describe("Bm25Retriever scores after changes", () => {
+  it("scores an index changed between searches as one built in one go (length norms follow every change)", () => {
+    const docs = Array.from({ length: 30 }, (_, d) => [`d${d}`, Array.from({ length: 3 }, (_, i) => chunk(`c${d}-${i}`, `d${d}`, `alpha ${"filler ".repeat((d * 7 + i * 3) % 23)}beta${d % 4} gamma`))] as const);
+    const questions = ["alpha beta1", "gamma beta3 filler", "beta0", "alpha gamma"];
+    const changing = new Bm25Retriever();
+    for (const [d, chunks] of docs) {
+      changing.putDocument(d, chunks);
+      for (const q of questions) changing.search(q, 3); // norms computed for the index as it was
+    }
+    for (const [d] of docs.slice(0, 5)) changing.removeDocument(d);
+    changing.putDocument("d7", [chunk("c7-new", "d7", "alpha beta1 short")]);
+    const fresh = new Bm25Retriever();
+    for (const [d, chunks] of docs.slice(5)) if (d !== "d7") fresh.putDocument(d, chunks);
+    fresh.putDocument("d7", [chunk("c7-new", "d7", "alpha beta1 short")]); // last, as in the changed index (ties go by position)
+    for (const q of questions) {
+      const got = changing.search(q, 10).map((h) => [h.chunk.chunkId, h.score]);
+      expect(got).toEqual(fresh.search(q, 10).map((h) => [h.chunk.chunkId, h.score]));
+      expect(got.length).toBeGreaterThan(0);
+    }
+  });
+});
+
 describe("Bm25Retriever.search with accept", () => {
   it("filters before topK applies and keeps the order of the rest", () => {
     const r = new Bm25Retriever();

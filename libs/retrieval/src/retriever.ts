@@ -6,8 +6,9 @@
  * heading), tokenized by the technical tokenizer. An embedding retriever (or a hybrid) can take its place behind the
  * same interface.
  *
- * The index is this module's own inverted index (postings in flat arrays, scores accumulated in one typed array, the
- * top k selected without sorting every hit). MiniSearch was the first choice; tools/bench/gateway.ts measured it many times
+ * The index is this module's own inverted index (postings in flat arrays, scores accumulated in one typed array, each
+ * slot's length norm computed once per change rather than once per posting visited, the top k selected without
+ * sorting every hit, no allocation per posting). MiniSearch was the first choice; tools/bench/gateway.ts measured it many times
  * slower than this index on the same chunks with the same scores, so ragtune keeps its own.
  */
 import { technicalTerms } from "./technical-tokenizer.js";
@@ -46,10 +47,16 @@ class Field {
   readonly postings = new Map<string, { slots: number[]; tfs: number[]; live: number }>();
   readonly lengths: number[] = [];
   totalLength = 0;
+  /** Bumped by every change: the length norms below are for one version. */
+  version = 0;
+  /** Per slot, K1 · (1 − B + B · length / average length): the length part of a term's BM25 weight, for `normsVersion`. */
+  norms = new Float64Array(0);
+  normsVersion = -1;
 
   constructor(readonly boost: number) {}
 
   add(slot: number, terms: readonly string[]): void {
+    this.version++;
     this.lengths[slot] = terms.length;
     this.totalLength += terms.length;
     const tf = new Map<string, number>();
@@ -65,12 +72,35 @@ class Field {
 
   /** Forgets a slot's length; its postings are skipped (the slot is empty) until the next compaction. */
   remove(slot: number, terms: readonly string[]): void {
+    this.version++;
     this.totalLength -= this.lengths[slot] ?? 0;
     this.lengths[slot] = 0;
     for (const term of new Set(terms)) {
       const p = this.postings.get(term);
       if (p !== undefined && --p.live === 0) this.postings.delete(term);
     }
+  }
+
+  clear(): void {
+    this.version++;
+    this.postings.clear();
+    this.lengths.length = 0;
+    this.totalLength = 0;
+  }
+
+  /**
+   * The length norms of the first `slots` slots for the current lengths and `live` chunks: computed once after a
+   * change, not once per posting a search visits.
+   */
+  normsOf(slots: number, live: number): Float64Array {
+    if (this.normsVersion === this.version && this.norms.length >= slots) return this.norms;
+    if (this.norms.length < slots) this.norms = new Float64Array(Math.max(slots, this.norms.length * 2));
+    const avg = this.totalLength / live || 1;
+    const norms = this.norms;
+    const lengths = this.lengths;
+    for (let slot = 0; slot < slots; slot++) norms[slot] = K1 * (1 - B + (B * (lengths[slot] ?? 0)) / avg);
+    this.normsVersion = this.version;
+    return norms;
   }
 }
 
@@ -82,10 +112,14 @@ export class Bm25Retriever implements Retriever {
   readonly #slotOf = new Map<string, number>();
   readonly #byDocument = new Map<string, string[]>();
   #live = 0;
+  /** 1 for a slot holding a chunk, 0 for a removed one (postings of removed slots stay until compaction). */
+  #alive = new Uint8Array(0);
   #scores = new Float64Array(0);
   /** Per slot during a search: distinct query terms matched, and the last term (its number + 1) that matched. */
   #matched = new Uint16Array(0);
   #stamp = new Int32Array(0);
+  /** The slots a search touched, in the order it first touched them (ties go to the first). */
+  #touched = new Int32Array(0);
 
   get size(): number {
     return this.#live;
@@ -102,6 +136,12 @@ export class Bm25Retriever implements Retriever {
       this.#fields.forEach((f, i) => f.add(slot, terms[i]!));
       this.#slots.push(chunk);
       this.#terms.push(terms);
+      if (this.#alive.length <= slot) {
+        const grown = new Uint8Array(Math.max(64, this.#alive.length * 2));
+        grown.set(this.#alive);
+        this.#alive = grown;
+      }
+      this.#alive[slot] = 1;
       this.#slotOf.set(chunk.chunkId, slot);
       this.#live++;
       ids.push(chunk.chunkId);
@@ -124,6 +164,7 @@ export class Bm25Retriever implements Retriever {
     this.#fields.forEach((f, i) => f.remove(slot, terms[i]!));
     this.#slots[slot] = undefined;
     this.#terms[slot] = undefined;
+    this.#alive[slot] = 0;
     this.#slotOf.delete(chunkId);
     this.#live--;
   }
@@ -137,11 +178,8 @@ export class Bm25Retriever implements Retriever {
     this.#slotOf.clear();
     this.#byDocument.clear();
     this.#live = 0;
-    for (const f of this.#fields) {
-      f.postings.clear();
-      f.lengths.length = 0;
-      f.totalLength = 0;
-    }
+    for (const f of this.#fields) f.clear();
+    this.#alive.fill(0);
     const byId = new Map(chunks.map((c) => [c.chunkId, c]));
     for (const [documentId, ids] of documents) this.putDocument(documentId, ids.map((id) => byId.get(id)!));
   }
@@ -154,11 +192,14 @@ export class Bm25Retriever implements Retriever {
       this.#scores = new Float64Array(size);
       this.#matched = new Uint16Array(size);
       this.#stamp = new Int32Array(size);
+      this.#touched = new Int32Array(size);
     }
     const scores = this.#scores;
     const matched = this.#matched;
     const stamp = this.#stamp;
-    const touched: number[] = [];
+    const touched = this.#touched;
+    const alive = this.#alive;
+    let touchedCount = 0;
     let termNumber = 0;
     for (const term of new Set(technicalTerms(question))) {
       termNumber++;
@@ -166,27 +207,30 @@ export class Bm25Retriever implements Retriever {
         const p = field.postings.get(term);
         if (p === undefined) continue;
         const idf = Math.log(1 + (this.#live - p.live + 0.5) / (p.live + 0.5));
-        const avg = field.totalLength / this.#live || 1;
+        const norms = field.normsOf(n, this.#live);
         const weight = field.boost * idf;
-        for (let i = 0; i < p.slots.length; i++) {
-          const slot = p.slots[i]!;
-          if (this.#slots[slot] === undefined) continue;
-          const tf = p.tfs[i]!;
-          if (matched[slot] === 0) touched.push(slot);
+        const slots = p.slots;
+        const tfs = p.tfs;
+        for (let i = 0; i < slots.length; i++) {
+          const slot = slots[i]!;
+          if (alive[slot] === 0) continue;
+          const tf = tfs[i]!;
           if (stamp[slot] !== termNumber) {
+            if (stamp[slot] === 0) touched[touchedCount++] = slot;
             stamp[slot] = termNumber;
             matched[slot]!++;
           }
-          scores[slot] += (weight * tf * (K1 + 1)) / (tf + K1 * (1 - B + (B * field.lengths[slot]!) / avg));
+          scores[slot] += (weight * tf * (K1 + 1)) / (tf + norms[slot]!);
         }
       }
     }
     // Each score times the number of distinct question terms the chunk matched (a coordination factor, as MiniSearch
     // weighs its results: it measured better on the dataset's questions than the plain sum).
-    for (const slot of touched) scores[slot]! *= matched[slot]!;
+    for (let t = 0; t < touchedCount; t++) scores[touched[t]!]! *= matched[touched[t]!]!;
     // The top k by a bounded insertion (k is small), ties by position: earlier chunk first.
     const best: number[] = [];
-    for (const slot of touched) {
+    for (let t = 0; t < touchedCount; t++) {
+      const slot = touched[t]!;
       const s = scores[slot]!;
       if (best.length === topK && s <= scores[best[topK - 1]!]!) continue;
       if (accept !== undefined && !accept(this.#slots[slot]!)) continue;
@@ -198,7 +242,8 @@ export class Bm25Retriever implements Retriever {
       best[i] = slot;
     }
     const hits = best.map((slot) => ({ chunk: this.#slots[slot]!, score: scores[slot]! }));
-    for (const slot of touched) {
+    for (let t = 0; t < touchedCount; t++) {
+      const slot = touched[t]!;
       scores[slot] = 0;
       matched[slot] = 0;
       stamp[slot] = 0;
