@@ -26,7 +26,11 @@ export class LiveChart {
         width: 620,
         height: 260,
         scales: { x: { time: false }, ...(options.log ? { y: { distr: 3 } } : {}) },
-        axes: [{ label: xLabel }, { size: 70 }],
+        // Steps are whole numbers; small values (learning rates) read best in exponent form.
+        axes: [
+          { label: xLabel, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] },
+          { size: 70, values: (_u, ticks) => ticks.map((t) => (t !== 0 && Math.abs(t) < 0.01 ? t.toExponential(1) : String(+t.toPrecision(4)))) },
+        ],
         series: [{ label: xLabel }, ...series.map((s) => ({ label: s.label, stroke: s.stroke, width: 2, spanGaps: true, points: { show: s.points ?? false } }))],
       },
       [[], ...series.map(() => [])],
@@ -61,7 +65,7 @@ export function barChart(title: string, labels: string[], values: number[], opti
       title,
       width: 620,
       height: 240,
-      scales: { x: { time: false, range: [-0.5, Math.max(0.5, labels.length - 0.5)] } },
+      scales: { x: { time: false, range: [-0.5, Math.max(0.5, labels.length - 0.5)] }, y: { range: (_u, _min, max) => [0, Math.max(1, max * 1.1)] } },
       axes: [{ values: (_u, ticks) => ticks.map((t) => labels[t] ?? ""), splits: () => xs, rotate: 0 } as uPlot.Axis, { size: 60 }],
       series: [{}, { label: "count", stroke: options.stroke ?? "#3b6fb6", fill: `${options.stroke ?? "#3b6fb6"}88`, paths: uPlot.paths.bars!({ size: [0.6, 80] }), points: { show: false } }],
       legend: { show: false },

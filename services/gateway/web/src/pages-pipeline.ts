@@ -35,6 +35,7 @@ function startForm(collection: string): HTMLElement {
   const jobId = h("input", { id: "spec-job", size: 30, placeholder: "when the run does not train" });
   const maxSteps = h("input", { id: "spec-max-steps", type: "number", min: 1, value: 40 });
   const evalItems = h("input", { id: "spec-eval-items", type: "number", min: 0, value: 0 });
+  const evalTokens = h("input", { id: "spec-eval-tokens", type: "number", min: 1, value: 200 });
   const autoPromote = h("input", { id: "spec-auto-promote", type: "checkbox", checked: true });
   const force = h("input", { id: "spec-force", type: "checkbox" });
   const result = h("p", { id: "start-result", role: "status" });
@@ -53,6 +54,7 @@ function startForm(collection: string): HTMLElement {
             jobId: jobId.value.trim(),
             hyperparameters: { duration: { case: "maxSteps", value: Number(maxSteps.value) } },
             ...(Number(evalItems.value) > 0 ? { evalMaxItems: Number(evalItems.value) } : {}),
+            evalSampling: { maxTokens: Number(evalTokens.value) },
             promotion: { autoPromote: autoPromote.checked, force: force.checked },
           });
           fill(result, "Starting…");
@@ -70,6 +72,7 @@ function startForm(collection: string): HTMLElement {
       field("spec-job", "Trainer job", jobId),
       field("spec-max-steps", "Training steps", maxSteps),
       field("spec-eval-items", "Eval items (0: the whole test split)", evalItems),
+      field("spec-eval-tokens", "Eval answer tokens at most", evalTokens),
       h("p", {}, h("label", {}, autoPromote, " promote when the gates pass"), " ", h("label", {}, force, " force (promote past the gates)")),
       h("button", { type: "submit", id: "start-run" }, "Start run"),
       result,
