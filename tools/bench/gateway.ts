@@ -5,22 +5,33 @@
  *   parameters (the library the gateway used first), and the anchor below.
  * Part 1, retrieval quality: the corpus parsed and chunked (128-token chunks, mistral tokenizer), questions written by
  *   the dataset's extractive generator from each chunk (question → its source chunk); recall@5 and MRR@10 of the
- *   gateway's retriever (MiniSearch BM25+, technical tokenizer, heading path weighted) beside the anchor, a plain
+ *   gateway's retriever (libs/retrieval BM25, technical tokenizer, heading path weighted) beside the anchor, a plain
  *   LangChain-style in-memory BM25 (Okapi k1 1.2, b 0.75; lowercase \w+ tokens; text only) on the same chunks.
- * Part 2, retrieval latency alone: both retrievers over the corpus chunks copied to 10k and 100k chunks (each copy its
- *   own chunk and document IDs), one search per question in turn (top 5); p50/p99 per search.
+ * Part 2, retrieval latency alone: the retrievers over the corpus chunks copied to 10k and 100k chunks (each copy its
+ *   own chunk and document IDs), one search per question (top 5). Each retriever is timed in passes of its own (after
+ *   a warm-up and a forced GC, so one contestant's garbage is not collected in another's time): ragtune ROUNDS passes
+ *   over every question, the anchor and MiniSearch (tens to hundreds of times slower) one pass over the first
+ *   SLOW_QUERIES; p50/p99 per search of wall time and of the process's CPU time (on a shared machine the wall time
+ *   also holds the time the process waited for a core). MiniSearch only at 10k (at 100k it takes minutes).
  * Part 3, Ask overhead: the ingest service and the gateway as child processes (as the dev stack starts them) on a
  *   real nats-server, ≥ 10k chunks ingested, the model endpoint a loopback HTTP server in this process that answers
  *   every completion instantly. Open loop at RATE requests/s for DURATION s: Ask as Connect JSON over HTTP/1.1 to the
- *   gateway, and, as the anchor, the same completion request straight to the endpoint at the same rate. Overhead =
- *   the gateway's latency percentile minus the anchor's. Every answer is checked (text and context present).
+ *   gateway, and, as the anchor, the same completion request straight to the endpoint at the same rate; ROUNDS pairs
+ *   (anchor, then gateway). Overhead = the gateway's latency percentile minus the anchor's in the same pair. Every
+ *   answer is checked (text and context present). GATEWAY_CPU_PROF=dir writes the gateway process's CPU profile there.
+ * Every figure line ends with the machine's load average (1 min) when it was taken.
  *
- * Run: npm run bench:gateway -w @ragtune/tools    (RATE=500 DURATION=10 QUERIES=300 CORPUS=/path/to/aws-docs to override)
+ * Run: npm run bench:gateway -w @ragtune/tools
+ *   (PARTS=quality,latency,ask RATE=500 DURATION=10 ROUNDS=3 QUERIES=960 SLOW_QUERIES=100 CORPUS=/path/to/aws-docs)
  */
 import { readFileSync } from "node:fs";
+import { loadavg } from "node:os";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { relative } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Agent, request } from "node:http";
 import { generateExtractiveDataset, type SourceChunk } from "../../services/dataset/src/extractive-generator.js";
 import { Bm25Retriever, type IndexedChunk } from "@ragtune/retrieval";
@@ -35,9 +46,17 @@ import { startStack } from "../src/stack.js";
 const CORPUS = process.env.CORPUS ?? AWS_CORPUS_DIR;
 const RATE = Number(process.env.RATE ?? 500);
 const DURATION = Number(process.env.DURATION ?? 10);
+const ROUNDS = Number(process.env.ROUNDS ?? 3);
+const PARTS = new Set((process.env.PARTS ?? "quality,latency,ask").split(","));
 const CHUNK_SIZE = 128;
-/** Questions timed per retriever and size in part 2. */
-const QUERIES = Number(process.env.QUERIES ?? 300);
+/** Questions per pass of ragtune in part 2 (default: all of them), and per pass of the slower contestants. */
+const QUERIES = Number(process.env.QUERIES ?? Infinity);
+const SLOW_QUERIES = Number(process.env.SLOW_QUERIES ?? 100);
+
+setFlagsFromString("--expose-gc");
+/** A full GC (between timed passes). */
+const gc = runInNewContext("gc") as () => void;
+const load = () => `[load ${loadavg()[0]!.toFixed(2)}]`;
 
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 const fmt = (ms: number) => ms.toFixed(3);
@@ -126,72 +145,122 @@ function time(fn: () => void): number {
   return performance.now() - t;
 }
 
+/** CPU time (user + system) a process has used so far, from /proc (clock ticks of 10 ms). */
+function processCpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime (fields 14 and 15 of the line)
+}
+
+/** One timed pass of searches: wall and CPU milliseconds per search, sorted. */
+function pass(search: (q: string) => unknown, questions: readonly string[]): { wall: number[]; cpu: number[] } {
+  for (let i = 0; i < 50; i++) search(questions[i % questions.length]!); // warm-up
+  gc();
+  const wall: number[] = [];
+  const cpu: number[] = [];
+  for (const q of questions) {
+    const c = process.cpuUsage();
+    const t = performance.now();
+    search(q);
+    wall.push(performance.now() - t);
+    const d = process.cpuUsage(c);
+    cpu.push((d.user + d.system) / 1000);
+  }
+  wall.sort((x, y) => x - y);
+  cpu.sort((x, y) => x - y);
+  return { wall, cpu };
+}
+
 async function main(): Promise<void> {
   const chunks = corpusChunks();
   const questions = generateExtractiveDataset(chunks.map((c): SourceChunk => ({ id: c.chunkId, documentId: c.documentId, headingPath: c.headingPath, text: c.text }))).map((e) => ({ question: e.question, chunkId: e.chunkId }));
   console.log(`corpus: ${chunks.length} chunks of ≤ ${CHUNK_SIZE} tokens; ${questions.length} questions from the dataset's extractive generator\n`);
 
   // Part 1
-  const ours = new Bm25Retriever();
-  const byDoc = new Map<string, IndexedChunk[]>();
-  for (const c of chunks) byDoc.set(c.documentId, [...(byDoc.get(c.documentId) ?? []), c]);
-  for (const [d, list] of byDoc) ours.putDocument(d, list);
-  const anchor = new PlainBm25();
-  for (const c of chunks) anchor.add(c.chunkId, c.text);
-  const quality = (search: (q: string) => string[]) => {
-    let hit5 = 0;
-    let rr = 0;
-    for (const q of questions) {
-      const ranked = search(q.question);
-      const rank = ranked.indexOf(q.chunkId);
-      if (rank >= 0 && rank < 5) hit5++;
-      if (rank >= 0) rr += 1 / (rank + 1);
-    }
-    return { recall5: hit5 / questions.length, mrr: rr / questions.length };
-  };
-  const qOurs = quality((q) => ours.search(q, 10).map((h) => h.chunk.chunkId));
-  const mini = miniSearchOf(byDoc.values());
-  const qMini = quality((q) => mini.search(q).slice(0, 10).map((r) => r.id as string));
-  const qAnchor = quality((q) => anchor.search(q, 10));
-  console.log("Part 1 — retrieval quality (question → its source chunk)");
-  console.log(`  ragtune BM25 (own index, technical tokenizer): recall@5 ${qOurs.recall5.toFixed(3)}  MRR@10 ${qOurs.mrr.toFixed(3)}`);
-  console.log(`  MiniSearch, same tokenizer and scoring:        recall@5 ${qMini.recall5.toFixed(3)}  MRR@10 ${qMini.mrr.toFixed(3)}`);
-  console.log(`  anchor plain BM25 (LangChain-style):           recall@5 ${qAnchor.recall5.toFixed(3)}  MRR@10 ${qAnchor.mrr.toFixed(3)}\n`);
+  if (PARTS.has("quality")) {
+    const ours = new Bm25Retriever();
+    const byDoc = new Map<string, IndexedChunk[]>();
+    for (const c of chunks) byDoc.set(c.documentId, [...(byDoc.get(c.documentId) ?? []), c]);
+    for (const [d, list] of byDoc) ours.putDocument(d, list);
+    const anchor = new PlainBm25();
+    for (const c of chunks) anchor.add(c.chunkId, c.text);
+    const quality = (search: (q: string) => string[]) => {
+      let hit5 = 0;
+      let rr = 0;
+      for (const q of questions) {
+        const ranked = search(q.question);
+        const rank = ranked.indexOf(q.chunkId);
+        if (rank >= 0 && rank < 5) hit5++;
+        if (rank >= 0) rr += 1 / (rank + 1);
+      }
+      return { recall5: hit5 / questions.length, mrr: rr / questions.length };
+    };
+    const qOurs = quality((q) => ours.search(q, 10).map((h) => h.chunk.chunkId));
+    const mini = miniSearchOf(byDoc.values());
+    const qMini = quality((q) => mini.search(q).slice(0, 10).map((r) => r.id as string));
+    const qAnchor = quality((q) => anchor.search(q, 10));
+    console.log("Part 1 — retrieval quality (question → its source chunk)");
+    console.log(`  ragtune BM25 (own index, technical tokenizer): recall@5 ${qOurs.recall5.toFixed(3)}  MRR@10 ${qOurs.mrr.toFixed(3)}`);
+    console.log(`  MiniSearch, same tokenizer and scoring:        recall@5 ${qMini.recall5.toFixed(3)}  MRR@10 ${qMini.mrr.toFixed(3)}`);
+    console.log(`  anchor plain BM25 (LangChain-style):           recall@5 ${qAnchor.recall5.toFixed(3)}  MRR@10 ${qAnchor.mrr.toFixed(3)}\n`);
+  }
 
   // Part 2
-  console.log("Part 2 — retrieval latency alone (top 5, one search per question)");
-  for (const size of [10_000, 100_000]) {
-    const docs = copies(chunks, size);
-    const r = new Bm25Retriever();
-    const a = new PlainBm25();
-    const buildOurs = time(() => {
-      for (const [d, list] of docs) r.putDocument(d, list);
-    });
-    const buildAnchor = time(() => {
-      for (const list of docs.values()) for (const c of list) a.add(c.chunkId, c.text);
-    });
-    let m: MiniSearch | undefined;
-    const buildMini = time(() => {
-      m = miniSearchOf(docs.values());
-    });
-    const tOurs: number[] = [];
-    const tMini: number[] = [];
-    const tAnchor: number[] = [];
-    for (let i = 0; i < 50; i++) r.search(questions[i % questions.length]!.question, 5); // warm-up
-    for (const q of questions.slice(0, QUERIES)) {
-      tOurs.push(time(() => r.search(q.question, 5)));
-      tMini.push(time(() => m!.search(q.question).slice(0, 5)));
-      tAnchor.push(time(() => a.search(q.question, 5)));
+  if (PARTS.has("latency")) {
+    const all = questions.slice(0, QUERIES).map((q) => q.question);
+    console.log(`Part 2 — retrieval latency alone (top 5): ragtune ${ROUNDS} passes of ${all.length} searches; the anchor and MiniSearch, many times slower, one pass of ${Math.min(all.length, SLOW_QUERIES)}`);
+    for (const size of [10_000, 100_000]) {
+      const docs = copies(chunks, size);
+      const r = new Bm25Retriever();
+      const a = new PlainBm25();
+      const buildOurs = time(() => {
+        for (const [d, list] of docs) r.putDocument(d, list);
+      });
+      const buildAnchor = time(() => {
+        for (const list of docs.values()) for (const c of list) a.add(c.chunkId, c.text);
+      });
+      let m: MiniSearch | undefined;
+      const buildMini = size > 10_000 ? undefined : time(() => {
+        m = miniSearchOf(docs.values());
+      });
+      const slow = all.slice(0, SLOW_QUERIES);
+      const contestants: { label: string; search: (q: string) => unknown; passes: number; questions: string[] }[] = [
+        { label: "ragtune", search: (q) => r.search(q, 5), passes: ROUNDS, questions: all },
+        ...(m === undefined ? [] : [{ label: "MiniSearch", search: (q: string) => m!.search(q).slice(0, 5), passes: 1, questions: slow }]),
+        { label: "anchor", search: (q) => a.search(q, 5), passes: 1, questions: slow },
+      ];
+      console.log(`  ${size} chunks (built in: ragtune ${buildOurs.toFixed(0)} ms, ${buildMini === undefined ? "" : `MiniSearch ${buildMini.toFixed(0)} ms, `}anchor ${buildAnchor.toFixed(0)} ms)`);
+      const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+      const summary: { label: string; wall50: number; wall99: number; cpu50: number; cpu99: number }[] = [];
+      for (const c of contestants) {
+        const runs: { wall: number[]; cpu: number[] }[] = [];
+        for (let round = 0; round < c.passes; round++) {
+          const t = pass(c.search, c.questions);
+          runs.push(t);
+          console.log(`    pass ${round + 1} ${c.label.padEnd(10)} wall p50 ${fmt(pct(t.wall, 50))} ms  p99 ${fmt(pct(t.wall, 99))} ms   cpu p50 ${fmt(pct(t.cpu, 50))} ms  p99 ${fmt(pct(t.cpu, 99))} ms  ${load()}`);
+        }
+        summary.push({
+          label: c.label,
+          wall50: median(runs.map((t) => pct(t.wall, 50))),
+          wall99: median(runs.map((t) => pct(t.wall, 99))),
+          cpu50: median(runs.map((t) => pct(t.cpu, 50))),
+          cpu99: median(runs.map((t) => pct(t.cpu, 99))),
+        });
+      }
+      const anchor = summary.find((x) => x.label === "anchor")!;
+      for (const x of summary) {
+        console.log(
+          `    ${x.label.padEnd(10)} (median of passes) wall p50 ${fmt(x.wall50)} ms  p99 ${fmt(x.wall99)} ms   cpu p50 ${fmt(x.cpu50)} ms  p99 ${fmt(x.cpu99)} ms   cpu p99 / anchor ${(x.cpu99 / anchor.cpu99).toFixed(3)}`,
+        );
+      }
     }
-    for (const t of [tOurs, tMini, tAnchor]) t.sort((x, y) => x - y);
-    console.log(`  ${size} chunks (built in: ragtune ${buildOurs.toFixed(0)} ms, MiniSearch ${buildMini.toFixed(0)} ms, anchor ${buildAnchor.toFixed(0)} ms)`);
-    for (const [label, t] of [["ragtune", tOurs], ["MiniSearch", tMini], ["anchor", tAnchor]] as const) {
-      console.log(`    ${label.padEnd(10)} p50 ${fmt(pct(t, 50))} ms  p99 ${fmt(pct(t, 99))} ms  p99 / anchor ${(pct(t, 99) / pct(tAnchor, 99)).toFixed(2)}`);
-    }
+    console.log("");
   }
-  console.log("");
 
   // Part 3
+  if (PARTS.has("ask")) await askOverhead(chunks, questions);
+}
+
+async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly { question: string }[]): Promise<void> {
   const endpoint = createServer((req, res) => {
     const parts: Buffer[] = [];
     req.on("data", (d: Buffer) => parts.push(d));
@@ -205,6 +274,7 @@ async function main(): Promise<void> {
   await new Promise<void>((resolve) => endpoint.listen(0, "127.0.0.1", resolve));
   const endpointUrl = `http://127.0.0.1:${(endpoint.address() as AddressInfo).port}`;
   const portBase = await freePort();
+  const profileDir = process.env.GATEWAY_CPU_PROF;
   const stack = await startStack({
     only: ["ingest", "gateway"],
     portBase,
@@ -215,21 +285,32 @@ async function main(): Promise<void> {
       LLM_BASE_URL: `${endpointUrl}/v1`,
       LLM_MODEL: "base",
       LLM_CONCURRENCY: "1024",
+      ...(profileDir !== undefined
+        ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --import ${fileURLToPath(new URL("./cpu-profile.mjs", import.meta.url))}`.trim(), CPU_PROFILE_DIR: profileDir, CPU_PROFILE_MATCH: "services/gateway/" }
+        : {}),
     },
   });
   try {
     const ingest = createClient(IngestService, { baseUrl: stack.services.ingest.url, protocol: "grpc" });
     const files = corpusMarkdownFiles(CORPUS);
-    let total = 0;
-    for (let copy = 0; total < 10_000; copy++) {
+    const ingestCopy = async (copy: number): Promise<void> => {
       const sources = files.map((f) => ({ source: { case: "inline" as const, value: { filename: `copy${copy}/${relative(CORPUS, f)}`, mediaType: "", content: readFileSync(f) } } }));
       const { run } = await ingest.ingestDocuments({ collection: "bench", sources, chunking: { chunkSizeTokens: CHUNK_SIZE } });
       for await (const _ of ingest.watchIngestRun({ runId: run!.id })) void _;
       const done = (await ingest.getIngestRun({ runId: run!.id })).run!;
-      if (done.status !== IngestRunStatus.SUCCEEDED) throw new Error(`ingest ended ${IngestRunStatus[done.status]}`);
-      total = (await ingest.listCollections({})).collections.find((c) => c.name === "bench")!.chunkCount;
+      if (done.status !== IngestRunStatus.SUCCEEDED) throw new Error(`ingest of copy ${copy} ended ${IngestRunStatus[done.status]}`);
+    };
+    const ingestStarted = performance.now();
+    // The copies that make 10k chunks as this process chunks them, as concurrent runs; more if ingest chunked fewer.
+    let copies = Math.ceil(10_000 / chunks.length);
+    await Promise.all(Array.from({ length: copies }, (_, copy) => ingestCopy(copy)));
+    const chunkCount = async () => (await ingest.listCollections({})).collections.find((c) => c.name === "bench")!.chunkCount;
+    let total = await chunkCount();
+    while (total < 10_000) {
+      await ingestCopy(copies++);
+      total = await chunkCount();
     }
-    console.log(`Part 3 — Ask overhead: ${total} chunks ingested; open loop at ${RATE} requests/s for ${DURATION} s each`);
+    console.log(`Part 3 — Ask overhead: ${total} chunks ingested in ${((performance.now() - ingestStarted) / 1000).toFixed(1)} s; open loop at ${RATE} requests/s for ${DURATION} s each, ${ROUNDS} rounds (anchor, then gateway)`);
     const agent = new Agent({ keepAlive: true, maxSockets: 256 });
     const post = (url: string, body: string, check: (json: Record<string, unknown>) => boolean): Promise<number> =>
       new Promise((resolve, reject) => {
@@ -247,29 +328,46 @@ async function main(): Promise<void> {
         req.on("error", reject);
         req.end(body);
       });
-    const openLoop = async (send: (i: number) => Promise<number>): Promise<number[]> => {
+    /** Sends at RATE for DURATION (each request at its due time, whatever is in flight); latencies sorted, and how late the sender fell. */
+    const openLoop = async (send: (i: number) => Promise<number>): Promise<{ ms: number[]; maxLag: number }> => {
       const n = RATE * DURATION;
       const started = performance.now();
       const pending: Promise<number>[] = [];
+      let maxLag = 0;
       for (let i = 0; i < n; i++) {
         const due = started + (i * 1000) / RATE;
         const wait = due - performance.now();
         if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+        maxLag = Math.max(maxLag, performance.now() - due);
         pending.push(send(i));
       }
-      return (await Promise.all(pending)).sort((a, b) => a - b);
+      return { ms: (await Promise.all(pending)).sort((a, b) => a - b), maxLag };
     };
+    const gatewayPid = stack.services.gateway.process.pid!;
     const askUrl = `${stack.services.gateway.url}/ragtune.gateway.v1.GatewayService/Ask`;
     const askBody = (i: number) => JSON.stringify({ collection: "bench", question: questions[i % questions.length]!.question });
     // Warm-up: loads the collection's index and the connections.
     for (let i = 0; i < 200; i++) await post(askUrl, askBody(i), (j) => j["answer"] === "The answer.");
     const prompt = "[INST] " + chunks.slice(0, 4).map((c) => c.text).join("\n\n") + "\n\nQuestion: q [/INST]";
     const completionBody = JSON.stringify({ model: "base", prompt, temperature: 0, max_tokens: 256 });
-    const direct = await openLoop(() => post(`${endpointUrl}/v1/completions`, completionBody, (j) => Array.isArray(j["choices"])));
-    const gateway = await openLoop((i) => post(askUrl, askBody(i), (j) => j["answer"] === "The answer." && Array.isArray(j["context"]) && (j["context"] as unknown[]).length > 0));
-    for (const p of [50, 99]) {
-      console.log(`  p${p}: gateway Ask ${fmt(pct(gateway, p))} ms, anchor (endpoint direct) ${fmt(pct(direct, p))} ms → overhead ${fmt(pct(gateway, p) - pct(direct, p))} ms`);
+    const overheads: { p50: number; p99: number }[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      gc();
+      const direct = await openLoop(() => post(`${endpointUrl}/v1/completions`, completionBody, (j) => Array.isArray(j["choices"])));
+      const loadDirect = load();
+      gc();
+      const cpuBefore = processCpuMs(gatewayPid);
+      const gateway = await openLoop((i) => post(askUrl, askBody(i), (j) => j["answer"] === "The answer." && Array.isArray(j["context"]) && (j["context"] as unknown[]).length > 0));
+      const cpuPerAsk = (processCpuMs(gatewayPid) - cpuBefore) / gateway.ms.length;
+      const o = { p50: pct(gateway.ms, 50) - pct(direct.ms, 50), p99: pct(gateway.ms, 99) - pct(direct.ms, 99) };
+      overheads.push(o);
+      console.log(
+        `  round ${round + 1}: anchor (endpoint direct) p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (sender lag ≤ ${fmt(direct.maxLag)} ms); ` +
+          `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (sender lag ≤ ${fmt(gateway.maxLag)} ms) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway process CPU ${fmt(cpuPerAsk)} ms per Ask`,
+      );
     }
+    const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+    console.log(`  median of ${ROUNDS}: overhead p50 ${fmt(median(overheads.map((o) => o.p50)))} ms, p99 ${fmt(median(overheads.map((o) => o.p99)))} ms`);
     agent.destroy();
   } finally {
     await stack.stop();
