@@ -1,4 +1,4 @@
-// `npm run -w @ragtune/tools bench:model-server [-- --requests 16 --max-tokens 64 --rounds 3]`
+// `npm run -w @ragtune/tools bench:model-server [-- --requests 16 --max-tokens 64 --rounds 6 --models-dir DIR]`
 //
 // The local model server against node-llama-cpp called directly, in the same run, on the tiny model (made by the
 // trainer worker) and an adapter the trainer worker trains on it: base and adapter, concurrency 1 and 8.
@@ -8,28 +8,36 @@
 // max_tokens, with end-of-sequence disabled (vLLM's ignore_eos) so every answer is max_tokens long, and keep the
 // same number of requests in flight. The direct contestant runs LlamaCompletion on a
 // context sequence; the server contestant is the server's CLI in a process of its own, and each request streams
-// through HTTP + SSE with the project's client (libs/llm streamCompletion) in the bench process. Checked: every answer is max_tokens long, and at concurrency 1 the server's text equals
-// the direct text for the same prompt.
-// Figures per contestant: generated tokens / wall time (tokens counted from each contestant's own usage), and time
-// to first token (request start to first streamed text) p50/p99. Rounds alternate contestants; the median round
-// is reported. Overhead = 1 - server tokens/s ÷ direct tokens/s (target ≤ 10%).
+// through HTTP + SSE with the project's client (libs/llm streamCompletion) in the bench process. Checked: every answer
+// is max_tokens long (or one more, when the last token ends inside a multi-byte character), and at concurrency 1 the
+// server's text equals the direct text for the same prompt.
+//
+// The machine may be shared, so one round is never the figure: per cell (model × concurrency) the contestants run
+// `--rounds` rounds, back to back and in alternating order (direct then server, then server then direct, …), so a
+// load change hits both alike; each round's overhead is 1 − server tokens/s ÷ direct tokens/s of that round, and the
+// cell reports the median overhead with the lowest and highest round (the spread), the median tokens/s of each, the
+// median TTFT p50/p99, the CPU time each contestant spent per generated token (direct: the bench process; server:
+// the server process + the client in the bench process), and the 1-minute load average before and after the cell.
+// `--models-dir DIR` keeps the tiny model and adapter in DIR and reuses them on the next run.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { createLlmClient } from "@ragtune/llm";
 import { noEndOfSequenceBias } from "@ragtune/model-server";
-import { makeTinyModels } from "@ragtune/model-server/tiny-models";
+import { makeTinyModels, type TinyModels } from "@ragtune/model-server/tiny-models";
 import { getLlama, LlamaCompletion, type LlamaContext, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
 
 const { values: args } = parseArgs({
   options: {
     requests: { type: "string", default: "16" },
     "max-tokens": { type: "string", default: "64" },
-    rounds: { type: "string", default: "3" },
+    rounds: { type: "string", default: "6" },
+    "models-dir": { type: "string" },
   },
 });
 const REQUESTS = Number(args.requests);
@@ -57,6 +65,20 @@ interface Answer {
 interface RoundResult {
   answers: Answer[];
   wallMs: number;
+  /** CPU time of the contestant's processes during the round, µs. */
+  cpuUs: number;
+}
+
+/** CPU time (user + system) of another process so far, µs, from /proc (Linux). */
+function processCpuUs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  const ticksPerSecond = 100; // USER_HZ, 100 on Linux
+  return ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / ticksPerSecond;
+}
+
+function ownCpuUs(since: NodeJS.CpuUsage): number {
+  const used = process.cpuUsage(since);
+  return used.user + used.system;
 }
 
 /** Runs `count` jobs with at most `concurrency` at once, in order of index. */
@@ -85,6 +107,7 @@ async function direct(context: LlamaContext, model: LlamaModel, concurrency: num
   // Fixed-length answers: end-of-sequence is never picked (what ignore_eos asks of the server; TokenBias.set()
   // ignores end-of-generation tokens, so the bias is the server's own helper).
   const noEos = noEndOfSequenceBias(model);
+  const cpu0 = process.cpuUsage();
   const started = performance.now();
   const answers = await pool(REQUESTS, concurrency, async (index, slot) => {
     const sequence = sequences[slot]!;
@@ -108,12 +131,15 @@ async function direct(context: LlamaContext, model: LlamaModel, concurrency: num
     return { text: response, tokens: generated, ttftMs: ttftMs < 0 ? performance.now() - t0 : ttftMs };
   });
   const wallMs = performance.now() - started;
+  const cpuUs = ownCpuUs(cpu0);
   for (const s of sequences) s.dispose();
-  return { answers, wallMs };
+  return { answers, wallMs, cpuUs };
 }
 
-async function viaServer(baseUrl: string, modelName: string, concurrency: number): Promise<RoundResult> {
-  const llm = createLlmClient({ baseUrl, concurrency, maxRetries: 0, timeoutMs: 600_000 });
+async function viaServer(server: { baseUrl: string; pid: number }, modelName: string, concurrency: number): Promise<RoundResult> {
+  const llm = createLlmClient({ baseUrl: server.baseUrl, concurrency, maxRetries: 0, timeoutMs: 600_000 });
+  const cpu0 = process.cpuUsage();
+  const serverCpu0 = processCpuUs(server.pid);
   const started = performance.now();
   const answers = await pool(REQUESTS, concurrency, async (index) => {
     const t0 = performance.now();
@@ -123,17 +149,28 @@ async function viaServer(baseUrl: string, modelName: string, concurrency: number
     return { text: stream.text, tokens: stream.usage?.completionTokens ?? Number.NaN, ttftMs: ttftMs < 0 ? performance.now() - t0 : ttftMs };
   });
   const wallMs = performance.now() - started;
+  const cpuUs = ownCpuUs(cpu0) + processCpuUs(server.pid) - serverCpu0;
   llm.close();
-  return { answers, wallMs };
+  return { answers, wallMs, cpuUs };
 }
 
 function summary(result: RoundResult) {
   const tokens = result.answers.reduce((n, a) => n + a.tokens, 0);
   const ttft = result.answers.map((a) => a.ttftMs);
-  return { tokens, tokPerS: (tokens / result.wallMs) * 1000, ttftP50: percentile(ttft, 50), ttftP99: percentile(ttft, 99) };
+  return {
+    tokens,
+    tokPerS: (tokens / result.wallMs) * 1000,
+    ttftP50: percentile(ttft, 50),
+    ttftP99: percentile(ttft, 99),
+    cpuUsPerToken: result.cpuUs / tokens,
+  };
 }
 
-const median = (values: number[]) => percentile(values, 50);
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
 
 const SERVER_MAIN = join(dirname(fileURLToPath(import.meta.url)), "..", "model-server", "src", "main.ts");
 
@@ -156,6 +193,7 @@ async function startServerProcess(modelPath: string, adapterPath: string, concur
   });
   return {
     baseUrl: `${url}/v1`,
+    pid: child.pid!,
     async close() {
       child.kill("SIGTERM");
       if (child.exitCode === null) await once(child, "exit");
@@ -163,10 +201,25 @@ async function startServerProcess(modelPath: string, adapterPath: string, concur
   };
 }
 
-const root = await mkdtemp(join(tmpdir(), "bench-model-server-"));
-try {
+/** The tiny model and a trained adapter: kept in `--models-dir` when given (and reused from there), else temporary. */
+async function tinyModels(): Promise<{ models: TinyModels; cleanup(): Promise<void> }> {
+  const dir = args["models-dir"];
+  if (dir !== undefined) {
+    const kept = { modelDir: join(dir, "tiny"), model: join(dir, "tiny", "model.gguf"), adapter: join(dir, "job", "adapter.gguf") };
+    if (existsSync(kept.model) && existsSync(kept.adapter)) return { models: kept, cleanup: async () => undefined };
+    process.stderr.write(`making the tiny model and training an adapter with the trainer worker into ${dir}…\n`);
+    return { models: await makeTinyModels(dir), cleanup: async () => undefined };
+  }
+  const root = await mkdtemp(join(tmpdir(), "bench-model-server-"));
   process.stderr.write("making the tiny model and training an adapter with the trainer worker…\n");
-  const models = await makeTinyModels(root);
+  return { models: await makeTinyModels(root), cleanup: () => rm(root, { recursive: true, force: true }) };
+}
+
+const load1 = () => loadavg()[0]!.toFixed(1);
+const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+
+const { models, cleanup } = await tinyModels();
+try {
   const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
   const model = await llama.loadModel({ modelPath: models.model });
   const rows: string[] = [];
@@ -181,37 +234,56 @@ try {
       });
       // Warm-up, one each (first evaluation builds the compute graph).
       await direct(context, model, concurrency);
-      await viaServer(server.baseUrl, variant, concurrency);
+      await viaServer(server, variant, concurrency);
+      const loadBefore = load1();
       const d: ReturnType<typeof summary>[] = [];
       const s: ReturnType<typeof summary>[] = [];
+      const overheads: number[] = [];
       for (let round = 0; round < ROUNDS; round++) {
-        const a = await direct(context, model, concurrency);
-        const b = await viaServer(server.baseUrl, variant, concurrency);
+        // Alternating order: a load that rises or falls during the cell favours neither contestant.
+        let a: RoundResult;
+        let b: RoundResult;
+        if (round % 2 === 0) {
+          a = await direct(context, model, concurrency);
+          b = await viaServer(server, variant, concurrency);
+        } else {
+          b = await viaServer(server, variant, concurrency);
+          a = await direct(context, model, concurrency);
+        }
         a.answers.forEach((answer, i) => {
           const other = b.answers[i]!;
           // One sequence at a time, both compute exactly the same thing: the texts must be equal. With 8 in flight
           // llama.cpp batches whichever sequences are ready, and batch composition changes float sums enough to
           // flip near-tied greedy picks of the random tiny model, so there each answer is checked for its length.
           const same = concurrency === 1 ? other.text === answer.text : other.text !== "" && answer.text !== "";
-          if (!same || other.tokens !== MAX_TOKENS || answer.tokens !== MAX_TOKENS) {
+          // node-llama-cpp's LlamaCompletion does not stop on a token that ends inside a multi-byte character: it
+          // takes one more to finish the character, so an answer of the random model may have max_tokens + 1.
+          const fullLength = (tokens: number) => tokens === MAX_TOKENS || tokens === MAX_TOKENS + 1;
+          if (!same || !fullLength(other.tokens) || !fullLength(answer.tokens)) {
             throw new Error(`${variant} c=${concurrency} request ${i}: the server answered ${JSON.stringify(other.text)} (${other.tokens} tokens), node-llama-cpp ${JSON.stringify(answer.text)} (${answer.tokens})`);
           }
         });
-        d.push(summary(a));
-        s.push(summary(b));
+        const ds = summary(a);
+        const ss = summary(b);
+        d.push(ds);
+        s.push(ss);
+        overheads.push(1 - ss.tokPerS / ds.tokPerS);
+        process.stderr.write(
+          `  ${variant} c=${concurrency} round ${round + 1}/${ROUNDS}: direct ${ds.tokPerS.toFixed(0)} tok/s, server ${ss.tokPerS.toFixed(0)} tok/s, overhead ${pct(overheads.at(-1)!)} (load ${load1()})\n`,
+        );
       }
       await context.dispose();
-      const dt = median(d.map((x) => x.tokPerS));
-      const st = median(s.map((x) => x.tokPerS));
       const row = [
         variant === "tiny" ? "base" : "adapter",
         concurrency,
-        d[0]!.tokens,
-        dt.toFixed(0),
-        st.toFixed(0),
-        `${((1 - st / dt) * 100).toFixed(1)}%`,
+        median(d.map((x) => x.tokPerS)).toFixed(0),
+        median(s.map((x) => x.tokPerS)).toFixed(0),
+        `**${pct(median(overheads))}**`,
+        `${pct(Math.min(...overheads))} … ${pct(Math.max(...overheads))}`,
         `${median(d.map((x) => x.ttftP50)).toFixed(1)} / ${median(d.map((x) => x.ttftP99)).toFixed(1)}`,
         `${median(s.map((x) => x.ttftP50)).toFixed(1)} / ${median(s.map((x) => x.ttftP99)).toFixed(1)}`,
+        `${median(d.map((x) => x.cpuUsPerToken)).toFixed(0)} / ${median(s.map((x) => x.cpuUsPerToken)).toFixed(0)}`,
+        `${loadBefore} → ${load1()}`,
       ];
       rows.push(`| ${row.join(" | ")} |`);
       process.stderr.write(`${rows.at(-1)}\n`);
@@ -220,10 +292,14 @@ try {
   }
   await model.dispose();
   await llama.dispose();
-  console.log(`model server vs node-llama-cpp direct — tiny model, ${REQUESTS} requests × max_tokens ${MAX_TOKENS}, greedy, median of ${ROUNDS} rounds, threads ${THREADS}`);
-  console.log("| model | concurrency | tokens generated | direct tok/s | server tok/s | server overhead | direct TTFT p50 / p99 ms | server TTFT p50 / p99 ms |");
-  console.log("|---|---|---|---|---|---|---|---|");
+  console.log(
+    `model server vs node-llama-cpp direct — tiny model, ${REQUESTS} requests × max_tokens ${MAX_TOKENS} per round, greedy, ${ROUNDS} rounds per cell in alternating order, threads ${THREADS}, ${cpus().length} CPUs`,
+  );
+  console.log(
+    "| model | concurrency | direct tok/s | server tok/s | server overhead (median round) | overhead, lowest … highest round | direct TTFT p50 / p99 ms | server TTFT p50 / p99 ms | CPU µs per token, direct / server + client | load average (1 min) before → after |",
+  );
+  console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const row of rows) console.log(row);
 } finally {
-  await rm(root, { recursive: true, force: true });
+  await cleanup();
 }

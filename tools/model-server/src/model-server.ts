@@ -309,14 +309,19 @@ async function generate(
     if (request.stream) {
       const stream = new SseWriter(res, endpoint, id, created, model);
       stream.start();
-      result = await engine.generate(model, prompt, {
-        ...sampling(request, maxTokens, grammar, cancel.signal),
-        onText: (text) => {
-          if (text === "") return;
-          onFirstText();
-          stream.text(text);
-        },
-      });
+      try {
+        result = await engine.generate(model, prompt, {
+          ...sampling(request, maxTokens, grammar, cancel.signal),
+          onText: (text) => {
+            if (text === "") return;
+            onFirstText();
+            stream.text(text);
+          },
+        });
+      } catch (error) {
+        stream.flush(); // the text so far, then the error event
+        throw error;
+      }
       if (cancel.signal.aborted) return;
       stream.finish(result, request.includeUsage);
     } else {
@@ -389,9 +394,20 @@ function responseBody(endpoint: Endpoint, id: string, created: number, model: st
   };
 }
 
-/** Server-sent events as vLLM streams them: one JSON chunk per `data:` line, usage last, then `[DONE]`. */
+/**
+ * Server-sent events as vLLM streams them: one JSON chunk per `data:` line, usage last, then `[DONE]`.
+ *
+ * Text events are written after the current event-loop turn, not when the token comes: node-llama-cpp hands a
+ * context's tokens to JavaScript and decodes the next batch only after every sequence of the batch has taken its
+ * token, so a socket write per token and stream made there sits on the path of every decoding step (8 writes per
+ * step with 8 streams). Queued, the writes go out while the next batch decodes off the JavaScript thread, and the
+ * events of one turn leave in one write per stream. Order and content are unchanged; the last events go with `[DONE]`.
+ */
 class SseWriter {
   readonly #object: string;
+  /** Events not yet written. */
+  #pending = "";
+  #flushScheduled = false;
 
   constructor(
     readonly res: ServerResponse,
@@ -406,11 +422,11 @@ class SseWriter {
   start(): void {
     this.res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive" });
     this.res.flushHeaders();
-    if (this.endpoint === "chat") this.#send([{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]);
+    if (this.endpoint === "chat") this.#queue([{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]);
   }
 
   text(text: string): void {
-    this.#send([
+    this.#queue([
       this.endpoint === "chat"
         ? { index: 0, delta: { content: text }, logprobs: null, finish_reason: null }
         : { index: 0, text, logprobs: null, finish_reason: null, stop_reason: null },
@@ -419,14 +435,32 @@ class SseWriter {
 
   finish(result: GenerationResult, includeUsage: boolean): void {
     const finish = { logprobs: null, finish_reason: result.finishReason, stop_reason: result.stopReason };
-    this.#send([this.endpoint === "chat" ? { index: 0, delta: {}, ...finish } : { index: 0, text: "", ...finish }]);
-    if (includeUsage) this.#send([], usageOf(result));
-    this.res.end("data: [DONE]\n\n");
+    this.#queue([this.endpoint === "chat" ? { index: 0, delta: {}, ...finish } : { index: 0, text: "", ...finish }]);
+    if (includeUsage) this.#queue([], usageOf(result));
+    const rest = this.#take();
+    this.res.end(`${rest}data: [DONE]\n\n`);
   }
 
-  #send(choices: unknown[], usage?: unknown): void {
+  /** Writes the queued events now (before an error event ends the stream). */
+  flush = (): void => {
+    this.#flushScheduled = false;
+    const events = this.#take();
+    if (events !== "" && !this.res.writableEnded && !this.res.destroyed) this.res.write(events);
+  };
+
+  #take(): string {
+    const events = this.#pending;
+    this.#pending = "";
+    return events;
+  }
+
+  #queue(choices: unknown[], usage?: unknown): void {
     const chunk = { id: this.id, object: this.#object, created: this.created, model: this.model, choices, ...(usage === undefined ? {} : { usage }) };
-    this.res.write(`data: ${JSON.stringify(chunk)}\n\n`);
+    this.#pending += `data: ${JSON.stringify(chunk)}\n\n`;
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      setImmediate(this.flush);
+    }
   }
 }
 
