@@ -186,7 +186,8 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
       const run = (await deps.ingest.getIngestRun({ runId: req.runId })).run;
       if (run === undefined) throw new ConnectError(`ingest run ${req.runId} not found`, Code.NotFound);
       await allow(ctx, run.collection);
-      for await (const res of deps.ingest.watchIngestRun({ runId: run.id, fromSequence: req.fromSequence }, { signal: ctx.signal })) {
+      // A watch lasts as long as the run: no deadline of the upstream client's (timeoutMs 0), ended by the caller.
+      for await (const res of deps.ingest.watchIngestRun({ runId: run.id, fromSequence: req.fromSequence }, { signal: ctx.signal, timeoutMs: 0 })) {
         yield res.event === undefined ? {} : { event: res.event };
       }
     },
@@ -221,7 +222,8 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
 
     async *watchCollectionJob(req, ctx) {
       const job = await allowedJob(ctx, req.jobId);
-      for await (const res of deps.trainer.watchJob({ jobId: job.id, fromSequence: req.fromSequence }, { signal: ctx.signal })) {
+      // As long as the job trains (minutes to hours): no upstream deadline (timeoutMs 0), ended by the caller or the job's end.
+      for await (const res of deps.trainer.watchJob({ jobId: job.id, fromSequence: req.fromSequence }, { signal: ctx.signal, timeoutMs: 0 })) {
         yield res.event === undefined ? {} : { event: res.event };
       }
     },

@@ -51,6 +51,8 @@ const versions = { "dsv-a": "acme-docs", "dsv-g": "globex-docs" } as Record<stri
 const jobs = { "job-a": "acme-docs", "job-g": "globex-docs" } as Record<string, string>;
 const runs = { "eval-a": "acme-docs", "eval-g": "globex-docs" } as Record<string, string>;
 const ingestRuns = { "run-a": "acme-docs", "run-g": "globex-docs" } as Record<string, string>;
+/** The deadline (ms) each upstream watch arrived with. */
+const deadlines: (number | undefined)[] = [];
 /** Releases the trainer's job stream one event at a time (the test decides when). */
 let releaseEvent: (() => void) | undefined;
 
@@ -67,8 +69,9 @@ const upstream = createRouterTransport((router) => {
       if (ingestRuns[req.runId] === undefined) throw notFound(`ingest run ${req.runId}`);
       return { run: create(IngestRunSchema, { id: req.runId, collection: ingestRuns[req.runId]! }) };
     },
-    async *watchIngestRun(req) {
-      yield { event: { sequence: 1, runId: req.runId } };
+    async *watchIngestRun(req, ctx) {
+      yield { event: { sequence: 1, runId: req.runId, event: { case: "statusChanged", value: {} } } };
+      deadlines.push(ctx.timeoutMs());
     },
   });
   router.service(DatasetService, {
@@ -94,7 +97,8 @@ const upstream = createRouterTransport((router) => {
     async cancelJob(req) {
       return { job: create(JobSchema, { id: req.jobId, status: JobStatus.CANCEL_REQUESTED }) };
     },
-    async *watchJob(req) {
+    async *watchJob(req, ctx) {
+      deadlines.push(ctx.timeoutMs());
       for (let step = 1; step <= 3; step++) {
         await new Promise<void>((resolve) => (releaseEvent = resolve));
         yield { event: create(JobEventSchema, { sequence: step, jobId: req.jobId, event: { case: "metrics", value: { step, totalSteps: 3, trainLoss: 3 - step / 2, learningRate: 1e-3 } } }) };
@@ -119,7 +123,7 @@ const upstream = createRouterTransport((router) => {
       };
     },
   });
-});
+}, { transport: { defaultTimeoutMs: 60_000 } }); // the gateway's upstream clients have a 60 s default deadline
 
 const handlers = createReadApis({
   access,
@@ -197,5 +201,19 @@ describe("the dashboard's read APIs", () => {
     }
     expect(steps).toEqual([1, 2, 3]);
     expect((await stream.next()).done).toBe(true);
+  });
+
+  it("watch upstream without the upstream clients' default deadline (a job trains for longer than a minute)", async () => {
+    deadlines.length = 0;
+    for await (const res of acme.watchCollectionIngestRun({ runId: "run-a" })) void res;
+    expect((await acme.getCollectionJob({ jobId: "job-a" })).job?.id).toBe("job-a");
+    const stream = acme.watchCollectionJob({ jobId: "job-a" })[Symbol.asyncIterator]();
+    const next = stream.next();
+    while (releaseEvent === undefined) await new Promise((r) => setImmediate(r));
+    releaseEvent();
+    releaseEvent = undefined;
+    await next;
+    await stream.return?.();
+    expect(deadlines).toEqual([undefined, undefined]);
   });
 });
