@@ -444,7 +444,19 @@ export class Pipelines {
       });
       let started: { id: string } | { skipped: string };
       try {
-        started = await this.#retrying(`starting the ${name} stage`, signal, log, () => driver.start(run, `${run.id}-${name}`, signal));
+        started = await this.#retrying(
+          `starting the ${name} stage`,
+          signal,
+          log,
+          () => driver.start(run, `${run.id}-${name}`, signal),
+          async (why) => {
+            run = await write((state) => {
+              const st = stageOf(state);
+              st.detail = `waiting for the ${name} service: ${why}`;
+              return [stageChanged(st)];
+            });
+          },
+        );
       } catch (err) {
         if (!(err instanceof ConnectError) || isTransient(err)) throw err;
         log.warn({ err, stage: name }, "pipeline stage could not start");
@@ -542,7 +554,7 @@ export class Pipelines {
   }
 
   /** Runs `call`, waiting out transient upstream errors (the service restarting) until the run is cancelled. */
-  async #retrying<T>(what: string, signal: AbortSignal, log: Logger, call: () => Promise<T>): Promise<T> {
+  async #retrying<T>(what: string, signal: AbortSignal, log: Logger, call: () => Promise<T>, onWait: (why: string) => Promise<void>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       signal.throwIfAborted();
       try {
@@ -551,6 +563,7 @@ export class Pipelines {
         if (signal.aborted || !isTransient(err)) throw err;
         const waitMs = Math.min(10_000, 250 * 2 ** Math.min(attempt, 6));
         log.warn({ err, waitMs }, `${what} failed; retrying`);
+        if (attempt === 3) await onWait((err as ConnectError).rawMessage);
         await sleep(waitMs, signal);
       }
     }

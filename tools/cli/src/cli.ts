@@ -13,7 +13,7 @@ import { readdir, readFile, stat } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join, relative } from "node:path";
 import { parseArgs } from "node:util";
-import { type DescMessage, type MessageShape, toJsonString } from "@bufbuild/protobuf";
+import { type DescMessage, fromJson, type JsonValue, type MessageShape, toJsonString } from "@bufbuild/protobuf";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { runKeysCommand } from "@ragtune/gateway-service/keys-command";
@@ -23,6 +23,7 @@ import {
   GetAdapterLineageResponseSchema,
   GetDocumentLineageResponseSchema,
   GetEvalRunReportResponseSchema,
+  HyperparametersSchema,
   ListCollectionDatasetVersionsResponseSchema,
   ListCollectionDocumentsResponseSchema,
   ListCollectionJobsResponseSchema,
@@ -48,7 +49,8 @@ usage: ragtune <command> [options]
   ingest <dir|file>...      ingest Markdown/HTML documents into a collection (--collection)
   dataset build             build a dataset version of a collection (--collection, --questions N, --negative-ratio R,
                             --model <generation model at the gateway's LLM endpoint; default: extractive>)
-  train                     train an adapter (--dataset-version <ID>, --base-model <folder>, --steps N | --epochs N)
+  train                     train an adapter (--dataset-version <ID>, --base-model <folder>, --steps N | --epochs N,
+                            --hp name=value for any other hyperparameter, e.g. --hp learning_rate=2e-4)
   eval                      evaluate a job's adapter against the base model on its test split (--job <ID>, --max-items N)
   pipeline run [<dir>]      ingest → dataset → train → eval → promote in one run (--base-model, --steps, --max-items,
                             --no-promote, --force-promote)
@@ -117,6 +119,7 @@ const OPTIONS = {
   "max-items": { type: "string" },
   "no-promote": { type: "boolean" },
   "force-promote": { type: "boolean" },
+  hp: { type: "string", multiple: true },
 } as const;
 
 class UsageError extends Error {}
@@ -225,11 +228,14 @@ export async function run(argv: string[], env: Record<string, string | undefined
       const shown = new Map<PipelineStage, string>();
       for await (const { event } of gateway.watchPipelineRun({ pipelineRunId: id }, { timeoutMs: 24 * 3600_000 })) {
         const e = event?.event;
-        if (e?.case !== "stageChanged" || f.json === true) continue;
-        const line = progressLine(e.value);
-        if (shown.get(e.value.stage) === line) continue;
-        shown.set(e.value.stage, line);
-        io.err(line);
+        if (e?.case !== "stageChanged") continue;
+        // A line when a stage changes status, and at each tenth of its progress.
+        const st = e.value;
+        const tenth = st.progressTotal > 0n ? Math.floor((10 * Number(st.progressDone)) / Number(st.progressTotal)) : -1;
+        const mark = `${st.status}:${tenth}`;
+        if (shown.get(st.stage) === mark) continue;
+        shown.set(st.stage, mark);
+        io.err(progressLine(st));
       }
       const done = (await gateway.getPipelineRun({ pipelineRunId: id })).run!;
       print(PipelineRunSchema, done, () => runTable(done));
@@ -249,7 +255,28 @@ export async function run(argv: string[], env: Record<string, string | undefined
       const epochs = intFlag(f.epochs, "epochs");
       if (steps !== undefined && epochs !== undefined) throw new UsageError("give --steps or --epochs, not both");
       const duration = steps !== undefined ? { case: "maxSteps" as const, value: steps } : epochs !== undefined ? { case: "epochs" as const, value: epochs } : undefined;
-      return { baseModel: f["base-model"] ?? "", ...(duration === undefined ? {} : { hyperparameters: { duration } }) };
+      // --hp name=value (proto field names, e.g. learning_rate=2e-4, gradient_checkpointing=false, compute_dtype=COMPUTE_DTYPE_FLOAT32).
+      const fields: Record<string, unknown> = {};
+      for (const pair of f.hp ?? []) {
+        const eq = pair.indexOf("=");
+        if (eq <= 0) throw new UsageError(`--hp takes name=value (e.g. --hp learning_rate=2e-4), got "${pair}"`);
+        const raw = pair.slice(eq + 1);
+        let value: unknown = raw;
+        try {
+          value = JSON.parse(raw);
+        } catch {
+          // not JSON: an enum name or other text
+        }
+        fields[pair.slice(0, eq)] = value;
+      }
+      let hyperparameters;
+      try {
+        hyperparameters = fromJson(HyperparametersSchema, fields as JsonValue);
+      } catch (e) {
+        throw new UsageError(`--hp: ${(e as Error).message}`);
+      }
+      if (duration !== undefined) hyperparameters.duration = duration;
+      return { baseModel: f["base-model"] ?? "", hyperparameters };
     };
     const datasetSpec = () => {
       const questions = intFlag(f.questions, "questions");

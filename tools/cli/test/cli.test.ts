@@ -112,6 +112,10 @@ describe("ragtune", () => {
     expect(id).toMatch(/^pipe-/);
     expect((await cli("pipeline", "watch", id)).code).toBe(0);
     expect((await cli("train")).code).toBe(2);
+    const badHp = await cli("train", "--dataset-version", "v", "--hp", "no_such_field=1");
+    expect(badHp.code).toBe(2);
+    expect(badHp.err).toMatch(/--hp: .*no_such_field/);
+    expect((await cli("train", "--dataset-version", "v", "--hp", "learning_rate")).err).toMatch(/--hp takes name=value/);
     expect((await cli("eval")).code).toBe(2);
     expect((await cli("dataset")).code).toBe(2);
     expect((await cli("ingest", join(dir, "missing"))).err).toMatch(/does not exist/);
