@@ -11,15 +11,48 @@ import { type PromotedAdapter, type PromotionRecord, PromotionRecordSchema } fro
 export const HISTORY_LIMIT = 20;
 
 export class PromotionStore {
+  /**
+   * The newest record known per key (null: none) and its revision, from this store's reads and writes and a watch of
+   * the bucket's changes (every replica's), so `current` — read on every Ask — asks the server once per collection.
+   */
+  readonly #known = new Map<string, { record: PromotionRecord | null; revision: number }>();
+  /** False once the watch has ended: `current` then reads the bucket every time. */
+  #watching = false;
+
   private constructor(readonly kv: TypedKv<typeof PromotionRecordSchema>) {}
 
   static async open(bus: Bus, bucket = "gateway-promotions"): Promise<PromotionStore> {
-    return new PromotionStore(await bus.kv(bucket, PromotionRecordSchema));
+    const store = new PromotionStore(await bus.kv(bucket, PromotionRecordSchema));
+    // Every change stored after this point is reported, so a value read after it is never newer than what follows.
+    const watch = await store.kv.watch({ updatesOnly: true });
+    store.#watching = true;
+    void (async () => {
+      for await (const c of watch) store.#learn(c.key, c.value, c.revision);
+    })()
+      .catch(() => undefined)
+      .finally(() => {
+        store.#watching = false;
+        store.#known.clear();
+      });
+    return store;
   }
 
-  /** The promoted adapter of a collection, if any. */
+  #learn(key: string, record: PromotionRecord | null, revision: number): void {
+    const known = this.#known.get(key);
+    if (known === undefined || known.revision < revision) this.#known.set(key, { record, revision });
+  }
+
+  /** The promoted adapter of a collection, if any (from memory after the collection's first read; see `#known`). */
   async current(collection: string): Promise<PromotedAdapter | undefined> {
-    return (await this.record(collection))?.history[0];
+    if (!this.#watching) return (await this.record(collection))?.history[0];
+    const key = kvKey(collection);
+    let known = this.#known.get(key);
+    if (known === undefined) {
+      const entry = await this.kv.get(key);
+      this.#learn(key, entry?.value ?? null, entry?.revision ?? 0);
+      known = this.#known.get(key)!;
+    }
+    return known.record?.history[0];
   }
 
   async record(collection: string): Promise<PromotionRecord | undefined> {
@@ -37,8 +70,8 @@ export class PromotionStore {
       const history = (await change(entry?.value.history ?? [])).slice(0, HISTORY_LIMIT);
       const record = create(PromotionRecordSchema, { collection, history });
       try {
-        if (entry === null) await this.kv.create(key, record);
-        else await this.kv.update(key, record, entry.revision);
+        const revision = entry === null ? await this.kv.create(key, record) : await this.kv.update(key, record, entry.revision);
+        this.#learn(key, record, revision); // read-your-writes on this replica, before the watch reports it
         return history;
       } catch (err) {
         if (!(err instanceof RevisionConflictError) || attempt >= 10) throw err;
