@@ -14,23 +14,32 @@
  * The build's max_concurrency is twice the concurrency, so batches wait in the queue ahead of the wire; each replica's
  * LLM_CONCURRENCY (the concurrency, halved with two replicas) caps the requests on the wire, which the endpoint checks.
  *
- * Conditions: no faults (the anchor), 5% faults after the full latency, 5% faults at once (same seed, same draws), and
- * the anchor's load shared by two replicas with half the concurrency each. The bench checks that each version
- * has 3 examples per succeeded chunk before the quality gate, answers copied from their own chunk, and that the
- * endpoint never saw more requests at once than the concurrency.
+ * Conditions: no faults (the anchor), the floor (the same chunks through the generator on one LLM client, no queue,
+ * store or events: what this machine allows at the moment), 5% faults after the full latency, 5% faults at once (same
+ * seed, same draws), and the anchor's load shared by two replicas with half the concurrency each. The conditions run
+ * in turn, ROUNDS times (interleaved, so a change in the machine's load hits them alike); each row is the median, the
+ * ratios to the anchor and the floor are taken within a round. The bench checks that each version has 3 examples per
+ * succeeded chunk before the quality gate, answers copied from their own chunk, and that the endpoint never saw more
+ * requests at once than the concurrency. Per run it prints where the time went (phasesOf, from the endpoint's trace of
+ * every request) and the load average.
  *
  * Run: node --conditions=@ragtune/source --import tsx tools/bench/generation.ts
- *      (DOCS=100 SECTIONS=10 CONCURRENCY=32 LATENCY_MS=200 FAULT_RATE=0.05 BATCH=8 to override)
+ *      (DOCS=100 SECTIONS=10 CONCURRENCY=32 LATENCY_MS=200 FAULT_RATE=0.05 BATCH=8 ROUNDS=1 ONLY=faults,at-once,replicas
+ *      to override)
  */
+import os from "node:os";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { DatasetService, DatasetVersionStatus, type DatasetVersionEvent, IngestRunStatus, IngestService } from "@ragtune/proto";
 import { startTestService, type TestService } from "@ragtune/rpc";
 import { seededRandom, startNatsServer } from "@ragtune/testing";
+import { createLlmClient } from "@ragtune/llm";
 import { datasetConfigSchema } from "../../services/dataset/src/config.js";
+import type { SourceChunk } from "../../services/dataset/src/extractive-generator.js";
+import { generateLlmDataset } from "../../services/dataset/src/llm-generator.js";
 import { startDatasetService } from "../../services/dataset/src/server.js";
 import { ingestConfigSchema } from "../../services/ingest/src/config.js";
 import { startIngestService } from "../../services/ingest/src/server.js";
-import { type EndpointConfig, type EndpointStats, fullLatencyRequests, startEndpoint } from "./loopback-endpoint.js";
+import { type EndpointConfig, type EndpointStats, fullLatencyRequests, startEndpoint, statsSince, type TracedRequest } from "./loopback-endpoint.js";
 
 const DOCS = Number(process.env["DOCS"] ?? 100);
 const SECTIONS = Number(process.env["SECTIONS"] ?? 10);
@@ -38,6 +47,10 @@ const CONCURRENCY = Number(process.env["CONCURRENCY"] ?? 32);
 const LATENCY_MS = Number(process.env["LATENCY_MS"] ?? 200);
 const FAULT_RATE = Number(process.env["FAULT_RATE"] ?? 0.05);
 const BATCH = Number(process.env["BATCH"] ?? 8);
+/** Rounds of the conditions, interleaved (anchor, faults, …, anchor, faults, …): each row is their median. */
+const ROUNDS = Number(process.env["ROUNDS"] ?? 1);
+/** The anchor, the client-alone floor and only these conditions (comma-separated ids: faults, at-once, replicas; all when unset). */
+const ONLY = (process.env["ONLY"] ?? "").split(",").filter((w) => w !== "");
 const MODEL = "bench-writer";
 
 const WORDS = (
@@ -61,18 +74,22 @@ function documents(): [string, Uint8Array][] {
 }
 
 interface Condition {
+  /** For ONLY: anchor, client, faults, at-once, replicas. */
+  id: string;
   label: string;
   faultRate: number;
   faultAt: EndpointConfig["faultAt"];
+  /** Dataset replicas sharing the build; 0: no service, generateLlmDataset on one LLM client (the floor). */
   replicas: number;
 }
 
-const CONDITIONS: Condition[] = [
-  { label: "no faults (anchor)", faultRate: 0, faultAt: "latency", replicas: 1 },
-  { label: `${(FAULT_RATE * 100).toFixed(1)}% faults`, faultRate: FAULT_RATE, faultAt: "latency", replicas: 1 },
-  { label: `${(FAULT_RATE * 100).toFixed(1)}% faults, all at once`, faultRate: FAULT_RATE, faultAt: "immediate", replicas: 1 },
-  { label: "no faults, 2 replicas × half the concurrency", faultRate: 0, faultAt: "latency", replicas: 2 },
-];
+const CONDITIONS = ([
+  { id: "anchor", label: "no faults (anchor)", faultRate: 0, faultAt: "latency", replicas: 1 },
+  { id: "client", label: "no faults, the generator on the LLM client alone (floor)", faultRate: 0, faultAt: "latency", replicas: 0 },
+  { id: "faults", label: `${(FAULT_RATE * 100).toFixed(1)}% faults`, faultRate: FAULT_RATE, faultAt: "latency", replicas: 1 },
+  { id: "at-once", label: `${(FAULT_RATE * 100).toFixed(1)}% faults, all at once`, faultRate: FAULT_RATE, faultAt: "immediate", replicas: 1 },
+  { id: "replicas", label: "no faults, 2 replicas × half the concurrency", faultRate: 0, faultAt: "latency", replicas: 2 },
+] satisfies Condition[] as Condition[]).filter((c) => c.id === "anchor" || c.id === "client" || ONLY.length === 0 || ONLY.includes(c.id));
 
 interface Result {
   condition: Condition;
@@ -83,9 +100,128 @@ interface Result {
   retries: number;
   endpoint: EndpointStats;
   correct: boolean;
+  phases: Phases;
+  /** Load average (1 min) when the run started and ended. */
+  load: [number, number];
+  /** CPU ms of this process during the generation time (services and bench; not the endpoint or nats-server). */
+  cpuMs: number;
+}
+
+/**
+ * Where the generation time went, from the endpoint's trace (its wall clock; same host as the service's event times):
+ *   startup  the version's GENERATING event → the first request on the wire (chunks read from ingest, batches queued,
+ *            the first batch taken)
+ *   fill     the first request → CONCURRENCY requests in flight for the first time
+ *   steady   → the last request's arrival; `steadyUse` is the mean share of the CONCURRENCY slots busy in it
+ *   drain    the last request's arrival → its close (at least one latency: the last slot's own request)
+ *   tail     the last close → the last progress event (outcome stored, read back by the coordinator, progress written)
+ *   ideal    ⌈full-latency requests / CONCURRENCY⌉ × latency: the shortest wire time these requests allow
+ */
+interface Phases {
+  startupMs: number;
+  fillMs: number;
+  steadyMs: number;
+  steadyUse: number;
+  drainMs: number;
+  tailMs: number;
+  idealMs: number;
+}
+
+function phasesOf(trace: TracedRequest[], startedMs: number, endedMs: number, fullLatency: number): Phases {
+  const firstArrival = Math.min(...trace.map((t) => t.arrivedMs));
+  const lastArrival = Math.max(...trace.map((t) => t.arrivedMs));
+  const lastClose = Math.max(...trace.map((t) => t.closedMs));
+  // The in-flight count over time: +1 at each arrival, −1 at each close.
+  const steps = trace.flatMap((t) => [{ at: t.arrivedMs, d: 1 }, { at: t.closedMs, d: -1 }]).sort((a, b) => a.at - b.at || a.d - b.d);
+  let inFlight = 0;
+  let full = lastArrival;
+  let busy = 0; // slot-ms between `full` and the last arrival
+  let prev = 0;
+  for (const s of steps) {
+    if (full !== lastArrival && prev < lastArrival) busy += inFlight * (Math.min(s.at, lastArrival) - Math.max(prev, full));
+    inFlight += s.d;
+    if (inFlight >= CONCURRENCY && full === lastArrival && s.at < lastArrival) full = s.at;
+    prev = s.at;
+  }
+  const steadyMs = lastArrival - full;
+  return {
+    startupMs: firstArrival - startedMs,
+    fillMs: full - firstArrival,
+    steadyMs,
+    steadyUse: steadyMs > 0 ? busy / (CONCURRENCY * steadyMs) : 1,
+    drainMs: lastClose - lastArrival,
+    tailMs: endedMs - lastClose,
+    idealMs: Math.ceil(fullLatency / CONCURRENCY) * LATENCY_MS,
+  };
+}
+
+/**
+ * CPU time of this process (the ingest and dataset services run in it; the endpoint and nats-server do not) over wall
+ * time, sampled every 20 ms: the CPU a run spent between two wall-clock times, which the machine's load does not
+ * inflate the way it inflates the wall time.
+ */
+const cpuSamples: { wallMs: number; cpuUs: number }[] = [];
+const sampleCpu = () => {
+  const u = process.cpuUsage();
+  cpuSamples.push({ wallMs: performance.timeOrigin + performance.now(), cpuUs: u.user + u.system });
+};
+setInterval(sampleCpu, 20).unref();
+function cpuMsBetween(fromMs: number, toMs: number): number {
+  sampleCpu();
+  const at = (t: number) => {
+    // The last sample at or before t (samples are in time order).
+    let best = cpuSamples[0]!;
+    for (const s of cpuSamples) if (s.wallMs <= t) best = s;
+    return best.cpuUs;
+  };
+  return (at(toMs) - at(fromMs)) / 1000;
+}
+
+function loadAverage(): number {
+  return os.loadavg()[0]!;
+}
+
+/**
+ * The floor: the same chunks through generateLlmDataset on one LLM client (LLM_CONCURRENCY = CONCURRENCY, the build's
+ * max_concurrency), in this process with no queue, store or events; time from the call to its return.
+ */
+async function clientAlone(
+  condition: Condition,
+  chunks: SourceChunk[],
+  chunkText: Map<string, string>,
+  endpoint: Awaited<ReturnType<typeof startEndpoint>>,
+  before: EndpointStats,
+  loadBefore: number,
+): Promise<Result> {
+  const llm = createLlmClient({ baseUrl: endpoint.url, concurrency: CONCURRENCY, timeoutMs: 10_000 });
+  try {
+    const started = performance.timeOrigin + performance.now();
+    const out = await generateLlmDataset(chunks, { model: MODEL, questionsPerChunk: 3, temperature: 0.7, seed: 42, maxConcurrency: 2 * CONCURRENCY }, { llm });
+    const ended = performance.timeOrigin + performance.now();
+    const endpointStats = statsSince(await endpoint.stats(), before);
+    const trace = await endpoint.trace();
+    const succeededChunks = chunks.length - new Set(out.failures.map((f) => f.chunkId)).size;
+    const correct = out.examples.length === 3 * succeededChunks && out.examples.every((e) => chunkText.get(e.chunkId)?.includes(e.answer));
+    return {
+      condition,
+      chunks: chunks.length,
+      phases: phasesOf(trace, started, ended, fullLatencyRequests(endpointStats, condition.faultAt)),
+      cpuMs: cpuMsBetween(started, ended),
+      load: [loadBefore, loadAverage()],
+      generationMs: ended - started,
+      succeededChunks,
+      examplesGenerated: out.examples.length,
+      retries: out.counts.llmRetries,
+      endpoint: endpointStats,
+      correct,
+    };
+  } finally {
+    llm.close();
+  }
 }
 
 async function run(condition: Condition, seed: number): Promise<Result> {
+  const loadBefore = loadAverage();
   const nats = await startNatsServer();
   const endpoint = await startEndpoint({ latencyMs: LATENCY_MS, faultRate: condition.faultRate, faultAt: condition.faultAt, seed, answer: "qa-pairs" });
   const stops: (() => Promise<void>)[] = [];
@@ -93,7 +229,7 @@ async function run(condition: Condition, seed: number): Promise<Result> {
   try {
     const ingest = await startTestService({ definition: { name: "ingest", schema: ingestConfigSchema, start: startIngestService }, nats });
     stops.push(() => ingest.stop());
-    const perReplica = Math.floor(CONCURRENCY / condition.replicas);
+    const perReplica = Math.floor(CONCURRENCY / Math.max(1, condition.replicas));
     for (let r = 0; r < condition.replicas; r++) {
       const dataset = await startTestService({
         definition: { name: "dataset", schema: datasetConfigSchema, start: startDatasetService },
@@ -117,16 +253,22 @@ async function run(condition: Condition, seed: number): Promise<Result> {
     });
     for await (const res of ingestClient.watchIngestRun({ runId: ingestRun!.id })) void res;
     const ingested = (await ingestClient.getIngestRun({ runId: ingestRun!.id })).run!;
-    if (ingested.status !== IngestRunStatus.SUCCEEDED) throw new Error(`ingest ended ${IngestRunStatus[ingested.status]}`);
+    if (ingested.status !== IngestRunStatus.SUCCEEDED) throw new Error(`ingest ended ${IngestRunStatus[ingested.status]} (run with TEST_LOG_LEVEL=warn to see why)`);
     const chunkText = new Map<string, string>();
+    const chunkList: SourceChunk[] = [];
     let pageToken = "";
     do {
       const page = await ingestClient.listChunks({ collection: "bench", page: { pageSize: 1000, pageToken } });
-      for (const c of page.chunks) chunkText.set(c.id, c.text);
+      for (const c of page.chunks) {
+        chunkText.set(c.id, c.text);
+        chunkList.push({ id: c.id, documentId: c.documentId, headingPath: [...c.headingPath], text: c.text });
+      }
       pageToken = page.page!.nextPageToken;
     } while (pageToken !== "");
 
     const before = await endpoint.stats();
+    await endpoint.trace(); // forget anything before the build
+    if (condition.replicas === 0) return await clientAlone(condition, chunkList, chunkText, endpoint, before, loadBefore);
     const client = replicas[0]!.client(DatasetService);
     const { version } = await client.buildDatasetVersion({
       collection: "bench",
@@ -137,6 +279,7 @@ async function run(condition: Condition, seed: number): Promise<Result> {
     const ready = (await client.getDatasetVersion({ datasetVersionId: version!.id })).version!;
     if (ready.status !== DatasetVersionStatus.READY) throw new Error(`build ended ${DatasetVersionStatus[ready.status]}: ${ready.failure?.message}`);
     const after = await endpoint.stats();
+    const trace = await endpoint.trace();
 
     const at = (e: DatasetVersionEvent) => timestampMs(e.time!);
     const started = events.find((e) => e.event.case === "statusChanged" && e.event.value.status === DatasetVersionStatus.GENERATING)!;
@@ -153,19 +296,18 @@ async function run(condition: Condition, seed: number): Promise<Result> {
       for (const e of page.examples) if (!chunkText.get(e.contextChunkIds[0]!)?.includes(e.answer)) correct = false;
       exampleToken = page.page!.nextPageToken;
     } while (exampleToken !== "");
+    const endpointStats = statsSince(after, before);
     return {
       condition,
       chunks,
+      phases: phasesOf(trace, at(started), at(last.e), fullLatencyRequests(endpointStats, condition.faultAt)),
+      cpuMs: cpuMsBetween(at(started), at(last.e)),
+      load: [loadBefore, loadAverage()],
       generationMs: at(last.e) - at(started),
       succeededChunks,
       examplesGenerated: last.p.examplesGenerated,
       retries: last.p.llmRetries,
-      endpoint: {
-        requests: after.requests - before.requests,
-        faults: { "500": after.faults["500"] - before.faults["500"], "429": after.faults["429"] - before.faults["429"], malformed: after.faults.malformed - before.faults.malformed, dropped: after.faults.dropped - before.faults.dropped },
-        maxInFlight: after.maxInFlight,
-        withoutGuidedFields: after.withoutGuidedFields - before.withoutGuidedFields,
-      },
+      endpoint: endpointStats,
       correct,
     };
   } finally {
@@ -178,23 +320,64 @@ async function run(condition: Condition, seed: number): Promise<Result> {
 const theoretical = CONCURRENCY / (LATENCY_MS / 1000);
 console.log(
   `Generation bench: ${DOCS}×${SECTIONS} sections, guided-JSON requests at concurrency ${CONCURRENCY} (batches of ${BATCH} chunks), ` +
-    `endpoint latency ${LATENCY_MS} ms, theoretical ${theoretical.toFixed(1)} chunks/s`,
+    `endpoint latency ${LATENCY_MS} ms, theoretical ${theoretical.toFixed(1)} chunks/s, ${ROUNDS} round(s) of ${CONDITIONS.length} condition(s), interleaved`,
 );
-const results: Result[] = [];
-for (const condition of CONDITIONS) results.push(await run(condition, 1000));
-const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 const share = (r: Result) => r.succeededChunks / (r.generationMs / 1000) / theoretical;
+const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 === 1 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const rounds: Result[][] = [];
+for (let round = 0; round < ROUNDS; round++) {
+  const results: Result[] = [];
+  for (const condition of CONDITIONS) {
+    const r = await run(condition, 1000);
+    results.push(r);
+    const p = r.phases;
+    console.log(
+      `round ${round + 1}: ${r.condition.label}: ${pct(share(r))} (${(r.generationMs / 1000).toFixed(2)} s; startup ${p.startupMs.toFixed(0)} ms, ` +
+        `fill ${p.fillMs.toFixed(0)} ms, steady ${p.steadyMs.toFixed(0)} ms at ${pct(p.steadyUse)} of the slots, drain ${p.drainMs.toFixed(0)} ms, ` +
+        `tail ${p.tailMs.toFixed(0)} ms; ideal wire ${p.idealMs} ms; ${((r.cpuMs * 1000) / r.chunks).toFixed(0)} µs CPU per chunk) load ${r.load[0].toFixed(2)}→${r.load[1].toFixed(2)}`,
+    );
+  }
+  rounds.push(results);
+}
+
 console.log("");
-console.log("| condition | chunks | generation s | chunks/s | share of theoretical | × anchor | success | requests | faults (500/429/malformed/dropped) | retries | full-latency bound | max in flight | output checked |");
-console.log("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|");
-for (const r of results) {
+console.log(
+  "| condition | chunks | generation s (median) | chunks/s | share of theoretical (median) | share min–max | × anchor | × floor | success | requests | faults (500/429/malformed/dropped) | retries | full-latency bound | max in flight | output checked |",
+);
+console.log("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|");
+const floor = CONDITIONS.findIndex((c) => c.id === "client");
+for (let c = 0; c < CONDITIONS.length; c++) {
+  const runs = rounds.map((results) => results[c]!);
+  const r = runs[0]!;
   const f = r.endpoint.faults;
-  const perSecond = r.succeededChunks / (r.generationMs / 1000);
+  const shares = runs.map(share);
+  const seconds = median(runs.map((x) => x.generationMs / 1000));
   const bound = r.chunks / fullLatencyRequests(r.endpoint, r.condition.faultAt);
+  // Ratios within each round (same load), then their median.
+  const vsAnchor = median(rounds.map((results) => share(results[c]!) / share(results[0]!)));
+  const vsFloor = median(rounds.map((results) => share(results[c]!) / share(results[floor]!)));
+  const checked = runs.every((x) => x.correct && x.endpoint.withoutGuidedFields === 0);
   console.log(
-    `| ${r.condition.label} | ${r.chunks} | ${(r.generationMs / 1000).toFixed(2)} | ${perSecond.toFixed(1)} | ${pct(share(r))} | ${(share(r) / share(results[0]!)).toFixed(3)} | ` +
-      `${((r.succeededChunks / r.chunks) * 100).toFixed(2)}% | ${r.endpoint.requests} | ${f["500"]}/${f["429"]}/${f.malformed}/${f.dropped} | ${r.retries} | ${pct(bound)} | ${r.endpoint.maxInFlight} | ${r.correct && r.endpoint.withoutGuidedFields === 0 ? "yes" : "NO"} |`,
+    `| ${r.condition.label} | ${r.chunks} | ${seconds.toFixed(2)} | ${(median(runs.map((x) => x.succeededChunks)) / seconds).toFixed(1)} | ${pct(median(shares))} | ` +
+      `${pct(Math.min(...shares))}–${pct(Math.max(...shares))} | ${vsAnchor.toFixed(3)} | ${vsFloor.toFixed(3)} | ${((median(runs.map((x) => x.succeededChunks)) / r.chunks) * 100).toFixed(2)}% | ` +
+      `${r.endpoint.requests} | ${f["500"]}/${f["429"]}/${f.malformed}/${f.dropped} | ${r.retries} | ${pct(bound)} | ${Math.max(...runs.map((x) => x.endpoint.maxInFlight))} | ${checked ? "yes" : "NO"} |`,
   );
 }
-const ok = results.every((r) => r.correct && r.endpoint.withoutGuidedFields === 0 && r.endpoint.maxInFlight <= CONCURRENCY);
+console.log("");
+console.log("Phases (median over rounds, ms): | condition | startup | fill | steady | steady slot use | drain | tail | wire ideal | CPU µs per chunk |");
+console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+for (let c = 0; c < CONDITIONS.length; c++) {
+  const ps = rounds.map((results) => results[c]!.phases);
+  const m = (k: keyof Phases) => median(ps.map((p) => p[k]));
+  console.log(
+    `| ${CONDITIONS[c]!.label} | ${m("startupMs").toFixed(0)} | ${m("fillMs").toFixed(0)} | ${m("steadyMs").toFixed(0)} | ${pct(m("steadyUse"))} | ${m("drainMs").toFixed(0)} | ${m("tailMs").toFixed(0)} | ${m("idealMs").toFixed(0)} | ${median(rounds.map((results) => (results[c]!.cpuMs * 1000) / results[c]!.chunks)).toFixed(0)} |`,
+  );
+}
+const loads = rounds.flat().flatMap((r) => r.load);
+console.log(`\nLoad average (1 min) over the runs: ${Math.min(...loads).toFixed(2)}–${Math.max(...loads).toFixed(2)} on ${os.cpus().length} cores`);
+const ok = rounds.flat().every((r) => r.correct && r.endpoint.withoutGuidedFields === 0 && r.endpoint.maxInFlight <= CONCURRENCY);
 if (!ok) process.exitCode = 1;

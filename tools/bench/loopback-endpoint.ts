@@ -9,6 +9,9 @@
  *   dropped         after the full latency: headers and half the body, then the socket is destroyed
  * With `faultAt: "immediate"` every fault comes at once.
  *
+ * Every request is traced (arrival and close, wall-clock ms): `trace()` hands over those since the last call, for
+ * the benches' per-phase breakdown (when the wire was busy, how many slots were used).
+ *
  * Answers (`answer`):
  *   "id"        the user message is `question <i>`; the content is `{"id": i, "answer": "answer i"}`
  *   "qa-pairs"  the dataset generator's prompt (the chunk between `<<<` and `>>>`, N pairs asked through the guided-JSON
@@ -67,9 +70,19 @@ function answerFor(body: ChatBody, mode: EndpointConfig["answer"]): string {
   return JSON.stringify({ pairs });
 }
 
+/** One request as the endpoint saw it: wall-clock ms (fractional) when it arrived and when its response closed. */
+export interface TracedRequest {
+  arrivedMs: number;
+  closedMs: number;
+  fault: Fault | "";
+}
+
+const wallMs = () => performance.timeOrigin + performance.now();
+
 function serve(config: EndpointConfig): void {
   const random = seededRandom(config.seed);
   const stats: EndpointStats = { requests: 0, faults: { "500": 0, "429": 0, malformed: 0, dropped: 0 }, maxInFlight: 0, withoutGuidedFields: 0 };
+  const trace: TracedRequest[] = [];
   let inFlight = 0;
   const json = (res: ServerResponse, status: number, body: string, headers: Record<string, string> = {}) => {
     res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), ...headers });
@@ -88,7 +101,12 @@ function serve(config: EndpointConfig): void {
   const server = createServer((req, res) => {
     inFlight++;
     stats.maxInFlight = Math.max(stats.maxInFlight, inFlight);
-    res.on("close", () => inFlight--);
+    const traced: TracedRequest = { arrivedMs: wallMs(), closedMs: 0, fault: "" };
+    trace.push(traced);
+    res.on("close", () => {
+      inFlight--;
+      traced.closedMs = wallMs();
+    });
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
@@ -97,7 +115,10 @@ function serve(config: EndpointConfig): void {
       if (!body.response_format?.json_schema?.schema || !body.guided_json) stats.withoutGuidedFields++;
       const content = answerFor(body, config.answer);
       const fault = random() < config.faultRate ? FAULTS[Math.floor(random() * FAULTS.length)]! : undefined;
-      if (fault) stats.faults[fault]++;
+      if (fault) {
+        stats.faults[fault]++;
+        traced.fault = fault;
+      }
       if (fault === "429") {
         json(res, 429, JSON.stringify({ error: { message: "rate limited (injected)" } }), { "retry-after-ms": "100", "retry-after": "1" });
         return;
@@ -117,11 +138,15 @@ function serve(config: EndpointConfig): void {
   server.listen(0, "127.0.0.1", () => process.send!({ port: (server.address() as AddressInfo).port }));
   process.on("message", (message) => {
     if (message === "stats") process.send!({ stats });
+    // The requests traced since the last "trace" message (then forgotten).
+    if (message === "trace") process.send!({ trace: trace.splice(0) });
   });
 }
 
 /** Starts the endpoint in a child process; `stats()` asks it for its counts. */
-export async function startEndpoint(config: EndpointConfig): Promise<{ child: ChildProcess; url: string; stats: () => Promise<EndpointStats> }> {
+export async function startEndpoint(
+  config: EndpointConfig,
+): Promise<{ child: ChildProcess; url: string; stats: () => Promise<EndpointStats>; trace: () => Promise<TracedRequest[]> }> {
   const child = fork(fileURLToPath(import.meta.url), ["--serve", JSON.stringify(config)], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
   const port = await new Promise<number>((resolve, reject) => {
     child.once("message", (m) => resolve((m as { port: number }).port));
@@ -134,6 +159,11 @@ export async function startEndpoint(config: EndpointConfig): Promise<{ child: Ch
       new Promise((resolve) => {
         child.once("message", (m) => resolve((m as { stats: EndpointStats }).stats));
         child.send("stats");
+      }),
+    trace: () =>
+      new Promise((resolve) => {
+        child.once("message", (m) => resolve((m as { trace: TracedRequest[] }).trace));
+        child.send("trace");
       }),
   };
 }
