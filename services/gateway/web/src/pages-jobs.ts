@@ -64,36 +64,53 @@ export async function jobPage({ root, signal }: PageContext, jobId: string): Pro
     job.failure ? h("p", { class: "error" }, `Failed: ${job.failure.message}`) : "",
   );
 
-  // The job's whole history, then live events, over one Connect-Web server stream (the stream ends after the terminal status).
-  try {
-    for await (const { event } of gateway.watchCollectionJob({ jobId }, { signal })) {
-      fill(live, "streaming");
-      live.dataset.state = "streaming";
-      const e = event?.event;
-      if (e === undefined) continue;
-      if (e.case === "metrics") {
-        const m = e.value;
-        loss.push(m.step, [m.trainLoss, m.valLoss ?? null]);
-        lr.push(m.step, [m.learningRate]);
-        fill(progress, `step ${m.step}/${m.totalSteps} · train loss ${num(m.trainLoss, 4)}${m.valLoss !== undefined ? ` · val loss ${num(m.valLoss, 4)}` : ""} · ${m.tokensPerSecond.toFixed(0)} tok/s`);
-      } else if (e.case === "statusChanged") {
-        fill(status, badge(statusName(e.value.status)));
-        if (TERMINAL.has(e.value.status)) cancel.remove();
-        if (e.value.failure) logList.append(h("li", { class: "error" }, e.value.failure.message));
-      } else if (e.case === "checkpointSaved" && e.value.checkpoint) {
-        const c = e.value.checkpoint;
-        if (!checkpoints.some((x) => x.id === c.id)) checkpointRows.append(checkpointRow(c.step, c.id, when(c.createdAt)));
-      } else if (e.case === "log") {
-        logList.append(h("li", {}, e.value.message));
+  // The job's whole history, then live events, over one Connect-Web server stream (it ends after the terminal status).
+  // A stream cut short (a proxy's idle limit, a gateway restart) is taken up again after the last event seen.
+  let lastSequence = 0;
+  let finished = false;
+  for (let attempt = 0; !finished; attempt++) {
+    try {
+      for await (const { event } of gateway.watchCollectionJob({ jobId, fromSequence: lastSequence + 1 }, { signal })) {
+        fill(live, "streaming");
+        live.dataset.state = "streaming";
+        if (event === undefined) continue;
+        lastSequence = event.sequence;
+        const e = event.event;
+        if (e.case === "metrics") {
+          const m = e.value;
+          loss.push(m.step, [m.trainLoss, m.valLoss ?? null]);
+          lr.push(m.step, [m.learningRate]);
+          fill(progress, `step ${m.step}/${m.totalSteps} · train loss ${num(m.trainLoss, 4)}${m.valLoss !== undefined ? ` · val loss ${num(m.valLoss, 4)}` : ""} · ${m.tokensPerSecond.toFixed(0)} tok/s`);
+        } else if (e.case === "statusChanged") {
+          fill(status, badge(statusName(e.value.status)));
+          if (TERMINAL.has(e.value.status)) {
+            finished = true;
+            cancel.remove();
+          }
+          if (e.value.failure) logList.append(h("li", { class: "error" }, e.value.failure.message));
+        } else if (e.case === "checkpointSaved" && e.value.checkpoint) {
+          const c = e.value.checkpoint;
+          if (!checkpoints.some((x) => x.id === c.id)) checkpointRows.append(checkpointRow(c.step, c.id, when(c.createdAt)));
+        } else if (e.case === "log") {
+          logList.append(h("li", {}, e.value.message));
+        }
       }
+      finished = true;
+    } catch (err) {
+      if (signal.aborted || isAborted(err)) return;
+      fill(live, `stream interrupted — ${errorText(err)}; reconnecting`);
+      live.dataset.state = "reconnecting";
+      if (attempt >= 20) {
+        fill(live, `stream failed — ${errorText(err)}`);
+        live.dataset.state = "failed";
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(10_000, 500 * 2 ** attempt)));
+      if (signal.aborted) return;
     }
-    fill(live, "ended (the job finished)");
-    live.dataset.state = "ended";
-  } catch (err) {
-    if (signal.aborted || isAborted(err)) return;
-    fill(live, `stream failed — ${errorText(err)}`);
-    live.dataset.state = "failed";
   }
+  fill(live, "ended (the job finished)");
+  live.dataset.state = "ended";
 }
 
 function checkpointRow(step: number, id: string, at: string): HTMLTableRowElement {
