@@ -197,6 +197,11 @@ export class Pipelines {
     return new Pipelines(store, options);
   }
 
+  /** This replica's name in the claims of the runs it drives. */
+  get owner(): string {
+    return this.#runner.owner;
+  }
+
   /** Picks up the unfinished runs nobody holds (after a restart), now and every half lease. */
   resume(): Promise<string[]> {
     return this.#runner.resume();
