@@ -18,6 +18,7 @@ export class PromotionStore {
   readonly #known = new Map<string, { record: PromotionRecord | null; revision: number }>();
   /** False once the watch has ended: `current` then reads the bucket every time. */
   #watching = false;
+  readonly #listeners = new Set<(key: string | undefined) => void>();
 
   private constructor(readonly kv: TypedKv<typeof PromotionRecordSchema>) {}
 
@@ -33,13 +34,29 @@ export class PromotionStore {
       .finally(() => {
         store.#watching = false;
         store.#known.clear();
+        store.#notify(undefined);
       });
     return store;
   }
 
   #learn(key: string, record: PromotionRecord | null, revision: number): void {
     const known = this.#known.get(key);
-    if (known === undefined || known.revision < revision) this.#known.set(key, { record, revision });
+    if (known !== undefined && known.revision >= revision) return;
+    this.#known.set(key, { record, revision });
+    this.#notify(key);
+  }
+
+  /**
+   * Listen to what `current` answers from (tests wait on it): the KV key of a collection whose newer record this
+   * replica now knows, or undefined when the watch ended. Returns the unsubscribe function.
+   */
+  onChange(listener: (key: string | undefined) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #notify(key: string | undefined): void {
+    for (const listener of this.#listeners) listener(key);
   }
 
   /** The promoted adapter of a collection, if any (from memory after the collection's first read; see `#known`). */

@@ -4,7 +4,7 @@ import { createLogger } from "@ragtune/logger";
 import { PromotedAdapterSchema } from "@ragtune/proto";
 import { startNatsServer, type NatsServerHandle } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { PromotionStore } from "../src/promotion-store.js";
+import { kvKey, PromotionStore } from "../src/promotion-store.js";
 
 let nats: NatsServerHandle;
 const buses: Bus[] = [];
@@ -24,6 +24,17 @@ async function replica(name: string): Promise<PromotionStore> {
   return PromotionStore.open(bus, "gwtest-store-promotions");
 }
 
+/** Resolves when `store` has learnt a newer record of the collection (or, for undefined, when its watch ended). */
+const learnt = (store: PromotionStore, collection: string | undefined) =>
+  new Promise<void>((resolve) => {
+    const off = store.onChange((key) => {
+      if (key === (collection === undefined ? undefined : kvKey(collection))) {
+        off();
+        resolve();
+      }
+    });
+  });
+
 const adapter = (collection: string, adapterId: string) => create(PromotedAdapterSchema, { collection, adapterId, jobId: `job-${adapterId}`, servedName: adapterId });
 
 describe("PromotionStore.current (read on every Ask)", () => {
@@ -36,18 +47,25 @@ describe("PromotionStore.current (read on every Ask)", () => {
     expect(await b.current("other name/with spaces")).toBeUndefined();
     expect(reads).toHaveBeenCalledTimes(2); // once per collection, not once per call
 
+    let bLearnt = learnt(b, "docs");
     await a.change("docs", (history) => [adapter("docs", "adapter-1"), ...history]);
     expect((await a.current("docs"))?.adapterId).toBe("adapter-1"); // the writer's own replica: at once
-    await vi.waitFor(async () => expect((await b.current("docs"))?.adapterId).toBe("adapter-1"), { timeout: 10_000, interval: 5 });
+    await bLearnt; // the other replica, through the watch
+    expect((await b.current("docs"))?.adapterId).toBe("adapter-1");
 
+    const aLearnt = learnt(a, "docs");
+    bLearnt = learnt(b, "other name/with spaces");
     await b.change("docs", (history) => [adapter("docs", "adapter-2"), ...history]);
     await a.change("other name/with spaces", () => [adapter("other name/with spaces", "adapter-9")]);
-    await vi.waitFor(async () => expect((await a.current("docs"))?.adapterId).toBe("adapter-2"), { timeout: 10_000, interval: 5 });
-    await vi.waitFor(async () => expect((await b.current("other name/with spaces"))?.adapterId).toBe("adapter-9"), { timeout: 10_000, interval: 5 });
+    await Promise.all([aLearnt, bLearnt]);
+    expect((await a.current("docs"))?.adapterId).toBe("adapter-2");
+    expect((await b.current("other name/with spaces"))?.adapterId).toBe("adapter-9");
 
     // a rollback to none (empty history) is seen as none
+    bLearnt = learnt(b, "docs");
     await a.change("docs", () => []);
-    await vi.waitFor(async () => expect(await b.current("docs")).toBeUndefined(), { timeout: 10_000, interval: 5 });
+    await bLearnt;
+    expect(await b.current("docs")).toBeUndefined();
     expect(reads).toHaveBeenCalledTimes(2 + 1); // + the read of b's own change(); still none for current()
   });
 
@@ -55,8 +73,9 @@ describe("PromotionStore.current (read on every Ask)", () => {
     const bus = await connectBus({ servers: nats.url, name: "gateway-c", logger });
     const c = await PromotionStore.open(bus, "gwtest-store-promotions");
     expect(await c.current("docs")).toBeUndefined();
+    const ended = learnt(c, undefined);
     await bus.close();
-    // the watch ends with the connection; from then on no answer from memory, which could be stale
-    await vi.waitFor(() => expect(c.current("docs")).rejects.toThrow(), { timeout: 10_000, interval: 5 });
+    await ended; // the watch ends with the connection; from then on no answer from memory, which could be stale
+    await expect(c.current("docs")).rejects.toThrow();
   });
 });
