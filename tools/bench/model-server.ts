@@ -1,4 +1,4 @@
-// `npm run -w @ragtune/tools bench:model-server [-- --requests 16 --max-tokens 64 --rounds 6 --models-dir DIR]`
+// `npm run -w @ragtune/tools bench:model-server [-- --requests 16 --max-tokens 64 --rounds 8 --models-dir DIR]`
 //
 // The local model server against node-llama-cpp called directly, in the same run, on the tiny model (made by the
 // trainer worker) and an adapter the trainer worker trains on it: base and adapter, concurrency 1 and 8.
@@ -13,11 +13,13 @@
 // server's text equals the direct text for the same prompt.
 //
 // The machine may be shared, so one round is never the figure: per cell (model × concurrency) the contestants run
-// `--rounds` rounds, back to back and in alternating order (direct then server, then server then direct, …), so a
-// load change hits both alike; each round's overhead is 1 − server tokens/s ÷ direct tokens/s of that round, and the
-// cell reports the median overhead with the lowest and highest round (the spread), the median tokens/s of each, the
-// median TTFT p50/p99, the CPU time each contestant spent per generated token (direct: the bench process; server:
-// the server process + the client in the bench process), and the 1-minute load average before and after the cell.
+// `--rounds` rounds (even), back to back, in blocks of two rounds — direct then server, then server then direct — so
+// a load change and whatever favours the first (or second) of two back-to-back runs hit both alike (on a loaded
+// machine the second run of a round came out up to 40% slower, whichever contestant it was). A block's overhead is
+// 1 − the geometric mean of its two rounds' server tokens/s ÷ direct tokens/s; the cell reports the median block
+// with the lowest and highest block (the spread), the median tokens/s of each contestant, the median TTFT p50/p99,
+// the CPU time each spent per generated token (direct: the bench process; server: the server process + the client
+// in the bench process), and the 1-minute load average before and after the cell.
 // `--models-dir DIR` keeps the tiny model and adapter in DIR and reuses them on the next run.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
@@ -30,19 +32,20 @@ import { parseArgs } from "node:util";
 import { createLlmClient } from "@ragtune/llm";
 import { noEndOfSequenceBias } from "@ragtune/model-server";
 import { makeTinyModels, type TinyModels } from "@ragtune/model-server/tiny-models";
-import { getLlama, LlamaCompletion, type LlamaContext, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
+import { getLlama, LlamaCompletion, type LlamaContextSequence, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
 
 const { values: args } = parseArgs({
   options: {
     requests: { type: "string", default: "16" },
     "max-tokens": { type: "string", default: "64" },
-    rounds: { type: "string", default: "6" },
+    rounds: { type: "string", default: "8" },
     "models-dir": { type: "string" },
   },
 });
 const REQUESTS = Number(args.requests);
 const MAX_TOKENS = Number(args["max-tokens"]);
 const ROUNDS = Number(args.rounds);
+if (!Number.isInteger(ROUNDS) || ROUNDS < 2 || ROUNDS % 2 !== 0) throw new Error(`--rounds must be an even number ≥ 2 (blocks of two rounds in both orders), got ${args.rounds}`);
 const CONTEXT_SIZE = 512;
 const THREADS = 1;
 
@@ -101,9 +104,12 @@ function percentile(values: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
-/** node-llama-cpp directly: one context per model with `concurrency` sequences. */
-async function direct(context: LlamaContext, model: LlamaModel, concurrency: number): Promise<RoundResult> {
-  const sequences = Array.from({ length: concurrency }, () => context.getSequence());
+/**
+ * node-llama-cpp directly: one context per model with `concurrency` sequences, made once with the context and reused
+ * by every round, as the server does (a disposed sequence's slot comes back to the context asynchronously, so
+ * getSequence() right after a dispose can find none left).
+ */
+async function direct(sequences: LlamaContextSequence[], model: LlamaModel, concurrency: number): Promise<RoundResult> {
   // Fixed-length answers: end-of-sequence is never picked (what ignore_eos asks of the server; TokenBias.set()
   // ignores end-of-generation tokens, so the bias is the server's own helper).
   const noEos = noEndOfSequenceBias(model);
@@ -132,7 +138,6 @@ async function direct(context: LlamaContext, model: LlamaModel, concurrency: num
   });
   const wallMs = performance.now() - started;
   const cpuUs = ownCpuUs(cpu0);
-  for (const s of sequences) s.dispose();
   return { answers, wallMs, cpuUs };
 }
 
@@ -232,23 +237,25 @@ try {
         threads: THREADS,
         ...(variant === "adapter" ? { lora: { adapters: [{ filePath: models.adapter }] } } : {}),
       });
+      const sequences = Array.from({ length: concurrency }, () => context.getSequence());
       // Warm-up, one each (first evaluation builds the compute graph).
-      await direct(context, model, concurrency);
+      await direct(sequences, model, concurrency);
       await viaServer(server, variant, concurrency);
       const loadBefore = load1();
       const d: ReturnType<typeof summary>[] = [];
       const s: ReturnType<typeof summary>[] = [];
-      const overheads: number[] = [];
+      const ratios: number[] = []; // server tok/s ÷ direct tok/s per round
+      const overheads: number[] = []; // per block of two rounds
       for (let round = 0; round < ROUNDS; round++) {
         // Alternating order: a load that rises or falls during the cell favours neither contestant.
         let a: RoundResult;
         let b: RoundResult;
         if (round % 2 === 0) {
-          a = await direct(context, model, concurrency);
+          a = await direct(sequences, model, concurrency);
           b = await viaServer(server, variant, concurrency);
         } else {
           b = await viaServer(server, variant, concurrency);
-          a = await direct(context, model, concurrency);
+          a = await direct(sequences, model, concurrency);
         }
         a.answers.forEach((answer, i) => {
           const other = b.answers[i]!;
@@ -267,9 +274,10 @@ try {
         const ss = summary(b);
         d.push(ds);
         s.push(ss);
-        overheads.push(1 - ss.tokPerS / ds.tokPerS);
+        ratios.push(ss.tokPerS / ds.tokPerS);
+        if (round % 2 === 1) overheads.push(1 - Math.sqrt(ratios[round - 1]! * ratios[round]!));
         process.stderr.write(
-          `  ${variant} c=${concurrency} round ${round + 1}/${ROUNDS}: direct ${ds.tokPerS.toFixed(0)} tok/s, server ${ss.tokPerS.toFixed(0)} tok/s, overhead ${pct(overheads.at(-1)!)} (load ${load1()})\n`,
+          `  ${variant} c=${concurrency} round ${round + 1}/${ROUNDS} (${round % 2 === 0 ? "direct first" : "server first"}): direct ${ds.tokPerS.toFixed(0)} tok/s, server ${ss.tokPerS.toFixed(0)} tok/s, server ÷ direct ${ratios.at(-1)!.toFixed(3)}${round % 2 === 1 ? `, block overhead ${pct(overheads.at(-1)!)}` : ""} (load ${load1()})\n`,
         );
       }
       await context.dispose();
@@ -293,10 +301,10 @@ try {
   await model.dispose();
   await llama.dispose();
   console.log(
-    `model server vs node-llama-cpp direct — tiny model, ${REQUESTS} requests × max_tokens ${MAX_TOKENS} per round, greedy, ${ROUNDS} rounds per cell in alternating order, threads ${THREADS}, ${cpus().length} CPUs`,
+    `model server vs node-llama-cpp direct — tiny model, ${REQUESTS} requests × max_tokens ${MAX_TOKENS} per round, greedy, ${ROUNDS} rounds per cell in ${ROUNDS / 2} blocks (direct first, then server first), threads ${THREADS}, ${cpus().length} CPUs`,
   );
   console.log(
-    "| model | concurrency | direct tok/s | server tok/s | server overhead (median round) | overhead, lowest … highest round | direct TTFT p50 / p99 ms | server TTFT p50 / p99 ms | CPU µs per token, direct / server + client | load average (1 min) before → after |",
+    "| model | concurrency | direct tok/s | server tok/s | server overhead (median block) | overhead, lowest … highest block | direct TTFT p50 / p99 ms | server TTFT p50 / p99 ms | CPU µs per token, direct / server + client | load average (1 min) before → after |",
   );
   console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const row of rows) console.log(row);

@@ -397,11 +397,12 @@ function responseBody(endpoint: Endpoint, id: string, created: number, model: st
 /**
  * Server-sent events as vLLM streams them: one JSON chunk per `data:` line, usage last, then `[DONE]`.
  *
- * Text events are written after the current event-loop turn, not when the token comes: node-llama-cpp hands a
- * context's tokens to JavaScript and decodes the next batch only after every sequence of the batch has taken its
- * token, so a socket write per token and stream made there sits on the path of every decoding step (8 writes per
- * step with 8 streams). Queued, the writes go out while the next batch decodes off the JavaScript thread, and the
- * events of one turn leave in one write per stream. Order and content are unchanged; the last events go with `[DONE]`.
+ * Text events are written once the next batch is on its way, not when the token comes: node-llama-cpp hands a
+ * context's tokens to JavaScript and dispatches the next batch (from a setImmediate) only after the sequences of the
+ * batch have taken theirs, so a socket write per token and stream made there sat on the path of every decoding step
+ * (8 writes per step with 8 streams). Queued, the writes go out while the next batch decodes off the JavaScript
+ * thread, and the events queued meanwhile leave in one write per stream. Order and content are unchanged; the last
+ * events go with `[DONE]`.
  */
 class SseWriter {
   readonly #object: string;
@@ -459,7 +460,9 @@ class SseWriter {
     this.#pending += `data: ${JSON.stringify(chunk)}\n\n`;
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
-      setImmediate(this.flush);
+      // Two turns on: node-llama-cpp dispatches the next batch from a setImmediate of its own that is queued after
+      // this point, and the write should follow it, not precede it.
+      setImmediate(() => setImmediate(this.flush));
     }
   }
 }
