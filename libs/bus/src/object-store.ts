@@ -61,6 +61,12 @@ export interface ArtifactStore {
   put(source: ArtifactSource, options?: ArtifactPutOptions): Promise<ArtifactInfo>;
   /** Streams a file in. */
   putFile(path: string, options?: ArtifactPutOptions): Promise<ArtifactInfo>;
+  /**
+   * Stores content held in memory whose SHA-256 the caller computed (checked here): written under its hash at once,
+   * without `put`'s temporary name and rename (4 requests for a small artifact instead of 9). Content already stored
+   * is not written again.
+   */
+  putBytes(content: Uint8Array, hash: string, options?: ArtifactPutOptions): Promise<ArtifactInfo>;
   /** The content as a Node stream (verified against its hash when it ends), or null if absent. */
   get(hash: string): Promise<Readable | null>;
   /** Writes the content to `path` (via `path.partial`, renamed when complete and verified). */
@@ -245,6 +251,22 @@ export async function openArtifactStore(ctx: BusContext, bucket: string, options
     },
     async putFile(path, putOptions) {
       return store.put(createReadStream(path), putOptions);
+    },
+    async putBytes(content, hash, putOptions = {}) {
+      assertHash(hash);
+      if (createHash("sha256").update(content).digest("hex") !== hash) {
+        throw new Error(`artifact content for ${bucket}/${hash} does not hash to that name`);
+      }
+      const existing = await present(hash);
+      if (existing !== null) return toInfo(existing);
+      const metadata = putOptions.contentType ? { contentType: putOptions.contentType } : undefined;
+      // The object's chunks are written under a fresh nuid and its metadata record last: until then nothing is
+      // visible under the hash, and a failed upload leaves no object (the object store removes its chunks).
+      const stored = await write(() => os.putBlob({ name: hash, ...(metadata ? { metadata } : {}) }, content));
+      if (natsDigestToHex(stored.digest) !== hash) {
+        throw new Error(`artifact upload to ${bucket} was corrupted in transit (digest mismatch)`);
+      }
+      return toInfo(stored);
     },
     async get(hash) {
       const info = await present(hash);

@@ -144,6 +144,23 @@ describe("artifact store", () => {
     await expect(store.has("not-a-hash")).rejects.toThrow(/64 lowercase hex/);
   });
 
+  it("putBytes stores content under the hash the caller gives, once, and refuses a hash the content does not have", async () => {
+    const store = await bus.artifacts("known-hash");
+    const content = new TextEncoder().encode("[{\"id\":\"c1\"}]");
+    const hash = createHash("sha256").update(content).digest("hex");
+    const first = await store.putBytes(content, hash, { contentType: "application/json" });
+    expect(first).toMatchObject({ hash, size: content.byteLength, contentType: "application/json" });
+    expect(await sha256Of((await store.get(hash))!)).toEqual({ hash, size: content.byteLength });
+    const again = await store.putBytes(content, hash);
+    expect(again.mtime).toBe(first.mtime); // not written again
+    expect(await store.put([content])).toMatchObject({ hash });
+    expect(await objectNames("known-hash")).toEqual([hash]);
+    const other = createHash("sha256").update("something else").digest("hex");
+    await expect(store.putBytes(content, other)).rejects.toThrow(/does not hash to that name/);
+    expect(await store.has(other)).toBe(false);
+    await expect(store.putBytes(content, "not-a-hash")).rejects.toThrow(/64 lowercase hex/);
+  });
+
   it("a read fails clearly, instead of waiting forever, when the object is deleted while it is being read", async () => {
     const store = await bus.artifacts("deleted-mid-read", { readAhead: 1 });
     const bytes = new Uint8Array(4 * 1024 * 1024).map((_, i) => (i * 7) % 251);
