@@ -187,7 +187,9 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
 
   const stored = previousReady !== null && previousChunkSet !== null && previousReady.chunkSet?.sha256 === prepared.chunkSetSha256;
   if (stored && (await deps.store.hasIndexed(collection, documentId, [chunks[0]!.id, chunks[chunks.length - 1]!.id]))) {
-    // Same chunks as stored: nothing to write, nothing to tell downstream.
+    // Same chunks as stored: nothing to write, nothing to tell downstream (but a record from before the collection's
+    // document index is added to it, so listings find it).
+    await deps.store.indexDocument(previousReady);
     return {
       result: create(IngestDocumentResultSchema, {
         sourceName,
@@ -205,7 +207,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
   // The new version's chunk set and chunks are written at once (each is content-addressed or keyed by its own ID,
   // so either may land without the other); the event and the document record, which point at them, only after both.
   // A crash in between leaves the stored version as it was, and the redo writes the same keys again.
-  const chunkSetWrite = deps.store.putChunkSet(prepared.chunkSet);
+  const chunkSetWrite = deps.store.putChunkSet(prepared.chunkSet, prepared.chunkSetSha256);
   // What the stored version holds: its chunk set's IDs, and whatever the chunk index has (all of it when the chunk
   // set is lost), so chunks of a lost version are removed too — read before this version's chunks are indexed.
   // Kept chunks are rewritten when their ordinal or offsets moved (an earlier section changed), and all of them when

@@ -158,6 +158,12 @@ export class DocumentStore {
    * Stores a document record: in its collection's document index, then by collection and ID. The second write is
    * the one that counts (a re-ingest compares against it), so a crash between the two is repaired by the redo.
    */
+  /** Puts a stored document into its collection's document index if it is not there (a record stored before the index existed). */
+  async indexDocument(document: Document): Promise<void> {
+    const index = await this.deps.documentIndex(document.collection);
+    if ((await index.get(document.id)) === null) await index.put(document.id, document);
+  }
+
   async putDocument(document: Document): Promise<void> {
     await (await this.deps.documentIndex(document.collection)).put(document.id, document);
     await this.deps.documents.put(docKey(document.collection, document.id), document);
@@ -214,10 +220,12 @@ export class DocumentStore {
     return { items: page.entries.map((e) => e.value), next: page.nextRevision };
   }
 
-  /** Stores a chunk set (idempotent: content-addressed) and returns its reference. */
-  /** Stores a chunk set already encoded with `encodeChunkSet` (the caller hashed those bytes to detect "unchanged"). */
-  async putChunkSet(encoded: Uint8Array): Promise<ArtifactRef> {
-    const info = await this.deps.chunkSets.put([encoded], { contentType: CHUNK_SET_MEDIA_TYPE });
+  /**
+   * Stores a chunk set already encoded with `encodeChunkSet`, whose SHA-256 the caller computed to detect "unchanged"
+   * (idempotent: content-addressed), and returns its reference.
+   */
+  async putChunkSet(encoded: Uint8Array, sha256: string): Promise<ArtifactRef> {
+    const info = await this.deps.chunkSets.putBytes(encoded, sha256, { contentType: CHUNK_SET_MEDIA_TYPE });
     return create(ArtifactRefSchema, {
       bucket: this.deps.chunkSets.bucket,
       objectName: info.hash,

@@ -33,6 +33,7 @@ const CHUNKING: EffectiveChunking = { tokenizer: "mistral", chunkSize: 64, overl
 let nats: NatsServerHandle;
 let bus: Bus;
 let store: DocumentStore;
+let documentIndexOfDocs: Awaited<ReturnType<typeof bus.kv<typeof DocumentSchema>>>;
 const tokenizers = new RecordingTokenizers();
 const published: Parameters<ProcessDeps["publishChunked"]>[0][] = [];
 
@@ -52,6 +53,7 @@ beforeAll(async () => {
     if (collection !== "docs") throw new Error(`unexpected collection ${collection}`);
     return docsIndex;
   };
+  documentIndexOfDocs = docsDocumentIndex;
   const documentIndex = async (collection: string) => {
     if (collection !== "docs") throw new Error(`unexpected collection ${collection}`);
     return docsDocumentIndex;
@@ -118,6 +120,17 @@ describe("processDocument: re-ingest of a changed document", () => {
     expect(stored.map((c) => [c.id, c.text, c.tokenCount, c.charStart, c.charEnd, c.ordinal])).toEqual(
       full.map((c) => [c.id, c.text, c.tokenCount, c.charStart, c.charEnd, c.ordinal]),
     );
+  });
+
+  it("adds an unchanged document missing from its collection's document index (stored before the index) to it", async () => {
+    const document = await store.getDocument("docs", documentId);
+    await documentIndexOfDocs.delete(documentId);
+    expect((await store.pageDocuments("docs", 1, 10)).items).toEqual([]);
+    published.length = 0;
+    const { result } = await ingest(EDITED);
+    expect(result.unchanged).toBe(true);
+    expect(published).toEqual([]);
+    expect((await store.pageDocuments("docs", 1, 10)).items).toEqual([document]);
   });
 
   it("stores a document again when its stored chunk set is missing, though its content is unchanged", async () => {
