@@ -17,21 +17,24 @@
  * Part 4, the ingest service (child process on a real nats-server, as the dev stack starts it): documents/s from the
  *   request to the completed run over COPIES copies of the corpus with 1 and N workers, against parse + chunk of
  *   the same files in one thread here (the anchor); then ListChunks by collection at LIST_SIZES chunks: the first
- *   page of 10, and a full scan in pages of 1000 (as the dataset service reads a collection).
+ *   page of 10, and a full scan in pages of 1000 (as the dataset service reads a collection), and ListDocuments' first
+ *   page of 10. Every figure of part 4 is printed with the load average at the time (a shared machine) and with the
+ *   CPU seconds of the service's threads and nats-server, which are less at the mercy of the other load than wall time.
  * Each figure of parts 1–3: min and median of RUNS runs after a warm-up, contestants round-robin, a fresh tokenizer
  * instance per run (its load is timed).
  *
  * Run: npm run bench:chunking -w @ragtune/tools
- *   (RUNS=5 CORPUS=/path/to/aws-docs PARTS=1,2,3,4 COPIES=10 E2E_RUNS=3 LIST_SIZES=1000,10000,100000 or none to override)
+ *   (RUNS=5 CORPUS=/path/to/aws-docs PARTS=1,2,3,4 COPIES=10 E2E_RUNS=3 LIST_SIZES=1000,10000,100000 or none to override;
+ *   BIG_RUN=10000 adds one run of that many documents)
  */
 import { cp, mkdir, mkdtemp, rm } from "node:fs/promises";
-import { readFileSync } from "node:fs";
-import { availableParallelism, tmpdir } from "node:os";
+import { readdirSync, readFileSync } from "node:fs";
+import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { Tokenizer as JsTokenizer } from "@huggingface/tokenizers";
 import { RecursiveCharacterTextSplitter } from "@langchain/textsplitters";
 import { chunkDocument, documentIdFor, loadTokenizer, parseDocument, tokenizerFile, type ParsedDocument, type TokenCounter } from "@ragtune/text";
-import { IngestRunStatus, IngestService } from "@ragtune/proto";
+import { DocumentStatus, IngestRunStatus, IngestService } from "@ragtune/proto";
 import { createClient } from "@ragtune/rpc";
 import { AWS_CORPUS_DIR, corpusMarkdownFiles, seededRandom } from "@ragtune/testing";
 import { Tokenizer as RustTokenizer } from "tokenizers";
@@ -45,6 +48,30 @@ const PARTS = new Set((process.env["PARTS"] ?? "1,2,3,4").split(",").map((p) => 
 const COPIES = Number(process.env["COPIES"] ?? 10);
 const E2E_RUNS = Number(process.env["E2E_RUNS"] ?? 3);
 const LIST_SIZES = (process.env["LIST_SIZES"] ?? "1000,10000,100000").split(",").map(Number).filter((n) => n > 0);
+/** Documents of the one big run of part 4 (copies of the corpus; 0 skips it). */
+const BIG_RUN = Number(process.env["BIG_RUN"] ?? 0);
+
+/** The load average now (1, 5, 15 minutes), as `uptime` prints it: every figure of part 4 is printed with it. */
+const load = (): string => loadavg().map((l) => l.toFixed(2)).join(", ");
+const CLOCK_TICKS = 100;
+/** CPU seconds of a process so far: its main thread, its other threads (workers, GC, I/O) together. */
+function processCpu(pid: number): { main: number; other: number } {
+  let main = 0;
+  let other = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+    } catch {
+      continue; // a thread that ended meanwhile
+    }
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const seconds = (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+    if (tid === String(pid)) main += seconds;
+    else other += seconds;
+  }
+  return { main, other };
+}
 
 
 const files = corpusMarkdownFiles(CORPUS);
@@ -284,8 +311,10 @@ if (PARTS.has("4")) {
     const copiedChars = chars(texts) * COPIES;
     // The anchor: parse + chunk of the same files in one thread here (what a worker does for each document).
     const anchorTimes: number[] = [];
+    const anchorCpu: number[] = [];
     for (let i = 0; i <= E2E_RUNS; i++) {
       const start = performance.now();
+      const cpu = process.cpuUsage();
       const tokenizer = loadTokenizer("mistral");
       for (let copy = 0; copy < COPIES; copy++) {
         for (const [k, text] of texts.entries()) {
@@ -293,22 +322,34 @@ if (PARTS.has("4")) {
           chunkDocument(doc, { tokenizer, documentId: documentIdFor("anchor", doc.filename) });
         }
       }
-      if (i > 0) anchorTimes.push((performance.now() - start) / 1000);
+      if (i > 0) {
+        anchorTimes.push((performance.now() - start) / 1000);
+        const used = process.cpuUsage(cpu);
+        anchorCpu.push((used.user + used.system) / 1e6);
+      }
     }
     const anchor = median(anchorTimes);
+    const anchorLoad = load();
     const cores = availableParallelism();
     out(`Part 4 — the ingest service (child process, real nats-server): ${fmt(copied)} Markdown files (${COPIES} copies of the corpus, ${fmt(copiedChars)} characters) as one server-directory run, from IngestDocuments to the completed event; median of ${E2E_RUNS} runs, each into a new collection. Anchor: parse + chunk of the same files in one thread of this process.`);
     out();
-    out("| configuration | median s | documents/s | × anchor (median) | chunks |");
-    out("|---|---:|---:|---:|---:|");
-    out(`| anchor: parse + chunk, one thread, no storage | ${anchor.toFixed(2)} | ${fmt(copied / anchor)} | 1.00× | – |`);
+    out("CPU columns: CPU seconds per run (median) of the ingest process's main thread, its other threads (the document workers, GC, I/O) and nats-server; for the anchor, this process.");
+    out();
+    out("| configuration | median s | documents/s | × anchor (median) | CPU main | CPU other threads | CPU nats-server | CPU total × anchor | chunks | load average |");
+    out("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    const anchorCpuMedian = median(anchorCpu);
+    out(`| anchor: parse + chunk, one thread, no storage | ${anchor.toFixed(2)} | ${fmt(copied / anchor)} | 1.00× | ${anchorCpuMedian.toFixed(2)} | – | – | 1.00× | – | ${anchorLoad} |`);
     for (const workers of [...new Set([1, cores])]) {
       const stack = await startStack({ only: ["ingest"], env: { INGEST_ALLOWED_ROOT: root, INGEST_WORKERS: String(workers), LOG_LEVEL: "warn" } });
       try {
         const client = createClient(IngestService, { baseUrl: stack.services.ingest.url, protocol: "grpc" });
         const runTimes: number[] = [];
+        const cpu = { main: [] as number[], other: [] as number[], nats: [] as number[] };
         let chunks = 0;
+        const servicePid = stack.services.ingest.process.pid!;
+        const natsPid = stack.nats.pid!;
         for (let i = 0; i < E2E_RUNS; i++) {
+          const before = { service: processCpu(servicePid), nats: processCpu(natsPid) };
           const start = performance.now();
           const { run } = await client.ingestDocuments({ collection: `e2e-${i}`, sources: [{ source: { case: "serverPath", value: { path: "." } } }] });
           let status = IngestRunStatus.UNSPECIFIED;
@@ -319,15 +360,52 @@ if (PARTS.has("4")) {
             }
           }
           runTimes.push((performance.now() - start) / 1000);
+          const after = { service: processCpu(servicePid), nats: processCpu(natsPid) };
+          cpu.main.push(after.service.main - before.service.main);
+          cpu.other.push(after.service.other - before.service.other);
+          cpu.nats.push(after.nats.main + after.nats.other - before.nats.main - before.nats.other);
           if (status !== IngestRunStatus.SUCCEEDED) throw new Error(`part 4: the run ended ${IngestRunStatus[status]}`);
         }
         const t = median(runTimes);
-        out(`| service, INGEST_WORKERS=${workers} | ${t.toFixed(2)} | ${fmt(copied / t)} | ${(t / anchor).toFixed(2)}× | ${fmt(chunks)} |`);
+        const [m, o, n] = [median(cpu.main), median(cpu.other), median(cpu.nats)];
+        out(`| service, INGEST_WORKERS=${workers} | ${t.toFixed(2)} | ${fmt(copied / t)} | ${(t / anchor).toFixed(2)}× | ${m.toFixed(2)} | ${o.toFixed(2)} | ${n.toFixed(2)} | ${((m + o + n) / anchorCpuMedian).toFixed(2)}× | ${fmt(chunks)} | ${load()} |`);
       } finally {
         await stack.stop();
       }
     }
     out();
+
+    // One run of BIG_RUN documents (copies of the corpus): its per-document lists are larger than a NATS message.
+    if (BIG_RUN > 0) {
+      const copies = Math.ceil(BIG_RUN / names.length);
+      for (let copy = 0; copy < copies; copy++) {
+        await cp(CORPUS, join(root, "big", `copy-${copy}`), { recursive: true, filter: (src) => !src.endsWith("SOURCE.md") });
+      }
+      const documents = copies * names.length;
+      const stack = await startStack({
+        only: ["ingest"],
+        env: { INGEST_ALLOWED_ROOT: root, INGEST_WORKERS: String(cores), INGEST_MAX_BATCH_DOCUMENTS: String(Math.max(10_000, documents)), LOG_LEVEL: "warn" },
+      });
+      try {
+        const client = createClient(IngestService, { baseUrl: stack.services.ingest.url, protocol: "grpc" });
+        const start = performance.now();
+        const { run } = await client.ingestDocuments({ collection: "big", sources: [{ source: { case: "serverPath", value: { path: "big" } } }] });
+        let events = 0;
+        for await (const _ of client.watchIngestRun({ runId: run!.id })) events++;
+        const t = (performance.now() - start) / 1000;
+        const readStart = performance.now();
+        const { run: done } = await client.getIngestRun({ runId: run!.id });
+        const readMs = performance.now() - readStart;
+        const ready = done?.documents.filter((d) => d.status === DocumentStatus.READY).length ?? 0;
+        if (done?.status !== IngestRunStatus.SUCCEEDED || ready !== documents) {
+          throw new Error(`part 4: the run of ${documents} documents ended ${IngestRunStatus[done?.status ?? 0]} with ${ready} ready`);
+        }
+        out(`One run of ${fmt(documents)} documents (${copies} copies of the corpus, INGEST_WORKERS=${cores}): ${t.toFixed(1)} s, ${fmt(documents / t)} documents/s, ${fmt(events)} events watched; GetIngestRun returned all ${fmt(ready)} results (ready, in order) in ${readMs.toFixed(0)} ms. Load average ${load()}.`);
+        out();
+      } finally {
+        await stack.stop();
+      }
+    }
 
     // Listings: collections of LIST_SIZES chunks (chunk size 64 and as many corpus copies as it takes), first page of
     // 10 and a full scan in pages of 1000, each read RUNS times. LIST_SIZES=none skips them.
@@ -337,9 +415,12 @@ if (PARTS.has("4")) {
         const client = createClient(IngestService, { baseUrl: stack.services.ingest.url, protocol: "grpc" });
         out(`ListChunks by collection: one collection grown a corpus copy at a time (chunk size 64) until it holds at least ${LIST_SIZES.map(fmt).join(", ")} chunks; the first page of 10 and a full scan in pages of 1000, median of ${RUNS} reads; the anchor is the smallest collection.`);
         out();
-        out("| chunks in the collection | first page of 10, ms | × anchor | full scan, s | chunks/s | × anchor per chunk | checked |");
-        out("|---:|---:|---:|---:|---:|---:|:---:|");
+        out("ListDocuments: the first page of 10 of the same collection, median of the same reads.");
+        out();
+        out("| chunks in the collection | first page of 10, ms | × anchor | full scan, s | chunks/s | × anchor per chunk | checked | documents | ListDocuments first page of 10, ms | × anchor | load average |");
+        out("|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---|");
         let firstAnchor = 0;
+        let docsAnchor = 0;
         let perChunkAnchor = 0;
         let copiesIngested = 0;
         let total = 0;
@@ -358,6 +439,7 @@ if (PARTS.has("4")) {
             total = (await client.listCollections({})).collections.find((c) => c.name === "listing")?.chunkCount ?? 0;
           }
           const firstTimes: number[] = [];
+          const docTimes: number[] = [];
           const scanTimes: number[] = [];
           let seen = 0;
           let unique = 0;
@@ -365,6 +447,10 @@ if (PARTS.has("4")) {
             let start = performance.now();
             await client.listChunks({ collection: "listing", page: { pageSize: 10 } });
             firstTimes.push(performance.now() - start);
+            start = performance.now();
+            const docs = await client.listDocuments({ collection: "listing", page: { pageSize: 10 } });
+            docTimes.push(performance.now() - start);
+            if (docs.documents.length !== 10) throw new Error(`part 4: the first page of documents holds ${docs.documents.length}`);
             start = performance.now();
             const ids = new Set<string>();
             let pageToken = "";
@@ -379,13 +465,16 @@ if (PARTS.has("4")) {
             unique = ids.size;
           }
           const first = median(firstTimes);
+          const firstDocs = median(docTimes);
           const scan = median(scanTimes);
+          const documents = (await client.listCollections({})).collections.find((c) => c.name === "listing")?.documentCount ?? 0;
           if (k === 0) {
             firstAnchor = first;
+            docsAnchor = firstDocs;
             perChunkAnchor = scan / seen;
           }
           const ok = seen === total && unique === total;
-          out(`| ${fmt(total)} | ${first.toFixed(1)} | ${(first / firstAnchor).toFixed(2)}× | ${scan.toFixed(2)} | ${fmt(seen / scan)} | ${(scan / seen / perChunkAnchor).toFixed(2)}× | ${ok ? "every chunk once" : "MISSING OR REPEATED"} |`);
+          out(`| ${fmt(total)} | ${first.toFixed(1)} | ${(first / firstAnchor).toFixed(2)}× | ${scan.toFixed(2)} | ${fmt(seen / scan)} | ${(scan / seen / perChunkAnchor).toFixed(2)}× | ${ok ? "every chunk once" : "MISSING OR REPEATED"} | ${fmt(documents)} | ${firstDocs.toFixed(1)} | ${(firstDocs / docsAnchor).toFixed(2)}× | ${load()} |`);
           if (!ok) throw new Error(`part 4: the scan of ${total} chunks returned ${seen} (${unique} distinct)`);
         }
         out();
