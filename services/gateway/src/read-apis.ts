@@ -9,8 +9,14 @@ import {
   type DatasetService,
   type DatasetVersion,
   DatasetVersionStatus,
+  type DatasetVersionDetail,
+  DatasetVersionDetailSchema,
   type DatasetVersionView,
   DatasetVersionViewSchema,
+  type EvalRunView,
+  EvalRunViewSchema,
+  type JobDetail,
+  JobDetailSchema,
   DocumentAdapterSchema,
   type EvalItemResult,
   type EvalRun,
@@ -34,7 +40,7 @@ export interface ReadApiDeps {
   access?: AccessControl | undefined;
   ingest: Pick<Client<typeof IngestService>, "listCollections" | "listDocuments" | "getDocument" | "listChunks" | "getIngestRun" | "watchIngestRun">;
   dataset: Pick<Client<typeof DatasetService>, "listDatasetVersions" | "getDatasetVersion" | "listExamples" | "listDroppedExamples">;
-  trainer: Pick<Client<typeof TrainerService>, "getJob" | "listJobs" | "watchJob" | "listCheckpoints" | "cancelJob">;
+  trainer: Pick<Client<typeof TrainerService>, "getJob" | "listJobs" | "watchJob" | "listCheckpoints" | "cancelJob" | "downloadAdapter">;
   evals: Pick<Client<typeof EvalService>, "getEvalRun" | "getEvalReport" | "listEvalRuns" | "listEvalItemResults">;
   promotions: Pick<PromotionStore, "record">;
 }
@@ -62,6 +68,62 @@ export function versionView(v: DatasetVersion): DatasetVersionView {
 }
 
 const runStatus = (r: EvalRun) => `EVAL_RUN_STATUS_${EvalRunStatus[r.status] ?? r.status}`;
+
+export function jobDetail(j: Job): JobDetail {
+  const view = jobView(j);
+  return create(JobDetailSchema, {
+    jobId: view.jobId,
+    status: view.status,
+    baseModel: view.baseModel,
+    datasetVersionId: view.datasetVersionId,
+    collection: j.collection,
+    displayName: j.displayName,
+    attempt: j.attempt,
+    ...(j.hyperparameters !== undefined ? { hyperparameters: j.hyperparameters } : {}),
+    ...(j.progress !== undefined ? { progress: j.progress } : {}),
+    ...(j.failure !== undefined ? { failure: j.failure } : {}),
+    ...(j.adapter !== undefined ? { adapter: j.adapter } : {}),
+    ...(j.createdAt !== undefined ? { createdAt: j.createdAt } : {}),
+    ...(j.startedAt !== undefined ? { startedAt: j.startedAt } : {}),
+    ...(j.finishedAt !== undefined ? { finishedAt: j.finishedAt } : {}),
+  });
+}
+
+export function versionDetail(v: DatasetVersion): DatasetVersionDetail {
+  const view = versionView(v);
+  return create(DatasetVersionDetailSchema, {
+    datasetVersionId: view.datasetVersionId,
+    status: view.status,
+    ...(view.stats !== undefined ? { stats: view.stats } : {}),
+    ...(view.createdAt !== undefined ? { createdAt: view.createdAt } : {}),
+    collection: v.collection,
+    baseVersionId: v.baseVersionId,
+    generator: v.generator,
+    ...(v.settings !== undefined ? { settings: v.settings } : {}),
+    ...(v.failure !== undefined ? { failure: v.failure } : {}),
+    ...(v.finishedAt !== undefined ? { finishedAt: v.finishedAt } : {}),
+    ...(v.lineage !== undefined ? { lineage: v.lineage } : {}),
+  });
+}
+
+export function evalRunView(r: EvalRun): EvalRunView {
+  return create(EvalRunViewSchema, {
+    evalRunId: r.id,
+    collection: r.collection,
+    status: runStatus(r),
+    datasetVersionId: r.datasetVersionId,
+    baseModel: r.baseModel,
+    adapters: r.adapters,
+    items: r.items,
+    answersDone: r.answersDone,
+    answersTotal: r.answersTotal,
+    hasReport: r.report !== undefined,
+    gatesPassed: r.report?.gatesPassed ?? false,
+    ...(r.failure !== undefined ? { failure: r.failure } : {}),
+    ...(r.createdAt !== undefined ? { createdAt: r.createdAt } : {}),
+    ...(r.finishedAt !== undefined ? { finishedAt: r.finishedAt } : {}),
+  });
+}
 
 export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof GatewayService>> {
   const allow = async (ctx: HandlerContext, collection: string): Promise<string> => {
@@ -193,7 +255,7 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
     },
 
     async getCollectionDatasetVersion(req, ctx) {
-      return { version: await allowedVersion(ctx, req.datasetVersionId) };
+      return { version: versionDetail(await allowedVersion(ctx, req.datasetVersionId)) };
     },
 
     async listDatasetExamples(req, ctx) {
@@ -217,7 +279,7 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
         checkpoints.push(...res.checkpoints);
         token = res.page?.nextPageToken ?? "";
       } while (token !== "");
-      return { job, checkpoints };
+      return { job: jobDetail(job), checkpoints };
     },
 
     async *watchCollectionJob(req, ctx) {
@@ -228,16 +290,22 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
       }
     },
 
+    async *downloadCollectionAdapter(req, ctx) {
+      const job = await allowedJob(ctx, req.jobId);
+      // Adapter files run to hundreds of MB on real models: no upstream deadline, ended by the caller.
+      for await (const piece of deps.trainer.downloadAdapter({ jobId: job.id, kind: req.kind }, { signal: ctx.signal, timeoutMs: 0 })) yield { piece };
+    },
+
     async cancelCollectionJob(req, ctx) {
       const job = await allowedJob(ctx, req.jobId);
       const res = await deps.trainer.cancelJob({ jobId: job.id });
-      return res.job === undefined ? {} : { job: res.job };
+      return res.job === undefined ? {} : { job: jobDetail(res.job) };
     },
 
     async listCollectionEvalRuns(req, ctx) {
       const collection = await allow(ctx, req.collection);
       const res = await deps.evals.listEvalRuns({ collection, ...(req.page ? { page: req.page } : {}) });
-      return { runs: res.runs, ...(res.page ? { page: res.page } : {}) };
+      return { runs: res.runs.map(evalRunView), ...(res.page ? { page: res.page } : {}) };
     },
 
     async listEvalRunItems(req, ctx) {

@@ -97,6 +97,10 @@ const upstream = createRouterTransport((router) => {
     async cancelJob(req) {
       return { job: create(JobSchema, { id: req.jobId, status: JobStatus.CANCEL_REQUESTED }) };
     },
+    async *downloadAdapter(req, ctx) {
+      deadlines.push(ctx.timeoutMs());
+      for (const [i, text] of ["{}", "weights"].entries()) yield { fileName: i === 0 ? "adapter_config.json" : "adapter.gguf", offset: 0n, data: new TextEncoder().encode(`${req.jobId}:${text}`), totalSizeBytes: 10n, sha256: "x" };
+    },
     async *watchJob(req, ctx) {
       deadlines.push(ctx.timeoutMs());
       for (let step = 1; step <= 3; step++) {
@@ -154,9 +158,12 @@ describe("the dashboard's read APIs", () => {
     expect((await acme.listDatasetExamples({ datasetVersionId: "dsv-a", split: DatasetSplit.TEST })).examples[0]?.split).toBe(DatasetSplit.TEST);
     expect((await acme.listDatasetDroppedExamples({ datasetVersionId: "dsv-a", reason: "too_long" })).examples[0]?.reason).toBe("too_long");
     const job = await acme.getCollectionJob({ jobId: "job-a" });
-    expect([job.job?.id, job.checkpoints.map((c) => c.step)]).toEqual(["job-a", [10]]);
-    expect((await acme.cancelCollectionJob({ jobId: "job-a" })).job?.status).toBe(JobStatus.CANCEL_REQUESTED);
-    expect((await acme.listCollectionEvalRuns({ collection: "acme-docs" })).runs.map((r) => r.id)).toEqual(["eval-a"]);
+    expect([job.job?.jobId, job.job?.status, job.checkpoints.map((c) => c.step)]).toEqual(["job-a", "JOB_STATUS_RUNNING", [10]]);
+    expect((await acme.cancelCollectionJob({ jobId: "job-a" })).job?.status).toBe("JOB_STATUS_CANCEL_REQUESTED");
+    const pieces: string[] = [];
+    for await (const { piece } of acme.downloadCollectionAdapter({ jobId: "job-a" })) pieces.push(`${piece?.fileName}=${new TextDecoder().decode(piece?.data)}`);
+    expect(pieces).toEqual(["adapter_config.json=job-a:{}", "adapter.gguf=job-a:weights"]);
+    expect((await acme.listCollectionEvalRuns({ collection: "acme-docs" })).runs.map((r) => r.evalRunId)).toEqual(["eval-a"]);
   });
 
   it("refuse another tenant's resources with PERMISSION_DENIED and unknown ones with NOT_FOUND", async () => {
@@ -169,6 +176,7 @@ describe("the dashboard's read APIs", () => {
     await expectCode(acme.getCollectionJob({ jobId: "job-g" }), Code.PermissionDenied, denied);
     await expectCode(first(acme.watchCollectionJob({ jobId: "job-g" })), Code.PermissionDenied, denied);
     await expectCode(acme.cancelCollectionJob({ jobId: "job-g" }), Code.PermissionDenied, denied);
+    await expectCode(first(acme.downloadCollectionAdapter({ jobId: "job-g" })), Code.PermissionDenied, denied);
     await expectCode(acme.listCollectionEvalRuns({ collection: "globex-docs" }), Code.PermissionDenied, denied);
     await expectCode(acme.listEvalRunItems({ evalRunId: "eval-g" }), Code.PermissionDenied, denied);
     await expectCode(acme.getCollectionJob({ jobId: "job-missing" }), Code.NotFound, "trainer job job-missing not found");
@@ -206,7 +214,7 @@ describe("the dashboard's read APIs", () => {
   it("watch upstream without the upstream clients' default deadline (a job trains for longer than a minute)", async () => {
     deadlines.length = 0;
     for await (const res of acme.watchCollectionIngestRun({ runId: "run-a" })) void res;
-    expect((await acme.getCollectionJob({ jobId: "job-a" })).job?.id).toBe("job-a");
+    expect((await acme.getCollectionJob({ jobId: "job-a" })).job?.jobId).toBe("job-a");
     const stream = acme.watchCollectionJob({ jobId: "job-a" })[Symbol.asyncIterator]();
     const next = stream.next();
     while (releaseEvent === undefined) await new Promise((r) => setImmediate(r));
@@ -214,6 +222,7 @@ describe("the dashboard's read APIs", () => {
     releaseEvent = undefined;
     await next;
     await stream.return?.();
-    expect(deadlines).toEqual([undefined, undefined]);
+    for await (const res of acme.downloadCollectionAdapter({ jobId: "job-a" })) void res;
+    expect(deadlines).toEqual([undefined, undefined, undefined]);
   });
 });

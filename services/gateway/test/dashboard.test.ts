@@ -35,6 +35,7 @@ let acmeVersion: string;
 let globexJob: string;
 let acmeJob: string;
 let evalRunId: string;
+let acmeIngestRun: string;
 
 const log = (text: string) => process.stderr.write(`[dashboard test] ${text}\n`);
 
@@ -48,13 +49,14 @@ function run(cmd: string, args: string[]): Promise<void> {
   });
 }
 
-async function ingest(collection: string, files: Record<string, string>): Promise<void> {
+async function ingest(collection: string, files: Record<string, string>): Promise<string> {
   const client = createClient(IngestService, { baseUrl: stack.services.ingest.url, protocol: "grpc" });
   const sources = Object.entries(files).map(([filename, text]) => ({ source: { case: "inline" as const, value: { filename, content: new TextEncoder().encode(text) } } }));
   const { run: started } = await client.ingestDocuments({ collection, sources });
   for await (const res of client.watchIngestRun({ runId: started!.id })) void res;
   const done = (await client.getIngestRun({ runId: started!.id })).run!;
   if (done.status !== IngestRunStatus.SUCCEEDED) throw new Error(`ingest of ${collection} ended ${IngestRunStatus[done.status]}`);
+  return done.id;
 }
 
 /** Longest row (prompt + completion tokens) of each dataset version built here: the job's max_seq_len covers it. */
@@ -147,7 +149,7 @@ beforeAll(async () => {
   const samples = join(repoRoot, "tools", "sample-docs");
   const { readdir, readFile } = await import("node:fs/promises");
   const files = Object.fromEntries(await Promise.all((await readdir(samples)).filter((f) => /\.(md|html?)$/.test(f)).sort().map(async (f) => [f, await readFile(join(samples, f), "utf8")] as const)));
-  await Promise.all([
+  [acmeIngestRun] = await Promise.all([
     ingest("acme-docs", files),
     ingest("globex-docs", { "globex.md": "# Globex reactors\n\nGlobex reactors are cooled with heavy water pumped from the lake.\n\n## Safety\n\nThe reactor stops when the pumps stop.\n" }),
   ]);
@@ -333,10 +335,19 @@ describe("the dashboard", () => {
     await page.close();
   }, 900_000);
 
-  it("shows a dataset version, a document's chunks and the adapter's lineage", async () => {
+  it("shows an ingest run, a dataset version, a document's chunks, the adapter's files and lineage", async () => {
     const page = await browser.newPage();
     await signIn(page, acmeKey);
     await page.waitForSelector("#collections");
+    await page.goto(`${gateway.url}/#/ingest/${acmeIngestRun}`);
+    await page.waitForSelector('#stream-state[data-state="ended"]');
+    expect(await page.$$eval("#ingest-documents tbody tr", (rows) => rows.length)).toBe(8);
+    expect(await page.textContent("#ingest-summary")).toContain("8 ingested, 0 unchanged, 0 failed");
+    await shot(page, "ingest-run");
+    await page.goto(`${gateway.url}/#/job/${acmeJob}`);
+    await page.click('button.download[data-file="adapter.gguf"]');
+    await page.waitForSelector('#adapter-downloads [data-verified="true"]');
+    expect(await page.textContent("#adapter-downloads")).toMatch(/adapter\.gguf: \d+ bytes, SHA-256 verified/);
     await page.goto(`${gateway.url}/#/dataset/${acmeVersion}`);
     await page.waitForSelector("#split-counts");
     expect(await page.$$eval("#split-counts tbody tr td:first-child", (tds) => tds.map((td) => td.textContent))).toEqual(["train", "val", "test"]);

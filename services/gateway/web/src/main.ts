@@ -5,6 +5,7 @@ import { fill, h, link } from "./dom.js";
 import { collectionPage, collectionsPage, documentPage } from "./pages-collections.js";
 import { datasetVersionPage } from "./pages-dataset.js";
 import { evalRunPage } from "./pages-eval.js";
+import { ingestRunPage } from "./pages-ingest.js";
 import { jobPage } from "./pages-jobs.js";
 import { lineagePage } from "./pages-lineage.js";
 import { pipelineRunPage, pipelinesPage } from "./pages-pipeline.js";
@@ -25,6 +26,7 @@ const routes: [RegExp, Page][] = [
   [/^\/job\/([^/]+)$/, jobPage],
   [/^\/eval\/([^/]+)$/, evalRunPage],
   [/^\/pipeline\/([^/]+)$/, pipelineRunPage],
+  [/^\/ingest\/([^/]+)$/, ingestRunPage],
   [/^\/lineage\/([^/]+)$/, lineagePage],
 ];
 

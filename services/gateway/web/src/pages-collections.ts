@@ -1,4 +1,4 @@
-import { DocumentStatus, EvalRunStatus } from "@ragtune/proto";
+import { DocumentStatus } from "@ragtune/proto";
 import { allPages, gateway, when } from "./api.js";
 import { badge, h, link, section, table } from "./dom.js";
 import type { PageContext } from "./main.js";
@@ -80,11 +80,11 @@ export async function collectionPage({ root }: PageContext, collection: string):
       table(
         ["run", "status", "base", "adapters", "gates", "created"],
         evals.runs.map((r) => [
-          link(`#/eval/${r.id}`, r.id),
-          badge(`EVAL_RUN_STATUS_${EvalRunStatus[r.status] ?? r.status}`),
+          link(`#/eval/${r.evalRunId}`, r.evalRunId),
+          badge(r.status),
           r.baseModel,
           r.adapters.join(", "),
-          r.report === undefined ? "–" : r.report.gatesPassed ? "passed" : "not passed",
+          !r.hasReport ? "–" : r.gatesPassed ? "passed" : "not passed",
           when(r.createdAt),
         ]),
         { id: "eval-runs" },

@@ -1,4 +1,4 @@
-import { DatasetSplit, DatasetVersionStatus, ExampleKind } from "@ragtune/proto";
+import { DatasetSplit, ExampleKind } from "@ragtune/proto";
 import { gateway, when } from "./api.js";
 import { barChart } from "./charts.js";
 import { badge, fill, h, link, num, section, table } from "./dom.js";
@@ -15,12 +15,12 @@ export async function datasetVersionPage({ root }: PageContext, datasetVersionId
   const dropped = Object.entries(stats?.rejectedByCheck ?? {}).sort((a, b) => b[1] - a[1]);
   const splits = stats?.splits ?? [];
   root.append(
-    h("h1", {}, `Dataset version ${version.id}`),
+    h("h1", {}, `Dataset version ${version.datasetVersionId}`),
     h(
       "p",
       {},
       "Status ",
-      badge(`DATASET_VERSION_STATUS_${DatasetVersionStatus[version.status] ?? version.status}`),
+      badge(version.status),
       " · collection ",
       link(`#/c/${encodeURIComponent(version.collection)}`, version.collection),
       ` · generator ${version.generator || "–"} · created ${when(version.createdAt)}`,
@@ -64,7 +64,7 @@ export async function datasetVersionPage({ root }: PageContext, datasetVersionId
       ),
     ),
   );
-  root.append(exampleBrowser(version.id, dropped.map(([k]) => k)));
+  root.append(exampleBrowser(version.datasetVersionId, dropped.map(([k]) => k)));
 }
 
 function exampleBrowser(datasetVersionId: string, reasons: string[]): HTMLElement {

@@ -1,18 +1,19 @@
 import { toJson } from "@bufbuild/protobuf";
-import { HyperparametersSchema, JobStatus } from "@ragtune/proto";
+import { type AdapterFileKind, HyperparametersSchema, JobStatus } from "@ragtune/proto";
 import { errorText, gateway, isAborted, when } from "./api.js";
 import { LiveChart } from "./charts.js";
 import { badge, fill, h, link, num, section, table } from "./dom.js";
 import type { PageContext } from "./main.js";
 
 const TERMINAL = new Set([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]);
+const TERMINAL_NAMES = new Set([...TERMINAL].map((s) => `JOB_STATUS_${JobStatus[s]}`));
 const statusName = (s: JobStatus) => `JOB_STATUS_${JobStatus[s] ?? s}`;
 
 /** A training job: hyperparameters, live loss and learning-rate curves from the job's event stream, checkpoints. */
 export async function jobPage({ root, signal }: PageContext, jobId: string): Promise<void> {
   const { job, checkpoints } = await gateway.getCollectionJob({ jobId });
   if (job === undefined) throw new Error(`job ${jobId} not found`);
-  const status = h("span", { id: "job-status" }, badge(statusName(job.status)));
+  const status = h("span", { id: "job-status" }, badge(job.status));
   const progress = h("span", { id: "job-progress" });
   const live = h("span", { id: "stream-state", "data-state": "connecting" }, "connecting…");
   const loss = new LiveChart("Loss", "step", [{ label: "train loss", stroke: "#d0492a" }, { label: "val loss", stroke: "#3b6fb6", points: true }], { id: "loss-chart" });
@@ -37,10 +38,14 @@ export async function jobPage({ root, signal }: PageContext, jobId: string): Pro
     },
     "Cancel job",
   );
-  if (!TERMINAL.has(job.status)) actions.append(cancel);
+  if (!TERMINAL_NAMES.has(job.status)) actions.append(cancel);
+  const downloads = h("p", { id: "adapter-downloads" });
+  if (job.adapter !== undefined) {
+    for (const file of job.adapter.files) downloads.append(downloadButton(jobId, file.kind, file.fileName, downloads), " ");
+  }
 
   root.append(
-    h("h1", {}, `Job ${job.id}`),
+    h("h1", {}, `Job ${job.jobId}`),
     h(
       "p",
       {},
@@ -51,11 +56,12 @@ export async function jobPage({ root, signal }: PageContext, jobId: string): Pro
       " · collection ",
       link(`#/c/${encodeURIComponent(job.collection)}`, job.collection),
       " · ",
-      link(`#/lineage/${job.id}`, "lineage"),
-      job.dataset.case === "datasetVersionId" ? h("span", {}, " · dataset ", link(`#/dataset/${job.dataset.value}`, job.dataset.value)) : null,
+      link(`#/lineage/${job.jobId}`, "lineage"),
+      job.datasetVersionId !== "" ? h("span", {}, " · dataset ", link(`#/dataset/${job.datasetVersionId}`, job.datasetVersionId)) : null,
     ),
     h("p", {}, `Base model ${job.baseModel} · created ${when(job.createdAt)} · attempt ${job.attempt}`, job.adapter ? ` · adapter ${job.adapter.id}` : ""),
     actions,
+    job.adapter !== undefined ? section("Adapter", h("p", {}, `${job.adapter.id}: PEFT files (vLLM --enable-lora) and a GGUF LoRA (llama.cpp)`), downloads) : "",
     h("p", {}, "Live: ", live),
     h("div", { class: "charts" }, loss.element, lr.element),
     section("Hyperparameters", table(["name", "value"], Object.entries(hp).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]), { id: "hyperparameters" })),
@@ -111,6 +117,41 @@ export async function jobPage({ root, signal }: PageContext, jobId: string): Pro
   }
   fill(live, "ended (the job finished)");
   live.dataset.state = "ended";
+}
+
+/** Streams one adapter file through the gateway, checks its SHA-256 and hands it to the browser as a download. */
+function downloadButton(jobId: string, kind: AdapterFileKind, fileName: string, out: HTMLElement): HTMLButtonElement {
+  return h(
+    "button",
+    {
+      class: "download",
+      "data-file": fileName,
+      onclick: async () => {
+        const note = h("span", { class: "note" }, ` downloading ${fileName}…`);
+        out.append(note);
+        try {
+          const parts: Uint8Array<ArrayBuffer>[] = [];
+          let sha256 = "";
+          for await (const { piece } of gateway.downloadCollectionAdapter({ jobId, kind })) {
+            if (piece === undefined || piece.fileName !== fileName) continue;
+            parts.push(new Uint8Array(piece.data));
+            sha256 = piece.sha256;
+          }
+          const blob = new Blob(parts);
+          const digest = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", await blob.arrayBuffer())), (b) => b.toString(16).padStart(2, "0")).join("");
+          if (digest !== sha256) throw new Error(`${fileName}: the bytes received do not match the adapter's SHA-256`);
+          const a = h("a", { href: URL.createObjectURL(blob), download: fileName });
+          a.click();
+          fill(note, ` ${fileName}: ${blob.size} bytes, SHA-256 verified`);
+          note.dataset.verified = "true";
+        } catch (err) {
+          fill(note, ` ${errorText(err)}`);
+          note.className = "error";
+        }
+      },
+    },
+    `Download ${fileName}`,
+  );
 }
 
 function checkpointRow(step: number, id: string, at: string): HTMLTableRowElement {

@@ -145,6 +145,8 @@ const isTerminal = (r: PipelineRun) => [PipelineRunStatus.SUCCEEDED, PipelineRun
 function resourceLink(s: PipelineStageState): HTMLElement | string {
   if (s.resourceId === "") return "";
   switch (s.stage) {
+    case PipelineStage.INGEST:
+      return link(`#/ingest/${s.resourceId}`, s.resourceId);
     case PipelineStage.DATASET:
       return link(`#/dataset/${s.resourceId}`, s.resourceId);
     case PipelineStage.TRAIN:
