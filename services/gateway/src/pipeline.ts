@@ -53,6 +53,7 @@ import { failedPrecondition, invalidArgument, notFound, paginate } from "@ragtun
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { type AccessControl, callerOf, requireCollection } from "./access.js";
 import { collectionName } from "./gateway-service.js";
+import type { CollectionUpdates } from "./updates.js";
 import type { PromotionStore } from "./promotion-store.js";
 import type { Promotions } from "./promotions.js";
 
@@ -213,7 +214,7 @@ export class Pipelines {
   }
 
   /** Validates the request, starts the ingest of its sources (so the documents are safe upstream) and queues the run. */
-  async start(req: StartPipelineRunRequest, collection: string, scope: string): Promise<PipelineRun> {
+  async start(req: StartPipelineRunRequest, collection: string, scope: string, trigger = "api"): Promise<PipelineRun> {
     const n = this.#normalize(req, collection);
     const id =
       req.clientRequestId !== ""
@@ -260,7 +261,7 @@ export class Pipelines {
       stages: PIPELINE_STAGES.filter((s) => n.stages.has(s)),
     });
     const first = PIPELINE_STAGES.find((s) => n.stages.has(s))!;
-    const state = create(PipelineRunSchema, { id, collection: n.collection, status: PipelineRunStatus.QUEUED, currentStage: first, stages, spec, createdAt: now });
+    const state = create(PipelineRunSchema, { id, collection: n.collection, status: PipelineRunStatus.QUEUED, currentStage: first, stages, spec, createdAt: now, trigger });
     let stored: PipelineRun;
     try {
       stored = (await this.store.create(id, state, [statusChanged(PipelineRunStatus.QUEUED), ...(ingestStage.resourceId ? [stageChanged(ingestStage)] : [])])).state;
@@ -268,7 +269,7 @@ export class Pipelines {
       if ((err as Error).name !== "ResourceExistsError") throw err;
       stored = (await this.store.get(id))!.state; // a concurrent retry with the same client_request_id
     }
-    this.#o.logger.info({ pipelineRunId: id, collection: n.collection, stages: spec.stages.map(stageName) }, "pipeline run queued");
+    this.#o.logger.info({ pipelineRunId: id, collection: n.collection, stages: spec.stages.map(stageName), trigger }, "pipeline run queued");
     this.#runner.submit(id);
     return stored;
   }
@@ -606,7 +607,12 @@ export class Pipelines {
     });
     drivers.set(PipelineStage.DATASET, {
       async start(run, key) {
-        const { version } = await o.dataset.buildDatasetVersion({ collection: run.collection, ...(run.spec?.dataset ? { settings: run.spec.dataset } : {}), clientRequestId: key });
+        const { version } = await o.dataset.buildDatasetVersion({
+          collection: run.collection,
+          ...(run.spec?.dataset ? { settings: run.spec.dataset } : {}),
+          baseVersionId: run.spec?.datasetBaseVersionId ?? "",
+          clientRequestId: key,
+        });
         return { id: version!.id };
       },
       async read(id) {
@@ -778,7 +784,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 }
 
 /** The pipeline RPCs of GatewayService, each limited to the caller's tenant's collections. */
-export function createPipelineApis(access: AccessControl | undefined, pipelines: Pipelines): Partial<ServiceImpl<typeof GatewayService>> {
+export function createPipelineApis(access: AccessControl | undefined, pipelines: Pipelines, updates: CollectionUpdates): Partial<ServiceImpl<typeof GatewayService>> {
   const visible = async (ctx: HandlerContext, id: string): Promise<PipelineRun> => {
     const run = await pipelines.get(id);
     await requireCollection(access, ctx, run.collection);
@@ -815,6 +821,16 @@ export function createPipelineApis(access: AccessControl | undefined, pipelines:
     async cancelPipelineRun(req, ctx) {
       const run = await visible(ctx, req.pipelineRunId);
       return { run: await pipelines.cancel(run.id) };
+    },
+    async setCollectionUpdatePolicy(req, ctx) {
+      const collection = collectionName(req.collection);
+      await requireCollection(access, ctx, collection);
+      return { policy: await updates.set(collection, req.policy) };
+    },
+    async getCollectionUpdatePolicy(req, ctx) {
+      const collection = collectionName(req.collection);
+      await requireCollection(access, ctx, collection);
+      return { policy: await updates.get(collection) };
     },
   };
 }

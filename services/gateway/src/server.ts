@@ -13,6 +13,7 @@ import { createReadApis } from "./read-apis.js";
 import { dashboardFiles } from "./dashboard-files.js";
 import { Promotions } from "./promotions.js";
 import { createPipelineApis, Pipelines } from "./pipeline.js";
+import { CollectionUpdates } from "./updates.js";
 
 /** Handles of a started gateway (tests reach them). */
 export interface GatewayInstance extends ServiceInstance {
@@ -21,6 +22,7 @@ export interface GatewayInstance extends ServiceInstance {
   promotionStore: PromotionStore;
   access: AccessControl | undefined;
   pipelines: Pipelines;
+  updates: CollectionUpdates;
 }
 
 /**
@@ -31,6 +33,7 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
   const bus = await connectBus(busOptionsFromConfig(config, "gateway", logger));
   let stopEvents: (() => Promise<void>) | undefined;
   let pipelines: Pipelines | undefined;
+  let updates: CollectionUpdates | undefined;
   try {
     await bus.ensureEventsStream();
     const upstream = { protocol: "grpc" as const, timeoutMs: 60_000, ...(config.GATEWAY_UPSTREAM_AUTH_TOKEN ? { authToken: config.GATEWAY_UPSTREAM_AUTH_TOKEN } : {}) };
@@ -46,9 +49,11 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
       store,
       trainer,
       evals,
+      dataset,
       endpoint: llm,
       adapterDir: config.GATEWAY_ADAPTER_DIR,
       loraFormat: config.GATEWAY_LORA_FORMAT,
+      maxLoraRank: config.GATEWAY_MAX_LORA_RANK,
       logger,
       async publish(adapter) {
         const at = adapter.promotedAt === undefined ? Date.now() : Number(adapter.promotedAt.seconds) * 1000 + Math.floor(adapter.promotedAt.nanos / 1e6);
@@ -90,10 +95,11 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
       leaseMs: config.GATEWAY_PIPELINE_LEASE,
       ...(onPipelineStep === undefined ? {} : { onStep: onPipelineStep }),
     });
+    updates = await CollectionUpdates.open({ bus, prefix: config.GATEWAY_BUCKET_PREFIX, pipelines, dataset, logger });
     if (access === undefined) logger.warn("GATEWAY_AUTH=none: no API keys, every collection open to every caller");
     const handlers = {
       ...createReadApis({ access, ingest, dataset, trainer, evals, promotions: store }),
-      ...createPipelineApis(access, pipelines),
+      ...createPipelineApis(access, pipelines, updates),
       ...createGatewayService({
       access,
       indexes,
@@ -107,12 +113,15 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
     const impl = access === undefined ? handlers : guardService(GatewayService, handlers, access);
     const stop = stopEvents;
     const runs = pipelines;
+    const followers = updates;
+    await followers.start();
     return {
       indexes,
       promotions,
       promotionStore: store,
       access,
       pipelines: runs,
+      updates: followers,
       // Client apps call the gateway with Connect JSON over HTTP/1.1 as well as gRPC over h2c.
       allowHttp1: true,
       httpHandler: dashboardFiles({ logger }),
@@ -123,6 +132,7 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
         runs.resume().catch((err: unknown) => logger.error({ err }, "cannot resume the unfinished pipeline runs"));
       },
       async stop() {
+        await followers.stop();
         await runs.close();
         await stop().catch((err: unknown) => logger.warn({ err }, "ingest event consumer did not stop cleanly"));
         llm.close();
@@ -130,6 +140,7 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
       },
     };
   } catch (err) {
+    await updates?.stop().catch(() => undefined);
     await pipelines?.close().catch(() => undefined);
     await stopEvents?.().catch(() => undefined);
     await bus.close().catch(() => undefined);

@@ -36,6 +36,7 @@ import {
   PipelineStage,
   PipelineStageStatus,
   PromoteAdapterResponseSchema,
+  SetCollectionUpdatePolicyResponseSchema,
   RollbackAdapterResponseSchema,
 } from "@ragtune/proto";
 import { createClient } from "@ragtune/rpc";
@@ -54,6 +55,8 @@ usage: ragtune <command> [options]
   eval                      evaluate a job's adapter against the base model on its test split (--job <ID>, --max-items N)
   pipeline run [<dir>]      ingest → dataset → train → eval → promote in one run (--base-model, --steps, --max-items,
                             --no-promote, --force-promote)
+  follow                    renew the collection's adapter after its documents change (--settle-seconds N, and the
+                            pipeline run options for the updates); --off stops following; prints the policy
   pipeline list|get <ID>|watch <ID>|cancel <ID>
                             pipeline runs (ingest, dataset build, train and eval are pipeline runs too)
   ask <question>            answer from a collection (--collection, --top-k, --max-tokens, --base, --adapter, --stream)
@@ -120,6 +123,8 @@ const OPTIONS = {
   "no-promote": { type: "boolean" },
   "force-promote": { type: "boolean" },
   hp: { type: "string", multiple: true },
+  "settle-seconds": { type: "string" },
+  off: { type: "boolean" },
 } as const;
 
 class UsageError extends Error {}
@@ -302,6 +307,29 @@ export async function run(argv: string[], env: Record<string, string | undefined
       case "eval": {
         if (f.job === undefined) throw new UsageError("eval needs --job <trainer job ID> (ragtune jobs lists them)");
         return startRun([PipelineStage.EVAL], { jobId: f.job, ...evalSpec() });
+      }
+      case "follow": {
+        const settle = intFlag(f["settle-seconds"], "settle-seconds");
+        const res = await gateway.setCollectionUpdatePolicy({
+          collection,
+          policy: {
+            followDocuments: f.off !== true,
+            ...(settle === undefined ? {} : { settleSeconds: settle }),
+            spec: {
+              ...(f.model !== undefined || f.questions !== undefined || f["negative-ratio"] !== undefined ? datasetSpec() : {}),
+              ...trainSpec(),
+              ...evalSpec(),
+              promotion: { autoPromote: f["no-promote"] !== true, force: f["force-promote"] === true, pin: f.pin === true },
+            },
+          },
+        });
+        const p = res.policy!;
+        print(SetCollectionUpdatePolicyResponseSchema, res, () =>
+          p.followDocuments
+            ? `collection ${p.collection} follows its documents: an ingest run that changes chunks starts an update ${p.settleSeconds ?? 60} s after the first change (ragtune pipeline list shows them)`
+            : `collection ${p.collection} no longer follows its documents`,
+        );
+        return 0;
       }
       case "pipeline": {
         const [sub, id] = args;

@@ -127,6 +127,15 @@ describe("ragtune", () => {
     expect((await cli("pipeline", "get", "pipe-unknown")).code).toBe(4);
   });
 
+  it("sets a collection to follow its documents and back", async () => {
+    const on = await cli("follow", "--collection", "docs", "--settle-seconds", "120", "--steps", "10", "--json");
+    expect(on.code, on.err).toBe(0);
+    const policy = (JSON.parse(on.out) as { policy: { followDocuments: boolean; settleSeconds: number; spec: { hyperparameters: { maxSteps: number } } } }).policy;
+    expect(policy).toMatchObject({ followDocuments: true, settleSeconds: 120, spec: { hyperparameters: { maxSteps: 10 } } });
+    expect((await cli("follow", "--collection", "docs", "--off")).out).toMatch(/no longer follows/);
+    expect((await cli("follow", "--collection", "nobodys")).code).toBe(3);
+  });
+
   it("runs as the `ragtune` binary", async () => {
     const child = spawn(process.execPath, [join(import.meta.dirname, "..", "bin", "ragtune.mjs"), "ask", "--collection", "docs", "--json", "lifecycle"], { env: { ...process.env, ...env } });
     let out = "";
