@@ -1,31 +1,25 @@
-// `npm run demo`: runs every stage of ragtune that exists so far (ingest → dataset → trainer → eval on the local model
-// server), end to end, on the shipped sample documents,
-// then stops cleanly. Stages grow with the system; each prints what a user would want to see.
-import { createHash } from "node:crypto";
+// `npm run demo`: the whole pipeline on the shipped sample documents, through the gateway with the `ragtune` CLI as a
+// user would run it: the stack (nats-server, five services) and the local model server on the tiny model start, an
+// API key is made, `ragtune pipeline run` ingests, builds a dataset version, trains a QLoRA adapter, evaluates base vs
+// adapter and promotes it; then the loss curve, the eval comparison, one answer with citations and the adapter's
+// lineage are shown, and everything stops (`npm run demo -- --keep` keeps the stack up for the dashboard).
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, open, readdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fromJsonString } from "@bufbuild/protobuf";
 import {
-  ComputeDtype,
-  DatasetService,
-  DatasetSplit,
-  DatasetVersionStatus,
-  ExampleKind,
-  type DatasetVersion,
-  DocumentStatus,
-  EvalRunStatus,
-  EvalService,
-  JobStatus,
-  TrainerService,
+  GatewayService,
+  GetEvalRunReportResponseSchema,
   Health,
   HealthCheckResponse_ServingStatus,
-  IngestRunStatus,
-  IngestService,
-  type IngestRunSummary,
+  type PipelineRun,
+  PipelineRunSchema,
+  PipelineRunStatus,
+  PipelineStage,
 } from "@ragtune/proto";
-import { createLogger } from "@ragtune/logger";
-import { startModelServer } from "@ragtune/model-server";
-import { Code, ConnectError, createClient } from "@ragtune/rpc";
+import { createClient } from "@ragtune/rpc";
 import { renderLossChart, type LossPoint } from "./loss-chart.js";
 import { SERVICE_NAMES, repoRoot, startStack, type Stack } from "./stack.js";
 import { generateTinyModel } from "./tiny-model.js";
@@ -50,41 +44,6 @@ async function checkHealth(stack: Stack): Promise<void> {
   }
 }
 
-/** Stage 1 — ingest: the sample documents, inline, into the "demo" collection; print the run's chunk statistics. */
-async function ingestSampleDocs(stack: Stack): Promise<void> {
-  const ingest = createClient(IngestService, { baseUrl: stack.services.ingest.url, protocol: "grpc" });
-  const files = (await readdir(SAMPLE_DOCS)).filter((f) => /\.(md|html?|txt)$/.test(f)).sort();
-  const sources = await Promise.all(
-    files.map(async (filename) => ({
-      source: { case: "inline" as const, value: { filename, content: await readFile(join(SAMPLE_DOCS, filename)) } },
-    })),
-  );
-  out(`\nIngest: ${files.length} sample documents from tools/sample-docs into collection "${COLLECTION}" (Mistral tokenizer, 512-token chunks)`);
-  const { run } = await ingest.ingestDocuments({ collection: COLLECTION, sources });
-  let summary: IngestRunSummary | undefined;
-  for await (const { event } of ingest.watchIngestRun({ runId: run!.id })) {
-    const e = event?.event;
-    if (e?.case === "documentProgress") {
-      const r = e.value.result!;
-      if (r.status === DocumentStatus.READY || r.status === DocumentStatus.FAILED) {
-        const what = r.error ? `error: ${r.error.message}` : `${r.chunkCount} chunks (+${r.changes?.added ?? 0} ~${r.changes?.kept ?? 0} -${r.changes?.removed ?? 0})`;
-        out(`  ${r.sourceName.padEnd(28)} ${(r.unchanged ? "unchanged" : DocumentStatus[r.status].toLowerCase()).padEnd(9)} ${what}`);
-      }
-    }
-    if (e?.case === "completed") {
-      summary = e.value;
-      break;
-    }
-  }
-  if (!summary) throw new Error("the ingest run's event stream ended before the run completed");
-  const st = summary.statistics!;
-  const t = st.tokenStats!;
-  out(`  run ${run!.id}: ${IngestRunStatus[summary.status].toLowerCase()}; ${st.documentsIngested} ingested, ${st.documentsUnchanged} unchanged, ${st.documentsFailed} failed`);
-  out(`  chunks: ${t.count}, tokens: ${t.totalTokens}; per chunk min ${t.min} / mean ${t.mean.toFixed(1)} / median ${t.median} / max ${t.max} of ${t.budget}`);
-  out(`  share of chunks in 75–100% of the budget: ${(t.shareInTopQuarterOfBudget * 100).toFixed(1)}%; over budget: ${t.overBudgetCount}`);
-  if (summary.status !== IngestRunStatus.SUCCEEDED) throw new Error(`ingest run ended ${IngestRunStatus[summary.status]}`);
-}
-
 /** The tiny Llama model (random weights, real Mistral tokenizer), warmed up on the sample docs once and kept. */
 async function ensureTinyModel(): Promise<void> {
   if (existsSync(join(TINY_MODEL_DIR, "config.json")) && existsSync(join(TINY_MODEL_DIR, "model.gguf"))) {
@@ -104,197 +63,39 @@ async function ensureTinyModel(): Promise<void> {
   });
 }
 
-/**
- * Stage 2 — dataset: a dataset version of the ingested collection through the dataset service's API (offline: the
- * extractive generator, "not in context" negatives, the quality gate, splits by chunk); watch it build and print its
- * report and a few examples.
- */
-async function buildDatasetVersion(stack: Stack): Promise<DatasetVersion> {
-  const dataset = createClient(DatasetService, { baseUrl: stack.services.dataset.url, protocol: "grpc" });
-  const { version } = await dataset.buildDatasetVersion({ collection: COLLECTION });
-  out(`\nDataset: version ${version!.id} of collection "${COLLECTION}" (extractive questions, 15% unanswerable, quality gate, 60/20/20 by chunk)`);
-  for await (const { event } of dataset.watchDatasetVersion({ datasetVersionId: version!.id })) {
-    const e = event?.event;
-    if (e?.case === "statusChanged") out(`  status: ${DatasetVersionStatus[e.value.status].toLowerCase()}`);
-    if (e?.case === "progress" && e.value.examplesGenerated > 0) out(`  ${e.value.examplesGenerated} examples generated from ${e.value.chunksTotal} chunks, ${e.value.examplesAccepted} kept`);
-  }
-  const ready = (await dataset.getDatasetVersion({ datasetVersionId: version!.id })).version!;
-  if (ready.status !== DatasetVersionStatus.READY) throw new Error(`dataset version ${ready.id} ended ${DatasetVersionStatus[ready.status]}: ${ready.failure?.message ?? ""}`);
-  const stats = ready.stats!;
-  for (const s of stats.splits) {
-    const t = s.tokenStats!;
-    out(`  ${DatasetSplit[s.split].toLowerCase().padEnd(5)} ${String(s.examples).padStart(4)} examples (${s.answerable} answerable, ${s.unanswerable} unanswerable); tokens per row ${t.min}–${t.max}, median ${t.median}`);
-  }
-  const dropped = Object.entries(stats.rejectedByCheck).map(([k, n]) => `${k} ${n}`).join(", ");
-  out(`  dropped by the quality gate and the splits: ${dropped || "none"}`);
-  const { examples } = await dataset.listExamples({ datasetVersionId: ready.id, split: DatasetSplit.TRAIN, page: { pageSize: 200 } });
-  const sample = [examples.find((e) => e.kind === ExampleKind.ANSWERABLE), examples.find((e) => e.kind === ExampleKind.UNANSWERABLE)];
-  for (const e of sample) if (e) out(`  e.g. Q: ${e.question}\n       A: ${e.answer.length > 110 ? `${e.answer.slice(0, 107)}…` : e.answer}`);
-  return ready;
-}
 
-/**
- * Stage 3 — trainer: a QLoRA job (builtin NF4 base + LoRA on q/k/v/o) on the tiny model through the trainer's API;
- * watch its events, print the loss curve as a text chart, download the adapter (PEFT files + GGUF) and verify it.
- */
-async function trainAdapter(stack: Stack, version: DatasetVersion): Promise<{ jobId: string; adapterGguf: string }> {
-  await ensureTinyModel();
-  const trainer = createClient(TrainerService, { baseUrl: stack.services.trainer.url, protocol: "grpc" });
-  // Rows as long as the longest one the version holds (the quality gate kept every row within 1024 tokens).
-  const longest = Math.max(...version.stats!.splits.map((s) => s.tokenStats?.max ?? 0));
-  const request = {
-    baseModel: TINY_MODEL_DIR,
-    dataset: { case: "datasetVersionId" as const, value: version.id },
-    displayName: "demo adapter",
-    collection: COLLECTION,
-    hyperparameters: {
-      duration: { case: "maxSteps" as const, value: 40 },
-      learningRate: 2e-3,
-      warmupSteps: 4,
-      microBatchSize: 4,
-      gradientAccumulationSteps: 1,
-      maxSeqLen: Math.min(1024, Math.ceil(longest / 64) * 64),
-      evalIntervalSteps: 10,
-      checkpointIntervalSteps: 20,
-      computeDtype: ComputeDtype.FLOAT32,
-      gradientCheckpointing: false,
-    },
-  };
-  // The trainer learns of a READY version from its ragtune.dataset.version.built event, a moment after the dataset
-  // service announced it: a client retries "unknown" briefly.
-  let job;
-  for (let attempt = 1; job === undefined; attempt++) {
-    try {
-      job = (await trainer.createJob(request)).job!;
-    } catch (err) {
-      const unknown = err instanceof ConnectError && err.code === Code.FailedPrecondition && /unknown to the trainer/.test(err.message);
-      if (!unknown || attempt >= 50) throw err;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
-  out(`\nTrainer: job ${job.id} (QLoRA, builtin NF4 base, LoRA r=8 on q/k/v/o, 40 steps on dataset version ${version.id}, rows up to ${request.hyperparameters.maxSeqLen} tokens)`);
-  const train: LossPoint[] = [];
-  const val: LossPoint[] = [];
-  let final: JobStatus | undefined;
-  let failure = "";
-  for await (const { event } of trainer.watchJob({ jobId: job.id })) {
-    const e = event?.event;
-    if (e?.case === "statusChanged") {
-      out(`  status: ${JobStatus[e.value.status].toLowerCase()}`);
-      if ([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED].includes(e.value.status)) {
-        final = e.value.status;
-        failure = e.value.failure?.message ?? "";
-        break;
-      }
-    } else if (e?.case === "metrics") {
-      const m = e.value;
-      train.push({ step: m.step, loss: m.trainLoss });
-      if (m.valLoss !== undefined) val.push({ step: m.step, loss: m.valLoss });
-      if (m.step % 5 === 0 || m.valLoss !== undefined) {
-        const v = m.valLoss !== undefined ? `  val loss ${m.valLoss.toFixed(4)}` : "";
-        out(`  step ${String(m.step).padStart(3)}/${m.totalSteps}  train loss ${m.trainLoss.toFixed(4)}${v}  lr ${m.learningRate.toExponential(2)}  ${m.tokensPerSecond.toFixed(0)} tok/s`);
-      }
-    } else if (e?.case === "checkpointSaved") {
-      out(`  checkpoint at step ${e.value.checkpoint?.step}`);
-    }
-  }
-  if (final !== JobStatus.SUCCEEDED) throw new Error(`training job ended ${final === undefined ? "without a final status" : JobStatus[final]}: ${failure}`);
-  out("\nLoss curve:");
-  out(renderLossChart(train, val, { width: 60, height: 12 }).replace(/^/gm, "  "));
-
-  const adapterDir = join(DEMO_DIR, "adapter", job.id);
-  await mkdir(adapterDir, { recursive: true });
-  const files = new Map<string, { handle: Awaited<ReturnType<typeof open>>; hash: ReturnType<typeof createHash>; size: bigint; sha256: string }>();
-  for await (const piece of trainer.downloadAdapter({ jobId: job.id })) {
-    let f = files.get(piece.fileName);
-    if (!f) {
-      f = { handle: await open(join(adapterDir, piece.fileName), "w"), hash: createHash("sha256"), size: piece.totalSizeBytes, sha256: piece.sha256 };
-      files.set(piece.fileName, f);
-    }
-    await f.handle.write(piece.data);
-    f.hash.update(piece.data);
-  }
-  out(`\nAdapter downloaded to ${adapterDir}:`);
-  for (const [name, f] of files) {
-    await f.handle.close();
-    const ok = f.hash.digest("hex") === f.sha256;
-    out(`  ${name.padEnd(28)} ${String(f.size).padStart(9)} bytes  sha256 ${ok ? "verified" : "MISMATCH"}`);
-    if (!ok) throw new Error(`${name}: the downloaded bytes do not match the adapter's sha256`);
-  }
-  out("  (adapter_config.json + adapter_model.safetensors load in vLLM with --enable-lora; adapter.gguf in llama.cpp)");
-  return { jobId: job.id, adapterGguf: join(adapterDir, "adapter.gguf") };
-}
-
+const CLI = join(repoRoot, "tools", "cli", "bin", "ragtune.mjs");
+const KEEP = process.argv.includes("--keep");
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`.padStart(6);
 
 /**
- * Stage 4 — eval: the local model server (node-llama-cpp) on the tiny model's GGUF with the job's adapter.gguf, and an
- * eval run through the eval service's API on the dataset version's test split: base vs adapter, scored, gates checked.
+ * Runs `ragtune <args>` as a user would (the CLI's bin, a child process) and echoes it: the command line, its progress
+ * lines (stderr) as they come, and its output unless `quiet`. Returns stdout; a non-zero exit code fails the demo.
  */
-async function evaluate(stack: Stack, version: DatasetVersion, adapter: { jobId: string; adapterGguf: string }): Promise<void> {
-  const server = await startModelServer({
-    model: join(TINY_MODEL_DIR, "model.gguf"),
-    servedModelName: "tiny",
-    loraModules: [{ name: adapter.jobId, path: adapter.adapterGguf }],
-    port: 0,
-    concurrency: 2,
-    logger: createLogger({ svc: "model-server", level: "warn" }),
-  });
-  try {
-    out(`\nModel server: ${server.baseUrl} (node-llama-cpp, CPU) serving "tiny" and the adapter "${adapter.jobId}"`);
-    const evals = createClient(EvalService, { baseUrl: stack.services.eval.url, protocol: "grpc" });
-    const { run } = await evals.createEvalRun({
-      source: { case: "datasetVersionId", value: version.id },
-      endpointUrl: server.baseUrl,
-      baseModel: "tiny",
-      adapters: [adapter.jobId],
-      concurrency: 2,
-    });
-    out(`Eval: run ${run!.id} on the test split of ${version.id} (completions in the training template, temperature 0, max 200 tokens)`);
-    let lastShown = -1;
-    for await (const { event } of evals.watchEvalRun({ evalRunId: run!.id })) {
-      const e = event?.event;
-      if (e?.case === "statusChanged") out(`  status: ${EvalRunStatus[e.value.status].toLowerCase()}${e.value.failure ? ` — ${e.value.failure.message}` : ""}`);
-      if (e?.case === "progress" && e.value.answersTotal > 0) {
-        const tenth = Math.floor((10 * e.value.answersDone) / e.value.answersTotal);
-        if (tenth !== lastShown) {
-          lastShown = tenth;
-          out(`  ${e.value.answersDone}/${e.value.answersTotal} answers${e.value.answersFailed ? ` (${e.value.answersFailed} failed)` : ""}`);
-        }
-      }
-      if (e?.case === "warning") out(`  warning: ${e.value.message}`);
-    }
-    const done = (await evals.getEvalRun({ evalRunId: run!.id })).run!;
-    if (done.status !== EvalRunStatus.SUCCEEDED) throw new Error(`eval run ${done.id} ended ${EvalRunStatus[done.status]}: ${done.failure?.message ?? ""}`);
-    const { report, markdown } = await evals.getEvalReport({ evalRunId: done.id });
-    out(`\nEval report (${report!.items} items: ${report!.answerable} answerable, ${report!.unanswerable} unanswerable):`);
-    out("  model                      success  tok F1  ROUGE-L  ground.  answer  false ans  empty  follow-up  degen.   p50 s   tok/s");
-    for (const m of report!.models) {
-      out(
-        `  ${`${m.model}${m.isBase ? " (base)" : ""}`.padEnd(26)} ${pct(m.successRate)}  ${m.tokenF1.toFixed(3)}   ${m.rougeL.toFixed(3)}   ${m.grounding.toFixed(3)}  ${pct(m.answerRate)}    ${pct(m.falseAnswerRate)} ${pct(m.emptyRate)}     ${pct(m.followUpRate)} ${pct(m.degenerateRate)}  ${m.latencyP50.toFixed(2).padStart(6)}  ${m.tokensPerSecond.toFixed(0).padStart(6)}`,
-      );
-    }
-    for (const d of report!.differences.filter((x) => x.metric === "success_rate" || x.metric === "token_f1")) {
-      out(`  ${d.model} − ${d.baseline}: ${d.metric} ${(d.delta * 100).toFixed(1)} points, 95% CI [${(d.ciLow * 100).toFixed(1)}, ${(d.ciHigh * 100).toFixed(1)}]`);
-    }
-    out(`  promotion gates: ${report!.gatesPassed ? "PASSED" : "not passed"}`);
-    for (const g of report!.gates) out(`    ${g.passed ? "pass" : "FAIL"}  ${g.name}: ${g.rule} (value ${g.value.toFixed(3)})`);
-    const file = join(DEMO_DIR, `${done.id}.md`);
-    await writeFile(file, markdown);
-    out(`  full report (Markdown) written to ${file}; the tiny model has random weights, so the scores show the mechanism, not quality`);
-  } finally {
-    await server.close();
-  }
+async function ragtune(env: Record<string, string>, args: string[], options: { quiet?: boolean; show?: string } = {}): Promise<string> {
+  out(`\n$ ragtune ${options.show ?? args.map((a) => (/[\s"]/.test(a) ? JSON.stringify(a) : a)).join(" ")}`);
+  const child = spawn(process.execPath, [CLI, ...args], { cwd: repoRoot, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+  createInterface({ input: child.stderr }).on("line", (line) => out(`  ${line}`));
+  const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  if (!options.quiet && stdout.trim() !== "") out(stdout.trimEnd().replace(/^/gm, "  "));
+  if (code !== 0) throw new Error(`ragtune ${args[0]} exited with code ${code}`);
+  return stdout;
 }
 
 const logs: string[] = [];
-out("Starting the ragtune stack (nats-server with JetStream + 5 services)…");
+await ensureTinyModel();
+out("\nStarting the ragtune stack: nats-server (JetStream), the local model server on the tiny model, 5 services…");
 const stack = await startStack({
   env: {
     TRAINER_MODEL_ROOT: DEMO_DIR,
     TRAINER_DATA_ROOT: repoRoot,
     TRAINER_WORK_DIR: join(DEMO_DIR, "trainer-work"),
+    GATEWAY_ADAPTER_DIR: join(DEMO_DIR, "adapters"),
+    GATEWAY_PIPELINE_BASE_MODEL: TINY_MODEL_DIR,
   },
+  modelServer: { model: join(TINY_MODEL_DIR, "model.gguf"), servedModelName: "tiny", concurrency: 2 },
   onLog: (service, line) => logs.push(`${service} ${typeof line === "string" ? line : JSON.stringify(line)}`),
 });
 let failed = false;
@@ -305,17 +106,95 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
     out(`\n${signal}: stopping the stack…`);
     void stack.stop().then(() => {
       out("Stopped.");
-      process.exit(130);
+      process.exit(KEEP ? 0 : 130);
     });
   });
 }
 try {
-  out(`NATS JetStream at ${stack.natsUrl}\n`);
+  out(`NATS JetStream at ${stack.natsUrl}; model server (node-llama-cpp, CPU) at ${stack.modelServer!.baseUrl} serving "tiny"\n`);
   await checkHealth(stack);
-  await ingestSampleDocs(stack);
-  const version = await buildDatasetVersion(stack);
-  const adapter = await trainAdapter(stack, version);
-  await evaluate(stack, version, adapter);
+  const gatewayUrl = stack.services.gateway.url;
+  const env: Record<string, string> = { RAGTUNE_URL: gatewayUrl, NATS_URL: stack.natsUrl, RAGTUNE_CONFIG: join(DEMO_DIR, "no-config.json") };
+
+  out("\nAn API key for tenant \"demo\" (operators make keys against NATS; the gateway stores only its hash):");
+  env.RAGTUNE_API_KEY = (await ragtune(env, ["keys", "create", "--tenant", "demo", "--name", "demo"], { quiet: true })).trim();
+  out(`  ${env.RAGTUNE_API_KEY.slice(0, 22)}… (RAGTUNE_API_KEY for the commands below)`);
+
+  out("\nThe pipeline in one call: ingest the sample documents → dataset version (extractive questions, 15% unanswerable,");
+  out("quality gate, splits by chunk) → QLoRA on the tiny model (40 steps) → eval of base vs adapter on the test split →");
+  out("promotion. The tiny model has random weights and cannot pass the eval gates, so the demo forces the promotion");
+  out("(recorded as forced) to show serving; without --force-promote the run would stop short of promoting it.");
+  // Hyperparameters for a 2-layer model on a CPU: a higher learning rate, no gradient accumulation or checkpointing.
+  const hp = ["learning_rate=2e-3", "warmup_steps=4", "gradient_accumulation_steps=1", "gradient_checkpointing=false", "compute_dtype=COMPUTE_DTYPE_FLOAT32", "eval_interval_steps=10", "checkpoint_interval_steps=20"];
+  const runJson = await ragtune(
+    env,
+    ["pipeline", "run", "tools/sample-docs", "--collection", COLLECTION, "--steps", "40", ...hp.flatMap((h) => ["--hp", h]), "--max-items", "24", "--force-promote", "--json"],
+    { quiet: true },
+  );
+  const run: PipelineRun = fromJsonString(PipelineRunSchema, runJson);
+  const resource = (stage: PipelineStage) => run.stages.find((s) => s.stage === stage)!.resourceId;
+  out(`  run ${run.id}: ${PipelineRunStatus[run.status].toLowerCase()}`);
+  for (const st of run.stages) out(`    ${PipelineStage[st.stage].toLowerCase().padEnd(8)} ${st.resourceId.padEnd(30)} ${st.detail}`);
+  if (run.status !== PipelineRunStatus.SUCCEEDED) throw new Error(`the pipeline run ended ${PipelineRunStatus[run.status]}: ${run.failure?.message ?? ""}`);
+
+  const gateway = createClient(GatewayService, { baseUrl: gatewayUrl, protocol: "connect", authToken: env.RAGTUNE_API_KEY });
+  const train: LossPoint[] = [];
+  const val: LossPoint[] = [];
+  for await (const { event } of gateway.watchCollectionJob({ jobId: resource(PipelineStage.TRAIN) })) {
+    if (event?.event.case !== "metrics") continue;
+    const m = event.event.value;
+    train.push({ step: m.step, loss: m.trainLoss });
+    if (m.valLoss !== undefined) val.push({ step: m.step, loss: m.valLoss });
+  }
+  out(`\nLoss curve of job ${resource(PipelineStage.TRAIN)} (WatchCollectionJob through the gateway):`);
+  out(renderLossChart(train, val, { width: 60, height: 12 }).replace(/^/gm, "  "));
+
+  const { report, markdown } = fromJsonString(GetEvalRunReportResponseSchema, await ragtune(env, ["eval-report", resource(PipelineStage.EVAL), "--json"], { quiet: true }));
+  out(`  base vs adapter on ${report!.items} test items (${report!.answerable} answerable, ${report!.unanswerable} unanswerable):`);
+  out("    model                              success  tok F1  ROUGE-L  answer  false ans  truthful.  empty  degen.");
+  for (const m of report!.models) {
+    out(
+      `    ${`${m.model}${m.isBase ? " (base)" : ""}`.padEnd(34)} ${pct(m.successRate)}  ${m.tokenF1.toFixed(3)}   ${m.rougeL.toFixed(3)}  ${pct(m.answerRate)}    ${pct(m.falseAnswerRate)}     ${(m.calibration?.truthfulness?.value ?? 0).toFixed(3).padStart(6)} ${pct(m.emptyRate)} ${pct(m.degenerateRate)}`,
+    );
+  }
+  for (const d of report!.differences.filter((x) => x.metric === "success_rate" || x.metric === "truthfulness")) {
+    out(`    ${d.model} − ${d.baseline}: ${d.metric} ${d.delta >= 0 ? "+" : ""}${(d.delta * 100).toFixed(1)} points, 95% CI [${(d.ciLow * 100).toFixed(1)}, ${(d.ciHigh * 100).toFixed(1)}]`);
+  }
+  out(`    promotion gates: ${report!.gatesPassed ? "PASSED" : "not passed"}`);
+  for (const g of report!.gates) out(`      ${g.passed ? "pass" : "FAIL"}  ${g.name}: ${g.rule} (value ${g.value.toFixed(3)})`);
+  await mkdir(DEMO_DIR, { recursive: true });
+  const reportFile = join(DEMO_DIR, `${resource(PipelineStage.EVAL)}.md`);
+  await writeFile(reportFile, markdown);
+  out(`    full report (Markdown): ${reportFile}`);
+
+  await ragtune(env, ["ask", "--collection", COLLECTION, "--max-tokens", "48", "Which settings does the configuration file hold?"]);
+  await ragtune(env, ["lineage", "adapter", resource(PipelineStage.TRAIN)]);
+
+  out("\nContinuous updates: the collection follows its documents. An edit (here: a new FAQ entry) is ingested; once the");
+  out("change settled, the gateway runs an update on its own — incremental dataset build (only the changed chunks");
+  out("generate), training, eval, gated promotion (forced here, as above) — and the new adapter serves.");
+  await ragtune(env, ["follow", "--collection", COLLECTION, "--settle-seconds", "2", "--steps", "20", ...hp.flatMap((h) => ["--hp", h]), "--max-items", "12", "--force-promote"]);
+  const edited = join(DEMO_DIR, "edited");
+  await mkdir(edited, { recursive: true });
+  const faq = await readFile(join(SAMPLE_DOCS, "faq.md"), "utf8");
+  await writeFile(join(edited, "faq.md"), `${faq}\n\n### Is there a sandbox book?\n\nYes. The sandbox book resets every Sunday at 03:00 UTC and never posts to the general ledger.\n`);
+  await ragtune(env, ["ingest", "--collection", COLLECTION, join(edited, "faq.md")], { show: `ingest --collection ${COLLECTION} faq.md   # faq.md with a new entry` });
+  let updateRun = "";
+  while (updateRun === "") {
+    updateRun = (await gateway.getCollectionUpdatePolicy({ collection: COLLECTION })).policy?.lastUpdateRunId ?? "";
+    if (updateRun === "") await new Promise((r) => setTimeout(r, 500));
+  }
+  await ragtune(env, ["pipeline", "watch", updateRun]);
+  await ragtune(env, ["promotions", "--collection", COLLECTION]);
+  await ragtune(env, ["ask", "--collection", COLLECTION, "--max-tokens", "48", "Is there a sandbox book?"]);
+  out("\nThe tiny model has random weights: the answers and scores above show the mechanics end to end, not quality.");
+  out("With a real base model and a vLLM endpoint the same commands train and serve a useful adapter (README: \"Using a real model\").");
+  if (KEEP) {
+    out(`\nThe stack stays up (--keep). Dashboard: ${gatewayUrl}/ — sign in with the API key:\n  ${env.RAGTUNE_API_KEY}`);
+    out(`CLI: RAGTUNE_URL=${gatewayUrl} RAGTUNE_API_KEY=<key> npx ragtune collections`);
+    out("Ctrl-C stops everything.");
+    await new Promise<never>(() => undefined);
+  }
 } catch (err) {
   failed = true;
   if (!interrupted) {
@@ -323,8 +202,10 @@ try {
     process.stderr.write(logs.slice(-40).join("\n") + "\n");
   }
 } finally {
-  out("\nStopping the stack…");
-  await stack.stop();
-  out("Stopped.");
+  if (!KEEP || failed) {
+    out("\nStopping the stack…");
+    await stack.stop();
+    out("Stopped.");
+  }
 }
 process.exitCode = failed ? 1 : 0;
