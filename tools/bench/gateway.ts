@@ -18,11 +18,14 @@
  *   every completion instantly. Open loop at RATE requests/s for DURATION s: Ask as Connect JSON over HTTP/1.1 to the
  *   gateway, and, as the anchor, the same completion request straight to the endpoint at the same rate; ROUNDS pairs
  *   (anchor, then gateway). Overhead = the gateway's latency percentile minus the anchor's in the same pair. Every
- *   answer is checked (text and context present). GATEWAY_CPU_PROF=dir writes the gateway process's CPU profile there.
+ *   answer is checked (text and context present). A contestant that cannot keep up is given GRACE s after the last
+ *   send; answers not in by then count as infinitely late (reported as unanswered), so a saturated run still ends.
+ *   Beside each gateway round, the gateway process's CPU time per Ask (from /proc: what caps its rate on a core).
+ *   GATEWAY_CPU_PROF=dir writes the gateway process's CPU profile there.
  * Every figure line ends with the machine's load average (1 min) when it was taken.
  *
  * Run: npm run bench:gateway -w @ragtune/tools
- *   (PARTS=quality,latency,ask RATE=500 DURATION=10 ROUNDS=3 QUERIES=960 SLOW_QUERIES=100 CORPUS=/path/to/aws-docs)
+ *   (PARTS=quality,latency,ask RATE=500 DURATION=10 ROUNDS=3 GRACE=10 QUERIES=960 SLOW_QUERIES=100 CORPUS=...)
  */
 import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -47,6 +50,8 @@ const CORPUS = process.env.CORPUS ?? AWS_CORPUS_DIR;
 const RATE = Number(process.env.RATE ?? 500);
 const DURATION = Number(process.env.DURATION ?? 10);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
+/** Seconds an Ask round waits for answers after its last send before it gives up on the rest. */
+const GRACE = Number(process.env.GRACE ?? 10);
 const PARTS = new Set((process.env.PARTS ?? "quality,latency,ask").split(","));
 const CHUNK_SIZE = 128;
 /** Questions per pass of ragtune in part 2 (default: all of them), and per pass of the slower contestants. */
@@ -312,6 +317,8 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
     }
     console.log(`Part 3 — Ask overhead: ${total} chunks ingested in ${((performance.now() - ingestStarted) / 1000).toFixed(1)} s; open loop at ${RATE} requests/s for ${DURATION} s each, ${ROUNDS} rounds (anchor, then gateway)`);
     const agent = new Agent({ keepAlive: true, maxSockets: 256 });
+    /** Requests in flight (destroyed when a round gives up on them). */
+    const inFlight = new Set<ReturnType<typeof request>>();
     const post = (url: string, body: string, check: (json: Record<string, unknown>) => boolean): Promise<number> =>
       new Promise((resolve, reject) => {
         const start = performance.now();
@@ -325,11 +332,17 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
             else resolve(ms);
           });
         });
+        inFlight.add(req);
+        req.on("close", () => inFlight.delete(req));
         req.on("error", reject);
         req.end(body);
       });
-    /** Sends at RATE for DURATION (each request at its due time, whatever is in flight); latencies sorted, and how late the sender fell. */
-    const openLoop = async (send: (i: number) => Promise<number>): Promise<{ ms: number[]; maxLag: number }> => {
+    /**
+     * Sends at RATE for DURATION (each request at its due time, whatever is in flight); latencies sorted, how late the
+     * sender fell, and how many answers had not come GRACE s after the last send (a saturated contestant: those are
+     * dropped and count as infinitely late, so a round ends in bounded time).
+     */
+    const openLoop = async (send: (i: number) => Promise<number>): Promise<{ ms: number[]; maxLag: number; unanswered: number }> => {
       const n = RATE * DURATION;
       const started = performance.now();
       const pending: Promise<number>[] = [];
@@ -341,7 +354,22 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
         maxLag = Math.max(maxLag, performance.now() - due);
         pending.push(send(i));
       }
-      return { ms: (await Promise.all(pending)).sort((a, b) => a - b), maxLag };
+      let unanswered = 0;
+      let timer: NodeJS.Timeout | undefined;
+      const settled = Promise.allSettled(pending);
+      const gaveUp = await Promise.race([settled.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), GRACE * 1000)))]);
+      clearTimeout(timer);
+      if (gaveUp) {
+        unanswered = inFlight.size;
+        for (const req of inFlight) req.destroy(new Error("gave up"));
+      }
+      const ms: number[] = [];
+      for (const r of await settled) {
+        if (r.status === "fulfilled") ms.push(r.value);
+        else if (gaveUp && r.reason instanceof Error && r.reason.message === "gave up") ms.push(Infinity);
+        else throw r.reason;
+      }
+      return { ms: ms.sort((a, b) => a - b), maxLag, unanswered };
     };
     const gatewayPid = stack.services.gateway.process.pid!;
     const askUrl = `${stack.services.gateway.url}/ragtune.gateway.v1.GatewayService/Ask`;
@@ -350,6 +378,7 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
     for (let i = 0; i < 200; i++) await post(askUrl, askBody(i), (j) => j["answer"] === "The answer.");
     const prompt = "[INST] " + chunks.slice(0, 4).map((c) => c.text).join("\n\n") + "\n\nQuestion: q [/INST]";
     const completionBody = JSON.stringify({ model: "base", prompt, temperature: 0, max_tokens: 256 });
+    const unansweredNote = (n: number) => (n === 0 ? "" : `; ${n} unanswered ${GRACE} s after the last send: saturated`);
     const overheads: { p50: number; p99: number }[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       gc();
@@ -362,8 +391,8 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       const o = { p50: pct(gateway.ms, 50) - pct(direct.ms, 50), p99: pct(gateway.ms, 99) - pct(direct.ms, 99) };
       overheads.push(o);
       console.log(
-        `  round ${round + 1}: anchor (endpoint direct) p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (sender lag ≤ ${fmt(direct.maxLag)} ms); ` +
-          `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (sender lag ≤ ${fmt(gateway.maxLag)} ms) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway process CPU ${fmt(cpuPerAsk)} ms per Ask`,
+        `  round ${round + 1}: anchor (endpoint direct) p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (sender lag ≤ ${fmt(direct.maxLag)} ms${unansweredNote(direct.unanswered)}); ` +
+          `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (sender lag ≤ ${fmt(gateway.maxLag)} ms${unansweredNote(gateway.unanswered)}) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway process CPU ${fmt(cpuPerAsk)} ms per Ask`,
       );
     }
     const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
