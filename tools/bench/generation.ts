@@ -11,20 +11,24 @@
  *                 event times)
  *   success     = chunks whose request eventually succeeded / chunks (the rest are reported per chunk)
  *
- * The build's max_concurrency is twice the concurrency, so batches wait in the queue ahead of the wire; each replica's
- * LLM_CONCURRENCY (the concurrency, halved with two replicas) caps the requests on the wire, which the endpoint checks.
+ * The build's max_concurrency (MAX_CONCURRENCY, default 4 × the concurrency) is not what binds: each replica's
+ * LLM_CONCURRENCY (the concurrency, halved with two replicas) caps the requests on the wire, which the endpoint checks,
+ * and a replica holds at most twice its LLM_CONCURRENCY in chunks; the rest wait in the queue, so a batch whose last
+ * chunk is being retried does not keep fresh batches out.
  *
  * Conditions: no faults (the anchor), the floor (the same chunks through the generator on one LLM client, no queue,
  * store or events: what this machine allows at the moment), 5% faults after the full latency, 5% faults at once (same
  * seed, same draws), and the anchor's load shared by two replicas with half the concurrency each. The conditions run
- * in turn, ROUNDS times (interleaved, so a change in the machine's load hits them alike); each row is the median, the
+ * in turn, ROUNDS times (interleaved, so a change in the machine's load hits them alike), after an unmeasured warm-up
+ * build of a tenth of the documents; each row is the median, the
  * ratios to the anchor and the floor are taken within a round. The bench checks that each version has 3 examples per
  * succeeded chunk before the quality gate, answers copied from their own chunk, and that the endpoint never saw more
  * requests at once than the concurrency. Per run it prints where the time went (phasesOf, from the endpoint's trace of
  * every request) and the load average.
  *
  * Run: node --conditions=@ragtune/source --import tsx tools/bench/generation.ts
- *      (DOCS=100 SECTIONS=10 CONCURRENCY=32 LATENCY_MS=200 FAULT_RATE=0.05 BATCH=8 ROUNDS=1 ONLY=faults,at-once,replicas
+ *      (DOCS=100 SECTIONS=10 CONCURRENCY=32 LATENCY_MS=200 FAULT_RATE=0.05 BATCH=8 MAX_CONCURRENCY=128 ROUNDS=1
+ *      ONLY=faults,at-once,replicas
  *      to override)
  */
 import os from "node:os";
@@ -47,6 +51,7 @@ const CONCURRENCY = Number(process.env["CONCURRENCY"] ?? 32);
 const LATENCY_MS = Number(process.env["LATENCY_MS"] ?? 200);
 const FAULT_RATE = Number(process.env["FAULT_RATE"] ?? 0.05);
 const BATCH = Number(process.env["BATCH"] ?? 8);
+const MAX_CONCURRENCY = Number(process.env["MAX_CONCURRENCY"] ?? 4 * CONCURRENCY);
 /** Rounds of the conditions, interleaved (anchor, faults, …, anchor, faults, …): each row is their median. */
 const ROUNDS = Number(process.env["ROUNDS"] ?? 1);
 /** The anchor, the client-alone floor and only these conditions (comma-separated ids: faults, at-once, replicas; all when unset). */
@@ -59,7 +64,7 @@ const WORDS = (
 ).split(" ");
 
 /** Synthetic Markdown: DOCS documents of SECTIONS sections, three 10–16-word sentences each (one chunk per section). */
-function documents(): [string, Uint8Array][] {
+function documents(docs = DOCS): [string, Uint8Array][] {
   const random = seededRandom(7);
   const word = () => WORDS[Math.floor(random() * WORDS.length)]!;
   const sentence = () => {
@@ -67,7 +72,7 @@ function documents(): [string, Uint8Array][] {
     const s = Array.from({ length: n }, word).join(" ");
     return `${s[0]!.toUpperCase()}${s.slice(1)}.`;
   };
-  return Array.from({ length: DOCS }, (_, d) => {
+  return Array.from({ length: docs }, (_, d) => {
     const sections = Array.from({ length: SECTIONS }, (_, s) => `## Section ${d}.${s}\n\n${sentence()} ${sentence()} ${sentence()}\n`);
     return [`doc-${String(d).padStart(4, "0")}.md`, Buffer.from(`# Document ${d}\n\n${sections.join("\n")}`, "utf8")];
   });
@@ -196,7 +201,7 @@ async function clientAlone(
   const llm = createLlmClient({ baseUrl: endpoint.url, concurrency: CONCURRENCY, timeoutMs: 10_000 });
   try {
     const started = performance.timeOrigin + performance.now();
-    const out = await generateLlmDataset(chunks, { model: MODEL, questionsPerChunk: 3, temperature: 0.7, seed: 42, maxConcurrency: 2 * CONCURRENCY }, { llm });
+    const out = await generateLlmDataset(chunks, { model: MODEL, questionsPerChunk: 3, temperature: 0.7, seed: 42, maxConcurrency: MAX_CONCURRENCY }, { llm });
     const ended = performance.timeOrigin + performance.now();
     const endpointStats = statsSince(await endpoint.stats(), before);
     const trace = await endpoint.trace();
@@ -220,7 +225,7 @@ async function clientAlone(
   }
 }
 
-async function run(condition: Condition, seed: number): Promise<Result> {
+async function run(condition: Condition, seed: number, docs = DOCS): Promise<Result> {
   const loadBefore = loadAverage();
   const nats = await startNatsServer();
   const endpoint = await startEndpoint({ latencyMs: LATENCY_MS, faultRate: condition.faultRate, faultAt: condition.faultAt, seed, answer: "qa-pairs" });
@@ -246,10 +251,10 @@ async function run(condition: Condition, seed: number): Promise<Result> {
       stops.push(() => dataset.stop());
     }
     const ingestClient = ingest.client(IngestService);
-    const docs = documents();
+    const inline = documents(docs);
     const { run: ingestRun } = await ingestClient.ingestDocuments({
       collection: "bench",
-      sources: docs.map(([filename, content]) => ({ source: { case: "inline" as const, value: { filename, mediaType: "", content } } })),
+      sources: inline.map(([filename, content]) => ({ source: { case: "inline" as const, value: { filename, mediaType: "", content } } })),
     });
     for await (const res of ingestClient.watchIngestRun({ runId: ingestRun!.id })) void res;
     const ingested = (await ingestClient.getIngestRun({ runId: ingestRun!.id })).run!;
@@ -272,7 +277,7 @@ async function run(condition: Condition, seed: number): Promise<Result> {
     const client = replicas[0]!.client(DatasetService);
     const { version } = await client.buildDatasetVersion({
       collection: "bench",
-      settings: { model: MODEL, maxConcurrency: 2 * CONCURRENCY, questionsPerChunk: 3, negativeRatio: 0 },
+      settings: { model: MODEL, maxConcurrency: MAX_CONCURRENCY, questionsPerChunk: 3, negativeRatio: 0 },
     });
     const events: DatasetVersionEvent[] = [];
     for await (const res of client.watchDatasetVersion({ datasetVersionId: version!.id })) events.push(res.event!);
@@ -320,7 +325,7 @@ async function run(condition: Condition, seed: number): Promise<Result> {
 const theoretical = CONCURRENCY / (LATENCY_MS / 1000);
 console.log(
   `Generation bench: ${DOCS}×${SECTIONS} sections, guided-JSON requests at concurrency ${CONCURRENCY} (batches of ${BATCH} chunks), ` +
-    `endpoint latency ${LATENCY_MS} ms, theoretical ${theoretical.toFixed(1)} chunks/s, ${ROUNDS} round(s) of ${CONDITIONS.length} condition(s), interleaved`,
+    `build max_concurrency ${MAX_CONCURRENCY}, endpoint latency ${LATENCY_MS} ms, theoretical ${theoretical.toFixed(1)} chunks/s, ${ROUNDS} round(s) of ${CONDITIONS.length} condition(s), interleaved`,
 );
 const share = (r: Result) => r.succeededChunks / (r.generationMs / 1000) / theoretical;
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
@@ -328,6 +333,9 @@ const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 === 1 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
+// Warm-up (not measured): one small build and one client-alone run, so the first measured condition does not pay for
+// compiling the service's code paths in this process.
+for (const c of CONDITIONS.filter((c) => c.id === "anchor" || c.id === "client")) await run(c, 1000, Math.max(1, Math.ceil(DOCS / 10)));
 const rounds: Result[][] = [];
 for (let round = 0; round < ROUNDS; round++) {
   const results: Result[] = [];
