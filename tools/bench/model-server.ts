@@ -1,4 +1,5 @@
-// `npm run -w @ragtune/tools bench:model-server [-- --requests 16 --max-tokens 64 --rounds 8 --models-dir DIR]`
+// `npm run -w @ragtune/tools bench:model-server [-- --requests 16 --max-tokens 64 --rounds 8 --models-dir DIR
+//   --stream-interval-ms 50]`
 //
 // The local model server against node-llama-cpp called directly, in the same run, on the tiny model (made by the
 // trainer worker) and an adapter the trainer worker trains on it: base and adapter, concurrency 1 and 8.
@@ -40,12 +41,14 @@ const { values: args } = parseArgs({
     "max-tokens": { type: "string", default: "64" },
     rounds: { type: "string", default: "8" },
     "models-dir": { type: "string" },
+    "stream-interval-ms": { type: "string", default: "50" },
   },
 });
 const REQUESTS = Number(args.requests);
 const MAX_TOKENS = Number(args["max-tokens"]);
 const ROUNDS = Number(args.rounds);
 if (!Number.isInteger(ROUNDS) || ROUNDS < 2 || ROUNDS % 2 !== 0) throw new Error(`--rounds must be an even number ≥ 2 (blocks of two rounds in both orders), got ${args.rounds}`);
+const STREAM_INTERVAL_MS = Number(args["stream-interval-ms"]);
 const CONTEXT_SIZE = 512;
 const THREADS = 1;
 
@@ -184,7 +187,8 @@ async function startServerProcess(modelPath: string, adapterPath: string, concur
   const child = spawn(
     process.execPath,
     ["--conditions=@ragtune/source", "--import", "tsx", SERVER_MAIN, "--model", modelPath, "--served-model-name", "tiny", "--lora-modules", `adapter=${adapterPath}`,
-      "--port", "0", "--concurrency", String(concurrency), "--context-size", String(CONTEXT_SIZE), "--threads", String(THREADS)],
+      "--port", "0", "--concurrency", String(concurrency), "--context-size", String(CONTEXT_SIZE), "--threads", String(THREADS),
+      "--stream-interval-ms", String(STREAM_INTERVAL_MS)],
     { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, LOG_LEVEL: "info" } },
   );
   let out = "";
@@ -207,10 +211,10 @@ async function startServerProcess(modelPath: string, adapterPath: string, concur
 }
 
 /** The tiny model and a trained adapter: kept in `--models-dir` when given (and reused from there), else temporary. */
-async function tinyModels(): Promise<{ models: TinyModels; cleanup(): Promise<void> }> {
+async function tinyModels(): Promise<{ models: Pick<TinyModels, "model" | "adapter">; cleanup(): Promise<void> }> {
   const dir = args["models-dir"];
   if (dir !== undefined) {
-    const kept = { modelDir: join(dir, "tiny"), model: join(dir, "tiny", "model.gguf"), adapter: join(dir, "job", "adapter.gguf") };
+    const kept = { model: join(dir, "tiny", "model.gguf"), adapter: join(dir, "job", "adapter.gguf") };
     if (existsSync(kept.model) && existsSync(kept.adapter)) return { models: kept, cleanup: async () => undefined };
     process.stderr.write(`making the tiny model and training an adapter with the trainer worker into ${dir}…\n`);
     return { models: await makeTinyModels(dir), cleanup: async () => undefined };
@@ -301,7 +305,7 @@ try {
   await model.dispose();
   await llama.dispose();
   console.log(
-    `model server vs node-llama-cpp direct — tiny model, ${REQUESTS} requests × max_tokens ${MAX_TOKENS} per round, greedy, ${ROUNDS} rounds per cell in ${ROUNDS / 2} blocks (direct first, then server first), threads ${THREADS}, ${cpus().length} CPUs`,
+    `model server vs node-llama-cpp direct — tiny model, ${REQUESTS} requests × max_tokens ${MAX_TOKENS} per round, greedy, ${ROUNDS} rounds per cell in ${ROUNDS / 2} blocks (direct first, then server first), threads ${THREADS}, server --stream-interval-ms ${STREAM_INTERVAL_MS}, ${cpus().length} CPUs`,
   );
   console.log(
     "| model | concurrency | direct tok/s | server tok/s | server overhead (median block) | overhead, lowest … highest block | direct TTFT p50 / p99 ms | server TTFT p50 / p99 ms | CPU µs per token, direct / server + client | load average (1 min) before → after |",

@@ -83,6 +83,7 @@ export const modelServerConfigSchema = z.object({
   MODEL_SERVER_MAX_QUEUE: envInt({ min: 0, max: 100_000, default: DEFAULTS.maxQueue }),
   MODEL_SERVER_CONTEXT_SIZE: envInt({ min: 16, max: 1_048_576, default: DEFAULTS.contextSize }),
   MODEL_SERVER_THREADS: envInt({ min: 1, max: 1024, default: DEFAULTS.threads }),
+  MODEL_SERVER_STREAM_INTERVAL_MS: envInt({ min: 0, max: 10_000, default: DEFAULTS.streamIntervalMs }),
   MODEL_SERVER_API_KEY: z
     .string()
     .optional()
@@ -102,6 +103,7 @@ export const FLAGS: Record<string, keyof ModelServerConfig> = {
   "--max-queue": "MODEL_SERVER_MAX_QUEUE",
   "--context-size": "MODEL_SERVER_CONTEXT_SIZE",
   "--threads": "MODEL_SERVER_THREADS",
+  "--stream-interval-ms": "MODEL_SERVER_STREAM_INTERVAL_MS",
   "--api-key": "MODEL_SERVER_API_KEY",
 };
 
@@ -146,6 +148,7 @@ export function serverOptions(config: ModelServerConfig): ModelServerOptions {
     maxQueue: config.MODEL_SERVER_MAX_QUEUE,
     contextSize: config.MODEL_SERVER_CONTEXT_SIZE,
     threads: config.MODEL_SERVER_THREADS,
+    streamIntervalMs: config.MODEL_SERVER_STREAM_INTERVAL_MS,
     ...(config.MODEL_SERVER_API_KEY === undefined ? {} : { apiKey: config.MODEL_SERVER_API_KEY }),
   };
 }

@@ -61,6 +61,11 @@ export interface ModelServerOptions {
   contextSize?: number;
   /** CPU threads for llama.cpp. Default 1. */
   threads?: number;
+  /**
+   * Streams write their events to the socket at most this often (the first text at once, the last with `[DONE]`);
+   * each token is still an event of its own. 0: every event-loop turn. Default 50.
+   */
+  streamIntervalMs?: number;
   /** Bearer token required on /v1/* (vLLM's `--api-key`). */
   apiKey?: string | Secret;
   /** Largest request body. Default 16 MiB. */
@@ -96,6 +101,7 @@ export const DEFAULTS = {
   maxQueue: 64,
   contextSize: 2048,
   threads: 1,
+  streamIntervalMs: 50,
   maxBodyBytes: 16 * 1024 * 1024,
   /** OpenAI's and vLLM's default max_tokens for /v1/completions. */
   completionMaxTokens: 16,
@@ -129,7 +135,9 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
   const hooks = options.hooks ?? {};
   let closing = false;
 
-  const context: HandlerContext = { engine, metrics, logger, hooks, limiter, maxQueue, maxBodyBytes };
+  const streamIntervalMs = options.streamIntervalMs ?? DEFAULTS.streamIntervalMs;
+  if (!Number.isFinite(streamIntervalMs) || streamIntervalMs < 0) throw new RangeError(`streamIntervalMs must be ≥ 0, got ${streamIntervalMs}`);
+  const context: HandlerContext = { engine, metrics, logger, hooks, limiter, maxQueue, maxBodyBytes, streamIntervalMs };
 
   const server: Server = createServer((req, res) => {
     const route = routeOf(req);
@@ -244,6 +252,7 @@ interface HandlerContext {
   limiter: ConcurrencyLimiter;
   maxQueue: number;
   maxBodyBytes: number;
+  streamIntervalMs: number;
 }
 
 type Endpoint = "completion" | "chat";
@@ -307,7 +316,7 @@ async function generate(
 
     let result: GenerationResult;
     if (request.stream) {
-      const stream = new SseWriter(res, endpoint, id, created, model);
+      const stream = new SseWriter(res, endpoint, id, created, model, ctx.streamIntervalMs);
       stream.start();
       try {
         result = await engine.generate(model, prompt, {
@@ -395,20 +404,26 @@ function responseBody(endpoint: Endpoint, id: string, created: number, model: st
 }
 
 /**
- * Server-sent events as vLLM streams them: one JSON chunk per `data:` line, usage last, then `[DONE]`.
+ * Server-sent events as vLLM streams them: one JSON chunk per `data:` line (one per piece of text), usage last, then
+ * `[DONE]`.
  *
- * Text events are written once the next batch is on its way, not when the token comes: node-llama-cpp hands a
- * context's tokens to JavaScript and dispatches the next batch (from a setImmediate) only after the sequences of the
- * batch have taken theirs, so a socket write per token and stream made there sat on the path of every decoding step
- * (8 writes per step with 8 streams). Queued, the writes go out while the next batch decodes off the JavaScript
- * thread, and the events queued meanwhile leave in one write per stream. Order and content are unchanged; the last
- * events go with `[DONE]`.
+ * Events are queued and written later, not when the token comes:
+ * - node-llama-cpp hands a context's tokens to JavaScript and dispatches the next batch (from a setImmediate) only
+ *   after the sequences of the batch have taken theirs, so a socket write made there sat on the path of every
+ *   decoding step (8 writes per step with 8 streams). The writes wait two event-loop turns, after that dispatch,
+ *   and go out while the next batch decodes off the JavaScript thread.
+ * - A loopback socket write costs the server ≈ 0.1–0.25 ms of CPU (the kernel delivers to the client and wakes it),
+ *   as much as 10–15% of a token of the tiny model; so a stream writes at most every `intervalMs` (the first text
+ *   at once): one token at a time with one stream, a few per write.
+ * Order and content are the same as one write per event; the last events go with `[DONE]`.
  */
 class SseWriter {
   readonly #object: string;
   /** Events not yet written. */
   #pending = "";
   #flushScheduled = false;
+  /** performance.now() of the last write; -Infinity before the first. */
+  #lastWrite = Number.NEGATIVE_INFINITY;
 
   constructor(
     readonly res: ServerResponse,
@@ -416,6 +431,7 @@ class SseWriter {
     readonly id: string,
     readonly created: number,
     readonly model: string,
+    readonly intervalMs: number,
   ) {
     this.#object = endpoint === "chat" ? "chat.completion.chunk" : "text_completion";
   }
@@ -423,7 +439,8 @@ class SseWriter {
   start(): void {
     this.res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive" });
     this.res.flushHeaders();
-    if (this.endpoint === "chat") this.#queue([{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]);
+    // The role chunk goes out with the headers; it does not count as a write, so the first text follows at once.
+    if (this.endpoint === "chat") this.res.write(this.#event([{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]));
   }
 
   text(text: string): void {
@@ -446,7 +463,10 @@ class SseWriter {
   flush = (): void => {
     this.#flushScheduled = false;
     const events = this.#take();
-    if (events !== "" && !this.res.writableEnded && !this.res.destroyed) this.res.write(events);
+    if (events !== "" && !this.res.writableEnded && !this.res.destroyed) {
+      this.#lastWrite = performance.now();
+      this.res.write(events);
+    }
   };
 
   #take(): string {
@@ -455,14 +475,20 @@ class SseWriter {
     return events;
   }
 
-  #queue(choices: unknown[], usage?: unknown): void {
+  #event(choices: unknown[], usage?: unknown): string {
     const chunk = { id: this.id, object: this.#object, created: this.created, model: this.model, choices, ...(usage === undefined ? {} : { usage }) };
-    this.#pending += `data: ${JSON.stringify(chunk)}\n\n`;
+    return `data: ${JSON.stringify(chunk)}\n\n`;
+  }
+
+  #queue(choices: unknown[], usage?: unknown): void {
+    this.#pending += this.#event(choices, usage);
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
-      // Two turns on: node-llama-cpp dispatches the next batch from a setImmediate of its own that is queued after
-      // this point, and the write should follow it, not precede it.
-      setImmediate(() => setImmediate(this.flush));
+      const wait = this.#lastWrite + this.intervalMs - performance.now();
+      // Two turns on at the soonest: node-llama-cpp dispatches the next batch from a setImmediate of its own that
+      // is queued after this point, and the write should follow it, not precede it.
+      if (wait > 0) setTimeout(this.flush, wait);
+      else setImmediate(() => setImmediate(this.flush));
     }
   }
 }
