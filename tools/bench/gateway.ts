@@ -387,7 +387,8 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       gc();
       const cpuBefore = processCpuMs(gatewayPid);
       const gateway = await openLoop((i) => post(askUrl, askBody(i), (j) => j["answer"] === "The answer." && Array.isArray(j["context"]) && (j["context"] as unknown[]).length > 0));
-      const cpuPerAsk = (processCpuMs(gatewayPid) - cpuBefore) / gateway.ms.length;
+      // per answered Ask (an unanswered one may not have been worked on yet)
+      const cpuPerAsk = (processCpuMs(gatewayPid) - cpuBefore) / Math.max(1, gateway.ms.length - gateway.unanswered);
       const o = { p50: pct(gateway.ms, 50) - pct(direct.ms, 50), p99: pct(gateway.ms, 99) - pct(direct.ms, 99) };
       overheads.push(o);
       console.log(
