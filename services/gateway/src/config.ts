@@ -26,6 +26,10 @@ export const gatewayConfigSchema = baseServiceSchema.extend({
   GATEWAY_ADAPTER_DIR: z.string().min(1).default(join(tmpdir(), "ragtune-adapters")),
   /** What the model endpoint loads: PEFT folders (vLLM) or GGUF LoRA files (the local model server). */
   GATEWAY_LORA_FORMAT: z.enum(["peft", "gguf"]).default("peft"),
+  /** The model endpoint's vLLM --max-lora-rank: an adapter of a higher rank is refused before it is loaded. */
+  GATEWAY_MAX_LORA_RANK: envInt({ min: 1, max: 512, default: 16 }).refine((r) => [1, 8, 16, 32, 64, 128, 256, 320, 512].includes(r), {
+    message: "must be one of vLLM's --max-lora-rank values: 1, 8, 16, 32, 64, 128, 256, 320, 512",
+  }),
   /** Bearer token of the internal services (their RPC_AUTH_TOKEN), when they require one. */
   GATEWAY_UPSTREAM_AUTH_TOKEN: z.string().min(1).optional(),
   /** Longest question accepted, in characters (longer: RESOURCE_EXHAUSTED). */

@@ -100,13 +100,19 @@ export function createGatewayService(deps: GatewayDeps): Partial<ServiceImpl<typ
     if (index.retriever.size === 0) throw new ConnectError(`collection "${collection}" has no chunks; ingest documents into it first`, Code.FailedPrecondition);
     const hits = index.retriever.search(question, topK);
     let adapterId = "";
-    if (o?.adapterId) adapterId = o.adapterId;
-    else if (o?.useBaseModel !== true) adapterId = (await deps.promotions.current(collection))?.adapterId ?? "";
+    let model = deps.baseModel;
+    if (o?.adapterId) model = adapterId = o.adapterId;
+    else if (o?.useBaseModel !== true) {
+      // The promoted adapter is asked for by its content-addressed served name (promotions.ts).
+      const promoted = await deps.promotions.current(collection);
+      adapterId = promoted?.adapterId ?? "";
+      if (promoted !== undefined) model = promoted.servedName || promoted.adapterId;
+    }
     return {
       index,
       hits,
       prompt: renderPrompt(question, hits),
-      model: adapterId !== "" ? adapterId : deps.baseModel,
+      model,
       adapterId,
       temperature,
       maxTokens,

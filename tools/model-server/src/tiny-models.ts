@@ -22,6 +22,8 @@ export interface TinyModels {
   model: string;
   /** A trained LoRA adapter, GGUF. */
   adapter: string;
+  /** The same adapter's PEFT folder (adapter_config.json, adapter_model.safetensors). */
+  adapterDir: string;
 }
 
 function run(args: string[], stdin?: string): Promise<string> {
@@ -45,10 +47,38 @@ function run(args: string[], stdin?: string): Promise<string> {
 
 /** Writes the tiny model and a trained adapter under `root` (about half a minute of CPU). */
 export async function makeTinyModels(root: string): Promise<TinyModels> {
+  const modelDir = await makeTinyModel(root);
+  const { gguf, peftDir } = await trainTinyAdapter(modelDir, join(root, "job"));
+  return { modelDir, model: join(modelDir, "model.gguf"), adapter: gguf, adapterDir: peftDir };
+}
+
+/** Writes the tiny model alone to `<root>/tiny` and returns that folder (model.gguf inside). */
+export async function makeTinyModel(root: string): Promise<string> {
   const modelDir = join(root, "tiny");
-  const jobDir = join(root, "job");
   await mkdir(root, { recursive: true });
   await run(["-m", "ragtune_worker.tiny_model", "--out", modelDir]);
+  return modelDir;
+}
+
+export interface TinyAdapterOptions {
+  /** Seed of the LoRA initialisation and data order (default 42): another seed gives other weights of the same shape. */
+  seed?: number;
+  /** LoRA rank r (default: the worker's default, 8). */
+  rank?: number;
+  /** Optimizer steps (default 6). */
+  steps?: number;
+  /** Peak learning rate (default 0.05). */
+  learningRate?: number;
+}
+
+/** A trained adapter's files: the PEFT folder (adapter_config.json, adapter_model.safetensors) and its GGUF LoRA file. */
+export interface TinyAdapter {
+  peftDir: string;
+  gguf: string;
+}
+
+/** Trains a LoRA adapter on the tiny model in `modelDir` with the trainer worker itself, into `jobDir`. */
+export async function trainTinyAdapter(modelDir: string, jobDir: string, options: TinyAdapterOptions = {}): Promise<TinyAdapter> {
   const spec = {
     job_id: "model-server-test",
     model_dir: modelDir,
@@ -59,19 +89,22 @@ export async function makeTinyModels(root: string): Promise<TinyModels> {
     micro_batch_size: 4,
     gradient_accumulation_steps: 1,
     warmup_steps: 1,
-    max_steps: 6,
-    learning_rate: 0.05,
+    max_steps: options.steps ?? 6,
+    learning_rate: options.learningRate ?? 0.05,
     eval_interval_steps: 0,
     checkpoint_interval_steps: 0,
     gradient_checkpointing: false,
-    seed: 42,
+    seed: options.seed ?? 42,
+    ...(options.rank === undefined ? {} : { lora_r: options.rank }),
   };
   const events = await run(["-m", "ragtune_worker"], JSON.stringify({ type: "train", spec }));
   const finished = events
     .split("\n")
     .filter(Boolean)
-    .map((line) => JSON.parse(line) as { type: string; gguf_path?: string; message?: string })
+    .map((line) => JSON.parse(line) as { type: string; gguf_path?: string; adapter_dir?: string; message?: string })
     .find((e) => e.type === "finished" || e.type === "failed");
-  if (finished?.type !== "finished" || finished.gguf_path === undefined) throw new Error(`training the test adapter failed: ${events}`);
-  return { modelDir, model: join(modelDir, "model.gguf"), adapter: finished.gguf_path };
+  if (finished?.type !== "finished" || finished.gguf_path === undefined || finished.adapter_dir === undefined) {
+    throw new Error(`training the test adapter failed: ${events}`);
+  }
+  return { peftDir: finished.adapter_dir, gguf: finished.gguf_path };
 }

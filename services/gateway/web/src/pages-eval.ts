@@ -113,7 +113,9 @@ async function promoteForm(collection: string, evalRunId: string, adapters: stri
   const result = h("p", { id: "promote-result", role: "status" });
   const force = h("input", { type: "checkbox", id: "promote-force" });
   const buttons = adapters.map((model) => {
-    const job = jobs.find((j) => j.adapterId === model || j.jobId === model);
+    // An adapter is evaluated under its served name `<collection>-<job ID>@<content digest>` (gateway promotions.ts).
+    const servedAs = (jobId: string) => `${nameablePart(collection || "adapter")}-${nameablePart(jobId)}@`;
+    const job = jobs.find((j) => j.adapterId === model || j.jobId === model || model.startsWith(servedAs(j.jobId)));
     return h(
       "button",
       {
@@ -181,4 +183,9 @@ function itemBrowser(evalRunId: string, models: string[]): HTMLElement {
   failuresOnly.addEventListener("change", () => void load(true));
   void load(true);
   return section("Per-item answers", h("p", {}, h("label", {}, failuresOnly, " failures only"), " · ", count), out, more);
+}
+
+/** A collection or job ID as it appears in a served adapter name (servedNameOf in the gateway's promotions.ts). */
+function nameablePart(s: string): string {
+  return s.replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 64) || "_";
 }
