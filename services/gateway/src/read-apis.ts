@@ -158,12 +158,12 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
     return version;
   };
 
-  const evalRunsOf = async (collection: string, adapterId: string): Promise<EvalRun[]> => {
+  const evalRunsOf = async (collection: string, isAdapter: (model: string) => boolean): Promise<EvalRun[]> => {
     const out: EvalRun[] = [];
     let token = "";
     do {
       const res = await deps.evals.listEvalRuns({ collection, page: create(PageRequestSchema, { pageSize: 100, pageToken: token }) });
-      out.push(...res.runs.filter((r) => r.adapters.includes(adapterId)));
+      out.push(...res.runs.filter((r) => r.adapters.some(isAdapter)));
       token = res.page?.nextPageToken ?? "";
     } while (token !== "");
     return out;
@@ -219,7 +219,9 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
       const version = versionId === "" ? undefined : (await deps.dataset.getDatasetVersion({ datasetVersionId: versionId })).version;
       const adapterId = job.adapter?.id ?? "";
       const promotions = ((await deps.promotions.record(collection))?.history ?? []).filter((p) => p.jobId === job.id);
-      const runs = adapterId === "" ? [] : await evalRunsOf(collection, adapterId);
+      // Eval runs name the adapter as the endpoint serves it: its adapter ID or a served name that holds the job's ID.
+      const isAdapter = (model: string) => model === adapterId || model.includes(job.id);
+      const runs = adapterId === "" ? [] : await evalRunsOf(collection, isAdapter);
       return {
         collection,
         job: jobView(job),
@@ -229,7 +231,7 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
           create(AdapterEvalRunSchema, {
             evalRunId: r.id,
             status: runStatus(r),
-            gatesPassed: r.report !== undefined && r.report.gates.some((g) => g.model === adapterId) && r.report.gates.filter((g) => g.model === adapterId).every((g) => g.passed),
+            gatesPassed: r.report !== undefined && r.report.gates.some((g) => isAdapter(g.model)) && r.report.gates.filter((g) => isAdapter(g.model)).every((g) => g.passed),
           }),
         ),
         promotions,

@@ -305,14 +305,16 @@ describe("the dashboard", () => {
     await shot(page, "pipeline-run");
     const run = (await createClient(GatewayService, { baseUrl: gateway.url, protocol: "grpc", authToken: acmeKey }).getPipelineRun({ pipelineRunId })).run!;
     evalRunId = run.stages.find((s) => s.stage === PipelineStage.EVAL)!.resourceId;
-    const adapterId = (await createClient(TrainerService, { baseUrl: stack.services.trainer.url, protocol: "grpc" }).getJob({ jobId: acmeJob })).job!.adapter!.id;
+    const report = (await createClient(GatewayService, { baseUrl: gateway.url, protocol: "grpc", authToken: acmeKey }).getEvalRunReport({ evalRunId })).report!;
+    // The adapter as the endpoint served it to the eval (its served name holds the job's ID).
+    const adapterName = report.models.find((m) => !m.isBase)!.model;
+    expect(adapterName).toContain(acmeJob);
 
     await page.click(`#stages a[href="#/eval/${evalRunId}"]`);
     await page.waitForSelector("#model-metrics");
     const headers = await page.$$eval("#model-metrics thead th", (ths) => ths.map((th) => th.textContent));
-    expect(headers).toEqual(["metric", "base (base)", `${adapterId} (adapter)`]);
+    expect(headers).toEqual(["metric", "base (base)", `${adapterName} (adapter)`]);
     const success = await page.$$eval("#model-metrics tbody tr", (rows) => rows.map((r) => [...r.children].map((c) => c.textContent)).find((cells) => cells[0] === "success rate"));
-    const report = (await createClient(GatewayService, { baseUrl: gateway.url, protocol: "grpc", authToken: acmeKey }).getEvalRunReport({ evalRunId })).report!;
     expect(report.items).toBe(6);
     const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
     const base = report.models.find((m) => m.isBase)!;
@@ -324,7 +326,7 @@ describe("the dashboard", () => {
 
     // Promote from the eval page (forced: the tiny random model is not expected to pass the gates).
     await page.check("#promote-force");
-    await page.click(`button.promote[data-model="${adapterId}"]`);
+    await page.click(`button.promote[data-model="${adapterName}"]`);
     await page.waitForSelector('#promote-result[data-outcome="promoted"]', { timeout: 120_000 });
     expect(await page.textContent("#promote-result")).toContain("now serves acme-docs");
     const promoted = await createClient(GatewayService, { baseUrl: gateway.url, protocol: "grpc", authToken: acmeKey }).getPromotedAdapter({ collection: "acme-docs" });
