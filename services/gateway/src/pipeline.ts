@@ -602,7 +602,7 @@ export class Pipelines {
         }
       },
       async *watch(id, fromSequence, signal) {
-        for await (const { event } of o.ingest.watchIngestRun({ runId: id, fromSequence }, { signal })) if (event) yield event;
+        for await (const { event } of o.ingest.watchIngestRun({ runId: id, fromSequence }, { signal, timeoutMs: 0 })) if (event) yield event;
       },
     });
     drivers.set(PipelineStage.DATASET, {
@@ -631,7 +631,7 @@ export class Pipelines {
         }
       },
       async *watch(id, fromSequence, signal) {
-        for await (const { event } of o.dataset.watchDatasetVersion({ datasetVersionId: id, fromSequence }, { signal })) if (event) yield event;
+        for await (const { event } of o.dataset.watchDatasetVersion({ datasetVersionId: id, fromSequence }, { signal, timeoutMs: 0 })) if (event) yield event;
       },
       async cancel(id) {
         await o.dataset.cancelDatasetBuild({ datasetVersionId: id });
@@ -680,7 +680,7 @@ export class Pipelines {
         }
       },
       async *watch(id, fromSequence, signal) {
-        for await (const { event } of o.trainer.watchJob({ jobId: id, fromSequence }, { signal })) if (event) yield event;
+        for await (const { event } of o.trainer.watchJob({ jobId: id, fromSequence }, { signal, timeoutMs: 0 })) if (event) yield event;
       },
       async cancel(id) {
         await o.trainer.cancelJob({ jobId: id });
@@ -726,7 +726,7 @@ export class Pipelines {
         }
       },
       async *watch(id, fromSequence, signal) {
-        for await (const { event } of o.evals.watchEvalRun({ evalRunId: id, fromSequence }, { signal })) if (event) yield event;
+        for await (const { event } of o.evals.watchEvalRun({ evalRunId: id, fromSequence }, { signal, timeoutMs: 0 })) if (event) yield event;
       },
       async cancel(id) {
         await o.evals.cancelEvalRun({ evalRunId: id });

@@ -168,20 +168,72 @@ describe("pipeline through the gateway", () => {
     expect(job.status).toBe(JobStatus.SUCCEEDED);
     expect(stageOf(finished, PipelineStage.TRAIN).progressDone).toBe(6n);
 
-    const evals = createClient(EvalService, { baseUrl: stack.services.eval.url, protocol: "grpc" });
-    const evalRun = (await evals.getEvalRun({ evalRunId: stageOf(finished, PipelineStage.EVAL).resourceId })).run!;
-    expect(evalRun.adapters).toEqual([job.adapter!.id]);
-    expect(evalRun.datasetVersionId).toBe(stageOf(finished, PipelineStage.DATASET).resourceId);
-
     const promoted = (await gateway(keyA).getPromotedAdapter({ collection: "docs" })).adapter!;
     expect(promoted.adapterId).toBe(job.adapter!.id);
+    // Evaluated under the content-addressed name it is then served by.
+    expect(promoted.servedName).toMatch(new RegExp(`^docs-${job.id}@[0-9a-f]{16}$`));
+    const evals = createClient(EvalService, { baseUrl: stack.services.eval.url, protocol: "grpc" });
+    const evalRun = (await evals.getEvalRun({ evalRunId: stageOf(finished, PipelineStage.EVAL).resourceId })).run!;
+    expect(evalRun.adapters).toEqual([promoted.servedName]);
+    expect(evalRun.datasetVersionId).toBe(stageOf(finished, PipelineStage.DATASET).resourceId);
     expect(promoted.evalRunId).toBe(evalRun.id);
     expect(promoted.forced).toBe(true);
 
     const answer = await gateway(keyA).ask({ collection: "docs", question: "How do I configure the service?", options: { maxTokens: 16 } });
     expect(answer.adapterId).toBe(job.adapter!.id);
+    expect(answer.model).toBe(promoted.servedName);
     expect(answer.context.length).toBeGreaterThan(0);
     expect(answer.context.every((c) => c.chunkId !== "" && c.text !== "")).toBe(true);
+  }, 900_000);
+
+  it("follows the documents: an edit (a burst of two ingest runs) makes one update run that promotes a new adapter, with lineage from the edited document", async () => {
+    const a = gateway(keyA);
+    const before = (await a.getPromotedAdapter({ collection: "docs" })).adapter!;
+    const policy = (
+      await a.setCollectionUpdatePolicy({
+        collection: "docs",
+        policy: {
+          followDocuments: true,
+          settleSeconds: 8,
+          spec: {
+            hyperparameters: { duration: { case: "maxSteps", value: 4 }, microBatchSize: 2, gradientAccumulationSteps: 1, warmupSteps: 1, evalIntervalSteps: 2, checkpointIntervalSteps: 2 },
+            evalSampling: { temperature: 0, maxTokens: 16 },
+            evalMaxItems: 4,
+            promotion: { force: true },
+          },
+        },
+      })
+    ).policy!;
+    expect(policy.followDocuments).toBe(true);
+    const faq = await readFile(join(SAMPLE_DOCS, "faq.md"), "utf8");
+    const edit = (text: string) =>
+      a.startPipelineRun({ collection: "docs", spec: { stages: [PipelineStage.INGEST], sources: [{ source: { case: "inline", value: { filename: "faq.md", content: new TextEncoder().encode(text) } } }] } });
+    // Two edits at once: both land within the settle time.
+    const edits = await Promise.all([edit(`${faq}\n\n### Is there a sandbox?\n\nYes: the sandbox book resets every Sunday.\n`), edit(`${faq}\n\n### Is there a sandbox?\n\nYes: the sandbox book resets every Monday.\n`)]);
+    for (const e of edits) await watchToEnd(keyA, e.run!.id);
+    let updateId = "";
+    while (updateId === "") {
+      const p = (await a.getCollectionUpdatePolicy({ collection: "docs" })).policy!;
+      updateId = p.lastUpdateRunId;
+      if (updateId === "") await new Promise((r) => setTimeout(r, 500));
+    }
+    await watchToEnd(keyA, updateId);
+    const update = (await a.getPipelineRun({ pipelineRunId: updateId })).run!;
+    expect(update.status, update.failure?.message).toBe(PipelineRunStatus.SUCCEEDED);
+    expect(update.trigger).toMatch(/^update after ingest run /);
+    expect(update.spec!.datasetBaseVersionId).toBe(stageOf(finished, PipelineStage.DATASET).resourceId);
+    const after = (await a.getPromotedAdapter({ collection: "docs" })).adapter!;
+    expect(after.adapterId).not.toBe(before.adapterId);
+    expect(after.jobId).toBe(stageOf(update, PipelineStage.TRAIN).resourceId);
+    // One update for the burst: nothing pending, and no other update run.
+    const runs = (await a.listPipelineRuns({ collection: "docs" })).runs.filter((r) => r.trigger.startsWith("update"));
+    expect(runs.map((r) => r.id)).toEqual([updateId]);
+    expect((await a.getCollectionUpdatePolicy({ collection: "docs" })).policy!.pendingSince).toBeUndefined();
+    // Lineage: from the edited document to the new adapter, which serves.
+    const doc = (await a.listCollectionDocuments({ collection: "docs" })).documents.find((d) => d.sourceName === "faq.md")!;
+    const lineage = await a.getDocumentLineage({ documentId: doc.id });
+    expect(lineage.adapters.find((x) => x.adapterId === after.adapterId)?.serving).toBe(true);
+    await a.setCollectionUpdatePolicy({ collection: "docs", policy: { followDocuments: false } });
   }, 900_000);
 
   it("cancels a run and the trainer job it is waiting for", async () => {
