@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Installs what a fresh machine lacks for ragtune's tests and demo, idempotently:
 //  1. nats-server (Debian package) when no nats-server binary is found;
-//  2. the trainer worker's Python virtual environment from its pinned requirements.
+//  2. the trainer worker's Python virtual environment from its pinned requirements;
+//  3. kubectl (deploy test) and Chromium (the dashboard's browser test) when an apt repository offers them.
 // Fast when everything is current (a stamp holds the hash of requirements.txt).
 // Explains clearly what to do when it cannot install (not root, no apt, no python3).
 import { spawnSync } from "node:child_process";
@@ -102,6 +103,27 @@ function ensureKubectl() {
     "Install kubectl >= 1.27 (https://kubernetes.io/docs/tasks/tools/) and put it on PATH.");
 }
 
+/**
+ * The dashboard's browser test drives Debian's Chromium headless through playwright-core (Playwright's own browser
+ * downloads are not used). Installed with apt-get when missing and possible; CHROMIUM_PATH points at another build.
+ */
+function ensureChromium() {
+  const path = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+  if (existsSync(path)) return;
+  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+  const hasApt = run("sh", ["-c", "command -v apt-get"], { capture: true }).ok;
+  if (isRoot && hasApt) {
+    say("installing chromium (apt-get) for the dashboard's browser test…");
+    const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+    const candidate = run("apt-cache", ["policy", "chromium"], { capture: true }).stdout;
+    if (!/Candidate: (?!\(none\))/.test(candidate)) run("apt-get", ["update", "-qq"], { env });
+    if (run("apt-get", ["install", "-y", "-qq", "chromium"], { env }).ok && existsSync(path)) return;
+  }
+  say(`WARNING: no Chromium at ${path}; services/gateway/test/dashboard.test.ts will fail. ` +
+    "Install it (`sudo apt-get install -y chromium`) or set CHROMIUM_PATH to a Chromium binary.");
+}
+
 ensureNatsServer();
 ensureWorkerVenv();
 ensureKubectl();
+ensureChromium();

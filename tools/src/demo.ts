@@ -3,7 +3,7 @@
 // API key is made, `ragtune pipeline run` ingests, builds a dataset version, trains a QLoRA adapter, evaluates base vs
 // adapter and promotes it; then the loss curve, the eval comparison, one answer with citations and the adapter's
 // lineage are shown, and everything stops (`npm run demo -- --keep` keeps the stack up for the dashboard).
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -86,6 +86,11 @@ async function ragtune(env: Record<string, string>, args: string[], options: { q
 
 const logs: string[] = [];
 await ensureTinyModel();
+if (KEEP) {
+  out("\nBuilding the dashboard (npm run build -w @ragtune/dashboard)…");
+  const built = spawnSync("npm", ["run", "build", "-w", "@ragtune/dashboard"], { cwd: repoRoot, stdio: ["ignore", "ignore", "inherit"] });
+  if (built.status !== 0) throw new Error("building the dashboard failed; see the output above");
+}
 out("\nStarting the ragtune stack: nats-server (JetStream), the local model server on the tiny model, 5 services…");
 const stack = await startStack({
   env: {
