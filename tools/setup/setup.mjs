@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Installs what a fresh machine lacks for ragtune's tests and demo, idempotently:
-//  1. nats-server (Debian package) when no nats-server binary is found;
+//  1. nats-server (Debian package) when no nats-server binary is found, and protoc with the protobuf well-known types
+//     (Debian's protobuf-compiler, libprotobuf-dev) for the generated code in libs/proto;
 //  2. the trainer worker's Python virtual environment from its pinned requirements;
 //  3. kubectl (deploy test) and Chromium (the dashboard's browser test) when an apt repository offers them.
 // Fast when everything is current (a stamp holds the hash of requirements.txt).
@@ -44,6 +45,41 @@ function ensureNatsServer() {
   if (!run("apt-get", ["update", "-qq"], { env }).ok) fail("apt-get update failed; see the output above.");
   if (!run("apt-get", ["install", "-y", "-qq", "nats-server"], { env }).ok) fail("apt-get install nats-server failed; see the output above.");
   if (!findNatsServer()) fail("nats-server was installed but no binary was found on PATH.");
+}
+
+/** Whether `protoc --version` runs and says 3.21 or newer. */
+function protocVersionOk(protoc) {
+  const r = run(protoc, ["--version"], { capture: true });
+  const m = /libprotoc\s+(\d+)\.(\d+)/.exec(r.stdout);
+  // After 3.21 protoc's versions continued as 22.x, 23.x, …
+  return r.ok && !!m && (Number(m[1]) > 3 || (Number(m[1]) === 3 && Number(m[2]) >= 21));
+}
+
+/**
+ * protoc (>= 3.21) and the well-known types (google/protobuf/*.proto) for `npm run generate` and the check that the
+ * committed libs/proto/src/gen is current: Debian's protobuf-compiler and libprotobuf-dev (/usr/include/google/protobuf).
+ * PROTOC may point at another protoc >= 3.21 (PROTOC_INCLUDE at its well-known types when not in <bin>/../include).
+ */
+function ensureProtoc() {
+  if (process.env.PROTOC) {
+    if (protocVersionOk(process.env.PROTOC)) return;
+    fail(`PROTOC=${process.env.PROTOC} is not a runnable protoc >= 3.21. Unset it to use Debian's protobuf-compiler, or point it at a newer protoc.`);
+  }
+  const hasProtoc = run("sh", ["-c", "command -v protoc"], { capture: true }).ok;
+  const hasWellKnown = existsSync("/usr/include/google/protobuf/timestamp.proto");
+  if (hasProtoc && !protocVersionOk("protoc")) fail("the protoc on PATH is older than 3.21. Install Debian's protobuf-compiler (>= 3.21, bookworm or newer), or set PROTOC to a protoc >= 3.21.");
+  if (hasProtoc && hasWellKnown) return;
+  const packages = [...(hasProtoc ? [] : ["protobuf-compiler"]), ...(hasWellKnown ? [] : ["libprotobuf-dev"])];
+  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+  const hasApt = run("sh", ["-c", "command -v apt-get"], { capture: true }).ok;
+  if (!hasApt) fail(`${packages.join(" and ")} ${packages.length > 1 ? "are" : "is"} not installed and this machine has no apt-get. Install protoc >= 3.21 with its well-known types (https://github.com/protocolbuffers/protobuf/releases) and set PROTOC (and PROTOC_INCLUDE when google/protobuf/*.proto is not in <bin>/../include).`);
+  if (!isRoot) fail(`protoc is needed to generate and check libs/proto/src/gen. Run \`sudo apt-get update && sudo apt-get install -y ${packages.join(" ")}\` (needs root), or set PROTOC to a protoc >= 3.21.`);
+  say(`installing ${packages.join(" ")} (apt-get)…`);
+  const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+  if (!run("apt-get", ["update", "-qq"], { env }).ok) fail("apt-get update failed; see the output above.");
+  if (!run("apt-get", ["install", "-y", "-qq", ...packages], { env }).ok) fail(`apt-get install ${packages.join(" ")} failed; see the output above.`);
+  if (!protocVersionOk("protoc")) fail("protobuf-compiler was installed but no protoc >= 3.21 was found on PATH.");
+  if (!existsSync("/usr/include/google/protobuf/timestamp.proto")) fail("libprotobuf-dev was installed but /usr/include/google/protobuf/timestamp.proto is missing.");
 }
 
 /** The package index pip is configured with on this machine (read from `pip config list`), passed as its index. */
@@ -124,6 +160,7 @@ function ensureChromium() {
 }
 
 ensureNatsServer();
+ensureProtoc();
 ensureWorkerVenv();
 ensureKubectl();
 ensureChromium();
