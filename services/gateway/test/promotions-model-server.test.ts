@@ -131,7 +131,7 @@ let server: ModelServer;
 let llm: LlmClient;
 let store: PromotionStore;
 let promotions: Promotions;
-let adapters: { a: TinyAdapter; b: TinyAdapter; rank32: TinyAdapter };
+let adapters: { a: TinyAdapter; b: TinyAdapter; rank32: TinyAdapter; otherShape: TinyAdapter };
 
 /** An eval run of `name` on the test split as the eval service makes it: base and adapter answered, gates passed. */
 async function recordEvalRun(id: string, name: string): Promise<EvalItemResult[]> {
@@ -187,12 +187,14 @@ beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "gateway-promotions-ms-"));
   const modelDir = await makeTinyModel(root);
   // Three steps from two seeds: weights of the same shapes that answer differently (and not yet only EOS).
-  const [a, b, rank32] = await Promise.all([
+  const [a, b, rank32, otherShape] = await Promise.all([
     trainTinyAdapter(modelDir, join(root, "job-a"), { seed: 1, steps: 3 }),
     trainTinyAdapter(modelDir, join(root, "job-b"), { seed: 2, steps: 3 }),
     trainTinyAdapter(modelDir, join(root, "job-r32"), { rank: 32, steps: 2 }),
+    // An adapter of a model with another hidden size: its tensors do not fit the served model.
+    makeTinyModel(root, { name: "tiny-64", hidden: 64, intermediate: 176 }).then((dir) => trainTinyAdapter(dir, join(root, "job-64"), { steps: 2 })),
   ]);
-  adapters = { a, b, rank32 };
+  adapters = { a, b, rank32, otherShape };
   const logger = createLogger({ svc: "gateway-test", level: "silent" });
   server = await startModelServer({ model: join(modelDir, "model.gguf"), servedModelName: "tiny", port: 0, concurrency: 2, contextSize: 512, logger });
   llm = createLlmClient({ baseUrl: server.baseUrl, maxRetries: 0, timeoutMs: 120_000 });
@@ -297,5 +299,18 @@ describe("content-addressed promotions on the local model server", () => {
       /adapter adapter-j-r32 has LoRA rank 32, above the model endpoint's maximum of 16 \(GATEWAY_MAX_LORA_RANK, vLLM's --max-lora-rank\)/,
     );
     expect(await served()).toEqual(modelsBefore);
+  }, 600_000);
+
+  it("turns the endpoint's refusal of an adapter of another shape into FAILED_PRECONDITION and keeps serving", async () => {
+    await setJob("j-64", adapters.otherShape);
+    const before = (await store.current("docs"))!;
+    const err = await expectCode(
+      promotions.promote({ collection: "docs", jobId: "j-64", evalRunId: "", force: true, pin: false, replacePinned: false }),
+      Code.FailedPrecondition,
+      /the model endpoint could not load adapter docs-j-64@[0-9a-f]{16} from .*adapter\.gguf: cannot load the lora adapter/,
+    );
+    expect(err.rawMessage).toContain("expected a GGUF LoRA adapter for this base model");
+    expect(await store.current("docs")).toEqual(before);
+    expect(await served()).toContain(before.servedName);
   }, 600_000);
 });

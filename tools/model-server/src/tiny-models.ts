@@ -52,11 +52,17 @@ export async function makeTinyModels(root: string): Promise<TinyModels> {
   return { modelDir, model: join(modelDir, "model.gguf"), adapter: gguf, adapterDir: peftDir };
 }
 
-/** Writes the tiny model alone to `<root>/tiny` and returns that folder (model.gguf inside). */
-export async function makeTinyModel(root: string): Promise<string> {
-  const modelDir = join(root, "tiny");
+/**
+ * Writes the tiny model alone to `<root>/<name>` (default `tiny`) and returns that folder (model.gguf inside); `hidden`
+ * and `intermediate` make one of other shapes.
+ */
+export async function makeTinyModel(root: string, shape: { name?: string; hidden?: number; intermediate?: number } = {}): Promise<string> {
+  const modelDir = join(root, shape.name ?? "tiny");
   await mkdir(root, { recursive: true });
-  await run(["-m", "ragtune_worker.tiny_model", "--out", modelDir]);
+  const args = ["-m", "ragtune_worker.tiny_model", "--out", modelDir];
+  if (shape.hidden !== undefined) args.push("--hidden", String(shape.hidden));
+  if (shape.intermediate !== undefined) args.push("--intermediate", String(shape.intermediate));
+  await run(args);
   return modelDir;
 }
 
