@@ -374,7 +374,8 @@ export async function run(argv: string[], env: Record<string, string | undefined
           return 0;
         }
         const res = await gateway.ask({ collection, question, options });
-        print(AskResponseSchema, res, () => `${res.answer}\n\n${citationText(res.refused, res.citations)}model: ${res.model}${res.adapterId ? ` (adapter ${res.adapterId})` : ""}`);
+        const retrieved = res.context.map((c, i) => `  [${i + 1}] ${c.headingPath.join(" › ") || c.documentId} (score ${c.score.toFixed(2)})`).join("\n");
+        print(AskResponseSchema, res, () => `${res.answer}\n\n${citationText(res.refused, res.citations)}retrieved context:\n${retrieved}\nmodel: ${res.model}${res.adapterId ? ` (adapter ${res.adapterId})` : ""}`);
         return 0;
       }
       case "collections": {

@@ -39,7 +39,9 @@ describe("ragtune", () => {
   it("asks and prints the answer with its citations", async () => {
     const r = await cli("ask", "--collection", "docs", "When", "do", "lifecycle", "rules", "expire?");
     expect(r.code).toBe(0);
-    expect(r.out).toMatch(/^Lifecycle rules expire objects after 30 days\.\n\n\[1\] Storage › Storage › Lifecycle rules \(chunk \S+, support 1\.00\)\nmodel: base-model/);
+    expect(r.out).toMatch(
+      /^Lifecycle rules expire objects after 30 days\.\n\n\[1\] Storage › Storage › Lifecycle rules \(chunk \S+, support 1\.00\)\nretrieved context:\n  \[1\] Storage › Lifecycle rules \(score \d+\.\d\d\)\nmodel: base-model/,
+    );
   });
 
   it("streams with --stream and prints JSON with --json", async () => {
