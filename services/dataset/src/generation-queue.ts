@@ -101,11 +101,6 @@ function batchKey(chunks: readonly SourceChunk[], options: GenerationOptions): s
   return h.digest("hex").slice(0, 24);
 }
 
-/** How long a pull waits for a batch before it is sent again. */
-const PULL_EXPIRES_MS = 2_000;
-/** Pulls out at once while the queue has batches (one RTT refills MAX_PULLS batches' worth of freed slots). */
-const MAX_PULLS = 4;
-
 /** The queue, the outcome bucket, and this replica's generation workers. */
 export class GenerationQueue {
   private running: Promise<void>[] = [];
@@ -136,11 +131,9 @@ export class GenerationQueue {
    * Starts writing batches with `llm`: `workers` batches' worth of chunks at once (`workers` × batch size), counted by
    * chunk, so the slots a batch's finished chunks free are refilled from the next batch while its slowest chunk (a
    * retry) is still out. `isActive(versionId)` tells whether the batch's build still wants it (a cancelled or finished
-   * build's batches are dropped unread). A pull is out for every batch that fits beside the chunks pending, up to
-   * MAX_PULLS at once while the queue has batches (a wave of finished requests frees many batches' worth together,
-   * and pulling them one after another left slots idle for as many round trips), one at a time once a pull came back
-   * empty. A replica never holds batches it is not working on (another replica could); a stopping replica hands back
-   * the batches its outstanding pulls bring in as it stops.
+   * build's batches are dropped unread). One pull at a time, and only when a whole batch fits: a replica never holds
+   * batches it is not working on (another replica could), and a stopping replica hands back at most the one batch a
+   * pull brought in as it stopped.
    */
   startWorkers(workers: number, llm: Pick<LlmClient, "json">, isActive: (versionId: string) => Promise<boolean>): void {
     this.running.push(
@@ -152,7 +145,6 @@ export class GenerationQueue {
 
   async close(): Promise<void> {
     this.stopping.abort(new Error("the dataset service is stopping"));
-    this.wake?.();
     await Promise.all(this.running);
     this.running = [];
   }
@@ -168,60 +160,45 @@ export class GenerationQueue {
 
   private async pullLoop(workers: number, llm: Pick<LlmClient, "json">, isActive: (versionId: string) => Promise<boolean>): Promise<void> {
     const log = this.options.logger;
-    const batchChunks = this.options.batchChunks;
-    const capacity = workers * batchChunks;
     const inFlight = new Set<Promise<void>>();
-    const pulls = new Set<Promise<void>>();
-    // Whether the last pull came back empty: then one pull at a time (an idle replica keeps one request at the server).
-    let drained = true;
-    const pull = async (): Promise<void> => {
-      let job: Job<typeof GenerationBatchSchema> | null;
-      try {
-        job = await this.queue.take({ expiresMs: PULL_EXPIRES_MS });
-      } catch (err) {
-        if (this.stopping.signal.aborted) return;
-        log.warn({ err }, "taking a generation batch failed; retrying");
-        await new Promise((r) => setTimeout(r, 500));
-        return;
-      }
-      drained = job === null;
-      if (job === null) return;
-      if (this.stopping.signal.aborted) {
-        // Another replica takes it once this replica's other pulls have expired (delivered at once, it could go to
-        // one of them and be handed back again, over and over, until they have).
-        job.nak(PULL_EXPIRES_MS + 500);
-        return;
-      }
-      const taken = job;
-      const chunks = parseJsonl<SourceChunk>(taken.value.chunksJsonl);
-      this.pendingChunks += chunks.length;
-      const running = this.work(taken, chunks, llm, isActive)
-        .catch((err: unknown) => {
-          if (this.stopping.signal.aborted) {
-            taken.nak(0);
-            return;
-          }
-          log.warn({ err, batch: taken.value.batchKey }, "generation batch failed; it is delivered again");
-          taken.nak(1_000);
-        })
-        .finally(() => inFlight.delete(running));
-      inFlight.add(running);
-    };
+    const capacity = workers * this.options.batchChunks;
     try {
       while (!this.stopping.signal.aborted) {
-        // Each outstanding pull holds a batch's worth of room (a batch has at most batchChunks chunks).
-        while (this.pendingChunks + (pulls.size + 1) * batchChunks <= capacity && pulls.size < (drained ? 1 : MAX_PULLS)) {
-          const p: Promise<void> = pull().finally(() => {
-            pulls.delete(p);
-            this.wake?.();
-          });
-          pulls.add(p);
+        if (this.pendingChunks + this.options.batchChunks > capacity && inFlight.size > 0) {
+          await Promise.race([...inFlight, new Promise<void>((resolve) => (this.wake = resolve))]);
+          this.wake = undefined;
+          continue;
         }
-        await new Promise<void>((resolve) => (this.wake = resolve));
-        this.wake = undefined;
+        let job: Job<typeof GenerationBatchSchema> | null;
+        try {
+          job = await this.queue.take({ expiresMs: 2_000 });
+        } catch (err) {
+          if (this.stopping.signal.aborted) return;
+          log.warn({ err }, "taking a generation batch failed; retrying");
+          await new Promise((r) => setTimeout(r, 500));
+          continue;
+        }
+        if (job === null) continue;
+        if (this.stopping.signal.aborted) {
+          job.nak(0); // another replica takes it
+          return;
+        }
+        const taken = job;
+        const chunks = parseJsonl<SourceChunk>(taken.value.chunksJsonl);
+        this.pendingChunks += chunks.length;
+        const running = this.work(taken, chunks, llm, isActive)
+          .catch((err: unknown) => {
+            if (this.stopping.signal.aborted) {
+              taken.nak(0);
+              return;
+            }
+            log.warn({ err, batch: taken.value.batchKey }, "generation batch failed; it is delivered again");
+            taken.nak(1_000);
+          })
+          .finally(() => inFlight.delete(running));
+        inFlight.add(running);
       }
     } finally {
-      await Promise.all(pulls);
       await Promise.all(inFlight);
     }
   }

@@ -59,10 +59,9 @@ export async function startDatasetService({ config, logger }: ServiceContext<Dat
       ...(generation === undefined ? {} : { generation }),
     });
     if (generation !== undefined && llm !== undefined) {
-      // Auto: enough batches to fill LLM_CONCURRENCY twice: one LLM_CONCURRENCY's worth on the wire and one waiting in
-      // the client's FIFO limiter, so when a whole wave of requests ends together every freed slot is taken at once
-      // while the next batches are pulled, instead of idling for the pulls' round trips.
-      const workers = config.DATASET_GENERATION_WORKERS || Math.ceil((2 * config.LLM_CONCURRENCY) / config.DATASET_GENERATION_BATCH_CHUNKS);
+      // Auto: enough batches to fill LLM_CONCURRENCY, plus one whose requests wait in the client's FIFO limiter, so a
+      // slot freed by a batch's last slow chunk is taken at once instead of idling until the next batch is pulled.
+      const workers = config.DATASET_GENERATION_WORKERS || Math.ceil(config.LLM_CONCURRENCY / config.DATASET_GENERATION_BATCH_CHUNKS) + 1;
       generation.startWorkers(workers, llm, async (versionId) => {
         const v = await versions.get(versionId);
         return v !== null && !isFinished(v.state.status);
