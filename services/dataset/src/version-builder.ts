@@ -34,6 +34,7 @@ import type { ChunkFailure } from "./llm-generator.js";
 import type { SourceChunk } from "./extractive-generator.js";
 import type { TokenizerName } from "@ragtune/text";
 import { SPLITS, type SplitName } from "./splits.js";
+import { tokenHistograms } from "./token-histogram.js";
 import { isFinished, type VersionEventDetail, type VersionStore } from "./version-store.js";
 
 /** Token counts of a split's training rows (prompt + completion + EOS) against the row budget. */
@@ -511,12 +512,13 @@ export class VersionBuilder {
     const chunksOf = groupCount(chunks.map((c) => c.documentId));
     const keptOf = (docId: string, answerable?: boolean) => kept.filter((e) => e.documentId === docId && (answerable === undefined || e.answerable === answerable)).length;
     const droppedOf = groupCount(output.dropped.map((d) => d.example.documentId ?? documentOf.get(d.example.chunkId) ?? ""));
+    const histograms = tokenHistograms(SPLITS.map((split) => output.splits[split].tokens));
     const stats = create(DatasetVersionStatsSchema, {
       chunksTotal: chunks.length,
       chunksReused: reused.size,
       generated: output.counts.generated + output.counts.negatives,
       rejectedByCheck: Object.fromEntries(Object.entries(output.counts.droppedByReason).filter(([, n]) => n > 0)),
-      splits: SPLITS.map((split) => {
+      splits: SPLITS.map((split, i) => {
         const examplesOf = output.splits[split].examples;
         const answerable = examplesOf.filter((e) => e.answerable).length;
         return {
@@ -525,6 +527,7 @@ export class VersionBuilder {
           answerable,
           unanswerable: examplesOf.length - answerable,
           tokenStats: rowTokenStats(output.splits[split].tokens, DEFAULT_QUALITY_GATE.maxSeqLen),
+          tokenHistogram: histograms[i]!,
         };
       }),
       examplesByQuestionType: Object.fromEntries(groupCount(kept.map((e) => e.kind))),

@@ -74,6 +74,18 @@ describe("dataset service (real nats-server, the real ingest service)", () => {
     const splits = Object.fromEntries(ready.stats!.splits.map((s) => [DatasetSplit[s.split], s]));
     for (const name of ["TRAIN", "VAL", "TEST"]) expect(splits[name]!.examples).toBeGreaterThan(0);
     expect(splits.TRAIN!.unanswerable).toBeGreaterThan(0);
+    // Token histograms stored with the stats: one set of edges for all splits, each split's buckets holding its
+    // examples, from the bucket of the split's smallest row to that of its largest.
+    const edges = (name: string) => splits[name]!.tokenHistogram.map((b) => `${b.lower}-${b.upper}`);
+    expect(edges("TRAIN").length).toBeGreaterThan(1);
+    for (const name of ["TRAIN", "VAL", "TEST"]) {
+      const { tokenHistogram: h, tokenStats: t, examples } = splits[name]!;
+      expect(edges(name)).toEqual(edges("TRAIN"));
+      expect(h.reduce((n, b) => n + b.count, 0)).toBe(examples);
+      const holding = h.filter((b) => b.count > 0);
+      expect(holding[0]!.lower).toBeLessThanOrEqual(t!.min);
+      expect(holding.at(-1)!.upper).toBeGreaterThan(t!.max);
+    }
     expect(ready.exports.map((x) => `${DatasetSplit[x.split]} ${DatasetExportFormat[x.format]} ${PromptTemplate[x.template]}`)).toEqual(
       ["TRAIN", "VAL", "TEST"].flatMap((split) => [
         `${split} INSTRUCT MISTRAL_INSTRUCT`,
