@@ -7,6 +7,7 @@ import { type Client, Code, ConnectError, type HandlerContext, type ServiceImpl 
 import {
   AdapterEvalRunSchema,
   type DatasetService,
+  DatasetSplit,
   type DatasetVersion,
   DatasetVersionStatus,
   type DatasetVersionDetail,
@@ -169,6 +170,29 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
     return out;
   };
 
+  /**
+   * The context each item's question was asked with: an eval run over a dataset version evaluates its test split and
+   * names each item by its example's ID (services/eval/src/eval-items.ts), so the items are matched to the test
+   * examples read from the dataset service. A run over an eval file has no version, hence no contexts; a version of
+   * another collection than the run's (which the eval service never makes) is not read.
+   */
+  const contextsOf = async (run: EvalRun, results: readonly EvalItemResult[]): Promise<Record<string, string>> => {
+    const contexts: Record<string, string> = {};
+    if (run.datasetVersionId === "" || results.length === 0) return contexts;
+    const wanted = new Set(results.map((r) => r.itemId));
+    const version = (await deps.dataset.getDatasetVersion({ datasetVersionId: run.datasetVersionId })).version;
+    if (version === undefined || version.collection !== run.collection) return contexts;
+    let token = "";
+    do {
+      const res = await deps.dataset.listExamples({ datasetVersionId: version.id, split: DatasetSplit.TEST, page: create(PageRequestSchema, { pageSize: 1000, pageToken: token }) });
+      for (const e of res.examples) {
+        if (wanted.delete(e.id)) contexts[e.id] = e.context;
+      }
+      token = res.page?.nextPageToken ?? "";
+    } while (token !== "" && wanted.size > 0);
+    return contexts;
+  };
+
   return {
     async listTenantCollections(req, ctx) {
       const caller = callerOf(ctx);
@@ -316,7 +340,7 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
       await allow(ctx, run.collection);
       if (!req.failuresOnly) {
         const res = await deps.evals.listEvalItemResults({ evalRunId: run.id, ...(req.page ? { page: req.page } : {}) });
-        return { results: res.results, ...(res.page ? { page: res.page } : {}) };
+        return { results: res.results, contexts: await contextsOf(run, res.results), ...(res.page ? { page: res.page } : {}) };
       }
       // The eval service has no failure filter: read the run's items (bounded by its test split) and page the failed ones.
       const failed: EvalItemResult[] = [];
@@ -327,7 +351,7 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
         token = res.page?.nextPageToken ?? "";
       } while (token !== "");
       const page = paginate(failed, req.page, `failed-items:${run.id}`);
-      return { results: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
+      return { results: page.items, contexts: await contextsOf(run, page.items), page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
     },
 
     async getDocumentLineage(req, ctx) {

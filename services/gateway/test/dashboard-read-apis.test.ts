@@ -47,7 +47,7 @@ const access: AccessControl = {
 
 const notFound = (what: string) => new ConnectError(`${what} not found`, Code.NotFound);
 const docs = { "doc-a": "acme-docs", "doc-g": "globex-docs" } as Record<string, string>;
-const versions = { "dsv-a": "acme-docs", "dsv-g": "globex-docs" } as Record<string, string>;
+const versions = { "dsv-a": "acme-docs", "dsv-g": "globex-docs", "dsv-eval": "acme-docs" } as Record<string, string>;
 const jobs = { "job-a": "acme-docs", "job-g": "globex-docs" } as Record<string, string>;
 const runs = { "eval-a": "acme-docs", "eval-g": "globex-docs" } as Record<string, string>;
 const ingestRuns = { "run-a": "acme-docs", "run-g": "globex-docs" } as Record<string, string>;
@@ -80,6 +80,13 @@ const upstream = createRouterTransport((router) => {
       return { version: create(DatasetVersionSchema, { id: req.datasetVersionId, collection: versions[req.datasetVersionId]! }) };
     },
     async listExamples(req) {
+      if (req.datasetVersionId === "dsv-eval") {
+        // The eval run's test split over two pages, items 0..4 (their IDs are the eval item IDs), plus a train example.
+        if (req.split !== DatasetSplit.TEST) throw new Error("the gateway reads only the test split for eval contexts");
+        const page = Number(req.page?.pageToken || "0");
+        const ids = page === 0 ? [4, 0] : [2, 1, 3];
+        return { examples: ids.map((i) => create(ExampleSchema, { id: `item-${i}`, split: DatasetSplit.TEST, context: `context of item ${i}` })), page: { nextPageToken: page === 0 ? "1" : "" } };
+      }
       return { examples: [create(ExampleSchema, { id: "ex1", datasetVersionId: req.datasetVersionId, split: req.split === DatasetSplit.UNSPECIFIED ? DatasetSplit.TRAIN : req.split })] };
     },
     async listDroppedExamples(req) {
@@ -112,7 +119,7 @@ const upstream = createRouterTransport((router) => {
   router.service(EvalService, {
     async getEvalRun(req) {
       if (runs[req.evalRunId] === undefined) throw notFound(`eval run ${req.evalRunId}`);
-      return { run: create(EvalRunSchema, { id: req.evalRunId, collection: runs[req.evalRunId]! }) };
+      return { run: create(EvalRunSchema, { id: req.evalRunId, collection: runs[req.evalRunId]!, datasetVersionId: req.evalRunId === "eval-a" ? "dsv-eval" : "" }) };
     },
     async listEvalRuns(req) {
       return { runs: Object.entries(runs).filter(([, c]) => c === req.collection).map(([id, collection]) => create(EvalRunSchema, { id, collection })) };
@@ -191,6 +198,15 @@ describe("the dashboard's read APIs", () => {
     expect([failed.results.map((r) => r.itemId), failed.page?.totalSize]).toEqual([["item-1"], 2]);
     const next = await acme.listEvalRunItems({ evalRunId: "eval-a", failuresOnly: true, page: { pageSize: 1, pageToken: failed.page!.nextPageToken } });
     expect([next.results.map((r) => r.itemId), next.page?.nextPageToken]).toEqual([["item-3"], ""]);
+  });
+
+  it("give each listed item the context of its dataset example (the run's test split, matched by item ID)", async () => {
+    const all = await acme.listEvalRunItems({ evalRunId: "eval-a" });
+    expect(all.contexts).toEqual({ "item-0": "context of item 0", "item-1": "context of item 1", "item-2": "context of item 2" });
+    const failed = await acme.listEvalRunItems({ evalRunId: "eval-a", failuresOnly: true });
+    expect(failed.contexts).toEqual({ "item-1": "context of item 1", "item-3": "context of item 3" });
+    // A run without a dataset version (an eval file) has no contexts.
+    expect((await as("globex").listEvalRunItems({ evalRunId: "eval-g" })).contexts).toEqual({});
   });
 
   it("stream a job's events as the trainer emits them", async () => {
