@@ -12,7 +12,7 @@ import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
-import { ComputeDtype, DatasetService, DatasetVersionStatus, GatewayService, IngestRunStatus, IngestService, PipelineStage, TrainerService } from "@ragtune/proto";
+import { ComputeDtype, DatasetService, DatasetSplit, DatasetVersionStatus, GatewayService, IngestRunStatus, IngestService, PipelineStage, TrainerService } from "@ragtune/proto";
 import { Code, ConnectError, createClient } from "@ragtune/rpc";
 import { removeTempDir, tempDir } from "@ragtune/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -240,6 +240,37 @@ describe("the dashboard", () => {
     await page.close();
   }, 900_000);
 
+  it("creates a training job from the collection's form (a TRAIN-only pipeline run) and opens the job once the run has created it", async () => {
+    const page = await browser.newPage();
+    await signIn(page, acmeKey);
+    await page.waitForSelector("#collections");
+    await page.goto(`${gateway.url}/#/c/acme-docs`);
+    await page.waitForSelector("#create-job-form");
+    // The picker offers the collection's READY versions: acme has the one built above.
+    expect(await page.$$eval("#job-dataset-version option", (os) => os.map((o) => (o as HTMLOptionElement).value))).toEqual([acmeVersion]);
+    // This gateway has no GATEWAY_PIPELINE_BASE_MODEL: without a base model folder the run is refused, saying why.
+    await page.fill("#job-max-steps", "2");
+    await page.fill("#job-learning-rate", "0.001");
+    await page.click("#create-job");
+    await page.waitForSelector('#create-job-result[data-state="failed"]');
+    expect(await page.textContent("#create-job-result")).toContain("GATEWAY_PIPELINE_BASE_MODEL");
+    await page.fill("#job-base-model", join(dir, "tiny"));
+    await shot(page, "job-create");
+    await page.click("#create-job");
+    await page.waitForURL(/#\/job\/[^/]+$/, { timeout: 120_000 });
+    const jobId = /#\/job\/(.+)$/.exec(page.url())![1]!;
+    expect(jobId).not.toBe(acmeJob);
+    const job = (await createClient(TrainerService, { baseUrl: stack.services.trainer.url, protocol: "grpc" }).getJob({ jobId })).job!;
+    expect([job.collection, job.dataset.case, job.dataset.value, job.baseModel]).toEqual(["acme-docs", "datasetVersionId", acmeVersion, join(dir, "tiny")]);
+    expect(job.hyperparameters?.duration).toEqual({ case: "maxSteps", value: 2 });
+    expect(job.hyperparameters?.learningRate).toBeCloseTo(0.001, 9);
+    // The job page follows it to its end (the trainer is free again for the pipeline test).
+    await page.waitForSelector('#job-status [data-status="succeeded"], #job-status [data-status="failed"]', { timeout: 600_000 });
+    expect(await page.textContent("#job-status"), (await page.textContent("#job-log")) ?? "").toBe("succeeded");
+    expect(await page.textContent("#job-progress")).toContain("step 2/2");
+    await page.close();
+  }, 900_000);
+
   it("does not list a second tenant's job, and refuses to show it", async () => {
     const page = await browser.newPage();
     await signIn(page, acmeKey);
@@ -322,6 +353,24 @@ describe("the dashboard", () => {
     expect(success).toEqual(["success rate", pct(base.successRate), pct(adapter.successRate)]);
     expect(await page.$$eval("#gates tbody tr", (rows) => rows.length)).toBe(report.gates.length);
     await page.waitForSelector("#items-count");
+    // Every item's answers come with the context its question was asked with (collapsed): the test example's.
+    await page.uncheck("#failures-only");
+    await page.waitForFunction(() => document.querySelectorAll("#items .item").length === 6);
+    const shown = await page.$$eval("#items .item", (items) =>
+      items.map((item) => [item.querySelector(".meta")!.textContent!.split(" · ")[0]!, item.querySelector("details.context .context-text")?.textContent ?? null, item.querySelector("details.context")?.hasAttribute("open") ?? null] as const),
+    );
+    const testContexts = new Map<string, string>();
+    const datasetClient = createClient(DatasetService, { baseUrl: stack.services.dataset.url, protocol: "grpc" });
+    let token = "";
+    do {
+      const res = await datasetClient.listExamples({ datasetVersionId: acmeVersion, split: DatasetSplit.TEST, page: { pageSize: 1000, pageToken: token } });
+      for (const e of res.examples) testContexts.set(e.id, e.context);
+      token = res.page?.nextPageToken ?? "";
+    } while (token !== "");
+    expect(shown).toEqual(shown.map(([id]) => [id, testContexts.get(id) ?? "no test example", false]));
+    for (const [, context] of shown) expect(context).not.toBe("");
+    await page.click("#items .item details.context summary");
+    expect(await page.isVisible("#items .item details.context .context-text")).toBe(true);
     await shot(page, "eval-run");
 
     // Promote from the eval page (forced: the tiny random model is not expected to pass the gates).
@@ -353,6 +402,12 @@ describe("the dashboard", () => {
     await page.goto(`${gateway.url}/#/dataset/${acmeVersion}`);
     await page.waitForSelector("#split-counts");
     expect(await page.$$eval("#split-counts tbody tr td:first-child", (tds) => tds.map((td) => td.textContent))).toEqual(["train", "val", "test"]);
+    // A token-length histogram per split (uPlot bars), from the version's stored stats: each counts its split's examples.
+    const examplesPerSplit = await page.$$eval("#split-counts tbody tr", (rows) => rows.map((r) => [r.children[0]!.textContent, r.children[1]!.textContent]));
+    const histograms = await page.$$eval("#token-histograms .token-histogram", (els) =>
+      els.map((el) => [el.getAttribute("data-split"), el.getAttribute("data-total"), Number(el.getAttribute("data-buckets")) > 1, el.querySelector("canvas") !== null]),
+    );
+    expect(histograms).toEqual(examplesPerSplit.map(([split, n]) => [split, n, true, true]));
     await page.waitForSelector("#examples .example");
     await page.selectOption("#filter-split", { label: "test" });
     await page.waitForFunction(() => [...document.querySelectorAll("#examples .example .meta")].length > 0 && [...document.querySelectorAll("#examples .example .meta")].every((m) => m.textContent?.startsWith("test")));

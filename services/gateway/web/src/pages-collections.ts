@@ -1,6 +1,7 @@
 import { DocumentStatus } from "@ragtune/proto";
 import { allPages, gateway, when } from "./api.js";
 import { badge, h, link, section, table } from "./dom.js";
+import { jobCreateForm } from "./job-create-form.js";
 import type { PageContext } from "./main.js";
 
 export async function collectionsPage({ root }: PageContext): Promise<void> {
@@ -20,7 +21,7 @@ export async function collectionsPage({ root }: PageContext): Promise<void> {
   );
 }
 
-export async function collectionPage({ root }: PageContext, collection: string): Promise<void> {
+export async function collectionPage({ root, signal }: PageContext, collection: string): Promise<void> {
   const [docs, versions, jobs, evals, promoted] = await Promise.all([
     gateway.listCollectionDocuments({ collection, page: { pageSize: 500 } }),
     gateway.listCollectionDatasetVersions({ collection, page: { pageSize: 100 } }),
@@ -74,6 +75,11 @@ export async function collectionPage({ root }: PageContext, collection: string):
         jobs.jobs.map((j) => [link(`#/job/${j.jobId}`, j.jobId), badge(j.status), j.adapterId || "–", j.datasetVersionId || "files", link(`#/lineage/${j.jobId}`, "lineage")]),
         { id: "jobs" },
       ),
+    ),
+    jobCreateForm(
+      collection,
+      versions.versions.filter((v) => v.status === "DATASET_VERSION_STATUS_READY").map((v) => v.datasetVersionId),
+      signal,
     ),
     section(
       "Eval runs",

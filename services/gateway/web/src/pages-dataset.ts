@@ -46,13 +46,24 @@ export async function datasetVersionPage({ root }: PageContext, datasetVersionId
     ),
     section(
       "Token lengths per split (prompt + completion)",
-      splits.length === 0
-        ? h("p", {}, "No splits.")
-        : barChart(
-            "median tokens per row",
-            splits.map((s) => splitName(s.split)),
-            splits.map((s) => s.tokenStats?.median ?? 0),
-            { id: "token-chart" },
+      splits.every((s) => s.tokenHistogram.length === 0)
+        ? h("p", {}, splits.length === 0 ? "No splits." : "No token histogram (the version was built before histograms were stored); the table above has min/median/mean/max.")
+        : h(
+            "div",
+            { id: "token-histograms" },
+            // Every split's buckets share one set of edges (the dataset service's stats), one chart each.
+            splits.map((s) =>
+              h(
+                "div",
+                { class: "token-histogram", "data-split": splitName(s.split), "data-total": s.tokenHistogram.reduce((n, b) => n + b.count, 0), "data-buckets": s.tokenHistogram.length },
+                barChart(
+                  `${splitName(s.split)}: examples per token count (bucket width ${s.tokenHistogram[0] === undefined ? "–" : s.tokenHistogram[0].upper - s.tokenHistogram[0].lower})`,
+                  s.tokenHistogram.map((b) => String(b.lower)),
+                  s.tokenHistogram.map((b) => b.count),
+                  { id: `token-histogram-${splitName(s.split)}` },
+                ),
+              ),
+            ),
           ),
     ),
     section(

@@ -161,6 +161,9 @@ function itemBrowser(evalRunId: string, models: string[]): HTMLElement {
           h("div", { class: "meta" }, `${r.itemId} · ${r.answerable ? "answerable" : "unanswerable"} · ${r.questionType} · ${r.sourceDocument}`),
           h("div", {}, h("strong", {}, "Q: "), r.question),
           h("div", {}, h("strong", {}, "Reference: "), r.reference),
+          res.contexts[r.itemId] === undefined
+            ? h("div", { class: "meta" }, "no context (the run is not over a dataset version)")
+            : h("details", { class: "context" }, h("summary", {}, "Context"), h("div", { class: "context-text" }, res.contexts[r.itemId]!)),
           h(
             "div",
             { class: "answers" },
