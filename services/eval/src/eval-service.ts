@@ -132,6 +132,7 @@ export function createEvalService(deps: EvalServiceDeps): ServiceImpl<typeof Eva
       if (req.maxItems !== undefined && req.maxItems < 1) throw invalidArgument("max_items", "must be at least 1 (leave it unset for all items)");
       if (req.judge !== undefined && req.judge.endpointUrl !== "") checkUrl(req.judge.endpointUrl, "judge.endpoint_url");
       if (req.judge !== undefined && req.judge.endpointUrl !== "" && req.judge.model === "") throw invalidArgument("judge.model", "is required when a judge is set");
+      if (req.judge?.samples !== undefined && (req.judge.samples < 1 || req.judge.samples > 9)) throw invalidArgument("judge.samples", `must be 1..9, got ${req.judge.samples}`);
       const id = newRunId(req.clientRequestId);
       const run = create(EvalRunSchema, {
         id,

@@ -35,6 +35,10 @@ export interface ScoredAnswer {
   completionTokens: number;
   scores: AnswerScores;
   judge?: JudgeVerdict;
+  /** The verdict came from the deterministic checks, not the judge. */
+  judgeDecided?: boolean;
+  /** With k > 1 verdicts: the share agreeing with the majority. */
+  judgeAgreement?: number;
 }
 
 /** An item with every model's answer (in the run's model order). */
@@ -142,6 +146,11 @@ export function summarize(items: readonly ScoredItem[], model: string, isBase: b
             judged.map((a) => a.judge!.grade === "A"),
             judged.map((a) => a.scores.success),
           ) ?? 0,
+          judgeGraded: judged.filter((a) => a.judgeDecided !== true).length,
+          judgeDecided: judged.filter((a) => a.judgeDecided === true).length,
+          ...(judged.some((a) => a.judgeAgreement !== undefined)
+            ? { judgeAgreement: mean(judged.filter((a) => a.judgeAgreement !== undefined).map((a) => a.judgeAgreement!)) }
+            : {}),
         }),
   });
 }
@@ -332,8 +341,17 @@ export function renderMarkdown(report: EvalReport, run: { endpointUrl: string; s
   }
   const judged = report.models.filter((m) => m.judgeARate !== undefined);
   if (judged.length > 0) {
-    lines.push("", "## Judge", "", "| model | graded A | hallucination | κ (A vs rule success) |", "|---|---|---|---|");
-    for (const m of judged) lines.push(`| ${m.model} | ${pct(m.judgeARate!)} | ${pct(m.judgeHallucinationRate ?? 0)} | ${fmt(m.judgeKappa ?? 0)} |`);
+    lines.push(
+      "",
+      "## Judge",
+      "",
+      "| model | graded A | hallucination | κ (A vs rule success) | by the judge | by the checks | judge agreement |",
+      "|---|---|---|---|---|---|---|",
+    );
+    for (const m of judged) {
+      const agreement = m.judgeAgreement === undefined ? "–" : pct(m.judgeAgreement);
+      lines.push(`| ${m.model} | ${pct(m.judgeARate!)} | ${pct(m.judgeHallucinationRate ?? 0)} | ${fmt(m.judgeKappa ?? 0)} | ${m.judgeGraded ?? 0} | ${m.judgeDecided ?? 0} | ${agreement} |`);
+    }
   }
   if (report.differences.length > 0) {
     lines.push("", "## Differences to the base model (95% paired bootstrap interval, points)", "", "| model | metric | Δ | interval | items |", "|---|---|---|---|---|");

@@ -21,7 +21,7 @@ import {
   FailureSchema,
 } from "@ragtune/proto";
 import { type EvalItem, EvalSourceError, loadDatasetTestSplit, parseEvalFile, sampleItems } from "./eval-items.js";
-import { judgeAnswer, type JudgeVerdict } from "./judge.js";
+import { decidedVerdict, judgeSampled, type JudgeVerdict } from "./judge.js";
 import { answerItems } from "./answering.js";
 import { readArtifact, storeArtifact } from "./artifact-io.js";
 import { describeSuccessRule, type SuccessRule } from "./metrics.js";
@@ -154,7 +154,7 @@ export class RunExecutor {
       ).state;
       log.info({ items: items.length, models, concurrency: run.concurrency, endpoint: run.endpointUrl }, "eval run answering");
       const scored = await this.answerAll(id, fence, run, items, models, endpoint, signal, log);
-      if (judge !== undefined) await this.judgeAll(id, fence, run.judge!.model, scored, judge, run.concurrency, signal, log);
+      if (judge !== undefined) await this.judgeAll(id, fence, run.judge!, scored, judge, run.concurrency, signal, log);
       await this.finish(id, fence, run, scored, baseModel);
       log.info("eval run succeeded");
     } catch (err) {
@@ -310,8 +310,31 @@ export class RunExecutor {
     return scored;
   }
 
-  private async judgeAll(id: string, fence: Fence, model: string, scored: ScoredItem[], judge: LlmClient, concurrency: number, signal: AbortSignal, log: Logger): Promise<void> {
-    const tasks = scored.flatMap((s) => s.answers.filter((a) => a.outcome.error === undefined).map((a) => ({ item: s.item, answer: a })));
+  private async judgeAll(
+    id: string,
+    fence: Fence,
+    settings: NonNullable<EvalRun["judge"]>,
+    scored: ScoredItem[],
+    judge: LlmClient,
+    concurrency: number,
+    signal: AbortSignal,
+    log: Logger,
+  ): Promise<void> {
+    const model = settings.model;
+    const samples = Math.min(9, Math.max(1, settings.samples ?? 1));
+    const tasks = scored.flatMap((s) =>
+      s.answers
+        .filter((a) => a.outcome.error === undefined)
+        .filter((a) => {
+          if (!settings.onlyUndecided) return true;
+          const decided = decidedVerdict({ ...s.item, answer: a.outcome.text });
+          if (decided === undefined) return true;
+          a.judge = decided;
+          a.judgeDecided = true;
+          return false;
+        })
+        .map((a) => ({ item: s.item, answer: a })),
+    );
     let next = 0;
     let failures = 0;
     let firstFailure = "";
@@ -322,7 +345,9 @@ export class RunExecutor {
         if (task === undefined) return;
         let verdict: JudgeVerdict | undefined;
         try {
-          verdict = await judgeAnswer(judge, model, { ...task.item, answer: task.answer.outcome.text });
+          const sampled = await judgeSampled(judge, model, { ...task.item, answer: task.answer.outcome.text }, samples, signal);
+          verdict = sampled.verdict;
+          if (samples > 1) task.answer.judgeAgreement = sampled.agreement;
         } catch (err) {
           if (signal.aborted || !isLlmError(err)) throw signal.aborted ? signal.reason : err;
           failures++;

@@ -125,6 +125,35 @@ afterAll(async () => {
 });
 
 describe("eval runs", () => {
+  it("asks the judge only where the deterministic checks cannot decide, k times with its agreement reported", async () => {
+    const client = service.client(EvalService);
+    await expect(client.createEvalRun(request({ source: { case: "evalFile", value: { name: "ops.jsonl", jsonl: EVAL_FILE } }, baseModel: "base", judge: { model: "judge", samples: 12 } }))).rejects.toMatchObject({
+      code: Code.InvalidArgument,
+    });
+    const before = endpoint.requests.length;
+    const { run: created } = await client.createEvalRun(
+      request({
+        source: { case: "evalFile", value: { name: "ops.jsonl", jsonl: EVAL_FILE } },
+        baseModel: "base",
+        adapters: ["qa-adapter"],
+        concurrency: 4,
+        judge: { model: "judge", onlyUndecided: true, samples: 3 },
+        collection: "docs",
+      }),
+    );
+    const { run } = await finished(service, created!.id);
+    expect(run.status, run.failure?.message).toBe(EvalRunStatus.SUCCEEDED);
+    const [b, a] = run.report!.models;
+    // The adapter answers with the references and the refusal: every verdict comes from the checks.
+    expect(a).toMatchObject({ judgeGraded: 0, judgeDecided: 10, judgeARate: 1 });
+    // The base: 2 empty and 2 newline-only answers are decided (C); the follow-ups, cut-offs and invented answers go
+    // to the judge, 3 seeded samples each, which agree every time.
+    expect(b).toMatchObject({ judgeGraded: 6, judgeDecided: 4, judgeAgreement: 1, judgeARate: 0.2 });
+    const judged = endpoint.requests.slice(before).filter((r) => r.body["model"] === "judge");
+    expect(judged).toHaveLength(18);
+    expect(new Set(judged.map((r) => `${r.body["temperature"]}:${r.body["seed"]}`))).toEqual(new Set(["0.7:1", "0.7:2", "0.7:3"]));
+  });
+
   it("compares base and adapter on an uploaded eval file: complete report, judge agreement, gates passed, events", async () => {
     const client = service.client(EvalService);
     const completed: unknown[] = [];
