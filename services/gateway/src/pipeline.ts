@@ -7,6 +7,7 @@
  * starting anything twice.
  */
 import { createHash, randomBytes } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { timestampNow, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
@@ -554,7 +555,7 @@ export class Pipelines {
         failures += 1;
         const waitMs = Math.min(10_000, 250 * 2 ** Math.min(failures, 6));
         log.warn({ err, stage: name, upstreamId: id, waitMs }, "lost the stage's upstream; following it again");
-        await sleep(waitMs, signal);
+        await sleep(waitMs, undefined, { signal });
       }
     }
   }
@@ -570,7 +571,7 @@ export class Pipelines {
         const waitMs = Math.min(10_000, 250 * 2 ** Math.min(attempt, 6));
         log.warn({ err, waitMs }, `${what} failed; retrying`);
         if (attempt === 3) await onWait((err as ConnectError).rawMessage);
-        await sleep(waitMs, signal);
+        await sleep(waitMs, undefined, { signal });
       }
     }
   }
@@ -658,7 +659,7 @@ export class Pipelines {
           } catch (err) {
             const unknown = err instanceof ConnectError && err.code === Code.FailedPrecondition && /unknown to the trainer/.test(err.message);
             if (!unknown || Date.now() > deadline) throw err;
-            await sleep(250, signal);
+            await sleep(250, undefined, { signal });
           }
         }
       },
@@ -768,20 +769,6 @@ export class Pipelines {
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason as Error);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal.reason as Error);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-}
 
 /** The pipeline RPCs of GatewayService, each limited to the caller's tenant's collections. */
 export function createPipelineApis(access: AccessControl | undefined, pipelines: Pipelines, updates: CollectionUpdates): Partial<ServiceImpl<typeof GatewayService>> {
