@@ -94,7 +94,7 @@ function exampleBrowser(datasetVersionId: string, reasons: string[]): HTMLElemen
     let next = "";
     if (reason.value === "") {
       const res = await gateway.listDatasetExamples({ datasetVersionId, split: Number(split.value), kind: Number(kind.value), page: { pageSize: 25, pageToken } });
-      for (const e of res.examples) cards.push(exampleCard(e.question, e.answer, e.context, `${splitName(e.split)} · ${kindName(e.kind)} · ${e.questionType} · ${e.headingPath.join(" › ")}`, e.sourceDocumentId));
+      for (const e of res.examples) cards.push(exampleCard(e.question, e.answer, e.context, `${splitName(e.split)} · ${kindName(e.kind)} · ${e.questionType} · ${e.headingPath.join(" › ")} · chunk ${e.sourceChunkId}${e.contextChunkIds.length > 1 ? ` (context: ${e.contextChunkIds.join(", ")})` : ""}`, e.sourceDocumentId));
       next = res.page?.nextPageToken ?? "";
     } else {
       const res = await gateway.listDatasetDroppedExamples({ datasetVersionId, reason: reason.value === "*" ? "" : reason.value, page: { pageSize: 25, pageToken } });
