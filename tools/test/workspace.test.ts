@@ -18,7 +18,7 @@ describe("the lockfile", () => {
         versions.set(name, (versions.get(name) ?? new Set()).add(entry.version));
       }
     }
-    expect([...versions.keys()].sort()).toEqual(["@bufbuild/protobuf", "@connectrpc/connect", "@connectrpc/connect-node"]);
+    expect([...versions.keys()].sort()).toEqual(["@bufbuild/protobuf", "@connectrpc/connect", "@connectrpc/connect-node", "@connectrpc/connect-web"]);
     for (const [name, set] of versions) expect([...set], name).toHaveLength(1);
   });
 });
