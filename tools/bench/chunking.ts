@@ -28,7 +28,7 @@
  *   BIG_RUN=10000 adds one run of that many documents)
  */
 import { cp, mkdir, mkdtemp, rm } from "node:fs/promises";
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { Tokenizer as JsTokenizer } from "@huggingface/tokenizers";
@@ -39,6 +39,7 @@ import { createClient } from "@ragtune/rpc";
 import { AWS_CORPUS_DIR, corpusMarkdownFiles, seededRandom } from "@ragtune/testing";
 import { Tokenizer as RustTokenizer } from "tokenizers";
 import { startStack } from "../src/stack.js";
+import { threadCpuSeconds } from "./proc-cpu.js";
 
 const CHUNK_SIZE = 512;
 const RUNS = Number(process.env["RUNS"] ?? 5);
@@ -53,25 +54,6 @@ const BIG_RUN = Number(process.env["BIG_RUN"] ?? 0);
 
 /** The load average now (1, 5, 15 minutes), as `uptime` prints it: every figure of part 4 is printed with it. */
 const load = (): string => loadavg().map((l) => l.toFixed(2)).join(", ");
-const CLOCK_TICKS = 100;
-/** CPU seconds of a process so far: its main thread, its other threads (workers, GC, I/O) together. */
-function processCpu(pid: number): { main: number; other: number } {
-  let main = 0;
-  let other = 0;
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
-    } catch {
-      continue; // a thread that ended meanwhile
-    }
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    const seconds = (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
-    if (tid === String(pid)) main += seconds;
-    else other += seconds;
-  }
-  return { main, other };
-}
 
 
 const files = corpusMarkdownFiles(CORPUS);
@@ -349,7 +331,7 @@ if (PARTS.has("4")) {
         const servicePid = stack.services.ingest.process.pid!;
         const natsPid = stack.nats.pid!;
         for (let i = 0; i < E2E_RUNS; i++) {
-          const before = { service: processCpu(servicePid), nats: processCpu(natsPid) };
+          const before = { service: threadCpuSeconds(servicePid), nats: threadCpuSeconds(natsPid) };
           const start = performance.now();
           const { run } = await client.ingestDocuments({ collection: `e2e-${i}`, sources: [{ source: { case: "serverPath", value: { path: "." } } }] });
           let status = IngestRunStatus.UNSPECIFIED;
@@ -360,7 +342,7 @@ if (PARTS.has("4")) {
             }
           }
           runTimes.push((performance.now() - start) / 1000);
-          const after = { service: processCpu(servicePid), nats: processCpu(natsPid) };
+          const after = { service: threadCpuSeconds(servicePid), nats: threadCpuSeconds(natsPid) };
           cpu.main.push(after.service.main - before.service.main);
           cpu.other.push(after.service.other - before.service.other);
           cpu.nats.push(after.nats.main + after.nats.other - before.nats.main - before.nats.other);

@@ -45,6 +45,7 @@ import { createClient } from "@ragtune/rpc";
 import { chunkDocument, documentIdFor, loadTokenizer, parseDocument } from "@ragtune/text";
 import { AWS_CORPUS_DIR, corpusMarkdownFiles, freePort } from "@ragtune/testing";
 import { startStack } from "../src/stack.js";
+import { processCpuSeconds } from "./proc-cpu.js";
 
 const CORPUS = process.env.CORPUS ?? AWS_CORPUS_DIR;
 const RATE = Number(process.env.RATE ?? 500);
@@ -150,11 +151,6 @@ function time(fn: () => void): number {
   return performance.now() - t;
 }
 
-/** CPU time (user + system) a process has used so far, from /proc (clock ticks of 10 ms). */
-function processCpuMs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime (fields 14 and 15 of the line)
-}
 
 /** One timed pass of searches: wall and CPU milliseconds per search, sorted. */
 function pass(search: (q: string) => unknown, questions: readonly string[]): { wall: number[]; cpu: number[] } {
@@ -385,10 +381,10 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       const direct = await openLoop(() => post(`${endpointUrl}/v1/completions`, completionBody, (j) => Array.isArray(j["choices"])));
       const loadDirect = load();
       gc();
-      const cpuBefore = processCpuMs(gatewayPid);
+      const cpuBefore = processCpuSeconds(gatewayPid) * 1000;
       const gateway = await openLoop((i) => post(askUrl, askBody(i), (j) => j["answer"] === "The answer." && Array.isArray(j["context"]) && (j["context"] as unknown[]).length > 0));
       // per answered Ask (an unanswered one may not have been worked on yet)
-      const cpuPerAsk = (processCpuMs(gatewayPid) - cpuBefore) / Math.max(1, gateway.ms.length - gateway.unanswered);
+      const cpuPerAsk = (processCpuSeconds(gatewayPid) * 1000 - cpuBefore) / Math.max(1, gateway.ms.length - gateway.unanswered);
       const o = { p50: pct(gateway.ms, 50) - pct(direct.ms, 50), p99: pct(gateway.ms, 99) - pct(direct.ms, 99) };
       overheads.push(o);
       console.log(

@@ -10,7 +10,7 @@
  *
  * Run: node --conditions=@ragtune/source --import tsx tools/bench/ingest-phases.ts   (COPIES=10 WORKERS=1)
  */
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { cp, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { join, relative } from "node:path";
@@ -23,6 +23,7 @@ import { DocumentPool } from "../../services/ingest/src/document-pool.js";
 import { DocumentStore } from "../../services/ingest/src/document-store.js";
 import { RunStore } from "../../services/ingest/src/run-store.js";
 import { startIngestService } from "../../services/ingest/src/server.js";
+import { threadCpuSeconds } from "./proc-cpu.js";
 
 const COPIES = Number(process.env["COPIES"] ?? 10);
 const WORKERS = process.env["WORKERS"] ?? "1";
@@ -50,24 +51,6 @@ for (const m of ["getDocument", "readChunkSetBytes", "hasIndexed", "indexedChunk
 timed(DocumentPool.prototype, "run", "worker: parse + chunk (queued included)");
 timed(RunStore.prototype, "save", "run saves (in the background)");
 
-const CLOCK_TICKS = 100;
-function cpu(pid: number): { main: number; other: number } {
-  let main = 0;
-  let other = 0;
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
-    } catch {
-      continue;
-    }
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    const s = (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
-    if (tid === String(pid)) main += s;
-    else other += s;
-  }
-  return { main, other };
-}
 const load = () => loadavg().map((l) => l.toFixed(2)).join(", ");
 
 const files = corpusMarkdownFiles(AWS_CORPUS_DIR);
@@ -101,12 +84,12 @@ try {
   const client = service.client(IngestService);
   for (const [collection, path] of [["warm-up", "copy-0"], ["measured", "."]] as const) {
     phases.clear();
-    const before = { self: cpu(process.pid), nats: cpu(nats.pid!) };
+    const before = { self: threadCpuSeconds(process.pid), nats: threadCpuSeconds(nats.pid!) };
     start = performance.now();
     const { run } = await client.ingestDocuments({ collection, sources: [{ source: { case: "serverPath", value: { path } } }] });
     for await (const _ of client.watchIngestRun({ runId: run!.id })) void _;
     const wall = (performance.now() - start) / 1000;
-    const after = { self: cpu(process.pid), nats: cpu(nats.pid!) };
+    const after = { self: threadCpuSeconds(process.pid), nats: threadCpuSeconds(nats.pid!) };
     if (collection === "warm-up") continue;
     const documents = COPIES * files.length;
     console.log(

@@ -24,7 +24,7 @@
 // `--models-dir DIR` keeps the tiny model and adapter in DIR and reuses them on the next run.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -34,6 +34,7 @@ import { createLlmClient } from "@ragtune/llm";
 import { noEndOfSequenceBias } from "@ragtune/model-server";
 import { makeTinyModels, type TinyModels } from "@ragtune/model-server/tiny-models";
 import { getLlama, LlamaCompletion, type LlamaContextSequence, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
+import { processCpuSeconds } from "./proc-cpu.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -75,12 +76,6 @@ interface RoundResult {
   cpuUs: number;
 }
 
-/** CPU time (user + system) of another process so far, µs, from /proc (Linux). */
-function processCpuUs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  const ticksPerSecond = 100; // USER_HZ, 100 on Linux
-  return ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / ticksPerSecond;
-}
 
 function ownCpuUs(since: NodeJS.CpuUsage): number {
   const used = process.cpuUsage(since);
@@ -147,7 +142,7 @@ async function direct(sequences: LlamaContextSequence[], model: LlamaModel, conc
 async function viaServer(server: { baseUrl: string; pid: number }, modelName: string, concurrency: number): Promise<RoundResult> {
   const llm = createLlmClient({ baseUrl: server.baseUrl, concurrency, maxRetries: 0, timeoutMs: 600_000 });
   const cpu0 = process.cpuUsage();
-  const serverCpu0 = processCpuUs(server.pid);
+  const serverCpu0 = processCpuSeconds(server.pid) * 1_000_000;
   const started = performance.now();
   const answers = await pool(REQUESTS, concurrency, async (index) => {
     const t0 = performance.now();
@@ -157,7 +152,7 @@ async function viaServer(server: { baseUrl: string; pid: number }, modelName: st
     return { text: stream.text, tokens: stream.usage?.completionTokens ?? Number.NaN, ttftMs: ttftMs < 0 ? performance.now() - t0 : ttftMs };
   });
   const wallMs = performance.now() - started;
-  const cpuUs = ownCpuUs(cpu0) + processCpuUs(server.pid) - serverCpu0;
+  const cpuUs = ownCpuUs(cpu0) + processCpuSeconds(server.pid) * 1_000_000 - serverCpu0;
   llm.close();
   return { answers, wallMs, cpuUs };
 }
