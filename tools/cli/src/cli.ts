@@ -289,6 +289,7 @@ export async function run(argv: string[], env: Record<string, string | undefined
       if (ratio !== undefined && !(ratio >= 0 && ratio <= 1)) throw new UsageError(`--negative-ratio must be 0..1, got "${f["negative-ratio"]}"`);
       return { dataset: { model: f.model ?? "", ...(questions === undefined ? {} : { questionsPerChunk: questions }), ...(ratio === undefined ? {} : { negativeRatio: ratio }) } };
     };
+    const promotionSpec = () => ({ autoPromote: f["no-promote"] !== true, force: f["force-promote"] === true, pin: f.pin === true });
     const evalSpec = () => {
       const maxItems = intFlag(f["max-items"], "max-items");
       return maxItems === undefined ? {} : { evalMaxItems: maxItems };
@@ -319,7 +320,7 @@ export async function run(argv: string[], env: Record<string, string | undefined
               ...(f.model !== undefined || f.questions !== undefined || f["negative-ratio"] !== undefined ? datasetSpec() : {}),
               ...trainSpec(),
               ...evalSpec(),
-              promotion: { autoPromote: f["no-promote"] !== true, force: f["force-promote"] === true, pin: f.pin === true },
+              promotion: promotionSpec(),
             },
           },
         });
@@ -341,7 +342,7 @@ export async function run(argv: string[], env: Record<string, string | undefined
             ...datasetSpec(),
             ...trainSpec(),
             ...evalSpec(),
-            promotion: { autoPromote: f["no-promote"] !== true, force: f["force-promote"] === true, pin: f.pin === true },
+            promotion: promotionSpec(),
           });
         }
         if (sub === "list") {
