@@ -111,15 +111,15 @@ export class CollectionUpdates {
   async onIngestRun(event: IngestRunCompleted): Promise<void> {
     const changes = event.statistics?.chunkChanges;
     if (event.status === IngestRunStatus.FAILED || changes === undefined || changes.added + changes.removed === 0) return;
-    const policy = await this.#kv.get(kvKey(event.collection));
-    if (policy === null || !policy.value.followDocuments) return;
+    let marked = false;
     await this.#change(event.collection, (current) => {
-      if (!current.followDocuments || current.pendingSince !== undefined) return null; // already pending: one update
+      if (!current.followDocuments || current.pendingSince !== undefined) return null; // not followed, or already pending: one update
       current.pendingSince = timestampNow();
       current.pendingIngestRunId = event.ingestRunId;
+      marked = true;
       return current;
     });
-    this.#o.logger.info({ collection: event.collection, ingestRunId: event.ingestRunId }, "documents changed: collection update pending");
+    if (marked) this.#o.logger.info({ collection: event.collection, ingestRunId: event.ingestRunId }, "documents changed: collection update pending");
   }
 
   /** Starts every update that is due. */
