@@ -102,6 +102,9 @@ class JobSpec:
     compute_dtype: str = _default("compute_dtype")
     max_grad_norm: float = _default("max_grad_norm")
     resume_from_checkpoint: Path | None = None
+    # Warm start: a PEFT adapter folder (adapter_config.json, adapter_model.safetensors) of an earlier job on the
+    # same base model whose LoRA weights the job starts from; its rank and target modules must be the job's.
+    init_adapter: Path | None = None
     job_id: str | None = None
     device: str = "auto"
 
@@ -119,7 +122,7 @@ class JobSpec:
 
 
 _FIELD_NAMES = {f.name for f in fields(JobSpec)}
-_PATH_FIELDS = {"model_dir", "train_file", "output_dir", "val_file", "resume_from_checkpoint"}
+_PATH_FIELDS = {"model_dir", "train_file", "output_dir", "val_file", "resume_from_checkpoint", "init_adapter"}
 _HYPERPARAMETER_FIELDS = {worker_field(key) for key in CONTRACT}
 assert _HYPERPARAMETER_FIELDS <= _FIELD_NAMES, _HYPERPARAMETER_FIELDS - _FIELD_NAMES
 
@@ -281,4 +284,45 @@ def check_resume_checkpoint(path: Path) -> None:
             "pass a checkpoints/checkpoint-N folder of an earlier run",
             reason="INVALID_CHECKPOINT",
             field="resume_from_checkpoint",
+        )
+
+
+INIT_ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_init_adapter(spec: JobSpec) -> None:
+    """The warm-start adapter folder holds a LoRA adapter of the job's rank, alpha and target modules."""
+    path = spec.init_adapter
+    assert path is not None
+
+    def bad(message: str) -> UserError:
+        return UserError(
+            f"init_adapter {path}: {message}", reason="INVALID_INIT_ADAPTER", field="init_adapter"
+        )
+
+    config_path = path / "adapter_config.json"
+    if not config_path.is_file() or not (path / INIT_ADAPTER_WEIGHTS).is_file():
+        raise bad(f"not a PEFT adapter folder (it needs adapter_config.json and {INIT_ADAPTER_WEIGHTS})")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise bad(f"adapter_config.json is not valid JSON: {error}") from error
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise bad("adapter_config.json is not a LoRA adapter's (peft_type LORA)")
+    if config.get("modules_to_save"):
+        raise bad(
+            f"the adapter also trains whole modules (modules_to_save {config['modules_to_save']}); only LoRA adapters warm-start"
+        )
+    if config.get("r") != spec.lora_r:
+        raise bad(
+            f"the adapter has rank {config.get('r')}, the job lora_r {spec.lora_r}; a warm start keeps the rank"
+        )
+    if config.get("lora_alpha") != spec.lora_alpha:
+        raise bad(
+            f"the adapter has alpha {config.get('lora_alpha')}, the job lora_alpha {spec.lora_alpha}; a warm start keeps it"
+        )
+    targets = config.get("target_modules")
+    if not isinstance(targets, list) or sorted(targets) != sorted(spec.target_modules):
+        raise bad(
+            f"the adapter targets {targets}, the job {list(spec.target_modules)}; a warm start keeps the target modules"
         )

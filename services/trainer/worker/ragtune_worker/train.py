@@ -27,9 +27,11 @@ from transformers import TrainerCallback
 
 from ragtune_worker.data import CompletionCollator, ExampleDataset, load_examples, load_tokenizer
 from ragtune_worker.spec import (
+    INIT_ADAPTER_WEIGHTS,
     JobSpec,
     UserError,
     WorkerSystemError,
+    check_init_adapter,
     check_resume_checkpoint,
     read_model_config,
 )
@@ -232,6 +234,43 @@ class JobResult:
     steps: int
 
 
+def load_init_adapter(model: torch.nn.Module, path: Path) -> int:
+    """Copies a saved adapter's LoRA weights into the fresh peft model (warm start); returns the tensors loaded.
+
+    Every LoRA tensor of the model must come from the file with its shape, and the file must hold nothing else:
+    a partial load would train a mix of old and fresh weights without saying so.
+    """
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path / INIT_ADAPTER_WEIGHTS))
+    expected = get_peft_model_state_dict(model)
+
+    def bad(message: str) -> UserError:
+        return UserError(
+            f"init_adapter {path}: {message}", reason="INVALID_INIT_ADAPTER", field="init_adapter"
+        )
+
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    if missing or extra:
+        detail = f"{len(missing)} LoRA tensor(s) of the job missing (e.g. {missing[0]})" if missing else ""
+        detail += ("; " if detail else "") + (
+            f"{len(extra)} unknown tensor(s) (e.g. {extra[0]})" if extra else ""
+        )
+        raise bad(f"its weights do not fit this base model and job: {detail}")
+    for name, tensor in saved.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise bad(
+                f"tensor {name} has shape {tuple(tensor.shape)}, the job's {tuple(expected[name].shape)} "
+                "(trained on another base model?)"
+            )
+        if not torch.isfinite(tensor).all():
+            raise bad(f"tensor {name} holds NaN or infinite values")
+    set_peft_model_state_dict(model, saved)
+    return len(saved)
+
+
 def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
     """Run the job to its end, emitting events on the way; the final event is finished or cancelled."""
     from peft import LoraConfig, get_peft_model
@@ -243,6 +282,8 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
     config = read_model_config(spec.model_dir)
     if spec.resume_from_checkpoint is not None:
         check_resume_checkpoint(spec.resume_from_checkpoint)
+    if spec.init_adapter is not None:
+        check_init_adapter(spec)
     if spec.compute_dtype == "fp16" and not cuda:
         raise UserError(
             "compute_dtype fp16 needs a CUDA GPU; use fp32 or bf16 on CPU",
@@ -297,6 +338,7 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
 
         lora_config = prepare_lora_config(lora_config)
     model = get_peft_model(model, lora_config)
+    warm_tensors = load_init_adapter(model, spec.init_adapter) if spec.init_adapter is not None else 0
     if spec.gradient_checkpointing:
         model.enable_input_require_grads()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -315,6 +357,7 @@ def run_job(spec: JobSpec, emit: Emit, cancel: threading.Event) -> JobResult:
         pad_token=tokenizer.pad_token,
         eos_token=tokenizer.eos_token,
         max_row_tokens=max(len(e.input_ids) for e in train_examples),
+        init_adapter_tensors=warm_tensors,
     )
     if cancel.is_set():
         emit("cancelled", checkpoint_path=None, step=0)

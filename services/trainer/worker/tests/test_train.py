@@ -361,3 +361,65 @@ def test_bad_input_fails_before_training_starts(case: str, tiny_model_dir, run_i
     assert (caught.value.reason, caught.value.field) == BAD_INPUT_REASONS[case]
     assert "started" not in events.types and "metrics" not in events.types
     assert not list((tmp_path / "out").glob("checkpoints/checkpoint-*"))
+
+
+def test_a_warm_start_begins_from_the_init_adapters_weights_and_trains_on(
+    baseline, run_in_process, tmp_path: Path
+) -> None:
+    from conftest import Events
+    from peft import get_peft_model_state_dict
+
+    spec, _, base_events, output = baseline
+    saved = load_file(output / "adapter" / "adapter_model.safetensors")
+    warm = {**spec, "output_dir": str(tmp_path / "warm"), "init_adapter": str(output / "adapter")}
+
+    # Cancelled before the first step: the model holds exactly the adapter's weights.
+    events = Events()
+    events.cancel.set()
+    result, _ = run_in_process(warm, events=events)
+    assert result.status == "cancelled"
+    assert events.of("validated")[0]["init_adapter_tensors"] == len(saved)
+    loaded = get_peft_model_state_dict(result.model)
+    assert set(loaded) == set(saved)
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name], tensor), name
+
+    # Trained on: it starts where the baseline ended, far below a fresh adapter's first loss.
+    result, events = run_in_process({**warm, "output_dir": str(tmp_path / "warm-run"), "max_steps": 2})
+    assert result.status == "finished"
+    first_fresh, last_fresh = base_events.train_losses()[0], base_events.train_losses()[-1]
+    assert events.train_losses()[0] < first_fresh - 0.1
+    assert abs(events.train_losses()[0] - last_fresh) < abs(events.train_losses()[0] - first_fresh)
+
+
+@pytest.mark.parametrize("case", ["rank", "targets", "nan", "not-an-adapter"])
+def test_a_warm_start_refuses_an_adapter_that_does_not_fit_before_training(
+    case: str, baseline, run_in_process, tmp_path: Path
+) -> None:
+    from conftest import Events
+
+    spec, _, _, output = baseline
+    adapter = tmp_path / "adapter"
+    shutil.copytree(output / "adapter", adapter)
+    warm = {**spec, "output_dir": str(tmp_path / "out"), "init_adapter": str(adapter)}
+    expected = {
+        "rank": r"has rank 8, the job lora_r 16",
+        "targets": r"a warm start keeps the target modules",
+        "nan": r"holds NaN or infinite values",
+        "not-an-adapter": r"not a PEFT adapter folder",
+    }[case]
+    if case == "rank":
+        warm["lora_r"] = 16
+    elif case == "targets":
+        warm["target_modules"] = ["q_proj", "v_proj"]
+    elif case == "nan":
+        weights = load_file(adapter / "adapter_model.safetensors")
+        next(iter(weights.values()))[0, 0] = float("nan")
+        save_file(weights, adapter / "adapter_model.safetensors", metadata={"format": "pt"})
+    else:
+        (adapter / "adapter_config.json").unlink()
+    events = Events()
+    with pytest.raises(UserError, match=expected) as caught:
+        run_in_process(warm, events=events)
+    assert (caught.value.reason, caught.value.field) == ("INVALID_INIT_ADAPTER", "init_adapter")
+    assert "started" not in events.types
