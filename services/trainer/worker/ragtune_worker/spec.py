@@ -102,8 +102,8 @@ class JobSpec:
     compute_dtype: str = _default("compute_dtype")
     max_grad_norm: float = _default("max_grad_norm")
     resume_from_checkpoint: Path | None = None
-    # Warm start: a PEFT adapter folder (adapter_config.json, adapter_model.safetensors) of an earlier job on the
-    # same base model whose LoRA weights the job starts from; its rank and target modules must be the job's.
+    # Warm start: a PEFT adapter folder (adapter_config.json, adapter_model.safetensors) of an earlier job
+    # on the same base model whose LoRA weights the job starts from; rank and target modules as the job's.
     init_adapter: Path | None = None
     job_id: str | None = None
     device: str = "auto"
@@ -311,18 +311,22 @@ def check_init_adapter(spec: JobSpec) -> None:
         raise bad("adapter_config.json is not a LoRA adapter's (peft_type LORA)")
     if config.get("modules_to_save"):
         raise bad(
-            f"the adapter also trains whole modules (modules_to_save {config['modules_to_save']}); only LoRA adapters warm-start"
+            f"the adapter also trains whole modules (modules_to_save {config['modules_to_save']}); "
+            "only LoRA adapters warm-start"
         )
     if config.get("r") != spec.lora_r:
         raise bad(
-            f"the adapter has rank {config.get('r')}, the job lora_r {spec.lora_r}; a warm start keeps the rank"
+            f"the adapter has rank {config.get('r')}, the job lora_r {spec.lora_r}; "
+            "a warm start keeps the rank"
         )
     if config.get("lora_alpha") != spec.lora_alpha:
         raise bad(
-            f"the adapter has alpha {config.get('lora_alpha')}, the job lora_alpha {spec.lora_alpha}; a warm start keeps it"
+            f"the adapter has alpha {config.get('lora_alpha')}, the job lora_alpha {spec.lora_alpha}; "
+            "a warm start keeps it"
         )
     targets = config.get("target_modules")
     if not isinstance(targets, list) or sorted(targets) != sorted(spec.target_modules):
         raise bad(
-            f"the adapter targets {targets}, the job {list(spec.target_modules)}; a warm start keeps the target modules"
+            f"the adapter targets {targets}, the job {list(spec.target_modules)}; "
+            "a warm start keeps the target modules"
         )

@@ -235,10 +235,10 @@ class JobResult:
 
 
 def load_init_adapter(model: torch.nn.Module, path: Path) -> int:
-    """Copies a saved adapter's LoRA weights into the fresh peft model (warm start); returns the tensors loaded.
+    """Copies a saved adapter's LoRA weights into the fresh peft model (warm start); returns their count.
 
-    Every LoRA tensor of the model must come from the file with its shape, and the file must hold nothing else:
-    a partial load would train a mix of old and fresh weights without saying so.
+    Every LoRA tensor of the model must come from the file with its shape, and the file must hold nothing
+    else: a partial load would train a mix of old and fresh weights without saying so.
     """
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
