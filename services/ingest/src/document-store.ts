@@ -1,6 +1,6 @@
 import { create, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import type { ArtifactStore, TypedKv } from "@ragtune/bus";
+import { RevisionConflictError, type ArtifactStore, type TypedKv } from "@ragtune/bus";
 import {
   ArtifactRefSchema,
   ChunkSchema,
@@ -24,15 +24,29 @@ export interface DocumentStoreDeps {
    * bucket would cost the server a pass over every document of every collection when the page's consumer is made).
    */
   documentIndex: (collection: string) => Promise<TypedKv<typeof DocumentSchema>>;
-  /** Key `<chunkId>`: every stored chunk, for GetChunk. */
-  chunks: TypedKv<typeof ChunkSchema>;
   /**
    * The chunk index of a collection (a KV bucket of its own, opened or created on first use), key
-   * `<documentId>.<chunkId>`: the same chunks by document, so a page of a collection's chunks reads only its own
-   * entries (a bucket of its own: the page's consumer needs no filter, which costs the server a pass over every
-   * key), and a document's chunks are known without its chunk set.
+   * `<documentId>.<chunkId>`: every stored chunk, once. A page of a collection's chunks reads only its own entries (a
+   * bucket of its own: the page's consumer needs no filter, which costs the server a pass over every key), a
+   * document's chunks are known without its chunk set, and a chunk is found by its ID alone (`findIndexedChunk`).
    */
   chunkIndex: (collection: string) => Promise<TypedKv<typeof ChunkSchema>>;
+  /** The chunk with this ID in a collection's chunk index, or null: one request (CollectionIndexes.findChunk). */
+  findIndexedChunk: (collection: string, chunkId: string) => Promise<Chunk | null>;
+  /** Deletes a collection's document and chunk index buckets (CollectionIndexes.drop). */
+  dropIndexes: (collection: string) => Promise<void>;
+  /** Forgets the open index buckets of a collection, which another instance may have deleted (CollectionIndexes.forget). */
+  forgetIndexes: (collection: string) => void;
+  /**
+   * Key `<collection>`: the collections whose document index is known to be complete (created with the index, or
+   * filled from `documents` once, see `backfillDocumentIndexes`); the value names the collection.
+   */
+  indexedCollections: TypedKv<typeof CollectionSchema>;
+  /**
+   * Chunks by ID (key `<chunkId>`), as stores before the chunk index was the only copy wrote them: read by GetChunk
+   * and removed with their chunks, never written. Undefined when the store has none.
+   */
+  legacyChunks?: TypedKv<typeof ChunkSchema> | undefined;
   /** Chunk sets (JSON array of chunks of one document version), content-addressed. */
   chunkSets: ArtifactStore;
 }
@@ -88,7 +102,41 @@ export class DocumentStore {
   async ensureCollection(name: string): Promise<void> {
     if ((await this.deps.collections.get(name)) !== null) return;
     const now = timestampNow();
+    // A new collection's document index is complete from its first document on. Its index buckets are opened
+    // again: a collection of this name deleted by another instance took its buckets with it.
+    this.deps.forgetIndexes(name);
+    await this.deps.indexedCollections.put(name, { name, createdAt: now, updatedAt: now });
     await this.deps.collections.modify(name, (current) => current ?? { name, createdAt: now, updatedAt: now });
+  }
+
+  /**
+   * Fills the document index of every collection not yet known to have a complete one from the records in
+   * `documents` (collections ingested before the index existed listed no documents until re-ingested), then marks
+   * it complete. Run at startup, before this instance writes documents; a record the index has already is kept
+   * (create only), so a newer version written meanwhile by another instance is never overwritten.
+   */
+  async backfillDocumentIndexes(): Promise<{ collection: string; added: number }[]> {
+    const names: string[] = [];
+    for await (const name of this.deps.collections.keys()) names.push(name);
+    const marks = await Promise.all(names.map((name) => this.deps.indexedCollections.get(name)));
+    const filled: { collection: string; added: number }[] = [];
+    for (const [i, collection] of names.entries()) {
+      if (marks[i] !== null || collectionNameProblem(collection) !== undefined) continue;
+      const index = await this.deps.documentIndex(collection);
+      let added = 0;
+      for await (const { value } of this.deps.documents.entries(`${collection}.*`)) {
+        try {
+          await index.create(value.id, value);
+          added++;
+        } catch (err) {
+          if (!(err instanceof RevisionConflictError)) throw err;
+        }
+      }
+      const now = timestampNow();
+      await this.deps.indexedCollections.put(collection, { name: collection, createdAt: now, updatedAt: now });
+      filled.push({ collection, added });
+    }
+    return filled;
   }
 
   async listCollections(): Promise<Collection[]> {
@@ -117,8 +165,11 @@ export class DocumentStore {
     }));
   }
 
+  /** Removes a collection's record and its index buckets (its documents are removed before). */
   async deleteCollectionRecord(name: string): Promise<void> {
+    await this.deps.dropIndexes(name);
     await this.deps.collections.delete(name);
+    await this.deps.indexedCollections.delete(name);
   }
 
   // ---- documents ----
@@ -154,26 +205,38 @@ export class DocumentStore {
     return { items: page.entries.map((e) => e.value), next: page.nextRevision };
   }
 
-  /**
-   * Stores a document record: in its collection's document index, then by collection and ID. The second write is
-   * the one that counts (a re-ingest compares against it), so a crash between the two is repaired by the redo.
-   */
   /** Puts a stored document into its collection's document index if it is not there (a record stored before the index existed). */
   async indexDocument(document: Document): Promise<void> {
     const index = await this.deps.documentIndex(document.collection);
     if ((await index.get(document.id)) === null) await index.put(document.id, document);
   }
 
+  /**
+   * Stores a document record: in its collection's document index and by collection and ID, both at once. The
+   * second is the one that counts (a re-ingest compares against it): a crash with only the index written is
+   * repaired by the redo, and one with only the record written by the redo's `indexDocument` (it finds the
+   * document unchanged).
+   */
   async putDocument(document: Document): Promise<void> {
-    await (await this.deps.documentIndex(document.collection)).put(document.id, document);
-    await this.deps.documents.put(docKey(document.collection, document.id), document);
+    const index = await this.deps.documentIndex(document.collection);
+    await Promise.all([index.put(document.id, document), this.deps.documents.put(docKey(document.collection, document.id), document)]);
   }
 
   // ---- chunks ----
 
+  /**
+   * Finds a chunk by its ID alone: one request per collection (to its chunk index, whatever its size), all at once,
+   * and one to the by-ID records of an older store.
+   */
   async getChunk(chunkId: string): Promise<Chunk | null> {
     if (!/^[A-Za-z0-9_-]+$/.test(chunkId)) return null;
-    return (await this.deps.chunks.get(chunkId))?.value ?? null;
+    const collections: string[] = [];
+    for await (const name of this.deps.collections.keys()) collections.push(name);
+    const found = await Promise.all([
+      ...collections.filter((c) => collectionNameProblem(c) === undefined).map((c) => this.deps.findIndexedChunk(c, chunkId)),
+      this.deps.legacyChunks?.get(chunkId).then((v) => v?.value ?? null) ?? null,
+    ]);
+    return found.find((c) => c !== null) ?? null;
   }
 
   /** The chunks of a stored document version, in ordinal order. */
@@ -235,18 +298,25 @@ export class DocumentStore {
     });
   }
 
-  /** Writes chunks by ID and into the chunk index (all of one document). */
+  /** Writes chunks into the chunk index (all of one document). */
   async putChunks(chunks: readonly Chunk[]): Promise<void> {
     if (chunks.length === 0) return;
     const index = await this.deps.chunkIndex(chunks[0]!.collection);
-    await inWindow(chunks, WRITE_WINDOW, (c) => Promise.all([this.deps.chunks.put(c.id, c), index.put(indexKey(c.documentId, c.id), c)]));
+    await inWindow(chunks, WRITE_WINDOW, (c) => index.put(indexKey(c.documentId, c.id), c));
   }
 
-  /** Removes chunks of one document by ID and from the chunk index. */
+  /** Removes chunks of one document from the chunk index (and their by-ID records of an older store). */
   async deleteChunks(collection: string, documentId: string, ids: readonly string[]): Promise<void> {
     if (ids.length === 0) return;
     const index = await this.deps.chunkIndex(collection);
-    await inWindow(ids, WRITE_WINDOW, (id) => Promise.all([this.deps.chunks.delete(id), index.delete(indexKey(documentId, id))]));
+    const legacy = this.deps.legacyChunks;
+    await inWindow(ids, WRITE_WINDOW, (id) =>
+      Promise.all([
+        index.delete(indexKey(documentId, id)),
+        // Only where a record is (a delete of an absent key would still write a marker).
+        legacy?.get(id).then((found) => (found !== null ? legacy.delete(id) : undefined)),
+      ]),
+    );
   }
 
   /** Removes a chunk set; one already gone is fine. */

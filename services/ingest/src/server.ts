@@ -1,5 +1,6 @@
-import { busOptionsFromConfig, connectBus } from "@ragtune/bus";
+import { busOptionsFromConfig, connectBus, type Bus, type TypedKv } from "@ragtune/bus";
 import { ChunkSchema, CollectionSchema, DocumentSchema, IngestService } from "@ragtune/proto";
+import { CollectionIndexes } from "./collection-indexes.js";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
 import type { IngestConfig } from "./config.js";
 import { DocumentPool } from "./document-pool.js";
@@ -14,7 +15,10 @@ export function ingestResourceNames(prefix: string) {
   return {
     collections: `${prefix}-collections`,
     documents: `${prefix}-documents`,
-    chunks: `${prefix}-chunks`,
+    /** Chunks by ID, as stores before the chunk index was their only copy wrote them (read and removed, never written). */
+    legacyChunks: `${prefix}-chunks`,
+    /** Collections whose document index is complete (created with it, or filled once at startup). */
+    indexedCollections: `${prefix}-indexed-collections`,
     /** The document index of a collection: one KV bucket per collection. */
     documentIndex: (collection: string) => `${prefix}-document-index-${collection}`,
     /** The chunk index of a collection: one KV bucket per collection. */
@@ -46,30 +50,33 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
   try {
     const names = ingestResourceNames(config.INGEST_BUCKET_PREFIX);
     await bus.ensureEventsStream();
-    const [collections, documents, chunks, runs, chunkSets, sources] = await Promise.all([
+    const [collections, documents, indexedCollections, legacyChunks, runs, chunkSets, sources] = await Promise.all([
       bus.kv(names.collections, CollectionSchema),
       bus.kv(names.documents, DocumentSchema),
-      bus.kv(names.chunks, ChunkSchema),
+      bus.kv(names.indexedCollections, CollectionSchema),
+      openLegacyChunks(bus, names.legacyChunks),
       RunStore.open(bus, { bucket: names.runs, stream: names.runEventsStream, subjectPrefix: names.runEventsSubjectPrefix, pagesBucket: names.runPages }),
       bus.artifacts(names.chunkSets),
       bus.artifacts(names.sources),
     ]);
     // Per-collection buckets, opened (or created) once on first use.
-    const perCollection = <Desc extends typeof ChunkSchema | typeof DocumentSchema>(name: (collection: string) => string, schema: Desc) => {
-      const opened = new Map<string, ReturnType<typeof bus.kv<Desc>>>();
-      return (collection: string) => {
-        let bucket = opened.get(collection);
-        if (bucket === undefined) {
-          bucket = bus.kv(name(collection), schema);
-          bucket.catch(() => opened.delete(collection));
-          opened.set(collection, bucket);
-        }
-        return bucket;
-      };
-    };
-    const chunkIndex = perCollection(names.chunkIndex, ChunkSchema);
-    const documentIndex = perCollection(names.documentIndex, DocumentSchema);
-    const store = new DocumentStore({ collections, documents, documentIndex, chunks, chunkIndex, chunkSets });
+    const indexes = new CollectionIndexes(bus, names);
+    const store = new DocumentStore({
+      collections,
+      documents,
+      documentIndex: (c) => indexes.documentIndex(c),
+      chunkIndex: (c) => indexes.chunkIndex(c),
+      findIndexedChunk: (c, id) => indexes.findChunk(c, id),
+      dropIndexes: (c) => indexes.drop(c),
+      forgetIndexes: (c) => indexes.forget(c),
+      indexedCollections,
+      legacyChunks,
+      chunkSets,
+    });
+    // Collections ingested before the document index existed: their index is filled once, before any run resumes.
+    for (const { collection, added } of await store.backfillDocumentIndexes()) {
+      logger.info({ collection, added }, "filled the document index of a collection stored before it");
+    }
     const pool = new DocumentPool({
       size: config.INGEST_WORKERS,
       timeoutMs: config.INGEST_DOCUMENT_TIMEOUT,
@@ -114,4 +121,19 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
     await bus.close();
     throw err;
   }
+}
+
+/**
+ * The by-ID chunk records of an older store, when there are any: this version no longer writes them (the chunk
+ * index holds every chunk, and GetChunk finds one there by its ID), so a store without that bucket never gets one.
+ */
+async function openLegacyChunks(bus: Bus, bucket: string): Promise<TypedKv<typeof ChunkSchema> | undefined> {
+  let messages: number;
+  try {
+    messages = (await bus.jsm.streams.info(`KV_${bucket}`)).state.messages;
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 10059) return undefined; // stream not found
+    throw err;
+  }
+  return messages > 0 ? bus.kv(bucket, ChunkSchema) : undefined;
 }

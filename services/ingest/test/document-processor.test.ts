@@ -1,11 +1,12 @@
 import { connectBus, type Bus } from "@ragtune/bus";
 import { createLogger } from "@ragtune/logger";
-import { ChunkSchema, CollectionSchema, DocumentSchema, DocumentStatus } from "@ragtune/proto";
+import { CollectionSchema, DocumentSchema, DocumentStatus } from "@ragtune/proto";
 import { startNatsServer, type NatsServerHandle } from "@ragtune/testing";
 import { chunkDocument, documentIdFor, parseDocument, type TokenCounter, type TokenizerName } from "@ragtune/text";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenizerCache, toChunkingProto, type EffectiveChunking } from "../src/chunking-options.js";
 import { processDocument, type ProcessDeps } from "../src/document-processor.js";
+import { CollectionIndexes } from "../src/collection-indexes.js";
 import { DocumentStore } from "../src/document-store.js";
 import { prepareDocument } from "../src/document-work.js";
 
@@ -41,24 +42,26 @@ beforeAll(async () => {
   nats = await startNatsServer();
   const logger = createLogger({ svc: "ingest-test", level: process.env.TEST_LOG_LEVEL ?? "silent" });
   bus = await connectBus({ servers: nats.url, name: "document-processor-test", logger });
-  const [collections, documents, docsDocumentIndex, chunks, docsIndex, chunkSets] = await Promise.all([
+  const [collections, documents, indexedCollections, chunkSets] = await Promise.all([
     bus.kv("proc_collections", CollectionSchema),
     bus.kv("proc_documents", DocumentSchema),
-    bus.kv("proc_document_index_docs", DocumentSchema),
-    bus.kv("proc_chunks", ChunkSchema),
-    bus.kv("proc_chunk_index_docs", ChunkSchema),
+    bus.kv("proc_indexed_collections", CollectionSchema),
     bus.artifacts("proc_chunk_sets"),
   ]);
-  const chunkIndex = async (collection: string) => {
-    if (collection !== "docs") throw new Error(`unexpected collection ${collection}`);
-    return docsIndex;
-  };
-  documentIndexOfDocs = docsDocumentIndex;
-  const documentIndex = async (collection: string) => {
-    if (collection !== "docs") throw new Error(`unexpected collection ${collection}`);
-    return docsDocumentIndex;
-  };
-  store = new DocumentStore({ collections, documents, documentIndex, chunks, chunkIndex, chunkSets });
+  const indexes = new CollectionIndexes(bus, { documentIndex: (c) => `proc_document_index_${c}`, chunkIndex: (c) => `proc_chunk_index_${c}` });
+  documentIndexOfDocs = await indexes.documentIndex("docs");
+  store = new DocumentStore({
+    collections,
+    documents,
+    documentIndex: (c) => indexes.documentIndex(c),
+    chunkIndex: (c) => indexes.chunkIndex(c),
+    findIndexedChunk: (c, id) => indexes.findChunk(c, id),
+    dropIndexes: (c) => indexes.drop(c),
+    forgetIndexes: (c) => indexes.forget(c),
+    indexedCollections,
+    chunkSets,
+  });
+  await store.ensureCollection("docs");
 });
 
 afterAll(async () => {
