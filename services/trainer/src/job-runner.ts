@@ -1,4 +1,4 @@
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -516,6 +516,8 @@ export class JobRunner {
     } else {
       throw new Error(`job ${job.id} has no dataset`);
     }
+    let initAdapter: string | null = null;
+    if (job.initAdapterJobId !== "") initAdapter = await this.restoreInitAdapter(job, join(attemptDir, "init-adapter"));
     return {
       ...hp,
       job_id: job.id,
@@ -524,8 +526,25 @@ export class JobRunner {
       val_file: files.valPath !== "" && (job.hyperparameters?.evalIntervalSteps ?? 0) > 0 ? files.valPath : null,
       output_dir: join(attemptDir, "output"),
       resume_from_checkpoint: resumePath,
+      init_adapter: initAdapter,
       device: this.o.device ?? "auto",
     };
+  }
+
+  /** The PEFT files of the adapter a warm-started job continues, from the object store into `dir`. */
+  private async restoreInitAdapter(job: Job, dir: string): Promise<string> {
+    const from = await this.o.store.get(job.initAdapterJobId);
+    const files = from?.adapter?.files.filter((f) => f.kind === AdapterFileKind.PEFT_CONFIG || f.kind === AdapterFileKind.PEFT_WEIGHTS) ?? [];
+    if (files.length < 2) throw new Error(`job ${job.id} starts from the adapter of job ${job.initAdapterJobId}, which is no longer stored`);
+    await mkdir(dir, { recursive: true });
+    for (const file of files) {
+      const ref = file.artifact!;
+      const target = join(dir, file.fileName);
+      await this.retry(() => this.o.artifacts.getToFile(ref.sha256, target), "restoring the adapter a warm start continues");
+      const size = (await stat(target)).size;
+      if (BigInt(size) !== ref.sizeBytes) throw new Error(`restored ${file.fileName} of job ${from!.id} has ${size} bytes, expected ${ref.sizeBytes}`);
+    }
+    return dir;
   }
 
   private async onWorkerEvent(jobId: string, e: WorkerEvent, fence: Fence): Promise<void> {

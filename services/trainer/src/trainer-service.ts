@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { access, realpath, stat } from "node:fs/promises";
 import { join, resolve, sep } from "node:path";
-import { create } from "@bufbuild/protobuf";
+import { clone, create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { ArtifactStore, Bus } from "@ragtune/bus";
@@ -10,6 +10,8 @@ import {
   AdapterFileKind,
   type CreateJobRequest,
   DatasetExportFilesSchema,
+  type Hyperparameters,
+  HyperparametersSchema,
   type Job,
   JobSchema,
   JobStatus,
@@ -18,7 +20,7 @@ import {
   type TrainerService,
 } from "@ragtune/proto";
 import { failedPrecondition, invalidArgument, notFound, paginate } from "@ragtune/rpc";
-import { resolveHyperparameters } from "./hyperparameters.js";
+import { invalidField, resolveHyperparameters } from "./hyperparameters.js";
 import type { JobQueue } from "./job-runner.js";
 import { IllegalTransitionError, isTerminal, statusName } from "./job-status.js";
 import { DatasetVersionCatalog } from "./dataset-versions.js";
@@ -97,9 +99,43 @@ export function createTrainerService(deps: TrainerServiceDeps): ServiceImpl<type
     return job;
   }
 
+  /**
+   * The succeeded job whose adapter a warm start continues: on the same base model, with PEFT files. Its rank,
+   * alpha and target modules fill the request's unset ones; a different one is refused (the weights would not fit).
+   */
+  async function initAdapterSource(req: CreateJobRequest, baseModel: string): Promise<{ jobId: string; hyperparameters: Hyperparameters }> {
+    const id = req.initAdapterJobId;
+    const from = isKey(id) ? await store.get(id) : null;
+    if (from === null) throw invalidArgument("init_adapter_job_id", `job "${id}" not found; give the ID of a succeeded job whose adapter to train on from`);
+    if (from.status !== JobStatus.SUCCEEDED || from.adapter === undefined) {
+      throw failedPrecondition(`job ${from.id} is ${statusName(from.status)} and has no adapter to start from; a warm start needs a succeeded job`);
+    }
+    if (!from.adapter.files.some((f) => f.kind === AdapterFileKind.PEFT_WEIGHTS) || !from.adapter.files.some((f) => f.kind === AdapterFileKind.PEFT_CONFIG)) {
+      throw failedPrecondition(`the adapter of job ${from.id} has no PEFT files (adapter_config.json, adapter_model.safetensors) to start from`);
+    }
+    if (from.baseModel !== baseModel) {
+      throw failedPrecondition(`the adapter of job ${from.id} was trained on ${from.baseModel}, not ${baseModel}; a warm start needs the same base model`);
+    }
+    const source = from.hyperparameters!;
+    const hp = req.hyperparameters !== undefined ? clone(HyperparametersSchema, req.hyperparameters) : create(HyperparametersSchema);
+    const differs = (field: string, mine: string, theirs: string) =>
+      invalidField(`hyperparameters.${field}`, `is ${mine}, but the adapter of job ${from.id} has ${theirs}; a warm start keeps rank, alpha and target modules (leave them unset to take the adapter's)`);
+    if (hp.rank !== undefined && hp.rank !== source.rank) throw differs("rank", String(hp.rank), String(source.rank));
+    if (hp.alpha !== undefined && hp.alpha !== source.alpha) throw differs("alpha", String(hp.alpha), String(source.alpha));
+    if (hp.targetModules.length > 0 && [...hp.targetModules].sort().join(",") !== [...source.targetModules].sort().join(",")) {
+      throw differs("target_modules", hp.targetModules.join(", "), source.targetModules.join(", "));
+    }
+    hp.rank = source.rank;
+    hp.alpha = source.alpha;
+    hp.targetModules = [...source.targetModules];
+    return { jobId: from.id, hyperparameters: hp };
+  }
+
   async function buildJob(req: CreateJobRequest): Promise<Job> {
-    const hyperparameters = resolveHyperparameters(req.hyperparameters);
+    let hyperparameters = resolveHyperparameters(req.hyperparameters);
     const baseModel = await checkBaseModel(req.baseModel, deps.modelRoot);
+    const warm = req.initAdapterJobId !== "" ? await initAdapterSource(req, baseModel) : undefined;
+    if (warm !== undefined) hyperparameters = resolveHyperparameters(warm.hyperparameters);
     let dataset: Job["dataset"];
     switch (req.dataset.case) {
       case "datasetVersionId": {
@@ -137,6 +173,7 @@ export function createTrainerService(deps: TrainerServiceDeps): ServiceImpl<type
       hyperparameters,
       promptTemplate: req.promptTemplate === PromptTemplate.UNSPECIFIED ? PromptTemplate.UNSPECIFIED : req.promptTemplate,
       collection: req.collection,
+      initAdapterJobId: warm?.jobId ?? "",
       createdAt: now,
       updatedAt: now,
     });

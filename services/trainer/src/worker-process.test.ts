@@ -68,6 +68,7 @@ function spec(mode: string): WorkerSpec {
     val_file: null,
     output_dir: "/work/out",
     resume_from_checkpoint: null,
+    init_adapter: null,
   };
 }
 

@@ -12,6 +12,8 @@ export interface WorkerSpec extends WorkerHyperparameters {
   val_file: string | null;
   output_dir: string;
   resume_from_checkpoint: string | null;
+  /** Warm start: the PEFT adapter folder whose weights the job starts from. */
+  init_adapter: string | null;
   /** Where to train (TRAINER_DEVICE): "cuda" fails the job when no GPU is visible instead of training on the CPU. */
   device: "auto" | "cuda" | "cpu";
 }

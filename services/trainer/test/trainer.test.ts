@@ -80,6 +80,25 @@ describe("trainer service (real nats-server, real worker on the tiny model)", ()
     expect(res.job!.status).toBe(JobStatus.SUCCEEDED);
   });
 
+  it("warm-starts a job from the reference job's adapter: its rank taken over, its first loss below the fresh start's on the same batch", async () => {
+    const trainLosses = (events: JobEvent[]) => events.flatMap((e) => (e.event.case === "metrics" ? [e.event.value.trainLoss] : []));
+    const hyperparameters = tinyHyperparameters({ duration: { case: "maxSteps", value: 2 } });
+    hyperparameters.rank = undefined; // taken from the adapter it continues
+    const { job } = await r1.client.createJob(createRequest({ displayName: "warm", hyperparameters, initAdapterJobId: reference.jobId }));
+    expect(job!.initAdapterJobId).toBe(reference.jobId);
+    expect(job!.hyperparameters!.rank).toBe(4);
+    const events = await watch(r1, job!.id);
+    expect(statuses(events).at(-1)).toBe("SUCCEEDED");
+    // Same seed and data: the first batch is the reference's first, which the reference's adapter has trained on.
+    expect(trainLosses(events)[0]!).toBeLessThan(trainLosses(reference.events)[0]!);
+
+    await expectCode(r1.client.createJob(createRequest({ initAdapterJobId: reference.jobId, hyperparameters: tinyHyperparameters({ rank: 8 }) })), Code.InvalidArgument, /^hyperparameters.rank: is 8, but the adapter of job .* has 4/);
+    await expectCode(r1.client.createJob(createRequest({ initAdapterJobId: "job-nope" })), Code.InvalidArgument, /init_adapter_job_id.*"job-nope" not found/);
+    const queued = await r1.client.createJob(createRequest({ displayName: "not done", hyperparameters: tinyHyperparameters({ duration: { case: "maxSteps", value: 1 } }) }));
+    await expectCode(r1.client.createJob(createRequest({ initAdapterJobId: queued.job!.id })), Code.FailedPrecondition, /has no adapter to start from; a warm start needs a succeeded job/);
+    await watch(r1, queued.job!.id);
+  });
+
   it("trains on a dataset version the dataset service announced: its train export, downloaded from the object store", async () => {
     const unknown = createRequest({ dataset: { case: "datasetVersionId", value: "dsv-announced" } });
     await expectCode(r1.client.createJob(unknown), Code.FailedPrecondition, /dataset version "dsv-announced" is unknown to the trainer/);
