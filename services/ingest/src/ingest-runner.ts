@@ -240,7 +240,15 @@ export class IngestRunner {
     // every change made meanwhile), so a run of n documents costs far fewer than n writes of its growing record.
     // A failed save (another instance took the run over) stops the run.
     const todo = run.documents.flatMap((result, index) => (isDone(result) ? [] : [index]));
-    const saver = new CoalescingSave(() => this.save(record));
+    // A document is told PROCESSING by the first save that finds it in flight: one that starts and finishes between
+    // two saves (most of them: saves are far apart, documents quick) goes from PENDING to its result in one event.
+    // Each event is one more publish in the run's history, appended in sequence.
+    const untold = new Set<number>();
+    const saver = new CoalescingSave(() => {
+      for (const index of untold) this.progress(record, index);
+      untold.clear();
+      return this.save(record);
+    });
     let saveFailure: unknown;
     const saveSoon = () => {
       saver.request().catch((err: unknown) => {
@@ -253,12 +261,13 @@ export class IngestRunner {
         const index = todo[cursor++]!;
         const item = record.items[index]!;
         run.documents[index] = create(IngestDocumentResultSchema, { ...run.documents[index]!, status: DocumentStatus.PROCESSING });
-        this.progress(record, index);
+        untold.add(index);
         saveSoon();
         const output = await this.deps.locks.shared(run.collection, () => this.processItem(item, record, chunking, chunkingProto, log));
         measures.set(index, { tokenCounts: output.tokenCounts, bytes: output.bytes });
         run.documents[index] = output.result;
         run.documentsDone++;
+        untold.delete(index);
         this.progress(record, index);
         saveSoon();
       }
