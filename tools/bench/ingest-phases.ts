@@ -45,7 +45,7 @@ function timed(proto: object, name: string, label = name): void {
     }
   };
 }
-for (const m of ["getDocument", "readChunkSetBytes", "hasIndexed", "indexedChunks", "putChunkSet", "putChunks", "putDocument", "deleteChunks", "refreshCollection"]) {
+for (const m of ["getDocument", "readChunkSetBytes", "hasIndexed", "indexedChunks", "putChunkSet", "putEncodedChunks", "putDocument", "deleteChunks", "refreshCollection"]) {
   timed(DocumentStore.prototype, m, `store.${m}`);
 }
 timed(DocumentPool.prototype, "run", "worker: parse + chunk (queued included)");

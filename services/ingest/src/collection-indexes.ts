@@ -1,5 +1,5 @@
 import { fromBinary } from "@bufbuild/protobuf";
-import type { Bus, TypedKv } from "@ragtune/bus";
+import { storeFullError, STORE_VARIABLES, type Bus, type TypedKv } from "@ragtune/bus";
 import { ChunkSchema, DocumentSchema, type Chunk } from "@ragtune/proto";
 
 /** Bucket names of a collection's two indexes. */
@@ -20,7 +20,7 @@ export class CollectionIndexes {
   private readonly chunks = new Map<string, Promise<TypedKv<typeof ChunkSchema>>>();
 
   constructor(
-    private readonly bus: Pick<Bus, "kv" | "jsm">,
+    private readonly bus: Pick<Bus, "kv" | "jsm" | "js" | "stores">,
     private readonly names: CollectionIndexNames,
   ) {}
 
@@ -51,6 +51,30 @@ export class CollectionIndexes {
     } catch (err) {
       throw new Error(`KV ${bucket}/${found.subject} (revision ${found.seq}) is not a valid ${ChunkSchema.typeName}`, { cause: err });
     }
+  }
+
+  /**
+   * Writes chunk records encoded already (protobuf of a Chunk) into a collection's chunk index, keys
+   * `<documentId>.<chunkId>`, all in flight at once (up to a window): the same JetStream publishes `TypedKv.put`
+   * makes, without encoding on this thread.
+   */
+  async putRecords(collection: string, records: readonly { key: string; record: Uint8Array }[]): Promise<void> {
+    if (records.length === 0) return;
+    const bucket = this.names.chunkIndex(collection);
+    await this.chunkIndex(collection);
+    const label = { store: `KV bucket ${bucket}`, maxBytes: this.bus.stores.kvMaxBytes, variable: STORE_VARIABLES.kvMaxBytes };
+    let next = 0;
+    const lane = async (): Promise<void> => {
+      while (next < records.length) {
+        const { key, record } = records[next++]!;
+        try {
+          await this.bus.js.publish(`$KV.${bucket}.${key}`, record);
+        } catch (err) {
+          throw storeFullError(err, label) ?? err;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(WRITE_WINDOW, records.length) }, lane));
   }
 
   /** Deletes both index buckets of a collection (gone already is fine). */
@@ -91,6 +115,9 @@ export class CollectionIndexes {
     return opened;
   }
 }
+
+/** Chunk records of one document in flight at once (each a JetStream publish waiting for its ack). */
+const WRITE_WINDOW = 256;
 
 /** Whether a JetStream request failed because its stream does not exist (a direct get then finds no responder). */
 function isMissingStream(err: unknown): boolean {

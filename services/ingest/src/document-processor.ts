@@ -212,9 +212,9 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
   // set is lost), so chunks of a lost version are removed too — read before this version's chunks are indexed.
   // Kept chunks are rewritten when their ordinal or offsets moved (an earlier section changed), and all of them when
   // the stored version was incomplete.
-  const toWrite = stored || previousChunkSet === null ? chunks : prepared.changed.map((i) => chunks[i]!);
+  const toWrite = stored || previousChunkSet === null ? chunks.map((_, i) => i) : prepared.changed;
   const chunksWrite = (previousReady !== null ? deps.store.indexedChunks(collection, documentId) : Promise.resolve([])).then(async (indexed) => {
-    await deps.store.putChunks(toWrite);
+    await deps.store.putEncodedChunks(collection, toWrite.map((i) => ({ chunk: chunks[i]!, record: prepared.records[i]! })));
     return indexed;
   });
   const [chunkSet, previouslyIndexed] = await Promise.all([chunkSetWrite, chunksWrite]);

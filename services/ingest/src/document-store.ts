@@ -31,6 +31,8 @@ export interface DocumentStoreDeps {
    * document's chunks are known without its chunk set, and a chunk is found by its ID alone (`findIndexedChunk`).
    */
   chunkIndex: (collection: string) => Promise<TypedKv<typeof ChunkSchema>>;
+  /** Writes chunk records already encoded (protobuf) into a collection's chunk index (CollectionIndexes.putRecords). */
+  putChunkRecords: (collection: string, records: readonly { key: string; record: Uint8Array }[]) => Promise<void>;
   /** The chunk with this ID in a collection's chunk index, or null: one request (CollectionIndexes.findChunk). */
   findIndexedChunk: (collection: string, chunkId: string) => Promise<Chunk | null>;
   /** Deletes a collection's document and chunk index buckets (CollectionIndexes.drop). */
@@ -298,11 +300,16 @@ export class DocumentStore {
     });
   }
 
-  /** Writes chunks into the chunk index (all of one document). */
-  async putChunks(chunks: readonly Chunk[]): Promise<void> {
+  /**
+   * Writes chunks into the chunk index (all of one document) as the worker encoded them (PreparedDocument.records):
+   * the main thread only sends bytes.
+   */
+  async putEncodedChunks(collection: string, chunks: readonly { chunk: Chunk; record: Uint8Array }[]): Promise<void> {
     if (chunks.length === 0) return;
-    const index = await this.deps.chunkIndex(chunks[0]!.collection);
-    await inWindow(chunks, WRITE_WINDOW, (c) => index.put(indexKey(c.documentId, c.id), c));
+    await this.deps.putChunkRecords(
+      collection,
+      chunks.map(({ chunk, record }) => ({ key: indexKey(chunk.documentId, chunk.id), record })),
+    );
   }
 
   /** Removes chunks of one document from the chunk index (and their by-ID records of an older store). */

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { ChunkSchema, type Chunk } from "@ragtune/proto";
 import {
   chunkDocument,
@@ -40,6 +40,8 @@ export interface PreparedDocument {
   contentSha256: string;
   charCount: number;
   chunks: Chunk[];
+  /** Each chunk encoded as the chunk index stores it (protobuf), so the service's main thread does not encode them. */
+  records: Uint8Array[];
   /** The chunk set of this version (encodeChunkSet) and its SHA-256: equal to the stored one means unchanged. */
   chunkSet: Uint8Array;
   chunkSetSha256: string;
@@ -126,6 +128,7 @@ export function prepareDocument(work: DocumentWork, tokenizers: TokenizerCache):
     contentSha256: sha256(parsed.text),
     charCount: parsed.text.length,
     chunks,
+    records: chunks.map((c) => toBinary(ChunkSchema, c)),
     chunkSet,
     chunkSetSha256: createHash("sha256").update(chunkSet).digest("hex"),
     previousIds: previous.map((c) => c.id),

@@ -66,6 +66,7 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
       documents,
       documentIndex: (c) => indexes.documentIndex(c),
       chunkIndex: (c) => indexes.chunkIndex(c),
+      putChunkRecords: (c, records) => indexes.putRecords(c, records),
       findIndexedChunk: (c, id) => indexes.findChunk(c, id),
       dropIndexes: (c) => indexes.drop(c),
       forgetIndexes: (c) => indexes.forget(c),
