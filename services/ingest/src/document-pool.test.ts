@@ -1,6 +1,9 @@
+import { fromBinary } from "@bufbuild/protobuf";
 import { createLogger } from "@ragtune/logger";
+import { ChunkSchema } from "@ragtune/proto";
 import { afterEach, describe, expect, it } from "vitest";
 import { DocumentPool, DocumentTimeoutError, DocumentWorkerError } from "./document-pool.js";
+import { decodeChunkSet } from "./document-store.js";
 import type { DocumentWork } from "./document-work.js";
 
 const logger = createLogger({ svc: "ingest-test", level: "silent" });
@@ -51,6 +54,10 @@ describe("DocumentPool", () => {
   it("parses and chunks a real document in a worker thread", async () => {
     pool = new DocumentPool({ size: 1, timeoutMs: 60_000, logger });
     const result = await pool.run({ ...work("guide.md"), bytes: new TextEncoder().encode("# Guide\n\nBuckets hold objects.\n"), maxDocumentBytes: 1 << 20 });
-    expect(result).toMatchObject({ ok: true, title: "Guide", chunks: [{ text: "Guide\n\nBuckets hold objects.", headingPath: ["Guide"] }] });
+    expect(result).toMatchObject({ ok: true, title: "Guide" });
+    if (!result.ok) return;
+    expect(decodeChunkSet(result.chunkSet)).toMatchObject([{ text: "Guide\n\nBuckets hold objects.", headingPath: ["Guide"] }]);
+    expect(result.records.map((r) => fromBinary(ChunkSchema, r))).toEqual(decodeChunkSet(result.chunkSet));
+    expect(result.chunks).toEqual(decodeChunkSet(result.chunkSet).map((c) => ({ id: c.id, tokenCount: c.tokenCount })));
   });
 });

@@ -214,7 +214,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
   // the stored version was incomplete.
   const toWrite = stored || previousChunkSet === null ? chunks.map((_, i) => i) : prepared.changed;
   const chunksWrite = (previousReady !== null ? deps.store.indexedChunks(collection, documentId) : Promise.resolve([])).then(async (indexed) => {
-    await deps.store.putEncodedChunks(collection, toWrite.map((i) => ({ chunk: chunks[i]!, record: prepared.records[i]! })));
+    await deps.store.putEncodedChunks(collection, documentId, toWrite.map((i) => ({ id: chunks[i]!.id, record: prepared.records[i]! })));
     return indexed;
   });
   const [chunkSet, previouslyIndexed] = await Promise.all([chunkSetWrite, chunksWrite]);

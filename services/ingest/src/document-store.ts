@@ -304,11 +304,11 @@ export class DocumentStore {
    * Writes chunks into the chunk index (all of one document) as the worker encoded them (PreparedDocument.records):
    * the main thread only sends bytes.
    */
-  async putEncodedChunks(collection: string, chunks: readonly { chunk: Chunk; record: Uint8Array }[]): Promise<void> {
+  async putEncodedChunks(collection: string, documentId: string, chunks: readonly { id: string; record: Uint8Array }[]): Promise<void> {
     if (chunks.length === 0) return;
     await this.deps.putChunkRecords(
       collection,
-      chunks.map(({ chunk, record }) => ({ key: indexKey(chunk.documentId, chunk.id), record })),
+      chunks.map(({ id, record }) => ({ key: indexKey(documentId, id), record })),
     );
   }
 

@@ -39,7 +39,11 @@ export interface PreparedDocument {
   metadata: Record<string, string>;
   contentSha256: string;
   charCount: number;
-  chunks: Chunk[];
+  /**
+   * The chunks, in ordinal order, by ID and token count: what the service's main thread reads of them (the texts
+   * travel in `records` and `chunkSet` only, so the reply from the worker thread stays small to decode).
+   */
+  chunks: ChunkSummary[];
   /** Each chunk encoded as the chunk index stores it (protobuf), so the service's main thread does not encode them. */
   records: Uint8Array[];
   /** The chunk set of this version (encodeChunkSet) and its SHA-256: equal to the stored one means unchanged. */
@@ -52,6 +56,12 @@ export interface PreparedDocument {
    * offsets moved. Without a previous chunk set: every chunk.
    */
   changed: number[];
+}
+
+/** A chunk of a prepared document as the main thread needs it. */
+export interface ChunkSummary {
+  id: string;
+  tokenCount: number;
 }
 
 /** A document that cannot be ingested, with the parser's code (or `headings-only`) and a message naming the problem. */
@@ -127,7 +137,7 @@ export function prepareDocument(work: DocumentWork, tokenizers: TokenizerCache):
     metadata,
     contentSha256: sha256(parsed.text),
     charCount: parsed.text.length,
-    chunks,
+    chunks: chunks.map((c) => ({ id: c.id, tokenCount: c.tokenCount })),
     records: chunks.map((c) => toBinary(ChunkSchema, c)),
     chunkSet,
     chunkSetSha256: createHash("sha256").update(chunkSet).digest("hex"),
