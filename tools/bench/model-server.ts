@@ -1,5 +1,5 @@
 // `npm run -w @ragtune/tools bench:model-server [-- --requests 16 --max-tokens 64 --rounds 8 --models-dir DIR
-//   --stream-interval-ms 50]`
+//   --stream-interval-ms 50 --concurrency 1,8]`
 //
 // The local model server against node-llama-cpp called directly, in the same run, on the tiny model (made by the
 // trainer worker) and an adapter the trainer worker trains on it: base and adapter, concurrency 1 and 8.
@@ -43,6 +43,7 @@ const { values: args } = parseArgs({
     rounds: { type: "string", default: "8" },
     "models-dir": { type: "string" },
     "stream-interval-ms": { type: "string", default: "50" },
+    concurrency: { type: "string", default: "1,8" },
   },
 });
 const REQUESTS = Number(args.requests);
@@ -50,6 +51,8 @@ const MAX_TOKENS = Number(args["max-tokens"]);
 const ROUNDS = Number(args.rounds);
 if (!Number.isInteger(ROUNDS) || ROUNDS < 2 || ROUNDS % 2 !== 0) throw new Error(`--rounds must be an even number ≥ 2 (blocks of two rounds in both orders), got ${args.rounds}`);
 const STREAM_INTERVAL_MS = Number(args["stream-interval-ms"]);
+const CONCURRENCIES = args.concurrency.split(",").map(Number);
+if (CONCURRENCIES.some((c) => !Number.isInteger(c) || c < 1)) throw new Error(`--concurrency takes a comma-separated list of integers ≥ 1, got ${args.concurrency}`);
 const CONTEXT_SIZE = 512;
 const THREADS = 1;
 
@@ -227,7 +230,7 @@ try {
   const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
   const model = await llama.loadModel({ modelPath: models.model });
   const rows: string[] = [];
-  for (const concurrency of [1, 8]) {
+  for (const concurrency of CONCURRENCIES) {
     const server = await startServerProcess(models.model, models.adapter, concurrency);
     for (const variant of ["tiny", "adapter"] as const) {
       const context = await model.createContext({

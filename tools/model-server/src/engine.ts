@@ -25,6 +25,7 @@ import {
 } from "node-llama-cpp";
 import { ModelServerError } from "./errors.js";
 import { grammarSchema } from "./json-schema-grammar.js";
+import { StepBatcher } from "./step-batcher.js";
 import { StopStringFilter } from "./stop-strings.js";
 
 export interface EngineOptions {
@@ -39,6 +40,8 @@ export interface EngineOptions {
   /** CPU threads llama.cpp uses per evaluation batch. */
   threads: number;
   logger: Logger;
+  /** Called for each decoding step of any context: its tokens and how many sequences it serves. */
+  onBatch?: (tokens: number, sequences: number) => void;
 }
 
 /** One served model: the base model or an adapter on it. */
@@ -53,6 +56,8 @@ export interface ServedModel {
 
 interface Variant extends ServedModel {
   context: LlamaContext;
+  /** Forms the context's decode batches (all generations in their token loop in each step). */
+  batcher: StepBatcher;
   /** Sequences not in use. They are made once with the context and reused: a disposed sequence's slot comes back
    * to the context only later (asynchronously), so getSequence() right after a dispose can find none left. */
   free: LlamaContextSequence[];
@@ -129,8 +134,9 @@ export class InferenceEngine {
     }
     const engine = new InferenceEngine(llama, model, options.servedModelName ?? options.modelPath, options);
     try {
-      const context = await engine.#createContext(undefined);
-      engine.#variants.set(engine.baseId, { id: engine.baseId, created: unixNow(), context, free: engine.#sequences(context), active: 0, retired: false });
+      const batcher = engine.#batcher();
+      const context = await engine.#createContext(undefined, batcher);
+      engine.#variants.set(engine.baseId, { id: engine.baseId, created: unixNow(), context, batcher, free: engine.#sequences(context), active: 0, retired: false });
     } catch (error) {
       await engine.close();
       throw error;
@@ -169,7 +175,8 @@ export class InferenceEngine {
     await expectFile(loraPath, `lora_path of adapter '${name}'`, "lora_path");
     this.#pending.add(name);
     try {
-      const context = await this.#createContext(loraPath).catch((error: unknown) => {
+      const batcher = this.#batcher();
+      const context = await this.#createContext(loraPath, batcher).catch((error: unknown) => {
         throw new ModelServerError(
           400,
           `cannot load the lora adapter '${name}' from ${loraPath}: ${(error as Error).message} ` +
@@ -177,7 +184,7 @@ export class InferenceEngine {
           { param: "lora_path", cause: error },
         );
       });
-      const variant: Variant = { id: name, loraPath, created: unixNow(), context, free: this.#sequences(context), active: 0, retired: false };
+      const variant: Variant = { id: name, loraPath, created: unixNow(), context, batcher, free: this.#sequences(context), active: 0, retired: false };
       this.#variants.set(name, variant);
       this.options.logger.info({ adapter: name, path: loraPath }, "lora adapter loaded");
       return { id: name, loraPath, created: variant.created };
@@ -256,6 +263,9 @@ export class InferenceEngine {
     // back text that may be the start of one and ends the generation when one appears.
     const stopped = new AbortController();
     const signal = params.signal === undefined ? stopped.signal : AbortSignal.any([params.signal, stopped.signal]);
+    const batched = variant.batcher.generation(params.maxTokens);
+    // A stopped or cancelled generation queues no further decode: the next step does not wait for it.
+    signal.addEventListener("abort", batched.end, { once: true });
     const filter = new StopStringFilter(params.stop, (text) => params.onText?.(text), () => stopped.abort());
     try {
       const completion = new LlamaCompletion({ contextSequence: sequence });
@@ -271,13 +281,18 @@ export class InferenceEngine {
         disableContextShift: true,
         signal,
         stopOnAbortSignal: true,
-        onToken: (tokens) => (completionTokens += tokens.length),
+        onToken: (tokens) => {
+          completionTokens += tokens.length;
+          batched.token(tokens.length);
+        },
         onTextChunk: (text) => filter.push(text),
       });
       const text = filter.end();
       const finishReason: FinishReason = filter.stopString === null && metadata.stopReason === "maxTokens" ? "length" : "stop";
       return { text, finishReason, stopReason: filter.stopString, promptTokens, completionTokens };
     } finally {
+      batched.end();
+      signal.removeEventListener("abort", batched.end);
       // Greedy answers must not depend on what ran before on this sequence.
       await sequence.clearHistory().catch(() => undefined);
       variant.free.push(sequence);
@@ -303,11 +318,16 @@ export class InferenceEngine {
     return Array.from({ length: this.options.sequences }, () => context.getSequence());
   }
 
-  async #createContext(loraPath: string | undefined): Promise<LlamaContext> {
+  #batcher(): StepBatcher {
+    return new StepBatcher(undefined, this.options.onBatch);
+  }
+
+  async #createContext(loraPath: string | undefined, batcher: StepBatcher): Promise<LlamaContext> {
     return this.model.createContext({
       contextSize: this.options.contextSize,
       sequences: this.options.sequences,
       threads: this.options.threads,
+      batching: { itemPrioritizationStrategy: batcher.strategy },
       ...(loraPath === undefined ? {} : { lora: { adapters: [{ filePath: loraPath, scale: 1 }] } }),
     });
   }

@@ -48,6 +48,12 @@ export class ModelServerMetrics {
     buckets: [0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60],
     registers: [this.registry],
   });
+  readonly iterationTokens = new Histogram({
+    name: "vllm:iteration_tokens_total",
+    help: "Tokens per decoding step (prompt and generated tokens of all sequences in the batch).",
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+    registers: [this.registry],
+  });
   readonly rejected = new Counter({
     name: "model_server_requests_rejected_total",
     help: "Generation requests refused with 429 because every sequence was busy and the queue was full.",

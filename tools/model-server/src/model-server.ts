@@ -112,6 +112,7 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
   const concurrency = positiveInt(options.concurrency ?? DEFAULTS.concurrency, "concurrency");
   const maxQueue = options.maxQueue ?? DEFAULTS.maxQueue;
   if (!Number.isInteger(maxQueue) || maxQueue < 0) throw new RangeError(`maxQueue must be an integer ≥ 0, got ${maxQueue}`);
+  const metrics = new ModelServerMetrics();
   const engine = await InferenceEngine.load({
     modelPath: options.model,
     ...(options.servedModelName === undefined ? {} : { servedModelName: options.servedModelName }),
@@ -119,6 +120,7 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
     sequences: concurrency,
     threads: positiveInt(options.threads ?? DEFAULTS.threads, "threads"),
     logger,
+    onBatch: (tokens) => metrics.iterationTokens.observe(tokens),
   });
   try {
     for (const module of options.loraModules ?? []) await engine.loadAdapter(module.name, module.path);
@@ -129,7 +131,6 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
 
   const apiKey = options.apiKey instanceof Secret ? options.apiKey.reveal() : options.apiKey;
   const keyDigest = apiKey === undefined ? undefined : digest(apiKey);
-  const metrics = new ModelServerMetrics();
   const limiter = new ConcurrencyLimiter(concurrency);
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULTS.maxBodyBytes;
   const hooks = options.hooks ?? {};
