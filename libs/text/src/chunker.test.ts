@@ -1,8 +1,8 @@
 import { seededRandom } from "@ragtune/testing";
 import { Tokenizer } from "tokenizers";
 import { beforeAll, describe, expect, it } from "vitest";
-import { chunkDocument, diffChunks, documentIdFor, type Chunk } from "./chunker.js";
-import { parseDocument } from "./parse.js";
+import { chunkDocument, diffChunks, documentIdFor, type Chunk, type ChunkOptions } from "./chunker.js";
+import { parseDocument, type ParsedDocument } from "./parse.js";
 import { loadTokenizer, tokenizerFile, type TokenCounter } from "./tokenizer.js";
 
 let mistral: TokenCounter;
@@ -37,8 +37,8 @@ ${paragraph("ports", 30)}
 ${paragraph("trouble", 12)}
 `;
 
-function chunk(text: string, documentId: string, chunkSize = 128, overlap = 0): Chunk[] {
-  return chunkDocument(parseDocument({ text, filename: "guide.md" }), { tokenizer: mistral, chunkSize, overlap, documentId });
+function chunk(text: string, documentId: string, chunkSize = 128, overlap = 0, packSections?: boolean): Chunk[] {
+  return chunkDocument(parseDocument({ text, filename: "guide.md" }), { tokenizer: mistral, chunkSize, overlap, documentId, ...(packSections !== undefined ? { packSections } : {}) });
 }
 
 describe("chunkDocument", () => {
@@ -99,9 +99,16 @@ describe("chunkDocument", () => {
 
   it("gives different IDs to identical sections within one document", () => {
     const twice = `# A\n\n## Example\n\nSame words here.\n\n## Example\n\nSame words here.\n`;
-    const ids = chunk(twice, "d1").map((c) => c.id);
+    const ids = chunk(twice, "d1", 128, 0, false).map((c) => c.id);
     expect(ids.length).toBe(2);
     expect(new Set(ids).size).toBe(2);
+    // Packed, the two make one chunk; six identical sections that do not fit in one chunk make identical chunks.
+    expect(chunk(twice, "d1").map((c) => c.text)).toEqual(["Example\n\nSame words here.\n\nExample\n\nSame words here."]);
+    const example = `## Example\n\n${sentence("same", 1)} ${sentence("same", 2)}`;
+    const six = chunk(`# A\n\n${Array.from({ length: 6 }, () => example).join("\n\n")}\n`, "d1", 128);
+    expect(six.length).toBeGreaterThan(1);
+    expect(new Set(six.map((c) => c.text)).size).toBe(1);
+    expect(new Set(six.map((c) => c.id)).size).toBe(six.length);
   });
 
   it("editing one section changes only that section's chunks", () => {
@@ -261,5 +268,160 @@ describe("diffChunks", () => {
     expect(diff.kept.map((c) => c.id)).toEqual([chunks[0]!.id]);
     expect(diff.added.map((c) => c.id)).toEqual([chunks[1]!.id, chunks[2]!.id]);
     expect(diff.removed).toEqual(["gone"]);
+  });
+});
+
+describe("chunkDocument packing small sibling sections", () => {
+  const words = ["ledger", "replica", "bucket", "quota", "writes", "node", "keys", "stores", "region", "policy", "rotate", "archive"];
+  /** A FAQ: `n` sibling sections of 15–105 words under one title, seeded. */
+  const faq = (seed: number, n = 60): string[] => {
+    const random = seededRandom(seed);
+    const pick = () => words[Math.floor(random() * words.length)]!;
+    return Array.from({ length: n }, (_, i) => `## Question ${i} about ${pick()}\n\n${Array.from({ length: 15 + Math.floor(random() * 90) }, pick).join(" ")}.`);
+  };
+  const faqDoc = (sections: string[]) => parseDocument({ text: `# FAQ\n\nAnswers to common questions.\n\n${sections.join("\n\n")}\n`, filename: "faq.md" });
+  const run = (doc: ParsedDocument, options: Partial<ChunkOptions> = {}) => chunkDocument(doc, { tokenizer: mistral, documentId: "faq", ...options });
+
+  it("packs whole sibling sections up to the budget under their parent's heading path, headings kept in the text", () => {
+    const doc = faqDoc(faq(1));
+    const unpacked = run(doc, { packSections: false });
+    const packed = run(doc);
+    expect(unpacked.length).toBe(61);
+    expect(packed.length).toBeLessThan(unpacked.length / 3);
+    const starts = new Set(doc.sections.map((s) => s.charStart));
+    const ends = new Set(doc.sections.map((s) => s.charEnd));
+    for (const c of packed) {
+      expect(c.tokenCount).toBe(mistral.count(c.text));
+      expect(c.tokenCount).toBeLessThanOrEqual(512);
+      expect(doc.text.slice(c.charStart, c.charEnd)).toBe(c.text);
+      // Whole sections only: a chunk starts at a heading and ends at a section's end.
+      expect(starts.has(c.charStart) && ends.has(c.charEnd)).toBe(true);
+      expect(c.headingPath).toBe("FAQ");
+      expect(c.headingTitles).toEqual(["FAQ"]);
+    }
+    // The parent's own text leads its children; every heading is in the text, in order.
+    expect(packed[0]!.text.startsWith("FAQ\n\nAnswers to common questions.\n\nQuestion 0 about")).toBe(true);
+    const headings = packed.flatMap((c) => [...c.text.matchAll(/^Question \d+/gm)].map((m) => m[0]));
+    expect(headings).toEqual(Array.from({ length: 60 }, (_, i) => `Question ${i}`));
+    // Every chunk but the run's last is ended by the budget or at an anchor once 40% full (by its sections' counts
+    // and the allowance for each boundary, which the joined text may take a few tokens less of).
+    expect(Math.min(...packed.slice(0, -1).map((c) => c.tokenCount))).toBeGreaterThan(0.4 * 512 - 20);
+  });
+
+  it("packs only siblings: a section with subsections, a deeper or a shallower heading ends the run", () => {
+    const text = `# Guide\n\n## A\n\nAlpha text.\n\n## B\n\nBeta text.\n\n### B1\n\nBeta one.\n\n### B2\n\nBeta two.\n\n## C\n\nGamma text.\n\n## D\n\nDelta text.\n`;
+    const chunks = chunk(text, "d1", 512);
+    expect(chunks.map((c) => [c.headingPath, c.text])).toEqual([
+      ["Guide", "A\n\nAlpha text.\n\nB\n\nBeta text."],
+      ["Guide > B", "B1\n\nBeta one.\n\nB2\n\nBeta two."],
+      ["Guide", "C\n\nGamma text.\n\nD\n\nDelta text."],
+    ]);
+    expect(chunks[1]!.headingTitles).toEqual(["Guide", "B"]);
+    // A section alone keeps its own path.
+    expect([...new Set(chunk(`# Guide\n\nIntro.\n\n## A\n\n${paragraph("a", 40)}\n\n## B\n\nBeta text.\n`, "d1", 512).map((c) => c.headingPath))]).toEqual([
+      "Guide",
+      "Guide > A",
+      "Guide > B",
+    ]);
+  });
+
+  it("an edit re-groups only the sections near it, not the rest of the run (90 sections, 20 documents, 3 edits each)", () => {
+    let edits = 0;
+    let changed = 0;
+    for (let seed = 1; seed <= 20; seed++) {
+      const sections = faq(seed, 90);
+      const before = run(faqDoc(sections));
+      const ids = new Set(before.map((c) => c.id));
+      for (const k of [5, 25, 45]) {
+        const edited = [...sections];
+        edited[k] = `${edited[k]} ${Array.from({ length: 60 }, () => "extra").join(" ")}`;
+        const doc = faqDoc(edited);
+        const after = run(doc);
+        // Everything before the chunk that held the edited section is kept, but for the one right before it (whose end
+        // may depend on the edited section, when it comes first in its chunk); what changed is a short stretch.
+        const held = before.findIndex((c) => c.text.includes(`Question ${k} about`));
+        const at = after.findIndex((c) => c.charStart >= before[Math.max(0, held - 1)]!.charStart);
+        const added = after.map((c, i) => ({ c, i })).filter(({ c }) => !ids.has(c.id));
+        expect(added.length).toBeGreaterThan(0);
+        expect(added[0]!.i).toBeGreaterThanOrEqual(at);
+        expect(Math.max(...added.map(({ i }) => i - at)), `seed ${seed}, section ${k}`).toBeLessThan(8);
+        expect(after.length - at).toBeGreaterThan(8);
+        expect(after.slice(at + 8).every((c) => ids.has(c.id))).toBe(true);
+        edits++;
+        changed += added.length;
+      }
+    }
+    // Greedy packing without anchors moves most later boundaries of the run: 7.0 chunks per edit here, up to 19.
+    expect(changed / edits).toBeLessThan(2.5);
+  });
+
+  it("re-chunking with the previous chunks equals a full re-chunk after any edit, and tokenizes only near it", () => {
+    const random = seededRandom(7);
+    const base = `# Ops\n\nIntro.\n\n${faq(3, 48).join("\n\n")}\n\n## Nested\n\nParent text.\n\n### Child one\n\nShort.\n\n### Child two\n\nShort too.\n`;
+    const edits: ((s: string[]) => string[])[] = [
+      (s) => s.map((x, i) => (i === 6 ? `${x} grown by a few more words here` : x)),
+      (s) => s.filter((_, i) => i !== 9),
+      (s) => [...s.slice(0, 4), "## Inserted\n\nNew words.", ...s.slice(4)],
+      (s) => s.map((x, i) => (i === 12 ? x.replace(/^## /, "### ") : x)),
+      (s) => s.map((x, i) => (i === 15 ? x.split("\n\n")[0]! : x)), // now a heading with no text
+      (s) => s.map((x, i) => (i === 2 ? s[3]! : x)), // two identical sections
+    ];
+    const blocks = base.split(/\n\n(?=#)/);
+    for (const [e, edit] of edits.entries()) {
+      const text = edit(blocks).join("\n\n");
+      for (const options of [{}, { chunkSize: 128 }, { chunkSize: 256, overlap: 16 }]) {
+        const before = chunkDocument(parseDocument({ text: base, filename: "ops.md" }), { tokenizer: mistral, documentId: "ops", ...options });
+        const previous = random() < 0.5 ? before : [...before].reverse();
+        const { counter, seen } = recording(mistral);
+        const doc = parseDocument({ text, filename: "ops.md" });
+        const full = chunkDocument(doc, { tokenizer: mistral, documentId: "ops", ...options });
+        const incremental = chunkDocument(doc, { tokenizer: counter, documentId: "ops", previous, ...options });
+        expect(incremental, `edit ${e}`).toEqual(full);
+        // Tokenized: the changed chunks' text and what decides their grouping: the unit before them (whose end depends
+        // on the section after it) and the section after them (here: the whole unit it starts).
+        expect(full.map((c) => c.id), `edit ${e}`).not.toEqual(before.map((c) => c.id));
+        let p = 0;
+        while (full[p]!.id === before[p]!.id) p++;
+        let q = 0;
+        while (full.at(-1 - q)?.id === before.at(-1 - q)?.id) q++;
+        const from = full[p - 1]?.charStart ?? 0;
+        const to = full[full.length - q]?.charEnd ?? doc.text.length;
+        const near = doc.text.slice(from, to);
+        for (const t of seen) expect(near.includes(t), `edit ${e} ${JSON.stringify(options)}: tokenized far from it: ${JSON.stringify(t.slice(0, 50))}; near: ${JSON.stringify(near.slice(0, 50))}`).toBe(true);
+      }
+    }
+  });
+
+  it("splits a packed unit at section boundaries when the joined text counts more than its sections did", () => {
+    // "Development" takes one token after a space but several at the start of a line: each boundary costs 5 tokens
+    // instead of the 4 allowed, so groupings of these sections go over budget once joined.
+    const sections = Array.from({ length: 40 }, (_, i) => `## Development ${i}\n\nok.`);
+    const doc = parseDocument({ text: `# Stages\n\n${sections.join("\n\n")}\n`, filename: "stages.md" });
+    const chunks = chunkDocument(doc, { tokenizer: mistral, chunkSize: 32, documentId: "s" });
+    const ends = new Set(doc.sections.map((s) => s.charEnd));
+    for (const c of chunks) {
+      expect(c.tokenCount).toBe(mistral.count(c.text));
+      expect(c.tokenCount).toBeLessThanOrEqual(32);
+      expect(/^(Stages|Development \d+)\n\n/.test(c.text) && ends.has(c.charEnd)).toBe(true);
+    }
+    const units = new Map<string, Chunk[]>();
+    for (const c of chunks) units.set(c.sectionHash, [...(units.get(c.sectionHash) ?? []), c]);
+    const split = [...units.values()].filter((u) => u.length > 1);
+    expect(split.length).toBeGreaterThan(0);
+    // Each such unit's sections would not fit together: its first chunk could not have taken the next one's first section.
+    for (const [first, second] of split) expect(mistral.count(doc.text.slice(first!.charStart, second!.charStart + second!.text.indexOf("\n\nok.") + 5))).toBeGreaterThan(32);
+    expect(chunks.flatMap((c) => [...c.text.matchAll(/^Development \d+/gm)].map((m) => m[0]))).toEqual(sections.map((_, i) => `Development ${i}`));
+  });
+
+  it("without packing, no chunk spans two sections and IDs differ from packed ones", () => {
+    const doc = faqDoc(faq(2, 10));
+    const unpacked = run(doc, { packSections: false });
+    for (const c of unpacked) {
+      const section = doc.sections.find((s) => s.charStart <= c.charStart && c.charEnd <= s.charEnd);
+      expect(section).toBeDefined();
+      expect(c.headingTitles).toEqual(section!.headingPath.length > 0 ? section!.headingPath : ["FAQ"]);
+    }
+    const packedIds = new Set(run(doc).map((c) => c.id));
+    expect(unpacked.some((c) => packedIds.has(c.id))).toBe(false);
   });
 });

@@ -79,7 +79,7 @@ describe("the AWS docs corpus", () => {
     expect(diff.removed).toEqual([]);
   }, 120_000);
 
-  it("re-chunking with the previous chunks tokenizes only edited sections and equals a full re-chunk", () => {
+  it("re-chunking with the previous chunks tokenizes only edited sections (and, packed, their neighbours) and equals a full re-chunk", () => {
     const counter = loadTokenizer("mistral");
     let tokenized: string[] = [];
     const recording = {
@@ -88,20 +88,26 @@ describe("the AWS docs corpus", () => {
       count: (text: string) => (tokenized.push(text), counter.count(text)),
       pieces: (text: string) => (tokenized.push(text), counter.pieces(text)),
     };
-    for (const { id, doc } of docs) {
-      const before = chunkDocument(doc, { tokenizer: counter, documentId: id });
-      tokenized = [];
-      expect(chunkDocument(doc, { tokenizer: recording, documentId: id, previous: before })).toEqual(before);
-      expect(tokenized, doc.filename).toEqual([]);
-      // Edit the last section: only its text is tokenized, every other section's chunks are reused.
-      const last = doc.sections[doc.sections.length - 1]!;
-      const edited: ParsedDocument = { ...doc, text: `${doc.text} Edited.`, sections: [...doc.sections.slice(0, -1), { ...last, charEnd: last.charEnd + 8 }] };
-      const lastText = edited.text.slice(last.charStart);
-      const full = chunkDocument(edited, { tokenizer: counter, documentId: id });
-      tokenized = [];
-      expect(chunkDocument(edited, { tokenizer: recording, documentId: id, previous: before }), doc.filename).toEqual(full);
-      expect(tokenized.length, doc.filename).toBeGreaterThan(0);
-      expect(tokenized.filter((text) => !lastText.includes(text)), doc.filename).toEqual([]);
+    for (const packSections of [false, true]) {
+      for (const { id, doc } of docs) {
+        const before = chunkDocument(doc, { tokenizer: counter, documentId: id, packSections });
+        tokenized = [];
+        expect(chunkDocument(doc, { tokenizer: recording, documentId: id, previous: before, packSections })).toEqual(before);
+        expect(tokenized, doc.filename).toEqual([]);
+        // Edit the last section: only its text is tokenized, every other section's chunks are reused; packed, the
+        // text of the chunk that holds it and of the one before (whose end depends on the section after it).
+        const last = doc.sections[doc.sections.length - 1]!;
+        const edited: ParsedDocument = { ...doc, text: `${doc.text} Edited.`, sections: [...doc.sections.slice(0, -1), { ...last, charEnd: last.charEnd + 8 }] };
+        const full = chunkDocument(edited, { tokenizer: counter, documentId: id, packSections });
+        let changed = 0;
+        while (full[changed]!.id === before[changed]?.id) changed++;
+        const from = packSections ? (full[changed - 1]?.charStart ?? 0) : last.charStart;
+        const lastText = edited.text.slice(from);
+        tokenized = [];
+        expect(chunkDocument(edited, { tokenizer: recording, documentId: id, previous: before, packSections }), doc.filename).toEqual(full);
+        expect(tokenized.length, doc.filename).toBeGreaterThan(0);
+        expect(tokenized.filter((text) => !lastText.includes(text)), doc.filename).toEqual([]);
+      }
     }
   }, 120_000);
 });
