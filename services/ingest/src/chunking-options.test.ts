@@ -1,16 +1,32 @@
 import { create } from "@bufbuild/protobuf";
 import { ChunkingOptionsSchema, TokenizerKind } from "@ragtune/proto";
 import { describe, expect, it } from "vitest";
-import { resolveChunking } from "./chunking-options.js";
+import { fromChunkingProto, resolveChunking, sameChunking, toChunkingProto } from "./chunking-options.js";
 import { loadIngestConfig } from "./config.js";
 
 const defaults = { tokenizer: "mistral" as const, chunkSize: 512, overlap: 0 };
 
 describe("resolveChunking", () => {
   it("fills defaults and maps tokenizer kinds", () => {
-    expect(resolveChunking(undefined, defaults)).toEqual({ ok: true, value: { tokenizer: "mistral", chunkSize: 512, overlap: 0 } });
+    expect(resolveChunking(undefined, defaults)).toEqual({ ok: true, value: { tokenizer: "mistral", chunkSize: 512, overlap: 0, packSections: true } });
     const r = resolveChunking(create(ChunkingOptionsSchema, { tokenizer: TokenizerKind.QWEN3, chunkSizeTokens: 128, chunkOverlapTokens: 16 }), defaults);
-    expect(r).toEqual({ ok: true, value: { tokenizer: "qwen3", chunkSize: 128, overlap: 16 } });
+    expect(r).toEqual({ ok: true, value: { tokenizer: "qwen3", chunkSize: 128, overlap: 16, packSections: true } });
+  });
+
+  it("packs sections unless the request or the defaults say not to, and keeps the choice in the stored options", () => {
+    const off = resolveChunking(create(ChunkingOptionsSchema, { packSections: false }), defaults);
+    expect(off.ok && off.value.packSections).toBe(false);
+    const byDefault = resolveChunking(undefined, { ...defaults, packSections: false });
+    expect(byDefault.ok && byDefault.value.packSections).toBe(false);
+    const asked = resolveChunking(create(ChunkingOptionsSchema, { packSections: true }), { ...defaults, packSections: false });
+    expect(asked.ok && asked.value.packSections).toBe(true);
+    // A run stored before the field existed (unset) resolves to packing, and a stored choice survives the round trip.
+    expect(fromChunkingProto(create(ChunkingOptionsSchema, { chunkSizeTokens: 256 }), defaults).packSections).toBe(true);
+    const stored = toChunkingProto({ tokenizer: "llama3", chunkSize: 256, overlap: 0, packSections: false });
+    expect(stored.packSections).toBe(false);
+    expect(fromChunkingProto(stored, defaults)).toEqual({ tokenizer: "llama3", chunkSize: 256, overlap: 0, packSections: false });
+    expect(sameChunking(stored, toChunkingProto({ tokenizer: "llama3", chunkSize: 256, overlap: 0, packSections: true }))).toBe(false);
+    expect(sameChunking(create(ChunkingOptionsSchema, { chunkSizeTokens: 256 }), create(ChunkingOptionsSchema, { chunkSizeTokens: 256, packSections: true }))).toBe(true);
   });
 
   it("names the bad field", () => {

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { ChunkingOptionsSchema, TokenizerKind, type ChunkingOptions } from "@ragtune/proto";
-import { loadTokenizer, type TokenCounter, type TokenizerName } from "@ragtune/text";
+import { DEFAULT_PACK_SECTIONS, loadTokenizer, type TokenCounter, type TokenizerName } from "@ragtune/text";
 import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from "./config.js";
 
 /** Chunking options with every default filled in. */
@@ -8,6 +8,8 @@ export interface EffectiveChunking {
   tokenizer: TokenizerName;
   chunkSize: number;
   overlap: number;
+  /** Pack small sibling sections into one chunk up to the budget (see chunkDocument). */
+  packSections: boolean;
 }
 
 const KIND_TO_NAME: Partial<Record<TokenizerKind, TokenizerName>> = {
@@ -26,6 +28,8 @@ export interface ChunkingDefaults {
   tokenizer: TokenizerName;
   chunkSize: number;
   overlap: number;
+  /** Default DEFAULT_PACK_SECTIONS (true). */
+  packSections?: boolean;
 }
 
 /** A request's chunking options with the defaults filled in, or a problem naming the bad field. */
@@ -50,11 +54,17 @@ export function resolveChunking(
   if (overlap * 2 >= chunkSize) {
     return { ok: false, field: "chunking.chunk_overlap_tokens", message: `${overlap} must be below half the chunk size (${chunkSize} tokens)` };
   }
-  return { ok: true, value: { tokenizer, chunkSize, overlap } };
+  const packSections = options?.packSections ?? defaults.packSections ?? DEFAULT_PACK_SECTIONS;
+  return { ok: true, value: { tokenizer, chunkSize, overlap, packSections } };
 }
 
 export function toChunkingProto(c: EffectiveChunking): ChunkingOptions {
-  return create(ChunkingOptionsSchema, { tokenizer: NAME_TO_KIND[c.tokenizer], chunkSizeTokens: c.chunkSize, chunkOverlapTokens: c.overlap });
+  return create(ChunkingOptionsSchema, {
+    tokenizer: NAME_TO_KIND[c.tokenizer],
+    chunkSizeTokens: c.chunkSize,
+    chunkOverlapTokens: c.overlap,
+    packSections: c.packSections,
+  });
 }
 
 export function fromChunkingProto(c: ChunkingOptions | undefined, defaults: ChunkingDefaults): EffectiveChunking {
@@ -73,7 +83,8 @@ export function sameChunking(a: ChunkingOptions | undefined, b: ChunkingOptions 
     b !== undefined &&
     a.tokenizer === b.tokenizer &&
     a.chunkSizeTokens === b.chunkSizeTokens &&
-    a.chunkOverlapTokens === b.chunkOverlapTokens
+    a.chunkOverlapTokens === b.chunkOverlapTokens &&
+    (a.packSections ?? DEFAULT_PACK_SECTIONS) === (b.packSections ?? DEFAULT_PACK_SECTIONS)
   );
 }
 

@@ -8,7 +8,6 @@ import {
   parseDocument,
   type ParseErrorCode,
   type ParsedDocument,
-  type Section,
 } from "@ragtune/text";
 import { tokenizerKind, type EffectiveChunking, type TokenizerCache } from "./chunking-options.js";
 import { decodeChunkSet, encodeChunkSet } from "./document-store.js";
@@ -96,6 +95,7 @@ export function prepareDocument(work: DocumentWork, tokenizers: TokenizerCache):
     tokenizer: tokenizers.get(work.chunking.tokenizer),
     chunkSize: work.chunking.chunkSize,
     overlap: work.chunking.overlap,
+    packSections: work.chunking.packSections,
     documentId,
     previous,
   });
@@ -108,7 +108,7 @@ export function prepareDocument(work: DocumentWork, tokenizers: TokenizerCache):
       id: c.id,
       documentId,
       collection,
-      headingPath: headingPathOf(parsed, c.charStart),
+      headingPath: c.headingTitles,
       text: c.text,
       tokenCount: c.tokenCount,
       charStart: c.charStart,
@@ -148,22 +148,4 @@ export function prepareDocument(work: DocumentWork, tokenizers: TokenizerCache):
 
 function sha256(data: string): string {
   return createHash("sha256").update(data).digest("hex");
-}
-
-function sectionAt(sections: readonly Section[], charStart: number): Section | undefined {
-  let lo = 0;
-  let hi = sections.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    const s = sections[mid]!;
-    if (charStart < s.charStart) hi = mid - 1;
-    else if (charStart >= s.charEnd) lo = mid + 1;
-    else return s;
-  }
-  return undefined;
-}
-
-function headingPathOf(parsed: ParsedDocument, charStart: number): string[] {
-  const path = sectionAt(parsed.sections, charStart)?.headingPath ?? [];
-  return path.length > 0 ? [...path] : [parsed.title];
 }
