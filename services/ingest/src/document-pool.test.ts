@@ -15,7 +15,7 @@ const work = (sourceName: string): DocumentWork => ({
   mediaType: "",
   bytes: new Uint8Array(),
   maxDocumentBytes: 1024,
-  chunking: { tokenizer: "mistral", chunkSize: 128, overlap: 0 },
+  chunking: { tokenizer: "mistral", chunkSize: 128, overlap: 0, packSections: true },
 });
 
 let pool: DocumentPool | undefined;

@@ -29,7 +29,7 @@ const sentence = (topic: string, i: number): string => `The ${topic} service wri
 const paragraph = (topic: string, n: number): string => Array.from({ length: n }, (_, i) => sentence(topic, i)).join(" ");
 const GUIDE = `# Ledger\n\n${paragraph("intro", 4)}\n\n## Setup\n\n${paragraph("setup", 30)}\n\n## Ports\n\n${paragraph("ports", 20)}\n\n## Limits\n\n${paragraph("limits", 25)}\n`;
 const EDITED = GUIDE.replace(sentence("ports", 7), "Ports below 1024 need the bind capability.");
-const CHUNKING: EffectiveChunking = { tokenizer: "mistral", chunkSize: 64, overlap: 0 };
+const CHUNKING: EffectiveChunking = { tokenizer: "mistral", chunkSize: 64, overlap: 0, packSections: true };
 
 let nats: NatsServerHandle;
 let bus: Bus;
