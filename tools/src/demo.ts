@@ -177,8 +177,9 @@ try {
 
   out("\nContinuous updates: the collection follows its documents. An edit (here: a new FAQ entry) is ingested; once the");
   out("change settled, the gateway runs an update on its own — incremental dataset build (only the changed chunks");
-  out("generate), training, eval, gated promotion (forced here, as above) — and the new adapter serves.");
-  await ragtune(env, ["follow", "--collection", COLLECTION, "--settle-seconds", "2", "--steps", "20", ...hp.flatMap((h) => ["--hp", h]), "--max-items", "12", "--force-promote"]);
+  out("generate), training on from the adapter that serves (--retrain-from promoted), eval, gated promotion (forced");
+  out("here, as above) — and the new adapter serves.");
+  await ragtune(env, ["follow", "--collection", COLLECTION, "--settle-seconds", "2", "--retrain-from", "promoted", "--steps", "20", ...hp.flatMap((h) => ["--hp", h]), "--max-items", "12", "--force-promote"]);
   const edited = join(DEMO_DIR, "edited");
   await mkdir(edited, { recursive: true });
   const faq = await readFile(join(SAMPLE_DOCS, "faq.md"), "utf8");

@@ -223,6 +223,7 @@ export class Pipelines {
         : `pipe-${randomBytes(10).toString("hex")}`;
     const existing = await this.store.get(id);
     if (existing !== null) return existing.state;
+    await this.#checkReferences(n.collection, n.spec);
 
     const now = timestampNow();
     const stages = PIPELINE_STAGES.map((stage) =>
@@ -359,7 +360,46 @@ export class Pipelines {
     if (spec.evalMaxItems !== undefined && spec.evalMaxItems < 1) throw invalidArgument("spec.eval_max_items", "must be at least 1 (leave it unset for the whole test split)");
     spec.datasetVersionId = spec.datasetVersionId.trim();
     spec.jobId = spec.jobId.trim();
+    spec.initAdapterJobId = spec.initAdapterJobId.trim();
+    if (spec.initAdapterJobId !== "" && !has(PipelineStage.TRAIN)) throw invalidArgument("spec.init_adapter_job_id", "the run does not train; a warm start needs the train stage");
     return { collection, spec, stages };
+  }
+
+  /**
+   * The jobs and dataset versions a spec names belong to the run's collection: a run works only with its own
+   * collection's data (and so only with its tenant's), whatever IDs a caller passes.
+   */
+  async #checkReferences(collection: string, spec: PipelineSpec): Promise<void> {
+    const jobs: [string, string][] = [
+      ["spec.job_id", spec.jobId],
+      ["spec.init_adapter_job_id", spec.initAdapterJobId],
+    ];
+    for (const [field, jobId] of jobs) {
+      if (jobId === "") continue;
+      const job = await this.#o.trainer.getJob({ jobId }).then(
+        (r) => r.job,
+        (err: unknown) => {
+          if (err instanceof ConnectError && err.code === Code.NotFound) throw invalidArgument(field, `trainer job "${jobId}" not found`);
+          throw err;
+        },
+      );
+      if (job !== undefined && job.collection !== collection) throw invalidArgument(field, `trainer job ${jobId} belongs to another collection than "${collection}"`);
+    }
+    const versions: [string, string][] = [
+      ["spec.dataset_version_id", spec.datasetVersionId],
+      ["spec.dataset_base_version_id", spec.datasetBaseVersionId],
+    ];
+    for (const [field, versionId] of versions) {
+      if (versionId === "") continue;
+      const version = await this.#o.dataset.getDatasetVersion({ datasetVersionId: versionId }).then(
+        (r) => r.version,
+        (err: unknown) => {
+          if (err instanceof ConnectError && err.code === Code.NotFound) throw invalidArgument(field, `dataset version "${versionId}" not found`);
+          throw err;
+        },
+      );
+      if (version !== undefined && version.collection !== collection) throw invalidArgument(field, `dataset version ${versionId} belongs to another collection than "${collection}"`);
+    }
   }
 
   async #execute({ id, resource, fence, signal, log }: LeasedWork<typeof PipelineRunSchema>): Promise<void> {
@@ -646,6 +686,7 @@ export class Pipelines {
           baseModel: spec.baseModel,
           dataset: { case: "datasetVersionId" as const, value: datasetVersionId },
           ...(spec.hyperparameters ? { hyperparameters: spec.hyperparameters } : {}),
+          initAdapterJobId: spec.initAdapterJobId,
           promptTemplate: spec.promptTemplate,
           displayName: `pipeline ${run.id}`,
           collection: run.collection,

@@ -56,6 +56,7 @@ export function jobView(j: Job): JobView {
     adapterId: j.adapter?.id ?? "",
     baseModel: j.baseModel,
     datasetVersionId: j.dataset.case === "datasetVersionId" ? j.dataset.value : "",
+    initAdapterJobId: j.initAdapterJobId,
   });
 }
 
@@ -370,9 +371,29 @@ export function createReadApis(deps: ReadApiDeps): Partial<ServiceImpl<typeof Ga
       } while (token !== "");
       const versions = new Set(datasetVersions.map((v) => v.datasetVersionId));
       const serving = (await deps.promotions.record(collection))?.history[0]?.jobId;
-      const adapters = (await jobsOf(collection))
-        .filter((j) => j.status === JobStatus.SUCCEEDED && j.dataset.case === "datasetVersionId" && versions.has(j.dataset.value))
-        .map((j) => create(DocumentAdapterSchema, { jobId: j.id, adapterId: j.adapter?.id ?? "", datasetVersionId: j.dataset.value as string, serving: j.id === serving }));
+      const succeeded = (await jobsOf(collection)).filter((j) => j.status === JobStatus.SUCCEEDED);
+      // A job trained on the document directly, or warm-started (transitively) from one that was: its weights hold it.
+      const via = new Map<string, string>();
+      for (const j of succeeded) if (j.dataset.case === "datasetVersionId" && versions.has(j.dataset.value)) via.set(j.id, "");
+      for (let grew = true; grew; ) {
+        grew = false;
+        for (const j of succeeded) {
+          if (via.has(j.id) || j.initAdapterJobId === "" || !via.has(j.initAdapterJobId)) continue;
+          via.set(j.id, via.get(j.initAdapterJobId) || j.initAdapterJobId);
+          grew = true;
+        }
+      }
+      const adapters = succeeded
+        .filter((j) => via.has(j.id))
+        .map((j) =>
+          create(DocumentAdapterSchema, {
+            jobId: j.id,
+            adapterId: j.adapter?.id ?? "",
+            datasetVersionId: j.dataset.case === "datasetVersionId" ? j.dataset.value : "",
+            serving: j.id === serving,
+            viaJobId: via.get(j.id)!,
+          }),
+        );
       return { document, datasetVersions, adapters };
     },
   };

@@ -95,7 +95,7 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
       leaseMs: config.GATEWAY_PIPELINE_LEASE,
       ...(onPipelineStep === undefined ? {} : { onStep: onPipelineStep }),
     });
-    updates = await CollectionUpdates.open({ bus, prefix: config.GATEWAY_BUCKET_PREFIX, pipelines, dataset, logger });
+    updates = await CollectionUpdates.open({ bus, prefix: config.GATEWAY_BUCKET_PREFIX, pipelines, dataset, promotions: store, logger });
     if (access === undefined) logger.warn("GATEWAY_AUTH=none: no API keys, every collection open to every caller");
     const handlers = {
       ...createReadApis({ access, ingest, dataset, trainer, evals, promotions: store }),

@@ -4,9 +4,11 @@
  * the gateway replicas) marks the collection's policy pending; every replica's scheduler starts the update once the
  * change settled (`settle_seconds` after the first change, and not sooner than that after the previous update) and no
  * update of the collection is running: a pipeline run of dataset (incremental from the newest ready version, same
- * settings) → train → eval → promote (gated as every promotion). The run's idempotency key is made of the pending
+ * settings) → train (from the base, or with `retrain_from` PROMOTED_ADAPTER on from the adapter serving the collection)
+ * → eval → promote (gated as every promotion). The run's idempotency key is made of the pending
  * mark, so replicas racing to start the same update start it once; a burst of edits makes one update.
  */
+import { resolve } from "node:path";
 import { clone, create } from "@bufbuild/protobuf";
 import { timestampFromMs, timestampMs, timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
@@ -23,10 +25,11 @@ import {
   PageRequestSchema,
   PipelineSpecSchema,
   PipelineStage,
+  RetrainFrom,
 } from "@ragtune/proto";
 import { invalidArgument } from "@ragtune/rpc";
 import { isFinished, type Pipelines } from "./pipeline.js";
-import { kvKey } from "./promotion-store.js";
+import { kvKey, type PromotionStore } from "./promotion-store.js";
 
 const DEFAULT_SETTLE_SECONDS = 60;
 const UPDATE_STAGES = [PipelineStage.DATASET, PipelineStage.TRAIN, PipelineStage.EVAL, PipelineStage.PROMOTE];
@@ -36,6 +39,8 @@ export interface CollectionUpdatesOptions {
   prefix: string;
   pipelines: Pick<Pipelines, "start" | "get">;
   dataset: Pick<Client<typeof DatasetService>, "listDatasetVersions">;
+  /** The adapter serving a collection: an update's base model and, with RETRAIN_FROM_PROMOTED_ADAPTER, its start. */
+  promotions: Pick<PromotionStore, "current">;
   logger: Logger;
   /** How often each replica looks for updates that are due. Default 1 s. */
   tickMs?: number;
@@ -94,8 +99,11 @@ export class CollectionUpdates {
     const settle = policy?.settleSeconds ?? DEFAULT_SETTLE_SECONDS;
     if (settle > 86_400) throw invalidArgument("policy.settle_seconds", `must be 0..86400, got ${settle}`);
     if ((policy?.spec?.sources.length ?? 0) > 0) throw invalidArgument("policy.spec.sources", "an update run ingests nothing; leave sources empty");
+    if (policy !== undefined && RetrainFrom[policy.retrainFrom] === undefined) throw invalidArgument("policy.retrain_from", `unknown value ${policy.retrainFrom}; use BASE or PROMOTED_ADAPTER`);
+    if (policy?.spec?.initAdapterJobId) throw invalidArgument("policy.spec.init_adapter_job_id", "an update starts from the base or the serving adapter (retrain_from), not a fixed job");
     return this.#change(collection, (current) => {
       current.followDocuments = policy?.followDocuments ?? false;
+      current.retrainFrom = policy?.retrainFrom ?? RetrainFrom.UNSPECIFIED;
       current.settleSeconds = settle;
       current.spec = policy?.spec === undefined ? undefined : { ...clone(PipelineSpecSchema, policy.spec), stages: [], sources: [] };
       current.updatedAt = timestampNow();
@@ -154,6 +162,22 @@ export class CollectionUpdates {
       if (base !== undefined) {
         spec.datasetBaseVersionId = base.id;
         spec.dataset = base.settings;
+      }
+    }
+    const serving = await this.#o.promotions.current(collection);
+    if (serving !== undefined) {
+      if (spec.baseModel === "") spec.baseModel = serving.baseModel;
+      if (policy.retrainFrom === RetrainFrom.PROMOTED_ADAPTER && spec.initAdapterJobId === "") {
+        if (resolve(spec.baseModel) === resolve(serving.baseModel)) {
+          spec.initAdapterJobId = serving.jobId;
+          // The adapter's shape is the serving one's: the trainer takes rank, alpha and target modules from it.
+          if (spec.hyperparameters !== undefined) {
+            spec.hyperparameters.rank = undefined;
+            spec.hyperparameters.alpha = undefined;
+            spec.hyperparameters.targetModules = [];
+          }
+        }
+        else this.#o.logger.info({ collection, baseModel: spec.baseModel, serving: serving.baseModel }, "the serving adapter has another base model: the update trains from the base");
       }
     }
     const run = await this.#o.pipelines.start(

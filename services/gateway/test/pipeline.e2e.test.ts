@@ -16,6 +16,7 @@ import {
   PipelineRunStatus,
   PipelineStage,
   PipelineStageStatus,
+  RetrainFrom,
   type PipelineRun,
   type PipelineRunEvent,
   type StartPipelineRunRequest,
@@ -167,6 +168,15 @@ describe("pipeline through the gateway", () => {
     const job = (await trainer.getJob({ jobId: jobs[0]!.id })).job!;
     expect(job.status).toBe(JobStatus.SUCCEEDED);
     expect(stageOf(finished, PipelineStage.TRAIN).progressDone).toBe(6n);
+    // Another tenant cannot bring this collection's job or dataset version into a run of its own collection.
+    const theirs = gateway(keyB);
+    for (const spec of [
+      { stages: [PipelineStage.EVAL], jobId: job.id },
+      { stages: [PipelineStage.TRAIN], datasetVersionId: stageOf(finished, PipelineStage.DATASET).resourceId },
+      { stages: [PipelineStage.DATASET, PipelineStage.TRAIN], initAdapterJobId: job.id },
+    ]) {
+      await expect(theirs.startPipelineRun({ collection: "elsewhere", spec })).rejects.toMatchObject({ code: Code.InvalidArgument, rawMessage: expect.stringMatching(/belongs to another collection than "elsewhere"/) });
+    }
 
     const promoted = (await gateway(keyA).getPromotedAdapter({ collection: "docs" })).adapter!;
     expect(promoted.adapterId).toBe(job.adapter!.id);
@@ -195,6 +205,7 @@ describe("pipeline through the gateway", () => {
         policy: {
           followDocuments: true,
           settleSeconds: 8,
+          retrainFrom: RetrainFrom.PROMOTED_ADAPTER,
           spec: {
             hyperparameters: { duration: { case: "maxSteps", value: 4 }, microBatchSize: 2, gradientAccumulationSteps: 1, warmupSteps: 1, evalIntervalSteps: 2, checkpointIntervalSteps: 2 },
             evalSampling: { temperature: 0, maxTokens: 16 },
@@ -225,6 +236,10 @@ describe("pipeline through the gateway", () => {
     const after = (await a.getPromotedAdapter({ collection: "docs" })).adapter!;
     expect(after.adapterId).not.toBe(before.adapterId);
     expect(after.jobId).toBe(stageOf(update, PipelineStage.TRAIN).resourceId);
+    // Retrained from the adapter that served: the update's job continued it.
+    expect(update.spec!.initAdapterJobId).toBe(before.jobId);
+    const trainer = createClient(TrainerService, { baseUrl: stack.services.trainer.url, protocol: "grpc" });
+    expect((await trainer.getJob({ jobId: after.jobId })).job!.initAdapterJobId).toBe(before.jobId);
     // One update for the burst: nothing pending, and no other update run.
     const runs = (await a.listPipelineRuns({ collection: "docs" })).runs.filter((r) => r.trigger.startsWith("update"));
     expect(runs.map((r) => r.id)).toEqual([updateId]);

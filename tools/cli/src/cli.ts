@@ -34,6 +34,7 @@ import {
   PipelineRunSchema,
   PipelineRunStatus,
   PipelineStage,
+  RetrainFrom,
   PipelineStageStatus,
   PromoteAdapterResponseSchema,
   SetCollectionUpdatePolicyResponseSchema,
@@ -51,12 +52,14 @@ usage: ragtune <command> [options]
   dataset build             build a dataset version of a collection (--collection, --questions N, --negative-ratio R,
                             --model <generation model at the gateway's LLM endpoint; default: extractive>)
   train                     train an adapter (--dataset-version <ID>, --base-model <folder>, --steps N | --epochs N,
-                            --hp name=value for any other hyperparameter, e.g. --hp learning_rate=2e-4)
+                            --hp name=value for any other hyperparameter, e.g. --hp learning_rate=2e-4,
+                            --from-adapter <job ID> to train on from that job's adapter instead of a fresh one)
   eval                      evaluate a job's adapter against the base model on its test split (--job <ID>, --max-items N)
   pipeline run [<dir>]      ingest → dataset → train → eval → promote in one run (--base-model, --steps, --max-items,
                             --no-promote, --force-promote)
-  follow                    renew the collection's adapter after its documents change (--settle-seconds N, and the
-                            pipeline run options for the updates); --off stops following; prints the policy
+  follow                    renew the collection's adapter after its documents change (--settle-seconds N,
+                            --retrain-from base|promoted, and the pipeline run options for the updates); --off stops
+                            following; prints the policy
   pipeline list|get <ID>|watch <ID>|cancel <ID>
                             pipeline runs (ingest, dataset build, train and eval are pipeline runs too)
   ask <question>            answer from a collection (--collection, --top-k, --max-tokens, --base, --adapter, --stream)
@@ -124,6 +127,8 @@ const OPTIONS = {
   "force-promote": { type: "boolean" },
   hp: { type: "string", multiple: true },
   "settle-seconds": { type: "string" },
+  "from-adapter": { type: "string" },
+  "retrain-from": { type: "string" },
   off: { type: "boolean" },
 } as const;
 
@@ -281,7 +286,7 @@ export async function run(argv: string[], env: Record<string, string | undefined
         throw new UsageError(`--hp: ${(e as Error).message}`);
       }
       if (duration !== undefined) hyperparameters.duration = duration;
-      return { baseModel: f["base-model"] ?? "", hyperparameters };
+      return { baseModel: f["base-model"] ?? "", hyperparameters, initAdapterJobId: f["from-adapter"] ?? "" };
     };
     const datasetSpec = () => {
       const questions = intFlag(f.questions, "questions");
@@ -311,10 +316,14 @@ export async function run(argv: string[], env: Record<string, string | undefined
       }
       case "follow": {
         const settle = intFlag(f["settle-seconds"], "settle-seconds");
+        if (f["from-adapter"] !== undefined) throw new UsageError("follow trains each update from the base or the serving adapter: use --retrain-from base|promoted, not --from-adapter");
+        const retrainFrom = { base: RetrainFrom.BASE, promoted: RetrainFrom.PROMOTED_ADAPTER, undefined: RetrainFrom.UNSPECIFIED }[String(f["retrain-from"])];
+        if (retrainFrom === undefined) throw new UsageError(`--retrain-from takes base or promoted, got "${f["retrain-from"]}"`);
         const res = await gateway.setCollectionUpdatePolicy({
           collection,
           policy: {
             followDocuments: f.off !== true,
+            retrainFrom,
             ...(settle === undefined ? {} : { settleSeconds: settle }),
             spec: {
               ...(f.model !== undefined || f.questions !== undefined || f["negative-ratio"] !== undefined ? datasetSpec() : {}),
@@ -327,7 +336,7 @@ export async function run(argv: string[], env: Record<string, string | undefined
         const p = res.policy!;
         print(SetCollectionUpdatePolicyResponseSchema, res, () =>
           p.followDocuments
-            ? `collection ${p.collection} follows its documents: an ingest run that changes chunks starts an update ${p.settleSeconds ?? 60} s after the first change (ragtune pipeline list shows them)`
+            ? `collection ${p.collection} follows its documents: an ingest run that changes chunks starts an update ${p.settleSeconds ?? 60} s after the first change, training from ${p.retrainFrom === RetrainFrom.PROMOTED_ADAPTER ? "the serving adapter" : "the base model"} (ragtune pipeline list shows them)`
             : `collection ${p.collection} no longer follows its documents`,
         );
         return 0;
@@ -412,7 +421,8 @@ export async function run(argv: string[], env: Record<string, string | undefined
           print(GetAdapterLineageResponseSchema, res, () =>
             [
               `adapter ${res.job?.adapterId || "(none)"} of job ${res.job?.jobId} (${res.job?.status.replace("JOB_STATUS_", "")}), collection ${res.collection}`,
-              `dataset version: ${res.datasetVersion?.datasetVersionId ?? "(uploaded files)"}`,
+              `dataset version: ${res.datasetVersion?.datasetVersionId ?? "(uploaded files)"}` +
+                (res.job?.initAdapterJobId ? `\ntrained on from the adapter of job ${res.job.initAdapterJobId} (ragtune lineage adapter ${res.job.initAdapterJobId})` : ""),
               table([["DOCUMENT", "SOURCE", "SHA-256", "CHUNKS"], ...res.documents.map((d) => [d.documentId, d.sourceName, d.contentSha256.slice(0, 12), String(d.chunks)])]),
               table([["EVAL RUN", "STATUS", "GATES PASSED"], ...res.evalRuns.map((r) => [r.evalRunId, r.status.replace("EVAL_RUN_STATUS_", ""), String(r.gatesPassed)])]),
               table([["PROMOTED", "COLLECTION", "FORCED", "PINNED"], ...res.promotions.map((p) => [when(p.promotedAt), p.collection, String(p.forced), String(p.pinned)])]),
@@ -426,7 +436,7 @@ export async function run(argv: string[], env: Record<string, string | undefined
             [
               `document ${res.document?.id} (${res.document?.sourceName}) in collection ${res.document?.collection}`,
               table([["DATASET VERSION", "DOCUMENT SHA-256 READ"], ...res.datasetVersions.map((v) => [v.datasetVersionId, v.contentSha256.slice(0, 12)])]),
-              table([["JOB", "ADAPTER", "DATASET VERSION", "SERVING"], ...res.adapters.map((a) => [a.jobId, a.adapterId, a.datasetVersionId, a.serving ? "yes" : ""])]),
+              table([["JOB", "ADAPTER", "DATASET VERSION", "SERVING", "VIA"], ...res.adapters.map((a) => [a.jobId, a.adapterId, a.datasetVersionId, a.serving ? "yes" : "", a.viaJobId ? `warm start from ${a.viaJobId}` : ""])]),
             ].join("\n\n"),
           );
           return 0;

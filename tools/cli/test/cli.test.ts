@@ -130,10 +130,12 @@ describe("ragtune", () => {
   });
 
   it("sets a collection to follow its documents and back", async () => {
-    const on = await cli("follow", "--collection", "docs", "--settle-seconds", "120", "--steps", "10", "--json");
+    const on = await cli("follow", "--collection", "docs", "--settle-seconds", "120", "--steps", "10", "--retrain-from", "promoted", "--json");
     expect(on.code, on.err).toBe(0);
     const policy = (JSON.parse(on.out) as { policy: { followDocuments: boolean; settleSeconds: number; spec: { hyperparameters: { maxSteps: number } } } }).policy;
-    expect(policy).toMatchObject({ followDocuments: true, settleSeconds: 120, spec: { hyperparameters: { maxSteps: 10 } } });
+    expect(policy).toMatchObject({ followDocuments: true, settleSeconds: 120, retrainFrom: "RETRAIN_FROM_PROMOTED_ADAPTER", spec: { hyperparameters: { maxSteps: 10 } } });
+    expect((await cli("follow", "--collection", "docs", "--retrain-from", "yesterday")).code).toBe(2);
+    expect((await cli("follow", "--collection", "docs", "--from-adapter", "job-x")).code).toBe(2);
     expect((await cli("follow", "--collection", "docs", "--off")).out).toMatch(/no longer follows/);
     expect((await cli("follow", "--collection", "nobodys")).code).toBe(3);
   });
