@@ -357,3 +357,56 @@ describe("API key", () => {
     );
   });
 });
+
+describe("decoding steps", () => {
+  /** Steps and tokens decoded so far, from the server's vllm:iteration_tokens_total histogram. */
+  async function steps(server: ModelServer) {
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    const count = Number(/^vllm:iteration_tokens_total_count (\d+)$/m.exec(text)?.[1]);
+    const tokens = Number(/^vllm:iteration_tokens_total_sum (\d+)$/m.exec(text)?.[1]);
+    const atMost = (le: number) => Number(new RegExp(`^vllm:iteration_tokens_total_bucket\\{le="${le}"\\} (\\d+)$`, "m").exec(text)?.[1]);
+    return { count, tokens, atMost };
+  }
+
+  it("decodes every running generation in every step (node-llama-cpp's own loop leaves the last one out)", async () => {
+    const CONCURRENCY = 4;
+    const MAX_TOKENS = 40;
+    // The generations are held at admission until all have their sequence, then start in the same turn, so their
+    // prompts are decoded together and every later step has one token of each: MAX_TOKENS steps in all.
+    const hold = gate();
+    let admitted = 0;
+    const server = await startModelServer({
+      model,
+      servedModelName: "tiny",
+      port: 0,
+      concurrency: CONCURRENCY,
+      contextSize: 512,
+      logger,
+      hooks: {
+        admitted: () => {
+          if (++admitted === CONCURRENCY) hold.release();
+          return hold.wait();
+        },
+      },
+    });
+    const llm = client(server, { concurrency: CONCURRENCY });
+    try {
+      const streams = await Promise.all(
+        Array.from({ length: CONCURRENCY }, () =>
+          llm.streamCompletion({ model: "tiny", prompt: PROMPT, maxTokens: MAX_TOKENS, temperature: 0, extraBody: { ignore_eos: true } }).collect(),
+        ),
+      );
+      for (const stream of streams) expect(stream.usage?.completionTokens).toBeGreaterThanOrEqual(MAX_TOKENS);
+      const { count, tokens, atMost } = await steps(server);
+      const generated = streams.reduce((n, s) => n + s.usage!.completionTokens, 0);
+      // Every token but each generation's first (which comes from its prompt's step) is decoded in some step.
+      expect(tokens).toBeGreaterThanOrEqual(generated - CONCURRENCY);
+      // With node-llama-cpp's default strategy this is about MAX_TOKENS × 4/3 steps of 3 tokens.
+      expect(count).toBeLessThanOrEqual(MAX_TOKENS + 1);
+      expect(atMost(2)).toBeLessThanOrEqual(1); // a step of fewer: only a last token the others did not need
+    } finally {
+      llm.close();
+      await server.close();
+    }
+  });
+});
