@@ -7,17 +7,13 @@ import type { SourceChunk } from "../src/extractive-generator.js";
 /** The sample documentation the demo ingests. */
 export const SAMPLE_DOCS = fileURLToPath(new URL("../../../tools/sample-docs", import.meta.url));
 
-/** Chunks of documents made the way services/ingest makes them: parse, chunk, heading path of the chunk's section. */
+/** Chunks of documents made the way services/ingest makes them: parse, chunk (with its defaults), the chunk's heading path. */
 export function ingestChunks(root: string, files: readonly string[], chunkSize: number): SourceChunk[] {
   const tokenizer = loadTokenizer("mistral");
   return files.flatMap((file) => {
     const name = relative(root, file);
     const doc = parseDocument({ bytes: readFileSync(file), filename: name });
     const documentId = documentIdFor("test", name);
-    return chunkDocument(doc, { tokenizer, chunkSize, documentId }).map((c) => {
-      const section = doc.sections.findLast((s) => s.charStart <= c.charStart);
-      const headingPath = section !== undefined && section.headingPath.length > 0 ? [...section.headingPath] : [doc.title];
-      return { id: c.id, documentId, headingPath, text: c.text };
-    });
+    return chunkDocument(doc, { tokenizer, chunkSize, documentId }).map((c) => ({ id: c.id, documentId, headingPath: c.headingTitles, text: c.text }));
   });
 }
