@@ -20,17 +20,23 @@
  *   page of 10, and a full scan in pages of 1000 (as the dataset service reads a collection), and ListDocuments' first
  *   page of 10. Every figure of part 4 is printed with the load average at the time (a shared machine) and with the
  *   CPU seconds of the service's threads and nats-server, which are less at the mercy of the other load than wall time.
+ * Part 5, chunk fill: on the AWS corpus and on the shipped sample docs (tools/sample-docs), the token distribution of
+ *   the chunks against the budget (share under a quarter, share at least half full, median) for ragtune without and
+ *   with packing of small sibling sections, and LangChain's markdown splitter (Rust tokenizer length) on the same
+ *   normalized text and on the files as written. Counts by the Rust reference; each contestant's chunks checked to
+ *   tile its input, ragtune's counts checked exact and within budget. Deterministic: one run.
  * Each figure of parts 1–3: min and median of RUNS runs after a warm-up, contestants round-robin, a fresh tokenizer
  * instance per run (its load is timed).
  *
  * Run: npm run bench:chunking -w @ragtune/tools
- *   (RUNS=5 CORPUS=/path/to/aws-docs PARTS=1,2,3,4 COPIES=10 E2E_RUNS=3 LIST_SIZES=1000,10000,100000 or none to override;
+ *   (RUNS=5 CORPUS=/path/to/aws-docs PARTS=1,2,3,4,5 COPIES=10 E2E_RUNS=3 LIST_SIZES=1000,10000,100000 or none to override;
  *   BIG_RUN=10000 adds one run of that many documents)
  */
 import { cp, mkdir, mkdtemp, rm } from "node:fs/promises";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
-import { join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Tokenizer as JsTokenizer } from "@huggingface/tokenizers";
 import { RecursiveCharacterTextSplitter } from "@langchain/textsplitters";
 import { chunkDocument, documentIdFor, loadTokenizer, parseDocument, tokenizerFile, type ParsedDocument, type TokenCounter } from "@ragtune/text";
@@ -45,7 +51,7 @@ const CHUNK_SIZE = 512;
 const RUNS = Number(process.env["RUNS"] ?? 5);
 const CORPUS = resolve(process.env["CORPUS"] ?? AWS_CORPUS_DIR);
 const TOKENIZER_JSON = tokenizerFile("mistral");
-const PARTS = new Set((process.env["PARTS"] ?? "1,2,3,4").split(",").map((p) => p.trim()));
+const PARTS = new Set((process.env["PARTS"] ?? "1,2,3,4,5").split(",").map((p) => p.trim()));
 const COPIES = Number(process.env["COPIES"] ?? 10);
 const E2E_RUNS = Number(process.env["E2E_RUNS"] ?? 3);
 const LIST_SIZES = (process.env["LIST_SIZES"] ?? "1000,10000,100000").split(",").map(Number).filter((n) => n > 0);
@@ -280,6 +286,58 @@ if (PARTS.has("3")) {
   out(`| ${contestants[2]!.name} | ${Math.min(...times[2]!).toFixed(3)} | ${median(times[2]!).toFixed(3)} | ${(median(times[2]!) / anchor).toFixed(2)}× | ${counts[2]} chunks, max ${Math.max(...chunkCounts)} tokens | ${exactChunks && Math.max(...chunkCounts) <= CHUNK_SIZE ? "exact, in budget" : "FAILED"} |`);
   out();
   if (counts[1] !== expected || !exactChunks || Math.max(...chunkCounts) > CHUNK_SIZE) throw new Error("part 3: ragtune's counts differ from the reference's");
+}
+
+if (PARTS.has("5")) {
+  const sampleDir = join(dirname(fileURLToPath(import.meta.url)), "..", "sample-docs");
+  const sampleFiles = readdirSync(sampleDir)
+    .filter((f) => /\.(md|html|txt)$/.test(f))
+    .sort()
+    .map((f) => join(sampleDir, f));
+  const corpora = [
+    { name: `the AWS corpus (${files.length} Markdown files)`, files, root: CORPUS },
+    { name: `the sample docs (tools/sample-docs, ${sampleFiles.length} Markdown and HTML files)`, files: sampleFiles, root: sampleDir },
+  ];
+  const tok = loadTokenizer("mistral");
+  const rust = RustTokenizer.fromFile(TOKENIZER_JSON);
+  out(`Part 5 — chunk fill, chunk size ${CHUNK_SIZE}, overlap 0: how full the chunks are. Well filled: at least half the budget. Token counts by the Rust reference.`);
+  out();
+  let failed = false;
+  for (const corpus of corpora) {
+    const raw = corpus.files.map((f) => readFileSync(f, "utf8"));
+    const docs = corpus.files.map((f, i) => parseDocument({ text: raw[i]!, filename: relative(corpus.root, f) }));
+    const given = docs.map((d) => d.text);
+    const headings = docs.map((d) => new Set(d.sections.map((x) => d.text.slice(x.charStart, x.charEnd)).filter((t) => !t.includes("\n"))));
+    const ours = (packSections: boolean): Result => {
+      const chunked = docs.map((doc) => chunkDocument(doc, { tokenizer: tok, packSections, documentId: documentIdFor("bench", doc.filename) }));
+      return { chunks: chunked.map((cs) => cs.map((c) => c.text)), recorded: chunked.map((cs) => cs.map((c) => c.tokenCount)), given, headings };
+    };
+    const rows: [string, Result][] = [
+      ["ragtune, sections never packed (`packSections: false`)", ours(false)],
+      ["ragtune, small sibling sections packed (`packSections: true`, the default)", ours(true)],
+      ["LangChain markdown splitter + Rust `tokenizers`, the same normalized text", await langchain(given, (text) => rustCount(rust, text))],
+      ["LangChain markdown splitter + Rust `tokenizers`, the files as written", await langchain(raw, (text) => rustCount(rust, text))],
+    ];
+    out(`${corpus.name}:`);
+    out();
+    out("| contestant | chunks | < ¼ budget | ≥ ½ budget (well filled) | median tokens | median fill | mean tokens | over budget | exact counts | tiles its input |");
+    out("|---|---:|---:|---:|---:|---:|---:|---:|:---:|:---:|");
+    for (const [name, result] of rows) {
+      const flat = result.chunks.flat();
+      const counts = (await reference.encodeBatch(flat, { addSpecialTokens: false })).map((e) => e.getIds().length);
+      const recorded = result.recorded?.flat();
+      const exact = recorded === undefined ? "–" : counts.every((n, i) => n === recorded[i]) ? "yes" : "NO";
+      const tiled = result.chunks.every((cs, d) => tiles(result.given![d]!, cs, result.headings?.[d])) ? "yes" : "NO";
+      const over = counts.filter((n) => n > CHUNK_SIZE).length;
+      if (recorded !== undefined && (exact === "NO" || tiled === "NO" || over > 0)) failed = true;
+      const share = (pred: (n: number) => boolean) => `${((100 * counts.filter(pred).length) / counts.length).toFixed(0)}%`;
+      const med = median(counts);
+      const mean = counts.reduce((a, b) => a + b, 0) / counts.length;
+      out(`| ${name} | ${counts.length} | ${share((n) => n < CHUNK_SIZE / 4)} | ${share((n) => n >= CHUNK_SIZE / 2)} | ${med} | ${((100 * med) / CHUNK_SIZE).toFixed(0)}% | ${mean.toFixed(0)} | ${over} | ${exact} | ${tiled} |`);
+    }
+    out();
+  }
+  if (failed) throw new Error("part 5: a ragtune row failed a check (see the tables)");
 }
 
 if (PARTS.has("4")) {
