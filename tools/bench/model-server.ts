@@ -77,6 +77,8 @@ interface RoundResult {
   wallMs: number;
   /** CPU time of the contestant's processes during the round, µs. */
   cpuUs: number;
+  /** Of which the client's (the bench process) for the server contestant, µs; 0 for direct. */
+  clientCpuUs: number;
 }
 
 
@@ -139,7 +141,7 @@ async function direct(sequences: LlamaContextSequence[], model: LlamaModel, conc
   });
   const wallMs = performance.now() - started;
   const cpuUs = ownCpuUs(cpu0);
-  return { answers, wallMs, cpuUs };
+  return { answers, wallMs, cpuUs, clientCpuUs: 0 };
 }
 
 async function viaServer(server: { baseUrl: string; pid: number }, modelName: string, concurrency: number): Promise<RoundResult> {
@@ -155,9 +157,10 @@ async function viaServer(server: { baseUrl: string; pid: number }, modelName: st
     return { text: stream.text, tokens: stream.usage?.completionTokens ?? Number.NaN, ttftMs: ttftMs < 0 ? performance.now() - t0 : ttftMs };
   });
   const wallMs = performance.now() - started;
-  const cpuUs = ownCpuUs(cpu0) + processCpuSeconds(server.pid) * 1_000_000 - serverCpu0;
+  const clientCpuUs = ownCpuUs(cpu0);
+  const cpuUs = clientCpuUs + processCpuSeconds(server.pid) * 1_000_000 - serverCpu0;
   llm.close();
-  return { answers, wallMs, cpuUs };
+  return { answers, wallMs, cpuUs, clientCpuUs };
 }
 
 function summary(result: RoundResult) {
@@ -169,6 +172,7 @@ function summary(result: RoundResult) {
     ttftP50: percentile(ttft, 50),
     ttftP99: percentile(ttft, 99),
     cpuUsPerToken: result.cpuUs / tokens,
+    clientCpuUsPerToken: result.clientCpuUs / tokens,
   };
 }
 
@@ -292,7 +296,7 @@ try {
         `${pct(Math.min(...overheads))} … ${pct(Math.max(...overheads))}`,
         `${median(d.map((x) => x.ttftP50)).toFixed(1)} / ${median(d.map((x) => x.ttftP99)).toFixed(1)}`,
         `${median(s.map((x) => x.ttftP50)).toFixed(1)} / ${median(s.map((x) => x.ttftP99)).toFixed(1)}`,
-        `${median(d.map((x) => x.cpuUsPerToken)).toFixed(0)} / ${median(s.map((x) => x.cpuUsPerToken)).toFixed(0)}`,
+        `${median(d.map((x) => x.cpuUsPerToken)).toFixed(0)} / ${median(s.map((x) => x.cpuUsPerToken)).toFixed(0)} (client ${median(s.map((x) => x.clientCpuUsPerToken)).toFixed(0)})`,
         `${loadBefore} → ${load1()}`,
       ];
       rows.push(`| ${row.join(" | ")} |`);
@@ -306,7 +310,7 @@ try {
     `model server vs node-llama-cpp direct — tiny model, ${REQUESTS} requests × max_tokens ${MAX_TOKENS} per round, greedy, ${ROUNDS} rounds per cell in ${ROUNDS / 2} blocks (direct first, then server first), threads ${THREADS}, server --stream-interval-ms ${STREAM_INTERVAL_MS}, ${cpus().length} CPUs`,
   );
   console.log(
-    "| model | concurrency | direct tok/s | server tok/s | server overhead (median block) | overhead, lowest … highest block | direct TTFT p50 / p99 ms | server TTFT p50 / p99 ms | CPU µs per token, direct / server + client | load average (1 min) before → after |",
+    "| model | concurrency | direct tok/s | server tok/s | server overhead (median block) | overhead, lowest … highest block | direct TTFT p50 / p99 ms | server TTFT p50 / p99 ms | CPU µs per token, direct / server + client (of which client) | load average (1 min) before → after |",
   );
   console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const row of rows) console.log(row);
