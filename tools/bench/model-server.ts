@@ -1,5 +1,5 @@
 // `npm run -w @ragtune/tools bench:model-server [-- --requests 16 --max-tokens 64 --rounds 8 --models-dir DIR
-//   --stream-interval-ms 50 --concurrency 1,8]`
+//   --stream-interval-ms 50 --concurrency 1,8 --direct-batching default|server]`
 //
 // The local model server against node-llama-cpp called directly, in the same run, on the tiny model (made by the
 // trainer worker) and an adapter the trainer worker trains on it: base and adapter, concurrency 1 and 8.
@@ -31,7 +31,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { createLlmClient } from "@ragtune/llm";
-import { noEndOfSequenceBias } from "@ragtune/model-server";
+import { noEndOfSequenceBias, StepBatcher } from "@ragtune/model-server";
 import { makeTinyModels, type TinyModels } from "@ragtune/model-server/tiny-models";
 import { getLlama, LlamaCompletion, type LlamaContextSequence, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
 import { processCpuSeconds } from "./proc-cpu.js";
@@ -44,6 +44,7 @@ const { values: args } = parseArgs({
     "models-dir": { type: "string" },
     "stream-interval-ms": { type: "string", default: "50" },
     concurrency: { type: "string", default: "1,8" },
+    "direct-batching": { type: "string", default: "default" },
   },
 });
 const REQUESTS = Number(args.requests);
@@ -51,6 +52,8 @@ const MAX_TOKENS = Number(args["max-tokens"]);
 const ROUNDS = Number(args.rounds);
 if (!Number.isInteger(ROUNDS) || ROUNDS < 2 || ROUNDS % 2 !== 0) throw new Error(`--rounds must be an even number ≥ 2 (blocks of two rounds in both orders), got ${args.rounds}`);
 const STREAM_INTERVAL_MS = Number(args["stream-interval-ms"]);
+const DIRECT_BATCHING = args["direct-batching"];
+if (DIRECT_BATCHING !== "default" && DIRECT_BATCHING !== "server") throw new Error(`--direct-batching is default (node-llama-cpp's own) or server (the server's step batcher), got ${DIRECT_BATCHING}`);
 const CONCURRENCIES = args.concurrency.split(",").map(Number);
 if (CONCURRENCIES.some((c) => !Number.isInteger(c) || c < 1)) throw new Error(`--concurrency takes a comma-separated list of integers ≥ 1, got ${args.concurrency}`);
 const CONTEXT_SIZE = 512;
@@ -112,7 +115,7 @@ function percentile(values: number[], p: number): number {
  * by every round, as the server does (a disposed sequence's slot comes back to the context asynchronously, so
  * getSequence() right after a dispose can find none left).
  */
-async function direct(sequences: LlamaContextSequence[], model: LlamaModel, concurrency: number): Promise<RoundResult> {
+async function direct(sequences: LlamaContextSequence[], model: LlamaModel, concurrency: number, batcher?: StepBatcher): Promise<RoundResult> {
   // Fixed-length answers: end-of-sequence is never picked (what ignore_eos asks of the server; TokenBias.set()
   // ignores end-of-generation tokens, so the bias is the server's own helper).
   const noEos = noEndOfSequenceBias(model);
@@ -127,16 +130,20 @@ async function direct(sequences: LlamaContextSequence[], model: LlamaModel, conc
     let ttftMs = -1;
     let generated = 0;
     const completion = new LlamaCompletion({ contextSequence: sequence });
+    const batched = batcher?.generation(MAX_TOKENS);
     const { response } = await completion.generateCompletionWithMeta(tokens, {
       maxTokens: MAX_TOKENS,
       temperature: 0,
       tokenBias: noEos,
       disableContextShift: true,
-      onToken: (t) => (generated += t.length),
+      onToken: (t) => {
+        generated += t.length;
+        batched?.token(t.length);
+      },
       onTextChunk: (text) => {
         if (ttftMs < 0 && text !== "") ttftMs = performance.now() - t0;
       },
-    });
+    }).finally(() => batched?.end());
     return { text: response, tokens: generated, ttftMs: ttftMs < 0 ? performance.now() - t0 : ttftMs };
   });
   const wallMs = performance.now() - started;
@@ -237,15 +244,19 @@ try {
   for (const concurrency of CONCURRENCIES) {
     const server = await startServerProcess(models.model, models.adapter, concurrency);
     for (const variant of ["tiny", "adapter"] as const) {
+      // --direct-batching server: direct gets the server's step batcher too (every generation in every decoding
+      // step), which separates what the server gains by its batching from what its transport costs.
+      const batcher = DIRECT_BATCHING === "server" ? new StepBatcher() : undefined;
       const context = await model.createContext({
         contextSize: CONTEXT_SIZE,
         sequences: concurrency,
         threads: THREADS,
+        ...(batcher === undefined ? {} : { batching: { itemPrioritizationStrategy: batcher.strategy } }),
         ...(variant === "adapter" ? { lora: { adapters: [{ filePath: models.adapter }] } } : {}),
       });
       const sequences = Array.from({ length: concurrency }, () => context.getSequence());
       // Warm-up, one each (first evaluation builds the compute graph).
-      await direct(sequences, model, concurrency);
+      await direct(sequences, model, concurrency, batcher);
       await viaServer(server, variant, concurrency);
       const loadBefore = load1();
       const d: ReturnType<typeof summary>[] = [];
@@ -257,11 +268,11 @@ try {
         let a: RoundResult;
         let b: RoundResult;
         if (round % 2 === 0) {
-          a = await direct(sequences, model, concurrency);
+          a = await direct(sequences, model, concurrency, batcher);
           b = await viaServer(server, variant, concurrency);
         } else {
           b = await viaServer(server, variant, concurrency);
-          a = await direct(sequences, model, concurrency);
+          a = await direct(sequences, model, concurrency, batcher);
         }
         a.answers.forEach((answer, i) => {
           const other = b.answers[i]!;
@@ -307,7 +318,7 @@ try {
   await model.dispose();
   await llama.dispose();
   console.log(
-    `model server vs node-llama-cpp direct — tiny model, ${REQUESTS} requests × max_tokens ${MAX_TOKENS} per round, greedy, ${ROUNDS} rounds per cell in ${ROUNDS / 2} blocks (direct first, then server first), threads ${THREADS}, server --stream-interval-ms ${STREAM_INTERVAL_MS}, ${cpus().length} CPUs`,
+    `model server vs node-llama-cpp direct — tiny model, ${REQUESTS} requests × max_tokens ${MAX_TOKENS} per round, greedy, ${ROUNDS} rounds per cell in ${ROUNDS / 2} blocks (direct first, then server first), threads ${THREADS}, server --stream-interval-ms ${STREAM_INTERVAL_MS}, direct batching ${DIRECT_BATCHING}, ${cpus().length} CPUs`,
   );
   console.log(
     "| model | concurrency | direct tok/s | server tok/s | server overhead (median block) | overhead, lowest … highest block | direct TTFT p50 / p99 ms | server TTFT p50 / p99 ms | CPU µs per token, direct / server + client (of which client) | load average (1 min) before → after |",

@@ -17,3 +17,4 @@ export {
 export { noEndOfSequenceBias, type ServedModel } from "./engine.js";
 export { ModelServerError } from "./errors.js";
 export { ModelServerMetrics } from "./metrics.js";
+export { StepBatcher, type BatchedGeneration } from "./step-batcher.js";
