@@ -30,6 +30,8 @@ export const gatewayConfigSchema = baseServiceSchema.extend({
   GATEWAY_MAX_LORA_RANK: envInt({ min: 1, max: 512, default: 16 }).refine((r) => [1, 8, 16, 32, 64, 128, 256, 320, 512].includes(r), {
     message: "must be one of vLLM's --max-lora-rank values: 1, 8, 16, 32, 64, 128, 256, 320, 512",
   }),
+  /** Eval items asked again after each adapter load (canaries) that must give their recorded answers; 0 turns it off. */
+  GATEWAY_CANARY_ITEMS: envInt({ min: 0, max: 100, default: 3 }),
   /** Bearer token of the internal services (their RPC_AUTH_TOKEN), when they require one. */
   GATEWAY_UPSTREAM_AUTH_TOKEN: z.string().min(1).optional(),
   /** Longest question accepted, in characters (longer: RESOURCE_EXHAUSTED). */

@@ -217,7 +217,7 @@ export class Promotions {
     }
     const prepared = await this.#prepare(job);
     await this.#load(prepared);
-    await this.#canaryOrUndo(prepared.name, evalRunId, req.collection, current, `promotion of adapter ${adapterId}`);
+    const canaryCheck = await this.#canaryOrUndo(prepared.name, evalRunId, req.collection, current, `promotion of adapter ${adapterId}`);
     const entry = create(PromotedAdapterSchema, {
       collection: req.collection,
       adapterId,
@@ -228,6 +228,7 @@ export class Promotions {
       pinned: req.pin,
       forced: req.force,
       servedName: prepared.name,
+      canaryCheck,
     });
     let replaced: PromotedAdapter | undefined;
     await this.#o.store.change(req.collection, (history) => {
@@ -250,9 +251,10 @@ export class Promotions {
     }
     const prepared = await this.#previousContent(previous);
     await this.#load(prepared);
-    await this.#canaryOrUndo(prepared.name, previous.evalRunId, collection, current, `rollback to adapter ${previous.adapterId}`);
+    const canaryCheck = await this.#canaryOrUndo(prepared.name, previous.evalRunId, collection, current, `rollback to adapter ${previous.adapterId}`);
     const entry = create(PromotedAdapterSchema, {
       ...previous,
+      canaryCheck,
       previousAdapterId: current.adapterId,
       promotedAt: timestampFromDate(this.#now()),
       pinned: false,
@@ -287,19 +289,21 @@ export class Promotions {
   /**
    * Asks the canaries of `evalRunId` again under `name`; on a different answer (or an endpoint failure) the adapter just
    * loaded is unloaded again, the collection keeps `current`, and the change fails with the first difference.
+   * Returns what the check found (recorded with the promotion).
    */
-  async #canaryOrUndo(name: string, evalRunId: string, collection: string, current: PromotedAdapter | undefined, what: string): Promise<void> {
+  async #canaryOrUndo(name: string, evalRunId: string, collection: string, current: PromotedAdapter | undefined, what: string): Promise<string> {
     const log = this.#o.logger.child({ collection, servedName: name, evalRunId });
     let problem: string | undefined;
     let code = Code.FailedPrecondition;
     try {
-      problem = await this.#canaryProblem(name, evalRunId, log);
+      const check = await this.#canaryCheck(name, evalRunId, log);
+      if (check.ok) return check.found;
+      problem = check.found;
     } catch (err) {
       if (!isLlmError(err)) throw err;
       problem = `the model endpoint failed a canary request: ${err.message}`;
       code = Code.Unavailable;
     }
-    if (problem === undefined) return;
     const currentName = current === undefined ? "" : current.servedName || current.adapterId;
     if (currentName !== name) await this.#unloadUnlessServing(name, log);
     const keeps = current === undefined ? "the base model" : `adapter ${current.adapterId} (${currentName})`;
@@ -307,13 +311,17 @@ export class Promotions {
     throw new ConnectError(`the ${what} was rolled back: canary check of ${name} failed: ${problem}; collection "${collection}" still serves ${keeps}`, code);
   }
 
-  /** Why the endpoint's answers under `name` differ from those recorded in the eval run, or undefined when they agree. */
-  async #canaryProblem(name: string, evalRunId: string, log: Logger): Promise<string | undefined> {
-    if (this.#canaryItems === 0) return undefined;
-    if (evalRunId === "") {
-      log.warn("no eval run justified this adapter (forced): no canary check");
-      return undefined;
-    }
+  /**
+   * Asks the eval run's canaries under `name`: ok with what matched (or why nothing could be checked), or not ok with
+   * the first answer that differs from the one recorded.
+   */
+  async #canaryCheck(name: string, evalRunId: string, log: Logger): Promise<{ ok: boolean; found: string }> {
+    const unchecked = (reason: string) => {
+      log.warn({ reason }, "no canary check");
+      return { ok: true, found: `not checked: ${reason}` };
+    };
+    if (this.#canaryItems === 0) return unchecked("canaries are off (GATEWAY_CANARY_ITEMS=0)");
+    if (evalRunId === "") return unchecked("no eval run justified this adapter (forced without one)");
     const run = (await this.#o.evals.getEvalRun({ evalRunId })).run;
     if (run === undefined) throw new ConnectError(`eval run ${evalRunId} not found`, Code.NotFound);
     const skip = !run.adapters.includes(name)
@@ -323,15 +331,9 @@ export class Promotions {
         : run.datasetVersionId === ""
           ? `eval run ${run.id} evaluated an uploaded file, whose prompts the gateway cannot read`
           : undefined;
-    if (skip !== undefined) {
-      log.warn({ reason: skip }, "no canary check");
-      return undefined;
-    }
+    if (skip !== undefined) return unchecked(skip);
     const canaries = await this.#canaries(run, name);
-    if (canaries.length === 0) {
-      log.warn(`eval run ${run.id} holds no answer of ${name} to check: no canary check`);
-      return undefined;
-    }
+    if (canaries.length === 0) return unchecked(`eval run ${run.id} holds no answer of ${name} to check`);
     const chat = run.promptFormat === EvalPromptFormat.CHAT;
     const maxTokens = run.sampling?.maxTokens ?? 200;
     for (const c of canaries) {
@@ -339,11 +341,11 @@ export class Promotions {
         ? await this.#o.endpoint.chat({ model: name, messages: [{ role: "user", content: c.userTurn }], temperature: 0, maxTokens })
         : await this.#o.endpoint.complete({ model: name, prompt: c.prompt, temperature: 0, maxTokens });
       if (result.text !== c.recorded) {
-        return `item ${c.itemId} was answered ${quote(result.text)} where eval run ${run.id} recorded ${quote(c.recorded)}`;
+        return { ok: false, found: `item ${c.itemId} was answered ${quote(result.text)} where eval run ${run.id} recorded ${quote(c.recorded)}` };
       }
     }
     log.info({ items: canaries.map((c) => c.itemId) }, "canary answers match the eval run's");
-    return undefined;
+    return { ok: true, found: `${canaries.length} item${canaries.length === 1 ? "" : "s"} of eval run ${run.id} answered as recorded (${canaries.map((c) => c.itemId).join(", ")})` };
   }
 
   /** The first `canaryItems` items of the run with an answer of `name` recorded (not failed), with their prompts. */

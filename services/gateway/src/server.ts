@@ -54,6 +54,7 @@ export async function startGatewayService({ config, logger, signal }: ServiceCon
       adapterDir: config.GATEWAY_ADAPTER_DIR,
       loraFormat: config.GATEWAY_LORA_FORMAT,
       maxLoraRank: config.GATEWAY_MAX_LORA_RANK,
+      canaryItems: config.GATEWAY_CANARY_ITEMS,
       logger,
       async publish(adapter) {
         const at = adapter.promotedAt === undefined ? Date.now() : Number(adapter.promotedAt.seconds) * 1000 + Math.floor(adapter.promotedAt.nanos / 1e6);

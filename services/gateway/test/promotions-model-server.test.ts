@@ -233,6 +233,7 @@ describe("content-addressed promotions on the local model server", () => {
     const evalA = answersOf(await recordEvalRun("e-a", nameA), nameA);
     const first = await promotions.promote({ collection: "docs", jobId: "j1", evalRunId: "", force: false, pin: false, replacePinned: false });
     expect(first).toMatchObject({ servedName: nameA, evalRunId: "e-a" });
+    expect(first.canaryCheck).toMatch(/^3 items of eval run e-a answered as recorded \(q\d+, q\d+, q\d+\)$/);
 
     // The trainer's job j1 now holds other weights (a retrain under the same job ID and file names).
     await setJob("j1", adapters.b);

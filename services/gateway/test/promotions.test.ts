@@ -167,6 +167,8 @@ describe("PromoteAdapter", () => {
     const adapter = await promotions.promote(req({ jobId: "j1" }));
     expect(adapter).toMatchObject({ collection: "docs", adapterId: "adapter-j1", jobId: "j1", evalRunId: "e1", previousAdapterId: "", forced: false, servedName: nm("j1") });
     expect(nm("j1")).toMatch(/^docs-j1@[0-9a-f]{16}$/);
+    // The stand-in eval run has no dataset version: nothing to ask again, and the promotion says so.
+    expect(adapter.canaryCheck).toBe("not checked: eval run e1 evaluated an uploaded file, whose prompts the gateway cannot read");
     expect(model.loraCalls).toEqual([{ op: "load", name: nm("j1"), path: join(dir, nm("j1")) }]);
     expect(await readFile(join(dir, nm("j1"), "adapter_model.safetensors"))).toEqual(Buffer.from(WEIGHTS));
     expect((await store.current("docs"))?.adapterId).toBe("adapter-j1");
@@ -193,6 +195,7 @@ describe("PromoteAdapter", () => {
   it("promotes an ungated adapter only when forced, and says so", async () => {
     const adapter = await promotions.promote(req({ jobId: "j-bad", force: true }));
     expect(adapter).toMatchObject({ adapterId: "adapter-j-bad", forced: true, evalRunId: "", previousAdapterId: "adapter-j2" });
+    expect(adapter.canaryCheck).toBe("not checked: no eval run justified this adapter (forced without one)");
   });
 
   it("keeps a pinned adapter until a promotion replaces it on purpose", async () => {

@@ -456,7 +456,7 @@ export async function run(argv: string[], env: Record<string, string | undefined
       }
       case "promotions": {
         const res = await gateway.listPromotions({ collection });
-        print(ListPromotionsResponseSchema, res, () => table([["PROMOTED", "ADAPTER", "JOB", "EVAL RUN", "FORCED", "PINNED"], ...res.promotions.map((p) => [when(p.promotedAt), p.adapterId, p.jobId, p.evalRunId, String(p.forced), String(p.pinned)])]));
+        print(ListPromotionsResponseSchema, res, () => table([["PROMOTED", "ADAPTER", "JOB", "EVAL RUN", "FORCED", "PINNED", "CANARY CHECK"], ...res.promotions.map((p) => [when(p.promotedAt), p.adapterId, p.jobId, p.evalRunId, String(p.forced), String(p.pinned), p.canaryCheck])]));
         return 0;
       }
       default:
