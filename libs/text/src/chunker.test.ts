@@ -261,6 +261,20 @@ describe("chunkDocument on hostile input", () => {
   });
 });
 
+describe("chunkDocument on a glossary of 5,000 one-line sibling sections", () => {
+  it("packs them in order within the budget, and re-chunks the unchanged document from its chunks without tokenizing", () => {
+    const text = `# Glossary\n\n${Array.from({ length: 5000 }, (_, i) => `## Term ${i}\n\nMeaning of term ${i}.`).join("\n\n")}\n`;
+    const doc = parseDocument({ text, filename: "glossary.md" });
+    const before = chunkDocument(doc, { tokenizer: mistral, documentId: "g" });
+    expect(before.length).toBeLessThan(500);
+    expect(before.every((c) => c.tokenCount <= 512 && c.headingPath === "Glossary")).toBe(true);
+    expect(before.flatMap((c) => [...c.text.matchAll(/^Term \d+/gm)].map((m) => m[0]))).toEqual(Array.from({ length: 5000 }, (_, i) => `Term ${i}`));
+    const { counter, seen } = recording(mistral);
+    expect(chunkDocument(doc, { tokenizer: counter, documentId: "g", previous: before })).toEqual(before);
+    expect(seen).toEqual([]);
+  });
+});
+
 describe("diffChunks", () => {
   it("sorts chunks into added, kept and removed", () => {
     const chunks = chunk(GUIDE, "d1").slice(0, 3);

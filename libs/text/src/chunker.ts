@@ -164,7 +164,10 @@ export function chunkDocument(doc: ParsedDocument, options: ChunkOptions): Chunk
 
   if (!packing) {
     for (const [k, item] of items.entries()) {
-      emit(k, k, item.hash, (chunkId) => previous?.take(doc.text, item.section.charStart, [{ end: item.text.length, chunkId }])?.ranges ?? chunkSection(item.text, counter, chunkSize, overlap));
+      const ranges = (chunkId: ChunkId): Range[] =>
+        previous?.take(doc.text, item.section.charStart, item.text.length, (end) => (end === item.text.length ? chunkId : undefined))?.ranges ??
+        chunkSection(item.text, counter, chunkSize, overlap);
+      emit(k, k, item.hash, ranges);
     }
     return chunks;
   }
@@ -175,14 +178,16 @@ export function chunkDocument(doc: ParsedDocument, options: ChunkOptions): Chunk
   /** The previous version's unit starting at section `first` (ending in its run), when one checks out. */
   const previousUnit = (first: number, runEnd: number, emitted?: string): { last: number; ranges: Range[]; after: number } | undefined => {
     if (previous === undefined) return undefined;
-    const ends = [];
-    for (let last = first; last <= runEnd; last++) {
+    const start = items[first]!.section.charStart;
+    const lastByEnd = new Map<number, number>();
+    for (let last = first; last <= runEnd; last++) lastByEnd.set(items[last]!.section.charEnd - start, last);
+    const found = previous.take(doc.text, start, items[runEnd]!.section.charEnd - start, (end) => {
+      const last = lastByEnd.get(end);
+      if (last === undefined) return undefined;
       const unitHash = unitHashOf(first, last);
-      const occurrence = (occurrences.get(unitHash) ?? 0) + (unitHash === emitted ? 1 : 0);
-      ends.push({ end: items[last]!.section.charEnd - items[first]!.section.charStart, chunkId: chunkIdOf(unitHash, occurrence) });
-    }
-    const found = previous.take(doc.text, items[first]!.section.charStart, ends);
-    return found === undefined ? undefined : { last: first + found.index, ranges: found.ranges, after: found.after };
+      return chunkIdOf(unitHash, (occurrences.get(unitHash) ?? 0) + (unitHash === emitted ? 1 : 0));
+    });
+    return found === undefined ? undefined : { last: lastByEnd.get(found.end)!, ranges: found.ranges, after: found.after };
   };
 
   for (let first = 0; first < items.length; ) {
@@ -253,15 +258,9 @@ const PACK_VERSION = "ragtune-pack-v1";
 /** The ID of a unit's i-th chunk with text `text`. */
 type ChunkId = (index: number, text: string) => string;
 
-/** A possible end of a unit (relative to its start) and the IDs its chunks have if it ends there. */
-interface UnitEnd {
-  end: number;
-  chunkId: ChunkId;
-}
-
-/** Previous chunks that check out as a unit's: for its `index`-th possible end, and where the next one starts. */
+/** Previous chunks that check out as a unit's: where the unit ends (relative to its start), where the next one starts. */
 interface TakenUnit {
-  index: number;
+  end: number;
   ranges: Range[];
   /** Position, in document order, of the previous chunk after the unit's last. */
   after: number;
@@ -301,16 +300,16 @@ class PreviousChunks {
 
   /**
    * The previous chunks of a unit (a section, or a run of packed sections) starting at `start` in `text`, as ranges of
-   * the unit's text, when a complete, verified run of them exists; undefined otherwise. `ends` are the unit's
-   * possible ends (relative to `start`, increasing), each with the ID its i-th chunk would have: `chunkId(i, text)`.
-   * `index` says which end the run checked out for.
+   * the unit's text, when a complete, verified run of them exists; undefined otherwise. The unit ends at most `maxEnd`
+   * after `start`; `idsAt(end)` says whether it may end at `end` (relative to `start`) and, if so, gives the IDs its
+   * chunks have then: `chunkId(i, text)` for its i-th chunk. `end` says where the run checked out.
    */
-  take(text: string, start: number, ends: readonly UnitEnd[]): TakenUnit | undefined {
-    const unitText = text.slice(start, start + Math.min(ends[ends.length - 1]!.end, PREFIX));
+  take(text: string, start: number, maxEnd: number, idsAt: (end: number) => ChunkId | undefined): TakenUnit | undefined {
+    const unitText = text.slice(start, start + Math.min(maxEnd, PREFIX));
     const candidates = new Set([unitText.slice(0, PREFIX), ...this.shortLengths.map((n) => unitText.slice(0, n))]);
     for (const key of candidates) {
       for (const first of this.byPrefix.get(key) ?? []) {
-        const run = this.runFrom(first, text, start, ends);
+        const run = this.runFrom(first, text, start, maxEnd, idsAt);
         if (run !== undefined) return run;
       }
     }
@@ -318,29 +317,23 @@ class PreviousChunks {
   }
 
   /** The run of chunks from index `first` (the unit's chunk 0) to one of the unit's ends, if every one checks out. */
-  private runFrom(first: number, text: string, unitStart: number, ends: readonly UnitEnd[]): TakenUnit | undefined {
+  private runFrom(first: number, text: string, unitStart: number, maxEnd: number, idsAt: (end: number) => ChunkId | undefined): TakenUnit | undefined {
     // A section's text starts with its heading or first block, never with whitespace, so a unit's first chunk starts
     // at its start; the others sit at the same offsets as before.
     const base = this.chunks[first]!.charStart;
-    const maxEnd = ends[ends.length - 1]!.end;
     const run: PreviousChunk[] = [];
-    let next = 0;
     for (let i = first; i < this.chunks.length; i++) {
       const chunk = this.chunks[i]!;
       const start = chunk.charStart - base;
       const end = start + chunk.text.length;
       if (end > maxEnd || !text.startsWith(chunk.text, unitStart + start)) return undefined;
       run.push(chunk);
-      while (next < ends.length && ends[next]!.end < end) next++;
-      if (next === ends.length) return undefined;
-      if (ends[next]!.end !== end) continue;
-      const { chunkId } = ends[next]!;
-      if (run.every((c, index) => c.id === chunkId(index, c.text))) {
+      const chunkId = idsAt(end);
+      if (chunkId !== undefined && run.every((c, index) => c.id === chunkId(index, c.text))) {
         const ranges = run.map((c) => ({ start: c.charStart - base, end: c.charStart - base + c.text.length, tokens: c.tokenCount, id: c.id }));
-        return { index: next, ranges, after: i + 1 };
+        return { end, ranges, after: i + 1 };
       }
-      // A single section's run cannot go on past its end; a longer unit of packed sections may still check out.
-      if (ends.length === 1) return undefined;
+      if (end === maxEnd) return undefined;
     }
     return undefined;
   }
@@ -393,11 +386,16 @@ class SectionPacker {
     return this.separatorTokens;
   }
 
-  /** The last section of the run of siblings that section `first` starts (or is in). */
+  /**
+   * The last section of the run of siblings that section `first` starts (or is in), looking no further than a unit
+   * starting there can reach: every section after the first costs at least three tokens (one of its own and two of
+   * separator allowance), so a unit never holds chunkSize sections and a run cut at first + chunkSize ends no unit early.
+   */
   runEnd(first: number): number {
+    const limit = Math.min(this.items.length - 1, first + this.chunkSize);
     let last = first;
-    if (last + 1 < this.items.length && isChild(this.items[first]!.section, this.items[first + 1]!.section)) last++;
-    while (last + 1 < this.items.length && siblings(this.items[last]!.section, this.items[last + 1]!.section)) last++;
+    if (last < limit && isChild(this.items[first]!.section, this.items[first + 1]!.section)) last++;
+    while (last < limit && siblings(this.items[last]!.section, this.items[last + 1]!.section)) last++;
     return last;
   }
 
