@@ -26,7 +26,9 @@ let ids: Map<string, string>;
 
 beforeAll(async () => {
   tb = await startGatewayTestbed(answer);
-  ids = await tb.ingestDocuments("docs", DOCS);
+  // Section by section: these tests pin which section a question retrieves. Packed (the default), storage.md's two
+  // small sections share one chunk under the path ["Storage"] (the last test).
+  ids = await tb.ingestDocuments("docs", DOCS, { packSections: false });
 }, 120_000);
 
 afterAll(async () => {
@@ -157,5 +159,14 @@ describe("the index follows ingest events without a restart", () => {
     await removed;
     const after = await client.ask({ collection: "live", question: "How often does the scheduler rotate credentials?" });
     expect(after.context.every((c) => c.documentId !== second.get("b.md"))).toBe(true);
+  });
+
+  it("cites a packed chunk (the default chunking) by its sections' parent, and its context holds both sections", async () => {
+    await tb.ingestDocuments("packed", DOCS);
+    const res = await tb.gateway.client(GatewayService).ask({ collection: "packed", question: "How long until lifecycle rules expire objects?" });
+    expect(res.context[0]!.headingPath).toEqual(["Storage"]);
+    expect(res.context[0]!.text).toContain("Lifecycle rules expire objects after 30 days");
+    expect(res.context[0]!.text).toContain("Versioning keeps every version");
+    expect(res.citations[0]).toMatchObject({ chunkId: res.context[0]!.chunkId, headingPath: ["Storage"] });
   });
 });

@@ -1,6 +1,7 @@
 import { connectBus, type Bus } from "@ragtune/bus";
 import { createLogger } from "@ragtune/logger";
-import { GatewayService, IngestRunStatus, IngestService } from "@ragtune/proto";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { type ChunkingOptionsSchema, GatewayService, IngestRunStatus, IngestService } from "@ragtune/proto";
 import { startTestService, type TestService } from "@ragtune/rpc";
 import { startNatsServer, type NatsServerHandle } from "@ragtune/testing";
 import { ingestConfigSchema } from "../../ingest/src/config.js";
@@ -27,7 +28,7 @@ export interface GatewayTestbed {
   /** Starts another gateway on the same NATS, ingest and model endpoint; the caller stops it. */
   startGateway(env?: Record<string, string>): Promise<GatewayTestService>;
   /** Ingests documents (file name → text) into a collection and waits until the run succeeded; returns document IDs by file name. */
-  ingestDocuments(collection: string, documents: Record<string, string>): Promise<Map<string, string>>;
+  ingestDocuments(collection: string, documents: Record<string, string>, chunking?: MessageInitShape<typeof ChunkingOptionsSchema>): Promise<Map<string, string>>;
   /** Resolves on the first index update of `gateway` that matches. */
   nextUpdate(gateway: GatewayTestService, match: (u: IndexUpdate) => boolean): Promise<IndexUpdate>;
   close(): Promise<void>;
@@ -52,12 +53,12 @@ export async function startGatewayTestbed(answer: Answer, env: Record<string, st
     model,
     gateway,
     startGateway,
-    async ingestDocuments(collection, documents) {
+    async ingestDocuments(collection, documents, chunking) {
       const client = ingest.client(IngestService);
       const sources = Object.entries(documents).map(([filename, text]) => ({
         source: { case: "inline" as const, value: { filename, mediaType: "", content: new TextEncoder().encode(text) } },
       }));
-      const { run } = await client.ingestDocuments({ collection, sources });
+      const { run } = await client.ingestDocuments({ collection, sources, ...(chunking === undefined ? {} : { chunking }) });
       for await (const res of client.watchIngestRun({ runId: run!.id })) void res;
       const done = (await client.getIngestRun({ runId: run!.id })).run!;
       if (done.status !== IngestRunStatus.SUCCEEDED) throw new Error(`ingest run ${run!.id} ended ${IngestRunStatus[done.status]}`);
