@@ -128,22 +128,22 @@ async function direct(sequences: LlamaContextSequence[], model: LlamaModel, conc
     if (model.tokens.shouldPrependBosToken && model.tokens.bos !== null) tokens.unshift(model.tokens.bos);
     const t0 = performance.now();
     let ttftMs = -1;
-    let generated = 0;
     const completion = new LlamaCompletion({ contextSequence: sequence });
     const batched = batcher?.generation(MAX_TOKENS);
+    // Generated tokens as the server counts them: sampled (output tokens of the sequence's decodes), also those
+    // LlamaCompletion still holds back when max_tokens ends the generation.
+    const sampledBefore = sequence.tokenMeter.usedOutputTokens;
     const { response } = await completion.generateCompletionWithMeta(tokens, {
       maxTokens: MAX_TOKENS,
       temperature: 0,
       tokenBias: noEos,
       disableContextShift: true,
-      onToken: (t) => {
-        generated += t.length;
-        batched?.token(t.length);
-      },
+      onToken: (t) => batched?.token(t.length),
       onTextChunk: (text) => {
         if (ttftMs < 0 && text !== "") ttftMs = performance.now() - t0;
       },
     }).finally(() => batched?.end());
+    const generated = sequence.tokenMeter.usedOutputTokens - sampledBefore;
     return { text: response, tokens: generated, ttftMs: ttftMs < 0 ? performance.now() - t0 : ttftMs };
   });
   const wallMs = performance.now() - started;

@@ -269,7 +269,10 @@ export class InferenceEngine {
     const filter = new StopStringFilter(params.stop, (text) => params.onText?.(text), () => stopped.abort());
     try {
       const completion = new LlamaCompletion({ contextSequence: sequence });
-      let completionTokens = 0;
+      // Tokens the model generated: each one sampled, metered as an output token of the sequence's decodes. onToken
+      // misses tokens LlamaCompletion still holds when max_tokens ends the generation (a character not finished, or
+      // text held after one), so it is only the count of what the batcher waits for.
+      const sampledBefore = sequence.tokenMeter.usedOutputTokens;
       const { metadata } = await completion.generateCompletionWithMeta(prompt.tokens, {
         maxTokens: params.maxTokens,
         temperature: params.temperature,
@@ -281,12 +284,11 @@ export class InferenceEngine {
         disableContextShift: true,
         signal,
         stopOnAbortSignal: true,
-        onToken: (tokens) => {
-          completionTokens += tokens.length;
-          batched.token(tokens.length);
-        },
+        onToken: (tokens) => batched.token(tokens.length),
         onTextChunk: (text) => filter.push(text),
       });
+      // An end-of-generation token that ended it is not part of the completion.
+      const completionTokens = sequence.tokenMeter.usedOutputTokens - sampledBefore - (metadata.stopReason === "eogToken" ? 1 : 0);
       const text = filter.end();
       const finishReason: FinishReason = filter.stopString === null && metadata.stopReason === "maxTokens" ? "length" : "stop";
       return { text, finishReason, stopReason: filter.stopString, promptTokens, completionTokens };
