@@ -243,77 +243,80 @@ try {
   const rows: string[] = [];
   for (const concurrency of CONCURRENCIES) {
     const server = await startServerProcess(models.model, models.adapter, concurrency);
-    for (const variant of ["tiny", "adapter"] as const) {
-      // --direct-batching server: direct gets the server's step batcher too (every generation in every decoding
-      // step), which separates what the server gains by its batching from what its transport costs.
-      const batcher = DIRECT_BATCHING === "server" ? new StepBatcher() : undefined;
-      const context = await model.createContext({
-        contextSize: CONTEXT_SIZE,
-        sequences: concurrency,
-        threads: THREADS,
-        ...(batcher === undefined ? {} : { batching: { itemPrioritizationStrategy: batcher.strategy } }),
-        ...(variant === "adapter" ? { lora: { adapters: [{ filePath: models.adapter }] } } : {}),
-      });
-      const sequences = Array.from({ length: concurrency }, () => context.getSequence());
-      // Warm-up, one each (first evaluation builds the compute graph).
-      await direct(sequences, model, concurrency, batcher);
-      await viaServer(server, variant, concurrency);
-      const loadBefore = load1();
-      const d: ReturnType<typeof summary>[] = [];
-      const s: ReturnType<typeof summary>[] = [];
-      const ratios: number[] = []; // server tok/s ÷ direct tok/s per round
-      const overheads: number[] = []; // per block of two rounds
-      for (let round = 0; round < ROUNDS; round++) {
-        // Alternating order: a load that rises or falls during the cell favours neither contestant.
-        let a: RoundResult;
-        let b: RoundResult;
-        if (round % 2 === 0) {
-          a = await direct(sequences, model, concurrency, batcher);
-          b = await viaServer(server, variant, concurrency);
-        } else {
-          b = await viaServer(server, variant, concurrency);
-          a = await direct(sequences, model, concurrency, batcher);
-        }
-        a.answers.forEach((answer, i) => {
-          const other = b.answers[i]!;
-          // One sequence at a time, both compute exactly the same thing: the texts must be equal. With 8 in flight
-          // llama.cpp batches whichever sequences are ready, and batch composition changes float sums enough to
-          // flip near-tied greedy picks of the random tiny model, so there each answer is checked for its length.
-          const same = concurrency === 1 ? other.text === answer.text : other.text !== "" && answer.text !== "";
-          // node-llama-cpp's LlamaCompletion does not stop on a token that ends inside a multi-byte character: it
-          // takes one more to finish the character, so an answer of the random model may have max_tokens + 1.
-          const fullLength = (tokens: number) => tokens === MAX_TOKENS || tokens === MAX_TOKENS + 1;
-          if (!same || !fullLength(other.tokens) || !fullLength(answer.tokens)) {
-            throw new Error(`${variant} c=${concurrency} request ${i}: the server answered ${JSON.stringify(other.text)} (${other.tokens} tokens), node-llama-cpp ${JSON.stringify(answer.text)} (${answer.tokens})`);
-          }
+    try {
+      for (const variant of ["tiny", "adapter"] as const) {
+        // --direct-batching server: direct gets the server's step batcher too (every generation in every decoding
+        // step), which separates what the server gains by its batching from what its transport costs.
+        const batcher = DIRECT_BATCHING === "server" ? new StepBatcher() : undefined;
+        const context = await model.createContext({
+          contextSize: CONTEXT_SIZE,
+          sequences: concurrency,
+          threads: THREADS,
+          ...(batcher === undefined ? {} : { batching: { itemPrioritizationStrategy: batcher.strategy } }),
+          ...(variant === "adapter" ? { lora: { adapters: [{ filePath: models.adapter }] } } : {}),
         });
-        const ds = summary(a);
-        const ss = summary(b);
-        d.push(ds);
-        s.push(ss);
-        ratios.push(ss.tokPerS / ds.tokPerS);
-        if (round % 2 === 1) overheads.push(1 - Math.sqrt(ratios[round - 1]! * ratios[round]!));
-        process.stderr.write(
-          `  ${variant} c=${concurrency} round ${round + 1}/${ROUNDS} (${round % 2 === 0 ? "direct first" : "server first"}): direct ${ds.tokPerS.toFixed(0)} tok/s, server ${ss.tokPerS.toFixed(0)} tok/s, server ÷ direct ${ratios.at(-1)!.toFixed(3)}${round % 2 === 1 ? `, block overhead ${pct(overheads.at(-1)!)}` : ""} (load ${load1()})\n`,
-        );
+        const sequences = Array.from({ length: concurrency }, () => context.getSequence());
+        // Warm-up, one each (first evaluation builds the compute graph).
+        await direct(sequences, model, concurrency, batcher);
+        await viaServer(server, variant, concurrency);
+        const loadBefore = load1();
+        const d: ReturnType<typeof summary>[] = [];
+        const s: ReturnType<typeof summary>[] = [];
+        const ratios: number[] = []; // server tok/s ÷ direct tok/s per round
+        const overheads: number[] = []; // per block of two rounds
+        for (let round = 0; round < ROUNDS; round++) {
+          // Alternating order: a load that rises or falls during the cell favours neither contestant.
+          let a: RoundResult;
+          let b: RoundResult;
+          if (round % 2 === 0) {
+            a = await direct(sequences, model, concurrency, batcher);
+            b = await viaServer(server, variant, concurrency);
+          } else {
+            b = await viaServer(server, variant, concurrency);
+            a = await direct(sequences, model, concurrency, batcher);
+          }
+          a.answers.forEach((answer, i) => {
+            const other = b.answers[i]!;
+            // One sequence at a time, both compute exactly the same thing: the texts must be equal. With 8 in flight
+            // llama.cpp batches whichever sequences are ready, and batch composition changes float sums enough to
+            // flip near-tied greedy picks of the random tiny model, so there each answer is checked for its length.
+            const same = concurrency === 1 ? other.text === answer.text : other.text !== "" && answer.text !== "";
+            // node-llama-cpp's LlamaCompletion does not stop on a token that ends inside a multi-byte character: it
+            // takes one more to finish the character, so an answer of the random model may have max_tokens + 1.
+            const fullLength = (tokens: number) => tokens === MAX_TOKENS || tokens === MAX_TOKENS + 1;
+            if (!same || !fullLength(other.tokens) || !fullLength(answer.tokens)) {
+              throw new Error(`${variant} c=${concurrency} request ${i}: the server answered ${JSON.stringify(other.text)} (${other.tokens} tokens), node-llama-cpp ${JSON.stringify(answer.text)} (${answer.tokens})`);
+            }
+          });
+          const ds = summary(a);
+          const ss = summary(b);
+          d.push(ds);
+          s.push(ss);
+          ratios.push(ss.tokPerS / ds.tokPerS);
+          if (round % 2 === 1) overheads.push(1 - Math.sqrt(ratios[round - 1]! * ratios[round]!));
+          process.stderr.write(
+            `  ${variant} c=${concurrency} round ${round + 1}/${ROUNDS} (${round % 2 === 0 ? "direct first" : "server first"}): direct ${ds.tokPerS.toFixed(0)} tok/s, server ${ss.tokPerS.toFixed(0)} tok/s, server ÷ direct ${ratios.at(-1)!.toFixed(3)}${round % 2 === 1 ? `, block overhead ${pct(overheads.at(-1)!)}` : ""} (load ${load1()})\n`,
+          );
+        }
+        await context.dispose();
+        const row = [
+          variant === "tiny" ? "base" : "adapter",
+          concurrency,
+          median(d.map((x) => x.tokPerS)).toFixed(0),
+          median(s.map((x) => x.tokPerS)).toFixed(0),
+          `**${pct(median(overheads))}**`,
+          `${pct(Math.min(...overheads))} … ${pct(Math.max(...overheads))}`,
+          `${median(d.map((x) => x.ttftP50)).toFixed(1)} / ${median(d.map((x) => x.ttftP99)).toFixed(1)}`,
+          `${median(s.map((x) => x.ttftP50)).toFixed(1)} / ${median(s.map((x) => x.ttftP99)).toFixed(1)}`,
+          `${median(d.map((x) => x.cpuUsPerToken)).toFixed(0)} / ${median(s.map((x) => x.cpuUsPerToken)).toFixed(0)} (client ${median(s.map((x) => x.clientCpuUsPerToken)).toFixed(0)})`,
+          `${loadBefore} → ${load1()}`,
+        ];
+        rows.push(`| ${row.join(" | ")} |`);
+        process.stderr.write(`${rows.at(-1)}\n`);
       }
-      await context.dispose();
-      const row = [
-        variant === "tiny" ? "base" : "adapter",
-        concurrency,
-        median(d.map((x) => x.tokPerS)).toFixed(0),
-        median(s.map((x) => x.tokPerS)).toFixed(0),
-        `**${pct(median(overheads))}**`,
-        `${pct(Math.min(...overheads))} … ${pct(Math.max(...overheads))}`,
-        `${median(d.map((x) => x.ttftP50)).toFixed(1)} / ${median(d.map((x) => x.ttftP99)).toFixed(1)}`,
-        `${median(s.map((x) => x.ttftP50)).toFixed(1)} / ${median(s.map((x) => x.ttftP99)).toFixed(1)}`,
-        `${median(d.map((x) => x.cpuUsPerToken)).toFixed(0)} / ${median(s.map((x) => x.cpuUsPerToken)).toFixed(0)} (client ${median(s.map((x) => x.clientCpuUsPerToken)).toFixed(0)})`,
-        `${loadBefore} → ${load1()}`,
-      ];
-      rows.push(`| ${row.join(" | ")} |`);
-      process.stderr.write(`${rows.at(-1)}\n`);
+    } finally {
+      await server.close(); // also when a check fails: no server process left behind
     }
-    await server.close();
   }
   await model.dispose();
   await llama.dispose();
