@@ -12,6 +12,7 @@ import {
   type Collection,
   type Document,
 } from "@ragtune/proto";
+import type { CollectionIndexes } from "./collection-indexes.js";
 
 /** Where the ingest service keeps documents, chunks and collections. */
 export interface DocumentStoreDeps {
@@ -19,26 +20,13 @@ export interface DocumentStoreDeps {
   /** Key `<collection>.<documentId>`: every document, for GetDocument and the by-ID lookups. */
   documents: TypedKv<typeof DocumentSchema>;
   /**
-   * The document index of a collection (a KV bucket of its own, opened or created on first use), key `<documentId>`:
-   * the same records, so a page of a collection's documents reads only its own entries (a filter on the shared
-   * bucket would cost the server a pass over every document of every collection when the page's consumer is made).
+   * The per-collection buckets (CollectionIndexes): a collection's document index, key `<documentId>` — the same
+   * records as `documents`, so a page of a collection's documents reads only its own entries (a filter on the shared
+   * bucket would cost the server a pass over every document of every collection when the page's consumer is made) —
+   * and its chunk index, key `<documentId>.<chunkId>`: every stored chunk, once. A page of a collection's chunks reads
+   * only its own entries, a document's chunks are known without its chunk set, and a chunk is found by its ID alone.
    */
-  documentIndex: (collection: string) => Promise<TypedKv<typeof DocumentSchema>>;
-  /**
-   * The chunk index of a collection (a KV bucket of its own, opened or created on first use), key
-   * `<documentId>.<chunkId>`: every stored chunk, once. A page of a collection's chunks reads only its own entries (a
-   * bucket of its own: the page's consumer needs no filter, which costs the server a pass over every key), a
-   * document's chunks are known without its chunk set, and a chunk is found by its ID alone (`findIndexedChunk`).
-   */
-  chunkIndex: (collection: string) => Promise<TypedKv<typeof ChunkSchema>>;
-  /** Writes chunk records already encoded (protobuf) into a collection's chunk index (CollectionIndexes.putRecords). */
-  putChunkRecords: (collection: string, records: readonly { key: string; record: Uint8Array }[]) => Promise<void>;
-  /** The chunk with this ID in a collection's chunk index, or null: one request (CollectionIndexes.findChunk). */
-  findIndexedChunk: (collection: string, chunkId: string) => Promise<Chunk | null>;
-  /** Deletes a collection's document and chunk index buckets (CollectionIndexes.drop). */
-  dropIndexes: (collection: string) => Promise<void>;
-  /** Forgets the open index buckets of a collection, which another instance may have deleted (CollectionIndexes.forget). */
-  forgetIndexes: (collection: string) => void;
+  indexes: Pick<CollectionIndexes, "documentIndex" | "chunkIndex" | "putRecords" | "findChunk" | "drop" | "forget">;
   /**
    * Key `<collection>`: the collections whose document index is known to be complete (created with the index, or
    * filled from `documents` once, see `backfillDocumentIndexes`); the value names the collection.
@@ -106,7 +94,7 @@ export class DocumentStore {
     const now = timestampNow();
     // A new collection's document index is complete from its first document on. Its index buckets are opened
     // again: a collection of this name deleted by another instance took its buckets with it.
-    this.deps.forgetIndexes(name);
+    this.deps.indexes.forget(name);
     await this.deps.indexedCollections.put(name, { name, createdAt: now, updatedAt: now });
     await this.deps.collections.modify(name, (current) => current ?? { name, createdAt: now, updatedAt: now });
   }
@@ -124,7 +112,7 @@ export class DocumentStore {
     const filled: { collection: string; added: number }[] = [];
     for (const [i, collection] of names.entries()) {
       if (marks[i] !== null || collectionNameProblem(collection) !== undefined) continue;
-      const index = await this.deps.documentIndex(collection);
+      const index = await this.deps.indexes.documentIndex(collection);
       let added = 0;
       for await (const { value } of this.deps.documents.entries(`${collection}.*`)) {
         try {
@@ -169,7 +157,7 @@ export class DocumentStore {
 
   /** Removes a collection's record and its index buckets (its documents are removed before). */
   async deleteCollectionRecord(name: string): Promise<void> {
-    await this.deps.dropIndexes(name);
+    await this.deps.indexes.drop(name);
     await this.deps.collections.delete(name);
     await this.deps.indexedCollections.delete(name);
   }
@@ -203,13 +191,13 @@ export class DocumentStore {
 
   /** Up to `limit` documents of a collection in the order they were last written, from position `from` (1: start). */
   async pageDocuments(collection: string, from: number, limit: number): Promise<StorePage<Document>> {
-    const page = await (await this.deps.documentIndex(collection)).page(">", from, limit);
+    const page = await (await this.deps.indexes.documentIndex(collection)).page(">", from, limit);
     return { items: page.entries.map((e) => e.value), next: page.nextRevision };
   }
 
   /** Puts a stored document into its collection's document index if it is not there (a record stored before the index existed). */
   async indexDocument(document: Document): Promise<void> {
-    const index = await this.deps.documentIndex(document.collection);
+    const index = await this.deps.indexes.documentIndex(document.collection);
     if ((await index.get(document.id)) === null) await index.put(document.id, document);
   }
 
@@ -220,7 +208,7 @@ export class DocumentStore {
    * document unchanged).
    */
   async putDocument(document: Document): Promise<void> {
-    const index = await this.deps.documentIndex(document.collection);
+    const index = await this.deps.indexes.documentIndex(document.collection);
     await Promise.all([index.put(document.id, document), this.deps.documents.put(docKey(document.collection, document.id), document)]);
   }
 
@@ -235,7 +223,7 @@ export class DocumentStore {
     const collections: string[] = [];
     for await (const name of this.deps.collections.keys()) collections.push(name);
     const found = await Promise.all([
-      ...collections.filter((c) => collectionNameProblem(c) === undefined).map((c) => this.deps.findIndexedChunk(c, chunkId)),
+      ...collections.filter((c) => collectionNameProblem(c) === undefined).map((c) => this.deps.indexes.findChunk(c, chunkId)),
       this.deps.legacyChunks?.get(chunkId).then((v) => v?.value ?? null) ?? null,
     ]);
     return found.find((c) => c !== null) ?? null;
@@ -265,7 +253,7 @@ export class DocumentStore {
   async indexedChunks(collection: string, documentId: string): Promise<Chunk[]> {
     const chunks: Chunk[] = [];
     for (let from = 1; from !== 0; ) {
-      const page = await (await this.deps.chunkIndex(collection)).page(`${documentId}.*`, from, 1000);
+      const page = await (await this.deps.indexes.chunkIndex(collection)).page(`${documentId}.*`, from, 1000);
       for (const e of page.entries) chunks.push(e.value);
       from = page.nextRevision;
     }
@@ -274,14 +262,14 @@ export class DocumentStore {
 
   /** Whether the chunk index holds these chunks of a document (a cheap check that a stored version is complete). */
   async hasIndexed(collection: string, documentId: string, chunkIds: readonly string[]): Promise<boolean> {
-    const index = await this.deps.chunkIndex(collection);
+    const index = await this.deps.indexes.chunkIndex(collection);
     const found = await Promise.all(chunkIds.map((id) => index.get(indexKey(documentId, id))));
     return found.every((f) => f !== null);
   }
 
   /** Up to `limit` chunks of a collection in the order they were last written, from position `from` (1: start). */
   async pageCollectionChunks(collection: string, from: number, limit: number): Promise<StorePage<Chunk>> {
-    const page = await (await this.deps.chunkIndex(collection)).page(">", from, limit);
+    const page = await (await this.deps.indexes.chunkIndex(collection)).page(">", from, limit);
     return { items: page.entries.map((e) => e.value), next: page.nextRevision };
   }
 
@@ -306,7 +294,7 @@ export class DocumentStore {
    */
   async putEncodedChunks(collection: string, documentId: string, chunks: readonly { id: string; record: Uint8Array }[]): Promise<void> {
     if (chunks.length === 0) return;
-    await this.deps.putChunkRecords(
+    await this.deps.indexes.putRecords(
       collection,
       chunks.map(({ id, record }) => ({ key: indexKey(documentId, id), record })),
     );
@@ -315,7 +303,7 @@ export class DocumentStore {
   /** Removes chunks of one document from the chunk index (and their by-ID records of an older store). */
   async deleteChunks(collection: string, documentId: string, ids: readonly string[]): Promise<void> {
     if (ids.length === 0) return;
-    const index = await this.deps.chunkIndex(collection);
+    const index = await this.deps.indexes.chunkIndex(collection);
     const legacy = this.deps.legacyChunks;
     await inWindow(ids, WRITE_WINDOW, (id) =>
       Promise.all([
@@ -345,7 +333,7 @@ export class DocumentStore {
     }
     await this.deleteChunks(document.collection, document.id, [...ids]);
     await this.deleteChunkSet(document.chunkSet);
-    await (await this.deps.documentIndex(document.collection)).delete(document.id);
+    await (await this.deps.indexes.documentIndex(document.collection)).delete(document.id);
     await this.deps.documents.delete(docKey(document.collection, document.id));
     return [...ids];
   }

@@ -64,12 +64,7 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
     const store = new DocumentStore({
       collections,
       documents,
-      documentIndex: (c) => indexes.documentIndex(c),
-      chunkIndex: (c) => indexes.chunkIndex(c),
-      putChunkRecords: (c, records) => indexes.putRecords(c, records),
-      findIndexedChunk: (c, id) => indexes.findChunk(c, id),
-      dropIndexes: (c) => indexes.drop(c),
-      forgetIndexes: (c) => indexes.forget(c),
+      indexes,
       indexedCollections,
       legacyChunks,
       chunkSets,

@@ -53,12 +53,7 @@ beforeAll(async () => {
   store = new DocumentStore({
     collections,
     documents,
-    documentIndex: (c) => indexes.documentIndex(c),
-    chunkIndex: (c) => indexes.chunkIndex(c),
-    putChunkRecords: (c, records) => indexes.putRecords(c, records),
-    findIndexedChunk: (c, id) => indexes.findChunk(c, id),
-    dropIndexes: (c) => indexes.drop(c),
-    forgetIndexes: (c) => indexes.forget(c),
+    indexes,
     indexedCollections,
     chunkSets,
   });
