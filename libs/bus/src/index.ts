@@ -28,6 +28,7 @@ export type { EventFollower, FollowedEvent, FollowedKind, FollowOptions, OnEvent
 export { openWorkQueue, workQueueNames } from "./work-queue.js";
 export type { Job, TakeOptions, WorkQueue, WorkQueueOptions } from "./work-queue.js";
 export { openKv, RevisionConflictError } from "./kv.js";
+export { KvCache } from "./kv-cache.js";
 export type { KvChange, KvOptions, KvPage, KvStep, KvValue, KvWatch, TypedKv } from "./kv.js";
 export { openArtifactStore, readArtifactContent, storeArtifactContent } from "./object-store.js";
 export type { ArtifactInfo, ArtifactPutOptions, ArtifactSource, ArtifactStore, ArtifactStoreOptions } from "./object-store.js";

@@ -8,7 +8,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { create, type DescService } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createContextKey, type HandlerContext } from "@connectrpc/connect";
-import { type Bus, RevisionConflictError, type TypedKv } from "@ragtune/bus";
+import { type Bus, KvCache, RevisionConflictError, type TypedKv } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import { type ApiKeyRecord, ApiKeyRecordSchema, CollectionTenantSchema } from "@ragtune/proto";
 import { kvKey } from "./promotion-store.js";
@@ -32,10 +32,15 @@ const TENANT_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const sha256 = (text: string) => createHash("sha256").update(text).digest("hex");
 
 export class ApiKeys {
-  private constructor(readonly kv: TypedKv<typeof ApiKeyRecordSchema>) {}
+  private constructor(
+    readonly kv: TypedKv<typeof ApiKeyRecordSchema>,
+    /** Every request authenticates: a key is read from the server once, then kept current by the cache's watch (a revocation anywhere reaches it in milliseconds). */
+    readonly cache: KvCache<typeof ApiKeyRecordSchema>,
+  ) {}
 
   static async open(bus: Bus, bucket: string): Promise<ApiKeys> {
-    return new ApiKeys(await bus.kv(bucket, ApiKeyRecordSchema));
+    const kv = await bus.kv(bucket, ApiKeyRecordSchema);
+    return new ApiKeys(kv, await KvCache.open(kv));
   }
 
   /** A new key for a tenant: the key text is returned once, only its hash is stored. */
@@ -44,7 +49,7 @@ export class ApiKeys {
     const id = randomBytes(8).toString("hex");
     const secret = randomBytes(32).toString("base64url");
     const record = create(ApiKeyRecordSchema, { id, tenant, name, secretSha256: sha256(secret), createdAt: timestampFromDate(new Date()) });
-    await this.kv.create(id, record);
+    this.cache.learn(id, record, await this.kv.create(id, record));
     return { key: `rt_${id}.${secret}`, record };
   }
 
@@ -54,7 +59,7 @@ export class ApiKeys {
     if (entry === null) throw new Error(`no API key with ID ${id}`);
     if (entry.value.revokedAt !== undefined) return entry.value;
     const record = create(ApiKeyRecordSchema, { ...entry.value, revokedAt: timestampFromDate(new Date()) });
-    await this.kv.update(id, record, entry.revision);
+    this.cache.learn(id, record, await this.kv.update(id, record, entry.revision));
     return record;
   }
 
@@ -70,7 +75,7 @@ export class ApiKeys {
     if (bearer === null) throw new ConnectError("this gateway requires an API key: send the header `authorization: Bearer rt_…`", Code.Unauthenticated);
     const m = KEY_RE.exec(bearer[1]!);
     if (m === null) throw new ConnectError("the API key is malformed: gateway keys look like rt_<16 hex>.<43 characters>", Code.Unauthenticated);
-    const entry = await this.kv.get(m[1]!);
+    const entry = await this.cache.get(m[1]!);
     const expected = Buffer.from(entry?.value.secretSha256 ?? "0".repeat(64), "hex");
     const actual = Buffer.from(sha256(m[2]!), "hex");
     if (entry === null || !timingSafeEqual(expected, actual)) throw new ConnectError("the API key is not valid for this gateway", Code.Unauthenticated);
@@ -81,14 +86,19 @@ export class ApiKeys {
 
 /** Which tenant owns each collection. */
 export class Tenancy {
-  private constructor(readonly kv: TypedKv<typeof CollectionTenantSchema>) {}
+  private constructor(
+    readonly kv: TypedKv<typeof CollectionTenantSchema>,
+    /** Every request that names a collection reads its owner: from the server once, then from this watched cache. */
+    readonly cache: KvCache<typeof CollectionTenantSchema>,
+  ) {}
 
   static async open(bus: Bus, bucket: string): Promise<Tenancy> {
-    return new Tenancy(await bus.kv(bucket, CollectionTenantSchema));
+    const kv = await bus.kv(bucket, CollectionTenantSchema);
+    return new Tenancy(kv, await KvCache.open(kv));
   }
 
   async owner(collection: string): Promise<string | undefined> {
-    return (await this.kv.get(kvKey(collection)))?.value.tenant;
+    return (await this.cache.get(kvKey(collection)))?.value.tenant;
   }
 
   /** Gives a collection to a tenant; fails when another tenant owns it. Idempotent for the same tenant. */
@@ -98,7 +108,8 @@ export class Tenancy {
     if (current === tenant) return;
     if (current !== undefined) throw new ConnectError(`collection "${collection}" belongs to another tenant`, Code.PermissionDenied);
     try {
-      await this.kv.create(kvKey(collection), create(CollectionTenantSchema, { collection, tenant, grantedAt: timestampFromDate(new Date()) }));
+      const record = create(CollectionTenantSchema, { collection, tenant, grantedAt: timestampFromDate(new Date()) });
+      this.cache.learn(kvKey(collection), record, await this.kv.create(kvKey(collection), record));
     } catch (err) {
       if (!(err instanceof RevisionConflictError)) throw err;
       if ((await this.owner(collection)) !== tenant) throw new ConnectError(`collection "${collection}" belongs to another tenant`, Code.PermissionDenied);

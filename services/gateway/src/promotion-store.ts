@@ -4,46 +4,22 @@
  * both land, one after the other.
  */
 import { create } from "@bufbuild/protobuf";
-import { type Bus, RevisionConflictError, type TypedKv } from "@ragtune/bus";
+import { type Bus, KvCache, RevisionConflictError, type TypedKv } from "@ragtune/bus";
 import { type PromotedAdapter, type PromotionRecord, PromotionRecordSchema } from "@ragtune/proto";
 
 /** Promotions kept per collection (older ones drop out of the history and can no longer be rolled back to). */
 export const HISTORY_LIMIT = 20;
 
 export class PromotionStore {
-  /**
-   * The newest record known per key (null: none) and its revision, from this store's reads and writes and a watch of
-   * the bucket's changes (every replica's), so `current` — read on every Ask — asks the server once per collection.
-   */
-  readonly #known = new Map<string, { record: PromotionRecord | null; revision: number }>();
-  /** False once the watch has ended: `current` then reads the bucket every time. */
-  #watching = false;
-  readonly #listeners = new Set<(key: string | undefined) => void>();
-
-  private constructor(readonly kv: TypedKv<typeof PromotionRecordSchema>) {}
+  private constructor(
+    readonly kv: TypedKv<typeof PromotionRecordSchema>,
+    /** `current` — read on every Ask — asks the server once per collection; the cache's watch keeps it current. */
+    readonly cache: KvCache<typeof PromotionRecordSchema>,
+  ) {}
 
   static async open(bus: Bus, bucket = "gateway-promotions"): Promise<PromotionStore> {
-    const store = new PromotionStore(await bus.kv(bucket, PromotionRecordSchema));
-    // Every change stored after this point is reported, so a value read after it is never newer than what follows.
-    const watch = await store.kv.watch({ updatesOnly: true });
-    store.#watching = true;
-    void (async () => {
-      for await (const c of watch) store.#learn(c.key, c.value, c.revision);
-    })()
-      .catch(() => undefined)
-      .finally(() => {
-        store.#watching = false;
-        store.#known.clear();
-        store.#notify(undefined);
-      });
-    return store;
-  }
-
-  #learn(key: string, record: PromotionRecord | null, revision: number): void {
-    const known = this.#known.get(key);
-    if (known !== undefined && known.revision >= revision) return;
-    this.#known.set(key, { record, revision });
-    this.#notify(key);
+    const kv = await bus.kv(bucket, PromotionRecordSchema);
+    return new PromotionStore(kv, await KvCache.open(kv));
   }
 
   /**
@@ -51,25 +27,12 @@ export class PromotionStore {
    * replica now knows, or undefined when the watch ended. Returns the unsubscribe function.
    */
   onChange(listener: (key: string | undefined) => void): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
+    return this.cache.onChange(listener);
   }
 
-  #notify(key: string | undefined): void {
-    for (const listener of this.#listeners) listener(key);
-  }
-
-  /** The promoted adapter of a collection, if any (from memory after the collection's first read; see `#known`). */
+  /** The promoted adapter of a collection, if any (from memory after the collection's first read). */
   async current(collection: string): Promise<PromotedAdapter | undefined> {
-    if (!this.#watching) return (await this.record(collection))?.history[0];
-    const key = kvKey(collection);
-    let known = this.#known.get(key);
-    if (known === undefined) {
-      const entry = await this.kv.get(key);
-      this.#learn(key, entry?.value ?? null, entry?.revision ?? 0);
-      known = this.#known.get(key)!;
-    }
-    return known.record?.history[0];
+    return (await this.cache.get(kvKey(collection)))?.value.history[0];
   }
 
   async record(collection: string): Promise<PromotionRecord | undefined> {
@@ -88,7 +51,7 @@ export class PromotionStore {
       const record = create(PromotionRecordSchema, { collection, history });
       try {
         const revision = entry === null ? await this.kv.create(key, record) : await this.kv.update(key, record, entry.revision);
-        this.#learn(key, record, revision); // read-your-writes on this replica, before the watch reports it
+        this.cache.learn(key, record, revision); // read-your-writes on this replica, before the watch reports it
         return history;
       } catch (err) {
         if (!(err instanceof RevisionConflictError) || attempt >= 10) throw err;

@@ -72,7 +72,18 @@ describe("API keys", () => {
     const temp = (await keys("create", "--tenant", "acme")).out[0]!;
     expect((await client(temp).ask({ collection: "acme-docs", question: "rockets" })).answer).toBe("An answer.");
     const id = temp.slice(3, 19);
+    // The gateway holds the key (it authenticated with it): the revocation, made by another connection, reaches it
+    // through its cache's watch of the key bucket.
+    const learned = new Promise<void>((resolve) => {
+      const off = tb.gateway.instance.access!.keys.cache.onChange((key) => {
+        if (key === id) {
+          off();
+          resolve();
+        }
+      });
+    });
     expect((await keys("revoke", id)).code).toBe(0);
+    await learned;
     await expectCode(client(temp).ask({ collection: "acme-docs", question: "rockets" }), Code.Unauthenticated, new RegExp(`API key ${id} was revoked`));
   });
 
