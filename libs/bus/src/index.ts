@@ -27,7 +27,7 @@ export { coveringFilter, followEvents, onEvent, subjectMatches } from "./follow.
 export type { EventFollower, FollowedEvent, FollowedKind, FollowOptions, OnEventOptions } from "./follow.js";
 export { openWorkQueue, workQueueNames } from "./work-queue.js";
 export type { Job, TakeOptions, WorkQueue, WorkQueueOptions } from "./work-queue.js";
-export { openKv, RevisionConflictError } from "./kv.js";
+export { kvBucketMessages, openKv, RevisionConflictError } from "./kv.js";
 export { KvCache } from "./kv-cache.js";
 export type { KvChange, KvOptions, KvPage, KvStep, KvValue, KvWatch, TypedKv } from "./kv.js";
 export { openArtifactStore, readArtifactContent, storeArtifactContent } from "./object-store.js";

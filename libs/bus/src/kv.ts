@@ -89,6 +89,18 @@ export interface TypedKv<Desc extends DescMessage> {
    */
   page(filter: string, fromRevision: number, limit: number): Promise<KvPage<Desc>>;
   /**
+   * Writes values encoded already (protobuf bytes of the bucket's schema, e.g. made in a worker thread), all in flight
+   * at once up to a window, unconditionally as `put`.
+   */
+  putEncoded(entries: readonly { key: string; bytes: Uint8Array }[]): Promise<void>;
+  /**
+   * The present value last written to a key matching `pattern` (a subject-style filter such as `*.chunk-1`), or null
+   * when there is none or it was deleted: one request to the server whatever the bucket's size.
+   */
+  lastMatching(pattern: string): Promise<({ key: string } & KvValue<Desc>) | null>;
+  /** Deletes the whole bucket (values and history); one that is gone already is fine. Later use of this handle fails. */
+  destroy(): Promise<void>;
+  /**
    * Changes as they happen, after the current values unless `updatesOnly`. With `updatesOnly`, every change stored
    * after `watch()` was called is reported, even one made before it resolved. Each key's revisions are reported in
    * order; the last one always arrives, earlier ones only while the bucket still keeps them (`history`).
@@ -97,6 +109,28 @@ export interface TypedKv<Desc extends DescMessage> {
 }
 
 const BUCKET_RE = /^[A-Za-z0-9_-]+$/;
+/** Values of one `putEncoded` in flight at once (each a JetStream publish waiting for its ack). */
+const PUT_WINDOW = 256;
+/** JetStream API error code of a missing stream. */
+const STREAM_NOT_FOUND = 10059;
+
+function isMissingStream(err: unknown): boolean {
+  return err instanceof JetStreamApiError && err.code === STREAM_NOT_FOUND;
+}
+
+/**
+ * How many messages (values, deletions and history) a KV bucket holds, or undefined when it does not exist — without
+ * creating it (`openKv` would).
+ */
+export async function kvBucketMessages(ctx: BusContext, bucket: string): Promise<number | undefined> {
+  if (!BUCKET_RE.test(bucket)) throw new Error(`KV bucket name ${JSON.stringify(bucket)} is invalid: use only letters, digits, '_' and '-'`);
+  try {
+    return (await ctx.jsm.streams.info(`KV_${bucket}`)).state.messages;
+  } catch (err) {
+    if (isMissingStream(err)) return undefined;
+    throw err;
+  }
+}
 
 function isConflict(err: unknown): boolean {
   return (
@@ -185,6 +219,35 @@ export async function openKv<Desc extends DescMessage>(
       }
     },
     put: (key, value) => write(() => kv.put(key, encode(value))),
+    async putEncoded(entries) {
+      let next = 0;
+      const lane = async (): Promise<void> => {
+        while (next < entries.length) {
+          const { key, bytes } = entries[next++]!;
+          await write(() => ctx.js.publish(`$KV.${bucket}.${key}`, bytes));
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(PUT_WINDOW, entries.length) }, lane));
+    },
+    async lastMatching(pattern) {
+      const found = await ctx.jsm.direct.getMessage(stream, { last_by_subj: `$KV.${bucket}.${pattern}` });
+      if (found === null) return null;
+      const operation = found.header?.get("KV-Operation") ?? "";
+      if (operation === "DEL" || operation === "PURGE") return null;
+      const key = found.subject.slice(`$KV.${bucket}.`.length);
+      try {
+        return { key, value: fromBinary(schema, found.data), revision: found.seq };
+      } catch (err) {
+        throw new Error(`KV ${bucket}/${key} (revision ${found.seq}) is not a valid ${schema.typeName}`, { cause: err });
+      }
+    },
+    async destroy() {
+      try {
+        await ctx.jsm.streams.delete(stream);
+      } catch (err) {
+        if (!isMissingStream(err)) throw err;
+      }
+    },
     delete: (key) => write(() => kv.delete(key)),
     async *keys(filter) {
       const iter = await kv.keys(filter ?? ">");

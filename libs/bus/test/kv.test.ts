@@ -1,6 +1,6 @@
 import { StructSchema, TimestampSchema } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RevisionConflictError, type Bus, type KvChange, type TypedKv } from "../src/index.js";
+import { kvBucketMessages, RevisionConflictError, type Bus, type KvChange, type TypedKv } from "../src/index.js";
 import { startHarness, type Harness } from "./harness.js";
 
 let h: Harness;
@@ -15,6 +15,24 @@ afterAll(async () => {
 });
 
 describe("typed KV", () => {
+  it("writes encoded values, finds the last value of a key pattern in one request, counts and deletes a bucket", async () => {
+    const { toBinary, create } = await import("@bufbuild/protobuf");
+    expect(await kvBucketMessages(bus, "encoded")).toBeUndefined(); // not created by asking
+    const kv = await bus.kv("encoded", TimestampSchema);
+    const bytes = (seconds: bigint) => toBinary(TimestampSchema, create(TimestampSchema, { seconds }));
+    await kv.putEncoded(Array.from({ length: 300 }, (_, i) => ({ key: `doc${i % 3}.chunk${i}`, bytes: bytes(BigInt(i)) })));
+    expect((await kv.get("doc2.chunk5"))?.value.seconds).toBe(5n);
+    expect(await kvBucketMessages(bus, "encoded")).toBe(300);
+    const found = await kv.lastMatching("*.chunk7");
+    expect(found).toMatchObject({ key: "doc1.chunk7", value: { seconds: 7n } });
+    await kv.delete("doc1.chunk7");
+    expect(await kv.lastMatching("*.chunk7")).toBeNull(); // deleted
+    expect(await kv.lastMatching("*.nothing")).toBeNull();
+    await kv.destroy();
+    expect(await kvBucketMessages(bus, "encoded")).toBeUndefined();
+    await kv.destroy(); // gone already: fine
+  });
+
   it("round-trips protobuf values with revisions and compare-and-set", async () => {
     const kv = await bus.kv("jobs", TimestampSchema);
     expect(await kv.get("job-1")).toBeNull();

@@ -1,4 +1,4 @@
-import { busOptionsFromConfig, connectBus, type Bus, type TypedKv } from "@ragtune/bus";
+import { busOptionsFromConfig, connectBus, kvBucketMessages, type Bus, type TypedKv } from "@ragtune/bus";
 import { ChunkSchema, CollectionSchema, DocumentSchema, IngestService } from "@ragtune/proto";
 import { CollectionIndexes } from "./collection-indexes.js";
 import type { ServiceContext, ServiceInstance } from "@ragtune/rpc";
@@ -124,12 +124,6 @@ export async function startIngestService({ config, logger }: ServiceContext<Inge
  * index holds every chunk, and GetChunk finds one there by its ID), so a store without that bucket never gets one.
  */
 async function openLegacyChunks(bus: Bus, bucket: string): Promise<TypedKv<typeof ChunkSchema> | undefined> {
-  let messages: number;
-  try {
-    messages = (await bus.jsm.streams.info(`KV_${bucket}`)).state.messages;
-  } catch (err) {
-    if ((err as { code?: unknown }).code === 10059) return undefined; // stream not found
-    throw err;
-  }
-  return messages > 0 ? bus.kv(bucket, ChunkSchema) : undefined;
+  const messages = await kvBucketMessages(bus, bucket);
+  return messages !== undefined && messages > 0 ? bus.kv(bucket, ChunkSchema) : undefined;
 }
