@@ -4,6 +4,7 @@ import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManage
 import { AuthorizationError, credsAuthenticator, type ConnectionOptions, type NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import type { Logger } from "@ragtune/logger";
+import { coalesceFlushes } from "./coalesce-flushes.js";
 import { eventPublisher, subscribeEvents, type EventSubscription, type PublishEvent, type PublishOptions, type PublishResult, type SubscribeOptions } from "./events.js";
 import { openKv, type KvOptions, type TypedKv } from "./kv.js";
 import { openArtifactStore, type ArtifactStore, type ArtifactStoreOptions } from "./object-store.js";
@@ -211,6 +212,8 @@ export async function connectBus(options: ConnectBusOptions): Promise<Bus> {
     throw connectError(err, servers, options.credentials);
   }
   logger.info({ server: nc.getServer(), name: options.name, replicas: stores.replicas }, "connected to NATS");
+  // One socket write per event-loop turn instead of one per microtask burst (half the ingest service's main thread).
+  if (coalesceFlushes(nc) === undefined) logger.warn("cannot coalesce the NATS client's socket writes (its internals changed); every request is written on its own");
   void watchStatus(nc, logger);
 
   const js = jetstream(nc, { timeout: options.requestTimeoutMs ?? 10_000 });

@@ -161,6 +161,31 @@ describe("artifact store", () => {
     await expect(store.putBytes(content, "not-a-hash")).rejects.toThrow(/64 lowercase hex/);
   });
 
+  it("putBytes writes one-chunk content as the object store does (its own client reads it, digest and all), keeps what is stored, and leaves nothing behind", async () => {
+    const store = await bus.artifacts("one-chunk");
+    const os = await new Objm(bus.js).open("one-chunk");
+    const messages = async () => (await bus.jsm.streams.info("OBJ_one-chunk")).state.messages;
+    const content = new Uint8Array(100_000).map((_, i) => (i * 13) % 256);
+    const hash = createHash("sha256").update(content).digest("hex");
+    const stored = await store.putBytes(content, hash, { contentType: "application/json" });
+    expect(stored).toMatchObject({ hash, size: 100_000, chunks: 1, contentType: "application/json" });
+    const info = await os.info(hash);
+    expect(info).toMatchObject({ name: hash, size: 100_000, chunks: 1, deleted: false, metadata: { contentType: "application/json" } });
+    expect(Buffer.from(info!.digest.replace(/^SHA-256=/, ""), "base64url").toString("hex")).toBe(hash);
+    expect(Buffer.from((await os.getBlob(hash))!).equals(Buffer.from(content))).toBe(true);
+    expect(await store.info(hash)).toEqual(stored);
+    expect(await messages()).toBe(2); // one chunk, one metadata record
+    // Stored already: the chunk sent along with the look for it is removed again, and the object is left as it was.
+    expect(await store.putBytes(content, hash)).toEqual(stored);
+    expect(await messages()).toBe(2);
+    // Past one chunk: the object store's own upload, in chunks.
+    const large = new Uint8Array(300_000).map((_, i) => (i * 7) % 256);
+    const largeHash = createHash("sha256").update(large).digest("hex");
+    expect(await store.putBytes(large, largeHash)).toMatchObject({ hash: largeHash, size: 300_000, chunks: 3 });
+    expect(await sha256Of((await store.get(largeHash))!)).toEqual({ hash: largeHash, size: 300_000 });
+    expect((await objectNames("one-chunk")).sort()).toEqual([hash, largeHash].sort());
+  });
+
   it("a read fails clearly, instead of waiting forever, when the object is deleted while it is being read", async () => {
     const store = await bus.artifacts("deleted-mid-read", { readAhead: 1 });
     const bytes = new Uint8Array(4 * 1024 * 1024).map((_, i) => (i * 7) % 251);
