@@ -20,12 +20,13 @@
  *   (anchor, then gateway). Overhead = the gateway's latency percentile minus the anchor's in the same pair. Every
  *   answer is checked (text and context present). A contestant that cannot keep up is given GRACE s after the last
  *   send; answers not in by then count as infinitely late (reported as unanswered), so a saturated run still ends.
- *   Beside each gateway round, the gateway process's CPU time per Ask (from /proc: what caps its rate on a core).
+ *   Beside each gateway round, the gateway's CPU time per Ask (from /proc, all its processes: one process's rate is
+ *   capped at a core's worth of it). PROCESSES sets GATEWAY_PROCESSES (processes serving the gateway's port).
  *   GATEWAY_CPU_PROF=dir writes the gateway process's CPU profile there.
  * Every figure line ends with the machine's load average (1 min) when it was taken.
  *
  * Run: npm run bench:gateway -w @ragtune/tools
- *   (PARTS=quality,latency,ask RATE=500 DURATION=10 ROUNDS=3 GRACE=10 QUERIES=960 SLOW_QUERIES=100 CORPUS=...)
+ *   (PARTS=quality,latency,ask RATE=500 DURATION=10 ROUNDS=3 GRACE=10 PROCESSES=1 QUERIES=960 SLOW_QUERIES=100 CORPUS=...)
  */
 import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -45,12 +46,14 @@ import { createClient } from "@ragtune/rpc";
 import { chunkDocument, documentIdFor, loadTokenizer, parseDocument } from "@ragtune/text";
 import { AWS_CORPUS_DIR, corpusMarkdownFiles, freePort } from "@ragtune/testing";
 import { startStack } from "../src/stack.js";
-import { processCpuSeconds } from "./proc-cpu.js";
+import { processTreeCpuSeconds as processCpuSeconds } from "./proc-cpu.js";
 
 const CORPUS = process.env.CORPUS ?? AWS_CORPUS_DIR;
 const RATE = Number(process.env.RATE ?? 500);
 const DURATION = Number(process.env.DURATION ?? 10);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
+/** The gateway's GATEWAY_PROCESSES (processes serving its port) in part 3. */
+const PROCESSES = Number(process.env.PROCESSES ?? 1);
 /** Seconds an Ask round waits for answers after its last send before it gives up on the rest. */
 const GRACE = Number(process.env.GRACE ?? 10);
 const PARTS = new Set((process.env.PARTS ?? "quality,latency,ask").split(","));
@@ -286,6 +289,7 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       LLM_BASE_URL: `${endpointUrl}/v1`,
       LLM_MODEL: "base",
       LLM_CONCURRENCY: "1024",
+      GATEWAY_PROCESSES: String(PROCESSES),
       ...(profileDir !== undefined
         ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --import ${fileURLToPath(new URL("./cpu-profile.mjs", import.meta.url))}`.trim(), CPU_PROFILE_DIR: profileDir, CPU_PROFILE_MATCH: "services/gateway/" }
         : {}),
@@ -311,7 +315,7 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       await ingestCopy(copies++);
       total = await chunkCount();
     }
-    console.log(`Part 3 — Ask overhead: ${total} chunks ingested in ${((performance.now() - ingestStarted) / 1000).toFixed(1)} s; open loop at ${RATE} requests/s for ${DURATION} s each, ${ROUNDS} rounds (anchor, then gateway)`);
+    console.log(`Part 3 — Ask overhead, GATEWAY_PROCESSES=${PROCESSES}: ${total} chunks ingested in ${((performance.now() - ingestStarted) / 1000).toFixed(1)} s; open loop at ${RATE} requests/s for ${DURATION} s each, ${ROUNDS} rounds (anchor, then gateway)`);
     const agent = new Agent({ keepAlive: true, maxSockets: 256 });
     /** Requests in flight (destroyed when a round gives up on them). */
     const inFlight = new Set<ReturnType<typeof request>>();
@@ -389,7 +393,7 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       overheads.push(o);
       console.log(
         `  round ${round + 1}: anchor (endpoint direct) p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (sender lag ≤ ${fmt(direct.maxLag)} ms${unansweredNote(direct.unanswered)}); ` +
-          `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (sender lag ≤ ${fmt(gateway.maxLag)} ms${unansweredNote(gateway.unanswered)}) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway process CPU ${fmt(cpuPerAsk)} ms per Ask`,
+          `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (sender lag ≤ ${fmt(gateway.maxLag)} ms${unansweredNote(gateway.unanswered)}) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway CPU (all its processes) ${fmt(cpuPerAsk)} ms per Ask`,
       );
     }
     const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;

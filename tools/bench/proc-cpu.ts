@@ -33,3 +33,18 @@ export function threadCpuSeconds(pid: number): { main: number; other: number } {
   }
   return { main, other };
 }
+
+/** CPU seconds of a process and its live descendants (a gateway's cluster workers). */
+export function processTreeCpuSeconds(pid: number): number {
+  let total = 0;
+  try {
+    total = processCpuSeconds(pid);
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const children = readFileSync(`/proc/${pid}/task/${tid}/children`, "utf8").trim();
+      for (const child of children === "" ? [] : children.split(" ")) total += processTreeCpuSeconds(Number(child));
+    }
+  } catch {
+    // a process that ended meanwhile
+  }
+  return total;
+}

@@ -29,6 +29,7 @@ import {
   observeInterceptor,
 } from "./interceptors.js";
 import { createRpcMetrics } from "./metrics.js";
+import { clusterMetricsOf } from "./processes.js";
 
 export interface RpcServerOptions {
   /** Root (or service) logger; every call gets a child of it. */
@@ -98,6 +99,8 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
   const allowHttp1 = options.allowHttp1 ?? false;
   const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
   const metrics = createRpcMetrics(options.registry);
+  // One of several processes behind this port: a scrape sees the sum over all of them.
+  const renderMetrics = clusterMetricsOf(metrics.registry) ?? (() => metrics.registry.metrics());
   const health = new HealthRegistry();
   const shutdown = new AbortController();
 
@@ -139,7 +142,7 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     });
     const path = (req.url ?? "").split("?", 1)[0] ?? "";
     if (path === METRICS_PATH && (req.method === "GET" || req.method === "HEAD")) {
-      serveMetrics(metrics.registry, res, logger);
+      serveMetrics(metrics.registry, renderMetrics, res, logger);
       return;
     }
     if (req.httpVersionMajor === 1 && !allowHttp1) {
@@ -274,9 +277,8 @@ function sendPlain(res: NodeResponse, status: number, text: string): void {
   res.end(text);
 }
 
-function serveMetrics(registry: Registry, res: NodeResponse, logger: Logger): void {
-  registry
-    .metrics()
+function serveMetrics(registry: Registry, render: () => Promise<string>, res: NodeResponse, logger: Logger): void {
+  render()
     .then((body) => {
       res.writeHead(200, { "content-type": registry.contentType });
       res.end(body);

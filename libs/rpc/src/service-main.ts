@@ -1,7 +1,9 @@
+import cluster from "node:cluster";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { ConfigError, loadConfig, type BaseServiceConfig } from "@ragtune/config";
 import { createLogger, type Logger, type LoggerOptions } from "@ragtune/logger";
 import type { z } from "zod";
+import { leaveSupervisor, superviseProcesses } from "./processes.js";
 import { startRpcServer, type RpcServer, type RpcServerOptions } from "./server.js";
 
 /** What a service's start function gets: its parsed config, its root logger and the shutdown signal. */
@@ -33,6 +35,11 @@ export interface ServiceDefinition<S extends z.ZodType<BaseServiceConfig>, I ext
   /** zod schema of the service's environment (extends baseServiceSchema). */
   schema: S;
   start(context: ServiceContext<z.infer<S>>): Promise<I>;
+  /**
+   * How many processes serve the service's port (runService only; node:cluster, see processes.ts), from its config.
+   * Absent or 1: this process alone.
+   */
+  processes?(config: z.infer<S>): number;
 }
 
 export interface StartServiceOptions {
@@ -156,6 +163,24 @@ export async function startService<S extends z.ZodType<BaseServiceConfig>, I ext
 export async function runService<S extends z.ZodType<BaseServiceConfig>, I extends ServiceInstance>(
   definition: ServiceDefinition<S, I>,
 ): Promise<void> {
+  if (definition.processes !== undefined && cluster.isPrimary) {
+    let config: z.infer<S>;
+    try {
+      config = loadConfig(definition.name, definition.schema, process.env);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      process.stderr.write(`${err.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    const count = definition.processes(config);
+    if (count > 1) {
+      const logger = createLogger({ svc: definition.name, level: config.LOG_LEVEL });
+      process.exitCode = await superviseProcesses({ name: definition.name, count, logger });
+      logger.flush();
+      return;
+    }
+  }
   const shutdown = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => shutdown.abort(signal);
   process.once("SIGINT", onSignal);
@@ -172,5 +197,6 @@ export async function runService<S extends z.ZodType<BaseServiceConfig>, I exten
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    leaveSupervisor();
   }
 }

@@ -9,4 +9,6 @@ await runService({
   async start({ logger }) {
     return { register: testRoutes, stop: async () => logger.info("fixture released") };
   },
+  // FIXTURE_PROCESSES > 1: that many processes on one port (processes.ts).
+  processes: () => Number(process.env.FIXTURE_PROCESSES ?? 1),
 });

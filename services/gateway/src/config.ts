@@ -41,7 +41,12 @@ export const gatewayConfigSchema = baseServiceSchema.extend({
    * and a key reaches only its tenant's collections. none: no keys, every collection open (local development only).
    */
   GATEWAY_AUTH: z.enum(["api-keys", "none"]).default("api-keys"),
-  /** Requests per minute each API key may make (sustained, per gateway replica)... */
+  /**
+   * Processes serving the gateway's port (node:cluster; each a full gateway, as a replica is, and /metrics sums them):
+   * one process handles about 400 Asks/s on one core, so a replica on a machine with more cores serves more with more.
+   */
+  GATEWAY_PROCESSES: envInt({ min: 1, max: 64, default: 1 }),
+  /** Requests per minute each API key may make (sustained, per gateway process: see GATEWAY_PROCESSES)... */
   GATEWAY_RATE_LIMIT: envInt({ min: 1, max: 60_000_000, default: 1200 }),
   /** ...and at once after a quiet spell. */
   GATEWAY_RATE_BURST: envInt({ min: 1, max: 1_000_000, default: 40 }),
