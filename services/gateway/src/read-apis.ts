@@ -78,6 +78,7 @@ export function jobDetail(j: Job): JobDetail {
     status: view.status,
     baseModel: view.baseModel,
     datasetVersionId: view.datasetVersionId,
+    initAdapterJobId: view.initAdapterJobId,
     collection: j.collection,
     displayName: j.displayName,
     attempt: j.attempt,

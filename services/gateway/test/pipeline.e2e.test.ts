@@ -240,6 +240,9 @@ describe("pipeline through the gateway", () => {
     expect(update.spec!.initAdapterJobId).toBe(before.jobId);
     const trainer = createClient(TrainerService, { baseUrl: stack.services.trainer.url, protocol: "grpc" });
     expect((await trainer.getJob({ jobId: after.jobId })).job!.initAdapterJobId).toBe(before.jobId);
+    // The gateway's job detail (the dashboard's job page) and the adapter's lineage name the warm start too.
+    expect((await a.getCollectionJob({ jobId: after.jobId })).job!.initAdapterJobId).toBe(before.jobId);
+    expect((await a.getAdapterLineage({ jobId: after.jobId })).job!.initAdapterJobId).toBe(before.jobId);
     // One update for the burst: nothing pending, and no other update run.
     const runs = (await a.listPipelineRuns({ collection: "docs" })).runs.filter((r) => r.trigger.startsWith("update"));
     expect(runs.map((r) => r.id)).toEqual([updateId]);

@@ -58,6 +58,7 @@ export async function jobPage({ root, signal }: PageContext, jobId: string): Pro
       " · ",
       link(`#/lineage/${job.jobId}`, "lineage"),
       job.datasetVersionId !== "" ? h("span", {}, " · dataset ", link(`#/dataset/${job.datasetVersionId}`, job.datasetVersionId)) : null,
+      job.initAdapterJobId !== "" ? h("span", { id: "warm-start" }, " · warm start from the adapter of job ", link(`#/job/${job.initAdapterJobId}`, job.initAdapterJobId)) : null,
     ),
     h("p", {}, `Base model ${job.baseModel} · created ${when(job.createdAt)} · attempt ${job.attempt}`, job.adapter ? ` · adapter ${job.adapter.id}` : ""),
     actions,

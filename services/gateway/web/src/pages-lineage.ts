@@ -30,6 +30,10 @@ export async function lineagePage({ root }: PageContext, jobId: string): Promise
   root.append(
     h("h1", {}, `Lineage of job ${jobId}`),
     h("p", {}, "Collection ", link(`#/c/${encodeURIComponent(l.collection)}`, l.collection)),
+    // A warm start continued an earlier adapter: its own lineage holds the documents that adapter was trained on.
+    l.job !== undefined && l.job.initAdapterJobId !== ""
+      ? h("p", { id: "warm-start" }, "Warm-started from the adapter of job ", link(`#/lineage/${l.job.initAdapterJobId}`, l.job.initAdapterJobId), " (its lineage)")
+      : "",
     section("Graph", graph(columns, titles)),
   );
 }
