@@ -21,14 +21,33 @@ import { chunkDocument, documentIdFor, loadTokenizer, parseDocument } from "@rag
 import { ingestConfigSchema } from "../../services/ingest/src/config.js";
 import { DocumentPool } from "../../services/ingest/src/document-pool.js";
 import { DocumentStore } from "../../services/ingest/src/document-store.js";
+import { IngestRunner } from "../../services/ingest/src/ingest-runner.js";
 import { RunStore } from "../../services/ingest/src/run-store.js";
 import { startIngestService } from "../../services/ingest/src/server.js";
+import { readdirSync } from "node:fs";
 import { threadCpuSeconds } from "./proc-cpu.js";
+
+/** CPU seconds per thread name (/proc comm) of a process: which threads beside the main one spend the time. */
+function cpuByThreadName(pid: number): Map<string, number> {
+  const by = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+    } catch {
+      continue;
+    }
+    const name = tid === String(pid) ? "main" : `${stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"))}/${tid}`;
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    by.set(name, (by.get(name) ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
+  }
+  return by;
+}
 
 const COPIES = Number(process.env["COPIES"] ?? 10);
 const WORKERS = process.env["WORKERS"] ?? "1";
 
-const phases = new Map<string, { n: number; ms: number }>();
+const phases = new Map<string, { n: number; ms: number; lastEnd: number }>();
 /** Times every call of `proto[name]` (an async method) under `label`. */
 function timed(proto: object, name: string, label = name): void {
   const target = proto as Record<string, (...args: unknown[]) => Promise<unknown>>;
@@ -38,9 +57,10 @@ function timed(proto: object, name: string, label = name): void {
     try {
       return await original.apply(this, args);
     } finally {
-      const p = phases.get(label) ?? { n: 0, ms: 0 };
+      const p = phases.get(label) ?? { n: 0, ms: 0, lastEnd: 0 };
       p.n++;
-      p.ms += performance.now() - start;
+      p.lastEnd = performance.now();
+      p.ms += p.lastEnd - start;
       phases.set(label, p);
     }
   };
@@ -50,6 +70,9 @@ for (const m of ["getDocument", "readChunkSetBytes", "hasIndexed", "indexedChunk
 }
 timed(DocumentPool.prototype, "run", "worker: parse + chunk (queued included)");
 timed(RunStore.prototype, "save", "run saves (in the background)");
+timed(RunStore.prototype, "completeRun", "run: completeRun (the last write)");
+timed(IngestRunner.prototype, "finish", "run: finish (statistics, collection counts, last write)");
+timed(IngestRunner.prototype, "processItem", "document: whole (read to result)");
 
 const load = () => loadavg().map((l) => l.toFixed(2)).join(", ");
 
@@ -85,16 +108,22 @@ try {
   for (const [collection, path] of [["warm-up", "copy-0"], ["measured", "."]] as const) {
     phases.clear();
     const before = { self: threadCpuSeconds(process.pid), nats: threadCpuSeconds(nats.pid!) };
+    const threadsBefore = cpuByThreadName(process.pid);
     start = performance.now();
     const { run } = await client.ingestDocuments({ collection, sources: [{ source: { case: "serverPath", value: { path } } }] });
     for await (const _ of client.watchIngestRun({ runId: run!.id })) void _;
-    const wall = (performance.now() - start) / 1000;
+    const end = performance.now();
+    const wall = (end - start) / 1000;
     const after = { self: threadCpuSeconds(process.pid), nats: threadCpuSeconds(nats.pid!) };
     if (collection === "warm-up") continue;
     const documents = COPIES * files.length;
     console.log(
       `service, INGEST_WORKERS=${WORKERS}: ${documents} documents in ${wall.toFixed(2)} s (${(wall / anchor).toFixed(2)}× the anchor); CPU s: main thread ${(after.self.main - before.self.main).toFixed(2)}, other threads ${(after.self.other - before.self.other).toFixed(2)}, nats-server ${(after.nats.main + after.nats.other - before.nats.main - before.nats.other).toFixed(2)}; load average ${load()}`,
     );
+    const threads = [...cpuByThreadName(process.pid)].map(([name, s]) => [name, s - (threadsBefore.get(name) ?? 0)] as const).filter(([, s]) => s >= 0.05).sort((a, b) => b[1] - a[1]);
+    const lastDocument = phases.get("document: whole (read to result)")?.lastEnd ?? end;
+    console.log(`tail: ${(end - lastDocument).toFixed(0)} ms from the last document's result to the completed event at the client`);
+    console.log(`CPU s by thread name: ${threads.map(([name, s]) => `${name} ${s.toFixed(2)}`).join(", ")}`);
     console.log("| phase | calls | summed s | mean ms |");
     console.log("|---|---:|---:|---:|");
     for (const [label, p] of phases) console.log(`| ${label} | ${p.n} | ${(p.ms / 1000).toFixed(2)} | ${(p.ms / p.n).toFixed(1)} |`);

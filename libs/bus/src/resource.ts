@@ -29,7 +29,7 @@ import { ensureStream } from "./streams.js";
  */
 
 /** Points of an append where a test can inject a crash (`faults`). */
-export type AppendStep = "before-write" | "after-write" | "after-catalog-publish" | "after-history-publish";
+export type AppendStep = "before-write" | "after-write" | "after-catalog-publish" | "before-history-publish" | "after-history-publish";
 
 /** The work belongs to another owner or epoch now: stop at once, write nothing more. */
 export class OwnershipLostError extends Error {
@@ -541,31 +541,74 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
    * Publishes the outbox entries the history lacks, in order: each history event exactly once (expected last
    * subject sequence), each catalog event before its history event. Safe to run from any number of writers and
    * watchers at once.
+   *
+   * Consecutive history events go out together rather than one acknowledgement at a time (a save of an ingest run
+   * carries hundreds): the first guarded by the subject's last sequence as read, each later one by the message ID of
+   * the one before it (JetStream's "expected last message ID": the stream's last stored message must be that event).
+   * The server stores them in order, and once one is refused none after it is stored unless that one was stored by
+   * another writer meanwhile — so no gap and no reordering, whatever fails. After a refusal the history is read
+   * again and the rest goes out one at a time, as before.
    */
   private async publishOutbox(id: string, outbox: readonly ResourceOutboxEntry[]): Promise<void> {
     if (outbox.length === 0) return;
     let last = await this.lastStored(id);
-    for (const entry of outbox) {
+    let together = true;
+    for (let i = 0; i < outbox.length; ) {
+      const entry = outbox[i]!;
       const sequence = Number(entry.sequence);
-      if (sequence <= last.sequence) continue;
+      if (sequence <= last.sequence) {
+        i++;
+        continue;
+      }
       if (sequence !== last.sequence + 1) {
         throw new Error(`${this.def.kind} ${id}: history holds events up to ${last.sequence} but the outbox continues at ${sequence}`);
       }
-      const h = natsHeaders();
-      h.set(TYPE_HEADER, entry.typeName);
-      h.set(MSG_ID_HEADER, entry.msgId);
-      if (entry.terminal) h.set(TERMINAL_HEADER, "true");
       if (!entry.history) {
-        await this.retry(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h }), "publishing a catalog event").catch(
+        await this.retry(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: this.headersOf(entry) }), "publishing a catalog event").catch(
           (err: unknown) => {
             throw storeFullError(err, { store: `the events stream (subject ${entry.subject})`, variable: "NATS_EVENTS_MAX_BYTES" }) ?? err;
           },
         );
         await this.fault("after-catalog-publish", id, sequence);
+        i++;
+        continue;
+      }
+      let end = i + 1;
+      while (end < outbox.length && outbox[end]!.history) end++;
+      await this.fault("before-history-publish", id, sequence);
+      if (together && end - i > 1) {
+        const run = outbox.slice(i, end);
+        const acks = run.map((e, k) =>
+          this.bus.js
+            .publish(e.subject, e.data, {
+              msgID: e.msgId,
+              headers: this.headersOf(e),
+              expect: k === 0 ? { lastSubjectSequence: last.streamSeq } : { lastMsgID: run[k - 1]!.msgId },
+            })
+            .then((ack) => ({ seq: ack.seq }), (err: unknown) => ({ err })),
+        );
+        let stored = 0;
+        try {
+          for (const [k, e] of run.entries()) {
+            const result = await acks[k]!;
+            if ("err" in result) break;
+            last = { sequence: Number(e.sequence), streamSeq: result.seq };
+            stored++;
+            await this.fault("after-history-publish", id, last.sequence);
+          }
+        } finally {
+          await Promise.all(acks);
+        }
+        i += stored;
+        if (stored < run.length) {
+          // Refused (another writer appended, a reconnect, a full stream): see what the history holds now.
+          together = false;
+          last = await this.lastStored(id);
+        }
         continue;
       }
       try {
-        const ack = await this.retry(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: h, expect: { lastSubjectSequence: last.streamSeq } }), "appending a history event");
+        const ack = await this.retry(() => this.bus.js.publish(entry.subject, entry.data, { msgID: entry.msgId, headers: this.headersOf(entry), expect: { lastSubjectSequence: last.streamSeq } }), "appending a history event");
         last = { sequence, streamSeq: ack.seq };
       } catch (err) {
         if (!(err instanceof JetStreamApiError && err.code === WRONG_LAST_SEQUENCE)) {
@@ -576,7 +619,17 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
         if (last.sequence < sequence) throw new Error(`${this.def.kind} ${id}: history changed under the append of ${sequence}; retry`, { cause: err });
       }
       await this.fault("after-history-publish", id, sequence);
+      i++;
     }
+  }
+
+  /** The headers of an outbox entry's message: its type, message ID and whether it ends the history. */
+  private headersOf(entry: ResourceOutboxEntry) {
+    const h = natsHeaders();
+    h.set(TYPE_HEADER, entry.typeName);
+    h.set(MSG_ID_HEADER, entry.msgId);
+    if (entry.terminal) h.set(TERMINAL_HEADER, "true");
+    return h;
   }
 
   /**

@@ -130,7 +130,51 @@ describe("resource history", () => {
     expect(new Set(events.map((e) => (e.event.case === "log" ? e.event.value.message : ""))).size).toBe(46);
   });
 
-  const steps: AppendStep[] = ["before-write", "after-write", "after-catalog-publish", "after-history-publish"];
+  /** Appends `n` log events in one write. */
+  const appendMany = (store: ResourceStore<typeof JobSchema, typeof JobEventSchema, string>, id: string, n: number, prefix: string) =>
+    store.modify(id, (job) => ({ state: job, events: Array.from({ length: n }, (_, i) => ({ body: `${prefix}${i}` })) }));
+  const texts = (events: JobEvent[]) => events.map((e) => (e.event.case === "log" ? e.event.value.message : ""));
+
+  it("a write of many events publishes them together; a writer killed in the middle and two repairers at once leave them once and in order", async () => {
+    h = await startHarness();
+    const dying = await open(await h.connect("dying"), {
+      faults: (s, _id, sequence) => {
+        if (s === "after-history-publish" && sequence === 6) throw new Crash("killed after the 6th event");
+      },
+    });
+    await dying.create("j8", newJob("j8"), [{ body: "created" }]);
+    await expect(appendMany(dying, "j8", 20, "a")).rejects.toBeInstanceOf(Crash);
+    const [r1, r2] = await Promise.all([open(await h.connect("r1")), open(await h.connect("r2"))]);
+    await Promise.all([r1.repair("j8"), r2.repair("j8"), appendMany(r1, "j8", 30, "b")]);
+    await append(r2, "j8", "end", true);
+    const events = await collect(r1, "j8");
+    expect(sequences(events)).toEqual(range(1, 52));
+    expect(texts(events)).toEqual(["created", ...range(0, 19).map((i) => `a${i}`), ...range(0, 29).map((i) => `b${i}`), "end"]);
+  });
+
+  it("events sent together after another writer stored them are not stored twice: the refusal is noticed and the history read again", async () => {
+    h = await startHarness();
+    const other = await open(await h.connect("other"));
+    let raced = false;
+    const racing = await open(await h.connect("racing"), {
+      faults: async (s, id, sequence) => {
+        // Between reading the history's end and sending its 10 events, another replica publishes them itself.
+        if (s === "before-history-publish" && sequence === 2 && !raced) {
+          raced = true;
+          await other.repair(id);
+        }
+      },
+    });
+    await racing.create("j9", newJob("j9"), [{ body: "created" }]);
+    await appendMany(racing, "j9", 10, "c");
+    expect(raced).toBe(true);
+    await append(racing, "j9", "end", true);
+    const events = await collect(other, "j9");
+    expect(sequences(events)).toEqual(range(1, 12));
+    expect(texts(events)).toEqual(["created", ...range(0, 9).map((i) => `c${i}`), "end"]);
+  });
+
+  const steps: AppendStep[] = ["before-write", "after-write", "after-catalog-publish", "before-history-publish", "after-history-publish"];
   for (const step of steps) {
     it(`a writer killed at ${step} leaves no gap and no duplicate: the next writer or a watcher completes the append`, async () => {
       h = await startHarness();

@@ -41,6 +41,23 @@ describe("DocumentPool", () => {
     await expect(pool.run(work("fine.md"))).resolves.toMatchObject({ ok: false });
   });
 
+  it("posts a worker its next document before the current one is done, so it never waits for the main thread", async () => {
+    pool = new DocumentPool({ size: 1, timeoutMs: 60_000, logger, entry: RUNAWAY });
+    // wait.md finishes only once the next document is in its thread: without it posted ahead, this never resolves.
+    const [first, second] = await Promise.all([pool.run(work("wait.md")), pool.run(work("next.md"))]);
+    expect(first).toMatchObject({ ok: false, message: "wait.md: finished after next.md arrived" });
+    expect(second).toMatchObject({ ok: false, message: expect.stringMatching(/^next\.md: served/) });
+  });
+
+  it("gives the documents a dead worker held but had not started to its replacement", async () => {
+    pool = new DocumentPool({ size: 1, timeoutMs: 60_000, logger, entry: RUNAWAY });
+    const died = pool.run(work("exit.md"));
+    const held = [pool.run(work("a.md")), pool.run(work("b.md"))];
+    await expect(died).rejects.toThrow(DocumentWorkerError);
+    const results = await Promise.all(held);
+    expect(results.map((r) => (r.ok ? "" : r.message.replace(/ by thread .*/, "")))).toEqual(["a.md: served", "b.md: served"]);
+  });
+
   it("runs as many documents at once as it has workers: a runaway does not hold up the others", async () => {
     pool = new DocumentPool({ size: 2, timeoutMs: 60_000, logger, entry: RUNAWAY });
     const runaway = pool.run(work("spin.md"));

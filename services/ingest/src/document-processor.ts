@@ -1,3 +1,4 @@
+import { stat } from "node:fs/promises";
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Logger } from "@ragtune/logger";
@@ -41,7 +42,9 @@ export interface ProcessInput {
   sourceName: string;
   mediaType: string;
   /** Reads the raw bytes; may throw a SourceReadError. */
-  read: () => Promise<Uint8Array>;
+  read?: () => Promise<Uint8Array>;
+  /** Instead of `read`: the file the document's worker reads (a server path), with the same errors and limit. */
+  path?: string;
   chunking: EffectiveChunking;
   chunkingProto: ChunkingOptions;
 }
@@ -129,16 +132,23 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     bytes,
   });
 
-  let bytes: Uint8Array;
-  try {
-    bytes = await input.read();
-  } catch (err) {
-    if (err instanceof SourceReadError) return fail(err.reason, err.message);
-    throw err;
+  // A server path's file is read by the worker; other content here, first.
+  let bytes: Uint8Array | undefined;
+  if (input.path === undefined) {
+    if (input.read === undefined) throw new Error(`${sourceName}: the document has neither a path nor a read function`);
+    try {
+      bytes = await input.read();
+    } catch (err) {
+      if (err instanceof SourceReadError) return fail(err.reason, err.message);
+      throw err;
+    }
   }
+  /** Bytes of the document: as read here, as the worker read them, or (the worker stopped) the file's size now. */
+  let size = bytes?.byteLength;
+  const sizeOf = async (): Promise<number> => (size ??= input.path === undefined ? 0 : await stat(input.path).then((s) => s.size, () => 0));
   const failAndRecord = async (reason: DocumentErrorReason, message: string): Promise<ProcessOutput> => {
-    const failed = fail(reason, message, bytes.byteLength);
-    await recordFailure(deps.store, collection, documentId, sourceName, input, bytes.byteLength, failed.result);
+    const failed = fail(reason, message, await sizeOf());
+    await recordFailure(deps.store, collection, documentId, sourceName, input, failed.bytes, failed.result);
     return failed;
   };
 
@@ -160,7 +170,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
       collection,
       sourceName,
       mediaType: input.mediaType,
-      bytes,
+      ...(input.path !== undefined ? { path: input.path } : { bytes: bytes! }),
       maxDocumentBytes: deps.maxDocumentBytes,
       chunking: input.chunking,
       ...(previousChunkSet !== null ? { previousChunkSet } : {}),
@@ -178,6 +188,8 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     }
     throw err;
   }
+  if (!prepared.ok && prepared.code === "unreadable") return fail(prepared.reason, prepared.message);
+  if (prepared.sizeBytes !== undefined) size = prepared.sizeBytes;
   if (!prepared.ok) {
     const reason = prepared.code === "headings-only" ? DocumentErrorReason.EMPTY : (PARSE_REASONS[prepared.code] ?? DocumentErrorReason.PARSE_FAILED);
     return failAndRecord(reason, prepared.message);
@@ -200,7 +212,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
         unchanged: true,
       }),
       tokenCounts,
-      bytes: bytes.byteLength,
+      bytes: prepared.sizeBytes,
     };
   }
 
@@ -246,7 +258,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     mediaType: prepared.mediaType,
     title: prepared.title,
     contentSha256: prepared.contentSha256,
-    sizeBytes: BigInt(bytes.byteLength),
+    sizeBytes: BigInt(prepared.sizeBytes),
     charCount: prepared.charCount,
     status: DocumentStatus.READY,
     chunkCount: chunks.length,
@@ -275,7 +287,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
       unchanged: false,
     }),
     tokenCounts,
-    bytes: bytes.byteLength,
+    bytes: prepared.sizeBytes,
   };
 }
 

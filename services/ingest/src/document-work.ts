@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
+import { closeSync, fstatSync, openSync, readFileSync } from "node:fs";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { ChunkSchema, type Chunk } from "@ragtune/proto";
+import { ChunkSchema, DocumentErrorReason, type Chunk } from "@ragtune/proto";
 import {
   chunkDocument,
   DocumentParseError,
@@ -18,7 +19,9 @@ export interface DocumentWork {
   sourceName: string;
   /** The request's media type, or "" to detect it from the source name. */
   mediaType: string;
-  bytes: Uint8Array;
+  /** The document's bytes, or (a file of a server path) where the worker reads them, with the size limit. */
+  bytes?: Uint8Array;
+  path?: string;
   maxDocumentBytes: number;
   chunking: EffectiveChunking;
   /**
@@ -26,6 +29,17 @@ export interface DocumentWork {
    * unchanged sections keep their chunks instead of being tokenized again, and the new chunks are diffed against it.
    */
   previousChunkSet?: Uint8Array;
+}
+
+/** States of a document posted to a worker of the pool (a 32-bit word shared by the pool and the worker). */
+export const CLAIM = { unclaimed: 0, claimed: 1, takenBack: 2 } as const;
+
+/**
+ * In a worker of the pool: takes a posted document (its `claim`, see WorkerTask); false when the pool took it back
+ * for another worker, and the worker skips it without a reply.
+ */
+export function claimTask(task: { claim: SharedArrayBuffer }): boolean {
+  return Atomics.compareExchange(new Int32Array(task.claim), 0, CLAIM.unclaimed, CLAIM.claimed) === CLAIM.unclaimed;
 }
 
 /** What the document's new version is, ready to store. */
@@ -38,6 +52,8 @@ export interface PreparedDocument {
   metadata: Record<string, string>;
   contentSha256: string;
   charCount: number;
+  /** Bytes of the document as read. */
+  sizeBytes: number;
   /**
    * The chunks, in ordinal order, by ID and token count: what the service's main thread reads of them (the texts
    * travel in `records` and `chunkSet` only, so the reply from the worker thread stays small to decode).
@@ -68,9 +84,58 @@ export interface RejectedDocument {
   ok: false;
   code: ParseErrorCode | "headings-only";
   message: string;
+  /** Bytes of the document as read (absent from the pool's test workers). */
+  sizeBytes?: number;
 }
 
-export type DocumentWorkResult = PreparedDocument | RejectedDocument;
+/** A file (DocumentWork.path) that could not be read: the reason of its per-document error and a message. */
+export interface UnreadableDocument {
+  ok: false;
+  code: "unreadable";
+  reason: DocumentErrorReason;
+  message: string;
+}
+
+export type DocumentWorkResult = PreparedDocument | RejectedDocument | UnreadableDocument;
+
+/**
+ * Reads a document's file in the worker (synchronously: it is the worker's own thread, and a file read there costs
+ * a few system calls, where the main thread paid four thread-pool round trips and their promises per document).
+ * One open file for the size check and the read.
+ */
+function readSource(path: string, sourceName: string, max: number): Uint8Array | UnreadableDocument {
+  const unreadable = (reason: DocumentErrorReason, message: string): UnreadableDocument => ({ ok: false, code: "unreadable", reason, message });
+  const permissions = () => unreadable(DocumentErrorReason.PATH_NOT_FOUND, `${sourceName}: the file cannot be read (check its permissions)`);
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return unreadable(DocumentErrorReason.PATH_NOT_FOUND, `${sourceName}: the file no longer exists`);
+    return permissions();
+  }
+  try {
+    let size: number;
+    try {
+      size = fstatSync(fd).size;
+    } catch {
+      return permissions();
+    }
+    if (size > max) {
+      return unreadable(DocumentErrorReason.TOO_LARGE, `${sourceName}: the document is ${size} bytes, over the limit of ${max} bytes (INGEST_MAX_DOCUMENT_BYTES)`);
+    }
+    try {
+      return readFileSync(fd);
+    } catch {
+      return permissions();
+    }
+  } finally {
+    try {
+      closeSync(fd);
+    } catch {
+      // nothing to do: the bytes are read
+    }
+  }
+}
 
 /**
  * Parses and chunks one document and builds its stored form (chunk records, chunk set, hashes): all the CPU-heavy
@@ -79,14 +144,16 @@ export type DocumentWorkResult = PreparedDocument | RejectedDocument;
 export function prepareDocument(work: DocumentWork, tokenizers: TokenizerCache): DocumentWorkResult {
   const { collection, sourceName } = work;
   const documentId = documentIdFor(collection, sourceName);
+  const bytes = work.path !== undefined ? readSource(work.path, sourceName, work.maxDocumentBytes) : (work.bytes ?? new Uint8Array());
+  if (!(bytes instanceof Uint8Array)) return bytes;
   let parsed: ParsedDocument;
   try {
     parsed = parseDocument(
-      { bytes: work.bytes, filename: sourceName, ...(work.mediaType !== "" ? { mediaType: work.mediaType } : {}) },
+      { bytes, filename: sourceName, ...(work.mediaType !== "" ? { mediaType: work.mediaType } : {}) },
       { maxBytes: work.maxDocumentBytes },
     );
   } catch (err) {
-    if (err instanceof DocumentParseError) return { ok: false, code: err.code, message: err.message };
+    if (err instanceof DocumentParseError) return { ok: false, code: err.code, message: err.message, sizeBytes: bytes.byteLength };
     throw err;
   }
 
@@ -100,7 +167,7 @@ export function prepareDocument(work: DocumentWork, tokenizers: TokenizerCache):
     previous,
   });
   if (textChunks.length === 0) {
-    return { ok: false, code: "headings-only", message: `${sourceName}: the document holds only headings, no text to chunk` };
+    return { ok: false, code: "headings-only", message: `${sourceName}: the document holds only headings, no text to chunk`, sizeBytes: bytes.byteLength };
   }
   const kind = tokenizerKind(work.chunking.tokenizer);
   const chunks: Chunk[] = textChunks.map((c) =>
@@ -137,6 +204,7 @@ export function prepareDocument(work: DocumentWork, tokenizers: TokenizerCache):
     metadata,
     contentSha256: sha256(parsed.text),
     charCount: parsed.text.length,
+    sizeBytes: bytes.byteLength,
     chunks: chunks.map((c) => ({ id: c.id, tokenCount: c.tokenCount })),
     records: chunks.map((c) => toBinary(ChunkSchema, c)),
     chunkSet,

@@ -5,7 +5,7 @@
  */
 import { parentPort } from "node:worker_threads";
 import { TokenizerCache } from "./chunking-options.js";
-import { prepareDocument } from "./document-work.js";
+import { claimTask, prepareDocument } from "./document-work.js";
 import type { WorkerReply, WorkerTask } from "./document-pool.js";
 
 const port = parentPort;
@@ -13,6 +13,7 @@ if (port === null) throw new Error("document-worker runs as a worker thread of t
 const tokenizers = new TokenizerCache();
 
 port.on("message", (task: WorkerTask) => {
+  if (!claimTask(task)) return; // the pool took it back for a worker that was free
   const reply = (message: WorkerReply) => port.postMessage(message);
   try {
     tokenizers.get(task.work.chunking.tokenizer);

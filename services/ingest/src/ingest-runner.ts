@@ -1,5 +1,4 @@
 import { randomBytes } from "node:crypto";
-import { open, type FileHandle } from "node:fs/promises";
 import { hostname } from "node:os";
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
@@ -76,15 +75,31 @@ class CoalescingSave {
   private started = false;
   private again: Promise<void> | undefined;
   private nextStart = 0;
+  /** Ends the wait of a save that has not started yet. */
+  private endWait: (() => void) | undefined;
+  private closed = false;
 
   constructor(private readonly write: () => Promise<void>) {}
 
   request(): Promise<void> {
+    if (this.closed) return Promise.resolve();
     if (this.inflight === undefined) {
       this.started = false;
       const wait = Math.max(0, this.nextStart - Date.now());
-      this.inflight = (wait > 0 ? new Promise<void>((resolve) => setTimeout(resolve, wait)) : Promise.resolve())
+      const waited =
+        wait > 0
+          ? new Promise<void>((resolve) => {
+              const timer = setTimeout(resolve, wait);
+              this.endWait = () => {
+                clearTimeout(timer);
+                resolve();
+              };
+            })
+          : Promise.resolve();
+      this.inflight = waited
         .then(async () => {
+          this.endWait = undefined;
+          if (this.closed) return; // dropped: whoever closed writes what is pending
           this.started = true;
           const start = Date.now();
           try {
@@ -106,6 +121,17 @@ class CoalescingSave {
         return this.request();
       });
     return this.again;
+  }
+
+  /**
+   * Stops saving, once every document is done: a save waiting for its turn is dropped (the run's last write, which
+   * comes next, carries its changes — so the end of a run never waits for the spacing of saves), one being written
+   * is awaited, and its failure thrown.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.endWait?.();
+    await this.inflight;
   }
 }
 
@@ -276,7 +302,8 @@ export class IngestRunner {
     const settled = await Promise.allSettled(lanes);
     const failure = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failure !== undefined) throw failure.reason;
-    if (saveFailure === undefined) await saver.request().catch((err: unknown) => (saveFailure ??= err));
+    // The last write (the run's completion, or its release) carries what no save has written yet.
+    await saver.close().catch((err: unknown) => (saveFailure ??= err));
     if (saveFailure !== undefined) throw saveFailure;
     if (this.stopping) {
       await this.deps.runs.release(record);
@@ -301,7 +328,8 @@ export class IngestRunner {
           collection: run.collection,
           sourceName: item.sourceName,
           mediaType: item.mediaType,
-          read: () => this.read(item),
+          // A file of a server path is read by the document's worker (off the event loop, without thread-pool round trips).
+          ...(item.source.case === "serverPath" ? { path: item.source.value.path } : { read: () => this.read(item) }),
           chunking,
           chunkingProto,
         },
@@ -382,6 +410,7 @@ export class IngestRunner {
     run.documentsDone = 0;
   }
 
+  /** Reads a document given inline (a server path's file is read by its worker, see DocumentWork.path). */
   private async read(item: IngestRunItem): Promise<Uint8Array> {
     const max = this.deps.maxDocumentBytes;
     const tooLarge = (size: number | bigint) =>
@@ -394,36 +423,6 @@ export class IngestRunner {
       const parts: Buffer[] = [];
       for await (const part of stream) parts.push(part as Buffer);
       return Buffer.concat(parts);
-    }
-    if (item.source.case === "serverPath") {
-      const path = item.source.value.path;
-      const unreadable = () => new SourceReadError(DocumentErrorReason.PATH_NOT_FOUND, `${item.sourceName}: the file cannot be read (check its permissions)`);
-      // One open file for the size check and the read (a path lookup less per document than stat, then readFile).
-      let handle: FileHandle;
-      try {
-        handle = await open(path, "r");
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") {
-          throw new SourceReadError(DocumentErrorReason.PATH_NOT_FOUND, `${item.sourceName}: the file no longer exists`);
-        }
-        throw unreadable();
-      }
-      try {
-        let size: number;
-        try {
-          size = (await handle.stat()).size;
-        } catch {
-          throw unreadable();
-        }
-        if (size > max) throw tooLarge(size);
-        try {
-          return await handle.readFile();
-        } catch {
-          throw unreadable();
-        }
-      } finally {
-        await handle.close().catch(() => {});
-      }
     }
     throw new Error(`run item ${item.sourceName} has no source`);
   }
@@ -501,9 +500,11 @@ export class IngestRunner {
    */
   private async finish(record: IngestRunRecord, measures: Map<number, DocMeasure>, failure: Failure | undefined): Promise<void> {
     const run = record.run!;
-    const statistics = await this.statistics(record, measures);
     // Counts change with ready documents and with new documents recorded as failed.
-    await this.deps.locks.run(run.collection, () => this.deps.store.refreshCollection(run.collection));
+    const [statistics] = await Promise.all([
+      this.statistics(record, measures),
+      this.deps.locks.run(run.collection, () => this.deps.store.refreshCollection(run.collection)),
+    ]);
     run.statistics = statistics;
     if (failure !== undefined) {
       run.status = IngestRunStatus.FAILED;

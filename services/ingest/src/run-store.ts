@@ -271,7 +271,10 @@ export class RunStore {
     const held = this.hold(runId);
     const state = this.snapshot(record);
     const lists = this.pendingLists(record, held.written);
-    const batches = eventBatches(held.pending);
+    // The stored record keeps its last write's events (its outbox) until another write: that write carries only the
+    // last event (the terminal one of a finished run), so a finished record stays small; the others go before it.
+    const pending = held.pending;
+    const batches = pending.length > 1 ? [...eventBatches(pending.slice(0, -1)), [pending.at(-1)!]] : eventBatches(pending);
     try {
       await lists.write();
       // Events beyond one write's budget go first, with the state as it was before the run finished: only the last

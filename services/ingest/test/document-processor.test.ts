@@ -1,6 +1,9 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { connectBus, type Bus } from "@ragtune/bus";
 import { createLogger } from "@ragtune/logger";
-import { CollectionSchema, DocumentSchema, DocumentStatus } from "@ragtune/proto";
+import { CollectionSchema, DocumentErrorReason, DocumentSchema, DocumentStatus } from "@ragtune/proto";
 import { startNatsServer, type NatsServerHandle } from "@ragtune/testing";
 import { chunkDocument, documentIdFor, parseDocument, type TokenCounter, type TokenizerName } from "@ragtune/text";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -175,5 +178,45 @@ describe("processDocument: re-ingest of a changed document", () => {
     for (const c of current) expect(await store.getChunk(c.id)).toBeNull();
     expect(await store.indexedChunks("docs", documentId)).toEqual([]);
     expect(await store.getDocument("docs", documentId)).toBeNull();
+  });
+});
+
+describe("processDocument: a server path's file, read by the worker", () => {
+  const dir = mkdtempSync(join(tmpdir(), "ragtune-proc-path-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const ingestPath = (sourceName: string, path: string, maxDocumentBytes = 1 << 20) =>
+    processDocument(
+      { runId: "run_2", collection: "docs", sourceName, mediaType: "", path, chunking: CHUNKING, chunkingProto: toChunkingProto(CHUNKING) },
+      {
+        store,
+        prepare: async (work) => prepareDocument(work, tokenizers),
+        publishChunked: async () => {},
+        maxDocumentBytes,
+        logger: createLogger({ svc: "ingest-test", level: "silent" }),
+      },
+    );
+
+  it("stores the file with its size; a missing or too large file fails with its reason and stores nothing", async () => {
+    const path = join(dir, "setup.md");
+    writeFileSync(path, GUIDE);
+    const stored = await ingestPath("setup.md", path);
+    expect(stored.result.status).toBe(DocumentStatus.READY);
+    expect(stored.bytes).toBe(Buffer.byteLength(GUIDE));
+    expect((await store.getDocument("docs", documentIdFor("docs", "setup.md")))?.sizeBytes).toBe(BigInt(Buffer.byteLength(GUIDE)));
+
+    const missing = await ingestPath("gone.md", join(dir, "gone.md"));
+    expect(missing.result).toMatchObject({ status: DocumentStatus.FAILED, errorReason: DocumentErrorReason.PATH_NOT_FOUND, error: { message: "gone.md: the file no longer exists" } });
+    const large = await ingestPath("large.md", path, 100);
+    expect(large.result).toMatchObject({ status: DocumentStatus.FAILED, errorReason: DocumentErrorReason.TOO_LARGE });
+    expect(large.result.error?.message).toBe(`large.md: the document is ${Buffer.byteLength(GUIDE)} bytes, over the limit of 100 bytes (INGEST_MAX_DOCUMENT_BYTES)`);
+    expect(await store.getDocument("docs", documentIdFor("docs", "gone.md"))).toBeNull();
+    expect(await store.getDocument("docs", documentIdFor("docs", "large.md"))).toBeNull();
+
+    // A file the parser refuses is recorded as failed, with the size the worker read.
+    const empty = join(dir, "empty.md");
+    writeFileSync(empty, "   \n");
+    const refused = await ingestPath("empty.md", empty);
+    expect(refused.result).toMatchObject({ status: DocumentStatus.FAILED, errorReason: DocumentErrorReason.EMPTY });
+    expect((await store.getDocument("docs", documentIdFor("docs", "empty.md")))?.sizeBytes).toBe(4n);
   });
 });
