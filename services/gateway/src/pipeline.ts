@@ -370,35 +370,21 @@ export class Pipelines {
    * collection's data (and so only with its tenant's), whatever IDs a caller passes.
    */
   async #checkReferences(collection: string, spec: PipelineSpec): Promise<void> {
-    const jobs: [string, string][] = [
-      ["spec.job_id", spec.jobId],
-      ["spec.init_adapter_job_id", spec.initAdapterJobId],
+    const jobOwner = async (jobId: string) => (await this.#o.trainer.getJob({ jobId })).job?.collection;
+    const versionOwner = async (datasetVersionId: string) => (await this.#o.dataset.getDatasetVersion({ datasetVersionId })).version?.collection;
+    const references: { field: string; id: string; what: string; owner: (id: string) => Promise<string | undefined> }[] = [
+      { field: "spec.job_id", id: spec.jobId, what: "trainer job", owner: jobOwner },
+      { field: "spec.init_adapter_job_id", id: spec.initAdapterJobId, what: "trainer job", owner: jobOwner },
+      { field: "spec.dataset_version_id", id: spec.datasetVersionId, what: "dataset version", owner: versionOwner },
+      { field: "spec.dataset_base_version_id", id: spec.datasetBaseVersionId, what: "dataset version", owner: versionOwner },
     ];
-    for (const [field, jobId] of jobs) {
-      if (jobId === "") continue;
-      const job = await this.#o.trainer.getJob({ jobId }).then(
-        (r) => r.job,
-        (err: unknown) => {
-          if (err instanceof ConnectError && err.code === Code.NotFound) throw invalidArgument(field, `trainer job "${jobId}" not found`);
-          throw err;
-        },
-      );
-      if (job !== undefined && job.collection !== collection) throw invalidArgument(field, `trainer job ${jobId} belongs to another collection than "${collection}"`);
-    }
-    const versions: [string, string][] = [
-      ["spec.dataset_version_id", spec.datasetVersionId],
-      ["spec.dataset_base_version_id", spec.datasetBaseVersionId],
-    ];
-    for (const [field, versionId] of versions) {
-      if (versionId === "") continue;
-      const version = await this.#o.dataset.getDatasetVersion({ datasetVersionId: versionId }).then(
-        (r) => r.version,
-        (err: unknown) => {
-          if (err instanceof ConnectError && err.code === Code.NotFound) throw invalidArgument(field, `dataset version "${versionId}" not found`);
-          throw err;
-        },
-      );
-      if (version !== undefined && version.collection !== collection) throw invalidArgument(field, `dataset version ${versionId} belongs to another collection than "${collection}"`);
+    for (const { field, id, what, owner } of references) {
+      if (id === "") continue;
+      const owning = await owner(id).catch((err: unknown) => {
+        if (err instanceof ConnectError && err.code === Code.NotFound) throw invalidArgument(field, `${what} "${id}" not found`);
+        throw err;
+      });
+      if (owning !== undefined && owning !== collection) throw invalidArgument(field, `${what} ${id} belongs to another collection than "${collection}"`);
     }
   }
 

@@ -176,8 +176,9 @@ export class CollectionUpdates {
             spec.hyperparameters.alpha = undefined;
             spec.hyperparameters.targetModules = [];
           }
+        } else {
+          this.#o.logger.info({ collection, baseModel: spec.baseModel, serving: serving.baseModel }, "the serving adapter has another base model: the update trains from the base");
         }
-        else this.#o.logger.info({ collection, baseModel: spec.baseModel, serving: serving.baseModel }, "the serving adapter has another base model: the update trains from the base");
       }
     }
     const run = await this.#o.pipelines.start(

@@ -80,8 +80,13 @@ export async function restoreDirectory(store: ArtifactStore, ref: ArtifactRef, d
     const target = resolve(root, file.path);
     if (!target.startsWith(root + sep)) throw new Error(`manifest ${ref.sha256} names a path outside its directory: ${file.path}`);
     await mkdir(dirname(target), { recursive: true });
-    await store.getToFile(file.sha256, target);
-    const s = await stat(target);
-    if (s.size !== file.size) throw new Error(`restored ${file.path} has ${s.size} bytes, expected ${file.size}`);
+    await restoreFile(store, file.sha256, file.size, target);
   }
+}
+
+/** One stored artifact into `target` (a folder that exists), checked against the size it was stored with. */
+export async function restoreFile(store: ArtifactStore, sha256: string, size: number | bigint, target: string): Promise<void> {
+  await store.getToFile(sha256, target);
+  const got = (await stat(target)).size;
+  if (BigInt(got) !== BigInt(size)) throw new Error(`restored ${target} has ${got} bytes, expected ${size}`);
 }

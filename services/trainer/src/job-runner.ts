@@ -1,4 +1,4 @@
-import { mkdir, rm, stat } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -22,7 +22,7 @@ import {
   type TrainerQueueItemSchema,
 } from "@ragtune/proto";
 import type { DatasetVersionCatalog } from "./dataset-versions.js";
-import { storeDirectory, storeFile, restoreDirectory } from "./artifact-files.js";
+import { restoreDirectory, restoreFile, storeDirectory, storeFile } from "./artifact-files.js";
 import type { CheckpointPruner, StoredFile } from "./checkpoint-pruning.js";
 import { toWorkerHyperparameters } from "./hyperparameters.js";
 import { type JobEventDetail, type JobStore, checkpointId } from "./job-store.js";
@@ -539,10 +539,7 @@ export class JobRunner {
     await mkdir(dir, { recursive: true });
     for (const file of files) {
       const ref = file.artifact!;
-      const target = join(dir, file.fileName);
-      await this.retry(() => this.o.artifacts.getToFile(ref.sha256, target), "restoring the adapter a warm start continues");
-      const size = (await stat(target)).size;
-      if (BigInt(size) !== ref.sizeBytes) throw new Error(`restored ${file.fileName} of job ${from!.id} has ${size} bytes, expected ${ref.sizeBytes}`);
+      await this.retry(() => restoreFile(this.o.artifacts, ref.sha256, ref.sizeBytes, join(dir, file.fileName)), "restoring the adapter a warm start continues");
     }
     return dir;
   }
