@@ -5,6 +5,7 @@ import { AuthorizationError, credsAuthenticator, type ConnectionOptions, type Na
 import { connect } from "@nats-io/transport-node";
 import type { Logger } from "@ragtune/logger";
 import { coalesceFlushes } from "./coalesce-flushes.js";
+import { skipSettledRequestErrors } from "./settled-requests.js";
 import { eventPublisher, subscribeEvents, type EventSubscription, type PublishEvent, type PublishOptions, type PublishResult, type SubscribeOptions } from "./events.js";
 import { openKv, type KvOptions, type TypedKv } from "./kv.js";
 import { openArtifactStore, type ArtifactStore, type ArtifactStoreOptions } from "./object-store.js";
@@ -213,6 +214,7 @@ export async function connectBus(options: ConnectBusOptions): Promise<Bus> {
   }
   logger.info({ server: nc.getServer(), name: options.name, replicas: stores.replicas }, "connected to NATS");
   // One socket write per event-loop turn instead of one per microtask burst (half the ingest service's main thread).
+  if (!skipSettledRequestErrors()) logger.warn("cannot stop the NATS client from building an error for every answered request (its internals changed)");
   if (coalesceFlushes(nc) === undefined) logger.warn("cannot coalesce the NATS client's socket writes (its internals changed); every request is written on its own");
   void watchStatus(nc, logger);
 
