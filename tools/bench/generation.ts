@@ -17,18 +17,25 @@
  * chunk is being retried does not keep fresh batches out.
  *
  * Conditions: no faults (the anchor), the floor (the same chunks through the generator on one LLM client, no queue,
- * store or events: what this machine allows at the moment), 5% faults after the full latency, 5% faults at once (same
- * seed, same draws), and the anchor's load shared by two replicas with half the concurrency each. The conditions run
- * in turn, ROUNDS times (interleaved, so a change in the machine's load hits them alike), after an unmeasured warm-up
- * build of a tenth of the documents; each row is the median, the
- * ratios to the anchor and the floor are taken within a round. The bench checks that each version has 3 examples per
+ * store or events: what this machine allows at the moment), 5% faults after the full latency (and the floor with the
+ * same faults), 5% faults at once (same seed, same draws), the anchor's load shared by two replicas with half the
+ * concurrency each, and the anchor, the floor and the late faults again on LARGE_DOCS documents (the steady state, with
+ * the fixed startup and last wave weighing less). The conditions run in turn, ROUNDS times (interleaved, so a change
+ * in the machine's load hits them alike), after an unmeasured warm-up build of a tenth of the documents; each row is
+ * the median, the ratios to the anchor and the floor (of the same size) are taken within a round.
+ *
+ * The wire bound: every request that takes the full latency (a good answer, and a fault after the latency) holds one
+ * of the CONCURRENCY slots for LATENCY_MS, so the requests need at least ⌈full-latency requests / CONCURRENCY⌉ waves:
+ * share ≤ chunks / (waves × CONCURRENCY) (1000 chunks without faults: 32 waves, 97.7%). Without the rounding up of the
+ * last wave (very many chunks) the bound is chunks / full-latency requests. Neither counts a retry's wait for its
+ * failed attempt, so with late faults the last wave ends later still. The bench checks that each version has 3 examples per
  * succeeded chunk before the quality gate, answers copied from their own chunk, and that the endpoint never saw more
  * requests at once than the concurrency. Per run it prints where the time went (phasesOf, from the endpoint's trace of
  * every request) and the load average.
  *
  * Run: node --conditions=@ragtune/source --import tsx tools/bench/generation.ts
  *      (DOCS=100 SECTIONS=10 CONCURRENCY=32 LATENCY_MS=200 FAULT_RATE=0.05 BATCH=8 MAX_CONCURRENCY=128 ROUNDS=1
- *      ONLY=faults,at-once,replicas
+ *      LARGE_DOCS=500 ONLY=faults,client-faults,at-once,replicas,large
  *      to override)
  */
 import os from "node:os";
@@ -54,8 +61,13 @@ const BATCH = Number(process.env["BATCH"] ?? 8);
 const MAX_CONCURRENCY = Number(process.env["MAX_CONCURRENCY"] ?? 4 * CONCURRENCY);
 /** Rounds of the conditions, interleaved (anchor, faults, …, anchor, faults, …): each row is their median. */
 const ROUNDS = Number(process.env["ROUNDS"] ?? 1);
-/** The anchor, the client-alone floor and only these conditions (comma-separated ids: faults, at-once, replicas; all when unset). */
+/**
+ * The anchor, the client-alone floor and only these conditions (comma-separated ids: faults, client-faults, at-once,
+ * replicas, large; all when unset).
+ */
 const ONLY = (process.env["ONLY"] ?? "").split(",").filter((w) => w !== "");
+/** Documents of the larger builds (the anchor, the floor and the late faults again at LARGE_DOCS × SECTIONS chunks); 0: none. */
+const LARGE_DOCS = Number(process.env["LARGE_DOCS"] ?? 500);
 const MODEL = "bench-writer";
 
 const WORDS = (
@@ -79,22 +91,40 @@ function documents(docs = DOCS): [string, Uint8Array][] {
 }
 
 interface Condition {
-  /** For ONLY: anchor, client, faults, at-once, replicas. */
+  /** For ONLY: anchor, client, faults, client-faults, at-once, replicas; large (the -large ones). */
   id: string;
   label: string;
   faultRate: number;
   faultAt: EndpointConfig["faultAt"];
   /** Dataset replicas sharing the build; 0: no service, generateLlmDataset on one LLM client (the floor). */
   replicas: number;
+  /** Documents of SECTIONS sections (chunks: docs × SECTIONS). */
+  docs: number;
+  /** The anchor and the floor its ratios are taken against (same size). */
+  anchor: string;
+  floor: string;
 }
 
+const faults = `${(FAULT_RATE * 100).toFixed(1)}% faults`;
+const base = { docs: DOCS, anchor: "anchor", floor: "client" };
+const large = { docs: LARGE_DOCS, anchor: "anchor-large", floor: "client-large" };
 const CONDITIONS = ([
-  { id: "anchor", label: "no faults (anchor)", faultRate: 0, faultAt: "latency", replicas: 1 },
-  { id: "client", label: "no faults, the generator on the LLM client alone (floor)", faultRate: 0, faultAt: "latency", replicas: 0 },
-  { id: "faults", label: `${(FAULT_RATE * 100).toFixed(1)}% faults`, faultRate: FAULT_RATE, faultAt: "latency", replicas: 1 },
-  { id: "at-once", label: `${(FAULT_RATE * 100).toFixed(1)}% faults, all at once`, faultRate: FAULT_RATE, faultAt: "immediate", replicas: 1 },
-  { id: "replicas", label: "no faults, 2 replicas × half the concurrency", faultRate: 0, faultAt: "latency", replicas: 2 },
-] satisfies Condition[] as Condition[]).filter((c) => c.id === "anchor" || c.id === "client" || ONLY.length === 0 || ONLY.includes(c.id));
+  { id: "anchor", label: "no faults (anchor)", faultRate: 0, faultAt: "latency", replicas: 1, ...base },
+  { id: "client", label: "no faults, the generator on the LLM client alone (floor)", faultRate: 0, faultAt: "latency", replicas: 0, ...base },
+  { id: "faults", label: `${faults} (after the full latency)`, faultRate: FAULT_RATE, faultAt: "latency", replicas: 1, ...base },
+  { id: "client-faults", label: `${faults} (after the full latency), the generator on the LLM client alone`, faultRate: FAULT_RATE, faultAt: "latency", replicas: 0, ...base },
+  { id: "at-once", label: `${faults}, all at once`, faultRate: FAULT_RATE, faultAt: "immediate", replicas: 1, ...base },
+  { id: "replicas", label: "no faults, 2 replicas × half the concurrency", faultRate: 0, faultAt: "latency", replicas: 2, ...base },
+  ...(LARGE_DOCS > 0
+    ? [
+        { id: "anchor-large", label: `no faults (anchor), ${LARGE_DOCS * SECTIONS} chunks`, faultRate: 0, faultAt: "latency" as const, replicas: 1, ...large },
+        { id: "client-large", label: `no faults, the LLM client alone (floor), ${LARGE_DOCS * SECTIONS} chunks`, faultRate: 0, faultAt: "latency" as const, replicas: 0, ...large },
+        { id: "faults-large", label: `${faults} (after the full latency), ${LARGE_DOCS * SECTIONS} chunks`, faultRate: FAULT_RATE, faultAt: "latency" as const, replicas: 1, ...large },
+      ]
+    : []),
+] satisfies Condition[] as Condition[]).filter(
+  (c) => c.id === "anchor" || c.id === "client" || ONLY.length === 0 || ONLY.includes(c.id) || (c.id.endsWith("-large") && ONLY.includes("large")),
+);
 
 interface Result {
   condition: Condition;
@@ -225,7 +255,7 @@ async function clientAlone(
   }
 }
 
-async function run(condition: Condition, seed: number, docs = DOCS): Promise<Result> {
+async function run(condition: Condition, seed: number, docs = condition.docs): Promise<Result> {
   const loadBefore = loadAverage();
   const nats = await startNatsServer();
   const endpoint = await startEndpoint({ latencyMs: LATENCY_MS, faultRate: condition.faultRate, faultAt: condition.faultAt, seed, answer: "qa-pairs" });
@@ -340,6 +370,7 @@ const median = (xs: number[]) => {
 // compiling the service's code paths in this process.
 for (const c of CONDITIONS.filter((c) => c.id === "anchor" || c.id === "client")) await run(c, 1000, Math.max(1, Math.ceil(DOCS / 10)));
 const rounds: Result[][] = [];
+const indexOf = (id: string) => CONDITIONS.findIndex((c) => c.id === id);
 for (let round = 0; round < ROUNDS; round++) {
   const results: Result[] = [];
   for (const condition of CONDITIONS) {
@@ -349,7 +380,7 @@ for (let round = 0; round < ROUNDS; round++) {
     console.log(
       `round ${round + 1}: ${r.condition.label}: ${pct(share(r))} (${(r.generationMs / 1000).toFixed(2)} s; startup ${p.startupMs.toFixed(0)} ms, ` +
         `fill ${p.fillMs.toFixed(0)} ms, steady ${p.steadyMs.toFixed(0)} ms at ${pct(p.steadyUse)} of the slots, drain ${p.drainMs.toFixed(0)} ms, ` +
-        `tail ${p.tailMs.toFixed(0)} ms; ideal wire ${p.idealMs} ms; ${((r.cpuMs * 1000) / r.chunks).toFixed(0)} µs CPU per chunk) load ${r.load[0].toFixed(2)}→${r.load[1].toFixed(2)}`,
+        `tail ${p.tailMs.toFixed(0)} ms; wire bound ${p.idealMs} ms; ${((r.cpuMs * 1000) / r.chunks).toFixed(0)} µs CPU per chunk) load ${r.load[0].toFixed(2)}→${r.load[1].toFixed(2)}`,
     );
   }
   rounds.push(results);
@@ -357,29 +388,34 @@ for (let round = 0; round < ROUNDS; round++) {
 
 console.log("");
 console.log(
-  "| condition | chunks | generation s (median) | chunks/s | share of theoretical (median) | share min–max | × anchor | × floor | success | requests | faults (500/429/malformed/dropped) | retries | full-latency bound | max in flight | output checked |",
+  "| condition | chunks | generation s (median) | chunks/s | share of theoretical (median) | share min–max | × anchor | × floor | success | requests | faults (500/429/malformed/dropped) | retries | wire bound (waves) | bound, no waves | max in flight | output checked |",
 );
-console.log("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|");
-const floor = CONDITIONS.findIndex((c) => c.id === "client");
+console.log("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|");
 for (let c = 0; c < CONDITIONS.length; c++) {
   const runs = rounds.map((results) => results[c]!);
   const r = runs[0]!;
   const f = r.endpoint.faults;
   const shares = runs.map(share);
   const seconds = median(runs.map((x) => x.generationMs / 1000));
-  const bound = r.chunks / fullLatencyRequests(r.endpoint, r.condition.faultAt);
-  // Ratios within each round (same load), then their median.
-  const vsAnchor = median(rounds.map((results) => share(results[c]!) / share(results[0]!)));
-  const vsFloor = median(rounds.map((results) => share(results[c]!) / share(results[floor]!)));
+  // The most this share can be: every request that takes the full latency holds one of CONCURRENCY slots for it, so
+  // the wire needs at least ⌈those requests / CONCURRENCY⌉ waves of LATENCY_MS (the phases' wire bound); without the
+  // last wave's rounding up (a build of very many chunks), chunks / those requests.
+  const full = fullLatencyRequests(r.endpoint, r.condition.faultAt);
+  const bound = r.chunks / (Math.ceil(full / CONCURRENCY) * CONCURRENCY);
+  const asymptotic = r.chunks / full;
+  // Ratios within each round (same load), then their median; against the anchor and the floor of the same size.
+  const [anchorAt, floorAt] = [indexOf(r.condition.anchor), indexOf(r.condition.floor)];
+  const vsAnchor = median(rounds.map((results) => share(results[c]!) / share(results[anchorAt]!)));
+  const vsFloor = median(rounds.map((results) => share(results[c]!) / share(results[floorAt]!)));
   const checked = runs.every((x) => x.correct && x.endpoint.withoutGuidedFields === 0);
   console.log(
     `| ${r.condition.label} | ${r.chunks} | ${seconds.toFixed(2)} | ${(median(runs.map((x) => x.succeededChunks)) / seconds).toFixed(1)} | ${pct(median(shares))} | ` +
       `${pct(Math.min(...shares))}–${pct(Math.max(...shares))} | ${vsAnchor.toFixed(3)} | ${vsFloor.toFixed(3)} | ${((median(runs.map((x) => x.succeededChunks)) / r.chunks) * 100).toFixed(2)}% | ` +
-      `${r.endpoint.requests} | ${f["500"]}/${f["429"]}/${f.malformed}/${f.dropped} | ${r.retries} | ${pct(bound)} | ${Math.max(...runs.map((x) => x.endpoint.maxInFlight))} | ${checked ? "yes" : "NO"} |`,
+      `${r.endpoint.requests} | ${f["500"]}/${f["429"]}/${f.malformed}/${f.dropped} | ${r.retries} | ${pct(bound)} | ${pct(asymptotic)} | ${Math.max(...runs.map((x) => x.endpoint.maxInFlight))} | ${checked ? "yes" : "NO"} |`,
   );
 }
 console.log("");
-console.log("Phases (median over rounds, ms): | condition | startup | fill | steady | steady slot use | drain | tail | wire ideal | CPU µs per chunk |");
+console.log("Phases (median over rounds, ms): | condition | startup | fill | steady | steady slot use | drain | tail | wire bound | CPU µs per chunk |");
 console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
 for (let c = 0; c < CONDITIONS.length; c++) {
   const ps = rounds.map((results) => results[c]!.phases);

@@ -2,14 +2,16 @@
  * Generation through a JetStream work queue: the LLM calls of a build are shared by every dataset replica, and a
  * build that loses its replica resumes without writing finished batches again.
  *
- * The replica that holds a build (the coordinator) cuts the chunks to generate into batches whose key is a hash of
- * their chunk IDs and the generation settings, and keeps at most ⌈max_concurrency / per-batch concurrency⌉ of them
+ * The replica that holds a build (the coordinator) cuts the chunks to generate into batches (or takes them as the
+ * build cuts them while it still reads the collection, batch-plan.ts) whose key is a hash of their chunk IDs and the
+ * generation settings, and keeps at most ⌈max_concurrency / per-batch concurrency⌉ of them
  * in the queue `work.<prefix>-generation` (message ID `<version>.<batch key>`, so a coordinator that takes a build
  * over does not queue a batch twice). Any replica's generation worker takes a batch, writes its examples with the
  * LLM generator and stores the outcome in the KV bucket `<prefix>-generation-batches` under `<version>.<batch key>`
  * before it acknowledges the message: a batch is done exactly when its outcome is stored. The coordinator follows
- * that bucket (stored outcomes first, then live ones), so after a takeover every batch finished before the crash is
- * read back, never regenerated; a batch whose worker died is delivered again by the server after the ack wait.
+ * that bucket (stored outcomes first, then live ones; one that arrives before its batch is formed waits for it), so
+ * after a takeover every batch finished before the crash is read back, never regenerated; a batch whose worker died
+ * is delivered again by the server after the ack wait.
  */
 import { createHash } from "node:crypto";
 import { setMaxListeners } from "node:events";
@@ -52,8 +54,11 @@ export class GenerationFatalError extends Error {
   }
 }
 
-/** Test hooks: run at the named step of a worker (`batch-stored`: after the outcome is stored, before the ack). */
-export type GenerationStep = "batch-taken" | "batch-stored";
+/**
+ * Test hooks: run at the named step of a worker (`batch-stored`: after the outcome is stored, before the ack) or of a
+ * coordinator (`outcome-seen`: an outcome of the build was read from the bucket and handled, or kept for its batch).
+ */
+export type GenerationStep = "batch-taken" | "batch-stored" | "outcome-seen";
 
 export interface GenerationQueueOptions {
   /** Prefix of the bucket and queue names (DATASET_BUCKET_PREFIX). */
@@ -93,6 +98,9 @@ function parseJsonl<T>(bytes: Uint8Array): T[] {
     .map((l) => JSON.parse(l) as T);
 }
 
+/** Pulls of one replica out at once at most. */
+const MAX_PULLS = 4;
+
 /** The batch key: what the batch holds and what it is asked, so a stored outcome is only read back for the same work. */
 function batchKey(chunks: readonly SourceChunk[], options: GenerationOptions): string {
   const h = createHash("sha256");
@@ -131,9 +139,9 @@ export class GenerationQueue {
    * Starts writing batches with `llm`: `workers` batches' worth of chunks at once (`workers` × batch size), counted by
    * chunk, so the slots a batch's finished chunks free are refilled from the next batch while its slowest chunk (a
    * retry) is still out. `isActive(versionId)` tells whether the batch's build still wants it (a cancelled or finished
-   * build's batches are dropped unread). One pull at a time, and only when a whole batch fits: a replica never holds
-   * batches it is not working on (another replica could), and a stopping replica hands back at most the one batch a
-   * pull brought in as it stopped.
+   * build's batches are dropped unread). A pull only for a whole batch that fits (several at once when several fit):
+   * a replica never holds batches it is not working on (another replica could), and a stopping replica hands back the
+   * batches its pulls brought in as it stopped.
    */
   startWorkers(workers: number, llm: Pick<LlmClient, "json">, isActive: (versionId: string) => Promise<boolean>): void {
     this.running.push(
@@ -149,7 +157,7 @@ export class GenerationQueue {
     this.running = [];
   }
 
-  /** Chunks of taken batches not written yet, and a wake-up for the pull loop when one is. */
+  /** Chunks of taken batches not written yet, and a wake-up for the pull loop when one is (or a pull returns). */
   private pendingChunks = 0;
   private wake: (() => void) | undefined;
 
@@ -158,48 +166,72 @@ export class GenerationQueue {
     this.wake?.();
   }
 
+  /**
+   * Pulls batches while a batch's worth of chunks is free (counting a batch for each pull still out), up to MAX_PULLS
+   * at once when several fit (a replica that starts, or whose batches all finished together, fills its slots in one
+   * round trip instead of one pull after another). A stopping replica hands its batches back only once none of its
+   * pulls is out any more: handed back earlier, a batch would go to its own next pull, and back, and again, each time
+   * counting as a delivery.
+   */
   private async pullLoop(workers: number, llm: Pick<LlmClient, "json">, isActive: (versionId: string) => Promise<boolean>): Promise<void> {
     const log = this.options.logger;
+    const batchChunks = this.options.batchChunks;
+    const capacity = workers * batchChunks;
     const inFlight = new Set<Promise<void>>();
-    const capacity = workers * this.options.batchChunks;
-    try {
-      while (!this.stopping.signal.aborted) {
-        if (this.pendingChunks + this.options.batchChunks > capacity && inFlight.size > 0) {
-          await Promise.race([...inFlight, new Promise<void>((resolve) => (this.wake = resolve))]);
-          this.wake = undefined;
-          continue;
-        }
-        let job: Job<typeof GenerationBatchSchema> | null;
-        try {
-          job = await this.queue.take({ expiresMs: 2_000 });
-        } catch (err) {
-          if (this.stopping.signal.aborted) return;
+    let pulls = 0;
+    const handBack: Job<typeof GenerationBatchSchema>[] = [];
+    const wakeUp = () => this.wake?.();
+    this.stopping.signal.addEventListener("abort", wakeUp, { once: true });
+    const pull = async () => {
+      let job: Job<typeof GenerationBatchSchema> | null;
+      try {
+        job = await this.queue.take({ expiresMs: 2_000 });
+      } catch (err) {
+        if (!this.stopping.signal.aborted) {
           log.warn({ err }, "taking a generation batch failed; retrying");
           await new Promise((r) => setTimeout(r, 500));
+        }
+        return;
+      }
+      if (job === null) return;
+      if (this.stopping.signal.aborted) {
+        handBack.push(job); // another replica takes it
+        return;
+      }
+      const taken = job;
+      const chunks = parseJsonl<SourceChunk>(taken.value.chunksJsonl);
+      this.pendingChunks += chunks.length;
+      const running = this.work(taken, chunks, llm, isActive)
+        .catch((err: unknown) => {
+          if (this.stopping.signal.aborted) {
+            handBack.push(taken);
+            return;
+          }
+          log.warn({ err, batch: taken.value.batchKey }, "generation batch failed; it is delivered again");
+          taken.nak(1_000);
+        })
+        .finally(() => inFlight.delete(running));
+      inFlight.add(running);
+    };
+    try {
+      while (!this.stopping.signal.aborted) {
+        if (pulls < MAX_PULLS && this.pendingChunks + (pulls + 1) * batchChunks <= capacity) {
+          pulls++;
+          const pulling = pull().finally(() => {
+            pulls--;
+            inFlight.delete(pulling);
+            this.wake?.();
+          });
+          inFlight.add(pulling);
           continue;
         }
-        if (job === null) continue;
-        if (this.stopping.signal.aborted) {
-          job.nak(0); // another replica takes it
-          return;
-        }
-        const taken = job;
-        const chunks = parseJsonl<SourceChunk>(taken.value.chunksJsonl);
-        this.pendingChunks += chunks.length;
-        const running = this.work(taken, chunks, llm, isActive)
-          .catch((err: unknown) => {
-            if (this.stopping.signal.aborted) {
-              taken.nak(0);
-              return;
-            }
-            log.warn({ err, batch: taken.value.batchKey }, "generation batch failed; it is delivered again");
-            taken.nak(1_000);
-          })
-          .finally(() => inFlight.delete(running));
-        inFlight.add(running);
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.wake = undefined;
       }
     } finally {
-      await Promise.all(inFlight);
+      this.stopping.signal.removeEventListener("abort", wakeUp);
+      while (inFlight.size > 0) await Promise.all([...inFlight]);
+      for (const job of handBack) job.nak(0);
     }
   }
 
@@ -295,32 +327,53 @@ export class GenerationQueue {
     });
   }
 
+  /** Chunks per batch (DATASET_GENERATION_BATCH_CHUNKS): how callers that cut their own batches cut them. */
+  get batchChunks(): number {
+    return this.options.batchChunks;
+  }
+
   /**
-   * The examples of `chunks` written by the model through the queue (in chunk order), resuming from the outcomes
-   * already stored for this build. Progress after each batch; per-chunk failures as they arrive. A batch whose
-   * outcome is fatal fails the generation with a GenerationFatalError.
+   * The examples written by the model through the queue for `input` — chunks (cut into batches here, in order) or
+   * batches as they are formed (cut by the caller, e.g. while the collection is still being read; read eagerly, each
+   * queued as soon as the window has room) — resuming from the outcomes already stored for this build. Examples and
+   * failures come back in batch order, each batch's in chunk order. Progress after each batch; per-chunk failures as
+   * they arrive. A batch whose outcome is fatal fails the generation with a GenerationFatalError; so does an error of
+   * `input` (with that error).
    */
   async generate(
     versionId: string,
-    chunks: readonly SourceChunk[],
+    input: readonly SourceChunk[] | AsyncIterable<readonly SourceChunk[]>,
     options: GenerationOptions,
     hooks: { signal: AbortSignal; onProgress?: (p: GenerationProgress) => void; onFailure?: (f: ChunkFailure) => void },
   ): Promise<{ examples: DatasetExample[]; failures: ChunkFailure[]; progress: GenerationProgress }> {
     const perBatch = Math.max(1, Math.min(this.options.batchChunks, options.maxConcurrency));
     const window = Math.max(1, Math.ceil(options.maxConcurrency / perBatch));
-    const batches: { key: string; chunks: SourceChunk[] }[] = [];
-    for (let i = 0; i < chunks.length; i += this.options.batchChunks) {
-      const part = chunks.slice(i, i + this.options.batchChunks);
-      batches.push({ key: batchKey(part, options), chunks: part });
-    }
-    const byKey = new Map(batches.map((b) => [b.key, b]));
-    const done = new Map<string, GenerationBatchResult>();
+    const batches: { key: string; chunks: readonly SourceChunk[] }[] = [];
+    const byKey = new Map<string, { key: string; chunks: readonly SourceChunk[] }>();
+    /** Outcomes of batches not formed yet (a takeover's stored outcomes replay before the listing reaches them). */
+    const early = new Map<string, GenerationBatchResult>();
+    const done = new Map<string, { examples: DatasetExample[]; failures: ChunkFailure[] }>();
     const outstanding = new Set<string>();
-    const progress: GenerationProgress = { chunksDone: 0, chunksTotal: chunks.length, examplesGenerated: 0, chunksFailed: 0, promptTokens: 0, completionTokens: 0, llmRetries: 0 };
+    const progress: GenerationProgress = { chunksDone: 0, chunksTotal: 0, examplesGenerated: 0, chunksFailed: 0, promptTokens: 0, completionTokens: 0, llmRetries: 0 };
     let next = 0;
+    let inputDone = false;
+    let failed: { error: unknown } | undefined;
+    let finished = false;
+    let watch: Awaited<ReturnType<typeof this.results.watch>> | undefined;
+    const stopWatch = () => watch?.stop();
+    const fail = (error: unknown) => {
+      failed ??= { error };
+      stopWatch();
+    };
+    const finishIfDone = () => {
+      if (inputDone && done.size === batches.length && !finished) {
+        finished = true;
+        stopWatch();
+      }
+    };
     // The batches that fit in the window, queued in order (their publishes go out in call order, not one round trip
     // after another).
-    const topUp = async () => {
+    const topUp = () => {
       const queued: Promise<unknown>[] = [];
       while (outstanding.size < window && next < batches.length) {
         const b = batches[next++]!;
@@ -342,63 +395,105 @@ export class GenerationQueue {
           ),
         );
       }
-      await Promise.all(queued);
+      return Promise.all(queued).then(() => {}, fail);
     };
+    // An outcome of a batch of this build: read once, as it arrives (the examples with their chunks' context).
+    const record = (batch: { key: string; chunks: readonly SourceChunk[] }, result: GenerationBatchResult) => {
+      if (result.fatal !== undefined) {
+        fail(new GenerationFatalError(result.fatal.reason, result.fatal.message));
+        return;
+      }
+      const chunkOf = new Map(batch.chunks.map((c) => [c.id, c]));
+      const examples = parseJsonl<StoredExample>(result.examplesJsonl).map((e): DatasetExample => {
+        const c = chunkOf.get(e.chunkId)!;
+        return { ...e, documentId: c.documentId, headingPath: [...c.headingPath], context: c.text, answerable: true, generator: "llm" };
+      });
+      const failures = parseJsonl<ChunkFailure>(result.failuresJsonl);
+      done.set(batch.key, { examples, failures });
+      outstanding.delete(batch.key);
+      for (const f of failures) hooks.onFailure?.(f);
+      progress.chunksDone += batch.chunks.length;
+      progress.examplesGenerated += examples.length;
+      progress.chunksFailed += new Set(failures.map((f) => f.chunkId)).size;
+      progress.promptTokens += Number(result.promptTokens);
+      progress.completionTokens += Number(result.completionTokens);
+      progress.llmRetries += result.llmRetries;
+      hooks.onProgress?.({ ...progress });
+      finishIfDone();
+      if (!finished) void topUp();
+    };
+    const add = (chunks: readonly SourceChunk[]) => {
+      if (chunks.length === 0) return;
+      const key = batchKey(chunks, options);
+      if (byKey.has(key)) return; // the same chunks twice: one batch
+      const batch = { key, chunks };
+      byKey.set(key, batch);
+      batches.push(batch);
+      progress.chunksTotal += chunks.length;
+      const stored = early.get(key);
+      if (stored !== undefined) {
+        early.delete(key);
+        record(batch, stored);
+      } else void topUp();
+    };
+    const onAbort = () => fail(hooks.signal.reason);
+    hooks.signal.addEventListener("abort", onAbort, { once: true });
     // The first batches go out while the outcome watch is set up (it replays stored outcomes, so none is missed; a
     // batch queued again after a takeover is acknowledged unread by the worker that finds its outcome stored).
     const watching = this.results.watch({ key: `${versionId}.*` });
-    const queued = topUp();
-    let watch: Awaited<typeof watching>;
-    try {
-      [watch] = await Promise.all([watching, queued]);
-    } catch (err) {
-      watching.then((w) => w.stop(), () => {});
-      queued.catch(() => {});
-      throw err;
+    let reading: Promise<void> = Promise.resolve();
+    if (Symbol.asyncIterator in input) {
+      reading = (async () => {
+        try {
+          for await (const b of input) {
+            if (failed !== undefined) return;
+            add(b);
+          }
+          inputDone = true;
+          finishIfDone();
+        } catch (err) {
+          fail(err);
+        }
+      })();
+    } else {
+      for (let i = 0; i < input.length; i += this.options.batchChunks) add(input.slice(i, i + this.options.batchChunks));
+      inputDone = true;
     }
-    const onAbort = () => watch.stop();
-    hooks.signal.addEventListener("abort", onAbort, { once: true });
-    if (hooks.signal.aborted) watch.stop();
     try {
-      if (batches.length > 0) {
+      try {
+        watch = await watching;
+      } catch (err) {
+        fail(err);
+      }
+      if (hooks.signal.aborted) fail(hooks.signal.reason);
+      if (failed !== undefined || finished) stopWatch();
+      finishIfDone();
+      if (watch !== undefined && failed === undefined && !finished) {
         for await (const change of watch) {
           if (change.value === null) continue;
           const key = change.key.slice(versionId.length + 1);
           const batch = byKey.get(key);
-          if (batch === undefined || done.has(key)) continue; // another chunk set's outcome (the collection changed)
-          const result = change.value;
-          if (result.fatal !== undefined) throw new GenerationFatalError(result.fatal.reason, result.fatal.message);
-          done.set(key, result);
-          outstanding.delete(key);
-          const failures = parseJsonl<ChunkFailure>(result.failuresJsonl);
-          for (const f of failures) hooks.onFailure?.(f);
-          progress.chunksDone += batch.chunks.length;
-          progress.examplesGenerated += parseJsonl<StoredExample>(result.examplesJsonl).length;
-          progress.chunksFailed += new Set(failures.map((f) => f.chunkId)).size;
-          progress.promptTokens += Number(result.promptTokens);
-          progress.completionTokens += Number(result.completionTokens);
-          progress.llmRetries += result.llmRetries;
-          hooks.onProgress?.({ ...progress });
-          if (done.size === batches.length) break;
-          await topUp();
+          if (batch === undefined) {
+            if (!inputDone) early.set(key, change.value); // formed later, or another chunk set's outcome
+          } else if (!done.has(key)) record(batch, change.value);
+          if (failed !== undefined || finished) break;
+          await this.options.faults?.("outcome-seen", { versionId, batchKey: key });
         }
       }
-      if (hooks.signal.aborted) throw hooks.signal.reason;
-      if (done.size < batches.length) throw new Error("the generation outcome watch ended early");
     } finally {
       hooks.signal.removeEventListener("abort", onAbort);
-      watch.stop();
+      stopWatch();
+      if (watch === undefined) watching.then((w) => w.stop(), () => {});
     }
+    await reading;
+    if (failed !== undefined) throw failed.error;
+    if (!finished) throw new Error("the generation outcome watch ended early");
     const examples: DatasetExample[] = [];
     const failures: ChunkFailure[] = [];
     for (const b of batches) {
       const result = done.get(b.key)!;
-      const chunkOf = new Map(b.chunks.map((c) => [c.id, c]));
-      for (const e of parseJsonl<StoredExample>(result.examplesJsonl)) {
-        const c = chunkOf.get(e.chunkId)!;
-        examples.push({ ...e, documentId: c.documentId, headingPath: [...c.headingPath], context: c.text, answerable: true, generator: "llm" });
-      }
-      failures.push(...parseJsonl<ChunkFailure>(result.failuresJsonl));
+      examples.push(...result.examples);
+      failures.push(...result.failures);
     }
     return { examples, failures, progress };
   }

@@ -26,6 +26,7 @@ import {
 import { tokenDistribution } from "@ragtune/text";
 import { BuildTimeoutError, runBuild, STORED_FORMATS, type BuildOutput, type StoredFormat } from "./build-process.js";
 import { baseProblem, resolveBuildSettings } from "./build-settings.js";
+import { BatchPlanner, compareListed, type ListedChunk } from "./batch-plan.js";
 import { GenerationFatalError, type GenerationProgress, type GenerationQueue } from "./generation-queue.js";
 import { DEFAULT_QUALITY_GATE } from "./quality-gate.js";
 import type { DatasetBuildSettings } from "./dataset-builder.js";
@@ -52,6 +53,9 @@ function rowTokenStats(counts: readonly number[], budget: number) {
     totalTokens: d.totalTokens,
   });
 }
+
+/** Page size of the ingest listings (its maximum). */
+const LIST_PAGE = 1000;
 
 const SPLIT_ENUM: Record<SplitName, DatasetSplit> = { train: DatasetSplit.TRAIN, val: DatasetSplit.VAL, test: DatasetSplit.TEST };
 
@@ -200,34 +204,79 @@ export class VersionBuilder {
         throw new UserFailure("LLM_NOT_CONFIGURED", `the version names the generation model "${model}", but LLM_BASE_URL is not configured on this dataset service replica`);
       }
       const { build } = resolveBuildSettings(version.settings, { llmConfigured: this.deps.generation !== undefined });
-      const [listed, documents] = await Promise.all([this.readChunks(version.collection), this.readDocuments(version.collection)]);
+      const maxConcurrency = version.settings?.maxConcurrency ?? 4;
+      // A build with the model and no base version starts generating from the first page of chunks while the rest are
+      // read (its first page is about the batches the window holds); the others read every chunk first.
+      const streamed = build.llm !== undefined && version.baseVersionId === "";
+      const pages = this.chunkPages(version.collection, streamed ? Math.min(LIST_PAGE, Math.max(64, maxConcurrency)) : LIST_PAGE);
+      const [head, documents] = await Promise.all([pages.next(), this.readDocuments(version.collection)]);
+      const listed: ListedChunk[] = head.done === true ? [] : [...head.value.chunks];
+      const nameOf = (documentId: string) => documents.get(documentId)?.sourceName ?? documentId;
       // A fixed order (documents by source name, chunks by position), whatever order ingest lists them in (it lists in
-      // write order): generation batches are cut from it, so a build taken over by another replica forms the same
-      // batches and reads the finished ones back.
-      const nameOf = (c: { documentId: string }) => documents.get(c.documentId)?.sourceName ?? c.documentId;
-      const chunks = listed
-        .sort((a, b) => (nameOf(a) < nameOf(b) ? -1 : nameOf(a) > nameOf(b) ? 1 : a.ordinal - b.ordinal || (a.chunk.id < b.chunk.id ? -1 : 1)))
-        .map((x) => x.chunk);
-      if (chunks.length === 0) {
-        throw new UserFailure("NO_CHUNKS", `collection "${version.collection}" has no ready documents to build a dataset from; ingest documents first`);
-      }
-      // Incremental build: the base version's examples of every chunk it already had (chunk IDs are content-addressed).
-      const chunkById = new Map(chunks.map((c) => [c.id, c]));
-      const base = version.baseVersionId === "" ? undefined : await this.readBase(version.baseVersionId, version);
-      const reused = new Set(base === undefined ? [] : chunks.filter((c) => base.chunkIds.has(c.id)).map((c) => c.id));
-      const reusedExamples = (base?.examples ?? []).filter((e) => reused.has(e.chunkId)).map((e) => withChunk(e, chunkById.get(e.chunkId)!));
-      const fresh = chunks.filter((c) => !reused.has(c.id));
-      const usage = { chunksReused: reused.size, chunksFailed: 0, promptTokens: 0, completionTokens: 0, llmRetries: 0 };
-      await this.progress(id, fence, { total: chunks.length, done: reused.size, generated: reusedExamples.length, ...usage });
-      log.info({ chunks: chunks.length, reused: reused.size, generator: model || "extractive" }, "dataset build started");
-      let examples: DatasetExample[] | undefined = base === undefined ? undefined : reusedExamples;
+      // write order): the version is built from it, and generation batches are its cut (batch-plan.ts), so a build
+      // taken over by another replica forms the same batches and reads the finished ones back.
+      const inOrder = () => [...listed].sort(compareListed(nameOf)).map((l) => l.chunk);
+      const usage = { chunksReused: 0, chunksFailed: 0, promptTokens: 0, completionTokens: 0, llmRetries: 0 };
+      let chunks: SourceChunk[];
+      let reused = new Set<string>();
+      let examples: DatasetExample[] | undefined;
+      let fresh: SourceChunk[];
       let failures: ChunkFailure[] = [];
-      if (build.llm !== undefined) {
-        const generated = await this.generateWithLlm(id, fence, chunks.length, fresh, reused.size, reusedExamples.length, build, version.settings!.maxConcurrency ?? 4, signal, log);
-        examples = [...reusedExamples, ...generated.examples];
-        failures = generated.failures;
+      if (streamed && head.done !== true && listed.length > 0) {
+        const llm = build.llm!;
+        const totalHint = head.value.totalSize;
+        let listingDone = false;
+        const planner = new BatchPlanner(
+          this.deps.generation!.batchChunks,
+          [...documents].map(([documentId, d]) => ({ id: documentId, sourceName: d.sourceName, chunkCount: d.chunkCount })),
+        );
+        const first = head.value.chunks;
+        async function* batches(): AsyncGenerator<SourceChunk[]> {
+          yield* planner.add(first);
+          for await (const page of pages) {
+            listed.push(...page.chunks);
+            yield* planner.add(page.chunks);
+          }
+          listingDone = true;
+          yield* planner.finish();
+        }
+        log.info({ chunks: totalHint, generator: llm.model }, "dataset build started");
+        const generated = await this.generateWithLlm(id, fence, batches(), { total: () => (listingDone ? listed.length : Math.max(totalHint, listed.length)), reusedChunks: 0, reusedExamples: 0 }, build, maxConcurrency, signal, log);
+        chunks = inOrder();
+        fresh = chunks;
+        if (!planner.exact) log.info({ chunks: chunks.length }, "the chunks did not match their documents' counts; the last generation batches were cut after the listing");
+        // In chunk order, as a build that read every chunk first has them (batches are formed as their chunks arrive).
+        const rank = new Map(chunks.map((c, i) => [c.id, i]));
+        examples = generated.examples.sort((a, b) => rank.get(a.chunkId)! - rank.get(b.chunkId)!);
+        failures = generated.failures.sort((a, b) => rank.get(a.chunkId)! - rank.get(b.chunkId)!);
         Object.assign(usage, { chunksFailed: generated.progress.chunksFailed, promptTokens: generated.progress.promptTokens, completionTokens: generated.progress.completionTokens, llmRetries: generated.progress.llmRetries });
-        if (examples.length === 0) {
+      } else {
+        if (head.done !== true) for await (const page of pages) listed.push(...page.chunks);
+        chunks = inOrder();
+        if (chunks.length === 0) {
+          throw new UserFailure("NO_CHUNKS", `collection "${version.collection}" has no ready documents to build a dataset from; ingest documents first`);
+        }
+        // Incremental build: the base version's examples of every chunk it already had (chunk IDs are content-addressed).
+        const chunkById = new Map(chunks.map((c) => [c.id, c]));
+        const base = version.baseVersionId === "" ? undefined : await this.readBase(version.baseVersionId, version);
+        reused = new Set(base === undefined ? [] : chunks.filter((c) => base.chunkIds.has(c.id)).map((c) => c.id));
+        const reusedExamples = (base?.examples ?? []).filter((e) => reused.has(e.chunkId)).map((e) => withChunk(e, chunkById.get(e.chunkId)!));
+        fresh = chunks.filter((c) => !reused.has(c.id));
+        usage.chunksReused = reused.size;
+        log.info({ chunks: chunks.length, reused: reused.size, generator: model || "extractive" }, "dataset build started");
+        examples = base === undefined ? undefined : reusedExamples;
+        if (build.llm !== undefined) {
+          const total = chunks.length;
+          const generated = await this.generateWithLlm(id, fence, fresh, { total: () => total, reusedChunks: reused.size, reusedExamples: reusedExamples.length }, build, maxConcurrency, signal, log);
+          examples = [...reusedExamples, ...generated.examples];
+          failures = generated.failures;
+          Object.assign(usage, { chunksFailed: generated.progress.chunksFailed, promptTokens: generated.progress.promptTokens, completionTokens: generated.progress.completionTokens, llmRetries: generated.progress.llmRetries });
+        } else {
+          await this.progress(id, fence, { total: chunks.length, done: reused.size, generated: reusedExamples.length, ...usage });
+        }
+      }
+      if (build.llm !== undefined) {
+        if (examples!.length === 0) {
           const first = failures[0];
           throw new UserFailure(
             "GENERATION_FAILED",
@@ -238,7 +287,7 @@ export class VersionBuilder {
       const output = await runBuild(
         {
           chunks,
-          settings: { ...build, ...(base === undefined ? {} : { baseVersionId: version.baseVersionId }) },
+          settings: { ...build, ...(version.baseVersionId === "" ? {} : { baseVersionId: version.baseVersionId }) },
           tokenizer: this.deps.tokenizer,
           ...(examples === undefined ? {} : { examples }),
           ...(examples !== undefined && build.llm === undefined ? { extractiveChunkIds: fresh.map((c) => c.id) } : {}),
@@ -304,15 +353,14 @@ export class VersionBuilder {
   private async generateWithLlm(
     id: string,
     fence: Fence,
-    total: number,
-    fresh: SourceChunk[],
-    reusedChunks: number,
-    reusedExamples: number,
+    fresh: SourceChunk[] | AsyncIterable<SourceChunk[]>,
+    counts: { total: () => number; reusedChunks: number; reusedExamples: number },
     build: DatasetBuildSettings,
     maxConcurrency: number,
     signal: AbortSignal,
     log: Logger,
   ) {
+    const { reusedChunks, reusedExamples } = counts;
     const llm = build.llm!;
     // Version writes happen one after another, in the order the generation reports them. A progress report that finds
     // the previous one still waiting behind other writes, with nothing queued after it, replaces it (the counts are
@@ -337,7 +385,7 @@ export class VersionBuilder {
         if (waitingProgress === slot) waitingProgress = undefined;
         const latest = slot.p;
         return this.progress(id, fence, {
-          total,
+          total: counts.total(),
           done: reusedChunks + latest.chunksDone,
           generated: reusedExamples + latest.examplesGenerated,
           chunksReused: reusedChunks,
@@ -364,7 +412,10 @@ export class VersionBuilder {
           .then(() => {}),
       );
     };
-    log.info({ model: llm.model, promptHash: llm.promptHash, maxConcurrency, chunks: fresh.length }, "generating examples with the model");
+    log.info({ model: llm.model, promptHash: llm.promptHash, maxConcurrency }, "generating examples with the model");
+    // The first progress (nothing generated yet; the reused chunks done) goes first in the write order, without
+    // holding up the first batches.
+    write(() => this.progress(id, fence, { total: counts.total(), done: reusedChunks, generated: reusedExamples, chunksReused: reusedChunks, chunksFailed: 0, promptTokens: 0, completionTokens: 0, llmRetries: 0 }));
     try {
       const result = await this.deps.generation!.generate(
         id,
@@ -379,6 +430,12 @@ export class VersionBuilder {
       await writes;
       if (writeError !== undefined) throw writeError;
       log.info({ model: llm.model, examples: result.examples.length, ...result.progress }, "model generation done");
+      // In the order of the chunks given (batches may finish, and be formed, in any order).
+      if (Array.isArray(fresh)) {
+        const rank = new Map(fresh.map((c, i) => [c.id, i]));
+        result.examples.sort((a, b) => rank.get(a.chunkId)! - rank.get(b.chunkId)!);
+        result.failures.sort((a, b) => rank.get(a.chunkId)! - rank.get(b.chunkId)!);
+      }
       return result;
     } finally {
       await writes;
@@ -415,39 +472,45 @@ export class VersionBuilder {
     );
   }
 
-  /** Every ready chunk of the collection, through the ingest API (paged). */
-  private async readChunks(collection: string): Promise<{ chunk: SourceChunk; documentId: string; ordinal: number }[]> {
-    const out: { chunk: SourceChunk; documentId: string; ordinal: number }[] = [];
+  /**
+   * The ready chunks of the collection through the ingest API, page by page (the first of `firstPageSize`, the rest
+   * of LIST_PAGE), with the collection's chunk count as ingest gave it on the first page.
+   */
+  private async *chunkPages(collection: string, firstPageSize: number): AsyncGenerator<{ chunks: ListedChunk[]; totalSize: number }> {
     let pageToken = "";
+    let pageSize = firstPageSize;
     do {
       let res;
       try {
-        res = await this.deps.ingest.listChunks({ collection, page: { pageSize: 1000, pageToken } });
+        res = await this.deps.ingest.listChunks({ collection, page: { pageSize, pageToken } });
       } catch (err) {
         const message = (err as Error).message;
         if (/not.?found/i.test(message)) throw new UserFailure("UNKNOWN_COLLECTION", `collection "${collection}" does not exist in the ingest service`);
         throw new Error(`reading the chunks of "${collection}" from the ingest service failed: ${message}`, { cause: err });
       }
-      for (const c of res.chunks) out.push({ chunk: { id: c.id, documentId: c.documentId, headingPath: [...c.headingPath], text: c.text }, documentId: c.documentId, ordinal: c.ordinal });
+      yield {
+        chunks: res.chunks.map((c) => ({ chunk: { id: c.id, documentId: c.documentId, headingPath: [...c.headingPath], text: c.text }, ordinal: c.ordinal })),
+        totalSize: res.page?.totalSize ?? 0,
+      };
       pageToken = res.page?.nextPageToken ?? "";
+      pageSize = LIST_PAGE;
     } while (pageToken !== "");
-    return out;
   }
 
   /** The collection's documents (ID → source name and content hash), for the version's lineage and report. */
-  private async readDocuments(collection: string): Promise<Map<string, { sourceName: string; contentSha256: string }>> {
-    const out = new Map<string, { sourceName: string; contentSha256: string }>();
+  private async readDocuments(collection: string): Promise<Map<string, { sourceName: string; contentSha256: string; chunkCount: number }>> {
+    const out = new Map<string, { sourceName: string; contentSha256: string; chunkCount: number }>();
     let pageToken = "";
     do {
       let res;
       try {
-        res = await this.deps.ingest.listDocuments({ collection, page: { pageSize: 1000, pageToken } });
+        res = await this.deps.ingest.listDocuments({ collection, page: { pageSize: LIST_PAGE, pageToken } });
       } catch (err) {
         const message = (err as Error).message;
         if (/not.?found/i.test(message)) throw new UserFailure("UNKNOWN_COLLECTION", `collection "${collection}" does not exist in the ingest service`);
         throw new Error(`reading the documents of "${collection}" from the ingest service failed: ${message}`, { cause: err });
       }
-      for (const d of res.documents) out.set(d.id, { sourceName: d.sourceName, contentSha256: d.contentSha256 });
+      for (const d of res.documents) out.set(d.id, { sourceName: d.sourceName, contentSha256: d.contentSha256, chunkCount: d.chunkCount });
       pageToken = res.page?.nextPageToken ?? "";
     } while (pageToken !== "");
     return out;

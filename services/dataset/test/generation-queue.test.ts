@@ -39,11 +39,31 @@ function fakeModel() {
   return { llm, calls };
 }
 
-async function openQueue(faults?: (step: GenerationStep, batch: { versionId: string; batchKey: string }) => void | Promise<void>) {
+async function openQueue(faults?: (step: GenerationStep, batch: { versionId: string; batchKey: string }) => void | Promise<void>, maxDeliver?: number) {
   nats ??= await startNatsServer();
   const bus = await connectBus({ servers: nats.url, name: "gen-test", logger });
   buses.push(bus);
-  return GenerationQueue.open(bus, { prefix: "gentest", logger, worker: `w${buses.length}`, batchChunks: 2, ackWaitMs: 2_000, ...(faults ? { faults } : {}) });
+  return GenerationQueue.open(bus, { prefix: "gentest", logger, worker: `w${buses.length}`, batchChunks: 2, ackWaitMs: 2_000, ...(faults ? { faults } : {}), ...(maxDeliver ? { maxDeliver } : {}) });
+}
+
+/** A stand-in model that holds every request until it is cancelled; `called` resolves with the first request. */
+function heldModel() {
+  let signal = () => {};
+  const called = new Promise<void>((resolve) => (signal = resolve));
+  const llm: Pick<LlmClient, "json"> = {
+    json: ((_request: unknown, options: { signal: AbortSignal }) =>
+      new Promise((_resolve, reject) => {
+        signal();
+        options.signal.addEventListener("abort", () => reject(Object.assign(new Error("cancelled"), { kind: "cancelled" })), { once: true });
+      })) as unknown as LlmClient["json"],
+  };
+  return { llm, called };
+}
+
+/** Batches of two, as a build that cuts them itself hands them over: each only once `ready` resolved. */
+async function* batchesAfter(ready: Promise<unknown>): AsyncGenerator<SourceChunk[]> {
+  await ready;
+  for (let i = 0; i < chunks.length; i += 2) yield chunks.slice(i, i + 2);
 }
 
 describe("generation queue (real nats-server)", () => {
@@ -98,5 +118,72 @@ describe("generation queue (real nats-server)", () => {
     await dropped;
     await other.close();
     expect(idle.calls.size).toBe(0);
+  });
+
+  it("writes batches as the build forms them: the first is generated before the next one exists", async () => {
+    const queue = await openQueue();
+    const model = fakeModel();
+    queue.startWorkers(2, model.llm, async () => true);
+    let firstWritten = () => {};
+    const written = new Promise<void>((resolve) => (firstWritten = resolve));
+    async function* formed(): AsyncGenerator<SourceChunk[]> {
+      yield chunks.slice(0, 2);
+      await written; // the rest of the collection is "still being read" until the first batch is done
+      yield chunks.slice(2, 4);
+      yield chunks.slice(4, 6);
+    }
+    const progress: number[] = [];
+    const result = await queue.generate("dsv-s", formed(), options, {
+      signal: new AbortController().signal,
+      onProgress: (p) => {
+        progress.push(p.chunksDone);
+        firstWritten();
+      },
+    });
+    await queue.close();
+    expect(progress[0]).toBe(2); // the first batch finished while the others were not formed yet
+    expect(progress.at(-1)).toBe(6);
+    expect(result.examples.map((e) => e.chunkId)).toEqual(chunks.flatMap((c) => [c.id, c.id]));
+    expect([...model.calls.values()]).toEqual(chunks.map(() => 1));
+  });
+
+  it("a coordinator that starts again reads back outcomes that arrive before it has formed their batches", async () => {
+    const seen: string[] = [];
+    let allSeen = () => {};
+    const replayed = new Promise<void>((resolve) => (allSeen = resolve));
+    const queue = await openQueue((step, batch) => {
+      if (step !== "outcome-seen" || batch.versionId !== "dsv-e") return;
+      seen.push(batch.batchKey);
+      if (seen.length === 3) allSeen();
+    });
+    const model = fakeModel();
+    queue.startWorkers(2, model.llm, async () => true);
+    await queue.generate("dsv-e", chunks, options, { signal: new AbortController().signal });
+    expect(model.calls.size).toBe(6);
+    seen.length = 0;
+    // A takeover: the stored outcomes are replayed (all three) before the listing hands over the first batch.
+    const again = await queue.generate("dsv-e", batchesAfter(replayed), options, { signal: new AbortController().signal });
+    await queue.close();
+    expect(seen).toHaveLength(3);
+    expect(again.examples.map((e) => e.chunkId)).toEqual(chunks.flatMap((c) => [c.id, c.id]));
+    expect([...model.calls.values()]).toEqual(chunks.map(() => 1)); // nothing written twice
+  });
+
+  it("a stopping replica with several pulls out hands its batch back once, not to its own pulls again and again", async () => {
+    const coordinator = await openQueue();
+    const first = await openQueue();
+    const held = heldModel();
+    first.startWorkers(5, held.llm, async () => true); // 5 batches' room: several pulls out at once
+    const pending = coordinator.generate("dsv-h", chunks.slice(0, 2), options, { signal: new AbortController().signal });
+    await held.called;
+    await first.close();
+    // Taken by the stopping replica once: a second delivery is fine, a third would count as abandoned here.
+    const second = await openQueue(undefined, 2);
+    const model = fakeModel();
+    second.startWorkers(1, model.llm, async () => true);
+    const result = await pending;
+    await second.close();
+    expect(result.examples.map((e) => e.chunkId)).toEqual(["ch_0", "ch_0", "ch_1", "ch_1"]);
+    expect([...model.calls.values()]).toEqual([1, 1]);
   });
 });
