@@ -5,12 +5,16 @@
  * same files in one thread of this process, no storage), the CPU seconds of this process's main thread, of its other
  * threads (document workers, GC, I/O) and of nats-server, and per phase of a document (the document store's reads
  * and writes, the worker's parse + chunk, the run's saves) how often it ran and the time spent in it summed over the
- * documents in flight (so the sums overlap; they say which waits dominate, not what adds up to the wall time).
- * With `node --cpu-prof` the main thread's profile shows what its CPU time is spent on.
+ * documents in flight (so the sums overlap; they say which waits dominate, not what adds up to the wall time); then
+ * the tail (from the last document's result to the completed event at the client: the run's last writes) and the CPU
+ * seconds of each thread of this process (the document worker is the busiest one besides main; the others are V8's
+ * GC and compiler threads). With `node --cpu-prof` the main thread's profile shows what its CPU time is spent on
+ * (on a loaded machine, samples in `writeBuffer` are mostly the thread waiting to run again after its socket write
+ * woke nats-server, not CPU: compare with the CPU seconds).
  *
  * Run: node --conditions=@ragtune/source --import tsx tools/bench/ingest-phases.ts   (COPIES=10 WORKERS=1)
  */
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { cp, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { join, relative } from "node:path";
@@ -24,7 +28,6 @@ import { DocumentStore } from "../../services/ingest/src/document-store.js";
 import { IngestRunner } from "../../services/ingest/src/ingest-runner.js";
 import { RunStore } from "../../services/ingest/src/run-store.js";
 import { startIngestService } from "../../services/ingest/src/server.js";
-import { readdirSync } from "node:fs";
 import { threadCpuSeconds } from "./proc-cpu.js";
 
 /** CPU seconds per thread name (/proc comm) of a process: which threads beside the main one spend the time. */
