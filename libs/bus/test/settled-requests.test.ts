@@ -44,7 +44,7 @@ describe("skipSettledRequestErrors", () => {
     await expect(bus.nc.request("settled.silent", "ping", { timeout: 200 })).rejects.toThrow(/timeout/i);
     silent.unsubscribe();
     // And an answered request on a raw subject.
-    const echo = bus.nc.subscribe("settled.echo", { callback: (_err, m) => m.respond(m.data) });
+    const echo = bus.nc.subscribe("settled.echo", { callback: (_err, m) => void m.respond(m.data) });
     built = [];
     expect((await bus.nc.request("settled.echo", "hello", { timeout: 1_000 })).string()).toBe("hello");
     expect(built).toEqual([]);
