@@ -32,11 +32,9 @@ import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import { relative } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Agent, request } from "node:http";
+import { LeanHttpClient, startInstantEndpoint } from "./lean-http.js";
 import { generateExtractiveDataset, type SourceChunk } from "../../services/dataset/src/extractive-generator.js";
 import { Bm25Retriever, type IndexedChunk } from "@ragtune/retrieval";
 import { technicalTerms } from "@ragtune/retrieval";
@@ -50,6 +48,7 @@ import { processTreeCpuSeconds as processCpuSeconds } from "./proc-cpu.js";
 
 const CORPUS = process.env.CORPUS ?? AWS_CORPUS_DIR;
 const RATE = Number(process.env.RATE ?? 500);
+const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
 const DURATION = Number(process.env.DURATION ?? 10);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 /** The gateway's GATEWAY_PROCESSES (processes serving its port) in part 3. */
@@ -265,18 +264,8 @@ async function main(): Promise<void> {
 }
 
 async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly { question: string }[]): Promise<void> {
-  const endpoint = createServer((req, res) => {
-    const parts: Buffer[] = [];
-    req.on("data", (d: Buffer) => parts.push(d));
-    req.on("end", () => {
-      const body = JSON.parse(Buffer.concat(parts).toString("utf8")) as { model?: string };
-      res.writeHead(200, { "content-type": "application/json" }).end(
-        JSON.stringify({ id: "c", object: "text_completion", model: body.model ?? "base", choices: [{ index: 0, text: " The answer.", finish_reason: "stop" }], usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } }),
-      );
-    });
-  });
-  await new Promise<void>((resolve) => endpoint.listen(0, "127.0.0.1", resolve));
-  const endpointUrl = `http://127.0.0.1:${(endpoint.address() as AddressInfo).port}`;
+  const endpoint = await startInstantEndpoint({ id: "c", object: "text_completion", model: "base", choices: [{ index: 0, text: " The answer.", finish_reason: "stop" }], usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });
+  const endpointUrl = endpoint.url;
   const portBase = await freePort();
   const profileDir = process.env.GATEWAY_CPU_PROF;
   const stack = await startStack({
@@ -316,27 +305,30 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       total = await chunkCount();
     }
     console.log(`Part 3 — Ask overhead, GATEWAY_PROCESSES=${PROCESSES}: ${total} chunks ingested in ${((performance.now() - ingestStarted) / 1000).toFixed(1)} s; open loop at ${RATE} requests/s for ${DURATION} s each, ${ROUNDS} rounds (anchor, then gateway)`);
-    const agent = new Agent({ keepAlive: true, maxSockets: 256 });
-    /** Requests in flight (destroyed when a round gives up on them). */
-    const inFlight = new Set<ReturnType<typeof request>>();
-    const post = (url: string, body: string, check: (json: Record<string, unknown>) => boolean): Promise<number> =>
-      new Promise((resolve, reject) => {
-        const start = performance.now();
-        const req = request(url, { method: "POST", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
-          const parts: Buffer[] = [];
-          res.on("data", (d: Buffer) => parts.push(d));
-          res.on("end", () => {
-            const ms = performance.now() - start;
-            const json = JSON.parse(Buffer.concat(parts).toString("utf8")) as Record<string, unknown>;
-            if (res.statusCode !== 200 || !check(json)) reject(new Error(`bad answer ${res.statusCode}: ${JSON.stringify(json).slice(0, 300)}`));
-            else resolve(ms);
-          });
-        });
-        inFlight.add(req);
-        req.on("close", () => inFlight.delete(req));
-        req.on("error", reject);
-        req.end(body);
-      });
+    // The sender: raw keep-alive connections (lean-http.ts), one pool per target, so the bench takes little of the CPU.
+    const clients = new Map<string, LeanHttpClient>();
+    const clientOf = (url: URL) => {
+      let c = clients.get(url.host);
+      if (c === undefined) clients.set(url.host, (c = new LeanHttpClient(url.hostname, Number(url.port))));
+      return c;
+    };
+    /** Requests not answered yet (a round that gives up on them closes their connections). */
+    let inFlight = 0;
+    const post = async (url: string, body: string, check: (json: Record<string, unknown>) => boolean): Promise<number> => {
+      const start = performance.now();
+      const u = new URL(url);
+      inFlight++;
+      let res;
+      try {
+        res = await clientOf(u).post(u.pathname, body);
+      } finally {
+        inFlight--;
+      }
+      const ms = performance.now() - start;
+      const json = JSON.parse(res.body.toString("utf8")) as Record<string, unknown>;
+      if (res.status !== 200 || !check(json)) throw new Error(`bad answer ${res.status}: ${JSON.stringify(json).slice(0, 300)}`);
+      return ms;
+    };
     /**
      * Sends at RATE for DURATION (each request at its due time, whatever is in flight); latencies sorted, how late the
      * sender fell, and how many answers had not come GRACE s after the last send (a saturated contestant: those are
@@ -360,13 +352,14 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       const gaveUp = await Promise.race([settled.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), GRACE * 1000)))]);
       clearTimeout(timer);
       if (gaveUp) {
-        unanswered = inFlight.size;
-        for (const req of inFlight) req.destroy(new Error("gave up"));
+        unanswered = inFlight;
+        for (const c of clients.values()) c.destroy(); // their pending requests fail with "connection closed"
+        clients.clear();
       }
       const ms: number[] = [];
       for (const r of await settled) {
         if (r.status === "fulfilled") ms.push(r.value);
-        else if (gaveUp && r.reason instanceof Error && r.reason.message === "gave up") ms.push(Infinity);
+        else if (gaveUp && r.reason instanceof Error && r.reason.message === "connection closed") ms.push(Infinity);
         else throw r.reason;
       }
       return { ms: ms.sort((a, b) => a - b), maxLag, unanswered };
@@ -382,26 +375,29 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
     const overheads: { p50: number; p99: number }[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       gc();
+      const ownDirect = process.cpuUsage();
       const direct = await openLoop(() => post(`${endpointUrl}/v1/completions`, completionBody, (j) => Array.isArray(j["choices"])));
+      const ownPerDirect = cpuMs(process.cpuUsage(ownDirect)) / direct.ms.length;
       const loadDirect = load();
       gc();
       const cpuBefore = processCpuSeconds(gatewayPid) * 1000;
+      const ownAsk = process.cpuUsage();
       const gateway = await openLoop((i) => post(askUrl, askBody(i), (j) => j["answer"] === "The answer." && Array.isArray(j["context"]) && (j["context"] as unknown[]).length > 0));
+      const ownPerAsk = cpuMs(process.cpuUsage(ownAsk)) / gateway.ms.length;
       // per answered Ask (an unanswered one may not have been worked on yet)
       const cpuPerAsk = (processCpuSeconds(gatewayPid) * 1000 - cpuBefore) / Math.max(1, gateway.ms.length - gateway.unanswered);
       const o = { p50: pct(gateway.ms, 50) - pct(direct.ms, 50), p99: pct(gateway.ms, 99) - pct(direct.ms, 99) };
       overheads.push(o);
       console.log(
         `  round ${round + 1}: anchor (endpoint direct) p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (sender lag ≤ ${fmt(direct.maxLag)} ms${unansweredNote(direct.unanswered)}); ` +
-          `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (sender lag ≤ ${fmt(gateway.maxLag)} ms${unansweredNote(gateway.unanswered)}) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway CPU (all its processes) ${fmt(cpuPerAsk)} ms per Ask`,
+          `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (sender lag ≤ ${fmt(gateway.maxLag)} ms${unansweredNote(gateway.unanswered)}) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway CPU (all its processes) ${fmt(cpuPerAsk)} ms per Ask; this process (sender and endpoint) ${fmt(ownPerDirect)} ms per direct request, ${fmt(ownPerAsk)} ms per Ask`,
       );
     }
     const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
     console.log(`  median of ${ROUNDS}: overhead p50 ${fmt(median(overheads.map((o) => o.p50)))} ms, p99 ${fmt(median(overheads.map((o) => o.p99)))} ms`);
-    agent.destroy();
+    for (const c of clients.values()) c.destroy();
   } finally {
     await stack.stop();
-    endpoint.closeAllConnections();
     endpoint.close();
   }
 }
