@@ -92,3 +92,44 @@ describe("Bm25Retriever.search with accept", () => {
     expect(r.search("when do tokens expire", 3, () => false)).toEqual([]);
   });
 });
+
+describe("Bm25Retriever rare-first search", () => {
+  it("gives the exhaustive search's results (same chunks, same scores up to rounding), with and without accept, as the index changes", () => {
+    // A seeded corpus with a Zipf-like vocabulary: a few words in most chunks, many in few.
+    let seed = 7;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+    const vocabulary = Array.from({ length: 3000 }, (_, i) => `w${i}`);
+    const word = () => vocabulary[Math.floor(vocabulary.length * rnd() ** 3)]!;
+    const text = (words: number) => Array.from({ length: words }, word).join(" ");
+    const docs = Array.from({ length: 300 }, (_, d) =>
+      Array.from({ length: 10 }, (_, i) => ({ chunkId: `c${d}-${i}`, documentId: `d${d}`, headingPath: [text(3)], text: text(20 + Math.floor(rnd() * 60)), ordinal: i })),
+    );
+    const fast = new Bm25Retriever();
+    const reference = new Bm25Retriever({ rareFirst: false });
+    for (const [d, chunks] of docs.entries()) for (const r of [fast, reference]) r.putDocument(`d${d}`, chunks);
+    const compare = () => {
+      for (let q = 0; q < 300; q++) {
+        const question = text(2 + Math.floor(rnd() * 8));
+        const accept = q % 3 === 0 ? (c: { chunkId: string }) => !c.chunkId.endsWith("-0") : undefined;
+        for (const k of [1, 5, 20]) {
+          const got = fast.search(question, k, accept);
+          const want = reference.search(question, k, accept);
+          expect(got.length).toBe(want.length);
+          for (let i = 0; i < got.length; i++) {
+            expect(got[i]!.score).toBeCloseTo(want[i]!.score, 9);
+            // A different chunk only where two scores tie up to rounding.
+            if (got[i]!.chunk.chunkId !== want[i]!.chunk.chunkId) expect(Math.abs(got[i]!.score - want[i]!.score)).toBeLessThan(1e-9);
+          }
+        }
+      }
+    };
+    compare();
+    for (let d = 0; d < 40; d++) for (const r of [fast, reference]) r.removeDocument(`d${d * 7}`);
+    for (const r of [fast, reference]) r.putDocument("d3", docs[5]!.map((c) => ({ ...c, chunkId: `${c.chunkId}-moved`, documentId: "d3" })));
+    compare();
+    // Both paths were taken: most questions answered from the rarer terms, some by visiting everything.
+    expect(fast.searches.rareFirst).toBeGreaterThan(fast.searches.exhaustive);
+    expect(fast.searches.exhaustive).toBeGreaterThan(0);
+    expect(reference.searches.rareFirst).toBe(0);
+  });
+});

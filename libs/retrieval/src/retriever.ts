@@ -8,7 +8,9 @@
  *
  * The index is this module's own inverted index (postings in flat arrays, scores accumulated in one typed array, each
  * slot's length norm computed once per change rather than once per posting visited, the top k selected without
- * sorting every hit, no allocation per posting). MiniSearch was the first choice; tools/bench/gateway.ts measured it many times
+ * sorting every hit, no allocation per posting). A search visits the postings of the question's rarer terms and adds
+ * its frequent terms (those in more than an eighth of the chunks, whose postings are most of the work) from dense
+ * arrays to the chunks found, falling back to every posting when a chunk with only frequent terms could still place. MiniSearch was the first choice; tools/bench/gateway.ts measured it many times
  * slower than this index on the same chunks with the same scores, so ragtune keeps its own.
  */
 import { technicalTerms } from "./technical-tokenizer.js";
@@ -41,6 +43,23 @@ export interface Retriever {
 
 const K1 = 1.2;
 const B = 0.75;
+/**
+ * A term in more than this share of the chunks is frequent: a search first scores the chunks that match the question's
+ * other terms and adds the frequent terms to those by a dense lookup, and visits the frequent terms' postings only when
+ * a chunk matching nothing but frequent terms could still reach the top k (see searchRareFirst).
+ */
+const FREQUENT_SHARE = 1 / 8;
+/** Below this many chunks every term's postings are visited (nothing to save). */
+const RARE_FIRST_MIN_CHUNKS = 2048;
+/** Dense arrays kept per field (the frequent terms questions use). */
+const MAX_DENSE_TERMS = 64;
+
+/** Bits set in a 32-bit word. */
+function popcount(x: number): number {
+  x -= (x >>> 1) & 0x55555555;
+  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
+  return (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+}
 
 /** One searchable field: postings per term (slot numbers and term frequencies, parallel arrays) and field lengths. */
 class Field {
@@ -53,7 +72,35 @@ class Field {
   norms = new Float64Array(0);
   normsVersion = -1;
 
+  /** Dense per-slot contributions of frequent terms (see denseOf), for one field version each. */
+  readonly #dense = new Map<string, { version: number; values: Float64Array; max: number }>();
+
   constructor(readonly boost: number) {}
+
+  /**
+   * A frequent term's BM25 contribution for every slot (0 where it does not occur or the slot is empty), with the
+   * weight `weight` and the norms of this version, and its largest value: computed once per version of the field and
+   * term, then read in O(1) per slot.
+   */
+  denseOf(term: string, p: { slots: number[]; tfs: number[] }, weight: number, norms: Float64Array, slots: number, alive: Uint8Array): { values: Float64Array; max: number } {
+    const cached = this.#dense.get(term);
+    if (cached !== undefined && cached.version === this.version && cached.values.length >= slots) return cached;
+    const values = cached !== undefined && cached.values.length >= slots ? cached.values.fill(0) : new Float64Array(slots);
+    let max = 0;
+    for (let i = 0; i < p.slots.length; i++) {
+      const slot = p.slots[i]!;
+      if (alive[slot] === 0) continue;
+      const tf = p.tfs[i]!;
+      const v = (weight * tf * (K1 + 1)) / (tf + norms[slot]!);
+      values[slot] = v;
+      if (v > max) max = v;
+    }
+    const entry = { version: this.version, values, max };
+    this.#dense.delete(term);
+    this.#dense.set(term, entry);
+    if (this.#dense.size > MAX_DENSE_TERMS) this.#dense.delete(this.#dense.keys().next().value!);
+    return entry;
+  }
 
   add(slot: number, terms: readonly string[]): void {
     this.version++;
@@ -84,6 +131,7 @@ class Field {
   clear(): void {
     this.version++;
     this.postings.clear();
+    this.#dense.clear();
     this.lengths.length = 0;
     this.totalLength = 0;
   }
@@ -120,6 +168,17 @@ export class Bm25Retriever implements Retriever {
   #stamp = new Int32Array(0);
   /** The slots a search touched, in the order it first touched them (ties go to the first). */
   #touched = new Int32Array(0);
+  /** Per slot during a rare-first search: the question terms (bit per term) it matched. */
+  #mask = new Uint32Array(0);
+
+  /** How searches went: answered from the rarer terms' postings, or by visiting every posting. */
+  readonly searches = { rareFirst: 0, exhaustive: 0 };
+  readonly #rareFirst: boolean;
+
+  /** `rareFirst: false` visits every posting of every question term (the reference the faster path is tested against). */
+  constructor(options: { rareFirst?: boolean } = {}) {
+    this.#rareFirst = options.rareFirst ?? true;
+  }
 
   get size(): number {
     return this.#live;
@@ -193,7 +252,23 @@ export class Bm25Retriever implements Retriever {
       this.#matched = new Uint16Array(size);
       this.#stamp = new Int32Array(size);
       this.#touched = new Int32Array(size);
+      this.#mask = new Uint32Array(size);
     }
+    const terms = [...new Set(technicalTerms(question))];
+    if (this.#rareFirst && this.#live >= RARE_FIRST_MIN_CHUNKS && terms.length <= 32) {
+      const hits = this.#searchRareFirst(terms, topK, accept);
+      if (hits !== undefined) {
+        this.searches.rareFirst++;
+        return hits;
+      }
+    }
+    this.searches.exhaustive++;
+    return this.#searchAll(terms, topK, accept);
+  }
+
+  /** Every posting of every question term: each matching chunk's exact score. */
+  #searchAll(terms: readonly string[], topK: number, accept: ((chunk: IndexedChunk) => boolean) | undefined): RetrievedHit[] {
+    const n = this.#slots.length;
     const scores = this.#scores;
     const matched = this.#matched;
     const stamp = this.#stamp;
@@ -201,7 +276,7 @@ export class Bm25Retriever implements Retriever {
     const alive = this.#alive;
     let touchedCount = 0;
     let termNumber = 0;
-    for (const term of new Set(technicalTerms(question))) {
+    for (const term of terms) {
       termNumber++;
       for (const field of this.#fields) {
         const p = field.postings.get(term);
@@ -227,7 +302,88 @@ export class Bm25Retriever implements Retriever {
     // Each score times the number of distinct question terms the chunk matched (a coordination factor, as MiniSearch
     // weighs its results: it measured better on the dataset's questions than the plain sum).
     for (let t = 0; t < touchedCount; t++) scores[touched[t]!]! *= matched[touched[t]!]!;
-    // The top k by a bounded insertion (k is small), ties by position: earlier chunk first.
+    const best = this.#best(touchedCount, topK, accept);
+    const hits = best.map((slot) => ({ chunk: this.#slots[slot]!, score: scores[slot]! }));
+    for (let t = 0; t < touchedCount; t++) {
+      const slot = touched[t]!;
+      scores[slot] = 0;
+      matched[slot] = 0;
+      stamp[slot] = 0;
+    }
+    return hits;
+  }
+
+  /**
+   * The same scores, visiting fewer postings: the postings of the question's rarer terms make the candidates (every
+   * chunk that matches one of them), the frequent terms (FREQUENT_SHARE) are added to the candidates from their dense
+   * arrays, and the result stands when its k-th score is above the most a chunk matching only frequent terms could
+   * score (their number × the sum of their largest contributions). Otherwise undefined: the caller visits everything.
+   */
+  #searchRareFirst(terms: readonly string[], topK: number, accept: ((chunk: IndexedChunk) => boolean) | undefined): RetrievedHit[] | undefined {
+    const n = this.#slots.length;
+    const live = this.#live;
+    const scores = this.#scores;
+    const mask = this.#mask;
+    const touched = this.#touched;
+    const alive = this.#alive;
+    let touchedCount = 0;
+    const frequent: { bit: number; values: Float64Array }[] = [];
+    let frequentBits = 0;
+    let frequentMax = 0;
+    for (let j = 0; j < terms.length; j++) {
+      const bit = (1 << j) >>> 0;
+      for (const field of this.#fields) {
+        const p = field.postings.get(terms[j]!);
+        if (p === undefined) continue;
+        const idf = Math.log(1 + (live - p.live + 0.5) / (p.live + 0.5));
+        const norms = field.normsOf(n, live);
+        const weight = field.boost * idf;
+        if (p.live > live * FREQUENT_SHARE) {
+          const dense = field.denseOf(terms[j]!, p, weight, norms, n, alive);
+          frequent.push({ bit, values: dense.values });
+          frequentBits |= bit;
+          frequentMax += dense.max;
+          continue;
+        }
+        const slots = p.slots;
+        const tfs = p.tfs;
+        for (let i = 0; i < slots.length; i++) {
+          const slot = slots[i]!;
+          if (alive[slot] === 0) continue;
+          if (mask[slot] === 0) touched[touchedCount++] = slot;
+          mask[slot]! |= bit;
+          const tf = tfs[i]!;
+          scores[slot] += (weight * tf * (K1 + 1)) / (tf + norms[slot]!);
+        }
+      }
+    }
+    for (const { bit, values } of frequent) {
+      for (let t = 0; t < touchedCount; t++) {
+        const slot = touched[t]!;
+        const v = values[slot]!;
+        if (v !== 0) {
+          scores[slot] += v;
+          mask[slot]! |= bit;
+        }
+      }
+    }
+    for (let t = 0; t < touchedCount; t++) scores[touched[t]!]! *= popcount(mask[touched[t]!]!);
+    const best = this.#best(touchedCount, topK, accept);
+    const bound = popcount(frequentBits) * frequentMax;
+    const exact = frequent.length === 0 || (best.length === topK && scores[best[topK - 1]!]! > bound);
+    const hits = exact ? best.map((slot) => ({ chunk: this.#slots[slot]!, score: scores[slot]! })) : undefined;
+    for (let t = 0; t < touchedCount; t++) {
+      const slot = touched[t]!;
+      scores[slot] = 0;
+      mask[slot] = 0;
+    }
+    return hits;
+  }
+
+  /** The top k of the touched slots by a bounded insertion (k is small); ties go to the slot touched first. */
+  #best(touchedCount: number, topK: number, accept: ((chunk: IndexedChunk) => boolean) | undefined): number[] {
+    const scores = this.#scores;
+    const touched = this.#touched;
     const best: number[] = [];
     for (let t = 0; t < touchedCount; t++) {
       const slot = touched[t]!;
@@ -241,13 +397,6 @@ export class Bm25Retriever implements Retriever {
       }
       best[i] = slot;
     }
-    const hits = best.map((slot) => ({ chunk: this.#slots[slot]!, score: scores[slot]! }));
-    for (let t = 0; t < touchedCount; t++) {
-      const slot = touched[t]!;
-      scores[slot] = 0;
-      matched[slot] = 0;
-      stamp[slot] = 0;
-    }
-    return hits;
+    return best;
   }
 }
