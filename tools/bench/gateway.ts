@@ -367,8 +367,11 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
     const gatewayPid = stack.services.gateway.process.pid!;
     const askUrl = `${stack.services.gateway.url}/ragtune.gateway.v1.GatewayService/Ask`;
     const askBody = (i: number) => JSON.stringify({ collection: "bench", question: questions[i % questions.length]!.question });
-    // Warm-up: loads the collection's index and the connections.
-    for (let i = 0; i < 200; i++) await post(askUrl, askBody(i), (j) => j["answer"] === "The answer.");
+    // Warm-up: loads the collection's index and the connections, 8 at once (connections go to the gateway's
+    // processes in turn, so each process loads its index here, not in the first round).
+    await Promise.all(Array.from({ length: 8 }, async (_, lane) => {
+      for (let i = lane; i < 400; i += 8) await post(askUrl, askBody(i), (j) => j["answer"] === "The answer.");
+    }));
     const prompt = "[INST] " + chunks.slice(0, 4).map((c) => c.text).join("\n\n") + "\n\nQuestion: q [/INST]";
     const completionBody = JSON.stringify({ model: "base", prompt, temperature: 0, max_tokens: 256 });
     const unansweredNote = (n: number) => (n === 0 ? "" : `; ${n} unanswered ${GRACE} s after the last send: saturated`);
