@@ -76,8 +76,13 @@ export function rougeL(prediction: string, reference: string): number {
  * Share of the answer's distinct content n-grams that occur in the context (the dataset quality gate's grounding
  * check, with its n-gram size); 0 for an answer without content words.
  */
-export function grounding(answer: string, context: string, n = DEFAULT_QUALITY_GATE.groundingNgram): number {
-  return groundingSupport(answer, ngrams(contentWords(context), n), n);
+export function grounding(answer: string, context: string | ReadonlySet<string>, n = DEFAULT_QUALITY_GATE.groundingNgram): number {
+  return groundingSupport(answer, typeof context === "string" ? groundingNgrams(context, n) : context, n);
+}
+
+/** The content n-grams of a context that `grounding` compares an answer with (to compute once per context). */
+export function groundingNgrams(context: string, n = DEFAULT_QUALITY_GATE.groundingNgram): Set<string> {
+  return ngrams(contentWords(context), n);
 }
 
 /**

@@ -5,10 +5,10 @@
  * context chunks that hold its content (the eval's grounding measure per chunk).
  */
 import { contextBlock, findTemplateMarkup, mistralPrompt } from "@ragtune/dataset-service/exports";
-import { grounding, isRefusal } from "@ragtune/eval-service/metrics";
+import { grounding, groundingNgrams, isRefusal } from "@ragtune/eval-service/metrics";
 import { isLlmError, type LlmError } from "@ragtune/llm";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { RetrievedHit } from "@ragtune/retrieval";
+import type { IndexedChunk, RetrievedHit } from "@ragtune/retrieval";
 
 /**
  * The prompt for a question over retrieved chunks, in the Mistral instruct template the adapters are trained on: the
@@ -34,9 +34,23 @@ export interface CitedChunk {
 export function citationsFor(answer: string, refused: boolean, hits: readonly RetrievedHit[]): CitedChunk[] {
   if (refused || answer.trim() === "") return [];
   return hits
-    .map((hit) => ({ hit, support: grounding(answer, contextBlock({ headingPath: hit.chunk.headingPath, context: hit.chunk.text })) }))
+    .map((hit) => ({ hit, support: grounding(answer, contextNgramsOf(hit.chunk)) }))
     .filter((c) => c.support > 0)
     .sort((a, b) => b.support - a.support);
+}
+
+/** Chunks whose content n-grams are kept (most recently cited), so a chunk cited again costs no tokenizing. */
+const CACHED_CHUNKS = 4096;
+const ngramsByChunk = new Map<IndexedChunk, Set<string>>();
+
+/** The grounding n-grams of a chunk as the prompt shows it (heading path and text), from the cache when cited lately. */
+function contextNgramsOf(chunk: IndexedChunk): Set<string> {
+  let grams = ngramsByChunk.get(chunk);
+  if (grams !== undefined) ngramsByChunk.delete(chunk);
+  else grams = groundingNgrams(contextBlock({ headingPath: chunk.headingPath, context: chunk.text }));
+  ngramsByChunk.set(chunk, grams);
+  if (ngramsByChunk.size > CACHED_CHUNKS) ngramsByChunk.delete(ngramsByChunk.keys().next().value!);
+  return grams;
 }
 
 export { isRefusal };
