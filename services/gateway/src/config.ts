@@ -43,7 +43,7 @@ export const gatewayConfigSchema = baseServiceSchema.extend({
   GATEWAY_AUTH: z.enum(["api-keys", "none"]).default("api-keys"),
   /**
    * Processes serving the gateway's port (node:cluster; each a full gateway, as a replica is, and /metrics sums them):
-   * one process handles about 400 Asks/s on one core, so a replica on a machine with more cores serves more with more.
+   * one process handles up to about 480 Asks/s on one core, so a replica on a machine with more cores serves more with more.
    */
   GATEWAY_PROCESSES: envInt({ min: 1, max: 64, default: 1 }),
   /** Requests per minute each API key may make (sustained, per gateway process: see GATEWAY_PROCESSES)... */
