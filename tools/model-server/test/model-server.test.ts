@@ -129,10 +129,18 @@ describe("model server on the tiny model (real node-llama-cpp, real HTTP on 127.
   });
 
   it("serves more requests than sequences back to back (each waits for a sequence, none fails)", async () => {
-    const request = { prompt: PROMPT, maxTokens: 6, temperature: 0 };
+    const request = { prompt: PROMPT, maxTokens: 6, temperature: 0, extraBody: { ignore_eos: true } };
     const answers = await Promise.all(Array.from({ length: 7 }, (_, i) => llm.complete({ ...request, model: i % 2 ? "job" : "tiny" })));
-    expect(new Set(answers.filter((_, i) => i % 2 === 0).map((a) => a.text)).size).toBe(1);
-    expect(new Set(answers.filter((_, i) => i % 2 === 1).map((a) => a.text)).size).toBe(1);
+    // Every request was served in full by the model it named. (Not asserted: that equal greedy requests give equal
+    // text. Sequences decoded together share a context's KV cache and batches whose make-up depends on timing, so the
+    // float sums differ in their last bits, and the tiny random model's near-tied logits can then pick another token;
+    // vLLM is not batch-invariant either. One CI run under load saw 3 different texts for the same request.)
+    for (const [i, a] of answers.entries()) {
+      expect(a.model).toBe(i % 2 ? "job" : "tiny");
+      expect(a.finishReason).toBe("length");
+      expect(a.usage?.completionTokens).toBe(6);
+      expect(a.text.length).toBeGreaterThan(0);
+    }
   });
 
   it("stops at a stop string, leaves it out of the text and names it in stop_reason", async () => {
