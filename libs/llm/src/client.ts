@@ -20,7 +20,7 @@ import {
   type ParsedGeneration,
   type TokenUsage,
 } from "./protocol.js";
-import { backoffDelay, cancelledError, retryAfterMs, sleep, type BackoffOptions } from "./retry-policy.js";
+import { backoffDelay, cancelledError, isQuickFailure, retryAfterMs, sleep, type BackoffOptions } from "./retry-policy.js";
 import { revealSecret, type Secret } from "./secret.js";
 import { SseLineTooLongError, SseParser, type SseEvent } from "./sse.js";
 
@@ -40,7 +40,10 @@ export interface LlmClientOptions {
   timeoutMs?: number;
   /** Retries after the first attempt for retryable failures. Default 4. */
   maxRetries?: number;
-  /** Full-jitter exponential backoff between attempts. Default base 250 ms, cap 15 s. */
+  /**
+   * Full-jitter exponential backoff between attempts. Default base 250 ms, cap 15 s; the first retry of a failure
+   * answered at once (under 50 ms) or of malformed output within 25 ms (retry-policy.ts, isQuickFailure).
+   */
   backoff?: Partial<BackoffOptions>;
   /** A 429 asking to wait longer than this fails the call at once instead of waiting. Default 60 s. */
   maxRetryAfterMs?: number;
@@ -550,10 +553,10 @@ export class LlmClient {
     }
   }
 
-  /** The delay before the next attempt, or undefined when the call must give up. */
-  #retryDelay(error: LlmError, attempts: number, maxRetries: number): number | undefined {
+  /** The delay before the next attempt (the failed one took `attemptMs`), or undefined when the call must give up. */
+  #retryDelay(error: LlmError, attempts: number, maxRetries: number, attemptMs: number): number | undefined {
     if (!error.retryable || attempts > maxRetries) return undefined;
-    const jitter = backoffDelay(attempts, this.#backoff, this.#random);
+    const jitter = backoffDelay(attempts, this.#backoff, this.#random, isQuickFailure(error, attemptMs, this.#backoff));
     if (error.retryAfterMs === undefined) return jitter;
     if (error.retryAfterMs > this.#maxRetryAfterMs) return undefined;
     return Math.max(error.retryAfterMs, jitter);
@@ -629,7 +632,7 @@ export class LlmClient {
         } finally {
           release();
         }
-        const delay = this.#retryDelay(error, attempts, maxRetries);
+        const delay = this.#retryDelay(error, attempts, maxRetries, now() - sent);
         if (delay === undefined) throw this.#giveUp(error, attempts);
         this.#noteRetry(path, attempts, delay, error);
         backoffMs += await this.#backoffSleep(delay, signal);
@@ -733,7 +736,7 @@ export class LlmClient {
           out.latency = { queueMs, requestMs, backoffMs, totalMs: now() - started, attempts, firstTokenMs };
           return;
         }
-        const delay = yielded ? undefined : this.#retryDelay(error, attempts, maxRetries);
+        const delay = yielded ? undefined : this.#retryDelay(error, attempts, maxRetries, now() - sent);
         if (delay === undefined) throw this.#giveUp(error, attempts);
         this.#noteRetry(path, attempts, delay, error);
         backoffMs += await this.#backoffSleep(delay, signal);

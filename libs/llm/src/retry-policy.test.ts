@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { LlmError } from "./errors.js";
-import { backoffDelay, retryAfterMs, sleep } from "./retry-policy.js";
+import { backoffDelay, isQuickFailure, retryAfterMs, sleep } from "./retry-policy.js";
 
 describe("backoffDelay", () => {
   const options = { baseMs: 100, capMs: 1000 };
@@ -41,5 +41,20 @@ describe("sleep", () => {
     await expect(sleeping).rejects.toMatchObject({ kind: "cancelled" });
     await expect(sleep(10, AbortSignal.abort())).rejects.toBeInstanceOf(LlmError);
     await expect(sleep(1)).resolves.toBeUndefined();
+  });
+});
+
+describe("quick first retry", () => {
+  const options = { baseMs: 200, capMs: 1000, quickBaseMs: 20, quickFailureMs: 50 };
+  it("draws the first retry from [0, quickBase) and the later ones as usual", () => {
+    expect([1, 2, 3].map((retry) => backoffDelay(retry, options, () => 0.999999, true))).toEqual([19, 399, 799]);
+    expect(backoffDelay(1, options, () => 0.999999, false)).toBe(199);
+    // Never above the usual base (a client configured with a tiny base keeps it).
+    expect(backoffDelay(1, { baseMs: 5, capMs: 20 }, () => 0.999999, true)).toBe(4);
+  });
+  it("counts 5xx and connection failures answered at once, and malformed output at any time", () => {
+    const quick = (kind: LlmError["kind"], ms: number) => isQuickFailure(new LlmError(kind, "x"), ms, options);
+    expect([quick("server_error", 3), quick("connection", 49), quick("malformed_json", 5000)]).toEqual([true, true, true]);
+    expect([quick("server_error", 50), quick("connection", 300), quick("timeout", 1), quick("rate_limited", 1)]).toEqual([false, false, false, false]);
   });
 });

@@ -6,15 +6,46 @@ export interface BackoffOptions {
   baseMs: number;
   /** Upper bound of any computed delay. */
   capMs: number;
+  /**
+   * Upper bound of the first retry's delay after a quick failure (see `isQuickFailure`); never above `baseMs`. The
+   * retries after it follow the usual schedule (base · 2^(retry-1)). Default 25 ms.
+   */
+  quickBaseMs?: number;
+  /** A failure that came back within this time of its request being sent was answered at once. Default 50 ms. */
+  quickFailureMs?: number;
 }
+
+export const DEFAULT_QUICK_BASE_MS = 25;
+export const DEFAULT_QUICK_FAILURE_MS = 50;
 
 /**
  * Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And Jitter"): a delay drawn
- * uniformly from [0, min(cap, base · 2^(retry-1))). `retry` counts from 1.
+ * uniformly from [0, min(cap, base · 2^(retry-1))). `retry` counts from 1. With `quick`, the first retry's delay is
+ * drawn from [0, min(quickBase, base)) instead; later retries are not affected.
  */
-export function backoffDelay(retry: number, options: BackoffOptions, random: () => number = Math.random): number {
-  const ceiling = Math.min(options.capMs, options.baseMs * 2 ** Math.max(0, retry - 1));
+export function backoffDelay(retry: number, options: BackoffOptions, random: () => number = Math.random, quick = false): number {
+  const base = quick && retry === 1 ? Math.min(options.quickBaseMs ?? DEFAULT_QUICK_BASE_MS, options.baseMs) : options.baseMs;
+  const ceiling = Math.min(options.capMs, base * 2 ** Math.max(0, retry - 1));
   return Math.floor(random() * ceiling);
+}
+
+/**
+ * Whether a failed attempt may be retried soon (its first retry only; `backoffDelay`'s `quick`): the server did not
+ * spend a generation on it or is not short of capacity because of it —
+ *   - the failure came back at once (within `quickFailureMs` of the request being sent): a 5xx or a refused, reset or
+ *     dropped connection before any work (a proxy or a server rejecting load answers so), where the usual first
+ *     delay (up to `baseMs`) would only leave the freed slot to later calls and the build's last requests waiting;
+ *   - the server answered, but the output is not the JSON asked for (`malformed_json`): a property of that answer
+ *     (sampling, a cut), not of the server's load.
+ * Not a timeout (the server was slow: it gets the usual schedule) and not a 429, whose Retry-After is honoured as
+ * ever. One quick retry per call at most, each still taking a slot of the client's concurrency limit, so the server
+ * never sees more requests at once than before; a server that keeps failing meets the usual exponential schedule
+ * from the second retry on.
+ */
+export function isQuickFailure(error: LlmError, attemptMs: number, options: BackoffOptions): boolean {
+  if (error.kind === "malformed_json") return true;
+  if (error.kind !== "server_error" && error.kind !== "connection") return false;
+  return attemptMs < (options.quickFailureMs ?? DEFAULT_QUICK_FAILURE_MS);
 }
 
 /**
