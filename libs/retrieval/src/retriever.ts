@@ -8,9 +8,10 @@
  *
  * The index is this module's own inverted index (postings in flat arrays, scores accumulated in one typed array, each
  * slot's length norm computed once per change rather than once per posting visited, the top k selected without
- * sorting every hit, no allocation per posting). A search visits the postings of the question's rarer terms and adds
+ * sorting every hit, no allocation per posting, each posting's BM25 contribution computed once per index version and
+ * term rather than once per search). A search visits the postings of the question's rarer terms and adds
  * its frequent terms (those in more than an eighth of the chunks, whose postings are most of the work) from dense
- * arrays to the chunks found, falling back to every posting when a chunk with only frequent terms could still place. MiniSearch was the first choice; tools/bench/gateway.ts measured it many times
+ * arrays to the chunks found (only to those that could still place: see #prune), falling back to every posting when a chunk with only frequent terms could still place. MiniSearch was the first choice; tools/bench/gateway.ts measured it many times
  * slower than this index on the same chunks with the same scores, so ragtune keeps its own.
  */
 import { technicalTerms } from "./technical-tokenizer.js";
@@ -61,12 +62,27 @@ function popcount(x: number): number {
   return (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
 }
 
-/** One searchable field: postings per term (slot numbers and term frequencies, parallel arrays) and field lengths. */
+/** A term's postings in one field: slot numbers and term frequencies (parallel arrays). */
+interface Postings {
+  slots: number[];
+  tfs: number[];
+  /** Postings whose slot holds a chunk. */
+  live: number;
+  /** Per posting, its BM25 contribution (0 for a removed slot), for field version `version`; see Field.contributions. */
+  values: Float64Array;
+  version: number;
+  /** The largest of `values`. */
+  max: number;
+}
+
+const NO_VALUES = new Float64Array(0);
+
+/** One searchable field: postings per term and field lengths. */
 class Field {
-  readonly postings = new Map<string, { slots: number[]; tfs: number[]; live: number }>();
+  readonly postings = new Map<string, Postings>();
   readonly lengths: number[] = [];
   totalLength = 0;
-  /** Bumped by every change: the length norms below are for one version. */
+  /** Bumped by every change: the length norms and contributions below are for one version. */
   version = 0;
   /** Per slot, K1 · (1 − B + B · length / average length): the length part of a term's BM25 weight, for `normsVersion`. */
   norms = new Float64Array(0);
@@ -78,24 +94,45 @@ class Field {
   constructor(readonly boost: number) {}
 
   /**
-   * A frequent term's BM25 contribution for every slot (0 where it does not occur or the slot is empty), with the
-   * weight `weight` and the norms of this version, and its largest value: computed once per version of the field and
-   * term, then read in O(1) per slot.
+   * The BM25 contribution of each of a term's postings (weight · tf · (K1 + 1) / (tf + norm); 0 for a removed slot),
+   * computed once per version of the field and term rather than once per search: a search then adds one number per
+   * posting. The first `slots` slots, `live` chunks.
    */
-  denseOf(term: string, p: { slots: number[]; tfs: number[] }, weight: number, norms: Float64Array, slots: number, alive: Uint8Array): { values: Float64Array; max: number } {
+  contributions(p: Postings, slots: number, live: number, alive: Uint8Array): Postings {
+    if (p.version === this.version) return p;
+    const norms = this.normsOf(slots, live);
+    const weight = this.boost * Math.log(1 + (live - p.live + 0.5) / (p.live + 0.5));
+    const n = p.slots.length;
+    const values = p.values.length === n ? p.values : new Float64Array(n);
+    let max = 0;
+    for (let i = 0; i < n; i++) {
+      const slot = p.slots[i]!;
+      if (alive[slot] === 0) {
+        values[i] = 0;
+        continue;
+      }
+      const tf = p.tfs[i]!;
+      const v = (weight * tf * (K1 + 1)) / (tf + norms[slot]!);
+      values[i] = v;
+      if (v > max) max = v;
+    }
+    p.values = values;
+    p.max = max;
+    p.version = this.version;
+    return p;
+  }
+
+  /**
+   * A frequent term's contribution for every slot (0 where it does not occur or the slot is empty) and its largest
+   * value: computed once per version of the field and term, then read in O(1) per slot.
+   */
+  denseOf(term: string, p: Postings, slots: number): { values: Float64Array; max: number } {
     const cached = this.#dense.get(term);
     if (cached !== undefined && cached.version === this.version && cached.values.length >= slots) return cached;
     const values = cached !== undefined && cached.values.length >= slots ? cached.values.fill(0) : new Float64Array(slots);
-    let max = 0;
-    for (let i = 0; i < p.slots.length; i++) {
-      const slot = p.slots[i]!;
-      if (alive[slot] === 0) continue;
-      const tf = p.tfs[i]!;
-      const v = (weight * tf * (K1 + 1)) / (tf + norms[slot]!);
-      values[slot] = v;
-      if (v > max) max = v;
-    }
-    const entry = { version: this.version, values, max };
+    const contributions = p.values;
+    for (let i = 0; i < p.slots.length; i++) values[p.slots[i]!] = contributions[i]!;
+    const entry = { version: this.version, values, max: p.max };
     this.#dense.delete(term);
     this.#dense.set(term, entry);
     if (this.#dense.size > MAX_DENSE_TERMS) this.#dense.delete(this.#dense.keys().next().value!);
@@ -110,7 +147,7 @@ class Field {
     for (const t of terms) tf.set(t, (tf.get(t) ?? 0) + 1);
     for (const [term, n] of tf) {
       let p = this.postings.get(term);
-      if (p === undefined) this.postings.set(term, (p = { slots: [], tfs: [], live: 0 }));
+      if (p === undefined) this.postings.set(term, (p = { slots: [], tfs: [], live: 0, values: NO_VALUES, version: -1, max: 0 }));
       p.slots.push(slot);
       p.tfs.push(n);
       p.live++;
@@ -170,9 +207,14 @@ export class Bm25Retriever implements Retriever {
   #touched = new Int32Array(0);
   /** Per slot during a rare-first search: the question terms (bit per term) it matched. */
   #mask = new Uint32Array(0);
+  /** The k best lower bounds during a rare-first search (see #prune). */
+  #least = new Float64Array(0);
 
-  /** How searches went: answered from the rarer terms' postings, or by visiting every posting. */
-  readonly searches = { rareFirst: 0, exhaustive: 0 };
+  /**
+   * How searches went: answered from the rarer terms' postings, or by visiting every posting; and how many candidates
+   * rare-first searches dropped before looking up their frequent terms (see #prune).
+   */
+  readonly searches = { rareFirst: 0, exhaustive: 0, dropped: 0 };
   readonly #rareFirst: boolean;
 
   /** `rareFirst: false` visits every posting of every question term (the reference the faster path is tested against). */
@@ -279,23 +321,21 @@ export class Bm25Retriever implements Retriever {
     for (const term of terms) {
       termNumber++;
       for (const field of this.#fields) {
-        const p = field.postings.get(term);
-        if (p === undefined) continue;
-        const idf = Math.log(1 + (this.#live - p.live + 0.5) / (p.live + 0.5));
-        const norms = field.normsOf(n, this.#live);
-        const weight = field.boost * idf;
+        const found = field.postings.get(term);
+        if (found === undefined) continue;
+        const p = field.contributions(found, n, this.#live, alive);
         const slots = p.slots;
-        const tfs = p.tfs;
+        const values = p.values;
         for (let i = 0; i < slots.length; i++) {
+          const v = values[i]!;
+          if (v === 0) continue; // a removed slot
           const slot = slots[i]!;
-          if (alive[slot] === 0) continue;
-          const tf = tfs[i]!;
           if (stamp[slot] !== termNumber) {
             if (stamp[slot] === 0) touched[touchedCount++] = slot;
             stamp[slot] = termNumber;
             matched[slot]!++;
           }
-          scores[slot] += (weight * tf * (K1 + 1)) / (tf + norms[slot]!);
+          scores[slot] += v;
         }
       }
     }
@@ -333,30 +373,29 @@ export class Bm25Retriever implements Retriever {
     for (let j = 0; j < terms.length; j++) {
       const bit = (1 << j) >>> 0;
       for (const field of this.#fields) {
-        const p = field.postings.get(terms[j]!);
-        if (p === undefined) continue;
-        const idf = Math.log(1 + (live - p.live + 0.5) / (p.live + 0.5));
-        const norms = field.normsOf(n, live);
-        const weight = field.boost * idf;
+        const found = field.postings.get(terms[j]!);
+        if (found === undefined) continue;
+        const p = field.contributions(found, n, live, alive);
         if (p.live > live * FREQUENT_SHARE) {
-          const dense = field.denseOf(terms[j]!, p, weight, norms, n, alive);
+          const dense = field.denseOf(terms[j]!, p, n);
           frequent.push({ bit, values: dense.values });
           frequentBits |= bit;
           frequentMax += dense.max;
           continue;
         }
         const slots = p.slots;
-        const tfs = p.tfs;
+        const values = p.values;
         for (let i = 0; i < slots.length; i++) {
+          const v = values[i]!;
+          if (v === 0) continue; // a removed slot
           const slot = slots[i]!;
-          if (alive[slot] === 0) continue;
           if (mask[slot] === 0) touched[touchedCount++] = slot;
           mask[slot]! |= bit;
-          const tf = tfs[i]!;
-          scores[slot] += (weight * tf * (K1 + 1)) / (tf + norms[slot]!);
+          scores[slot] += v;
         }
       }
     }
+    if (frequent.length > 0 && accept === undefined && touchedCount > topK) touchedCount = this.#prune(touchedCount, topK, frequentBits, frequentMax);
     for (const { bit, values } of frequent) {
       for (let t = 0; t < touchedCount; t++) {
         const slot = touched[t]!;
@@ -378,6 +417,47 @@ export class Bm25Retriever implements Retriever {
       mask[slot] = 0;
     }
     return hits;
+  }
+
+  /**
+   * Drops the candidates the frequent terms cannot lift into the top k, before their dense lookups: a candidate's
+   * score is at least its rare terms' sum × their number (what it has now) and at most (that sum + the frequent terms'
+   * largest contributions) × (its terms and all frequent ones); one whose most is below the k-th best least cannot
+   * place. The survivors keep their order (ties go to the slot touched first); the dropped are reset. Returns how
+   * many survive (they are the first entries of `touched`).
+   */
+  #prune(touchedCount: number, topK: number, frequentBits: number, frequentMax: number): number {
+    const scores = this.#scores;
+    const mask = this.#mask;
+    const touched = this.#touched;
+    // The k best least scores, best first.
+    const least = this.#least.length >= topK ? this.#least : (this.#least = new Float64Array(topK));
+    least.fill(0, 0, topK);
+    for (let t = 0; t < touchedCount; t++) {
+      const slot = touched[t]!;
+      const s = scores[slot]! * popcount(mask[slot]!);
+      if (s <= least[topK - 1]!) continue;
+      let i = topK - 1;
+      while (i > 0 && least[i - 1]! < s) {
+        least[i] = least[i - 1]!;
+        i--;
+      }
+      least[i] = s;
+    }
+    // Below this no candidate can place (with room for the rounding of sums taken in another order).
+    const cut = least[topK - 1]! * (1 - 1e-12);
+    if (cut <= 0) return touchedCount;
+    let kept = 0;
+    for (let t = 0; t < touchedCount; t++) {
+      const slot = touched[t]!;
+      if ((scores[slot]! + frequentMax) * popcount(mask[slot]! | frequentBits) >= cut) touched[kept++] = slot;
+      else {
+        scores[slot] = 0;
+        mask[slot] = 0;
+      }
+    }
+    this.searches.dropped += touchedCount - kept;
+    return kept;
   }
 
   /** The top k of the touched slots by a bounded insertion (k is small); ties go to the slot touched first. */
