@@ -142,8 +142,14 @@ export class GenerationQueue {
    * build's batches are dropped unread). A pull only for a whole batch that fits (several at once when several fit):
    * a replica never holds batches it is not working on (another replica could), and a stopping replica hands back the
    * batches its pulls brought in as it stopped.
+   *
+   * With `llm.stats` (the replica's own client, used for generation only), chunks whose call sleeps before a retry are
+   * not counted: they want no slot until the sleep ends, so a batch is taken in their place and the client's slots
+   * never wait for them (the retry then goes ahead of the queue; the replica holds at most that many chunks more, and
+   * never more than twice its capacity).
+   * Call `retrying()` from the client's `onRetry`, so the count is looked at again as a call starts its sleep.
    */
-  startWorkers(workers: number, llm: Pick<LlmClient, "json">, isActive: (versionId: string) => Promise<boolean>): void {
+  startWorkers(workers: number, llm: Pick<LlmClient, "json"> & Partial<Pick<LlmClient, "stats">>, isActive: (versionId: string) => Promise<boolean>): void {
     this.running.push(
       this.pullLoop(Math.max(1, workers), llm, isActive).catch((err: unknown) => {
         if (!this.stopping.signal.aborted) this.options.logger.error({ err }, "generation workers stopped");
@@ -167,16 +173,28 @@ export class GenerationQueue {
   }
 
   /**
+   * A call of the workers' client is about to sleep before a retry (its `onRetry`): the pull loop looks at the room
+   * again. The client counts the call as backing off before it sleeps, in the same tick, and the loop resumes after
+   * that tick (a promise continuation), so it sees the call counted.
+   */
+  retrying(): void {
+    this.wake?.();
+  }
+
+  /**
    * Pulls batches while a batch's worth of chunks is free (counting a batch for each pull still out), up to MAX_PULLS
    * at once when several fit (a replica that starts, or whose batches all finished together, fills its slots in one
    * round trip instead of one pull after another). A stopping replica hands its batches back only once none of its
    * pulls is out any more: handed back earlier, a batch would go to its own next pull, and back, and again, each time
    * counting as a delivery.
    */
-  private async pullLoop(workers: number, llm: Pick<LlmClient, "json">, isActive: (versionId: string) => Promise<boolean>): Promise<void> {
+  private async pullLoop(workers: number, llm: Pick<LlmClient, "json"> & Partial<Pick<LlmClient, "stats">>, isActive: (versionId: string) => Promise<boolean>): Promise<void> {
     const log = this.options.logger;
     const batchChunks = this.options.batchChunks;
     const capacity = workers * batchChunks;
+    // Chunks that want a slot or are on the wire: the pending ones less those sleeping before a retry, at most a
+    // capacity's worth of them (an endpoint failing every call does not draw the whole build into this replica).
+    const wanting = () => this.pendingChunks - Math.min(this.pendingChunks, capacity, Math.max(0, llm.stats?.().backingOff ?? 0));
     const inFlight = new Set<Promise<void>>();
     let pulls = 0;
     const handBack: Job<typeof GenerationBatchSchema>[] = [];
@@ -215,7 +233,7 @@ export class GenerationQueue {
     };
     try {
       while (!this.stopping.signal.aborted) {
-        if (pulls < MAX_PULLS && this.pendingChunks + (pulls + 1) * batchChunks <= capacity) {
+        if (pulls < MAX_PULLS && wanting() + (pulls + 1) * batchChunks <= capacity) {
           pulls++;
           const pulling = pull().finally(() => {
             pulls--;

@@ -36,9 +36,12 @@ export async function startDatasetService({ config, logger }: ServiceContext<Dat
     const llm =
       config.LLM_BASE_URL === undefined
         ? undefined
-        : llmClientFromConfig({ ...config, LLM_BASE_URL: config.LLM_BASE_URL }, logger.child({ component: "llm" }));
+        : llmClientFromConfig({ ...config, LLM_BASE_URL: config.LLM_BASE_URL }, logger.child({ component: "llm" }), {
+            // A call sleeping before a retry frees its place in the generation workers' intake (GenerationQueue.startWorkers).
+            onRetry: () => generation?.retrying(),
+          });
     // With a model endpoint, this replica also writes generation batches of any replica's builds.
-    const generation =
+    const generation: GenerationQueue | undefined =
       llm === undefined
         ? undefined
         : await GenerationQueue.open(bus, {

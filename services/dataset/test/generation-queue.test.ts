@@ -147,6 +147,36 @@ describe("generation queue (real nats-server)", () => {
     expect([...model.calls.values()]).toEqual(chunks.map(() => 1));
   });
 
+  it("a chunk sleeping before a retry frees its place: the next batch is taken while it sleeps, not after", async () => {
+    const queue = await openQueue();
+    const model = fakeModel();
+    // ch_1's call "fails and sleeps before its retry" (as the client does: counted as backing off, onRetry called)
+    // until ch_2 of the next batch has been asked for; one batch's room only, so without the sleeping chunk's place
+    // freed, the next batch would wait for it and it for the next batch.
+    let backingOff = 0;
+    let secondBatchAsked = () => {};
+    const asked = new Promise<void>((resolve) => (secondBatchAsked = resolve));
+    const llm: Pick<LlmClient, "json" | "stats"> = {
+      json: (async (request: { messages: { content: string }[] }, call: unknown) => {
+        const user = request.messages.at(-1)!.content;
+        if (user.includes(chunks[2]!.text)) secondBatchAsked();
+        if (user.includes(chunks[1]!.text)) {
+          backingOff++;
+          queue.retrying();
+          await asked;
+          backingOff--;
+        }
+        return model.llm.json(request as never, call as never);
+      }) as unknown as LlmClient["json"],
+      stats: () => ({ backingOff }) as ReturnType<LlmClient["stats"]>,
+    };
+    queue.startWorkers(1, llm, async () => true);
+    const result = await queue.generate("dsv-b", chunks, { ...options, maxConcurrency: 6 }, { signal: new AbortController().signal });
+    await queue.close();
+    expect(result.examples.map((e) => e.chunkId)).toEqual(chunks.flatMap((c) => [c.id, c.id]));
+    expect([...model.calls.values()]).toEqual(chunks.map(() => 1));
+  });
+
   it("a coordinator that starts again reads back outcomes that arrive before it has formed their batches", async () => {
     const seen: string[] = [];
     let allSeen = () => {};
