@@ -1,10 +1,9 @@
-import type { IncomingMessage } from "node:http";
 import type { Logger } from "@ragtune/logger";
 import type { z } from "zod";
 import { ConcurrencyLimiter, type Release } from "./concurrency-limiter.js";
 import { kindForStatus, LlmError, serverMessageOf } from "./errors.js";
 import { guidedJsonFor, parseJsonOutput } from "./guided-json.js";
-import { headerLookup, HttpTransport } from "./http-transport.js";
+import { BodyTooLargeError, headerLookup, HttpTransport, type HttpResponse } from "./http-transport.js";
 import {
   DEFAULT_GUIDED_JSON_FIELDS,
   parseChunk,
@@ -298,26 +297,20 @@ class AttemptControl {
   }
 }
 
-async function readBody(response: IncomingMessage, limit: number, path: string): Promise<string> {
+async function readBody(response: HttpResponse, limit: number, path: string): Promise<string> {
   const declared = Number(response.headers["content-length"]);
   const tooLarge = () => new LlmError("server_error", `${path}: response larger than ${limit} bytes`, { retryable: false });
   if (Number.isFinite(declared) && declared > limit) {
     response.destroy();
     throw tooLarge();
   }
-  const decoder = new TextDecoder();
-  const parts: string[] = [];
-  let size = 0;
-  for await (const chunk of response as AsyncIterable<Buffer>) {
-    size += chunk.byteLength;
-    if (size > limit) {
-      response.destroy();
-      throw tooLarge();
-    }
-    parts.push(decoder.decode(chunk, { stream: true }));
+  try {
+    // Invalid UTF-8 becomes U+FFFD, as a non-fatal TextDecoder would make it.
+    return (await response.readAll(limit)).toString("utf8");
+  } catch (error) {
+    if (error instanceof BodyTooLargeError) throw tooLarge();
+    throw error;
   }
-  parts.push(decoder.decode());
-  return parts.join("");
 }
 
 function parseJsonBody(text: string, path: string): unknown {
@@ -345,8 +338,8 @@ export class LlmClient {
   readonly maxRetries: number;
   readonly guidedJsonFields: readonly GuidedJsonField[];
   readonly #transport: HttpTransport;
-  readonly #apiKey: string | undefined;
-  readonly #headers: Record<string, string>;
+  /** The request header blocks, by accept type and whether a JSON body follows (built and checked once). */
+  readonly #headerBlocks = new Map<string, string>();
   readonly #limiter: ConcurrencyLimiter;
   readonly #backoff: BackoffOptions;
   readonly #maxRetryAfterMs: number;
@@ -386,8 +379,17 @@ export class LlmClient {
     if (this.guidedJsonFields.length === 0) throw new RangeError("guidedJsonFields must name at least one field");
     if (!(this.timeoutMs > 0)) throw new RangeError(`timeoutMs must be positive, got ${this.timeoutMs}`);
     if (!Number.isInteger(this.maxRetries) || this.maxRetries < 0) throw new RangeError(`maxRetries must be an integer ≥ 0, got ${this.maxRetries}`);
-    this.#apiKey = revealSecret(options.apiKey);
-    this.#headers = { ...options.headers };
+    const apiKey = revealSecret(options.apiKey);
+    for (const accept of ["application/json", "text/event-stream"]) {
+      for (const body of [false, true]) {
+        const headers: Record<string, string> = { accept };
+        // host and content-length are the transport's to set
+        for (const [name, value] of Object.entries(options.headers ?? {})) if (!/^(host|content-length)$/i.test(name)) headers[name] = value;
+        if (body) headers["content-type"] = "application/json";
+        if (apiKey !== undefined) headers["authorization"] = `Bearer ${apiKey}`;
+        this.#headerBlocks.set(`${accept} ${body}`, HttpTransport.headerBlock(headers));
+      }
+    }
     this.#limiter = new ConcurrencyLimiter(this.concurrency);
     this.#backoff = { ...DEFAULTS.backoff, ...options.backoff };
     this.#maxRetryAfterMs = options.maxRetryAfterMs ?? DEFAULTS.maxRetryAfterMs;
@@ -501,22 +503,15 @@ export class LlmClient {
     this.#stats.completionTokens += usage.completionTokens;
   }
 
-  #headersFor(accept: string, body: boolean): Record<string, string> {
-    const headers: Record<string, string> = { accept, ...this.#headers };
-    if (body) headers["content-type"] = "application/json";
-    if (this.#apiKey !== undefined) headers["authorization"] = `Bearer ${this.#apiKey}`;
-    return headers;
-  }
-
   /** Sends the request; a non-2xx status becomes its LlmError (with the server's message and Retry-After). */
-  async #send(method: string, path: string, body: unknown, signal: AbortSignal, accept: string): Promise<IncomingMessage> {
+  async #send(method: string, path: string, body: unknown, signal: AbortSignal, accept: string): Promise<HttpResponse> {
     const response = await this.#transport.send(path, {
       method,
-      headers: this.#headersFor(accept, body !== undefined),
+      headers: this.#headerBlocks.get(`${accept} ${body !== undefined}`)!,
       body: body === undefined ? undefined : JSON.stringify(body),
       signal,
     });
-    const status = response.statusCode ?? 0;
+    const status = response.statusCode;
     if (status >= 200 && status < 300) return response;
     const text = await readBody(response, MAX_ERROR_BODY, path).catch(() => "");
     const serverMessage = serverMessageOf(text);
@@ -537,7 +532,7 @@ export class LlmClient {
     path: string,
     body: unknown,
     context: AttemptContext,
-    read: (response: IncomingMessage) => Promise<T>,
+    read: (response: HttpResponse) => Promise<T>,
   ): Promise<T> {
     const attempt = new AttemptControl(context.signal, context.timeoutMs);
     let completed = false;
@@ -701,7 +696,7 @@ export class LlmClient {
             out.text += delta.text;
             if (delta.text !== "" && firstTokenMs === undefined) firstTokenMs = now() - started;
           };
-          for await (const piece of response as AsyncIterable<Buffer>) {
+          for await (const piece of response) {
             attempt.arm();
             if (done) continue; // read what follows [DONE] (normally nothing) so the connection can be reused
             for (const delta of take(parser.push(decoder.decode(piece, { stream: true })))) {
