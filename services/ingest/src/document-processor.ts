@@ -199,9 +199,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
 
   const stored = previousReady !== null && previousChunkSet !== null && previousReady.chunkSet?.sha256 === prepared.chunkSetSha256;
   if (stored && (await deps.store.hasIndexed(collection, documentId, [chunks[0]!.id, chunks[chunks.length - 1]!.id]))) {
-    // Same chunks as stored: nothing to write, nothing to tell downstream (but a record from before the collection's
-    // document index is added to it, so listings find it).
-    await deps.store.indexDocument(previousReady);
+    // Same chunks as stored: nothing to write, nothing to tell downstream.
     return {
       result: create(IngestDocumentResultSchema, {
         sourceName,

@@ -18,11 +18,15 @@ import type { CollectionIndexes } from "./collection-indexes.js";
 /** Where the ingest service keeps documents, chunks and collections. */
 export interface DocumentStoreDeps {
   collections: TypedKv<typeof CollectionSchema>;
-  /** Key `<collection>.<documentId>`: every document, for GetDocument and the by-ID lookups. */
+  /**
+   * Key `<collection>.<documentId>`: document records as stores before the document index wrote them (every write
+   * went here and to the index). Read once per collection to fill its document index (`backfillDocumentIndexes`) and
+   * removed with their document; never written.
+   */
   documents: TypedKv<typeof DocumentSchema>;
   /**
-   * The per-collection buckets (CollectionIndexes): a collection's document index, key `<documentId>` — the same
-   * records as `documents`, so a page of a collection's documents reads only its own entries (a filter on the shared
+   * The per-collection buckets (CollectionIndexes): a collection's document index, key `<documentId>` — the one
+   * record of each document, so a page of a collection's documents reads only its own entries (a filter on a shared
    * bucket would cost the server a pass over every document of every collection when the page's consumer is made) —
    * and its chunk index, key `<documentId>.<chunkId>`: every stored chunk, once. A page of a collection's chunks reads
    * only its own entries, a document's chunks are known without its chunk set, and a chunk is found by its ID alone.
@@ -188,18 +192,19 @@ export class DocumentStore {
 
   // ---- documents ----
 
+  /** A document's record, from its collection's document index (complete since startup, see backfillDocumentIndexes). */
   async getDocument(collection: string, documentId: string): Promise<Document | null> {
-    return (await this.deps.documents.get(docKey(collection, documentId)))?.value ?? null;
+    if (collectionNameProblem(collection) !== undefined) return null;
+    return (await (await this.deps.indexes.documentIndex(collection)).get(documentId))?.value ?? null;
   }
 
-  /** Finds a document by ID alone (any collection). */
+  /** Finds a document by ID alone: one request per collection (to its document index), all at once. */
   async findDocument(documentId: string): Promise<Document | null> {
     if (!/^[A-Za-z0-9_-]+$/.test(documentId)) return null;
-    for await (const key of this.deps.documents.keys(`*.${documentId}`)) {
-      const found = await this.deps.documents.get(key);
-      if (found !== null) return found.value;
-    }
-    return null;
+    const collections: string[] = [];
+    for await (const name of this.deps.collections.keys()) collections.push(name);
+    const found = await Promise.all(collections.map((c) => this.getDocument(c, documentId)));
+    return found.find((d) => d !== null) ?? null;
   }
 
   /** The documents of a collection in source-name order (read a page at a time; for whole-collection work). */
@@ -219,21 +224,9 @@ export class DocumentStore {
     return { items: page.entries.map((e) => e.value), next: page.nextRevision };
   }
 
-  /** Puts a stored document into its collection's document index if it is not there (a record stored before the index existed). */
-  async indexDocument(document: Document): Promise<void> {
-    const index = await this.deps.indexes.documentIndex(document.collection);
-    if ((await index.get(document.id)) === null) await index.put(document.id, document);
-  }
-
-  /**
-   * Stores a document record: in its collection's document index and by collection and ID, both at once. The
-   * second is the one that counts (a re-ingest compares against it): a crash with only the index written is
-   * repaired by the redo, and one with only the record written by the redo's `indexDocument` (it finds the
-   * document unchanged).
-   */
+  /** Stores a document record in its collection's document index (one write: the record a re-ingest compares against). */
   async putDocument(document: Document): Promise<void> {
-    const index = await this.deps.indexes.documentIndex(document.collection);
-    await Promise.all([index.put(document.id, document), this.deps.documents.put(docKey(document.collection, document.id), document)]);
+    await (await this.deps.indexes.documentIndex(document.collection)).put(document.id, document);
   }
 
   // ---- chunks ----
@@ -358,7 +351,9 @@ export class DocumentStore {
     await this.deleteChunks(document.collection, document.id, [...ids]);
     await this.deleteChunkSet(document.chunkSet);
     await (await this.deps.indexes.documentIndex(document.collection)).delete(document.id);
-    await this.deps.documents.delete(docKey(document.collection, document.id));
+    // A record of an older store (a delete of an absent key would still write a marker).
+    const legacy = docKey(document.collection, document.id);
+    if ((await this.deps.documents.get(legacy)) !== null) await this.deps.documents.delete(legacy);
     return [...ids];
   }
 }

@@ -124,15 +124,17 @@ describe("processDocument: re-ingest of a changed document", () => {
     );
   });
 
-  it("adds an unchanged document missing from its collection's document index (stored before the index) to it", async () => {
+  it("stores a document again when its record is missing from the collection's document index (the one record it has)", async () => {
     const document = await store.getDocument("docs", documentId);
     await documentIndexOfDocs.delete(documentId);
+    expect(await store.getDocument("docs", documentId)).toBeNull();
     expect((await store.pageDocuments("docs", 1, 10)).items).toEqual([]);
     published.length = 0;
     const { result } = await ingest(EDITED);
-    expect(result.unchanged).toBe(true);
-    expect(published).toEqual([]);
-    expect((await store.pageDocuments("docs", 1, 10)).items).toEqual([document]);
+    expect(result.unchanged).toBe(false);
+    expect(published).toHaveLength(1);
+    const listed = (await store.pageDocuments("docs", 1, 10)).items;
+    expect(listed.map((d) => [d.id, d.chunkSet?.sha256, d.chunkCount])).toEqual([[documentId, document!.chunkSet!.sha256, document!.chunkCount]]);
   });
 
   it("stores a document again when its stored chunk set is missing, though its content is unchanged", async () => {

@@ -43,6 +43,11 @@ describe("ingest service: the per-collection indexes", () => {
     await ingest("alpha", [["a.md", page("alpha")], ["b.md", page("beta")]]);
     await ingest("gamma", [["c.md", page("gamma")]]);
     expect(await streamNames(h)).not.toContain(`KV_${names.legacyChunks}`);
+    // Each document record is written once, into its collection's document index.
+    const sharedKeys: string[] = [];
+    for await (const key of (await h.bus.kv(names.documents, DocumentSchema)).keys()) sharedKeys.push(key);
+    expect(sharedKeys).toEqual([]);
+    expect((await h.grpc.getDocument({ documentId: (await h.grpc.listDocuments({ collection: "gamma" })).documents[0]!.id })).document?.sourceName).toBe("c.md");
     for (const collection of ["alpha", "gamma"]) {
       const chunks = (await h.grpc.listChunks({ collection, page: { pageSize: 1000 } })).chunks;
       expect(chunks.length).toBeGreaterThan(2);
@@ -56,8 +61,11 @@ describe("ingest service: the per-collection indexes", () => {
     const documents = (await h.grpc.listDocuments({ collection: "alpha" })).documents;
     expect(documents.length).toBe(2);
     const chunks = (await h.grpc.listChunks({ documentId: documents[0]!.id, page: { pageSize: 1000 } })).chunks;
-    // As an older version left it: no document index, no mark that it is complete, chunks by ID, and one of them
-    // only by ID (a store from before the chunk index).
+    // As an older version left it: document records in the shared bucket only (key <collection>.<documentId>), no
+    // document index, no mark that it is complete, chunks by ID, and one of them only by ID (a store from before
+    // the chunk index).
+    const shared = await h.bus.kv(names.documents, DocumentSchema);
+    for (const d of documents) await shared.put(`alpha.${d.id}`, d);
     await h.bus.jsm.streams.delete(`KV_${names.documentIndex("alpha")}`);
     await (await h.bus.kv(names.indexedCollections, CollectionSchema)).delete("alpha");
     const legacy = await h.bus.kv(names.legacyChunks, ChunkSchema);
@@ -79,6 +87,7 @@ describe("ingest service: the per-collection indexes", () => {
     expect((await h.grpc.listDocuments({ collection: "alpha" })).documents.map((d) => d.id)).toEqual([documents[0]!.id]);
 
     await h.grpc.deleteDocument({ documentId: documents[0]!.id });
+    expect(await shared.get(`alpha.${documents[0]!.id}`)).toBeNull();
     for (const c of chunks) {
       expect(await legacy.get(c.id)).toBeNull();
       await expectCode(h.grpc.getChunk({ chunkId: c.id }), Code.NotFound, c.id);
