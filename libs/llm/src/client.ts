@@ -3,7 +3,7 @@ import type { z } from "zod";
 import { ConcurrencyLimiter, type Release } from "./concurrency-limiter.js";
 import { kindForStatus, LlmError, serverMessageOf } from "./errors.js";
 import { guidedJsonFor, parseJsonOutput } from "./guided-json.js";
-import { BodyTooLargeError, headerLookup, HttpTransport, type HttpResponse } from "./http-transport.js";
+import { type AbortHook, BodyTooLargeError, headerLookup, HttpTransport, type HttpResponse } from "./http-transport.js";
 import {
   DEFAULT_GUIDED_JSON_FIELDS,
   parseChunk,
@@ -217,60 +217,116 @@ function describeTransportError(error: unknown): string {
   return code && !error.message.includes(code) ? `${code}: ${error.message}` : error.message;
 }
 
-/** One signal for "this call must stop": the caller's, the client's, or both. */
-function callSignal(a: AbortSignal | undefined, b: AbortSignal | undefined): { signal: AbortSignal; dispose: () => void } {
-  if (a && !b) return { signal: a, dispose: () => {} };
-  if (b && !a) return { signal: b, dispose: () => {} };
-  const controller = new AbortController();
-  if (!a || !b) return { signal: controller.signal, dispose: () => {} };
-  const onA = () => controller.abort(a.reason);
-  const onB = () => controller.abort(b.reason);
-  if (a.aborted) onA();
-  else if (b.aborted) onB();
-  else {
-    a.addEventListener("abort", onA, { once: true });
-    b.addEventListener("abort", onB, { once: true });
+const NEVER = new AbortController().signal;
+
+/**
+ * What stops a call: the caller's signal, the client's (service shutdown), both or neither. Attempts listen to them
+ * directly; one combined AbortSignal is built only when a wait needs it (a queue for a slot, a backoff sleep), so a
+ * call that neither waits nor is cancelled creates no AbortController.
+ */
+class CallSignals {
+  readonly #a: AbortSignal | undefined;
+  readonly #b: AbortSignal | undefined;
+  #combined: { signal: AbortSignal; dispose: () => void } | undefined;
+
+  constructor(a: AbortSignal | undefined, b: AbortSignal | undefined) {
+    this.#a = a;
+    this.#b = b;
   }
-  return {
-    signal: controller.signal,
-    dispose: () => {
-      a.removeEventListener("abort", onA);
-      b.removeEventListener("abort", onB);
-    },
-  };
+
+  get aborted(): boolean {
+    return this.#a?.aborted === true || this.#b?.aborted === true;
+  }
+
+  /** The cancelled error of the signal that aborted (the caller's first). */
+  cancelled(): LlmError {
+    return cancelledError(this.#a?.aborted === true ? this.#a : this.#b!);
+  }
+
+  listen(listener: () => void): void {
+    this.#a?.addEventListener("abort", listener, { once: true });
+    this.#b?.addEventListener("abort", listener, { once: true });
+  }
+
+  unlisten(listener: () => void): void {
+    this.#a?.removeEventListener("abort", listener);
+    this.#b?.removeEventListener("abort", listener);
+  }
+
+  /** One signal that aborts when either does. */
+  get signal(): AbortSignal {
+    const a = this.#a;
+    const b = this.#b;
+    if (a === undefined || b === undefined) return a ?? b ?? NEVER;
+    if (this.#combined !== undefined) return this.#combined.signal;
+    const controller = new AbortController();
+    const onA = () => controller.abort(a.reason);
+    const onB = () => controller.abort(b.reason);
+    if (a.aborted) onA();
+    else if (b.aborted) onB();
+    else {
+      a.addEventListener("abort", onA, { once: true });
+      b.addEventListener("abort", onB, { once: true });
+    }
+    this.#combined = {
+      signal: controller.signal,
+      dispose: () => {
+        a.removeEventListener("abort", onA);
+        b.removeEventListener("abort", onB);
+      },
+    };
+    return controller.signal;
+  }
+
+  dispose(): void {
+    this.#combined?.dispose();
+  }
 }
 
 interface AttemptContext {
-  /** The call's signal (caller and client). */
-  signal: AbortSignal;
+  /** The call's signals (caller and client). */
+  signals: CallSignals;
   timeoutMs: number;
 }
 
-/** Per-attempt abort: the call's signal or the attempt's own timer. */
-class AttemptControl {
-  readonly controller = new AbortController();
+/** Per-attempt abort: the call's signals or the attempt's own timer; what the transport listens to (an AbortHook). */
+class AttemptControl implements AbortHook {
   timedOut = false;
+  #aborted = false;
   #timer: NodeJS.Timeout | undefined;
-  readonly #onAbort: () => void;
+  #listener: (() => void) | undefined;
+  readonly #onAbort = () => this.#abort();
 
   constructor(
-    readonly call: AbortSignal,
+    readonly call: CallSignals,
     readonly timeoutMs: number,
   ) {
-    this.#onAbort = () => this.controller.abort(call.reason);
-    call.addEventListener("abort", this.#onAbort, { once: true });
+    if (call.aborted) this.#aborted = true;
+    else call.listen(this.#onAbort);
     this.arm();
   }
 
-  get signal(): AbortSignal {
-    return this.controller.signal;
+  get aborted(): boolean {
+    return this.#aborted;
+  }
+
+  listen(listener: (() => void) | undefined): void {
+    this.#listener = listener;
+  }
+
+  #abort(): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    const listener = this.#listener;
+    this.#listener = undefined;
+    listener?.();
   }
 
   arm(): void {
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
       this.timedOut = true;
-      this.controller.abort(new Error("timeout"));
+      this.#abort();
     }, this.timeoutMs);
   }
 
@@ -280,7 +336,7 @@ class AttemptControl {
 
   /** The error to report for `error` thrown while this attempt ran. */
   classify(error: unknown, path: string): LlmError {
-    if (this.call.aborted) return cancelledError(this.call);
+    if (this.call.aborted) return this.call.cancelled();
     if (this.timedOut) return new LlmError("timeout", `${path}: no response within ${this.timeoutMs} ms`, { cause: error });
     if (error instanceof LlmError) return error;
     if (error instanceof SseLineTooLongError) {
@@ -292,8 +348,8 @@ class AttemptControl {
   /** Stops the timer; aborts the request unless it completed (closes an unread body). */
   finish(completed: boolean): void {
     clearTimeout(this.#timer);
-    this.call.removeEventListener("abort", this.#onAbort);
-    if (!completed) this.controller.abort(new Error("attempt ended"));
+    this.call.unlisten(this.#onAbort);
+    if (!completed) this.#abort();
   }
 }
 
@@ -504,12 +560,12 @@ export class LlmClient {
   }
 
   /** Sends the request; a non-2xx status becomes its LlmError (with the server's message and Retry-After). */
-  async #send(method: string, path: string, body: unknown, signal: AbortSignal, accept: string): Promise<HttpResponse> {
+  async #send(method: string, path: string, body: unknown, abort: AbortHook, accept: string): Promise<HttpResponse> {
     const response = await this.#transport.send(path, {
       method,
       headers: this.#headerBlocks.get(`${accept} ${body !== undefined}`)!,
       body: body === undefined ? undefined : JSON.stringify(body),
-      signal,
+      abort,
     });
     const status = response.statusCode;
     if (status >= 200 && status < 300) return response;
@@ -534,10 +590,10 @@ export class LlmClient {
     context: AttemptContext,
     read: (response: HttpResponse) => Promise<T>,
   ): Promise<T> {
-    const attempt = new AttemptControl(context.signal, context.timeoutMs);
+    const attempt = new AttemptControl(context.signals, context.timeoutMs);
     let completed = false;
     try {
-      const response = await this.#send(method, path, body, attempt.signal, "application/json");
+      const response = await this.#send(method, path, body, attempt, "application/json");
       const value = await read(response);
       completed = true;
       return value;
@@ -582,6 +638,12 @@ export class LlmClient {
     this.#onRetry?.({ path, attempt, delayMs, error });
   }
 
+  /** A slot: at once when one is free and nobody waits, else from the FIFO queue (which the call's signals can leave). */
+  #acquire(signals: CallSignals, priority: boolean): Release | Promise<Release> {
+    if (signals.aborted) throw signals.cancelled();
+    return this.#limiter.tryAcquire() ?? this.#limiter.acquire(signals.signal, priority);
+  }
+
   async #backoffSleep(delay: number, signal: AbortSignal): Promise<number> {
     const started = now();
     this.#stats.backingOff++;
@@ -598,7 +660,7 @@ export class LlmClient {
    * slot, so other calls use it) and queue again ahead of fresh calls.
    */
   async #run<T>(path: string, call: CallOptions, attempt: (context: AttemptContext) => Promise<T>): Promise<{ value: T; latency: CallLatency }> {
-    const { signal, dispose } = callSignal(call.signal, this.#signal);
+    const signals = new CallSignals(call.signal, this.#signal);
     const maxRetries = call.maxRetries ?? this.maxRetries;
     const timeoutMs = call.timeoutMs ?? this.timeoutMs;
     const started = now();
@@ -610,14 +672,14 @@ export class LlmClient {
     try {
       for (;;) {
         const queued = now();
-        const release: Release = await this.#limiter.acquire(signal, attempts > 0);
+        const release: Release = await this.#acquire(signals, attempts > 0);
         queueMs += now() - queued;
         attempts++;
         this.#stats.attempts++;
         const sent = now();
         let error: LlmError;
         try {
-          const value = await attempt({ signal, timeoutMs });
+          const value = await attempt({ signals, timeoutMs });
           requestMs += now() - sent;
           this.#stats.succeeded++;
           return { value, latency: { queueMs, requestMs, backoffMs, totalMs: now() - started, attempts } };
@@ -630,7 +692,7 @@ export class LlmClient {
         const delay = this.#retryDelay(error, attempts, maxRetries, now() - sent);
         if (delay === undefined) throw this.#giveUp(error, attempts);
         this.#noteRetry(path, attempts, delay, error);
-        backoffMs += await this.#backoffSleep(delay, signal);
+        backoffMs += await this.#backoffSleep(delay, signals.signal);
       }
     } catch (caught) {
       const error = caught instanceof LlmError ? caught : new LlmError("server_error", String(caught), { cause: caught });
@@ -639,7 +701,7 @@ export class LlmClient {
       error.attempts ??= attempts;
       throw error;
     } finally {
-      dispose();
+      signals.dispose();
     }
   }
 
@@ -647,7 +709,7 @@ export class LlmClient {
     const path = PATHS[endpoint];
     const label = `POST ${path}`;
     const body = requestBody(endpoint, request, { model: this.model, guidedJsonFields: this.guidedJsonFields }, { includeUsage: true });
-    const { signal, dispose } = callSignal(call.signal, this.#signal);
+    const signals = new CallSignals(call.signal, this.#signal);
     const maxRetries = call.maxRetries ?? this.maxRetries;
     const timeoutMs = call.timeoutMs ?? this.timeoutMs;
     const started = now();
@@ -661,18 +723,18 @@ export class LlmClient {
     try {
       for (;;) {
         const queued = now();
-        const release = await this.#limiter.acquire(signal, attempts > 0);
+        const release = await this.#acquire(signals, attempts > 0);
         queueMs += now() - queued;
         attempts++;
         this.#stats.attempts++;
         const sent = now();
-        const attempt = new AttemptControl(signal, timeoutMs);
+        const attempt = new AttemptControl(signals, timeoutMs);
         let completed = false;
         let yielded = false;
         let done = false; // [DONE] arrived: the answer is complete even if what follows fails
         let error: LlmError | undefined;
         try {
-          const response = await this.#send("POST", path, body, attempt.signal, "text/event-stream");
+          const response = await this.#send("POST", path, body, attempt, "text/event-stream");
           const decoder = new TextDecoder();
           const parser = new SseParser(this.#maxResponseBytes);
           // The deltas in a batch of events; [DONE] ends the stream.
@@ -719,7 +781,7 @@ export class LlmClient {
         } catch (caught) {
           requestMs += now() - sent;
           // A server that fails or stalls after [DONE] cost us the connection, not the answer.
-          if (!done || signal.aborted) error = attempt.classify(caught, label);
+          if (!done || signals.aborted) error = attempt.classify(caught, label);
         } finally {
           attempt.finish(completed);
           release();
@@ -734,7 +796,7 @@ export class LlmClient {
         const delay = yielded ? undefined : this.#retryDelay(error, attempts, maxRetries, now() - sent);
         if (delay === undefined) throw this.#giveUp(error, attempts);
         this.#noteRetry(path, attempts, delay, error);
-        backoffMs += await this.#backoffSleep(delay, signal);
+        backoffMs += await this.#backoffSleep(delay, signals.signal);
       }
     } catch (caught) {
       settled = true;
@@ -746,7 +808,7 @@ export class LlmClient {
     } finally {
       // The consumer left the loop early: the call ends as cancelled.
       if (!settled) this.#stats.cancelled++;
-      dispose();
+      signals.dispose();
     }
   }
 }

@@ -81,6 +81,21 @@ describe("ConcurrencyLimiter", () => {
     expect(limiter.active).toBe(0);
   });
 
+  it("tryAcquire grants only a free slot nobody waits for, and never overtakes the queue", async () => {
+    const limiter = new ConcurrencyLimiter(1);
+    const first = limiter.tryAcquire();
+    expect(first).toBeDefined();
+    expect(limiter.tryAcquire()).toBeUndefined(); // full
+    const queued = limiter.acquire();
+    first!();
+    // The freed slot went to the waiter, not to a later tryAcquire.
+    expect(limiter.tryAcquire()).toBeUndefined();
+    const second = await queued;
+    second();
+    expect([limiter.active, limiter.waiting]).toEqual([0, 0]);
+    expect(limiter.tryAcquire()).toBeDefined();
+  });
+
   it("rejects a limit below 1", () => {
     expect(() => new ConcurrencyLimiter(0)).toThrow(RangeError);
   });

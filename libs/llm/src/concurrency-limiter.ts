@@ -33,6 +33,13 @@ export class ConcurrencyLimiter {
     return this.#priority.size + this.#queue.size;
   }
 
+  /** A slot at once when one is free and nobody waits (what `acquire` would grant without waiting), else undefined. */
+  tryAcquire(): Release | undefined {
+    if (this.#active >= this.limit || this.waiting !== 0) return undefined;
+    this.#active++;
+    return this.#releaser();
+  }
+
   acquire(signal?: AbortSignal, priority = false): Promise<Release> {
     if (signal?.aborted) return Promise.reject(cancelledError(signal));
     if (this.#active < this.limit && this.waiting === 0) {

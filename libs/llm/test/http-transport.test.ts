@@ -4,7 +4,7 @@
  */
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { HttpTransport, type HttpResponse } from "../src/http-transport.js";
+import { type AbortHook, HttpTransport, type HttpResponse } from "../src/http-transport.js";
 
 let server: Server | undefined;
 const sockets = new Set<Socket>();
@@ -49,8 +49,20 @@ async function rawServer(replies: (string | string[])[]): Promise<{ url: URL; re
   return { url: new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`), requests, connections: () => connections };
 }
 
+/** An AbortHook driven by a signal. */
+function hookOf(signal: AbortSignal): AbortHook {
+  let listener: (() => void) | undefined;
+  signal.addEventListener("abort", () => listener?.(), { once: true });
+  return {
+    get aborted() {
+      return signal.aborted;
+    },
+    listen: (l) => (listener = l),
+  };
+}
+
 const post = (t: HttpTransport, body = '{"q":1}', signal = new AbortController().signal) =>
-  t.send("/completions", { method: "POST", headers: HttpTransport.headerBlock({ "content-type": "application/json" }), body, signal });
+  t.send("/completions", { method: "POST", headers: HttpTransport.headerBlock({ "content-type": "application/json" }), body, abort: hookOf(signal) });
 const text = async (r: HttpResponse) => (await r.readAll(1 << 20)).toString("utf8");
 
 describe("HttpTransport", () => {
