@@ -18,11 +18,21 @@
  *
  * Conditions: no faults (the anchor), the floor (the same chunks through the generator on one LLM client, no queue,
  * store or events: what this machine allows at the moment), 5% faults after the full latency (and the floor with the
- * same faults), 5% faults at once (same seed, same draws), the anchor's load shared by two replicas with half the
- * concurrency each, and the anchor, the floor and the late faults again on LARGE_DOCS documents (the steady state, with
- * the fixed startup and last wave weighing less). The conditions run in turn, ROUNDS times (interleaved, so a change
- * in the machine's load hits them alike), after an unmeasured warm-up build of a tenth of the documents; each row is
- * the median, the ratios to the anchor and the floor (of the same size) are taken within a round.
+ * same faults), 5% faults at once (same seed, same draws; and the floor with them), the anchor's load shared by two
+ * replicas with half the concurrency each, and the anchor, the floor, the late faults and the faults at once again on
+ * LARGE_DOCS documents (the steady state, with the fixed startup and last wave weighing less; a build of a few thousand
+ * chunks is an ordinary one).
+ *
+ * "At once" is what a server that rejects load sends: the 500, the 429 (`retry-after-ms: 100`) and the dropped
+ * connection come back at once, without the latency. Malformed JSON still takes the full latency in that mode: it is a
+ * generated body, so the server spent a generation on it (loopback-endpoint.ts).
+ *
+ * The conditions run in turn, ROUNDS times (interleaved, so a change in the machine's load hits them alike), after an
+ * unmeasured warm-up build of a tenth of the documents; each row is the median, the ratios to the anchor and the floor
+ * (of the same size) are taken within a round. The endpoint's fault draws are seeded: the same for every condition of a
+ * round, another placement in each round (seed 1000 + round − 1). Where the last waves' faults fall decides much of a
+ * 1000-chunk build's end: with seed 1000, request 979 of 1055 is malformed (its retry needs another full latency) and
+ * request 1048, in the last wave, is a 429 (its retry waits the 100 ms asked for, then the latency).
  *
  * The wire bound: every request that takes the full latency (a good answer, and a fault after the latency) holds one
  * of the CONCURRENCY slots for LATENCY_MS, so the requests need at least ⌈full-latency requests / CONCURRENCY⌉ waves:
@@ -35,7 +45,8 @@
  *
  * Run: node --conditions=@ragtune/source --import tsx tools/bench/generation.ts
  *      (DOCS=100 SECTIONS=10 CONCURRENCY=32 LATENCY_MS=200 FAULT_RATE=0.05 BATCH=8 MAX_CONCURRENCY=128 ROUNDS=1
- *      LARGE_DOCS=500 ONLY=faults,client-faults,at-once,replicas,large
+ *      LARGE_DOCS=500 ONLY=faults,client-faults,at-once,client-at-once,replicas,large WORKERS=<the replicas'
+ *      DATASET_GENERATION_WORKERS; auto when unset>
  *      to override)
  */
 import os from "node:os";
@@ -63,7 +74,8 @@ const MAX_CONCURRENCY = Number(process.env["MAX_CONCURRENCY"] ?? 4 * CONCURRENCY
 const ROUNDS = Number(process.env["ROUNDS"] ?? 1);
 /**
  * The anchor, the client-alone floor and only these conditions (comma-separated ids: faults, client-faults, at-once,
- * replicas, large; all when unset).
+ * client-at-once, replicas, large; all when unset). An id names the condition at both sizes (at-once: also its
+ * LARGE_DOCS row), and the large anchor and floor come along with any large row.
  */
 const ONLY = (process.env["ONLY"] ?? "").split(",").filter((w) => w !== "");
 /** Documents of the larger builds (the anchor, the floor and the late faults again at LARGE_DOCS × SECTIONS chunks); 0: none. */
@@ -91,7 +103,7 @@ function documents(docs = DOCS): [string, Uint8Array][] {
 }
 
 interface Condition {
-  /** For ONLY: anchor, client, faults, client-faults, at-once, replicas; large (the -large ones). */
+  /** For ONLY: anchor, client, faults, client-faults, at-once, client-at-once, replicas; large (the -large ones). */
   id: string;
   label: string;
   faultRate: number;
@@ -113,18 +125,24 @@ const CONDITIONS = ([
   { id: "client", label: "no faults, the generator on the LLM client alone (floor)", faultRate: 0, faultAt: "latency", replicas: 0, ...base },
   { id: "faults", label: `${faults} (after the full latency)`, faultRate: FAULT_RATE, faultAt: "latency", replicas: 1, ...base },
   { id: "client-faults", label: `${faults} (after the full latency), the generator on the LLM client alone`, faultRate: FAULT_RATE, faultAt: "latency", replicas: 0, ...base },
-  { id: "at-once", label: `${faults}, all at once`, faultRate: FAULT_RATE, faultAt: "immediate", replicas: 1, ...base },
+  { id: "at-once", label: `${faults} at once (malformed after the latency)`, faultRate: FAULT_RATE, faultAt: "immediate", replicas: 1, ...base },
+  { id: "client-at-once", label: `${faults} at once, the generator on the LLM client alone`, faultRate: FAULT_RATE, faultAt: "immediate", replicas: 0, ...base },
   { id: "replicas", label: "no faults, 2 replicas × half the concurrency", faultRate: 0, faultAt: "latency", replicas: 2, ...base },
   ...(LARGE_DOCS > 0
     ? [
         { id: "anchor-large", label: `no faults (anchor), ${LARGE_DOCS * SECTIONS} chunks`, faultRate: 0, faultAt: "latency" as const, replicas: 1, ...large },
         { id: "client-large", label: `no faults, the LLM client alone (floor), ${LARGE_DOCS * SECTIONS} chunks`, faultRate: 0, faultAt: "latency" as const, replicas: 0, ...large },
         { id: "faults-large", label: `${faults} (after the full latency), ${LARGE_DOCS * SECTIONS} chunks`, faultRate: FAULT_RATE, faultAt: "latency" as const, replicas: 1, ...large },
+        { id: "at-once-large", label: `${faults} at once (malformed after the latency), ${LARGE_DOCS * SECTIONS} chunks`, faultRate: FAULT_RATE, faultAt: "immediate" as const, replicas: 1, ...large },
       ]
     : []),
-] satisfies Condition[] as Condition[]).filter(
-  (c) => c.id === "anchor" || c.id === "client" || ONLY.length === 0 || ONLY.includes(c.id) || (c.id.endsWith("-large") && ONLY.includes("large")),
-);
+] satisfies Condition[] as Condition[]).filter((c, _, all) => {
+  // ONLY names conditions by their id at either size ("at-once" is also "at-once-large"; "large": every large one),
+  // and a condition brings the anchor and the floor of its size along.
+  const named = (x: Condition) => ONLY.length === 0 || ONLY.includes(x.id) || ONLY.includes(x.id.replace(/-large$/, "")) || (x.id.endsWith("-large") && ONLY.includes("large"));
+  const isBase = (x: Condition) => x.id === x.anchor || x.id === x.floor;
+  return named(c) || (isBase(c) && all.some((x) => named(x) && x.docs === c.docs && !isBase(x))) || c.id === "anchor" || c.id === "client";
+});
 
 interface Result {
   condition: Condition;
@@ -162,7 +180,14 @@ interface Phases {
   idealMs: number;
 }
 
+/** TRACE_TAIL=n: print the last n requests of each run (arrival after the start, time held, fault), to see the end. */
+const TRACE_TAIL = Number(process.env["TRACE_TAIL"] ?? 0);
+
 function phasesOf(trace: TracedRequest[], startedMs: number, endedMs: number, fullLatency: number): Phases {
+  if (TRACE_TAIL > 0) {
+    const tail = [...trace].sort((a, b) => a.arrivedMs - b.arrivedMs).slice(-TRACE_TAIL);
+    console.log(`  last ${tail.length} requests (arrived ms after the start +held ms fault): ${tail.map((t) => `${(t.arrivedMs - startedMs).toFixed(0)}+${(t.closedMs - t.arrivedMs).toFixed(0)}${t.fault ? `:${t.fault}` : ""}`).join(" ")}`);
+  }
   const firstArrival = Math.min(...trace.map((t) => t.arrivedMs));
   const lastArrival = Math.max(...trace.map((t) => t.arrivedMs));
   const lastClose = Math.max(...trace.map((t) => t.closedMs));
@@ -275,6 +300,8 @@ async function run(condition: Condition, seed: number, docs = condition.docs): P
           LLM_CONCURRENCY: String(perReplica),
           LLM_TIMEOUT: "10s",
           DATASET_GENERATION_BATCH_CHUNKS: String(BATCH),
+          // WORKERS: the replicas' DATASET_GENERATION_WORKERS (their intake, batches' worth of chunks); unset: auto.
+          ...(process.env["WORKERS"] === undefined ? {} : { DATASET_GENERATION_WORKERS: process.env["WORKERS"] }),
         },
       });
       replicas.push(dataset);
@@ -374,7 +401,7 @@ const indexOf = (id: string) => CONDITIONS.findIndex((c) => c.id === id);
 for (let round = 0; round < ROUNDS; round++) {
   const results: Result[] = [];
   for (const condition of CONDITIONS) {
-    const r = await run(condition, 1000);
+    const r = await run(condition, 1000 + round);
     results.push(r);
     const p = r.phases;
     console.log(

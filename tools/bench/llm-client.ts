@@ -8,8 +8,9 @@
  *
  * Faults: a seeded draw per request at FAULT_RATE, 500 / 429 / malformed JSON / dropped connection equally likely
  * (tools/bench/loopback-endpoint.ts). A faulty attempt that takes the full latency holds a slot as long as a good one, so that mix caps the share at
- * N / (N + such attempts), about 95.7% at 5%. A third condition sends every fault at once (same seed, same draws),
- * which leaves only what the client itself spends on retries: backoff, queueing again, the tail.
+ * N / (N + such attempts), about 95.7% at 5%. A third condition sends the faults a server can send before any work at once (500, 429,
+ * dropped; malformed JSON, a generated body, still after the full latency; same seed, same draws), which leaves only
+ * what the client itself spends on retries: backoff, queueing again, the tail.
  * Every answer names the call it belongs to ({"id": i, "answer": "answer i"}); the bench checks each result against
  * its call (the client's schema check aside), and that every request carried both guided-JSON fields.
  *
@@ -120,7 +121,7 @@ async function run({ label, faultRate, faultAt }: Condition, seed: number): Prom
 /** Attempts that held a slot for the whole endpoint latency: every good answer, and the slow faults. */
 function fullLatencyAttempts(r: RunResult): number {
   const f = r.endpoint.faults;
-  return r.faultAt === "immediate" ? r.attempts - (f["500"] + f["429"] + f.malformed + f.dropped) : r.attempts - f["429"];
+  return r.faultAt === "immediate" ? r.attempts - (f["500"] + f["429"] + f.dropped) : r.attempts - f["429"];
 }
 
 function quantile(values: number[], q: number): number {

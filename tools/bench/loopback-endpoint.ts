@@ -7,7 +7,9 @@
  *   429             at once (a rate limiter rejects before any work), with `retry-after-ms: 100` and `retry-after: 1`
  *   malformed JSON  after the full latency: a 200 whose content is cut mid-string (not JSON)
  *   dropped         after the full latency: headers and half the body, then the socket is destroyed
- * With `faultAt: "immediate"` every fault comes at once.
+ * With `faultAt: "immediate"` the faults a server can send before doing any work come at once: the 500 (an engine or
+ * proxy rejecting load), the 429 and the dropped connection (headers and half a body at once). Malformed JSON still
+ * comes after the full latency: it is a generated body, so the server spent the generation on it.
  *
  * Every request is traced (arrival and close, wall-clock ms): `trace()` hands over those since the last call, for
  * the benches' per-phase breakdown (when the wire was busy, how many slots were used).
@@ -29,7 +31,10 @@ export const FAULTS: Fault[] = ["500", "429", "malformed", "dropped"];
 export interface EndpointConfig {
   latencyMs: number;
   faultRate: number;
-  /** "latency": faults other than 429 come after the full latency; "immediate": every fault at once. */
+  /**
+   * "latency": faults other than 429 come after the full latency; "immediate": 500, 429 and dropped at once, malformed
+   * JSON (a generated body) after the full latency.
+   */
   faultAt: "latency" | "immediate";
   seed: number;
   answer: "id" | "qa-pairs";
@@ -131,7 +136,7 @@ function serve(config: EndpointConfig): void {
           res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(full) });
           res.write(full.slice(0, full.length >> 1), () => res.socket?.destroy());
         } else json(res, 200, completion(content));
-      }, fault && config.faultAt === "immediate" ? 0 : config.latencyMs);
+      }, fault !== undefined && fault !== "malformed" && config.faultAt === "immediate" ? 0 : config.latencyMs);
     });
   });
   server.keepAliveTimeout = 60_000;
@@ -175,10 +180,10 @@ export function statsSince(after: EndpointStats, before: EndpointStats): Endpoin
   return { requests: after.requests - before.requests, faults, maxInFlight: after.maxInFlight, withoutGuidedFields: after.withoutGuidedFields - before.withoutGuidedFields };
 }
 
-/** Requests that held a slot for the whole endpoint latency: every good answer, and the slow faults. */
+/** Requests that held a slot for the whole endpoint latency: every good answer, and the slow faults (malformed JSON always). */
 export function fullLatencyRequests(stats: EndpointStats, faultAt: EndpointConfig["faultAt"]): number {
   const f = stats.faults;
-  return faultAt === "immediate" ? stats.requests - (f["500"] + f["429"] + f.malformed + f.dropped) : stats.requests - f["429"];
+  return faultAt === "immediate" ? stats.requests - (f["500"] + f["429"] + f.dropped) : stats.requests - f["429"];
 }
 
 if (process.argv[2] === "--serve" && process.argv[1] === fileURLToPath(import.meta.url)) serve(JSON.parse(process.argv[3]!) as EndpointConfig);

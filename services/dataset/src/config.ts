@@ -34,7 +34,10 @@ export const datasetConfigSchema = baseServiceSchema.extend({
   DATASET_BUILD_LEASE: envDuration("30s"),
   /** Chunks per generation batch (the unit the replicas share through the work queue and a resumed build keeps). */
   DATASET_GENERATION_BATCH_CHUNKS: envInt({ min: 1, max: 256, default: 8 }),
-  /** Batches' worth of chunks this replica has in progress at most (counted by chunk); 0 (default): ⌈LLM_CONCURRENCY / batch⌉ + 1. */
+  /**
+   * Batches' worth of chunks this replica has in progress at most (counted by chunk; chunks sleeping before a retry not
+   * counted); 0 (default): ⌈2 × LLM_CONCURRENCY / batch⌉, as many chunks waiting for a slot as on the wire.
+   */
   DATASET_GENERATION_WORKERS: envInt({ min: 0, max: 1024, default: 0 }),
   /** A generation batch whose worker stops answering for this long goes to another replica. */
   DATASET_GENERATION_ACK_WAIT: envDuration("30s"),

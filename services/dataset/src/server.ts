@@ -62,9 +62,11 @@ export async function startDatasetService({ config, logger }: ServiceContext<Dat
       ...(generation === undefined ? {} : { generation }),
     });
     if (generation !== undefined && llm !== undefined) {
-      // Auto: enough batches to fill LLM_CONCURRENCY, plus one whose requests wait in the client's FIFO limiter, so a
-      // slot freed by a batch's last slow chunk is taken at once instead of idling until the next batch is pulled.
-      const workers = config.DATASET_GENERATION_WORKERS || Math.ceil(config.LLM_CONCURRENCY / config.DATASET_GENERATION_BATCH_CHUNKS) + 1;
+      // Auto: enough batches to fill LLM_CONCURRENCY twice, so as many calls wait in the client's FIFO limiter as are
+      // on the wire: requests that end together (a wave: they were sent together and take alike) are replaced at once
+      // by waiting calls, not after the pulls, outcome checks and request building of new batches on a busy event loop
+      // (with one batch waiting, 24 of 32 slots idled through those after every wave).
+      const workers = config.DATASET_GENERATION_WORKERS || Math.ceil((2 * config.LLM_CONCURRENCY) / config.DATASET_GENERATION_BATCH_CHUNKS);
       generation.startWorkers(workers, llm, async (versionId) => {
         const v = await versions.get(versionId);
         return v !== null && !isFinished(v.state.status);
