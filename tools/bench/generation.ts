@@ -441,6 +441,7 @@ for (let c = 0; c < CONDITIONS.length; c++) {
       `${r.endpoint.requests} | ${f["500"]}/${f["429"]}/${f.malformed}/${f.dropped} | ${r.retries} | ${pct(bound)} | ${pct(asymptotic)} | ${Math.max(...runs.map((x) => x.endpoint.maxInFlight))} | ${checked ? "yes" : "NO"} |`,
   );
 }
+if (ROUNDS > 1) console.log("(requests, faults, retries and the wire bounds: the first round's draw; each round draws its own faults)");
 console.log("");
 console.log("Phases (median over rounds, ms): | condition | startup | fill | steady | steady slot use | drain | tail | wire bound | CPU µs per chunk |");
 console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
