@@ -1,5 +1,6 @@
 import type { Logger } from "@ragtune/logger";
 import type { z } from "zod";
+import { offAbort, onAbort } from "./abort-fanout.js";
 import { ConcurrencyLimiter, type Release } from "./concurrency-limiter.js";
 import { kindForStatus, LlmError, serverMessageOf } from "./errors.js";
 import { guidedJsonFor, parseJsonOutput } from "./guided-json.js";
@@ -244,13 +245,13 @@ class CallSignals {
   }
 
   listen(listener: () => void): void {
-    this.#a?.addEventListener("abort", listener, { once: true });
-    this.#b?.addEventListener("abort", listener, { once: true });
+    if (this.#a !== undefined) onAbort(this.#a, listener);
+    if (this.#b !== undefined) onAbort(this.#b, listener);
   }
 
   unlisten(listener: () => void): void {
-    this.#a?.removeEventListener("abort", listener);
-    this.#b?.removeEventListener("abort", listener);
+    if (this.#a !== undefined) offAbort(this.#a, listener);
+    if (this.#b !== undefined) offAbort(this.#b, listener);
   }
 
   /** One signal that aborts when either does. */
@@ -265,14 +266,14 @@ class CallSignals {
     if (a.aborted) onA();
     else if (b.aborted) onB();
     else {
-      a.addEventListener("abort", onA, { once: true });
-      b.addEventListener("abort", onB, { once: true });
+      onAbort(a, onA);
+      onAbort(b, onB);
     }
     this.#combined = {
       signal: controller.signal,
       dispose: () => {
-        a.removeEventListener("abort", onA);
-        b.removeEventListener("abort", onB);
+        offAbort(a, onA);
+        offAbort(b, onB);
       },
     };
     return controller.signal;

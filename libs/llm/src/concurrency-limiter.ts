@@ -1,4 +1,5 @@
 import { cancelledError } from "./retry-policy.js";
+import { offAbort, onAbort } from "./abort-fanout.js";
 
 /** Gives the slot back; calling it more than once is harmless. */
 export type Release = () => void;
@@ -48,18 +49,18 @@ export class ConcurrencyLimiter {
     }
     return new Promise<Release>((resolve, reject) => {
       const queue = priority ? this.#priority : this.#queue;
-      const onAbort = () => {
+      const cancel = () => {
         queue.delete(waiter);
         reject(cancelledError(signal!));
       };
       const waiter: Waiter = {
         grant: (release) => {
-          signal?.removeEventListener("abort", onAbort);
+          if (signal !== undefined) offAbort(signal, cancel);
           resolve(release);
         },
       };
       queue.add(waiter);
-      signal?.addEventListener("abort", onAbort, { once: true });
+      if (signal !== undefined) onAbort(signal, cancel);
     });
   }
 

@@ -1,4 +1,5 @@
 import { LlmError } from "./errors.js";
+import { offAbort, onAbort } from "./abort-fanout.js";
 import type { HeaderLookup } from "./http-transport.js";
 
 export interface BackoffOptions {
@@ -74,15 +75,15 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       reject(cancelledError(signal));
       return;
     }
-    const onAbort = () => {
+    const cancel = () => {
       clearTimeout(timer);
       reject(cancelledError(signal!));
     };
     const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
+      if (signal !== undefined) offAbort(signal, cancel);
       resolve();
     }, ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal !== undefined) onAbort(signal, cancel);
   });
 }
 
