@@ -1,4 +1,4 @@
-import { connect as netConnect, type Socket } from "node:net";
+import { isIP, connect as netConnect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 
 /** Header lookup of a response (the part of the Fetch `Headers` interface the client reads). */
@@ -436,6 +436,7 @@ export class HttpTransport {
     this.#https = base.protocol === "https:";
     // A bracketed IPv6 literal connects without its brackets.
     this.#host = base.hostname.startsWith("[") ? base.hostname.slice(1, -1) : base.hostname;
+    // SNI names a host, never an IP address (RFC 6066): an address connects without it.
     this.#servername = this.#host;
     this.#port = base.port === "" ? (this.#https ? 443 : 80) : Number(base.port);
     this.#prefix = base.pathname.replace(/\/+$/, "");
@@ -479,7 +480,7 @@ export class HttpTransport {
       return c;
     }
     const socket = this.#https
-      ? tlsConnect({ host: this.#host, port: this.#port, servername: this.#servername, ALPNProtocols: ["http/1.1"] })
+      ? tlsConnect({ host: this.#host, port: this.#port, ...(isIP(this.#servername) === 0 ? { servername: this.#servername } : {}), ALPNProtocols: ["http/1.1"] })
       : netConnect({ host: this.#host, port: this.#port });
     const connection = new Connection(socket, (c, reusable) => this.#release(c, reusable));
     socket.on("timeout", () => {
