@@ -10,7 +10,7 @@ import {
 } from "@connectrpc/connect";
 import { createLogger, type Logger } from "@ragtune/logger";
 import { codeName, deadlineExceeded, internalError, unauthenticated } from "./errors.js";
-import type { RpcLabels, RpcMetrics, RpcType } from "./metrics.js";
+import type { MethodMetrics, RpcLabels, RpcMetrics, RpcType } from "./metrics.js";
 
 /*
  * Server-side interceptors, outermost first, as startRpcServer stacks them:
@@ -27,11 +27,35 @@ function fallbackLogger(): Logger {
   return silentLogger;
 }
 
-const loggerKey = createContextKey<Logger | undefined>(undefined, {
-  description: "ragtune rpc request logger",
-});
-const requestIdKey = createContextKey<string | undefined>(undefined, {
-  description: "ragtune rpc request id",
+/**
+ * What the observe interceptor keeps per call: the request id and, made only when something asks
+ * for it (a handler's rpcLogger(ctx), an unexpected error), the child logger with the call's fields.
+ */
+class CallLog {
+  #logger: Logger | undefined;
+  constructor(
+    /** The logger of the call's method (field `rpc`), shared by all its calls. */
+    readonly methodLogger: Logger,
+    readonly requestId: string,
+  ) {}
+
+  /** The call's child logger (fields `rpc`, `requestId`), made on first use. */
+  get logger(): Logger {
+    this.#logger ??= this.methodLogger.child({ requestId: this.requestId });
+    return this.#logger;
+  }
+
+  /** A line with the call's fields: through its child logger when one was made, else without making one. */
+  write(level: "debug" | "info" | "warn" | "error", fields: Record<string, unknown>, msg: string): void {
+    if (this.#logger !== undefined) this.#logger[level](fields, msg);
+    else if (this.methodLogger.isLevelEnabled(level)) {
+      this.methodLogger[level]({ requestId: this.requestId, ...fields }, msg);
+    }
+  }
+}
+
+const callLogKey = createContextKey<CallLog | undefined>(undefined, {
+  description: "ragtune rpc call log",
 });
 
 /**
@@ -40,12 +64,12 @@ const requestIdKey = createContextKey<string | undefined>(undefined, {
  * (e.g. a unit test calling the handler directly).
  */
 export function rpcLogger(ctx: { values: ContextValues }): Logger {
-  return ctx.values.get(loggerKey) ?? fallbackLogger();
+  return ctx.values.get(callLogKey)?.logger ?? fallbackLogger();
 }
 
 /** The request id of the current call (also the correlation id of an internal error). */
 export function rpcRequestId(ctx: { values: ContextValues }): string | undefined {
-  return ctx.values.get(requestIdKey);
+  return ctx.values.get(callLogKey)?.requestId;
 }
 
 function rpcType(method: DescMethod): RpcType {
@@ -74,50 +98,71 @@ export interface ObserveOptions {
   quietServices?: readonly string[];
 }
 
+/** What the observe interceptor needs of a method, worked out on its first call. */
+interface ObservedMethod {
+  logger: Logger;
+  metrics: MethodMetrics | undefined;
+  quiet: boolean;
+}
+
 /**
- * One log line per call (rpc, requestId, code, durationMs) from a child logger that handlers get
- * through `rpcLogger(ctx)`, and the per-RPC Prometheus metrics. For streams, the line is written
- * when the stream ends.
+ * One log line per call (rpc, requestId, code, durationMs) and the per-RPC Prometheus metrics;
+ * handlers get the call's child logger through `rpcLogger(ctx)`. For streams, the line is written
+ * when the stream ends. Per method (once): its logger with the `rpc` field and its metrics; per
+ * call only the request id, the line and the counts (the call's child logger only when asked for).
  */
 export function observeInterceptor(options: ObserveOptions): Interceptor {
   const quiet = new Set(options.quietServices ?? []);
+  const methods = new Map<DescMethod, ObservedMethod>();
+  const observed = (method: DescMethod): ObservedMethod => {
+    let m = methods.get(method);
+    if (m === undefined) {
+      const labels = labelsOf(method);
+      m = {
+        logger: options.logger.child({ rpc: `${labels.service}/${labels.method}` }),
+        metrics: options.metrics?.forMethod(labels),
+        quiet: quiet.has(labels.service),
+      };
+      methods.set(method, m);
+    }
+    return m;
+  };
   return (next) => async (req) => {
-    const labels = labelsOf(req.method);
-    const requestId = req.header.get(REQUEST_ID_HEADER) ?? randomUUID();
-    const log = options.logger.child({ rpc: `${labels.service}/${labels.method}`, requestId });
-    req.contextValues.set(loggerKey, log).set(requestIdKey, requestId);
+    const m = observed(req.method);
+    const call = new CallLog(m.logger, req.header.get(REQUEST_ID_HEADER) ?? randomUUID());
+    req.contextValues.set(callLogKey, call);
     const start = performance.now();
-    options.metrics?.started(labels);
-    const finish = (error?: unknown): void => {
-      const seconds = (performance.now() - start) / 1000;
-      const connectError = error === undefined ? undefined : ConnectError.from(error);
-      const code = codeName(connectError?.code);
-      options.metrics?.handled(labels, code, seconds);
-      const fields = { code, durationMs: Math.round(seconds * 10_000) / 10 };
-      if (connectError === undefined) {
-        if (quiet.has(labels.service)) log.debug(fields, "rpc finished");
-        else log.info(fields, "rpc finished");
-      } else if (SERVER_FAULTS.has(connectError.code)) {
-        log.error({ ...fields, error: connectError.rawMessage }, "rpc failed");
-      } else if (connectError.code === Code.Canceled) {
-        log.info({ ...fields, error: connectError.rawMessage }, "rpc cancelled");
-      } else {
-        log.warn({ ...fields, error: connectError.rawMessage }, "rpc failed");
-      }
-    };
+    m.metrics?.started();
     let res;
     try {
       res = await next(req);
     } catch (e) {
-      finish(e);
+      finishCall(m, call, start, e);
       throw e;
     }
     if (!res.stream) {
-      finish();
+      finishCall(m, call, start, undefined);
       return res;
     }
-    return { ...res, message: observeStream(res.message, finish) };
+    return { ...res, message: observeStream(res.message, (error) => finishCall(m, call, start, error)) };
   };
+}
+
+function finishCall(m: ObservedMethod, call: CallLog, start: number, error: unknown): void {
+  const seconds = (performance.now() - start) / 1000;
+  const connectError = error === undefined ? undefined : ConnectError.from(error);
+  const code = codeName(connectError?.code);
+  m.metrics?.handled(code, seconds);
+  const durationMs = Math.round(seconds * 10_000) / 10;
+  if (connectError === undefined) {
+    call.write(m.quiet ? "debug" : "info", { code, durationMs }, "rpc finished");
+  } else if (SERVER_FAULTS.has(connectError.code)) {
+    call.write("error", { code, durationMs, error: connectError.rawMessage }, "rpc failed");
+  } else if (connectError.code === Code.Canceled) {
+    call.write("info", { code, durationMs, error: connectError.rawMessage }, "rpc cancelled");
+  } else {
+    call.write("warn", { code, durationMs, error: connectError.rawMessage }, "rpc failed");
+  }
 }
 
 async function* observeStream<T>(
@@ -156,8 +201,9 @@ export function errorMappingInterceptor(options: { logger: Logger }): Intercepto
     const map = (error: unknown): ConnectError => {
       if (error instanceof ConnectError) return error;
       if (req.signal.aborted) return abortReason(req.signal);
-      const correlationId = req.contextValues.get(requestIdKey) ?? randomUUID();
-      const log = req.contextValues.get(loggerKey) ?? options.logger;
+      const call = req.contextValues.get(callLogKey);
+      const correlationId = call?.requestId ?? randomUUID();
+      const log = call?.logger ?? options.logger;
       log.error({ err: error, correlationId }, "rpc handler threw an unexpected error");
       return internalError(correlationId);
     };
@@ -227,12 +273,60 @@ export interface DeadlineOptions {
 }
 
 /**
+ * One unary call under the server's default deadline: the signal the handler gets (aborted by the
+ * timer with DeadlineExceeded, or with the reason of the call's own signal when that aborts first)
+ * and the rejection that ends the call then. The object itself is the timer's argument and the
+ * parent signal's listener, so a call allocates no closures for them.
+ */
+class DefaultDeadline {
+  readonly controller = new AbortController();
+  readonly #timer: NodeJS.Timeout;
+  /** Ends the call; set once the handler's promise is being awaited. */
+  reject: ((reason: unknown) => void) | undefined;
+
+  constructor(
+    readonly parent: AbortSignal,
+    ms: number,
+    readonly message: string,
+  ) {
+    this.#timer = setTimeout(onDefaultDeadline, ms, this);
+    if (parent.aborted) this.abort(parent.reason);
+    else parent.addEventListener("abort", this, { once: true });
+  }
+
+  /** The parent signal aborted (client cancel, server shutdown, the connection closed). */
+  handleEvent(): void {
+    this.abort(this.parent.reason);
+  }
+
+  abort(reason: unknown): void {
+    if (this.controller.signal.aborted) return;
+    this.controller.abort(reason);
+    this.reject?.(abortReason(this.controller.signal));
+  }
+
+  done(): void {
+    clearTimeout(this.#timer);
+    this.parent.removeEventListener("abort", this);
+  }
+}
+
+function onDefaultDeadline(d: DefaultDeadline): void {
+  d.abort(deadlineExceeded(d.message));
+}
+
+const ignore = (): void => undefined;
+
+/**
  * Calls end when their signal aborts, whether or not the handler looks at it: the client's
  * deadline (or the default one) gives a clean DeadlineExceeded, server shutdown gives
  * Unavailable, a client cancel gives Canceled. The handler sees the same signal in `ctx.signal`.
  */
 export function deadlineInterceptor(options: DeadlineOptions = {}): Interceptor {
   const defaultMs = options.defaultTimeoutMs ?? 0;
+  const message =
+    `the call did not finish within the server's default deadline of ${defaultMs} ms; ` +
+    "send a longer deadline (grpc-timeout / connect-timeout-ms) if it needs more time";
   return (next) => async (req) => {
     if (req.stream) {
       const res = await raceAbort(next(req), req.signal);
@@ -242,23 +336,19 @@ export function deadlineInterceptor(options: DeadlineOptions = {}): Interceptor 
     if (defaultMs <= 0 || clientSentDeadline(req.header)) {
       return raceAbort(next(req), req.signal);
     }
-    const controller = new AbortController();
-    const timer = setTimeout(() => {
-      controller.abort(
-        deadlineExceeded(
-          `the call did not finish within the server's default deadline of ${defaultMs} ms; ` +
-            "send a longer deadline (grpc-timeout / connect-timeout-ms) if it needs more time",
-        ),
-      );
-    }, defaultMs);
-    const onParentAbort = () => controller.abort(req.signal.reason);
-    if (req.signal.aborted) onParentAbort();
-    else req.signal.addEventListener("abort", onParentAbort, { once: true });
+    const deadline = new DefaultDeadline(req.signal, defaultMs, message);
     try {
-      return await raceAbort(next({ ...req, signal: controller.signal }), controller.signal);
+      const pending = next({ ...req, signal: deadline.controller.signal });
+      if (deadline.controller.signal.aborted) {
+        pending.catch(ignore);
+        throw abortReason(deadline.controller.signal);
+      }
+      return await new Promise<Awaited<typeof pending>>((resolve, reject) => {
+        deadline.reject = reject;
+        pending.then(resolve, reject);
+      });
     } finally {
-      clearTimeout(timer);
-      req.signal.removeEventListener("abort", onParentAbort);
+      deadline.done();
     }
   };
 }
