@@ -1,7 +1,8 @@
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
-import { Code, createClient, createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
-import { createLogger } from "@ragtune/logger";
+import { Code, ConnectError, createClient, createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
+import { createLogger, type Logger } from "@ragtune/logger";
+import { Registry } from "prom-client";
 import { expectCode } from "@ragtune/testing";
 import {
   Health,
@@ -132,6 +133,110 @@ describe("observe", () => {
     ]);
     const text = await metrics.registry.metrics();
     expect(text).toContain('grpc_code="NotFound"} 1');
+  });
+});
+
+describe("observe, per call", () => {
+  it("makes a call's child logger only when the handler asks for one, with the same fields either way", async () => {
+    const { logger, lines } = memoryLogger();
+    // Count every child made below the root, at any depth (pino's children inherit from their parent).
+    let children = 0;
+    const originalChild = logger.child;
+    logger.child = function (this: Logger, ...args: Parameters<Logger["child"]>) {
+      children++;
+      return originalChild.apply(this, args);
+    } as Logger["child"];
+    const metrics = createRpcMetrics();
+    const client = createClient(
+      Health,
+      createRouterTransport(routes, { router: { interceptors: [observeInterceptor({ logger, metrics })] } }),
+    );
+    await client.check({ service: "plain" });
+    await client.check({ service: "plain" });
+    expect(children).toBe(1); // the method's logger (field rpc), made once
+    await client.check({ service: "log" }, { headers: { "x-request-id": "req-7" } });
+    expect(children).toBe(2); // the call that logged from its handler got its own child
+    const done = lines.filter((l) => l.msg === "rpc finished");
+    expect(done).toHaveLength(3);
+    for (const line of done) {
+      expect(Object.keys(line)).toEqual(["level", "time", "svc", "pid", "rpc", "requestId", "code", "durationMs", "msg"]);
+      expect(line.rpc).toBe("grpc.health.v1.Health/Check");
+    }
+    expect(new Set(done.map((l) => l.requestId)).size).toBe(3);
+    const fromHandler = lines.find((l) => l.inHandler === true);
+    expect(fromHandler).toMatchObject({ rpc: "grpc.health.v1.Health/Check", requestId: "req-7" });
+    expect(done[2]?.requestId).toBe("req-7");
+  });
+
+  it("counts every call once, whenever the metrics are read, also with two servers on one registry", async () => {
+    const registry = new Registry();
+    const clientOf = (metrics: ReturnType<typeof createRpcMetrics>) =>
+      createClient(
+        Health,
+        createRouterTransport(routes, { router: { interceptors: [observeInterceptor({ logger: memoryLogger().logger, metrics })] } }),
+      );
+    const a = clientOf(createRpcMetrics(registry));
+    const b = clientOf(createRpcMetrics(registry));
+    const value = async (name: string, code?: string) => {
+      const metric = (await registry.getMetricsAsJSON()).find((m) => m.name === name);
+      return (metric?.values ?? [])
+        .filter((v) => v.labels.grpc_method === "Check" && (code === undefined || v.labels.grpc_code === code))
+        .filter((v) => !("metricName" in v) || v.metricName === `${name}_count`)
+        .reduce((sum, v) => sum + v.value, 0);
+    };
+    await a.check({});
+    await expectCode(b.check({ service: "not-found" }), Code.NotFound);
+    expect(await value("grpc_server_started_total")).toBe(2);
+    expect(await value("grpc_server_handled_total", "OK")).toBe(1);
+    expect(await value("grpc_server_handled_total", "NotFound")).toBe(1);
+    expect(await value("grpc_server_handling_seconds")).toBe(2);
+    // Read again after more calls: the counts add up, nothing is added twice.
+    await a.check({});
+    await b.check({});
+    expect(await value("grpc_server_started_total")).toBe(4);
+    expect(await value("grpc_server_handled_total", "OK")).toBe(3);
+    expect(await value("grpc_server_handled_total", "NotFound")).toBe(1);
+    expect(await value("grpc_server_handling_seconds")).toBe(4);
+    const text = await registry.metrics();
+    expect(text).toContain('grpc_server_started_total{grpc_service="grpc.health.v1.Health",grpc_method="Check",grpc_type="unary"} 4');
+  });
+});
+
+describe("default deadline, per call", () => {
+  it("a handler that ignores its signal ends with the default deadline's DeadlineExceeded", async () => {
+    const { logger } = memoryLogger();
+    const client = createClient(
+      Health,
+      createRouterTransport(
+        (router) =>
+          router.service(Health, {
+            check: () => new Promise(() => undefined),
+          }),
+        { router: { interceptors: [errorMappingInterceptor({ logger }), deadlineInterceptor({ defaultTimeoutMs: 40 })] } },
+      ),
+    );
+    await expectCode(client.check({}), Code.DeadlineExceeded, /default deadline of 40 ms/);
+  });
+
+  it("the handler's signal aborts with the call's own reason when that comes first, and the call ends with it", async () => {
+    const seen: unknown[] = [];
+    const shutdown = new AbortController();
+    const client = createClient(
+      Health,
+      createRouterTransport(
+        (router) =>
+          router.service(Health, {
+            check: (_req, ctx) =>
+              new Promise(() => {
+                ctx.signal.addEventListener("abort", () => seen.push(ctx.signal.reason), { once: true });
+                shutdown.abort(new ConnectError("the server is shutting down", Code.Unavailable));
+              }),
+          }),
+        { router: { shutdownSignal: shutdown.signal, interceptors: [deadlineInterceptor({ defaultTimeoutMs: 60_000 })] } },
+      ),
+    );
+    await expectCode(client.check({}), Code.Unavailable, /shutting down/);
+    expect((seen[0] as ConnectError).code).toBe(Code.Unavailable);
   });
 });
 
