@@ -12,11 +12,14 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
-import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/connect/protocol";
+import type {
+  UniversalHandler,
+  UniversalServerRequest,
+  UniversalServerResponse,
+} from "@connectrpc/connect/protocol";
 import {
   compressionBrotli,
   compressionGzip,
-  universalRequestFromNodeRequest,
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
 import type { Logger } from "@ragtune/logger";
@@ -155,7 +158,11 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
       sendPlain(res, 404, `no RPC at ${path}\n`);
       return;
     }
-    const uReq = universalRequestFromNodeRequest(req, res, undefined, createContextValues());
+    const uReq = universalRequestOf(req, res);
+    if (uReq === undefined) {
+      sendPlain(res, 400, "the request names no host (send a Host header or :authority)\n");
+      return;
+    }
     handler(uReq)
       .then((uRes) => reclassifyParseError(uRes, handler))
       .then((uRes) => universalResponseToNodeResponse(uRes, res))
@@ -264,6 +271,96 @@ function sniffProtocol(socket: net.Socket, handOver: (isHttp2: boolean) => void)
     if (!isHttp2) socket.resume();
   };
   socket.on("data", onData);
+}
+
+/**
+ * The request as connect's handlers take it: what connect-node's universalRequestFromNodeRequest makes, except
+ * for when its signal aborts. Here only when the call is cut short (the client reset the HTTP/2 stream, or the
+ * connection closed or failed before the response was written to its end), with a ConnectError that says so.
+ * connect-node's also aborts on every call that finished normally (on the response's "close"), without a reason,
+ * so Node makes a DOMException with a stack trace per call for no one: connect stopped listening to the signal
+ * when the call finished (it aborts the handler's own signal itself then). Undefined when the request names no
+ * host (connect-node throws then).
+ */
+function universalRequestOf(req: NodeRequest, res: NodeResponse): UniversalServerRequest | undefined {
+  const authority = "authority" in req ? req.authority : req.headers.host;
+  if (authority === undefined || authority === "") return undefined;
+  const controller = new AbortController();
+  const abort = (reason: ConnectError) => {
+    if (!controller.signal.aborted) controller.abort(reason);
+  };
+  if ("stream" in req) {
+    req.once("close", () => {
+      if (res.writableEnded) return; // the response went out whole: the call is over
+      abort(h2ResetError(req.stream.rstCode));
+    });
+  } else {
+    const onError = (err: Error) => {
+      res.off("close", onClose);
+      abort(new ConnectError(`the connection failed: ${err.message}`, Code.Aborted, undefined, undefined, err));
+    };
+    // The response's close, not the request's: node closes the request as soon as its body is read.
+    const onClose = () => {
+      req.off("error", onError);
+      if (res.writableEnded) return;
+      const err = req.errored;
+      abort(
+        err === null
+          ? new ConnectError("the client closed the connection before the response was written", Code.Canceled)
+          : new ConnectError(`the connection failed: ${err.message}`, Code.Aborted, undefined, undefined, err),
+      );
+    };
+    req.once("error", onError);
+    res.once("close", onClose);
+  }
+  return {
+    httpVersion: req.httpVersion,
+    method: req.method ?? "",
+    url: new URL(req.url ?? "", `http://${authority}`).toString(),
+    header: webHeaderOf(req.headers),
+    body: req,
+    signal: controller.signal,
+    contextValues: createContextValues(),
+  };
+}
+
+/** Node's request headers as fetch Headers, without HTTP/2's pseudo-headers (as connect-node converts them). */
+function webHeaderOf(headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders): Headers {
+  const header = new Headers();
+  for (const key in headers) {
+    if (key.startsWith(":")) continue;
+    const value: string | string[] | number | undefined = headers[key];
+    if (value === undefined) continue;
+    if (Array.isArray(value)) for (const v of value) header.append(key, v);
+    else header.append(key, String(value));
+  }
+  return header;
+}
+
+/** Why an HTTP/2 stream closed before its response was complete, from its RST_STREAM code (as connect-node maps them). */
+function h2ResetError(rstCode: number): ConnectError {
+  const c = http2.constants;
+  const what = `the HTTP/2 stream was reset by the client (code 0x${rstCode.toString(16)})`;
+  switch (rstCode) {
+    case c.NGHTTP2_REFUSED_STREAM:
+      return new ConnectError(what, Code.Unavailable);
+    case c.NGHTTP2_ENHANCE_YOUR_CALM:
+      return new ConnectError(what, Code.ResourceExhausted);
+    case c.NGHTTP2_INADEQUATE_SECURITY:
+    case c.NGHTTP2_HTTP_1_1_REQUIRED:
+      return new ConnectError(what, Code.PermissionDenied);
+    case c.NGHTTP2_PROTOCOL_ERROR:
+    case c.NGHTTP2_INTERNAL_ERROR:
+    case c.NGHTTP2_FLOW_CONTROL_ERROR:
+    case c.NGHTTP2_SETTINGS_TIMEOUT:
+    case c.NGHTTP2_FRAME_SIZE_ERROR:
+    case c.NGHTTP2_COMPRESSION_ERROR:
+    case c.NGHTTP2_CONNECT_ERROR:
+      return new ConnectError(what, Code.Internal);
+    default:
+      // CANCEL, and NO_ERROR / STREAM_CLOSED on a stream that closed before its response was complete.
+      return new ConnectError("the client cancelled the call (it closed the HTTP/2 stream)", Code.Canceled);
+  }
 }
 
 function urlHost(host: string): string {

@@ -77,9 +77,12 @@ export const testServiceImpl: ServiceImpl<typeof TestService> = {
       case "log":
         rpcLogger(ctx).info({ marker: "from-handler" }, "handler log line");
         break;
-      case "wait-abort":
-        await aborted(ctx);
+      case "wait-abort": {
+        const gone = aborted(ctx);
+        rpcLogger(ctx).info("handler waits for its signal");
+        await gone;
         throw ctx.signal.reason;
+      }
     }
     return create(HealthCheckResponseSchema, { status: ServingStatus.SERVING });
   },

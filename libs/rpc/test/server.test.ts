@@ -1,5 +1,6 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
+import * as net from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import {
@@ -299,6 +300,55 @@ describe("errors, deadlines, auth, metrics, shutdown", () => {
     expect(fromHandler).toMatchObject({ requestId: "req-123", rpc: "ragtune.rpctest.v1.TestService/Echo" });
     const finished = log.lines.find((l) => l.msg === "rpc finished" && l.requestId === "req-123");
     expect(finished).toMatchObject({ code: "OK", level: "info" });
+  });
+
+  it("a client that goes away mid-call cancels it: the handler's signal aborts with Canceled (HTTP/2 reset, HTTP/1.1 close)", async () => {
+    const { server, log } = await start({ allowHttp1: true });
+    const path = "/ragtune.rpctest.v1.TestService/Echo";
+    const body = JSON.stringify({ service: "wait-abort" });
+    const headers = (id: string) => ({ "content-type": "application/json", "x-request-id": id });
+    const waiting = (id: string) => log.waitFor((l) => l.msg === "handler waits for its signal" && l.requestId === id);
+    const ended = (id: string) => log.waitFor((l) => l.requestId === id && l.durationMs !== undefined);
+
+    const session = http2.connect(server.url);
+    session.on("error", () => undefined);
+    const stream = session.request({ ":method": "POST", ":path": path, ...headers("h2-call") });
+    stream.on("error", () => undefined);
+    stream.end(body);
+    await waiting("h2-call");
+    stream.close(http2.constants.NGHTTP2_CANCEL);
+    expect(await ended("h2-call")).toMatchObject({ msg: "rpc cancelled", code: "Canceled" });
+    session.close();
+
+    const req = http.request(`${server.url}${path}`, { method: "POST", headers: headers("h1-call"), agent: false });
+    req.on("error", () => undefined);
+    req.end(body);
+    await waiting("h1-call");
+    req.destroy();
+    expect(await ended("h1-call")).toMatchObject({ msg: "rpc cancelled", code: "Canceled" });
+
+    // Calls that finish are not cancelled after the fact.
+    const client = createClient(TestService, { baseUrl: server.url, protocol: "connect", httpVersion: "1.1" });
+    await client.echo({ service: "ok" }, { headers: { "x-request-id": "h1-ok" } });
+    expect(await ended("h1-ok")).toMatchObject({ msg: "rpc finished", code: "OK" });
+  });
+
+  it("an HTTP/1.0 RPC without a Host header gets 400 and the server keeps serving", async () => {
+    const { server } = await start({ allowHttp1: true });
+    const reply = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(server.port, "127.0.0.1");
+      let text = "";
+      socket.on("data", (chunk: Buffer) => (text += chunk.toString("latin1")));
+      socket.on("end", () => resolve(text));
+      socket.on("error", reject);
+      socket.end(
+        "POST /ragtune.rpctest.v1.TestService/Echo HTTP/1.0\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+      );
+    });
+    expect(reply).toMatch(/^HTTP\/1\.1 400 /);
+    expect(reply).toContain("names no host");
+    const client = createClient(Health, { baseUrl: server.url, protocol: "grpc" });
+    expect((await client.check({ service: "" })).status).toBe(ServingStatus.SERVING);
   });
 
   it("shutdown ends in-flight calls with Unavailable and stops accepting connections", async () => {
