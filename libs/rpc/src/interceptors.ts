@@ -230,7 +230,7 @@ async function* mapStreamErrors<T>(
 }
 
 /** Whether the client sent a deadline (gRPC and gRPC-Web: grpc-timeout; Connect: connect-timeout-ms). */
-function clientSentDeadline(header: Headers): boolean {
+export function clientSentDeadline(header: Headers): boolean {
   return header.has("grpc-timeout") || header.has("connect-timeout-ms");
 }
 
@@ -315,6 +315,26 @@ function onDefaultDeadline(d: DefaultDeadline): void {
   d.abort(deadlineExceeded(d.message));
 }
 
+function defaultDeadlineMessage(ms: number): string {
+  return (
+    `the call did not finish within the server's default deadline of ${ms} ms; ` +
+    "send a longer deadline (grpc-timeout / connect-timeout-ms) if it needs more time"
+  );
+}
+
+/** The error a unary call without a client deadline ends with when the server's default one passes. */
+export function defaultDeadlineExceeded(ms: number): ConnectError {
+  return deadlineExceeded(defaultDeadlineMessage(ms));
+}
+
+/**
+ * Set by a server that already aborts the request's signal (and so the handler's) at the default deadline, with
+ * defaultDeadlineExceeded(): the deadline interceptor then only ends the call when the signal aborts.
+ */
+export const defaultDeadlineArmedKey = createContextKey<boolean>(false, {
+  description: "ragtune rpc default deadline armed by the server",
+});
+
 const ignore = (): void => undefined;
 
 /**
@@ -324,16 +344,14 @@ const ignore = (): void => undefined;
  */
 export function deadlineInterceptor(options: DeadlineOptions = {}): Interceptor {
   const defaultMs = options.defaultTimeoutMs ?? 0;
-  const message =
-    `the call did not finish within the server's default deadline of ${defaultMs} ms; ` +
-    "send a longer deadline (grpc-timeout / connect-timeout-ms) if it needs more time";
+  const message = defaultDeadlineMessage(defaultMs);
   return (next) => async (req) => {
     if (req.stream) {
       const res = await raceAbort(next(req), req.signal);
       if (!res.stream) return res;
       return { ...res, message: abortableStream(res.message, req.signal) };
     }
-    if (defaultMs <= 0 || clientSentDeadline(req.header)) {
+    if (defaultMs <= 0 || clientSentDeadline(req.header) || req.contextValues.get(defaultDeadlineArmedKey)) {
       return raceAbort(next(req), req.signal);
     }
     const deadline = new DefaultDeadline(req.signal, defaultMs, message);

@@ -27,7 +27,10 @@ import type { Registry } from "prom-client";
 import { HealthRegistry, registerHealthService, ServingStatus } from "./health.js";
 import {
   bearerAuthGate,
+  clientSentDeadline,
   deadlineInterceptor,
+  defaultDeadlineArmedKey,
+  defaultDeadlineExceeded,
   errorMappingInterceptor,
   observeInterceptor,
 } from "./interceptors.js";
@@ -101,6 +104,7 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
   const host = options.host ?? "127.0.0.1";
   const allowHttp1 = options.allowHttp1 ?? false;
   const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
+  const defaultTimeoutMs = options.defaultTimeoutMs ?? 60_000;
   const metrics = createRpcMetrics(options.registry);
   // One of several processes behind this port: a scrape sees the sum over all of them.
   const renderMetrics = clusterMetricsOf(metrics.registry) ?? (() => metrics.registry.metrics());
@@ -115,7 +119,7 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     interceptors: [
       observeInterceptor({ logger, metrics, quietServices: ["grpc.health.v1.Health"] }),
       errorMappingInterceptor({ logger }),
-      deadlineInterceptor({ defaultTimeoutMs: options.defaultTimeoutMs ?? 60_000 }),
+      deadlineInterceptor({ defaultTimeoutMs }),
       ...(options.interceptors ?? []),
     ],
     ...(options.authToken !== undefined
@@ -158,7 +162,7 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
       sendPlain(res, 404, `no RPC at ${path}\n`);
       return;
     }
-    const uReq = universalRequestOf(req, res);
+    const uReq = universalRequestOf(req, res, handler.method.methodKind === "unary" ? defaultTimeoutMs : 0);
     if (uReq === undefined) {
       sendPlain(res, 400, "the request names no host (send a Host header or :authority)\n");
       return;
@@ -276,32 +280,45 @@ function sniffProtocol(socket: net.Socket, handOver: (isHttp2: boolean) => void)
 /**
  * The request as connect's handlers take it: what connect-node's universalRequestFromNodeRequest makes, except
  * for when its signal aborts. Here only when the call is cut short (the client reset the HTTP/2 stream, or the
- * connection closed or failed before the response was written to its end), with a ConnectError that says so.
- * connect-node's also aborts on every call that finished normally (on the response's "close"), without a reason,
- * so Node makes a DOMException with a stack trace per call for no one: connect stopped listening to the signal
- * when the call finished (it aborts the handler's own signal itself then). Undefined when the request names no
- * host (connect-node throws then).
+ * connection closed or failed before the response was written to its end), with a ConnectError that says so, or
+ * when `defaultDeadlineMs` (> 0: a unary call) passes and the client sent no deadline of its own (then the
+ * deadline interceptor needs no signal and timer of its own). connect-node's also aborts on every call that
+ * finished normally (on the response's "close"), without a reason, so Node makes a DOMException with a stack
+ * trace per call for no one: connect stopped listening to the signal when the call finished (it aborts the
+ * handler's own signal itself then). Undefined when the request names no host (connect-node throws then).
  */
-function universalRequestOf(req: NodeRequest, res: NodeResponse): UniversalServerRequest | undefined {
+function universalRequestOf(
+  req: NodeRequest,
+  res: NodeResponse,
+  defaultDeadlineMs: number,
+): UniversalServerRequest | undefined {
   const authority = "authority" in req ? req.authority : req.headers.host;
   if (authority === undefined || authority === "") return undefined;
+  const header = webHeaderOf(req.headers);
+  const contextValues = createContextValues();
   const controller = new AbortController();
+  let deadline: NodeJS.Timeout | undefined;
+  if (defaultDeadlineMs > 0 && !clientSentDeadline(header)) {
+    deadline = setTimeout(abortAtDefaultDeadline, defaultDeadlineMs, controller, defaultDeadlineMs);
+    contextValues.set(defaultDeadlineArmedKey, true);
+  }
   const abort = (reason: ConnectError) => {
     if (!controller.signal.aborted) controller.abort(reason);
   };
   if ("stream" in req) {
     req.once("close", () => {
+      clearTimeout(deadline);
       if (res.writableEnded) return; // the response went out whole: the call is over
       abort(h2ResetError(req.stream.rstCode));
     });
   } else {
     const onError = (err: Error) => {
-      res.off("close", onClose);
       abort(new ConnectError(`the connection failed: ${err.message}`, Code.Aborted, undefined, undefined, err));
     };
     // The response's close, not the request's: node closes the request as soon as its body is read.
-    const onClose = () => {
+    res.once("close", () => {
       req.off("error", onError);
+      clearTimeout(deadline);
       if (res.writableEnded) return;
       const err = req.errored;
       abort(
@@ -309,19 +326,22 @@ function universalRequestOf(req: NodeRequest, res: NodeResponse): UniversalServe
           ? new ConnectError("the client closed the connection before the response was written", Code.Canceled)
           : new ConnectError(`the connection failed: ${err.message}`, Code.Aborted, undefined, undefined, err),
       );
-    };
+    });
     req.once("error", onError);
-    res.once("close", onClose);
   }
   return {
     httpVersion: req.httpVersion,
     method: req.method ?? "",
     url: new URL(req.url ?? "", `http://${authority}`).toString(),
-    header: webHeaderOf(req.headers),
+    header,
     body: req,
     signal: controller.signal,
-    contextValues: createContextValues(),
+    contextValues,
   };
+}
+
+function abortAtDefaultDeadline(controller: AbortController, ms: number): void {
+  if (!controller.signal.aborted) controller.abort(defaultDeadlineExceeded(ms));
 }
 
 /** Node's request headers as fetch Headers, without HTTP/2's pseudo-headers (as connect-node converts them). */

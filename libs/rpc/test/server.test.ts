@@ -255,6 +255,10 @@ describe("errors, deadlines, auth, metrics, shutdown", () => {
     await expectCode(withDeadline.echo({ service: "hang" }), Code.DeadlineExceeded);
     const noDeadline = createClient(TestService, { baseUrl: server.url, protocol: "connect" });
     await expectCode(noDeadline.echo({ service: "hang" }), Code.DeadlineExceeded, "default deadline of 200 ms");
+    // A handler that waits for its signal sees the default deadline's own error (Connect and gRPC).
+    await expectCode(noDeadline.echo({ service: "wait-abort" }), Code.DeadlineExceeded, "default deadline of 200 ms");
+    const grpcNoDeadline = createClient(TestService, { baseUrl: server.url, protocol: "grpc" });
+    await expectCode(grpcNoDeadline.echo({ service: "wait-abort" }), Code.DeadlineExceeded, "default deadline of 200 ms");
     expect(log.lines.some((l) => l.code === "DeadlineExceeded" && l.rpc === "ragtune.rpctest.v1.TestService/Echo")).toBe(true);
     // Streams are exempt from the default deadline.
     const ticks = [];
