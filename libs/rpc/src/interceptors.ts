@@ -272,49 +272,6 @@ export interface DeadlineOptions {
   defaultTimeoutMs?: number;
 }
 
-/**
- * One unary call under the server's default deadline: the signal the handler gets (aborted by the
- * timer with DeadlineExceeded, or with the reason of the call's own signal when that aborts first)
- * and the rejection that ends the call then. The object itself is the timer's argument and the
- * parent signal's listener, so a call allocates no closures for them.
- */
-class DefaultDeadline {
-  readonly controller = new AbortController();
-  readonly #timer: NodeJS.Timeout;
-  /** Ends the call; set once the handler's promise is being awaited. */
-  reject: ((reason: unknown) => void) | undefined;
-
-  constructor(
-    readonly parent: AbortSignal,
-    ms: number,
-    readonly message: string,
-  ) {
-    this.#timer = setTimeout(onDefaultDeadline, ms, this);
-    if (parent.aborted) this.abort(parent.reason);
-    else parent.addEventListener("abort", this, { once: true });
-  }
-
-  /** The parent signal aborted (client cancel, server shutdown, the connection closed). */
-  handleEvent(): void {
-    this.abort(this.parent.reason);
-  }
-
-  abort(reason: unknown): void {
-    if (this.controller.signal.aborted) return;
-    this.controller.abort(reason);
-    this.reject?.(abortReason(this.controller.signal));
-  }
-
-  done(): void {
-    clearTimeout(this.#timer);
-    this.parent.removeEventListener("abort", this);
-  }
-}
-
-function onDefaultDeadline(d: DefaultDeadline): void {
-  d.abort(deadlineExceeded(d.message));
-}
-
 function defaultDeadlineMessage(ms: number): string {
   return (
     `the call did not finish within the server's default deadline of ${ms} ms; ` +
@@ -335,8 +292,6 @@ export const defaultDeadlineArmedKey = createContextKey<boolean>(false, {
   description: "ragtune rpc default deadline armed by the server",
 });
 
-const ignore = (): void => undefined;
-
 /**
  * Calls end when their signal aborts, whether or not the handler looks at it: the client's
  * deadline (or the default one) gives a clean DeadlineExceeded, server shutdown gives
@@ -354,19 +309,16 @@ export function deadlineInterceptor(options: DeadlineOptions = {}): Interceptor 
     if (defaultMs <= 0 || clientSentDeadline(req.header) || req.contextValues.get(defaultDeadlineArmedKey)) {
       return raceAbort(next(req), req.signal);
     }
-    const deadline = new DefaultDeadline(req.signal, defaultMs, message);
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(deadlineExceeded(message)), defaultMs);
+    const onParentAbort = () => controller.abort(req.signal.reason);
+    if (req.signal.aborted) onParentAbort();
+    else req.signal.addEventListener("abort", onParentAbort, { once: true });
     try {
-      const pending = next({ ...req, signal: deadline.controller.signal });
-      if (deadline.controller.signal.aborted) {
-        pending.catch(ignore);
-        throw abortReason(deadline.controller.signal);
-      }
-      return await new Promise<Awaited<typeof pending>>((resolve, reject) => {
-        deadline.reject = reject;
-        pending.then(resolve, reject);
-      });
+      return await raceAbort(next({ ...req, signal: controller.signal }), controller.signal);
     } finally {
-      deadline.done();
+      clearTimeout(timer);
+      req.signal.removeEventListener("abort", onParentAbort);
     }
   };
 }
