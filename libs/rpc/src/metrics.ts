@@ -74,36 +74,24 @@ function registryMetrics(registry: Registry): RegistryMetrics {
   const known = byRegistry.get(registry);
   if (known !== undefined) return known;
   const existing = <T extends Metric>(name: string) => registry.getSingleMetric(name) as T | undefined;
-  let pendingStarted: PendingCount[] | undefined;
-  let pendingHandled: PendingCount[] | undefined;
-  let started = existing<Counter>("grpc_server_started_total");
-  if (started === undefined) {
-    const pending: PendingCount[] = (pendingStarted = []);
+  /** A counter with its pending counts: ours (made here, flushed at collect), or someone else's (added to at once). */
+  const counterOf = (name: string, help: string, labelNames: readonly string[]): [Counter, PendingCount[] | undefined] => {
+    const found = existing<Counter>(name);
+    if (found !== undefined) return [found, undefined];
+    const pending: PendingCount[] = [];
     const counter: Counter = new Counter({
-      name: "grpc_server_started_total",
-      help: "RPCs started on the server.",
-      labelNames: LABELS,
+      name,
+      help,
+      labelNames,
       registers: [registry],
       collect() {
         for (const p of pending) p.flushInto(counter);
       },
     });
-    started = counter;
-  }
-  let handled = existing<Counter>("grpc_server_handled_total");
-  if (handled === undefined) {
-    const pending: PendingCount[] = (pendingHandled = []);
-    const counter: Counter = new Counter({
-      name: "grpc_server_handled_total",
-      help: "RPCs completed on the server, by status code.",
-      labelNames: [...LABELS, "grpc_code"],
-      registers: [registry],
-      collect() {
-        for (const p of pending) p.flushInto(counter);
-      },
-    });
-    handled = counter;
-  }
+    return [counter, pending];
+  };
+  const [started, pendingStarted] = counterOf("grpc_server_started_total", "RPCs started on the server.", LABELS);
+  const [handled, pendingHandled] = counterOf("grpc_server_handled_total", "RPCs completed on the server, by status code.", [...LABELS, "grpc_code"]);
   const seconds =
     existing<Histogram>("grpc_server_handling_seconds") ??
     new Histogram({
