@@ -4,10 +4,12 @@
  *
  * A collection is loaded on its first question (ListChunks by collection, a page at a time, plus document titles).
  * Every gateway replica reads the ingest events itself, from its start on (libs/bus's followEvents: an ordered,
- * ephemeral JetStream consumer of its own): DocumentChunked refreshes that document's chunks (GetDocument + ListChunks by document),
- * DocumentDeleted removes them, CollectionDeleted drops the collection's index. Work on one collection runs in
- * order (load first, then each change in arrival order), so a change that lands while the collection is loading is
- * applied after the load; a refresh reads the document's current state, so a repeated or late event is harmless.
+ * ephemeral JetStream consumer of its own): DocumentChunked puts the version it announces into the index (ListChunks
+ * of the event's chunk set: ingest publishes the event before it writes the document's record, so the record may
+ * still name the previous version), DocumentDeleted removes a document, CollectionDeleted drops the collection's
+ * index. Work on one collection runs in order (load first, then each change in arrival order), so a change that
+ * lands while the collection is loading is applied after the load; a repeated event puts the same chunks again, and
+ * the event of a version replaced already is skipped (its successor's event follows).
  * Events of collections never asked about are ignored: their first load reads the current state.
  */
 import { create } from "@bufbuild/protobuf";
@@ -16,15 +18,15 @@ import { type BusContext, followEvents, onEvent } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
   CollectionDeletedSchema,
+  type DocumentChunked,
   DocumentChunkedSchema,
   DocumentDeletedSchema,
-  DocumentStatus,
   type IngestService,
   PageRequestSchema,
 } from "@ragtune/proto";
 import { Bm25Retriever, type IndexedChunk, type Retriever } from "@ragtune/retrieval";
 
-export type IngestClient = Pick<Client<typeof IngestService>, "listChunks" | "listDocuments" | "getDocument">;
+export type IngestClient = Pick<Client<typeof IngestService>, "listChunks" | "listDocuments">;
 
 /** A loaded collection: its retriever and its documents' titles (for citations). */
 export interface CollectionIndex {
@@ -104,9 +106,9 @@ export class CollectionIndexes {
     return [...this.#entries.keys()];
   }
 
-  /** A document of a collection was (re-)chunked: read its chunks again if the collection is loaded. */
-  documentChanged(collection: string, documentId: string): Promise<void> {
-    return this.#enqueue(collection, (index) => this.#refresh(index, documentId));
+  /** A document of a collection was (re-)chunked: put the announced version into the index if the collection is loaded. */
+  documentChanged(event: DocumentChunked): Promise<void> {
+    return this.#enqueue(event.collection, (index) => this.#refresh(index, event));
   }
 
   documentDeleted(collection: string, documentId: string): Promise<void> {
@@ -160,26 +162,33 @@ export class CollectionIndexes {
     this.#emit({ collection: index.collection, kind: "loaded", chunks: index.retriever.size });
   }
 
-  async #refresh(index: Entry["index"], documentId: string): Promise<void> {
-    let document;
-    try {
-      document = (await this.#ingest.getDocument({ documentId })).document;
-    } catch (err) {
-      if (!(err instanceof ConnectError && err.code === Code.NotFound)) throw err;
-    }
+  /**
+   * Puts the version a DocumentChunked event announces into the index: the chunk set the event names (ListChunks
+   * with its sha256), not the document's record, which ingest writes only after publishing the event. A version
+   * that is gone already was replaced by a later one or deleted; that change's own event follows and is applied next.
+   */
+  async #refresh(index: Entry["index"], event: DocumentChunked): Promise<void> {
+    const { documentId } = event;
     const chunks: IndexedChunk[] = [];
-    if (document !== undefined && document.status === DocumentStatus.READY && document.collection === index.collection) {
+    try {
       let token = "";
       do {
-        const res = await this.#ingest.listChunks({ documentId, page: create(PageRequestSchema, { pageSize: this.#pageSize, pageToken: token }) });
+        const res = await this.#ingest.listChunks({
+          documentId,
+          chunkSetSha256: event.chunkSet?.sha256 ?? "",
+          page: create(PageRequestSchema, { pageSize: this.#pageSize, pageToken: token }),
+        });
         for (const c of res.chunks) chunks.push({ chunkId: c.id, documentId, headingPath: c.headingPath, text: c.text, ordinal: c.ordinal });
         token = res.page?.nextPageToken ?? "";
       } while (token !== "");
-      index.titles.set(documentId, document.title || document.sourceName);
+    } catch (err) {
+      if (!(err instanceof ConnectError && err.code === Code.NotFound)) throw err;
+      this.#log.debug({ collection: index.collection, documentId, chunkSet: event.chunkSet?.sha256 }, "announced version replaced already; its successor's event follows");
+      return;
     }
-    if (chunks.length === 0) index.titles.delete(documentId);
+    index.titles.set(documentId, event.title || event.sourceName);
     index.retriever.putDocument(documentId, chunks);
-    this.#emit({ collection: index.collection, kind: chunks.length === 0 ? "document-removed" : "document-refreshed", documentId, chunks: index.retriever.size });
+    this.#emit({ collection: index.collection, kind: "document-refreshed", documentId, chunks: index.retriever.size });
   }
 
   #emit(update: IndexUpdate): void {
@@ -202,7 +211,7 @@ export async function followIngestEvents(bus: BusContext, indexes: CollectionInd
     name: "gateway-collection-index",
     logger: logger.child({ subsystem: "ingest-events" }),
     events: [
-      onEvent(DocumentChunkedSchema, (e) => indexes.documentChanged(e.event.collection, e.event.documentId)),
+      onEvent(DocumentChunkedSchema, (e) => indexes.documentChanged(e.event)),
       onEvent(DocumentDeletedSchema, (e) => indexes.documentDeleted(e.event.collection, e.event.documentId)),
       onEvent(CollectionDeletedSchema, (e) => indexes.collectionDeleted(e.event.collection)),
     ],

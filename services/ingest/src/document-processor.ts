@@ -28,6 +28,7 @@ export type PublishChunked = (event: {
   collection: string;
   documentId: string;
   sourceName: string;
+  title: string;
   contentSha256: string;
   added: string[];
   kept: string[];
@@ -158,7 +159,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
   // again, and the new chunks are diffed against it. Missing (a lost artifact): everything is chunked and stored again.
   let previousChunkSet: Uint8Array | null = null;
   if (previousReady?.chunkSet !== undefined && previousReady.chunkSet.sha256 !== "") {
-    previousChunkSet = await deps.store.readChunkSetBytes(previousReady.chunkSet);
+    previousChunkSet = await deps.store.readChunkSetBytes(previousReady.chunkSet.sha256);
     if (previousChunkSet === null) {
       deps.logger.warn({ documentId, sourceName, chunkSet: previousReady.chunkSet.sha256 }, "stored chunk set is missing; storing the document again");
     }
@@ -240,6 +241,7 @@ export async function processDocument(input: ProcessInput, deps: ProcessDeps): P
     collection,
     documentId,
     sourceName,
+    title: prepared.title,
     contentSha256: prepared.contentSha256,
     added: diff.added.map((c) => c.id),
     kept: diff.kept.map((c) => c.id),

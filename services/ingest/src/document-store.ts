@@ -249,14 +249,14 @@ export class DocumentStore {
   /** The chunks of a stored document version, in ordinal order. */
   async readChunkSet(ref: ArtifactRef | undefined): Promise<Chunk[]> {
     if (ref === undefined || ref.sha256 === "") return [];
-    const encoded = await this.readChunkSetBytes(ref);
+    const encoded = await this.readChunkSetBytes(ref.sha256);
     if (encoded === null) throw new Error(`chunk set ${ref.bucket}/${ref.sha256} is missing from the object store`);
     return decodeChunkSet(encoded);
   }
 
   /** The encoded chunk set of a stored document version, or null when it is missing from the object store. */
-  async readChunkSetBytes(ref: ArtifactRef): Promise<Uint8Array | null> {
-    const stream = await this.deps.chunkSets.get(ref.sha256);
+  async readChunkSetBytes(sha256: string): Promise<Uint8Array | null> {
+    const stream = await this.deps.chunkSets.get(sha256);
     if (stream === null) return null;
     const parts: Buffer[] = [];
     for await (const part of stream) parts.push(part as Buffer);
@@ -345,7 +345,7 @@ export class DocumentStore {
   async deleteDocument(document: Document): Promise<string[]> {
     const ids = new Set((await this.indexedChunks(document.collection, document.id)).map((c) => c.id));
     if (document.status === DocumentStatus.READY && document.chunkSet !== undefined && document.chunkSet.sha256 !== "") {
-      const encoded = await this.readChunkSetBytes(document.chunkSet);
+      const encoded = await this.readChunkSetBytes(document.chunkSet.sha256);
       if (encoded !== null) for (const c of decodeChunkSet(encoded)) ids.add(c.id);
     }
     await this.deleteChunks(document.collection, document.id, [...ids]);

@@ -440,6 +440,7 @@ export class IngestRunner {
           collection: e.collection,
           documentId: e.documentId,
           sourceName: e.sourceName,
+          title: e.title,
           contentSha256: e.contentSha256,
           addedChunkIds: e.added,
           keptChunkIds: e.kept,

@@ -1,7 +1,7 @@
 import { randomUUID, createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { ArtifactStore, Bus } from "@ragtune/bus";
 import type { Logger } from "@ragtune/logger";
 import {
@@ -25,6 +25,8 @@ import { collectionNameProblem, decodeChunkSet, type DocumentStore } from "./doc
 import type { IngestRunner } from "./ingest-runner.js";
 import type { KeyedLock } from "./keyed-lock.js";
 import type { RunStore } from "./run-store.js";
+
+const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 export const DEFAULT_COLLECTION = "default";
 
@@ -200,11 +202,27 @@ export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof
     },
 
     async listChunks(req) {
+      if (req.documentId !== "" && req.chunkSetSha256 !== "") {
+        // The version a DocumentChunked event announces, readable before the document's record points at it.
+        if (!SHA256_HEX.test(req.chunkSetSha256)) {
+          throw invalidArgument("chunk_set_sha256", "must be 64 lowercase hex digits: the chunk_set.sha256 of a DocumentChunked event");
+        }
+        const encoded = await store.readChunkSetBytes(req.chunkSetSha256);
+        const chunks = encoded === null ? [] : decodeChunkSet(encoded);
+        if (chunks.length === 0 || chunks[0]!.documentId !== req.documentId) {
+          throw new ConnectError(
+            `chunk set ${req.chunkSetSha256} of document "${req.documentId}" is not stored: a later version or a delete replaced it (its own event follows); list the document without chunk_set_sha256 for its current version`,
+            Code.NotFound,
+          );
+        }
+        const page = paginate(chunks, req.page, `chunks:doc:${req.documentId}:${req.chunkSetSha256}`);
+        return { chunks: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
+      }
       if (req.documentId !== "") {
         const document = await requireDocument(req.documentId);
         let chunks: Chunk[] = [];
         if (document.status === DocumentStatus.READY) {
-          const encoded = document.chunkSet === undefined ? null : await store.readChunkSetBytes(document.chunkSet);
+          const encoded = document.chunkSet === undefined ? null : await store.readChunkSetBytes(document.chunkSet.sha256);
           // A lost chunk set: the chunk index still holds the chunks (until a re-ingest stores the set again).
           chunks = encoded !== null ? decodeChunkSet(encoded) : (await store.indexedChunks(document.collection, document.id)).sort((a, b) => a.ordinal - b.ordinal);
         }

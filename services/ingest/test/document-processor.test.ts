@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenizerCache, toChunkingProto, type EffectiveChunking } from "../src/chunking-options.js";
 import { processDocument, type ProcessDeps } from "../src/document-processor.js";
 import { CollectionIndexes } from "../src/collection-indexes.js";
-import { DocumentStore } from "../src/document-store.js";
+import { decodeChunkSet, DocumentStore } from "../src/document-store.js";
 import { prepareDocument } from "../src/document-work.js";
 
 /** A tokenizer cache whose counters record every text they are asked to tokenize. */
@@ -68,12 +68,15 @@ afterAll(async () => {
   await nats?.stop();
 });
 
-function ingest(text: string) {
+function ingest(text: string, onPublish?: ProcessDeps["publishChunked"]) {
   const deps: ProcessDeps = {
     store,
     // In the service a worker thread of the pool runs this; here it runs in-process so the tokenizer is observed.
     prepare: async (work) => prepareDocument(work, tokenizers),
-    publishChunked: async (event) => void published.push(event),
+    publishChunked: async (event) => {
+      published.push(event);
+      await onPublish?.(event);
+    },
     maxDocumentBytes: 1 << 20,
     logger: createLogger({ svc: "ingest-test", level: "silent" }),
   };
@@ -122,6 +125,22 @@ describe("processDocument: re-ingest of a changed document", () => {
     expect(stored.map((c) => [c.id, c.text, c.tokenCount, c.charStart, c.charEnd, c.ordinal])).toEqual(
       full.map((c) => [c.id, c.text, c.tokenCount, c.charStart, c.charEnd, c.ordinal]),
     );
+  });
+
+  it("publishes the chunked event when the announced chunk set is stored and before the record points at it", async () => {
+    await ingest(GUIDE);
+    const previous = await store.getDocument("docs", documentId);
+    let atEvent: { record: string | undefined; announced: string[] } | undefined;
+    await ingest(EDITED, async (event) => {
+      const bytes = await store.readChunkSetBytes(event.chunkSet.sha256);
+      atEvent = { record: (await store.getDocument("docs", documentId))?.chunkSet?.sha256, announced: bytes === null ? [] : decodeChunkSet(bytes).map((c) => c.id) };
+    });
+    const current = await store.getDocument("docs", documentId);
+    expect(current!.chunkSet!.sha256).not.toBe(previous!.chunkSet!.sha256);
+    // What a follower of the events reads (ListChunks by the event's chunk set) is the new version already, while
+    // the record still names the previous one.
+    expect(atEvent).toEqual({ record: previous!.chunkSet!.sha256, announced: (await store.readChunkSet(current!.chunkSet)).map((c) => c.id) });
+    expect(published.at(-1)!.title).toBe(current!.title);
   });
 
   it("stores a document again when its record is missing from the collection's document index (the one record it has)", async () => {

@@ -213,6 +213,15 @@ describe("ingest service: inline documents, incremental re-ingest, bad input, de
     const after = (await h.grpc.listChunks({ documentId: guideId })).chunks;
     expect(after.length).toBeGreaterThan(guideChunks.length);
     const afterPath = new Map(after.map((c) => [c.id, c.headingPath.join(" > ")]));
+    // The version an event announces is listed by its chunk set (what a follower of the events reads: the record
+    // is written after the event); a replaced version is gone; the chunk set must be this document's.
+    expect(change.title).toBe("Operator Guide");
+    const announced = (await h.grpc.listChunks({ documentId: guideId, chunkSetSha256: change.chunkSet!.sha256, page: { pageSize: 3 } }));
+    expect(announced.chunks.map((c) => c.id)).toEqual(after.slice(0, 3).map((c) => c.id));
+    expect(announced.page?.totalSize).toBe(after.length);
+    await expectCode(h.grpc.listChunks({ documentId: guideId, chunkSetSha256: events[0]!.chunkSet!.sha256 }), Code.NotFound, "a later version or a delete replaced it");
+    await expectCode(h.grpc.listChunks({ documentId: "another-document", chunkSetSha256: change.chunkSet!.sha256 }), Code.NotFound, "another-document");
+    await expectCode(h.grpc.listChunks({ documentId: guideId, chunkSetSha256: "ABC" }), Code.InvalidArgument, "chunk_set_sha256");
     // Only the edited section's chunks were removed and added; every other chunk kept its ID.
     expect(change.removedChunkIds.length).toBe(result.changes!.removed);
     expect(change.addedChunkIds.length).toBe(result.changes!.added);
