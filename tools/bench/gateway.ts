@@ -28,7 +28,7 @@
  * Run: npm run bench:gateway -w @ragtune/tools
  *   (PARTS=quality,latency,ask RATE=500 DURATION=10 ROUNDS=3 GRACE=10 PROCESSES=1 QUERIES=960 SLOW_QUERIES=100 CORPUS=...)
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
@@ -54,7 +54,13 @@ const ROUNDS = Number(process.env.ROUNDS ?? 3);
 /** The gateway's GATEWAY_PROCESSES (processes serving its port) in part 3. */
 const PROCESSES = Number(process.env.PROCESSES ?? 1);
 /** Seconds an Ask round waits for answers after its last send before it gives up on the rest. */
+/** Connections the warm-up opens to the gateway (requests rotate over them; more open only when all are busy). */
+const WARM_CONNECTIONS = Number(process.env.CONNECTIONS ?? 16);
+/** Seconds at RATE before each measured round of a contestant, not measured. */
+const WARM_SECONDS = Number(process.env.WARM ?? 2);
 const GRACE = Number(process.env.GRACE ?? 10);
+const TRACE: [number, number, string][] | undefined = process.env.TRACE_FILE ? [] : undefined;
+process.on("exit", () => { if (TRACE) writeFileSync(process.env.TRACE_FILE!, JSON.stringify(TRACE)); });
 const PARTS = new Set((process.env.PARTS ?? "quality,latency,ask").split(","));
 const CHUNK_SIZE = 128;
 /** Questions per pass of ragtune in part 2 (default: all of them), and per pass of the slower contestants. */
@@ -325,6 +331,7 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
         inFlight--;
       }
       const ms = performance.now() - start;
+      if (TRACE !== undefined) TRACE.push([performance.timeOrigin + start, ms, u.port]);
       const json = JSON.parse(res.body.toString("utf8")) as Record<string, unknown>;
       if (res.status !== 200 || !check(json)) throw new Error(`bad answer ${res.status}: ${JSON.stringify(json).slice(0, 300)}`);
       return ms;
@@ -334,8 +341,8 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
      * sender fell, and how many answers had not come GRACE s after the last send (a saturated contestant: those are
      * dropped and count as infinitely late, so a round ends in bounded time).
      */
-    const openLoop = async (send: (i: number) => Promise<number>): Promise<{ ms: number[]; maxLag: number; unanswered: number }> => {
-      const n = RATE * DURATION;
+    const openLoop = async (send: (i: number) => Promise<number>, seconds = DURATION): Promise<{ ms: number[]; maxLag: number; unanswered: number }> => {
+      const n = RATE * seconds;
       const started = performance.now();
       const pending: Promise<number>[] = [];
       let maxLag = 0;
@@ -367,25 +374,32 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
     const gatewayPid = stack.services.gateway.process.pid!;
     const askUrl = `${stack.services.gateway.url}/ragtune.gateway.v1.GatewayService/Ask`;
     const askBody = (i: number) => JSON.stringify({ collection: "bench", question: questions[i % questions.length]!.question });
-    // Warm-up: loads the collection's index and the connections, 8 at once (connections go to the gateway's
-    // processes in turn, so each process loads its index here, not in the first round).
-    await Promise.all(Array.from({ length: 8 }, async (_, lane) => {
-      for (let i = lane; i < 400; i += 8) await post(askUrl, askBody(i), (j) => j["answer"] === "The answer.");
+    // Warm-up: loads the collection's index and opens the connections, WARM_CONNECTIONS at once (connections go to the gateway's
+    // processes in turn, so each process loads its index here, not in the first round), and asks every question
+    // twice (the JIT and each term's cached contributions are made here, not in the first round).
+    await Promise.all(Array.from({ length: WARM_CONNECTIONS }, async (_, lane) => {
+      for (let i = lane; i < 2 * questions.length; i += WARM_CONNECTIONS) await post(askUrl, askBody(i), (j) => j["answer"] === "The answer.");
     }));
     const prompt = "[INST] " + chunks.slice(0, 4).map((c) => c.text).join("\n\n") + "\n\nQuestion: q [/INST]";
     const completionBody = JSON.stringify({ model: "base", prompt, temperature: 0, max_tokens: 256 });
     const unansweredNote = (n: number) => (n === 0 ? "" : `; ${n} unanswered ${GRACE} s after the last send: saturated`);
     const overheads: { p50: number; p99: number }[] = [];
+    const sendDirect = () => post(`${endpointUrl}/v1/completions`, completionBody, (j) => Array.isArray(j["choices"]));
+    const sendAsk = (i: number) => post(askUrl, askBody(i), (j) => j["answer"] === "The answer." && Array.isArray(j["context"]) && (j["context"] as unknown[]).length > 0);
     for (let round = 0; round < ROUNDS; round++) {
+      // Each contestant is measured at its steady state: RATE for WARM seconds first, not measured (the gateway idles
+      // while the anchor runs, and V8 uses idle time to shrink its heaps and flush code).
+      await openLoop(sendDirect, WARM_SECONDS);
       gc();
       const ownDirect = process.cpuUsage();
-      const direct = await openLoop(() => post(`${endpointUrl}/v1/completions`, completionBody, (j) => Array.isArray(j["choices"])));
+      const direct = await openLoop(sendDirect);
       const ownPerDirect = cpuMs(process.cpuUsage(ownDirect)) / direct.ms.length;
       const loadDirect = load();
+      await openLoop(sendAsk, WARM_SECONDS);
       gc();
       const cpuBefore = processCpuSeconds(gatewayPid) * 1000;
       const ownAsk = process.cpuUsage();
-      const gateway = await openLoop((i) => post(askUrl, askBody(i), (j) => j["answer"] === "The answer." && Array.isArray(j["context"]) && (j["context"] as unknown[]).length > 0));
+      const gateway = await openLoop(sendAsk);
       const ownPerAsk = cpuMs(process.cpuUsage(ownAsk)) / gateway.ms.length;
       // per answered Ask (an unanswered one may not have been worked on yet)
       const cpuPerAsk = (processCpuSeconds(gatewayPid) * 1000 - cpuBefore) / Math.max(1, gateway.ms.length - gateway.unanswered);

@@ -70,7 +70,7 @@ interface Pending {
   reject: (err: Error) => void;
 }
 
-/** A pool of keep-alive connections to one host: each request takes an idle connection, or opens one. */
+/** A pool of keep-alive connections to one host: each request takes the longest idle connection, or opens one. */
 export class LeanHttpClient {
   readonly #idle: Socket[] = [];
   readonly #all = new Set<Socket>();
@@ -84,7 +84,9 @@ export class LeanHttpClient {
   /** POSTs a JSON `body` to `path`; the status and the body of the answer. */
   post(path: string, body: string): Promise<{ status: number; body: Buffer }> {
     const bytes = Buffer.from(`POST ${path} HTTP/1.1\r\nhost: ${this.host}:${this.port}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
-    const socket = this.#idle.pop() ?? this.#open();
+    // The connection idle the longest: requests rotate over every open connection, as a load balancer spreads them,
+    // so a server whose processes take connections in turn (node:cluster) gets an even share in each process.
+    const socket = this.#idle.shift() ?? this.#open();
     return new Promise((resolve, reject) => {
       this.#waiting.set(socket, { resolve, reject });
       socket.write(bytes);
