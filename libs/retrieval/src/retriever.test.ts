@@ -44,6 +44,13 @@ describe("Bm25Retriever", () => {
     expect(hits.every((h) => h.chunk.chunkId.endsWith("-4"))).toBe(true); // nothing of a replaced round
     expect(r.search("round 3", 5)).toHaveLength(5);
     expect(r.search("round 4 topic9", 1)[0]?.chunk.chunkId).toBe("c9-4");
+    // Compacted (200 slots were used for 40 chunks): the same chunks and scores, ties included, as an index built
+    // with the last round alone.
+    const fresh = new Bm25Retriever();
+    for (let d = 0; d < 40; d++) fresh.putDocument(`d${d}`, [chunk(`c${d}-4`, `d${d}`, `round 4 topic${d} shared words`)]);
+    for (const q of ["topic7", "round 4", "shared words", "topic12 round", "words"]) {
+      expect(r.search(q, 10).map((h) => [h.chunk.chunkId, h.score])).toEqual(fresh.search(q, 10).map((h) => [h.chunk.chunkId, h.score]));
+    }
   });
 
   it("returns the top k best first", () => {

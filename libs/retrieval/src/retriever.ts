@@ -165,12 +165,33 @@ class Field {
     }
   }
 
-  clear(): void {
+  /**
+   * Renumbers the slots after a compaction: `slotOf[old]` is a slot's new number, −1 for a removed one (whose postings
+   * go). Postings keep their order; lengths follow their slots.
+   */
+  compact(slotOf: Int32Array, slots: number): void {
     this.version++;
-    this.postings.clear();
     this.#dense.clear();
+    for (const [term, p] of this.postings) {
+      let kept = 0;
+      for (let i = 0; i < p.slots.length; i++) {
+        const slot = slotOf[p.slots[i]!]!;
+        if (slot < 0) continue;
+        p.slots[kept] = slot;
+        p.tfs[kept] = p.tfs[i]!;
+        kept++;
+      }
+      p.slots.length = kept;
+      p.tfs.length = kept;
+      p.live = kept;
+      p.values = NO_VALUES;
+      p.version = -1;
+      if (kept === 0) this.postings.delete(term);
+    }
+    const lengths = new Array<number>(slots).fill(0);
+    for (let old = 0; old < this.lengths.length; old++) if (slotOf[old]! >= 0) lengths[slotOf[old]!] = this.lengths[old]!;
     this.lengths.length = 0;
-    this.totalLength = 0;
+    for (const length of lengths) this.lengths.push(length);
   }
 
   /**
@@ -270,19 +291,26 @@ export class Bm25Retriever implements Retriever {
     this.#live--;
   }
 
-  /** Rebuilds the postings without the removed slots. */
+  /**
+   * Drops the removed slots: the live ones are renumbered in order and every posting list is filtered in place (no
+   * chunk is tokenized or counted again).
+   */
   #compact(): void {
-    const chunks = this.#slots.filter((c): c is IndexedChunk => c !== undefined);
-    const documents = [...this.#byDocument];
-    this.#slots = [];
-    this.#terms = [];
-    this.#slotOf.clear();
-    this.#byDocument.clear();
-    this.#live = 0;
-    for (const f of this.#fields) f.clear();
+    const slotOf = new Int32Array(this.#slots.length).fill(-1);
+    const slots: IndexedChunk[] = [];
+    const terms: (readonly (readonly string[])[])[] = [];
+    this.#slots.forEach((chunk, old) => {
+      if (chunk === undefined) return;
+      slotOf[old] = slots.length;
+      this.#slotOf.set(chunk.chunkId, slots.length);
+      slots.push(chunk);
+      terms.push(this.#terms[old]!);
+    });
+    for (const f of this.#fields) f.compact(slotOf, slots.length);
+    this.#slots = slots;
+    this.#terms = terms;
     this.#alive.fill(0);
-    const byId = new Map(chunks.map((c) => [c.chunkId, c]));
-    for (const [documentId, ids] of documents) this.putDocument(documentId, ids.map((id) => byId.get(id)!));
+    this.#alive.fill(1, 0, slots.length);
   }
 
   search(question: string, topK: number, accept?: (chunk: IndexedChunk) => boolean): RetrievedHit[] {
