@@ -155,6 +155,14 @@ export async function startService<S extends z.ZodType<BaseServiceConfig>, I ext
   return running;
 }
 
+/** A bad environment: its message (naming the variable) on stderr and exit code 2. False for any other error. */
+function refusedEnvironment(err: unknown): boolean {
+  if (!(err instanceof ConfigError)) return false;
+  process.stderr.write(`${err.message}\n`);
+  process.exitCode = 2;
+  return true;
+}
+
 /**
  * The one bootstrap every service's main.ts calls: startService with process.env, stopped by SIGINT/SIGTERM.
  * Sets process.exitCode instead of exiting: 2 for a bad environment (the message on stderr names the variable),
@@ -168,10 +176,8 @@ export async function runService<S extends z.ZodType<BaseServiceConfig>, I exten
     try {
       config = loadConfig(definition.name, definition.schema, process.env);
     } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      process.stderr.write(`${err.message}\n`);
-      process.exitCode = 2;
-      return;
+      if (refusedEnvironment(err)) return;
+      throw err;
     }
     const count = definition.processes(config);
     if (count > 1) {
@@ -192,8 +198,7 @@ export async function runService<S extends z.ZodType<BaseServiceConfig>, I exten
     }
     await service.stop();
   } catch (err) {
-    if (err instanceof ConfigError) process.stderr.write(`${err.message}\n`);
-    process.exitCode = err instanceof ConfigError ? 2 : 1;
+    if (!refusedEnvironment(err)) process.exitCode = 1;
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
