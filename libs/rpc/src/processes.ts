@@ -64,26 +64,29 @@ export function superviseProcesses(options: SuperviseOptions): Promise<number> {
         (err: unknown) => worker.send({ type: METRICS_RESPONSE, id: message.id, error: err instanceof Error ? err.message : String(err) }),
       );
     };
+    /** Once stopping and no process is left: the primary's work is done. */
+    const settleWhenNoneLeft = (left: number): void => {
+      if (left > 0) return;
+      process.off("SIGTERM", onSignal);
+      process.off("SIGINT", onSignal);
+      cluster.off("message", onMessage);
+      cluster.off("exit", onExit);
+      logger.info({ exitCode }, "all of the service's processes stopped");
+      resolve(exitCode);
+    };
     const onExit = (worker: { process: { pid?: number | undefined } }, code: number | null, signal: string | null): void => {
       const left = Object.keys(cluster.workers ?? {}).length;
       if (stopping) {
         logger.debug({ processPid: worker.process.pid, code, signal }, `a ${options.name} process exited`);
         if (code !== 0) exitCode = exitCode === CONFIG_EXIT_CODE ? exitCode : 1;
-        if (left === 0) {
-          process.off("SIGTERM", onSignal);
-          process.off("SIGINT", onSignal);
-          cluster.off("message", onMessage);
-          cluster.off("exit", onExit);
-          logger.info({ exitCode }, "all of the service's processes stopped");
-          resolve(exitCode);
-        }
+        settleWhenNoneLeft(left);
         return;
       }
       if (code === CONFIG_EXIT_CODE) {
         logger.fatal({ processPid: worker.process.pid }, `a ${options.name} process refused its configuration; stopping the others`);
         exitCode = CONFIG_EXIT_CODE;
         stopAll("SIGTERM");
-        if (left === 0) onExit(worker, 0, null);
+        settleWhenNoneLeft(left);
         return;
       }
       const now = Date.now();
@@ -93,7 +96,7 @@ export function superviseProcesses(options: SuperviseOptions): Promise<number> {
         logger.fatal({ crashes: crashes.length, windowMs: CRASH_WINDOW_MS }, `${options.name} processes keep dying; stopping the service`);
         exitCode = 1;
         stopAll("SIGTERM");
-        if (left === 0) onExit(worker, 0, null);
+        settleWhenNoneLeft(left);
         return;
       }
       logger.error({ processPid: worker.process.pid, code, signal }, `a ${options.name} process died; starting another`);
