@@ -53,6 +53,20 @@ describe("Bm25Retriever", () => {
     }
   });
 
+  it("reuses a kept chunk's terms on a re-put only when its text and headings are the same", () => {
+    const r = new Bm25Retriever();
+    r.putDocument("d", [chunk("a", "d", "alpha beta"), chunk("b", "d", "gamma delta")]);
+    r.putDocument("d", [chunk("a", "d", "alpha beta"), chunk("b", "d", "epsilon zeta")]); // "b" under its old ID, new text
+    expect(r.search("alpha", 5).map((h) => h.chunk.chunkId)).toEqual(["a"]);
+    expect(r.search("gamma", 5)).toEqual([]);
+    expect(r.search("epsilon", 5).map((h) => h.chunk.chunkId)).toEqual(["b"]);
+    r.putDocument("d", [{ ...chunk("a", "d", "alpha beta"), headingPath: ["Theta"] }]);
+    expect(r.search("theta", 5).map((h) => h.chunk.chunkId)).toEqual(["a"]);
+    const fresh = new Bm25Retriever();
+    fresh.putDocument("d", [{ ...chunk("a", "d", "alpha beta"), headingPath: ["Theta"] }]);
+    expect(r.search("alpha theta", 5).map((h) => h.score)).toEqual(fresh.search("alpha theta", 5).map((h) => h.score));
+  });
+
   it("returns the top k best first", () => {
     const r = new Bm25Retriever();
     r.putDocument("d", [chunk("a", "d", "alpha"), chunk("b", "d", "alpha alpha beta"), chunk("c", "d", "alpha beta gamma"), chunk("e", "d", "zeta")]);

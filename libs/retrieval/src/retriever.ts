@@ -62,6 +62,12 @@ function popcount(x: number): number {
   return (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
 }
 
+function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /** A term's postings in one field: slot numbers and term frequencies (parallel arrays). */
 interface Postings {
   slots: number[];
@@ -248,13 +254,23 @@ export class Bm25Retriever implements Retriever {
   }
 
   putDocument(documentId: string, chunks: readonly IndexedChunk[]): void {
+    // The document's chunks indexed now, with their terms: a changed document's kept chunks are not tokenized again.
+    const indexed = new Map<string, { chunk: IndexedChunk; terms: readonly (readonly string[])[] }>();
+    for (const id of this.#byDocument.get(documentId) ?? []) {
+      const slot = this.#slotOf.get(id);
+      if (slot !== undefined) indexed.set(id, { chunk: this.#slots[slot]!, terms: this.#terms[slot]! });
+    }
     this.removeDocument(documentId);
     if (chunks.length === 0) return;
     const ids: string[] = [];
     for (const chunk of chunks) {
       this.#discard(chunk.chunkId); // a chunk ID moved between documents
       const slot = this.#slots.length;
-      const terms = [technicalTerms(chunk.text), technicalTerms(chunk.headingPath.join(" "))];
+      const known = indexed.get(chunk.chunkId);
+      const terms =
+        known !== undefined && known.chunk.text === chunk.text && sameStrings(known.chunk.headingPath, chunk.headingPath)
+          ? known.terms
+          : [technicalTerms(chunk.text), technicalTerms(chunk.headingPath.join(" "))];
       this.#fields.forEach((f, i) => f.add(slot, terms[i]!));
       this.#slots.push(chunk);
       this.#terms.push(terms);
