@@ -78,6 +78,32 @@ export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof
     return document;
   };
 
+  /** The chunks of one document version named by its chunk set's hash (a DocumentChunked event's chunk_set). */
+  const announcedChunks = async (documentId: string, sha256: string): Promise<{ chunks: Chunk[]; chunkSet: string }> => {
+    if (!SHA256_HEX.test(sha256)) {
+      throw invalidArgument("chunk_set_sha256", "must be 64 lowercase hex digits: the chunk_set.sha256 of a DocumentChunked event");
+    }
+    const encoded = await store.readChunkSetBytes(sha256);
+    const chunks = encoded === null ? [] : decodeChunkSet(encoded);
+    if (chunks.length === 0 || chunks[0]!.documentId !== documentId) {
+      throw new ConnectError(
+        `chunk set ${sha256} of document "${documentId}" is not stored: a later version or a delete replaced it (its own event follows); list the document without chunk_set_sha256 for its current version`,
+        Code.NotFound,
+      );
+    }
+    return { chunks, chunkSet: sha256 };
+  };
+
+  /** The chunks of the version a document's record names (none unless it is READY). */
+  const currentChunks = async (documentId: string): Promise<{ chunks: Chunk[]; chunkSet: string }> => {
+    const document = await requireDocument(documentId);
+    if (document.status !== DocumentStatus.READY) return { chunks: [], chunkSet: document.chunkSet?.sha256 ?? "" };
+    const encoded = document.chunkSet === undefined ? null : await store.readChunkSetBytes(document.chunkSet.sha256);
+    // A lost chunk set: the chunk index still holds the chunks (until a re-ingest stores the set again).
+    const chunks = encoded !== null ? decodeChunkSet(encoded) : (await store.indexedChunks(document.collection, document.id)).sort((a, b) => a.ordinal - b.ordinal);
+    return { chunks, chunkSet: document.chunkSet?.sha256 ?? "" };
+  };
+
   return {
     async ingestDocuments(req) {
       const collection = collectionOf(req.collection);
@@ -202,31 +228,11 @@ export function createIngestService(deps: IngestServiceDeps): ServiceImpl<typeof
     },
 
     async listChunks(req) {
-      if (req.documentId !== "" && req.chunkSetSha256 !== "") {
-        // The version a DocumentChunked event announces, readable before the document's record points at it.
-        if (!SHA256_HEX.test(req.chunkSetSha256)) {
-          throw invalidArgument("chunk_set_sha256", "must be 64 lowercase hex digits: the chunk_set.sha256 of a DocumentChunked event");
-        }
-        const encoded = await store.readChunkSetBytes(req.chunkSetSha256);
-        const chunks = encoded === null ? [] : decodeChunkSet(encoded);
-        if (chunks.length === 0 || chunks[0]!.documentId !== req.documentId) {
-          throw new ConnectError(
-            `chunk set ${req.chunkSetSha256} of document "${req.documentId}" is not stored: a later version or a delete replaced it (its own event follows); list the document without chunk_set_sha256 for its current version`,
-            Code.NotFound,
-          );
-        }
-        const page = paginate(chunks, req.page, `chunks:doc:${req.documentId}:${req.chunkSetSha256}`);
-        return { chunks: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
-      }
       if (req.documentId !== "") {
-        const document = await requireDocument(req.documentId);
-        let chunks: Chunk[] = [];
-        if (document.status === DocumentStatus.READY) {
-          const encoded = document.chunkSet === undefined ? null : await store.readChunkSetBytes(document.chunkSet.sha256);
-          // A lost chunk set: the chunk index still holds the chunks (until a re-ingest stores the set again).
-          chunks = encoded !== null ? decodeChunkSet(encoded) : (await store.indexedChunks(document.collection, document.id)).sort((a, b) => a.ordinal - b.ordinal);
-        }
-        const page = paginate(chunks, req.page, `chunks:doc:${document.id}:${document.chunkSet?.sha256 ?? ""}`);
+        // The version a DocumentChunked event announces (readable before the document's record points at it), or the
+        // version the record names; either is paged the same way.
+        const { chunks, chunkSet } = req.chunkSetSha256 !== "" ? await announcedChunks(req.documentId, req.chunkSetSha256) : await currentChunks(req.documentId);
+        const page = paginate(chunks, req.page, `chunks:doc:${req.documentId}:${chunkSet}`);
         return { chunks: page.items, page: create(PageResponseSchema, { nextPageToken: page.nextPageToken, totalSize: page.totalSize }) };
       }
       if (req.collection !== "") {
