@@ -1,4 +1,4 @@
-import { clone, create } from "@bufbuild/protobuf";
+import { clone, create, equals } from "@bufbuild/protobuf";
 import { timestampFromDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import {
   type Bus,
@@ -234,6 +234,9 @@ export class JobStore {
       return true;
     } catch (err) {
       if (!(err instanceof RevisionConflictError)) throw err;
+      // A create retried after a lost reply (a NATS restart) finds its own first try: still new.
+      const stored = await retryTransient(() => this.checkpoints.get(key), 30_000, this.logger, "reading a checkpoint");
+      if (stored !== null && equals(CheckpointSchema, stored.value, checkpoint)) return true;
       await retryTransient(() => this.checkpoints.put(key, checkpoint), 30_000, this.logger, "storing a checkpoint");
       return false;
     }

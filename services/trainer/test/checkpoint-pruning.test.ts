@@ -238,4 +238,29 @@ describe("checkpoint pruning (real nats-server)", () => {
     expect(await stepsOf(r.store, "job-h")).toEqual([4]);
     expect(await lock.get("pass")).toBeNull(); // the pass that took the lock over let go of it
   });
+
+  it("a checkpoint whose first store landed but whose reply was lost (a NATS restart) still counts as new; one stored again does not", async () => {
+    const r = await replica("lost-reply", 2);
+    const kv = (r.store as unknown as { checkpoints: { create: (...a: unknown[]) => Promise<unknown> } }).checkpoints;
+    const realCreate = kv.create.bind(kv);
+    let creates = 0;
+    // Fault hook: the first create is written, then its reply is "lost" as a timeout, so the store retries it.
+    kv.create = async (...args: unknown[]) => {
+      creates += 1;
+      const result = await realCreate(...args);
+      if (creates === 1) throw Object.assign(new Error("timeout"), { name: "TimeoutError" });
+      return result;
+    };
+    const dir = join(root, "job-l", "checkpoint-2");
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, "weights.bin"), "l2");
+    const stored = await storeDirectory(r.artifacts, dir);
+    const checkpoint = create(CheckpointSchema, { id: checkpointId("job-l", 2), jobId: "job-l", step: 2, artifact: stored.ref, createdAt: timestampFromDate(new Date()) });
+    expect(await r.store.putCheckpoint(checkpoint)).toBe(true);
+    expect(creates).toBe(2); // the retry found the first try's record
+    // A resumed attempt storing the same step again (its own record, made later) is not new.
+    const again = create(CheckpointSchema, { ...checkpoint, createdAt: timestampFromDate(new Date(Date.now() + 1_000)) });
+    expect(await r.store.putCheckpoint(again)).toBe(false);
+    expect(await stepsOf(r.store, "job-l")).toEqual([2]);
+  });
 });

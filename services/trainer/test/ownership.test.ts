@@ -71,12 +71,14 @@ describe("ownership of a training job (real nats-server, real worker)", () => {
         process.stderr.write(`${JSON.stringify(recorder.intervals(jobId))}\n`);
         for (const e of events) process.stderr.write(`${e.sequence} ${e.event.case} ${e.event.case === "log" ? e.event.value.message : e.event.case === "metrics" ? e.event.value.step : e.event.case === "statusChanged" ? JobStatus[e.event.value.status] : ""}\n`);
       }
-      expect(statuses(events).at(-1)).toBe("SUCCEEDED");
-      expect(steps(events)).toEqual(Array.from({ length: steps_ }, (_, i) => i + 1));
+      // On a failure, the job's history says which attempt started where and why, and why one ended.
+      const history = logs(events).join("\n");
+      expect(statuses(events).at(-1), history).toBe("SUCCEEDED");
+      expect(steps(events), history).toEqual(Array.from({ length: steps_ }, (_, i) => i + 1));
       const done = (await b.client.getJob({ jobId })).job!;
-      expect(done.status).toBe(JobStatus.SUCCEEDED);
+      expect(done.status, history).toBe(JobStatus.SUCCEEDED);
       // The restarts and the second delivery cost no attempt: the first one trained the job to the end.
-      expect(done.attempt).toBe(1);
+      expect(done.attempt, history).toBe(1);
 
       const intervals = recorder.intervals(jobId);
       expect(intervals.length).toBeGreaterThanOrEqual(1);
