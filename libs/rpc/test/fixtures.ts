@@ -3,7 +3,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { create, createFileRegistry, type DescService } from "@bufbuild/protobuf";
 import type { GenService } from "@bufbuild/protobuf/codegenv2";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
-import type { ConnectRouter, HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { createLogger, type Logger } from "@ragtune/logger";
 import {
   HealthCheckRequestSchema,
@@ -63,7 +63,14 @@ function aborted(ctx: HandlerContext): Promise<void> {
   return new Promise((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
 }
 
-/** Behaviour by request.service: "ok", "boom" (raw Error), "hang" (ignores its signal), "log". */
+/** The signals of the calls asked to keep theirs ("keep-signal"), to see how each call ended them. */
+export const keptSignals: AbortSignal[] = [];
+
+/**
+ * Behaviour by request.service: "ok", "boom" (raw Error), "hang" (ignores its signal), "log", "wait-abort" (ends
+ * when its signal aborts), "headers" (sets a response header and trailer), "denied" (a ConnectError with metadata),
+ * "big" (an answer of over 2 kB in binary, for response compression), "big-error" (an error of over 2 kB), "keep-signal" (adds its signal to keptSignals).
+ */
 export const testServiceImpl: ServiceImpl<typeof TestService> = {
   async echo(req, ctx) {
     switch (req.service) {
@@ -77,6 +84,19 @@ export const testServiceImpl: ServiceImpl<typeof TestService> = {
       case "log":
         rpcLogger(ctx).info({ marker: "from-handler" }, "handler log line");
         break;
+      case "headers":
+        ctx.responseHeader.set("x-answer", "forty-two");
+        ctx.responseTrailer.set("x-checked", "yes");
+        break;
+      case "denied":
+        throw new ConnectError("no access to this collection", Code.PermissionDenied, { "x-denied-by": "policy" });
+      case "keep-signal":
+        keptSignals.push(ctx.signal);
+        break;
+      case "big-error":
+        throw new ConnectError(`refused: ${"reason ".repeat(300)}`, Code.FailedPrecondition);
+      case "big":
+        return create(HealthCheckResponseSchema, { status: ServingStatus.SERVING, $unknown: [{ no: 99, wireType: 2, data: new Uint8Array(2_100).fill(0x61) }] });
       case "wait-abort": {
         const gone = aborted(ctx);
         rpcLogger(ctx).info("handler waits for its signal");
