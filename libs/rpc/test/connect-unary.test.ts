@@ -1,11 +1,10 @@
 import * as http from "node:http";
-import * as http2 from "node:http2";
 import { gzipSync } from "node:zlib";
 import { create, toBinary, toJsonString } from "@bufbuild/protobuf";
 import { HealthCheckRequestSchema } from "@ragtune/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, startRpcServer, type RpcServer } from "../src/index.js";
-import { captureLogger, keptSignals, testRoutes } from "./fixtures.js";
+import { captureLogger, h2Request, keptSignals, testRoutes } from "./fixtures.js";
 
 /*
  * libs/rpc serves Connect's unary calls itself (src/connect-unary.ts). Every request here goes to two servers, one
@@ -39,26 +38,9 @@ function h1(url: string, path: string, headers: Record<string, string>, body: Ui
   });
 }
 
-function h2(url: string, path: string, headers: Record<string, string>, body: Uint8Array): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const session = http2.connect(url);
-    session.on("error", reject);
-    const stream = session.request({ ":method": "POST", ":path": path, ...headers });
-    let status = 0;
-    let responseHeaders: http2.IncomingHttpHeaders = {};
-    const chunks: Buffer[] = [];
-    stream.on("response", (h) => {
-      status = Number(h[":status"]);
-      responseHeaders = h;
-    });
-    stream.on("data", (c: Buffer) => chunks.push(c));
-    stream.on("error", reject);
-    stream.on("end", () => {
-      session.close();
-      resolve(normalize(status, responseHeaders, Buffer.concat(chunks)));
-    });
-    stream.end(body);
-  });
+async function h2(url: string, path: string, headers: Record<string, string>, body: Uint8Array): Promise<Answer> {
+  const res = await h2Request(url, path, headers, body);
+  return normalize(res.status, res.headers, res.body);
 }
 
 const ECHO = "/ragtune.rpctest.v1.TestService/Echo";

@@ -1,3 +1,4 @@
+import * as http2 from "node:http2";
 import { Writable } from "node:stream";
 import { setTimeout as delay } from "node:timers/promises";
 import { create, createFileRegistry, type DescService } from "@bufbuild/protobuf";
@@ -161,4 +162,38 @@ export function captureLogger(): CapturedLogger {
       waiters.add(waiter);
     });
   return { logger: createLogger({ svc: "rpc-test", level: "debug", destination }), destination, lines, waitFor };
+}
+
+export interface RawResponse {
+  status: number;
+  headers: http2.IncomingHttpHeaders;
+  trailers: http2.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** One raw HTTP/2 request (h2c prior knowledge), to send bytes no well-behaved client would. */
+export function h2Request(url: string, path: string, headers: Record<string, string>, body: Uint8Array): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(url);
+    session.on("error", reject);
+    const stream = session.request({ ":method": "POST", ":path": path, ...headers });
+    let status = 0;
+    let responseHeaders: http2.IncomingHttpHeaders = {};
+    let trailers: http2.IncomingHttpHeaders = {};
+    const chunks: Buffer[] = [];
+    stream.on("response", (h) => {
+      status = Number(h[":status"]);
+      responseHeaders = h;
+    });
+    stream.on("trailers", (t) => {
+      trailers = t;
+    });
+    stream.on("data", (c: Buffer) => chunks.push(c));
+    stream.on("error", reject);
+    stream.on("end", () => {
+      session.close();
+      resolve({ status, headers: responseHeaders, trailers, body: Buffer.concat(chunks) });
+    });
+    stream.end(body);
+  });
 }

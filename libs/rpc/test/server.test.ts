@@ -23,7 +23,7 @@ import {
   type RpcServer,
   type RpcServerOptions,
 } from "../src/index.js";
-import { SECRET, TestService, captureLogger, testRoutes, type CapturedLogger } from "./fixtures.js";
+import { SECRET, TestService, captureLogger, h2Request, testRoutes, type CapturedLogger } from "./fixtures.js";
 
 const servers: RpcServer[] = [];
 afterEach(async () => {
@@ -41,40 +41,6 @@ async function start(
 
 function grpcJsCheck(address: string, service: string): Promise<HealthCheckResponse> {
   return grpcJsUnary(address, Health.method.check, { service });
-}
-
-interface RawResponse {
-  status: number;
-  headers: http2.IncomingHttpHeaders;
-  trailers: http2.IncomingHttpHeaders;
-  body: Buffer;
-}
-
-/** One raw HTTP/2 request (h2c prior knowledge), to send bytes no well-behaved client would. */
-function h2Request(url: string, path: string, headers: Record<string, string>, body: Uint8Array): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const session = http2.connect(url);
-    session.on("error", reject);
-    const stream = session.request({ ":method": "POST", ":path": path, ...headers });
-    let status = 0;
-    let responseHeaders: http2.IncomingHttpHeaders = {};
-    let trailers: http2.IncomingHttpHeaders = {};
-    const chunks: Buffer[] = [];
-    stream.on("response", (h) => {
-      status = Number(h[":status"]);
-      responseHeaders = h;
-    });
-    stream.on("trailers", (t) => {
-      trailers = t;
-    });
-    stream.on("data", (c: Buffer) => chunks.push(c));
-    stream.on("error", reject);
-    stream.on("end", () => {
-      session.close();
-      resolve({ status, headers: responseHeaders, trailers, body: Buffer.concat(chunks) });
-    });
-    stream.end(body);
-  });
 }
 
 /** One HTTP/1.1 request with node:http, as curl or a browser gateway client would send it. */
