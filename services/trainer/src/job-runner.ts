@@ -438,6 +438,7 @@ export class JobRunner {
   private keepLease(jobId: string, fence: Fence, active: Active, worker: WorkerProcess, logger: Logger): { stop(): void } {
     const leaseMs = this.o.leaseMs;
     let deadline = Date.now() + leaseMs;
+    let renewedAt = Date.now();
     // Renewals run on a timer and may overlap: one stuck in a request lost to a NATS restart (it times out only
     // after the request timeout) must not hold back the next attempt.
     let inFlight = 0;
@@ -458,6 +459,9 @@ export class JobRunner {
       this.o.store.resources
         .renew(jobId, fence, leaseMs)
         .then(() => {
+          const gap = Date.now() - renewedAt;
+          renewedAt = Date.now();
+          if (gap > leaseMs / 2) logger.warn({ gapMs: gap, leaseMs }, "the job's lease was renewed late (NATS was unreachable or slow); its worker is stopped if a lease passes without one");
           deadline = Math.max(deadline, started + leaseMs);
         })
         .catch((err: unknown) => {
