@@ -1,6 +1,7 @@
 import { spawn } from "node:child_process";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
+import { Writable } from "node:stream";
 import { type MessageInitShape, create } from "@bufbuild/protobuf";
 import {
   ComputeDtype,
@@ -64,7 +65,8 @@ export interface TrainerTestbed {
   nats: NatsServerHandle;
   root: string;
   modelDir: string;
-  startReplica(name: string, opts?: { runJobs?: boolean; env?: Record<string, string> }): Promise<Replica>;
+  /** `logTo`: the replica's warning and error lines (and its claims) are kept there, for a failing test to show. */
+  startReplica(name: string, opts?: { runJobs?: boolean; env?: Record<string, string>; logTo?: string[] }): Promise<Replica>;
   createRequest(overrides?: MessageInitShape<typeof CreateJobRequestSchema>): MessageInitShape<typeof CreateJobRequestSchema>;
   close(): Promise<void>;
 }
@@ -91,6 +93,7 @@ export async function startTestbed(): Promise<TrainerTestbed> {
     async startReplica(name, opts = {}) {
       const workDir = join(root, "work", name);
       await mkdir(workDir, { recursive: true });
+      const logTo = opts.logTo;
       const service = await startTestService({
         definition: (opts.runJobs ?? true) ? TRAINER : TRAINER_WITHOUT_RUNNER,
         nats,
@@ -100,8 +103,21 @@ export async function startTestbed(): Promise<TrainerTestbed> {
           TRAINER_MODEL_ROOT: join(root, "models"),
           TRAINER_ACK_WAIT: "5s",
           TRAINER_REPLICA_ID: name,
+          ...(logTo !== undefined && process.env.TEST_LOG_LEVEL === undefined ? { LOG_LEVEL: "info" } : {}),
           ...opts.env,
         },
+        ...(logTo !== undefined
+          ? {
+              logDestination: new Writable({
+                write(chunk: Buffer, _enc, done) {
+                  for (const line of chunk.toString("utf8").split("\n")) {
+                    if (/"level":"(warn|error|fatal)"|"msg":"job claimed"/.test(line)) logTo.push(`${name} ${line.slice(0, 600)}`);
+                  }
+                  done();
+                },
+              }),
+            }
+          : {}),
       });
       return { name, instance: service.instance, port: service.port, client: service.client(TrainerService), stop: service.stop };
     },

@@ -41,8 +41,9 @@ describe("ownership of a training job (real nats-server, real worker)", () => {
   it("never runs one job on two workers: a second delivery waits for the owner, and NATS kill -9/restarts mid-job change nothing", async () => {
     // A lease (TRAINER_ACK_WAIT) longer than a NATS restart, as in production (30 s there).
     const env = { TRAINER_ACK_WAIT: "15s" };
-    const a = await bed.startReplica("own-a", { env });
-    const b = await bed.startReplica("own-b", { env });
+    const serviceLog: string[] = [];
+    const a = await bed.startReplica("own-a", { env, logTo: serviceLog });
+    const b = await bed.startReplica("own-b", { env, logTo: serviceLog });
     const recorder = recordWorkers([a, b]);
     const bus = await connectBus({ servers: bed.nats.url, name: "ownership-test", logger: createLogger({ svc: "test", level: "silent" }) });
     try {
@@ -71,8 +72,9 @@ describe("ownership of a training job (real nats-server, real worker)", () => {
         process.stderr.write(`${JSON.stringify(recorder.intervals(jobId))}\n`);
         for (const e of events) process.stderr.write(`${e.sequence} ${e.event.case} ${e.event.case === "log" ? e.event.value.message : e.event.case === "metrics" ? e.event.value.step : e.event.case === "statusChanged" ? JobStatus[e.event.value.status] : ""}\n`);
       }
-      // On a failure, the job's history says which attempt started where and why, and why one ended.
-      const history = logs(events).join("\n");
+      // On a failure, the job's history says which attempt started where and why, and why one ended; the replicas'
+      // warnings say what they saw.
+      const history = `${logs(events).join("\n")}\n--- replicas' warnings and claims:\n${serviceLog.join("\n")}`;
       expect(statuses(events).at(-1), history).toBe("SUCCEEDED");
       expect(steps(events), history).toEqual(Array.from({ length: steps_ }, (_, i) => i + 1));
       const done = (await b.client.getJob({ jobId })).job!;
