@@ -47,7 +47,7 @@ export interface ConnectUnaryHandler {
   readonly method: DescMethod;
   /** Whether this request is one for this path (a POST of a unary Connect content type); else connect's handler. */
   accepts(req: NodeRequest): boolean;
-  /** Serves the call; resolves when the response is handed to node. Never rejects. */
+  /** Serves the call; resolves when the response is handed to node, rejects only when it could not be written. */
   serve(req: NodeRequest, res: NodeResponse, call: UnaryCall): Promise<void>;
 }
 

@@ -194,18 +194,21 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     }
     const unary = fastUnary.get(path);
     if (unary?.accepts(req) === true) {
-      void unary.serve(req, res, call);
+      unary.serve(req, res, call).catch((reason: unknown) => transportFailed(reason, path, res));
       return;
     }
     handler({ httpVersion: req.httpVersion, method: req.method ?? "", url: call.url, header: call.header, body: req, signal: call.controller.signal, contextValues: call.values })
       .then((uRes) => reclassifyParseError(uRes, handler))
       .then((uRes) => universalResponseToNodeResponse(uRes, res))
-      .catch((reason: unknown) => {
-        if (ConnectError.from(reason).code === Code.Aborted) return; // the client went away
-        logger.error({ err: reason, rpc: path }, "rpc transport failed");
-        if (!res.headersSent) sendPlain(res, 500, "internal error\n");
-        else res.destroy();
-      });
+      .catch((reason: unknown) => transportFailed(reason, path, res));
+  };
+
+  /** A response that could not be written (not an RPC error: those are answers). */
+  const transportFailed = (reason: unknown, path: string, res: NodeResponse): void => {
+    if (ConnectError.from(reason).code === Code.Aborted) return; // the client went away
+    logger.error({ err: reason, rpc: path }, "rpc transport failed");
+    if (!res.headersSent) sendPlain(res, 500, "internal error\n");
+    else res.destroy();
   };
 
   const h2Server = http2.createServer({}, onRequest);
