@@ -94,6 +94,11 @@ export interface Bus extends BusContext {
   kv<Desc extends DescMessage>(bucket: string, schema: Desc, options?: KvOptions): Promise<TypedKv<Desc>>;
   /** A content-addressed artifact store (object store bucket, created if missing). */
   artifacts(bucket: string, options?: ArtifactStoreOptions): Promise<ArtifactStore>;
+  /**
+   * Calls `listener` at the connection's next reconnect (once); returns the unsubscribe. `retryTransient` takes it, so
+   * an operation in flight or backing off across a NATS restart is retried as soon as the connection is back.
+   */
+  onReconnect: OnReconnect;
   /** Resolves when the connection is closed for good (after `close()` or a fatal error). */
   closed(): Promise<void | Error>;
   /** Drain: finish in-flight work of subscriptions, flush publishes, then close. */
@@ -216,7 +221,17 @@ export async function connectBus(options: ConnectBusOptions): Promise<Bus> {
   // One socket write per event-loop turn instead of one per microtask burst (half the ingest service's main thread).
   if (!skipSettledRequestErrors()) logger.warn("cannot stop the NATS client from building an error for every answered request (its internals changed)");
   if (coalesceFlushes(nc) === undefined) logger.warn("cannot coalesce the NATS client's socket writes (its internals changed); every request is written on its own");
-  void watchStatus(nc, logger);
+  // Subscriptions, not a promise per reconnect: an operation leaves nothing behind once it settles.
+  const reconnectListeners = new Set<() => void>();
+  const onReconnect: OnReconnect = (listener) => {
+    reconnectListeners.add(listener);
+    return () => reconnectListeners.delete(listener);
+  };
+  void watchStatus(nc, logger, () => {
+    const listeners = [...reconnectListeners];
+    reconnectListeners.clear();
+    for (const listener of listeners) listener();
+  });
 
   const js = jetstream(nc, { timeout: options.requestTimeoutMs ?? 10_000 });
   const jsm = await jetstreamManager(nc, { timeout: options.requestTimeoutMs ?? 10_000 });
@@ -239,6 +254,7 @@ export async function connectBus(options: ConnectBusOptions): Promise<Bus> {
     workQueue: (o) => openWorkQueue(ctx, o),
     kv: (bucket, schema, o) => openKv(ctx, bucket, schema, o),
     artifacts: (bucket, o) => openArtifactStore(ctx, bucket, o),
+    onReconnect,
     closed: () => nc.closed(),
     async close() {
       if (nc.isClosed()) return;
@@ -248,7 +264,10 @@ export async function connectBus(options: ConnectBusOptions): Promise<Bus> {
   };
 }
 
-async function watchStatus(nc: NatsConnection, logger: Logger): Promise<void> {
+/** Subscribes a listener to the connection's next reconnect; returns the unsubscribe. */
+export type OnReconnect = (listener: () => void) => () => void;
+
+async function watchStatus(nc: NatsConnection, logger: Logger, reconnected: () => void): Promise<void> {
   for await (const s of nc.status()) {
     switch (s.type) {
       case "disconnect":
@@ -259,6 +278,7 @@ async function watchStatus(nc: NatsConnection, logger: Logger): Promise<void> {
         break;
       case "reconnect":
         logger.info({ server: s.server }, "NATS reconnected");
+        reconnected();
         break;
       case "error":
         logger.error({ err: s.error }, "NATS async error");

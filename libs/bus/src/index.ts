@@ -1,7 +1,7 @@
 export { busOptionsFromConfig, connectBus } from "./bus.js";
 export { coalesceFlushes, type FlushStats } from "./coalesce-flushes.js";
 export { skipSettledRequestErrors } from "./settled-requests.js";
-export type { Bus, BusContext, ConnectBusOptions, NatsConfig, NatsCredentials } from "./bus.js";
+export type { Bus, BusContext, ConnectBusOptions, NatsConfig, NatsCredentials, OnReconnect } from "./bus.js";
 export { EVENTS_STREAM, EVENTS_SUBJECTS, ensureEventsStream, ensureStream, ensureWorkQueueStream } from "./streams.js";
 export type { EventsStreamOptions, StreamTarget, WorkQueueStreamOptions } from "./streams.js";
 export { DEFAULT_STORE_DEFAULTS, STORE_VARIABLES, StoreFullError, storeFullError } from "./store-limits.js";

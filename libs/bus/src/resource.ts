@@ -3,7 +3,7 @@ import { DeliverPolicy, JetStreamApiError, RetentionPolicy, StorageType, type Co
 import { headers as natsHeaders, nanos } from "@nats-io/nats-core";
 import type { Logger } from "@ragtune/logger";
 import { ResourceRecordSchema, type ResourceOutboxEntry, type ResourceRecord } from "@ragtune/proto";
-import type { Bus } from "./bus.js";
+import type { Bus, OnReconnect } from "./bus.js";
 import { eventSubject, MSG_ID_HEADER, TYPE_HEADER } from "./events.js";
 import { RevisionConflictError, type TypedKv } from "./kv.js";
 import { storeFullError } from "./store-limits.js";
@@ -202,12 +202,6 @@ export async function retryTransient<T>(
   }
 }
 
-/**
- * Subscribes a listener to the connection's next reconnects; returns the unsubscribe. (A subscription, not a promise
- * per reconnect: every operation would otherwise leave a reaction on that promise until the next reconnect, about
- * 460 bytes each — 138 MB after 300,000 operations of a connection that never dropped.)
- */
-export type OnReconnect = (listener: () => void) => () => void;
 
 /** `pending`'s outcome, or ReconnectedError when the connection comes back first. */
 function untilReconnect<T>(pending: Promise<T>, onReconnect: OnReconnect): Promise<T> {
@@ -248,12 +242,6 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
   readonly subjectPrefix: string;
   private readonly log: Logger;
   private readonly retryMs: number;
-  /** Called at each reconnect (operations in flight or backing off then retry at once). */
-  private readonly reconnectListeners = new Set<() => void>();
-  private readonly onReconnect: OnReconnect = (listener) => {
-    this.reconnectListeners.add(listener);
-    return () => this.reconnectListeners.delete(listener);
-  };
 
   private constructor(
     private readonly bus: Bus,
@@ -266,19 +254,11 @@ export class ResourceStore<S extends DescMessage, E extends DescMessage, B> {
     this.subjectPrefix = names.subjectPrefix;
     this.log = bus.logger.child({ component: "resource", kind: def.kind });
     this.retryMs = o.transientRetryMs ?? 30_000;
-    void (async () => {
-      for await (const status of bus.nc.status()) {
-        if (status.type !== "reconnect") continue;
-        const listeners = [...this.reconnectListeners];
-        this.reconnectListeners.clear();
-        for (const listener of listeners) listener();
-      }
-    })().catch(() => {});
   }
 
   /** retryTransient with this store's bound, logger and reconnect signal. */
   private retry<T>(op: () => Promise<T>, what: string): Promise<T> {
-    return retryTransient(op, this.retryMs, this.log, what, this.onReconnect);
+    return retryTransient(op, this.retryMs, this.log, what, this.bus.onReconnect);
   }
 
   /** Opens (creating if missing) the kind's KV bucket and history stream. */

@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { type OnReconnect, retryTransient } from "./resource.js";
+import type { OnReconnect } from "./bus.js";
+import { retryTransient } from "./resource.js";
 
 /** A reconnect signal the test fires itself, and how many listeners it holds. */
 function reconnects() {

@@ -284,7 +284,7 @@ describe("resource history", () => {
     expect((await store.claim("r1", "c", { leaseMs: 1_000 }))?.fence.epoch).toBe(3);
   });
 
-  it("a live watcher resumes within seconds after nats-server is killed and restarted", async () => {
+  it("a live watcher resumes within seconds after nats-server is killed and restarted, and bus.onReconnect tells of it", async () => {
     h = await startHarness();
     const bus = await h.connect();
     const store = await open(bus);
@@ -294,14 +294,15 @@ describe("resource history", () => {
       for await (const e of store.watch("j6")) got.push(e);
     })();
     await got.waitFor(1);
-    const reconnected = new Promise<void>((resolve) => {
-      void (async () => {
-        for await (const s of bus.nc.status()) if (s.type === "reconnect") return resolve();
-      })();
-    });
+    // bus.onReconnect (what retryTransient waits on) tells of the reconnect; an unsubscribed listener is not called.
+    const reconnected = new Promise<void>((resolve) => bus.onReconnect(resolve));
+    let dropped = 0;
+    const off = bus.onReconnect(() => dropped++);
+    off();
     await h.server.kill();
     await h.server.restart();
     await reconnected;
+    expect(dropped).toBe(0);
     const appendedAt = Date.now();
     await append(store, "j6", "after", true);
     if (process.env.TEST_VERBOSE) process.stderr.write(`append took ${Date.now() - appendedAt} ms\n`);

@@ -409,8 +409,17 @@ export class JobRunner {
     return retryTransient(op, ARTIFACT_RETRY_MS, this.logger, what);
   }
 
+  /**
+   * As {@link retry}, for uploads: one in flight at a reconnect is retried at once rather than after its request
+   * timeout (10 s with nothing moving). The abandoned upload stores under a temporary name of its own, so at worst it
+   * also finishes as the same content. (Not for downloads: two would write the same file.)
+   */
+  private retryUpload<T>(op: () => Promise<T>, what: string): Promise<T> {
+    return retryTransient(op, ARTIFACT_RETRY_MS, this.logger, what, this.o.store.onReconnect);
+  }
+
   private storeFile(path: string, contentType: string) {
-    return this.retry(() => storeFile(this.o.artifacts, path, contentType), "storing an adapter file");
+    return this.retryUpload(() => storeFile(this.o.artifacts, path, contentType), "storing an adapter file");
   }
 
   /** Says in the history why an attempt ended early (a storage or NATS error) before its job goes back to the queue. */
@@ -595,7 +604,7 @@ export class JobRunner {
         }, fence);
         break;
       case "checkpoint": {
-        const stored = await this.retry(() => storeDirectory(this.o.artifacts, e.path), "storing a checkpoint");
+        const stored = await this.retryUpload(() => storeDirectory(this.o.artifacts, e.path), "storing a checkpoint");
         const current = await store.get(jobId);
         const checkpoint = create(CheckpointSchema, {
           id: checkpointId(jobId, e.step),

@@ -4,6 +4,7 @@ import {
   type Bus,
   type Fence,
   type HistoryEvent,
+  type OnReconnect,
   ResourceExistsError,
   type ResourceKind,
   ResourceStore,
@@ -108,6 +109,8 @@ export class JobStore {
     private readonly checkpoints: TypedKv<typeof CheckpointSchema>,
     readonly names: JobStoreNames,
     private readonly logger: Logger,
+    /** The connection's reconnect signal: a checkpoint record's read or write in flight across one is retried at once. */
+    readonly onReconnect: OnReconnect,
   ) {}
 
   static async open(bus: Bus, logger: Logger, names: Partial<JobStoreNames> = {}, options: ResourceStoreOptions = {}): Promise<JobStore> {
@@ -121,7 +124,7 @@ export class JobStore {
       kvHistory: 5,
     });
     const checkpoints = await bus.kv(n.checkpointsBucket, CheckpointSchema);
-    return new JobStore(resources, checkpoints, n, logger.child({ component: "job-store" }));
+    return new JobStore(resources, checkpoints, n, logger.child({ component: "job-store" }), bus.onReconnect);
   }
 
   historySubject(jobId: string): string {
@@ -230,14 +233,14 @@ export class JobStore {
   async putCheckpoint(checkpoint: Checkpoint): Promise<boolean> {
     const key = checkpointKey(checkpoint.jobId, checkpoint.step);
     try {
-      await retryTransient(() => this.checkpoints.create(key, checkpoint), 30_000, this.logger, "storing a checkpoint");
+      await retryTransient(() => this.checkpoints.create(key, checkpoint), 30_000, this.logger, "storing a checkpoint", this.onReconnect);
       return true;
     } catch (err) {
       if (!(err instanceof RevisionConflictError)) throw err;
       // A create retried after a lost reply (a NATS restart) finds its own first try: still new.
-      const stored = await retryTransient(() => this.checkpoints.get(key), 30_000, this.logger, "reading a checkpoint");
+      const stored = await retryTransient(() => this.checkpoints.get(key), 30_000, this.logger, "reading a checkpoint", this.onReconnect);
       if (stored !== null && equals(CheckpointSchema, stored.value, checkpoint)) return true;
-      await retryTransient(() => this.checkpoints.put(key, checkpoint), 30_000, this.logger, "storing a checkpoint");
+      await retryTransient(() => this.checkpoints.put(key, checkpoint), 30_000, this.logger, "storing a checkpoint", this.onReconnect);
       return false;
     }
   }
@@ -245,7 +248,7 @@ export class JobStore {
   async getCheckpoint(id: string): Promise<Checkpoint | null> {
     const parsed = parseCheckpointId(id);
     if (parsed === undefined || !isKey(parsed.jobId)) return null;
-    const found = await retryTransient(() => this.checkpoints.get(checkpointKey(parsed.jobId, parsed.step)), 30_000, this.logger, "reading a checkpoint");
+    const found = await retryTransient(() => this.checkpoints.get(checkpointKey(parsed.jobId, parsed.step)), 30_000, this.logger, "reading a checkpoint", this.onReconnect);
     return found?.value ?? null;
   }
 
@@ -263,7 +266,7 @@ export class JobStore {
   /** Deletes a checkpoint's record (not its stored files: see checkpoint-pruning.ts). Deleting a deleted one is a no-op. */
   async deleteCheckpoint(checkpoint: Checkpoint): Promise<void> {
     const key = checkpointKey(checkpoint.jobId, checkpoint.step);
-    await retryTransient(() => this.checkpoints.delete(key), 30_000, this.logger, "deleting a checkpoint");
+    await retryTransient(() => this.checkpoints.delete(key), 30_000, this.logger, "deleting a checkpoint", this.onReconnect);
   }
 
   private async checkpointsMatching(filter: string): Promise<Checkpoint[]> {
@@ -276,6 +279,7 @@ export class JobStore {
       30_000,
       this.logger,
       "listing checkpoints",
+      this.onReconnect,
     );
   }
 
