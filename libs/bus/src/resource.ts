@@ -171,11 +171,11 @@ class ReconnectedError extends Error {
 }
 
 /**
- * Runs `op`, retrying transient NATS failures with jittered backoff until `boundMs` has passed. With `reconnected`
- * (a promise factory that resolves at the next reconnect), an attempt in flight when the connection comes back is
- * abandoned and retried at once (a request sent to the old server is lost and would only fail after the full request
- * timeout), and a backoff wait ends when the connection comes back (else an operation that failed during an outage
- * waits up to 2 s more after it, and a lease renewed that way can lapse over a few restarts in a row).
+ * Runs `op`, retrying transient NATS failures with jittered backoff until `boundMs` has passed. With `onReconnect`
+ * (the connection's `bus.onReconnect`), an attempt in flight when the connection comes back is abandoned and retried
+ * at once (a request sent to the old server is lost and would only fail after the full request timeout), and a
+ * backoff wait ends when the connection comes back (else an operation that failed during an outage waits up to 2 s
+ * more after it, and a lease renewed that way can lapse over a few restarts in a row).
  */
 export async function retryTransient<T>(
   op: () => Promise<T>,
@@ -201,7 +201,6 @@ export async function retryTransient<T>(
     }
   }
 }
-
 
 /** `pending`'s outcome, or ReconnectedError when the connection comes back first. */
 function untilReconnect<T>(pending: Promise<T>, onReconnect: OnReconnect): Promise<T> {
