@@ -112,7 +112,6 @@ function unaryHandler(spec: Extract<MethodImplSpec, { kind: "unary" }>, opt: Uni
       const compression = compressionNegotiate(opt.acceptCompression, call.header.get("content-encoding"), call.header.get("accept-encoding"), "accept-encoding");
       let status = 200;
       let body: Uint8Array;
-      let failed = false;
       try {
         // As connect: the request gate runs before the body is read, so a request it rejects is never read.
         if (opt.requestGate !== undefined) await opt.requestGate(context);
@@ -129,7 +128,6 @@ function unaryHandler(spec: Extract<MethodImplSpec, { kind: "unary" }>, opt: Uni
         const output = await invokeUnaryImplementation(spec, context, input, opt.interceptors);
         body = serialization.getO(binary).serialize(output);
       } catch (e) {
-        failed = true;
         if (!controller.signal.aborted) controller.abort(e);
         const error = e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
         status = codeToHttpStatus(error.code);
@@ -140,15 +138,11 @@ function unaryHandler(spec: Extract<MethodImplSpec, { kind: "unary" }>, opt: Uni
         clearTimeout(deadline);
         opt.shutdownSignal?.removeEventListener("abort", onShutdown);
       }
-      if (!failed && !controller.signal.aborted) controller.abort(CALL_COMPLETE);
+      // A failed call's signal is aborted with its error above; a completed one's ends here.
+      if (!controller.signal.aborted) controller.abort(CALL_COMPLETE);
       if (compression.response && body.byteLength >= opt.compressMinBytes) {
-        try {
-          body = await compression.response.compress(body);
-          context.responseHeader.set("content-encoding", compression.response.name);
-        } catch {
-          res.destroy();
-          return;
-        }
+        body = await compression.response.compress(body);
+        context.responseHeader.set("content-encoding", compression.response.name);
       }
       const header = trailerMux(context.responseHeader, context.responseTrailer);
       header.set("content-length", String(body.byteLength));
