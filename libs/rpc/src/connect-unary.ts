@@ -34,8 +34,8 @@ import {
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
 type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
 
-/** What the server hands a call: its request headers, context values and signal, made as for connect's handler. */
-export interface UnaryCall {
+/** What the server makes of every incoming call (unary or not) before a handler takes it (server.ts callOf). */
+export interface IncomingCall {
   header: Headers;
   values: ContextValues;
   controller: AbortController;
@@ -48,7 +48,7 @@ export interface ConnectUnaryHandler {
   /** Whether this request is one for this path (a POST of a unary Connect content type); else connect's handler. */
   accepts(req: NodeRequest): boolean;
   /** Serves the call; resolves when the response is handed to node, rejects only when it could not be written. */
-  serve(req: NodeRequest, res: NodeResponse, call: UnaryCall): Promise<void>;
+  serve(req: NodeRequest, res: NodeResponse, call: IncomingCall): Promise<void>;
 }
 
 /** How every call that completed normally ends its signal (connect aborts it then, without a reason). */

@@ -22,7 +22,7 @@ import {
 } from "@connectrpc/connect-node";
 import type { Logger } from "@ragtune/logger";
 import type { Registry } from "prom-client";
-import { type ConnectUnaryHandler, connectUnaryHandlers, PARSE_BINARY, type UnaryCall, unparsableBodyMessage } from "./connect-unary.js";
+import { type ConnectUnaryHandler, connectUnaryHandlers, PARSE_BINARY, type IncomingCall, unparsableBodyMessage } from "./connect-unary.js";
 import { HealthRegistry, registerHealthService, ServingStatus } from "./health.js";
 import {
   bearerAuthGate,
@@ -320,7 +320,7 @@ function sniffProtocol(socket: net.Socket, handOver: (isHttp2: boolean) => void)
  * finished normally (on the response's "close"), without a reason, so Node makes a DOMException with a stack
  * trace per call for no one. Undefined when the request names no host (connect-node throws then).
  */
-function callOf(req: NodeRequest, res: NodeResponse, defaultDeadlineMs: number): UnaryCall | undefined {
+function callOf(req: NodeRequest, res: NodeResponse, defaultDeadlineMs: number): IncomingCall | undefined {
   const authority = "authority" in req ? req.authority : req.headers.host;
   if (authority === undefined || authority === "") return undefined;
   const header = webHeaderOf(req.headers);
