@@ -6,12 +6,14 @@
  * heading), tokenized by the technical tokenizer. An embedding retriever (or a hybrid) can take its place behind the
  * same interface.
  *
- * The index is this module's own inverted index (postings in flat arrays, scores accumulated in one typed array, each
- * slot's length norm computed once per change rather than once per posting visited, the top k selected without
- * sorting every hit, no allocation per posting, each posting's BM25 contribution computed once per index version and
- * term rather than once per search). A search visits the postings of the question's rarer terms and adds
- * its frequent terms (those in more than an eighth of the chunks, whose postings are most of the work) from dense
- * arrays to the chunks found (only to those that could still place: see #prune), falling back to every posting when a chunk with only frequent terms could still place. MiniSearch was the first choice; tools/bench/gateway.ts measured it many times
+ * The index is this module's own inverted index: per term, its postings in each field and, computed once per index
+ * version, its contribution per chunk over both fields in flat typed arrays (one entry per chunk, so a search adds one
+ * number per chunk and term and counts the distinct terms a chunk matched without bookkeeping); the length norms are
+ * computed once per change, scores accumulate in one typed array, the top k is selected without sorting every hit,
+ * nothing is allocated per posting. A search visits the postings of the question's rarer terms and adds its frequent
+ * terms (those in more than an eighth of the chunks, whose postings are most of the work) from dense arrays to the
+ * chunks found, largest first, each time only to those that could still place (see #prune), falling back to every
+ * posting when a chunk with only frequent terms could still place. MiniSearch was the first choice; tools/bench/gateway.ts measured it many times
  * slower than this index on the same chunks with the same scores, so ragtune keeps its own.
  */
 import { technicalTerms } from "./technical-tokenizer.js";
@@ -55,185 +57,89 @@ const RARE_FIRST_MIN_CHUNKS = 2048;
 /** Dense arrays kept per field (the frequent terms questions use). */
 const MAX_DENSE_TERMS = 64;
 
-/** Bits set in a 32-bit word. */
-function popcount(x: number): number {
-  x -= (x >>> 1) & 0x55555555;
-  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-  return (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
-}
-
 function sameStrings(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
 }
 
-/** A term's postings in one field: slot numbers and term frequencies (parallel arrays). */
-interface Postings {
+/** A term's postings in one field: slot numbers (ascending) and term frequencies (parallel arrays). */
+interface FieldPostings {
   slots: number[];
   tfs: number[];
   /** Postings whose slot holds a chunk. */
   live: number;
-  /** Per posting, its BM25 contribution (0 for a removed slot), for field version `version`; see Field.contributions. */
-  values: Float64Array;
-  version: number;
-  /** The largest of `values`. */
-  max: number;
 }
 
+const NO_SLOTS = new Int32Array(0);
 const NO_VALUES = new Float64Array(0);
 
-/** One searchable field: postings per term and field lengths. */
+/**
+ * A term of the index: its postings per field, and what a search reads — its BM25 contribution per chunk over both
+ * fields (text + heading path, each with its own IDF and length norm), one entry per chunk that holds it, slots
+ * ascending. The contributions are computed once per index version rather than once per search: a search adds one
+ * number per chunk, and counts each term once per chunk (the coordination factor needs the distinct terms matched).
+ */
+interface Term {
+  fields: (FieldPostings | undefined)[];
+  slots: Int32Array;
+  values: Float64Array;
+  /** The largest of `values`. */
+  max: number;
+  /** Index version of `slots` / `values`. */
+  version: number;
+  /** The contribution of every slot (0 where the term is absent), for frequent terms; see Bm25Retriever.#denseOf. */
+  dense: Float64Array | undefined;
+  denseVersion: number;
+}
+
+/** One searchable field's lengths and length norms. */
 class Field {
-  readonly postings = new Map<string, Postings>();
   readonly lengths: number[] = [];
   totalLength = 0;
-  /** Bumped by every change: the length norms and contributions below are for one version. */
-  version = 0;
   /** Per slot, K1 · (1 − B + B · length / average length): the length part of a term's BM25 weight, for `normsVersion`. */
   norms = new Float64Array(0);
   normsVersion = -1;
 
-  /** Dense per-slot contributions of frequent terms (see denseOf), for one field version each. */
-  readonly #dense = new Map<string, { version: number; values: Float64Array; max: number }>();
-
   constructor(readonly boost: number) {}
 
   /**
-   * The BM25 contribution of each of a term's postings (weight · tf · (K1 + 1) / (tf + norm); 0 for a removed slot),
-   * computed once per version of the field and term rather than once per search: a search then adds one number per
-   * posting. The first `slots` slots, `live` chunks.
+   * The length norms of the first `slots` slots for the current lengths and `live` chunks, at index version `version`:
+   * computed once after a change, not once per posting a search visits.
    */
-  contributions(p: Postings, slots: number, live: number, alive: Uint8Array): Postings {
-    if (p.version === this.version) return p;
-    const norms = this.normsOf(slots, live);
-    const weight = this.boost * Math.log(1 + (live - p.live + 0.5) / (p.live + 0.5));
-    const n = p.slots.length;
-    const values = p.values.length === n ? p.values : new Float64Array(n);
-    let max = 0;
-    for (let i = 0; i < n; i++) {
-      const slot = p.slots[i]!;
-      if (alive[slot] === 0) {
-        values[i] = 0;
-        continue;
-      }
-      const tf = p.tfs[i]!;
-      const v = (weight * tf * (K1 + 1)) / (tf + norms[slot]!);
-      values[i] = v;
-      if (v > max) max = v;
-    }
-    p.values = values;
-    p.max = max;
-    p.version = this.version;
-    return p;
-  }
-
-  /**
-   * A frequent term's contribution for every slot (0 where it does not occur or the slot is empty) and its largest
-   * value: computed once per version of the field and term, then read in O(1) per slot.
-   */
-  denseOf(term: string, p: Postings, slots: number): { values: Float64Array; max: number } {
-    const cached = this.#dense.get(term);
-    if (cached !== undefined && cached.version === this.version && cached.values.length >= slots) return cached;
-    const values = cached !== undefined && cached.values.length >= slots ? cached.values.fill(0) : new Float64Array(slots);
-    const contributions = p.values;
-    for (let i = 0; i < p.slots.length; i++) values[p.slots[i]!] = contributions[i]!;
-    const entry = { version: this.version, values, max: p.max };
-    this.#dense.delete(term);
-    this.#dense.set(term, entry);
-    if (this.#dense.size > MAX_DENSE_TERMS) this.#dense.delete(this.#dense.keys().next().value!);
-    return entry;
-  }
-
-  add(slot: number, terms: readonly string[]): void {
-    this.version++;
-    this.lengths[slot] = terms.length;
-    this.totalLength += terms.length;
-    const tf = new Map<string, number>();
-    for (const t of terms) tf.set(t, (tf.get(t) ?? 0) + 1);
-    for (const [term, n] of tf) {
-      let p = this.postings.get(term);
-      if (p === undefined) this.postings.set(term, (p = { slots: [], tfs: [], live: 0, values: NO_VALUES, version: -1, max: 0 }));
-      p.slots.push(slot);
-      p.tfs.push(n);
-      p.live++;
-    }
-  }
-
-  /** Forgets a slot's length; its postings are skipped (the slot is empty) until the next compaction. */
-  remove(slot: number, terms: readonly string[]): void {
-    this.version++;
-    this.totalLength -= this.lengths[slot] ?? 0;
-    this.lengths[slot] = 0;
-    for (const term of new Set(terms)) {
-      const p = this.postings.get(term);
-      if (p !== undefined && --p.live === 0) this.postings.delete(term);
-    }
-  }
-
-  /**
-   * Renumbers the slots after a compaction: `slotOf[old]` is a slot's new number, −1 for a removed one (whose postings
-   * go). Postings keep their order; lengths follow their slots.
-   */
-  compact(slotOf: Int32Array, slots: number): void {
-    this.version++;
-    this.#dense.clear();
-    for (const [term, p] of this.postings) {
-      let kept = 0;
-      for (let i = 0; i < p.slots.length; i++) {
-        const slot = slotOf[p.slots[i]!]!;
-        if (slot < 0) continue;
-        p.slots[kept] = slot;
-        p.tfs[kept] = p.tfs[i]!;
-        kept++;
-      }
-      p.slots.length = kept;
-      p.tfs.length = kept;
-      p.live = kept;
-      p.values = NO_VALUES;
-      p.version = -1;
-      if (kept === 0) this.postings.delete(term);
-    }
-    const lengths = new Array<number>(slots).fill(0);
-    for (let old = 0; old < this.lengths.length; old++) if (slotOf[old]! >= 0) lengths[slotOf[old]!] = this.lengths[old]!;
-    this.lengths.length = 0;
-    for (const length of lengths) this.lengths.push(length);
-  }
-
-  /**
-   * The length norms of the first `slots` slots for the current lengths and `live` chunks: computed once after a
-   * change, not once per posting a search visits.
-   */
-  normsOf(slots: number, live: number): Float64Array {
-    if (this.normsVersion === this.version && this.norms.length >= slots) return this.norms;
+  normsOf(slots: number, live: number, version: number): Float64Array {
+    if (this.normsVersion === version && this.norms.length >= slots) return this.norms;
     if (this.norms.length < slots) this.norms = new Float64Array(Math.max(slots, this.norms.length * 2));
     const avg = this.totalLength / live || 1;
     const norms = this.norms;
     const lengths = this.lengths;
     for (let slot = 0; slot < slots; slot++) norms[slot] = K1 * (1 - B + (B * (lengths[slot] ?? 0)) / avg);
-    this.normsVersion = this.version;
+    this.normsVersion = version;
     return norms;
   }
 }
 
 export class Bm25Retriever implements Retriever {
   readonly #fields = [new Field(1), new Field(0.5)];
+  readonly #terms = new Map<string, Term>();
+  /** Bumped by every change: the length norms and contributions are computed for one version. */
+  #version = 0;
   /** Chunk by slot; undefined for a removed one. */
   #slots: (IndexedChunk | undefined)[] = [];
-  #terms: (readonly (readonly string[])[] | undefined)[] = [];
+  /** Per slot, the chunk's terms per field. */
+  #slotTerms: (readonly (readonly string[])[] | undefined)[] = [];
   readonly #slotOf = new Map<string, number>();
   readonly #byDocument = new Map<string, string[]>();
   #live = 0;
   /** 1 for a slot holding a chunk, 0 for a removed one (postings of removed slots stay until compaction). */
   #alive = new Uint8Array(0);
+  /** Frequent terms with a dense array, least recently used first (at most MAX_DENSE_TERMS). */
+  readonly #dense = new Set<Term>();
   #scores = new Float64Array(0);
-  /** Per slot during a search: distinct query terms matched, and the last term (its number + 1) that matched. */
+  /** Per slot during a search: the distinct question terms it matched (0: not touched yet). */
   #matched = new Uint16Array(0);
-  #stamp = new Int32Array(0);
   /** The slots a search touched, in the order it first touched them (ties go to the first). */
   #touched = new Int32Array(0);
-  /** Per slot during a rare-first search: the question terms (bit per term) it matched. */
-  #mask = new Uint32Array(0);
   /** The k best lower bounds during a rare-first search (see #prune). */
   #least = new Float64Array(0);
 
@@ -258,7 +164,7 @@ export class Bm25Retriever implements Retriever {
     const indexed = new Map<string, { chunk: IndexedChunk; terms: readonly (readonly string[])[] }>();
     for (const id of this.#byDocument.get(documentId) ?? []) {
       const slot = this.#slotOf.get(id);
-      if (slot !== undefined) indexed.set(id, { chunk: this.#slots[slot]!, terms: this.#terms[slot]! });
+      if (slot !== undefined) indexed.set(id, { chunk: this.#slots[slot]!, terms: this.#slotTerms[slot]! });
     }
     this.removeDocument(documentId);
     if (chunks.length === 0) return;
@@ -271,9 +177,9 @@ export class Bm25Retriever implements Retriever {
         known !== undefined && known.chunk.text === chunk.text && sameStrings(known.chunk.headingPath, chunk.headingPath)
           ? known.terms
           : [technicalTerms(chunk.text), technicalTerms(chunk.headingPath.join(" "))];
-      this.#fields.forEach((f, i) => f.add(slot, terms[i]!));
+      this.#add(slot, terms);
       this.#slots.push(chunk);
-      this.#terms.push(terms);
+      this.#slotTerms.push(terms);
       if (this.#alive.length <= slot) {
         const grown = new Uint8Array(Math.max(64, this.#alive.length * 2));
         grown.set(this.#alive);
@@ -295,38 +201,181 @@ export class Bm25Retriever implements Retriever {
     if (this.#slots.length > 64 && this.#live < this.#slots.length / 2) this.#compact();
   }
 
+  /** Postings for a new slot's terms (per field), its field lengths. */
+  #add(slot: number, terms: readonly (readonly string[])[]): void {
+    this.#version++;
+    this.#fields.forEach((field, f) => {
+      const fieldTerms = terms[f]!;
+      field.lengths[slot] = fieldTerms.length;
+      field.totalLength += fieldTerms.length;
+      const tf = new Map<string, number>();
+      for (const t of fieldTerms) tf.set(t, (tf.get(t) ?? 0) + 1);
+      for (const [t, n] of tf) {
+        let term = this.#terms.get(t);
+        if (term === undefined) {
+          term = { fields: [undefined, undefined], slots: NO_SLOTS, values: NO_VALUES, max: 0, version: -1, dense: undefined, denseVersion: -1 };
+          this.#terms.set(t, term);
+        }
+        const p = (term.fields[f] ??= { slots: [], tfs: [], live: 0 });
+        p.slots.push(slot);
+        p.tfs.push(n);
+        p.live++;
+      }
+    });
+  }
+
   #discard(chunkId: string): void {
     const slot = this.#slotOf.get(chunkId);
     if (slot === undefined) return;
-    const terms = this.#terms[slot]!;
-    this.#fields.forEach((f, i) => f.remove(slot, terms[i]!));
+    this.#version++;
+    const terms = this.#slotTerms[slot]!;
+    // The slot's postings stay (skipped: the slot is empty) until the next compaction; a term no live chunk holds goes.
+    this.#fields.forEach((field, f) => {
+      field.totalLength -= field.lengths[slot] ?? 0;
+      field.lengths[slot] = 0;
+      for (const t of new Set(terms[f])) {
+        const term = this.#terms.get(t);
+        const p = term?.fields[f];
+        if (term === undefined || p === undefined || --p.live > 0) continue;
+        term.fields[f] = undefined;
+        if (term.fields.every((x) => x === undefined)) this.#forget(t, term);
+      }
+    });
     this.#slots[slot] = undefined;
-    this.#terms[slot] = undefined;
+    this.#slotTerms[slot] = undefined;
     this.#alive[slot] = 0;
     this.#slotOf.delete(chunkId);
     this.#live--;
   }
 
+  #forget(t: string, term: Term): void {
+    this.#terms.delete(t);
+    this.#dense.delete(term);
+  }
+
   /**
    * Drops the removed slots: the live ones are renumbered in order and every posting list is filtered in place (no
-   * chunk is tokenized or counted again).
+   * chunk is tokenized or counted again). Postings keep their order; lengths follow their slots.
    */
   #compact(): void {
+    this.#version++;
     const slotOf = new Int32Array(this.#slots.length).fill(-1);
     const slots: IndexedChunk[] = [];
-    const terms: (readonly (readonly string[])[])[] = [];
+    const slotTerms: (readonly (readonly string[])[])[] = [];
     this.#slots.forEach((chunk, old) => {
       if (chunk === undefined) return;
       slotOf[old] = slots.length;
       this.#slotOf.set(chunk.chunkId, slots.length);
       slots.push(chunk);
-      terms.push(this.#terms[old]!);
+      slotTerms.push(this.#slotTerms[old]!);
     });
-    for (const f of this.#fields) f.compact(slotOf, slots.length);
+    for (const [t, term] of this.#terms) {
+      for (let f = 0; f < term.fields.length; f++) {
+        const p = term.fields[f];
+        if (p === undefined) continue;
+        let kept = 0;
+        for (let i = 0; i < p.slots.length; i++) {
+          const slot = slotOf[p.slots[i]!]!;
+          if (slot < 0) continue;
+          p.slots[kept] = slot;
+          p.tfs[kept] = p.tfs[i]!;
+          kept++;
+        }
+        p.slots.length = kept;
+        p.tfs.length = kept;
+        p.live = kept;
+        if (kept === 0) term.fields[f] = undefined;
+      }
+      term.slots = NO_SLOTS;
+      term.values = NO_VALUES;
+      term.dense = undefined;
+      if (term.fields.every((x) => x === undefined)) this.#forget(t, term);
+    }
+    this.#dense.clear();
+    for (const field of this.#fields) {
+      const lengths = new Array<number>(slots.length).fill(0);
+      for (let old = 0; old < field.lengths.length; old++) if (slotOf[old]! >= 0) lengths[slotOf[old]!] = field.lengths[old]!;
+      field.lengths.length = 0;
+      for (const length of lengths) field.lengths.push(length);
+    }
     this.#slots = slots;
-    this.#terms = terms;
+    this.#slotTerms = slotTerms;
     this.#alive.fill(0);
     this.#alive.fill(1, 0, slots.length);
+  }
+
+  /**
+   * A term's contributions for the current index version: per field, weight · tf · (K1 + 1) / (tf + norm), the
+   * fields' postings merged by slot (both ascending) into one sum per chunk; removed slots left out.
+   */
+  #contributions(term: Term): Term {
+    if (term.version === this.#version) return term;
+    const n = this.#slots.length;
+    const live = this.#live;
+    const alive = this.#alive;
+    const [text, heading] = term.fields;
+    const parts = this.#fields.map((field, f) => {
+      const p = term.fields[f];
+      if (p === undefined) return undefined;
+      return { p, weight: field.boost * Math.log(1 + (live - p.live + 0.5) / (p.live + 0.5)), norms: field.normsOf(n, live, this.#version) };
+    });
+    const capacity = (text?.live ?? 0) + (heading?.live ?? 0);
+    const slots = term.slots.length >= capacity ? term.slots : new Int32Array(capacity);
+    const values = term.values.length >= capacity ? term.values : new Float64Array(capacity);
+    const a = parts[0];
+    const b = parts[1];
+    const aSlots = a?.p.slots ?? [];
+    const bSlots = b?.p.slots ?? [];
+    let i = 0;
+    let j = 0;
+    let count = 0;
+    let max = 0;
+    while (i < aSlots.length || j < bSlots.length) {
+      const sa = i < aSlots.length ? aSlots[i]! : Infinity;
+      const sb = j < bSlots.length ? bSlots[j]! : Infinity;
+      const slot = sa < sb ? sa : sb;
+      let v = 0;
+      if (sa === slot) {
+        const tf = a!.p.tfs[i++]!;
+        v += (a!.weight * tf * (K1 + 1)) / (tf + a!.norms[slot]!);
+      }
+      if (sb === slot) {
+        const tf = b!.p.tfs[j++]!;
+        v += (b!.weight * tf * (K1 + 1)) / (tf + b!.norms[slot]!);
+      }
+      if (alive[slot] === 0) continue;
+      slots[count] = slot;
+      values[count] = v;
+      count++;
+      if (v > max) max = v;
+    }
+    term.slots = count === slots.length ? slots : slots.subarray(0, count);
+    term.values = count === values.length ? values : values.subarray(0, count);
+    term.max = max;
+    term.version = this.#version;
+    return term;
+  }
+
+  /**
+   * A frequent term's contribution for every slot (0 where it does not occur or the slot is empty): computed once per
+   * index version and term, then read in O(1) per slot. Kept for the MAX_DENSE_TERMS terms used last.
+   */
+  #denseOf(term: Term): Float64Array {
+    const n = this.#slots.length;
+    this.#dense.delete(term);
+    this.#dense.add(term);
+    if (term.dense !== undefined && term.denseVersion === this.#version && term.dense.length >= n) return term.dense;
+    const dense = term.dense !== undefined && term.dense.length >= n ? term.dense.fill(0) : new Float64Array(n);
+    const { slots, values } = term;
+    for (let i = 0; i < slots.length; i++) dense[slots[i]!] = values[i]!;
+    term.dense = dense;
+    term.denseVersion = this.#version;
+    if (this.#dense.size > MAX_DENSE_TERMS) {
+      const oldest = this.#dense.values().next().value!;
+      this.#dense.delete(oldest);
+      oldest.dense = undefined;
+    }
+    return dense;
   }
 
   search(question: string, topK: number, accept?: (chunk: IndexedChunk) => boolean): RetrievedHit[] {
@@ -336,12 +385,18 @@ export class Bm25Retriever implements Retriever {
       const size = Math.max(n, this.#scores.length * 2);
       this.#scores = new Float64Array(size);
       this.#matched = new Uint16Array(size);
-      this.#stamp = new Int32Array(size);
       this.#touched = new Int32Array(size);
-      this.#mask = new Uint32Array(size);
     }
-    const terms = [...new Set(technicalTerms(question))];
-    if (this.#rareFirst && this.#live >= RARE_FIRST_MIN_CHUNKS && terms.length <= 32) {
+    // The question's terms the index holds, each once (at most 65,535: the per-slot count is 16 bits).
+    const terms: Term[] = [];
+    for (const t of new Set(technicalTerms(question))) {
+      const term = this.#terms.get(t);
+      if (term === undefined) continue;
+      const c = this.#contributions(term);
+      if (c.slots.length > 0 && terms.push(c) === 0xffff) break;
+    }
+    if (terms.length === 0) return [];
+    if (this.#rareFirst && this.#live >= RARE_FIRST_MIN_CHUNKS) {
       const hits = this.#searchRareFirst(terms, topK, accept);
       if (hits !== undefined) {
         this.searches.rareFirst++;
@@ -353,133 +408,89 @@ export class Bm25Retriever implements Retriever {
   }
 
   /** Every posting of every question term: each matching chunk's exact score. */
-  #searchAll(terms: readonly string[], topK: number, accept: ((chunk: IndexedChunk) => boolean) | undefined): RetrievedHit[] {
-    const n = this.#slots.length;
+  #searchAll(terms: readonly Term[], topK: number, accept: ((chunk: IndexedChunk) => boolean) | undefined): RetrievedHit[] {
     const scores = this.#scores;
     const matched = this.#matched;
-    const stamp = this.#stamp;
     const touched = this.#touched;
-    const alive = this.#alive;
     let touchedCount = 0;
-    let termNumber = 0;
-    for (const term of terms) {
-      termNumber++;
-      for (const field of this.#fields) {
-        const found = field.postings.get(term);
-        if (found === undefined) continue;
-        const p = field.contributions(found, n, this.#live, alive);
-        const slots = p.slots;
-        const values = p.values;
-        for (let i = 0; i < slots.length; i++) {
-          const v = values[i]!;
-          if (v === 0) continue; // a removed slot
-          const slot = slots[i]!;
-          if (stamp[slot] !== termNumber) {
-            if (stamp[slot] === 0) touched[touchedCount++] = slot;
-            stamp[slot] = termNumber;
-            matched[slot]!++;
-          }
-          scores[slot] += v;
-        }
+    for (const { slots, values } of terms) {
+      for (let i = 0; i < slots.length; i++) {
+        const slot = slots[i]!;
+        if (matched[slot] === 0) touched[touchedCount++] = slot;
+        matched[slot]!++;
+        scores[slot] += values[i]!;
       }
     }
-    // Each score times the number of distinct question terms the chunk matched (a coordination factor, as MiniSearch
-    // weighs its results: it measured better on the dataset's questions than the plain sum).
-    for (let t = 0; t < touchedCount; t++) scores[touched[t]!]! *= matched[touched[t]!]!;
-    const best = this.#best(touchedCount, topK, accept);
-    const hits = best.map((slot) => ({ chunk: this.#slots[slot]!, score: scores[slot]! }));
-    for (let t = 0; t < touchedCount; t++) {
-      const slot = touched[t]!;
-      scores[slot] = 0;
-      matched[slot] = 0;
-      stamp[slot] = 0;
-    }
-    return hits;
+    return this.#finish(touchedCount, topK, accept);
   }
 
   /**
    * The same scores, visiting fewer postings: the postings of the question's rarer terms make the candidates (every
-   * chunk that matches one of them), the frequent terms (FREQUENT_SHARE) are added to the candidates from their dense
-   * arrays, and the result stands when its k-th score is above the most a chunk matching only frequent terms could
-   * score (their number × the sum of their largest contributions). Otherwise undefined: the caller visits everything.
+   * chunk that matches one of them); the frequent terms (FREQUENT_SHARE), largest contribution first, are added to the
+   * candidates from their dense arrays, each after dropping the candidates the terms still to add could not lift into
+   * the top k (#prune); and the result stands when its k-th score is above the most a chunk matching only frequent
+   * terms could score (their number × the sum of their largest contributions). Otherwise undefined: the caller visits
+   * everything.
    */
-  #searchRareFirst(terms: readonly string[], topK: number, accept: ((chunk: IndexedChunk) => boolean) | undefined): RetrievedHit[] | undefined {
-    const n = this.#slots.length;
-    const live = this.#live;
+  #searchRareFirst(terms: readonly Term[], topK: number, accept: ((chunk: IndexedChunk) => boolean) | undefined): RetrievedHit[] | undefined {
     const scores = this.#scores;
-    const mask = this.#mask;
+    const matched = this.#matched;
     const touched = this.#touched;
-    const alive = this.#alive;
+    const frequentLimit = this.#live * FREQUENT_SHARE;
     let touchedCount = 0;
-    const frequent: { bit: number; values: Float64Array }[] = [];
-    let frequentBits = 0;
+    const frequent: Term[] = [];
     let frequentMax = 0;
-    for (let j = 0; j < terms.length; j++) {
-      const bit = (1 << j) >>> 0;
-      for (const field of this.#fields) {
-        const found = field.postings.get(terms[j]!);
-        if (found === undefined) continue;
-        const p = field.contributions(found, n, live, alive);
-        if (p.live > live * FREQUENT_SHARE) {
-          const dense = field.denseOf(terms[j]!, p, n);
-          frequent.push({ bit, values: dense.values });
-          frequentBits |= bit;
-          frequentMax += dense.max;
-          continue;
-        }
-        const slots = p.slots;
-        const values = p.values;
-        for (let i = 0; i < slots.length; i++) {
-          const v = values[i]!;
-          if (v === 0) continue; // a removed slot
-          const slot = slots[i]!;
-          if (mask[slot] === 0) touched[touchedCount++] = slot;
-          mask[slot]! |= bit;
-          scores[slot] += v;
-        }
+    for (const term of terms) {
+      const { slots, values } = term;
+      if (slots.length > frequentLimit) {
+        frequent.push(term);
+        frequentMax += term.max;
+        continue;
+      }
+      for (let i = 0; i < slots.length; i++) {
+        const slot = slots[i]!;
+        if (matched[slot] === 0) touched[touchedCount++] = slot;
+        matched[slot]!++;
+        scores[slot] += values[i]!;
       }
     }
-    if (frequent.length > 0 && accept === undefined && touchedCount > topK) touchedCount = this.#prune(touchedCount, topK, frequentBits, frequentMax);
-    for (const { bit, values } of frequent) {
+    frequent.sort((x, y) => y.max - x.max);
+    let restMax = frequentMax;
+    for (let f = 0; f < frequent.length; f++) {
+      const term = frequent[f]!;
+      if (accept === undefined && touchedCount > topK) touchedCount = this.#prune(touchedCount, topK, frequent.length - f, restMax);
+      restMax -= term.max;
+      const dense = this.#denseOf(term);
       for (let t = 0; t < touchedCount; t++) {
         const slot = touched[t]!;
-        const v = values[slot]!;
+        const v = dense[slot]!;
         if (v !== 0) {
           scores[slot] += v;
-          mask[slot]! |= bit;
+          matched[slot]!++;
         }
       }
     }
-    for (let t = 0; t < touchedCount; t++) scores[touched[t]!]! *= popcount(mask[touched[t]!]!);
-    const best = this.#best(touchedCount, topK, accept);
-    const bound = popcount(frequentBits) * frequentMax;
-    const exact = frequent.length === 0 || (best.length === topK && scores[best[topK - 1]!]! > bound);
-    const hits = exact ? best.map((slot) => ({ chunk: this.#slots[slot]!, score: scores[slot]! })) : undefined;
-    for (let t = 0; t < touchedCount; t++) {
-      const slot = touched[t]!;
-      scores[slot] = 0;
-      mask[slot] = 0;
-    }
-    return hits;
+    const bound = frequent.length * frequentMax;
+    return this.#finish(touchedCount, topK, accept, (kth) => frequent.length === 0 || kth > bound);
   }
 
   /**
-   * Drops the candidates the frequent terms cannot lift into the top k, before their dense lookups: a candidate's
-   * score is at least its rare terms' sum × their number (what it has now) and at most (that sum + the frequent terms'
-   * largest contributions) × (its terms and all frequent ones); one whose most is below the k-th best least cannot
-   * place. The survivors keep their order (ties go to the slot touched first); the dropped are reset. Returns how
-   * many survive (they are the first entries of `touched`).
+   * Drops the candidates that the `rest` frequent terms still to add (their largest contributions summing to
+   * `restMax`) cannot lift into the top k: a candidate's score is at least its sum so far × its terms so far and at
+   * most (that sum + restMax) × (its terms + rest); one whose most is below the k-th best least cannot place. The
+   * survivors keep their order (ties go to the slot touched first); the dropped are reset. Returns how many survive
+   * (they are the first entries of `touched`).
    */
-  #prune(touchedCount: number, topK: number, frequentBits: number, frequentMax: number): number {
+  #prune(touchedCount: number, topK: number, rest: number, restMax: number): number {
     const scores = this.#scores;
-    const mask = this.#mask;
+    const matched = this.#matched;
     const touched = this.#touched;
     // The k best least scores, best first.
     const least = this.#least.length >= topK ? this.#least : (this.#least = new Float64Array(topK));
     least.fill(0, 0, topK);
     for (let t = 0; t < touchedCount; t++) {
       const slot = touched[t]!;
-      const s = scores[slot]! * popcount(mask[slot]!);
+      const s = scores[slot]! * matched[slot]!;
       if (s <= least[topK - 1]!) continue;
       let i = topK - 1;
       while (i > 0 && least[i - 1]! < s) {
@@ -494,14 +505,38 @@ export class Bm25Retriever implements Retriever {
     let kept = 0;
     for (let t = 0; t < touchedCount; t++) {
       const slot = touched[t]!;
-      if ((scores[slot]! + frequentMax) * popcount(mask[slot]! | frequentBits) >= cut) touched[kept++] = slot;
+      if ((scores[slot]! + restMax) * (matched[slot]! + rest) >= cut) touched[kept++] = slot;
       else {
         scores[slot] = 0;
-        mask[slot] = 0;
+        matched[slot] = 0;
       }
     }
     this.searches.dropped += touchedCount - kept;
     return kept;
+  }
+
+  /**
+   * Each touched slot's score times the number of distinct question terms it matched (a coordination factor, as
+   * MiniSearch weighs its results: it measured better on the dataset's questions than the plain sum), the top k of
+   * them, and the per-slot state reset. `exact(kth)` (the k-th score, or 0 when fewer than k) says whether they stand;
+   * undefined when not.
+   */
+  #finish(touchedCount: number, topK: number, accept: ((chunk: IndexedChunk) => boolean) | undefined): RetrievedHit[];
+  #finish(touchedCount: number, topK: number, accept: ((chunk: IndexedChunk) => boolean) | undefined, exact: (kth: number) => boolean): RetrievedHit[] | undefined;
+  #finish(touchedCount: number, topK: number, accept: ((chunk: IndexedChunk) => boolean) | undefined, exact?: (kth: number) => boolean): RetrievedHit[] | undefined {
+    const scores = this.#scores;
+    const matched = this.#matched;
+    const touched = this.#touched;
+    for (let t = 0; t < touchedCount; t++) scores[touched[t]!]! *= matched[touched[t]!]!;
+    const best = this.#best(touchedCount, topK, accept);
+    const stands = exact === undefined || exact(best.length === topK ? scores[best[topK - 1]!]! : 0);
+    const hits = stands ? best.map((slot) => ({ chunk: this.#slots[slot]!, score: scores[slot]! })) : undefined;
+    for (let t = 0; t < touchedCount; t++) {
+      const slot = touched[t]!;
+      scores[slot] = 0;
+      matched[slot] = 0;
+    }
+    return hits;
   }
 
   /** The top k of the touched slots by a bounded insertion (k is small); ties go to the slot touched first. */
