@@ -1,2 +1,2 @@
-export { createLogger, REDACT_PATHS } from "./logger.js";
+export { createLogger, redactSecrets, SECRET_KEYS } from "./logger.js";
 export type { Logger, LoggerOptions } from "./logger.js";
