@@ -298,10 +298,14 @@ export function ngrams(words: readonly string[], n: number): Set<string> {
 
 /**
  * Share of the answer's distinct content n-grams that occur in the context's content n-grams (0 for an answer without
- * content words: nothing in it can be checked against the context). The answer is a text or its normalizedWords.
+ * content words: nothing in it can be checked against the context). The answer is a text, its normalizedWords, or its
+ * content n-grams already made (`ngrams(contentWords(answer), n)`: one answer checked against several contexts).
  */
-export function groundingSupport(answer: string | readonly string[], contextNgrams: ReadonlySet<string>, n: number): number {
-  const answerNgrams = ngrams(typeof answer === "string" ? contentWords(answer) : contentOf(answer), n);
+export function groundingSupport(answer: string | readonly string[] | ReadonlySet<string>, contextNgrams: ReadonlySet<string>, n: number): number {
+  const answerNgrams =
+    answer instanceof Set
+      ? (answer as ReadonlySet<string>)
+      : ngrams(typeof answer === "string" ? contentWords(answer) : contentOf(answer as readonly string[]), n);
   if (answerNgrams.size === 0) return 0;
   let found = 0;
   for (const gram of answerNgrams) if (contextNgrams.has(gram)) found++;

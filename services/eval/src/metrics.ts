@@ -74,15 +74,16 @@ export function rougeL(prediction: string, reference: string): number {
 
 /**
  * Share of the answer's distinct content n-grams that occur in the context (the dataset quality gate's grounding
- * check, with its n-gram size); 0 for an answer without content words.
+ * check, with its n-gram size); 0 for an answer without content words. Answer and context are texts or their
+ * `groundingNgrams` (made once for an answer or context compared more than once).
  */
-export function grounding(answer: string, context: string | ReadonlySet<string>, n = DEFAULT_QUALITY_GATE.groundingNgram): number {
+export function grounding(answer: string | ReadonlySet<string>, context: string | ReadonlySet<string>, n = DEFAULT_QUALITY_GATE.groundingNgram): number {
   return groundingSupport(answer, typeof context === "string" ? groundingNgrams(context, n) : context, n);
 }
 
-/** The content n-grams of a context that `grounding` compares an answer with (to compute once per context). */
-export function groundingNgrams(context: string, n = DEFAULT_QUALITY_GATE.groundingNgram): Set<string> {
-  return ngrams(contentWords(context), n);
+/** The content n-grams of a text (an answer or a context) that `grounding` compares (to compute once per text). */
+export function groundingNgrams(text: string, n = DEFAULT_QUALITY_GATE.groundingNgram): Set<string> {
+  return ngrams(contentWords(text), n);
 }
 
 /**

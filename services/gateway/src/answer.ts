@@ -33,8 +33,9 @@ export interface CitedChunk {
 /** Context chunks that support the answer, most support first; none for a refusal or an empty answer. */
 export function citationsFor(answer: string, refused: boolean, hits: readonly RetrievedHit[]): CitedChunk[] {
   if (refused || answer.trim() === "") return [];
+  const answerNgrams = groundingNgrams(answer);
   return hits
-    .map((hit) => ({ hit, support: grounding(answer, contextNgramsOf(hit.chunk)) }))
+    .map((hit) => ({ hit, support: grounding(answerNgrams, contextNgramsOf(hit.chunk)) }))
     .filter((c) => c.support > 0)
     .sort((a, b) => b.support - a.support);
 }
