@@ -180,8 +180,9 @@ function readyUrl(name: ServiceName | "model-server", child: ChildProcess, ready
       reject(new Error(`${name} exited with code ${code} before it was ready`));
     };
     child.once("exit", onExit);
-    for (const stream of [child.stdout!, child.stderr!]) {
-      createInterface({ input: stream }).on("line", (text) => {
+    const readers = [child.stdout!, child.stderr!].map((stream) => ({ stream, lines: createInterface({ input: stream }) }));
+    for (const { lines } of readers) {
+      lines.on("line", (text) => {
         let line: Record<string, unknown> | string = text;
         try {
           line = JSON.parse(text) as Record<string, unknown>;
@@ -193,6 +194,13 @@ function readyUrl(name: ServiceName | "model-server", child: ChildProcess, ready
           child.off("exit", onExit);
           clearTimeout(timer);
           resolve(line.url);
+          if (options.onLog === undefined) {
+            // Nobody reads the lines from here on: they are drained unparsed (a benchmark's sender shares this thread).
+            for (const r of readers) {
+              r.lines.close();
+              r.stream.resume();
+            }
+          }
         }
       });
     }
