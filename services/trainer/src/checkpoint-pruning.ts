@@ -163,7 +163,7 @@ export class CheckpointPruner {
     await this.settle();
     if ((await this.missing(stored.objects)).length === 0) return false;
     this.logger.warn({ manifest: stored.ref.sha256 }, "a pruning pass deleted objects a new checkpoint shares with pruned ones; storing them again");
-    const again = await retryTransient(() => storeDirectory(this.o.artifacts, dir), RETRY_MS, this.logger, "storing a checkpoint again");
+    const again = await retryTransient(() => storeDirectory(this.o.artifacts, dir), RETRY_MS, this.logger, "storing a checkpoint again", this.o.store.onReconnect);
     if (again.ref.sha256 !== stored.ref.sha256 || (await this.missing(stored.objects)).length > 0) {
       throw new Error(`checkpoint files in ${dir} changed after they were stored; the stored checkpoint ${stored.ref.sha256} cannot be completed`);
     }
@@ -173,7 +173,7 @@ export class CheckpointPruner {
   private async missing(hashes: string[]): Promise<string[]> {
     const out: string[] = [];
     for (const hash of hashes) {
-      if (!(await retryTransient(() => this.o.artifacts.has(hash), RETRY_MS, this.logger, "checking a stored object"))) out.push(hash);
+      if (!(await retryTransient(() => this.o.artifacts.has(hash), RETRY_MS, this.logger, "checking a stored object", this.o.store.onReconnect))) out.push(hash);
     }
     return out;
   }
@@ -185,7 +185,7 @@ export class CheckpointPruner {
     const again: string[] = [];
     for (const file of files) {
       if ((await this.missing([file.artifact.sha256])).length === 0) continue;
-      const ref = await retryTransient(() => storeFile(artifacts, file.path, file.mediaType), RETRY_MS, this.logger, "storing a file again");
+      const ref = await retryTransient(() => storeFile(artifacts, file.path, file.mediaType), RETRY_MS, this.logger, "storing a file again", this.o.store.onReconnect);
       if (ref.sha256 !== file.artifact.sha256) throw new Error(`${file.path} changed after it was stored; its stored copy ${file.artifact.sha256} cannot be restored`);
       again.push(file.path);
     }
