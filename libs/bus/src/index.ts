@@ -35,5 +35,6 @@ export type { KvChange, KvOptions, KvPage, KvStep, KvValue, KvWatch, TypedKv } f
 export { openArtifactStore, readArtifactContent, storeArtifactContent } from "./object-store.js";
 export type { ArtifactInfo, ArtifactPutOptions, ArtifactSource, ArtifactStore, ArtifactStoreOptions } from "./object-store.js";
 export { isResourceId, isTransientBusError, OwnershipLostError, ResourceExistsError, ResourceStore, retryTransient, TERMINAL_HEADER } from "./resource.js";
+export type { InFlightAtReconnect } from "./resource.js";
 export { LeasedWorkRunner, WorkCancelledError, type LeasedWork, type LeasedWorkOptions } from "./leased-work.js";
 export type { AppendStep, CatalogEvent, Fence, HistoryEvent, Resource, ResourceChange, ResourceKind, ResourceMeta, ResourceStoreOptions, WatchOptions } from "./resource.js";

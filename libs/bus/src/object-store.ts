@@ -69,8 +69,12 @@ export interface ArtifactStore {
   putBytes(content: Uint8Array, hash: string, options?: ArtifactPutOptions): Promise<ArtifactInfo>;
   /** The content as a Node stream (verified against its hash when it ends), or null if absent. */
   get(hash: string): Promise<Readable | null>;
-  /** Writes the content to `path` (via `path.partial`, renamed when complete and verified). */
-  getToFile(hash: string, path: string): Promise<ArtifactInfo>;
+  /**
+   * Writes the content to `path` (via `path.partial`, renamed when complete and verified). When `signal` aborts, the
+   * download stops and its partial file is removed before the returned promise rejects (so a retry can write the same
+   * partial file once it settles).
+   */
+  getToFile(hash: string, path: string, signal?: AbortSignal): Promise<ArtifactInfo>;
   has(hash: string): Promise<boolean>;
   info(hash: string): Promise<ArtifactInfo | null>;
   /** Returns false if it was not there. */
@@ -89,6 +93,17 @@ function idle(ms: number): { promise: Promise<typeof IDLE>; clear(): void } {
     timer = setTimeout(() => resolve(IDLE), ms);
   });
   return { promise, clear: () => clearTimeout(timer) };
+}
+/** Rejects with the signal's reason once it aborts (never without a signal), until cleared. */
+function abortOf(signal: AbortSignal | undefined): { promise: Promise<never>; clear(): void } {
+  if (signal === undefined) return { promise: new Promise<never>(() => {}), clear: () => {} };
+  let listener = () => {};
+  const promise = new Promise<never>((_, reject) => {
+    listener = () => reject(signal.reason as Error);
+    if (signal.aborted) listener();
+    else signal.addEventListener("abort", listener, { once: true });
+  });
+  return { promise, clear: () => signal.removeEventListener("abort", listener) };
 }
 const TMP_PREFIX = "tmp-upload-";
 /** The object store's chunk size (its default), and the most `putBytes` writes as one chunk itself. */
@@ -159,20 +174,22 @@ export async function openArtifactStore(ctx: BusContext, bucket: string, options
     return info !== null && !info.deleted ? info : null;
   };
 
-  async function* chunksOf(info: ObjectInfo): AsyncGenerator<Uint8Array> {
+  /** The object's chunks, verified at the end; `signal` ends a wait for the next chunk at once (with its reason). */
+  async function* chunksOf(info: ObjectInfo, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
     const sha = createHash("sha256");
     let size = 0;
     if (info.size > 0) {
       const oc = await ctx.js.consumers.get(streamName, { filter_subjects: `$O.${bucket}.C.${info.nuid}` });
       const messages = await oc.consume({ max_messages: readAhead });
       const iterator = messages[Symbol.asyncIterator]();
+      const abort = abortOf(signal);
       try {
         let pending = iterator.next();
         for (;;) {
           // An object deleted while it is read would leave the consumer waiting for chunks that are gone: when no
           // chunk comes for a while, look whether the object is still there.
           const wait = idle(READ_IDLE_CHECK_MS);
-          const next = await Promise.race([pending, wait.promise]).finally(() => wait.clear());
+          const next = await Promise.race([pending, wait.promise, abort.promise]).finally(() => wait.clear());
           if (next === IDLE) {
             const now = await present(info.name);
             if (now === null || now.nuid !== info.nuid) {
@@ -191,6 +208,7 @@ export async function openArtifactStore(ctx: BusContext, bucket: string, options
           if (m.info.pending === 0) break;
         }
       } finally {
+        abort.clear();
         await messages.close();
       }
     }
@@ -313,16 +331,18 @@ export async function openArtifactStore(ctx: BusContext, bucket: string, options
       if (info === null) return null;
       return Readable.from(chunksOf(info), { objectMode: false, highWaterMark: 0 });
     },
-    async getToFile(hash, path) {
+    async getToFile(hash, path, signal) {
+      signal?.throwIfAborted();
       const info = await present(hash);
       if (info === null) throw new Error(`artifact ${bucket}/${hash} not found`);
+      signal?.throwIfAborted();
       const partial = `${path}.partial`;
       try {
-        await pipeline(Readable.from(chunksOf(info), { objectMode: false, highWaterMark: 0 }), createWriteStream(partial));
+        await pipeline(Readable.from(chunksOf(info, signal), { objectMode: false, highWaterMark: 0 }), createWriteStream(partial), ...(signal === undefined ? [] : [{ signal }]));
         await rename(partial, path);
       } catch (err) {
         await rm(partial, { force: true });
-        throw err;
+        throw signal?.aborted === true ? signal.reason : err;
       }
       return toInfo(info);
     },

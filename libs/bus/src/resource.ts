@@ -171,24 +171,33 @@ class ReconnectedError extends Error {
 }
 
 /**
+ * What happens to an attempt in flight when the connection comes back: "abandon" leaves it to finish or fail on its
+ * own and retries at once (for operations whose late completion does no harm: requests, uploads under a temporary
+ * name); "abort" aborts the signal `op` was given and retries once the attempt has settled (for operations that must
+ * not overlap, such as a download writing a file), or takes its result when it completed anyway.
+ */
+export type InFlightAtReconnect = "abandon" | "abort";
+
+/**
  * Runs `op`, retrying transient NATS failures with jittered backoff until `boundMs` has passed. With `onReconnect`
- * (the connection's `bus.onReconnect`), an attempt in flight when the connection comes back is abandoned and retried
- * at once (a request sent to the old server is lost and would only fail after the full request timeout), and a
- * backoff wait ends when the connection comes back (else an operation that failed during an outage waits up to 2 s
- * more after it, and a lease renewed that way can lapse over a few restarts in a row).
+ * (the connection's `bus.onReconnect`), an attempt in flight when the connection comes back is abandoned or aborted
+ * (`inFlight`) and retried at once (a request sent to the old server is lost and would only fail after the full
+ * request timeout), and a backoff wait ends when the connection comes back (else an operation that failed during an
+ * outage waits up to 2 s more after it, and a lease renewed that way can lapse over a few restarts in a row).
  */
 export async function retryTransient<T>(
-  op: () => Promise<T>,
+  op: (signal?: AbortSignal) => Promise<T>,
   boundMs: number,
   logger?: Logger,
   what = "NATS call",
   onReconnect?: OnReconnect,
+  inFlight: InFlightAtReconnect = "abandon",
 ): Promise<T> {
   const deadline = Date.now() + boundMs;
   for (let attempt = 1; ; attempt++) {
     try {
       if (onReconnect === undefined) return await op();
-      return await untilReconnect(op(), onReconnect);
+      return await untilReconnect(op, onReconnect, inFlight);
     } catch (err) {
       if (err instanceof ReconnectedError && Date.now() < deadline) {
         logger?.info({ attempt }, `${what}: NATS reconnected while it was in flight; retrying at once`);
@@ -202,10 +211,20 @@ export async function retryTransient<T>(
   }
 }
 
-/** `pending`'s outcome, or ReconnectedError when the connection comes back first. */
-function untilReconnect<T>(pending: Promise<T>, onReconnect: OnReconnect): Promise<T> {
+/**
+ * One attempt of `op`: its outcome, or ReconnectedError when the connection comes back first — at once ("abandon"),
+ * or once the attempt, its signal aborted, has settled ("abort"; its result if it completed anyway).
+ */
+function untilReconnect<T>(op: (signal?: AbortSignal) => Promise<T>, onReconnect: OnReconnect, inFlight: InFlightAtReconnect): Promise<T> {
+  const controller = inFlight === "abort" ? new AbortController() : undefined;
+  const pending = op(controller?.signal);
   return new Promise<T>((resolve, reject) => {
-    const off = onReconnect(() => reject(new ReconnectedError()));
+    let reconnected = false;
+    const off = onReconnect(() => {
+      reconnected = true;
+      if (controller === undefined) reject(new ReconnectedError());
+      else controller.abort(new ReconnectedError());
+    });
     pending.then(
       (value) => {
         off();
@@ -213,7 +232,7 @@ function untilReconnect<T>(pending: Promise<T>, onReconnect: OnReconnect): Promi
       },
       (err: unknown) => {
         off();
-        reject(err);
+        reject(reconnected ? new ReconnectedError() : err);
       },
     );
   });

@@ -80,4 +80,63 @@ describe("retryTransient", () => {
     await expect(retryTransient(() => Promise.reject(new Error("refused")), 30_000, undefined, "test", r.onReconnect)).rejects.toThrow("refused");
     expect(r.listening).toBe(0);
   });
+
+  it('"abort": aborts the attempt in flight at a reconnect and starts the next only once it has stopped', async () => {
+    const r = reconnects();
+    const events: string[] = [];
+    let stopFirst = () => {};
+    const result = retryTransient(
+      (signal) => {
+        const n = events.filter((e) => e.startsWith("start")).length + 1;
+        events.push(`start ${n}`);
+        if (n > 1) return Promise.resolve(`attempt ${n}`);
+        return new Promise<string>((_, reject) => {
+          // The first attempt (a download) stops only after its abort is seen and its cleanup, released below, is done.
+          signal!.addEventListener("abort", () => {
+            events.push("abort seen");
+            stopFirst = () => {
+              events.push("first stopped");
+              reject(signal!.reason as Error);
+            };
+          });
+        });
+      },
+      30_000,
+      undefined,
+      "test",
+      r.onReconnect,
+      "abort",
+    );
+    await Promise.resolve();
+    r.fire();
+    for (let i = 0; i < 5; i++) await Promise.resolve();
+    expect(events).toEqual(["start 1", "abort seen"]); // no second attempt while the first still runs
+    stopFirst();
+    await expect(result).resolves.toBe("attempt 2");
+    expect(events).toEqual(["start 1", "abort seen", "first stopped", "start 2"]);
+    expect(r.listening).toBe(0);
+  });
+
+  it('"abort": an attempt that completes although it was aborted gives its result (no second attempt)', async () => {
+    const r = reconnects();
+    let calls = 0;
+    let finish = (_: string) => {};
+    const result = retryTransient(
+      () => {
+        calls++;
+        return new Promise<string>((resolve) => (finish = resolve));
+      },
+      30_000,
+      undefined,
+      "test",
+      r.onReconnect,
+      "abort",
+    );
+    await Promise.resolve();
+    r.fire();
+    finish("done anyway");
+    await expect(result).resolves.toBe("done anyway");
+    expect(calls).toBe(1);
+  });
 });
+

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { readFile, rm, stat, writeFile } from "node:fs/promises";
+import { createReadStream, watch } from "node:fs";
+import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Objm } from "@nats-io/obj";
 import { removeTempDir, tempDir } from "@ragtune/testing";
@@ -113,6 +113,32 @@ describe("artifact store", () => {
     expect((await stat(out)).size).toBe(total);
     expect((await sha256Of(createReadStream(out))).hash).toBe(expected.hash);
     await rm(out);
+  });
+
+  it("getToFile stops when its signal aborts: the partial file is gone when it rejects, and a retry writes the file whole", async () => {
+    const store = await bus.artifacts("abortable");
+    const stored = await store.put(generate(8 * MiB, 256 * 1024));
+    const target = join(dir, "abort-test");
+    await mkdir(target);
+    const out = join(target, "restored.bin");
+    // Aborted before it starts: nothing written.
+    await expect(store.getToFile(stored.hash, out, AbortSignal.abort(new Error("stopped early")))).rejects.toThrow("stopped early");
+    expect(await readdir(target)).toEqual([]);
+    // Aborted while it writes: the abort comes when the partial file appears (an inotify event, not a sleep).
+    const controller = new AbortController();
+    const watcher = watch(target, (_event, name) => {
+      if (name === "restored.bin.partial") controller.abort(new Error("reconnected"));
+    });
+    try {
+      await expect(store.getToFile(stored.hash, out, controller.signal)).rejects.toThrow("reconnected");
+    } finally {
+      watcher.close();
+    }
+    expect(await readdir(target)).toEqual([]);
+    // The retry that follows writes the same partial name and renames it whole.
+    await store.getToFile(stored.hash, out);
+    expect(await readdir(target)).toEqual(["restored.bin"]);
+    expect((await sha256Of(createReadStream(out))).hash).toBe(stored.hash);
   });
 
   it("dedupes identical content, reads files, deletes, and reports what is missing", async () => {

@@ -71,8 +71,11 @@ export async function readManifest(store: ArtifactStore, hash: string): Promise<
   return JSON.parse(Buffer.concat(chunks).toString("utf8")) as DirectoryManifest;
 }
 
-/** Recreates a directory stored by {@link storeDirectory} under `dest` (each file streamed and verified). */
-export async function restoreDirectory(store: ArtifactStore, ref: ArtifactRef, dest: string): Promise<void> {
+/**
+ * Recreates a directory stored by {@link storeDirectory} under `dest` (each file streamed and verified); `signal` stops
+ * it (the file being written is removed).
+ */
+export async function restoreDirectory(store: ArtifactStore, ref: ArtifactRef, dest: string, signal?: AbortSignal): Promise<void> {
   const manifest = await readManifest(store, ref.sha256);
   if (manifest === null) throw new Error(`checkpoint manifest ${ref.bucket}/${ref.sha256} is missing from the object store`);
   const root = resolve(dest);
@@ -80,13 +83,13 @@ export async function restoreDirectory(store: ArtifactStore, ref: ArtifactRef, d
     const target = resolve(root, file.path);
     if (!target.startsWith(root + sep)) throw new Error(`manifest ${ref.sha256} names a path outside its directory: ${file.path}`);
     await mkdir(dirname(target), { recursive: true });
-    await restoreFile(store, file.sha256, file.size, target);
+    await restoreFile(store, file.sha256, file.size, target, signal);
   }
 }
 
 /** One stored artifact into `target` (a folder that exists), checked against the size it was stored with. */
-export async function restoreFile(store: ArtifactStore, sha256: string, size: number | bigint, target: string): Promise<void> {
-  await store.getToFile(sha256, target);
+export async function restoreFile(store: ArtifactStore, sha256: string, size: number | bigint, target: string, signal?: AbortSignal): Promise<void> {
+  await store.getToFile(sha256, target, signal);
   const got = (await stat(target)).size;
   if (BigInt(got) !== BigInt(size)) throw new Error(`restored ${target} has ${got} bytes, expected ${size}`);
 }

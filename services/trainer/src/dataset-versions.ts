@@ -64,7 +64,8 @@ export class DatasetVersionCatalog {
       if (ref?.artifact === undefined || ref.rows === 0) return "";
       const store: ArtifactStore = await this.bus.artifacts(ref.artifact.bucket);
       const path = join(dir, name);
-      await retryTransient(() => store.getToFile(ref.artifact!.sha256, path), 60_000, this.logger, `downloading the ${name} export of ${id}`);
+      // A download in flight at a NATS reconnect is aborted (its partial file removed) and retried once it has stopped.
+      await retryTransient((signal) => store.getToFile(ref.artifact!.sha256, path, signal), 60_000, this.logger, `downloading the ${name} export of ${id}`, this.bus.onReconnect, "abort");
       return path;
     };
     const trainPath = await fetch(DatasetSplit.TRAIN, "train.jsonl");

@@ -264,7 +264,7 @@ export class JobRunner {
     let resumePath: string | null = null;
     if (checkpoint) {
       const target = join(attemptDir, "resume", `checkpoint-${checkpoint.step}`);
-      await this.retry(() => restoreDirectory(this.o.artifacts, checkpoint.artifact!, target), "restoring a checkpoint");
+      await this.retryDownload((signal) => restoreDirectory(this.o.artifacts, checkpoint.artifact!, target, signal), "restoring a checkpoint");
       resumePath = target;
     }
     const fence = active.fence;
@@ -404,15 +404,18 @@ export class JobRunner {
     await this.o.store.resources.release(jobId, fence);
   }
 
-  /** Object-store transfers ride out a NATS restart: retried (they are content-addressed, so a retry is idempotent). */
-  private retry<T>(op: () => Promise<T>, what: string): Promise<T> {
-    return retryTransient(op, ARTIFACT_RETRY_MS, this.logger, what);
+  /**
+   * Object-store downloads ride out a NATS restart: retried (content-addressed, so a retry is idempotent), and one in
+   * flight at a reconnect is aborted (its partial file removed) and retried as soon as it has stopped, rather than
+   * after its request timeout (10 s with nothing moving): two must not write the same file.
+   */
+  private retryDownload<T>(op: (signal?: AbortSignal) => Promise<T>, what: string): Promise<T> {
+    return retryTransient(op, ARTIFACT_RETRY_MS, this.logger, what, this.o.store.onReconnect, "abort");
   }
 
   /**
-   * As {@link retry}, for uploads: one in flight at a reconnect is retried at once rather than after its request
-   * timeout (10 s with nothing moving). The abandoned upload stores under a temporary name of its own, so at worst it
-   * also finishes as the same content. (Not for downloads: two would write the same file.)
+   * As {@link retryDownload}, for uploads: one in flight at a reconnect is left to finish or fail and retried at once.
+   * The abandoned upload stores under a temporary name of its own, so at worst it also finishes as the same content.
    */
   private retryUpload<T>(op: () => Promise<T>, what: string): Promise<T> {
     return retryTransient(op, ARTIFACT_RETRY_MS, this.logger, what, this.o.store.onReconnect);
@@ -552,7 +555,7 @@ export class JobRunner {
     await mkdir(dir, { recursive: true });
     for (const file of files) {
       const ref = file.artifact!;
-      await this.retry(() => restoreFile(this.o.artifacts, ref.sha256, ref.sizeBytes, join(dir, file.fileName)), "restoring the adapter a warm start continues");
+      await this.retryDownload((signal) => restoreFile(this.o.artifacts, ref.sha256, ref.sizeBytes, join(dir, file.fileName), signal), "restoring the adapter a warm start continues");
     }
     return dir;
   }
