@@ -22,6 +22,9 @@ function reconnects() {
   };
 }
 
+/** retryTransient in "abort" mode on the test's reconnect signal. */
+const retryAborting = <T>(op: (signal?: AbortSignal) => Promise<T>, r: ReturnType<typeof reconnects>) => retryTransient(op, 30_000, undefined, "test", r.onReconnect, "abort");
+
 const transient = () => Object.assign(new Error("timeout"), { name: "TimeoutError" });
 
 afterEach(() => {
@@ -85,7 +88,7 @@ describe("retryTransient", () => {
     const r = reconnects();
     const events: string[] = [];
     let stopFirst = () => {};
-    const result = retryTransient(
+    const result = retryAborting(
       (signal) => {
         const n = events.filter((e) => e.startsWith("start")).length + 1;
         events.push(`start ${n}`);
@@ -101,11 +104,7 @@ describe("retryTransient", () => {
           });
         });
       },
-      30_000,
-      undefined,
-      "test",
-      r.onReconnect,
-      "abort",
+      r,
     );
     await Promise.resolve();
     r.fire();
@@ -121,16 +120,12 @@ describe("retryTransient", () => {
     const r = reconnects();
     let calls = 0;
     let finish = (_: string) => {};
-    const result = retryTransient(
+    const result = retryAborting(
       () => {
         calls++;
         return new Promise<string>((resolve) => (finish = resolve));
       },
-      30_000,
-      undefined,
-      "test",
-      r.onReconnect,
-      "abort",
+      r,
     );
     await Promise.resolve();
     r.fire();
