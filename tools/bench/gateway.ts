@@ -22,7 +22,8 @@
  *   send; answers not in by then count as infinitely late (reported as unanswered), so a saturated run still ends.
  *   Beside each gateway round, the gateway's CPU time per Ask (from /proc, all its processes: one process's rate is
  *   capped at a core's worth of it). PROCESSES sets GATEWAY_PROCESSES (processes serving the gateway's port).
- *   GATEWAY_CPU_PROF=dir writes the gateway process's CPU profile there.
+ *   GATEWAY_CPU_PROF=dir writes the gateway process's CPU profile there; SERVICE_NODE_OPTIONS is the services'
+ *   NODE_OPTIONS (V8 flags for the services alone, not for this process).
  * Every figure line ends with the machine's load average (1 min) when it was taken.
  *
  * Run: npm run bench:gateway -w @ragtune/tools
@@ -285,8 +286,9 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       LLM_MODEL: "base",
       LLM_CONCURRENCY: "1024",
       GATEWAY_PROCESSES: String(PROCESSES),
+      ...(process.env.SERVICE_NODE_OPTIONS !== undefined ? { NODE_OPTIONS: process.env.SERVICE_NODE_OPTIONS } : {}),
       ...(profileDir !== undefined
-        ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --import ${fileURLToPath(new URL("./cpu-profile.mjs", import.meta.url))}`.trim(), CPU_PROFILE_DIR: profileDir, CPU_PROFILE_MATCH: "services/gateway/" }
+        ? { NODE_OPTIONS: `${process.env.SERVICE_NODE_OPTIONS ?? process.env.NODE_OPTIONS ?? ""} --import ${fileURLToPath(new URL("./cpu-profile.mjs", import.meta.url))}`.trim(), CPU_PROFILE_DIR: profileDir, CPU_PROFILE_MATCH: "services/gateway/" }
         : {}),
     },
   });
