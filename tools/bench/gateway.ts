@@ -14,16 +14,22 @@
  *   SLOW_QUERIES; p50/p99 per search of wall time and of the process's CPU time (on a shared machine the wall time
  *   also holds the time the process waited for a core). MiniSearch only at 10k (at 100k it takes minutes).
  * Part 3, Ask overhead: the ingest service and the gateway as child processes (as the dev stack starts them) on a
- *   real nats-server, ≥ 10k chunks ingested, the model endpoint a loopback HTTP server in this process that answers
- *   every completion instantly. Open loop at RATE requests/s for DURATION s: Ask as Connect JSON over HTTP/1.1 to the
- *   gateway, and, as the anchor, the same completion request straight to the endpoint at the same rate; ROUNDS pairs
- *   (anchor, then gateway). Overhead = the gateway's latency percentile minus the anchor's in the same pair. Every
- *   answer is checked (text and context present). A contestant that cannot keep up is given GRACE s after the last
- *   send; answers not in by then count as infinitely late (reported as unanswered), so a saturated run still ends.
- *   Beside each gateway round, the gateway's CPU time per Ask (from /proc, all its processes: one process's rate is
- *   capped at a core's worth of it). PROCESSES sets GATEWAY_PROCESSES (processes serving the gateway's port).
- *   GATEWAY_CPU_PROF=dir writes the gateway process's CPU profile there; SERVICE_NODE_OPTIONS is the services'
- *   NODE_OPTIONS (V8 flags for the services alone, not for this process).
+ *   real nats-server, ≥ 10k chunks ingested, the model endpoint a loopback HTTP server in a process of its own (as a
+ *   model server is) that answers every completion instantly. Open loop at RATE requests/s for DURATION s: Ask as
+ *   Connect JSON over HTTP/1.1 to the gateway, and, as the anchor, the same completion request straight to the
+ *   endpoint at the same rate; ROUNDS pairs (anchor, then gateway). Overhead = the gateway's latency percentile minus
+ *   the anchor's in the same pair. Before them, ROUNDS pairs of the anchor and the floor: a forwarding proxy process
+ *   (node's HTTP server passing each body on to the endpoint and its answer back, no other work), what one more
+ *   process and hop costs on this machine; its overhead is printed beside the gateway's. Every answer is checked
+ *   (status 200; the model's text and a context chunk in an Ask's answer, the choices in a completion). A contestant
+ *   that cannot keep up is given GRACE s after the last send; answers not in by then count as infinitely late
+ *   (reported as unanswered), so a saturated run still ends. Beside each gateway round, the gateway's CPU time per Ask
+ *   (from /proc, all its processes: one process's rate is capped at a core's worth of it), and for every contestant
+ *   how late the sender fell behind its schedule (the largest lag, and how many times it fell more than STALL_MS
+ *   behind: the requests due meanwhile go out at once, a burst the contestant must absorb). PROCESSES sets
+ *   GATEWAY_PROCESSES (processes serving the gateway's port). GATEWAY_CPU_PROF=dir writes the gateway process's CPU
+ *   profile there; SERVICE_NODE_OPTIONS is the services' NODE_OPTIONS (V8 flags for the services alone, not for this
+ *   process); TRACE_FILE=path writes every request's start, latency and port as JSON.
  * Every figure line ends with the machine's load average (1 min) when it was taken.
  *
  * Run: npm run bench:gateway -w @ragtune/tools
@@ -35,7 +41,7 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { relative } from "node:path";
 import { fileURLToPath } from "node:url";
-import { LeanHttpClient, startInstantEndpoint } from "./lean-http.js";
+import { forkForwardingProxy, forkInstantEndpoint, LeanHttpClient } from "./lean-http.js";
 import { generateExtractiveDataset, type SourceChunk } from "../../services/dataset/src/extractive-generator.js";
 import { Bm25Retriever, type IndexedChunk } from "@ragtune/retrieval";
 import { technicalTerms } from "@ragtune/retrieval";
@@ -60,6 +66,11 @@ const WARM_CONNECTIONS = Number(process.env.CONNECTIONS ?? 16);
 /** Seconds at RATE before each measured round of a contestant, not measured. */
 const WARM_SECONDS = Number(process.env.WARM ?? 2);
 const GRACE = Number(process.env.GRACE ?? 10);
+/**
+ * A send later than this (ms) after its due time marks a stall of this process (the sender): its own garbage
+ * collection, or the machine not running it; the count of such episodes per round is printed beside the round.
+ */
+const STALL_MS = 5;
 const TRACE: [number, number, string][] | undefined = process.env.TRACE_FILE ? [] : undefined;
 process.on("exit", () => { if (TRACE) writeFileSync(process.env.TRACE_FILE!, JSON.stringify(TRACE)); });
 const PARTS = new Set((process.env.PARTS ?? "quality,latency,ask").split(","));
@@ -271,15 +282,17 @@ async function main(): Promise<void> {
 }
 
 async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly { question: string }[]): Promise<void> {
-  const endpoint = await startInstantEndpoint({ id: "c", object: "text_completion", model: "base", choices: [{ index: 0, text: " The answer.", finish_reason: "stop" }], usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });
+  const endpoint = await forkInstantEndpoint({ id: "c", object: "text_completion", model: "base", choices: [{ index: 0, text: " The answer.", finish_reason: "stop" }], usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });
   const endpointUrl = endpoint.url;
+  const floor = await forkForwardingProxy(endpointUrl, "/v1/completions");
   const portBase = await freePort();
   const profileDir = process.env.GATEWAY_CPU_PROF;
   const stack = await startStack({
     only: ["ingest", "gateway"],
     portBase,
     env: {
-      LOG_LEVEL: "warn",
+      // The stack runs services at LOG_LEVEL info at least (readiness is an info line): every Ask writes its "rpc
+      // finished" line, as a gateway at the default level does, and that line is part of the measured work.
       GATEWAY_AUTH: "none",
       GATEWAY_INGEST_URL: `http://127.0.0.1:${portBase}`,
       LLM_BASE_URL: `${endpointUrl}/v1`,
@@ -322,7 +335,12 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
     };
     /** Requests not answered yet (a round that gives up on them closes their connections). */
     let inFlight = 0;
-    const post = async (url: string, body: string, check: (json: Record<string, unknown>) => boolean): Promise<number> => {
+    /**
+     * POSTs `body` to `url` and checks the answer: status 200 and every `expected` piece of JSON in its bytes (the
+     * answers are compact JSON; searching the bytes spares this process a parse of every answer, whose garbage
+     * collection would hold the sender and make it send in bursts).
+     */
+    const post = async (url: string, body: string, expected: readonly Buffer[]): Promise<number> => {
       const start = performance.now();
       const u = new URL(url);
       inFlight++;
@@ -334,8 +352,9 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       }
       const ms = performance.now() - start;
       if (TRACE !== undefined) TRACE.push([performance.timeOrigin + start, ms, u.port]);
-      const json = JSON.parse(res.body.toString("utf8")) as Record<string, unknown>;
-      if (res.status !== 200 || !check(json)) throw new Error(`bad answer ${res.status}: ${JSON.stringify(json).slice(0, 300)}`);
+      if (res.status !== 200 || expected.some((piece) => !res.body.includes(piece))) {
+        throw new Error(`bad answer ${res.status}: ${res.body.toString("utf8", 0, 300)}`);
+      }
       return ms;
     };
     /**
@@ -343,16 +362,21 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
      * sender fell, and how many answers had not come GRACE s after the last send (a saturated contestant: those are
      * dropped and count as infinitely late, so a round ends in bounded time).
      */
-    const openLoop = async (send: (i: number) => Promise<number>, seconds = DURATION): Promise<{ ms: number[]; maxLag: number; unanswered: number }> => {
+    const openLoop = async (send: (i: number) => Promise<number>, seconds = DURATION): Promise<{ ms: number[]; maxLag: number; stalls: number; unanswered: number }> => {
       const n = RATE * seconds;
       const started = performance.now();
       const pending: Promise<number>[] = [];
       let maxLag = 0;
+      let stalls = 0;
+      let lagging = false;
       for (let i = 0; i < n; i++) {
         const due = started + (i * 1000) / RATE;
         const wait = due - performance.now();
         if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-        maxLag = Math.max(maxLag, performance.now() - due);
+        const lag = performance.now() - due;
+        maxLag = Math.max(maxLag, lag);
+        if (lag > STALL_MS && !lagging) stalls++;
+        lagging = lag > STALL_MS;
         pending.push(send(i));
       }
       let unanswered = 0;
@@ -371,23 +395,50 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
         else if (gaveUp && r.reason instanceof Error && r.reason.message === "connection closed") ms.push(Infinity);
         else throw r.reason;
       }
-      return { ms: ms.sort((a, b) => a - b), maxLag, unanswered };
+      return { ms: ms.sort((a, b) => a - b), maxLag, stalls, unanswered };
     };
     const gatewayPid = stack.services.gateway.process.pid!;
     const askUrl = `${stack.services.gateway.url}/ragtune.gateway.v1.GatewayService/Ask`;
+    /** A good Ask answer: the model's text, and retrieved context (a chunk ID in it); a good completion: its choices. */
+    const GOOD_ASK = [Buffer.from('"answer":"The answer."'), Buffer.from('"context":[{"chunkId":"')];
+    const GOOD_COMPLETION = [Buffer.from('"choices":[{')];
     const askBody = (i: number) => JSON.stringify({ collection: "bench", question: questions[i % questions.length]!.question });
+    const prompt = "[INST] " + chunks.slice(0, 4).map((c) => c.text).join("\n\n") + "\n\nQuestion: q [/INST]";
+    const completionBody = JSON.stringify({ model: "base", prompt, temperature: 0, max_tokens: 256 });
+    const lagNote = (r: { maxLag: number; stalls: number }) => `sender lag ≤ ${fmt(r.maxLag)} ms, ${r.stalls} times > ${STALL_MS} ms`;
+    const unansweredNote = (n: number) => (n === 0 ? "" : `; ${n} unanswered ${GRACE} s after the last send: saturated`);
+    const overheads: { p50: number; p99: number }[] = [];
+    const sendDirect = () => post(`${endpointUrl}/v1/completions`, completionBody, GOOD_COMPLETION);
+    const sendAsk = (i: number) => post(askUrl, askBody(i), GOOD_ASK);
+    const sendViaFloor = () => post(`${floor.url}/v1/completions`, completionBody, GOOD_COMPLETION);
+    const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+    // The floor first, in pairs of its own (anchor, then the proxy), before the gateway is warmed: between the
+    // gateway's rounds it would make the gateway idle twice as long, and after ~20 s idle V8 shrinks the gateway's heap
+    // (its memory reducer), which then grows back under load in the measured seconds (hundreds of ms of page faults
+    // here).
+    const floorOverheads: { p50: number; p99: number }[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      await openLoop(sendDirect, WARM_SECONDS);
+      gc();
+      const direct = await openLoop(sendDirect);
+      const loadDirect = load();
+      await openLoop(sendViaFloor, WARM_SECONDS);
+      gc();
+      const viaFloor = await openLoop(sendViaFloor);
+      const f = { p50: pct(viaFloor.ms, 50) - pct(direct.ms, 50), p99: pct(viaFloor.ms, 99) - pct(direct.ms, 99) };
+      floorOverheads.push(f);
+      console.log(
+        `  floor round ${round + 1}: anchor p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (${lagNote(direct)}${unansweredNote(direct.unanswered)}); ` +
+          `floor (forwarding proxy) p50 ${fmt(pct(viaFloor.ms, 50))} ms p99 ${fmt(pct(viaFloor.ms, 99))} ms ${load()} (${lagNote(viaFloor)}${unansweredNote(viaFloor.unanswered)}) → its overhead p50 ${fmt(f.p50)} ms, p99 ${fmt(f.p99)} ms`,
+      );
+    }
+    console.log(`  floor median of ${ROUNDS}: overhead p50 ${fmt(median(floorOverheads.map((o) => o.p50)))} ms, p99 ${fmt(median(floorOverheads.map((o) => o.p99)))} ms`);
     // Warm-up: loads the collection's index and opens the connections, WARM_CONNECTIONS at once (connections go to the gateway's
     // processes in turn, so each process loads its index here, not in the first round), and asks every question
     // twice (the JIT and each term's cached contributions are made here, not in the first round).
     await Promise.all(Array.from({ length: WARM_CONNECTIONS }, async (_, lane) => {
-      for (let i = lane; i < 2 * questions.length; i += WARM_CONNECTIONS) await post(askUrl, askBody(i), (j) => j["answer"] === "The answer.");
+      for (let i = lane; i < 2 * questions.length; i += WARM_CONNECTIONS) await post(askUrl, askBody(i), GOOD_ASK);
     }));
-    const prompt = "[INST] " + chunks.slice(0, 4).map((c) => c.text).join("\n\n") + "\n\nQuestion: q [/INST]";
-    const completionBody = JSON.stringify({ model: "base", prompt, temperature: 0, max_tokens: 256 });
-    const unansweredNote = (n: number) => (n === 0 ? "" : `; ${n} unanswered ${GRACE} s after the last send: saturated`);
-    const overheads: { p50: number; p99: number }[] = [];
-    const sendDirect = () => post(`${endpointUrl}/v1/completions`, completionBody, (j) => Array.isArray(j["choices"]));
-    const sendAsk = (i: number) => post(askUrl, askBody(i), (j) => j["answer"] === "The answer." && Array.isArray(j["context"]) && (j["context"] as unknown[]).length > 0);
     for (let round = 0; round < ROUNDS; round++) {
       // Each contestant is measured at its steady state: RATE for WARM seconds first, not measured (the gateway idles
       // while the anchor runs, and V8 uses idle time to shrink its heaps and flush code).
@@ -408,15 +459,18 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       const o = { p50: pct(gateway.ms, 50) - pct(direct.ms, 50), p99: pct(gateway.ms, 99) - pct(direct.ms, 99) };
       overheads.push(o);
       console.log(
-        `  round ${round + 1}: anchor (endpoint direct) p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (sender lag ≤ ${fmt(direct.maxLag)} ms${unansweredNote(direct.unanswered)}); ` +
-          `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (sender lag ≤ ${fmt(gateway.maxLag)} ms${unansweredNote(gateway.unanswered)}) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway CPU (all its processes) ${fmt(cpuPerAsk)} ms per Ask; this process (sender and endpoint) ${fmt(ownPerDirect)} ms per direct request, ${fmt(ownPerAsk)} ms per Ask`,
+        `  round ${round + 1}: anchor (endpoint direct) p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (${lagNote(direct)}${unansweredNote(direct.unanswered)}); ` +
+          `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (${lagNote(gateway)}${unansweredNote(gateway.unanswered)}) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway CPU (all its processes) ${fmt(cpuPerAsk)} ms per Ask; this process (the sender) ${fmt(ownPerDirect)} ms per direct request, ${fmt(ownPerAsk)} ms per Ask`,
       );
     }
-    const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
-    console.log(`  median of ${ROUNDS}: overhead p50 ${fmt(median(overheads.map((o) => o.p50)))} ms, p99 ${fmt(median(overheads.map((o) => o.p99)))} ms`);
+    console.log(
+      `  median of ${ROUNDS}: overhead p50 ${fmt(median(overheads.map((o) => o.p50)))} ms, p99 ${fmt(median(overheads.map((o) => o.p99)))} ms ` +
+        `(the floor's: p50 ${fmt(median(floorOverheads.map((o) => o.p50)))} ms, p99 ${fmt(median(floorOverheads.map((o) => o.p99)))} ms)`,
+    );
     for (const c of clients.values()) c.destroy();
   } finally {
     await stack.stop();
+    floor.close();
     endpoint.close();
   }
 }

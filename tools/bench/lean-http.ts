@@ -5,7 +5,10 @@
  * would go to the bench itself). Both sides speak just what the benchmark needs: requests with a content-length,
  * responses with a content-length or chunked.
  */
+import { fork } from "node:child_process";
+import { createServer as createHttpServer } from "node:http";
 import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { fileURLToPath } from "node:url";
 
 const HEAD_END = Buffer.from("\r\n\r\n");
 const CRLF = Buffer.from("\r\n");
@@ -36,7 +39,68 @@ function takeMessage(buf: Buffer): { head: string; body: Buffer; rest: Buffer } 
   }
 }
 
-/** An endpoint that answers every request on it with `response` (a JSON body) at once. */
+/**
+ * An endpoint that answers every request on it with `response` (a JSON body) at once, in a process of its own: the
+ * model endpoint is another process in every deployment, so a request to it crosses processes (on a VM, a wake-up of
+ * another vCPU's thread) both for the anchor and for the contestant, and the bench process's pauses (its garbage
+ * collection, a burst of sends) do not hold answers the contestant is waiting for.
+ */
+export function forkInstantEndpoint(response: unknown): Promise<{ url: string; close(): void }> {
+  return forkServer(["--serve-instant", JSON.stringify(response)]);
+}
+
+/**
+ * A forwarding proxy in a process of its own, the floor under any gateway: node's HTTP server (as the gateway's) takes
+ * each POST, sends its body unchanged to `target` + `path` over a keep-alive connection and answers with what came
+ * back. It does no other work, so its latency over the target's is what one more process and HTTP hop costs on this
+ * machine (the scheduling of one more process included).
+ */
+export function forkForwardingProxy(target: string, path: string): Promise<{ url: string; close(): void }> {
+  return forkServer(["--serve-proxy", target, path]);
+}
+
+async function forkServer(args: string[]): Promise<{ url: string; close(): void }> {
+  const child = fork(fileURLToPath(import.meta.url), args, { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const url = await new Promise<string>((resolve, reject) => {
+    child.once("message", (m) => resolve((m as { url: string }).url));
+    child.once("exit", (code) => reject(new Error(`${args[0]} exited with ${code} before it listened`)));
+  });
+  return {
+    url,
+    close() {
+      child.kill();
+    },
+  };
+}
+
+async function serveProxy(target: string, path: string): Promise<void> {
+  const upstream = new URL(target);
+  const client = new LeanHttpClient(upstream.hostname, Number(upstream.port));
+  const server = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      client.post(path, Buffer.concat(chunks).toString("utf8")).then(
+        (answer) => {
+          res.writeHead(answer.status, { "content-type": "application/json", "content-length": answer.body.byteLength });
+          res.end(answer.body);
+        },
+        () => {
+          res.writeHead(502).end();
+        },
+      );
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  process.send!({ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
+  process.on("disconnect", () => {
+    client.destroy();
+    server.close();
+    server.closeAllConnections();
+  });
+}
+
+/** An endpoint in this process that answers every request on it with `response` (a JSON body) at once. */
 export async function startInstantEndpoint(response: unknown): Promise<{ url: string; close(): void }> {
   const body = JSON.stringify(response);
   const reply = Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: keep-alive\r\n\r\n${body}`);
@@ -128,5 +192,15 @@ export class LeanHttpClient {
     socket.on("error", fail);
     socket.on("close", () => fail(new Error("connection closed")));
     return socket;
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  if (process.argv[2] === "--serve-instant") {
+    const endpoint = await startInstantEndpoint(JSON.parse(process.argv[3]!));
+    process.send!({ url: endpoint.url });
+    process.on("disconnect", () => endpoint.close());
+  } else if (process.argv[2] === "--serve-proxy") {
+    await serveProxy(process.argv[3]!, process.argv[4]!);
   }
 }
