@@ -28,8 +28,9 @@
  *   how late the sender fell behind its schedule (the largest lag, and how many times it fell more than STALL_MS
  *   behind: the requests due meanwhile go out at once, a burst the contestant must absorb). PROCESSES sets
  *   GATEWAY_PROCESSES (processes serving the gateway's port). GATEWAY_CPU_PROF=dir writes the gateway process's CPU
- *   profile there; SERVICE_NODE_OPTIONS is the services' NODE_OPTIONS (V8 flags for the services alone, not for this
- *   process); TRACE_FILE=path writes every request's start, latency and port as JSON.
+ *   profile there (tools/bench/profile-split.mjs summarises it); SERVICE_NODE_OPTIONS is the services' NODE_OPTIONS
+ *   (V8 flags for the services alone, not for this process); TRACE_FILE=path writes every request's start, latency
+ *   and port as JSON.
  * Every figure line ends with the machine's load average (1 min) when it was taken.
  *
  * Run: npm run bench:gateway -w @ragtune/tools
