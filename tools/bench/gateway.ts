@@ -86,6 +86,7 @@ const gc = runInNewContext("gc") as () => void;
 const load = () => `[load ${loadavg()[0]!.toFixed(2)}]`;
 
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 const fmt = (ms: number) => ms.toFixed(3);
 
 /** The anchor: a plain in-memory Okapi BM25 as LangChain's BM25Retriever does it (lowercase \w+ terms, text only). */
@@ -251,7 +252,6 @@ async function main(): Promise<void> {
         { label: "anchor", search: (q) => a.search(q, 5), passes: 1, questions: slow },
       ];
       console.log(`  ${size} chunks (built in: ragtune ${buildOurs.toFixed(0)} ms, ${buildMini === undefined ? "" : `MiniSearch ${buildMini.toFixed(0)} ms, `}anchor ${buildAnchor.toFixed(0)} ms)`);
-      const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
       const summary: { label: string; wall50: number; wall99: number; cpu50: number; cpu99: number }[] = [];
       for (const c of contestants) {
         const runs: { wall: number[]; cpu: number[] }[] = [];
@@ -408,16 +408,19 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
     const completionBody = JSON.stringify({ model: "base", prompt, temperature: 0, max_tokens: 256 });
     const lagNote = (r: { maxLag: number; stalls: number }) => `sender lag ≤ ${fmt(r.maxLag)} ms, ${r.stalls} times > ${STALL_MS} ms`;
     const unansweredNote = (n: number) => (n === 0 ? "" : `; ${n} unanswered ${GRACE} s after the last send: saturated`);
-    const overheads: { p50: number; p99: number }[] = [];
+    type Overhead = { p50: number; p99: number };
+    /** A contestant's latency percentiles minus the anchor's (both sorted). */
+    const overheadOf = (contestant: number[], anchor: number[]): Overhead => ({ p50: pct(contestant, 50) - pct(anchor, 50), p99: pct(contestant, 99) - pct(anchor, 99) });
+    const medians = (os: Overhead[]) => `p50 ${fmt(median(os.map((o) => o.p50)))} ms, p99 ${fmt(median(os.map((o) => o.p99)))} ms`;
+    const overheads: Overhead[] = [];
     const sendDirect = () => post(`${endpointUrl}/v1/completions`, completionBody, GOOD_COMPLETION);
     const sendAsk = (i: number) => post(askUrl, askBody(i), GOOD_ASK);
     const sendViaFloor = () => post(`${floor.url}/v1/completions`, completionBody, GOOD_COMPLETION);
-    const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
     // The floor first, in pairs of its own (anchor, then the proxy), before the gateway is warmed: between the
     // gateway's rounds it would make the gateway idle twice as long, and after ~20 s idle V8 shrinks the gateway's heap
     // (its memory reducer), which then grows back under load in the measured seconds (hundreds of ms of page faults
     // here).
-    const floorOverheads: { p50: number; p99: number }[] = [];
+    const floorOverheads: Overhead[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       await openLoop(sendDirect, WARM_SECONDS);
       gc();
@@ -426,14 +429,14 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       await openLoop(sendViaFloor, WARM_SECONDS);
       gc();
       const viaFloor = await openLoop(sendViaFloor);
-      const f = { p50: pct(viaFloor.ms, 50) - pct(direct.ms, 50), p99: pct(viaFloor.ms, 99) - pct(direct.ms, 99) };
+      const f = overheadOf(viaFloor.ms, direct.ms);
       floorOverheads.push(f);
       console.log(
         `  floor round ${round + 1}: anchor p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (${lagNote(direct)}${unansweredNote(direct.unanswered)}); ` +
           `floor (forwarding proxy) p50 ${fmt(pct(viaFloor.ms, 50))} ms p99 ${fmt(pct(viaFloor.ms, 99))} ms ${load()} (${lagNote(viaFloor)}${unansweredNote(viaFloor.unanswered)}) → its overhead p50 ${fmt(f.p50)} ms, p99 ${fmt(f.p99)} ms`,
       );
     }
-    console.log(`  floor median of ${ROUNDS}: overhead p50 ${fmt(median(floorOverheads.map((o) => o.p50)))} ms, p99 ${fmt(median(floorOverheads.map((o) => o.p99)))} ms`);
+    console.log(`  floor median of ${ROUNDS}: overhead ${medians(floorOverheads)}`);
     // Warm-up: loads the collection's index and opens the connections, WARM_CONNECTIONS at once (connections go to the gateway's
     // processes in turn, so each process loads its index here, not in the first round), and asks every question
     // twice (the JIT and each term's cached contributions are made here, not in the first round).
@@ -457,17 +460,14 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       const ownPerAsk = cpuMs(process.cpuUsage(ownAsk)) / gateway.ms.length;
       // per answered Ask (an unanswered one may not have been worked on yet)
       const cpuPerAsk = (processCpuSeconds(gatewayPid) * 1000 - cpuBefore) / Math.max(1, gateway.ms.length - gateway.unanswered);
-      const o = { p50: pct(gateway.ms, 50) - pct(direct.ms, 50), p99: pct(gateway.ms, 99) - pct(direct.ms, 99) };
+      const o = overheadOf(gateway.ms, direct.ms);
       overheads.push(o);
       console.log(
         `  round ${round + 1}: anchor (endpoint direct) p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (${lagNote(direct)}${unansweredNote(direct.unanswered)}); ` +
           `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (${lagNote(gateway)}${unansweredNote(gateway.unanswered)}) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway CPU (all its processes) ${fmt(cpuPerAsk)} ms per Ask; this process (the sender) ${fmt(ownPerDirect)} ms per direct request, ${fmt(ownPerAsk)} ms per Ask`,
       );
     }
-    console.log(
-      `  median of ${ROUNDS}: overhead p50 ${fmt(median(overheads.map((o) => o.p50)))} ms, p99 ${fmt(median(overheads.map((o) => o.p99)))} ms ` +
-        `(the floor's: p50 ${fmt(median(floorOverheads.map((o) => o.p50)))} ms, p99 ${fmt(median(floorOverheads.map((o) => o.p99)))} ms)`,
-    );
+    console.log(`  median of ${ROUNDS}: overhead ${medians(overheads)} (the floor's: ${medians(floorOverheads)})`);
     for (const c of clients.values()) c.destroy();
   } finally {
     await stack.stop();
