@@ -282,6 +282,15 @@ async function main(): Promise<void> {
   if (PARTS.has("ask")) await askOverhead(chunks, questions);
 }
 
+/** One open-loop run: latencies sorted, the sender's largest lag and stall episodes, answers not in, the load at its end. */
+interface Round {
+  ms: number[];
+  maxLag: number;
+  stalls: number;
+  unanswered: number;
+  load: string;
+}
+
 async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly { question: string }[]): Promise<void> {
   const endpoint = await forkInstantEndpoint({ id: "c", object: "text_completion", model: "base", choices: [{ index: 0, text: " The answer.", finish_reason: "stop" }], usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });
   const endpointUrl = endpoint.url;
@@ -363,7 +372,7 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
      * sender fell, and how many answers had not come GRACE s after the last send (a saturated contestant: those are
      * dropped and count as infinitely late, so a round ends in bounded time).
      */
-    const openLoop = async (send: (i: number) => Promise<number>, seconds = DURATION): Promise<{ ms: number[]; maxLag: number; stalls: number; unanswered: number }> => {
+    const openLoop = async (send: (i: number) => Promise<number>, seconds = DURATION): Promise<Round> => {
       const n = RATE * seconds;
       const started = performance.now();
       const pending: Promise<number>[] = [];
@@ -396,7 +405,12 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
         else if (gaveUp && r.reason instanceof Error && r.reason.message === "connection closed") ms.push(Infinity);
         else throw r.reason;
       }
-      return { ms: ms.sort((a, b) => a - b), maxLag, stalls, unanswered };
+      return { ms: ms.sort((a, b) => a - b), maxLag, stalls, unanswered, load: load() };
+    };
+    /** A contestant at RATE for WARM_SECONDS, not measured, then a forced GC: what each measured round starts with. */
+    const warm = async (send: (i: number) => Promise<number>): Promise<void> => {
+      await openLoop(send, WARM_SECONDS);
+      gc();
     };
     const gatewayPid = stack.services.gateway.process.pid!;
     const askUrl = `${stack.services.gateway.url}/ragtune.gateway.v1.GatewayService/Ask`;
@@ -406,8 +420,10 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
     const askBody = (i: number) => JSON.stringify({ collection: "bench", question: questions[i % questions.length]!.question });
     const prompt = "[INST] " + chunks.slice(0, 4).map((c) => c.text).join("\n\n") + "\n\nQuestion: q [/INST]";
     const completionBody = JSON.stringify({ model: "base", prompt, temperature: 0, max_tokens: 256 });
-    const lagNote = (r: { maxLag: number; stalls: number }) => `sender lag ≤ ${fmt(r.maxLag)} ms, ${r.stalls} times > ${STALL_MS} ms`;
-    const unansweredNote = (n: number) => (n === 0 ? "" : `; ${n} unanswered ${GRACE} s after the last send: saturated`);
+    /** A measured round's latency percentiles, the load when it ended, how far the sender fell behind, what went unanswered. */
+    const figures = (r: Round) =>
+      `p50 ${fmt(pct(r.ms, 50))} ms p99 ${fmt(pct(r.ms, 99))} ms ${r.load} (sender lag ≤ ${fmt(r.maxLag)} ms, ${r.stalls} times > ${STALL_MS} ms` +
+      `${r.unanswered === 0 ? "" : `; ${r.unanswered} unanswered ${GRACE} s after the last send: saturated`})`;
     type Overhead = { p50: number; p99: number };
     /** A contestant's latency percentiles minus the anchor's (both sorted). */
     const overheadOf = (contestant: number[], anchor: number[]): Overhead => ({ p50: pct(contestant, 50) - pct(anchor, 50), p99: pct(contestant, 99) - pct(anchor, 99) });
@@ -422,18 +438,14 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
     // here).
     const floorOverheads: Overhead[] = [];
     for (let round = 0; round < ROUNDS; round++) {
-      await openLoop(sendDirect, WARM_SECONDS);
-      gc();
+      await warm(sendDirect);
       const direct = await openLoop(sendDirect);
-      const loadDirect = load();
-      await openLoop(sendViaFloor, WARM_SECONDS);
-      gc();
+      await warm(sendViaFloor);
       const viaFloor = await openLoop(sendViaFloor);
       const f = overheadOf(viaFloor.ms, direct.ms);
       floorOverheads.push(f);
       console.log(
-        `  floor round ${round + 1}: anchor p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (${lagNote(direct)}${unansweredNote(direct.unanswered)}); ` +
-          `floor (forwarding proxy) p50 ${fmt(pct(viaFloor.ms, 50))} ms p99 ${fmt(pct(viaFloor.ms, 99))} ms ${load()} (${lagNote(viaFloor)}${unansweredNote(viaFloor.unanswered)}) → its overhead p50 ${fmt(f.p50)} ms, p99 ${fmt(f.p99)} ms`,
+        `  floor round ${round + 1}: anchor ${figures(direct)}; floor (forwarding proxy) ${figures(viaFloor)} → its overhead p50 ${fmt(f.p50)} ms, p99 ${fmt(f.p99)} ms`,
       );
     }
     console.log(`  floor median of ${ROUNDS}: overhead ${medians(floorOverheads)}`);
@@ -446,14 +458,11 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
     for (let round = 0; round < ROUNDS; round++) {
       // Each contestant is measured at its steady state: RATE for WARM seconds first, not measured (the gateway idles
       // while the anchor runs, and V8 uses idle time to shrink its heaps and flush code).
-      await openLoop(sendDirect, WARM_SECONDS);
-      gc();
+      await warm(sendDirect);
       const ownDirect = process.cpuUsage();
       const direct = await openLoop(sendDirect);
       const ownPerDirect = cpuMs(process.cpuUsage(ownDirect)) / direct.ms.length;
-      const loadDirect = load();
-      await openLoop(sendAsk, WARM_SECONDS);
-      gc();
+      await warm(sendAsk);
       const cpuBefore = processCpuSeconds(gatewayPid) * 1000;
       const ownAsk = process.cpuUsage();
       const gateway = await openLoop(sendAsk);
@@ -463,8 +472,7 @@ async function askOverhead(chunks: readonly IndexedChunk[], questions: readonly 
       const o = overheadOf(gateway.ms, direct.ms);
       overheads.push(o);
       console.log(
-        `  round ${round + 1}: anchor (endpoint direct) p50 ${fmt(pct(direct.ms, 50))} ms p99 ${fmt(pct(direct.ms, 99))} ms ${loadDirect} (${lagNote(direct)}${unansweredNote(direct.unanswered)}); ` +
-          `gateway Ask p50 ${fmt(pct(gateway.ms, 50))} ms p99 ${fmt(pct(gateway.ms, 99))} ms ${load()} (${lagNote(gateway)}${unansweredNote(gateway.unanswered)}) → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway CPU (all its processes) ${fmt(cpuPerAsk)} ms per Ask; this process (the sender) ${fmt(ownPerDirect)} ms per direct request, ${fmt(ownPerAsk)} ms per Ask`,
+        `  round ${round + 1}: anchor (endpoint direct) ${figures(direct)}; gateway Ask ${figures(gateway)} → overhead p50 ${fmt(o.p50)} ms, p99 ${fmt(o.p99)} ms; gateway CPU (all its processes) ${fmt(cpuPerAsk)} ms per Ask; this process (the sender) ${fmt(ownPerDirect)} ms per direct request, ${fmt(ownPerAsk)} ms per Ask`,
       );
     }
     console.log(`  median of ${ROUNDS}: overhead ${medians(overheads)} (the floor's: ${medians(floorOverheads)})`);
